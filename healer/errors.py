@@ -1,0 +1,73 @@
+"""The error tree of healer (pure).
+
+    HealerError                 anything healer reports as one line and exit 2
+    ├── ConfigError             healer.toml is unreadable or invalid (lists every problem)
+    ├── UsageError              a bad flag or argument the CLI could not catch itself
+    ├── LockedError             another process holds the lock (run, rollback, repair)
+    ├── StoreError              the state database cannot be opened or written
+    ├── GitError                the app repository cannot be read or changed
+    ├── ActionError             a repair action could not run (bad setup, refused)
+    └── DeliveryError           a chat channel refused or failed a message (permanent=...)
+
+A message is one line: it names the thing, shows the bad value and says what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class HealerError(Exception):
+    """Base of every error that the CLI prints as one line and exits 2 for."""
+
+    exit_code = 2
+
+    def lines(self) -> list[str]:
+        return [str(self)]
+
+
+class ConfigError(HealerError):
+    """healer.toml is unreadable or invalid; carries one line per problem."""
+
+    def __init__(self, path: Path | str, problems: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.problems = list(problems)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [f"{self.path}: {p}" for p in self.problems]
+
+
+class UsageError(HealerError):
+    """A bad argument on the command line."""
+
+
+class LockedError(HealerError):
+    """Another process holds the lock; names it."""
+
+    def __init__(self, what: str, pid: int | None) -> None:
+        self.pid = pid
+        who = f"PID {pid}" if pid else "another process"
+        super().__init__(f"{what} is already running ({who})")
+
+
+class StoreError(HealerError):
+    """The state database cannot be opened or written."""
+
+
+class GitError(HealerError):
+    """The app repository cannot be read or changed."""
+
+
+class ActionError(HealerError):
+    """A repair action could not run."""
+
+
+class DeliveryError(HealerError):
+    """A channel failed to deliver; `permanent` says whether retrying can help."""
+
+    def __init__(self, msg: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
+        self.permanent = permanent
+        self.retry_after = retry_after
+        super().__init__(msg)

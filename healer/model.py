@@ -1,0 +1,193 @@
+"""Value types shared by the core and the shell (pure, frozen)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+
+class Severity(enum.IntEnum):
+    """How urgent an alert is; channels have a minimum."""
+
+    INFO = 10  # for the record: started, stopped, phase changed
+    WARNING = 20  # something is wrong and healer is on it
+    CRITICAL = 30  # a person is needed, or a rollback happened
+
+
+class Who(enum.StrEnum):
+    """Who caused an action."""
+
+    LOOP = "loop"  # the watchdog loop decided it
+    PERSON = "person"  # someone ran a command
+
+
+class Outcome(enum.StrEnum):
+    """How an action ended."""
+
+    STARTED = "started"  # journaled, not finished (a kill here is found on restart)
+    OK = "ok"  # done, and the checks it targets pass
+    FAILED = "failed"  # done or attempted, the checks still fail
+    SKIPPED = "skipped"  # not run: cooldown, cap, pause, observe mode
+    ERROR = "error"  # could not run at all
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What one check saw in one cycle."""
+
+    name: str
+    type: str
+    ok: bool
+    latency: timedelta | None = None
+    values: Mapping[str, float] = field(default_factory=dict)
+    error: str | None = None
+    symptoms: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "ok": self.ok,
+            "latency_ms": None if self.latency is None else round(self.latency.total_seconds() * 1000, 3),
+            "values": dict(self.values),
+            "error": self.error,
+            "symptoms": list(self.symptoms),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CheckResult:
+        lat = d.get("latency_ms")
+        return cls(
+            name=str(d["name"]),
+            type=str(d["type"]),
+            ok=bool(d["ok"]),
+            latency=None if lat is None else timedelta(milliseconds=float(lat)),
+            values={str(k): float(v) for k, v in dict(d.get("values") or {}).items()},
+            error=d.get("error"),
+            symptoms=tuple(d.get("symptoms") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """The first fully healthy cycle of a deploy: per check, its measured values."""
+
+    taken_at: datetime
+    metrics: Mapping[str, Mapping[str, float]]  # check name -> {"latency_ms": ..., "rss_mb": ...}
+
+    def value(self, check: str, key: str) -> float | None:
+        return self.metrics.get(check, {}).get(key)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A judged cycle: the results, with the baseline's symptoms added."""
+
+    at: datetime
+    results: tuple[CheckResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def failing(self) -> tuple[CheckResult, ...]:
+        return tuple(r for r in self.results if not r.ok)
+
+    @property
+    def symptoms(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for r in self.results:
+            for s in r.symptoms:
+                seen[s] = None
+        return tuple(seen)
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"healthy ({len(self.results)} checks)"
+        parts = [f"{r.name}: {', '.join(r.symptoms) or 'failed'}" for r in self.failing]
+        return "failing: " + "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Deploy:
+    """One deployed commit and its launch window, as stored."""
+
+    id: int
+    commit: str
+    first_seen: datetime
+    baseline: Baseline | None = None
+    consecutive_failures: int = 0
+    consecutive_passes: int = 0
+    open_incident: int | None = None
+    last_cycle_at: datetime | None = None
+    last_ok: bool | None = None
+    auto_rollbacks: int = 0  # automatic rollbacks made from this deploy
+    held: str | None = None  # healer stopped acting and waits for a person: why
+    stable_tag: str | None = None  # the stable tag healer put on this commit, once
+
+
+# ---- intents: what decide() asks the loop to do -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenIncident:
+    """Open an incident for this deploy."""
+
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveIncident:
+    """The incident is over."""
+
+    incident_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """Run a playbook."""
+
+    kind: str
+    reason: str
+    observe: bool = False  # only record and announce "would repair"
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """Roll back to the last stable tag."""
+
+    reason: str
+    observe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Stop acting and wait for a person."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Tell people something."""
+
+    event: str  # dotted: incident.opened, repair.failed, rollback.succeeded, ...
+    severity: Severity
+    title: str
+    detail: str = ""
+    incident_id: int | None = None
+    bypass_dedup: bool = False  # meta alerts about healer itself
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing to do until `until`."""
+
+    until: datetime
+
+
+Intent = OpenIncident | ResolveIncident | Repair | Rollback | Hold | Alert | Wait
