@@ -125,7 +125,8 @@ class Deploy:
     open_incident: int | None = None
     last_cycle_at: datetime | None = None
     last_ok: bool | None = None
-    auto_rollbacks: int = 0  # automatic rollbacks made from this deploy
+    emergency_streak: int = 0  # cycles in a row with an emergency trigger
+    via_rollback: bool = False  # this deploy is the result of an automatic rollback
     held: str | None = None  # healer stopped acting and waits for a person: why
     stable_tag: str | None = None  # the stable tag healer put on this commit, once
 

@@ -1,0 +1,163 @@
+"""The checks: one probe per check type, run concurrently, each bounded by its timeout (I/O).
+
+A probe is `async def probe(check, ctx) -> CheckResult`. It reports absolute failures and
+measured `values` only; judging against the baseline happens in `healer.judge`.
+`run_check` turns a probe that hangs or raises into a failed result, so one bad check
+never crashes a cycle or delays the others: a cycle takes as long as its slowest check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from healer.config import CheckConfig, Config, format_duration
+from healer.model import CheckResult
+
+# How long a probe that was cancelled at its timeout may take to unwind (close sockets,
+# kill a child) before run_check stops waiting for it and reports the timeout anyway.
+_CANCEL_GRACE = 0.5
+
+_ERROR_MAX = 300
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]*@")
+_PASSWORD_RE = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)")
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeContext:
+    """What probes share within one cycle or run: the config and one HTTP client."""
+
+    config: Config
+    http: httpx.AsyncClient
+
+
+@asynccontextmanager
+async def probe_context(config: Config) -> AsyncIterator[ProbeContext]:
+    """Open the shared HTTP client (no proxies or netrc from the environment) and close it after."""
+    # Redirects are not followed: a health endpoint that redirects answers with its own status,
+    # which the check's expect_status judges.
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+        yield ProbeContext(config=config, http=client)
+
+
+def budget(timeout: timedelta) -> float:
+    """Seconds a probe may spend on its own I/O: a little under the check's timeout, so the
+    probe reports what it saw (a specific symptom) before run_check's hard bound cuts it off."""
+    t = timeout.total_seconds()
+    return max(t * 0.9, t - 0.25)
+
+
+def redact(text: str, *secrets: str) -> str:
+    """`text` without URL credentials, `password=...`-style values or any of `secrets`."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    text = _USERINFO_RE.sub(r"\1", text)
+    return _PASSWORD_RE.sub(r"\1\2***", text)
+
+
+def describe_error(exc: BaseException, *secrets: str) -> str:
+    """One line for an exception: its type and the first line of its message, redacted."""
+    msg = str(exc).strip().splitlines()
+    first = msg[0].strip() if msg else ""
+    line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    line = redact(line, *secrets)
+    return line if len(line) <= _ERROR_MAX else line[: _ERROR_MAX - 1] + "…"
+
+
+def failed(check: Any, error: str, *symptoms: str, **values: float) -> CheckResult:
+    """A failed result for `check` with an error line and symptoms (default `<type>.error`)."""
+    return CheckResult(
+        name=check.name,
+        type=check.type,
+        ok=False,
+        values=values,
+        error=error,
+        symptoms=symptoms or (f"{check.type}.error",),
+    )
+
+
+# The probe modules import ProbeContext and the helpers above from this package, so they are
+# imported only once those exist.
+from healer.checks import command, http, postgres, process, redis, system  # noqa: E402
+
+Probe = Callable[[Any, ProbeContext], Awaitable[CheckResult]]
+
+PROBES: dict[str, Probe] = {
+    "http": http.probe,
+    "process": process.probe,
+    "system": system.probe,
+    "redis": redis.probe,
+    "postgres": postgres.probe,
+    "command": command.probe,
+}
+
+# Probes abandoned after their timeout that did not unwind within _CANCEL_GRACE; held so they
+# are not garbage-collected mid-flight, dropped when they finally end.
+_abandoned: set[asyncio.Task[CheckResult]] = set()
+
+
+async def run_check(ctx: ProbeContext, check: CheckConfig) -> CheckResult:
+    """Run one check within its timeout; a hang is `<type>.timeout`, an exception `<type>.error`."""
+    probe = PROBES.get(check.type)
+    if probe is None:
+        return failed(check, f"no probe for check type {check.type!r}")
+    task = asyncio.create_task(probe(check, ctx), name=f"check:{check.name}")
+    try:
+        done, _ = await asyncio.wait({task}, timeout=check.timeout.total_seconds())
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        await _abandon(task)
+        return failed(check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout")
+    exc = task.exception()
+    if exc is not None:
+        if isinstance(exc, TimeoutError):
+            return failed(check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout")
+        return failed(check, describe_error(exc))
+    return task.result()
+
+
+async def _abandon(task: asyncio.Task[CheckResult]) -> None:
+    """Cancel a probe past its timeout; wait a moment for it to clean up, never longer."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=_CANCEL_GRACE)
+    if done:
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it
+        return
+    _abandoned.add(task)
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Task[CheckResult]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log "exception was never retrieved"
+
+
+async def run_checks(ctx: ProbeContext, checks: Sequence[CheckConfig] | None = None) -> tuple[CheckResult, ...]:
+    """Run `checks` (default: all configured) concurrently; the results are in config order."""
+    todo = ctx.config.checks if checks is None else tuple(checks)
+    return tuple(await asyncio.gather(*(run_check(ctx, c) for c in todo)))
+
+
+__all__ = [
+    "PROBES",
+    "ProbeContext",
+    "budget",
+    "describe_error",
+    "failed",
+    "probe_context",
+    "redact",
+    "run_check",
+    "run_checks",
+]

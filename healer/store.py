@@ -1,0 +1,513 @@
+"""healer's own state in one SQLite database (WAL); all of healer's core SQL lives here (I/O).
+
+WAL with synchronous=NORMAL keeps every committed transaction through `kill -9`. A cycle is
+recorded in one transaction (results, counters, incident), so a restart resumes exactly
+where the last committed cycle left off: same window, same baseline, same failure count.
+The alert outbox keeps its own tables in the same file (healer/alerts/outbox.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from healer.decide import Pause, PastRepair
+from healer.errors import StoreError
+from healer.model import Baseline, CheckResult, Deploy, Outcome, Verdict, Who
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deploys (
+    id INTEGER PRIMARY KEY,
+    commit_sha TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    baseline TEXT,                       -- JSON of Baseline, NULL until the first healthy cycle
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    consecutive_passes INTEGER NOT NULL DEFAULT 0,
+    emergency_streak INTEGER NOT NULL DEFAULT 0,
+    open_incident INTEGER,
+    last_cycle_at TEXT,
+    last_ok INTEGER,
+    via_rollback INTEGER NOT NULL DEFAULT 0,
+    held TEXT,
+    stable_tag TEXT,
+    phase_index INTEGER
+);
+CREATE TABLE IF NOT EXISTS cycles (
+    id INTEGER PRIMARY KEY,
+    deploy_id INTEGER NOT NULL REFERENCES deploys(id),
+    at TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    results TEXT NOT NULL                -- JSON list of CheckResult
+);
+CREATE INDEX IF NOT EXISTS cycles_at ON cycles(at);
+CREATE INDEX IF NOT EXISTS cycles_deploy ON cycles(deploy_id, id);
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY,
+    deploy_id INTEGER NOT NULL REFERENCES deploys(id),
+    opened_at TEXT NOT NULL,
+    resolved_at TEXT,
+    cause TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    finished_at TEXT,
+    deploy_id INTEGER,
+    incident_id INTEGER,
+    kind TEXT NOT NULL,                  -- repair | rollback | baseline.reset | pause | resume | tag | hold
+    name TEXT NOT NULL,                  -- the playbook, the target, ...
+    who TEXT NOT NULL,                   -- loop | person
+    reason TEXT NOT NULL,
+    outcome TEXT NOT NULL,               -- started | ok | failed | skipped | error
+    detail TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS actions_at ON actions(at);
+CREATE TABLE IF NOT EXISTS bad_commits (
+    commit_sha TEXT PRIMARY KEY,
+    marked_at TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pauses (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    until TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    who TEXT NOT NULL,
+    ended_at TEXT,
+    announced_end INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+def _ts(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(s: str | None) -> datetime | None:
+    return None if s is None else datetime.fromisoformat(s)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRow:
+    """One row of the action log."""
+
+    id: int
+    at: datetime
+    finished_at: datetime | None
+    deploy_id: int | None
+    incident_id: int | None
+    kind: str
+    name: str
+    who: str
+    reason: str
+    outcome: str
+    detail: str
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "at": _ts(self.at),
+            "finished_at": None if self.finished_at is None else _ts(self.finished_at),
+            "deploy_id": self.deploy_id, "incident_id": self.incident_id, "kind": self.kind,
+            "name": self.name, "who": self.who, "reason": self.reason, "outcome": self.outcome,
+            "detail": self.detail,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRow:
+    id: int
+    deploy_id: int
+    opened_at: datetime
+    resolved_at: datetime | None
+    cause: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "deploy_id": self.deploy_id, "opened_at": _ts(self.opened_at),
+            "resolved_at": None if self.resolved_at is None else _ts(self.resolved_at),
+            "cause": self.cause,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRow:
+    id: int
+    deploy_id: int
+    at: datetime
+    ok: bool
+    who: str
+    summary: str
+    results: tuple[CheckResult, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "deploy_id": self.deploy_id, "at": _ts(self.at), "ok": self.ok,
+            "who": self.who, "summary": self.summary, "results": [r.to_json() for r in self.results],
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CycleUpdate:
+    """The counters a decided cycle leaves behind."""
+
+    consecutive_failures: int
+    consecutive_passes: int
+    emergency_streak: int
+    baseline: Baseline | None  # set when this cycle became the baseline
+    open_incident_cause: str | None  # open an incident with this cause
+    resolve_incident: bool
+    phase_index: int | None = None
+
+
+class Store:
+    """The state database. Methods are short, synchronous transactions; the loop calls
+    them through `asyncio.to_thread` so the event loop never waits on the disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open the state database: {e}") from None
+        except OSError as e:
+            raise StoreError(f"{path.parent}: cannot create the state directory: {e.strerror}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: {e}") from None
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                cur = self._db.execute(sql, args)
+                cur.row_factory = sqlite3.Row
+                return list(cur.fetchall())
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: {e}") from None
+
+    # ---- meta ---------------------------------------------------------------------------
+
+    def set_meta(self, **values: str | None) -> None:
+        with self._tx() as db:
+            for k, v in values.items():
+                if v is None:
+                    db.execute("DELETE FROM meta WHERE key = ?", (k,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, v))
+
+    def meta(self) -> dict[str, str]:
+        return {r["key"]: r["value"] for r in self._query("SELECT key, value FROM meta")}
+
+    # ---- deploys --------------------------------------------------------------------------
+
+    def current_deploy(self) -> Deploy | None:
+        rows = self._query("SELECT * FROM deploys ORDER BY id DESC LIMIT 1")
+        return _deploy(rows[0]) if rows else None
+
+    def deploy(self, deploy_id: int) -> Deploy | None:
+        rows = self._query("SELECT * FROM deploys WHERE id = ?", (deploy_id,))
+        return _deploy(rows[0]) if rows else None
+
+    def deploys(self) -> list[Deploy]:
+        return [_deploy(r) for r in self._query("SELECT * FROM deploys ORDER BY id")]
+
+    def ensure_deploy(self, commit: str, now: datetime, *, via_rollback: bool = False) -> tuple[Deploy, bool]:
+        """The deploy of `commit` at HEAD: the current one, or a new window when HEAD moved.
+        Returns (deploy, is_new). An incident of the previous deploy is closed with it."""
+        with self._tx() as db:
+            row = db.execute("SELECT id, commit_sha, open_incident FROM deploys ORDER BY id DESC LIMIT 1").fetchone()
+            if row is not None and row[1] == commit:
+                new = False
+                deploy_id = row[0]
+            else:
+                if row is not None and row[2] is not None:
+                    db.execute(
+                        "UPDATE incidents SET resolved_at = ?, cause = cause || ' (closed: a new commit was deployed)' "
+                        "WHERE id = ? AND resolved_at IS NULL",
+                        (_ts(now), row[2]),
+                    )
+                    db.execute("UPDATE deploys SET open_incident = NULL WHERE id = ?", (row[0],))
+                cur = db.execute(
+                    "INSERT INTO deploys(commit_sha, first_seen, via_rollback) VALUES (?, ?, ?)",
+                    (commit, _ts(now), int(via_rollback)),
+                )
+                deploy_id = int(cur.lastrowid or 0)
+                new = True
+        d = self.deploy(deploy_id)
+        assert d is not None
+        return d, new
+
+    def set_held(self, deploy_id: int, reason: str | None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE deploys SET held = ? WHERE id = ?", (reason, deploy_id))
+
+    def set_stable_tag(self, deploy_id: int, tag: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE deploys SET stable_tag = ? WHERE id = ?", (tag, deploy_id))
+
+    def reset_baseline(self, deploy_id: int, who: Who, now: datetime) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE deploys SET baseline = NULL WHERE id = ?", (deploy_id,))
+            db.execute(
+                "INSERT INTO actions(at, finished_at, deploy_id, kind, name, who, reason, outcome) "
+                "VALUES (?, ?, ?, 'baseline.reset', 'baseline', ?, 'healer baseline --reset', 'ok')",
+                (_ts(now), _ts(now), deploy_id, str(who)),
+            )
+
+    def set_phase(self, deploy_id: int, phase_index: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE deploys SET phase_index = ? WHERE id = ?", (phase_index, deploy_id))
+
+    def phase_index(self, deploy_id: int) -> int | None:
+        rows = self._query("SELECT phase_index FROM deploys WHERE id = ?", (deploy_id,))
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+    # ---- cycles ---------------------------------------------------------------------------
+
+    def record_cycle(self, deploy_id: int, verdict: Verdict, who: Who, update: CycleUpdate | None) -> int | None:
+        """Record a cycle and, for the loop's cycles, its counters and incident, atomically.
+        Returns the id of an incident opened by this cycle."""
+        results = json.dumps([r.to_json() for r in verdict.results])
+        opened: int | None = None
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO cycles(deploy_id, at, ok, who, summary, results) VALUES (?, ?, ?, ?, ?, ?)",
+                (deploy_id, _ts(verdict.at), int(verdict.ok), str(who), verdict.summary(), results),
+            )
+            if update is None:
+                return None
+            sets = {
+                "consecutive_failures": update.consecutive_failures,
+                "consecutive_passes": update.consecutive_passes,
+                "emergency_streak": update.emergency_streak,
+                "last_cycle_at": _ts(verdict.at),
+                "last_ok": int(verdict.ok),
+            }
+            if update.baseline is not None:
+                sets["baseline"] = _baseline_json(update.baseline)
+            if update.phase_index is not None:
+                sets["phase_index"] = update.phase_index
+            if update.open_incident_cause is not None:
+                cur = db.execute(
+                    "INSERT INTO incidents(deploy_id, opened_at, cause) VALUES (?, ?, ?)",
+                    (deploy_id, _ts(verdict.at), update.open_incident_cause),
+                )
+                opened = int(cur.lastrowid or 0)
+                sets["open_incident"] = opened
+            if update.resolve_incident:
+                db.execute(
+                    "UPDATE incidents SET resolved_at = ? WHERE id = (SELECT open_incident FROM deploys WHERE id = ?)",
+                    (_ts(verdict.at), deploy_id),
+                )
+                sets["open_incident"] = None
+            cols = ", ".join(f"{k} = ?" for k in sets)
+            db.execute(f"UPDATE deploys SET {cols} WHERE id = ?", (*sets.values(), deploy_id))  # noqa: S608 -- column names are ours
+        return opened
+
+    def cycles(self, since: datetime | None = None, deploy_id: int | None = None, limit: int | None = None) -> list[CycleRow]:
+        sql, args = "SELECT * FROM cycles WHERE 1=1", []
+        if since is not None:
+            sql += " AND at >= ?"
+            args.append(_ts(since))
+        if deploy_id is not None:
+            sql += " AND deploy_id = ?"
+            args.append(deploy_id)
+        sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        rows = self._query(sql, args)
+        return [_cycle(r) for r in reversed(rows)]
+
+    def last_cycle(self, deploy_id: int | None = None) -> CycleRow | None:
+        rows = self.cycles(deploy_id=deploy_id, limit=1)
+        return rows[-1] if rows else None
+
+    # ---- incidents ------------------------------------------------------------------------
+
+    def incidents(self, since: datetime | None = None) -> list[IncidentRow]:
+        if since is None:
+            rows = self._query("SELECT * FROM incidents ORDER BY id")
+        else:
+            rows = self._query(
+                "SELECT * FROM incidents WHERE opened_at >= ? OR resolved_at IS NULL OR resolved_at >= ? ORDER BY id",
+                (_ts(since), _ts(since)),
+            )
+        return [IncidentRow(r["id"], r["deploy_id"], _dt(r["opened_at"]) or datetime.min, _dt(r["resolved_at"]), r["cause"]) for r in rows]  # type: ignore[arg-type]
+
+    # ---- actions --------------------------------------------------------------------------
+
+    def start_action(
+        self, *, kind: str, name: str, who: Who, reason: str, now: datetime,
+        deploy_id: int | None, incident_id: int | None = None, outcome: Outcome = Outcome.STARTED,
+        detail: str = "", note: str = "",
+    ) -> int:  # fmt: skip
+        """Journal an action before doing it (outcome `started`), or record a finished one."""
+        finished = None if outcome is Outcome.STARTED else _ts(now)
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO actions(at, finished_at, deploy_id, incident_id, kind, name, who, reason, outcome, detail, note) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_ts(now), finished, deploy_id, incident_id, kind, name, str(who), reason, str(outcome), detail, note),
+            )
+            return int(cur.lastrowid or 0)
+
+    def finish_action(self, action_id: int, outcome: Outcome, now: datetime, detail: str = "") -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE actions SET outcome = ?, finished_at = ?, detail = ? WHERE id = ?",
+                (str(outcome), _ts(now), detail, action_id),
+            )
+
+    def actions(self, since: datetime | None = None, kind: str | None = None, deploy_id: int | None = None) -> list[ActionRow]:
+        sql, args = "SELECT * FROM actions WHERE 1=1", []
+        if since is not None:
+            sql += " AND at >= ?"
+            args.append(_ts(since))
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        if deploy_id is not None:
+            sql += " AND deploy_id = ?"
+            args.append(deploy_id)
+        return [_action(r) for r in self._query(sql + " ORDER BY id", args)]
+
+    def unfinished_actions(self) -> list[ActionRow]:
+        return [_action(r) for r in self._query("SELECT * FROM actions WHERE outcome = 'started' ORDER BY id")]
+
+    def past_repairs(self, deploy_id: int) -> tuple[PastRepair, ...]:
+        rows = self.actions(kind="repair", deploy_id=deploy_id)
+        return tuple(PastRepair(r.name, r.at, Outcome(r.outcome), r.note) for r in rows if r.who == Who.LOOP)
+
+    # ---- bad commits ----------------------------------------------------------------------
+
+    def mark_bad(self, commit: str, reason: str, now: datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO bad_commits(commit_sha, marked_at, reason) VALUES (?, ?, ?)",
+                (commit, _ts(now), reason),
+            )
+
+    def bad_commits(self) -> dict[str, str]:
+        return {r["commit_sha"]: r["reason"] for r in self._query("SELECT * FROM bad_commits")}
+
+    # ---- pauses ---------------------------------------------------------------------------
+
+    def add_pause(self, until: datetime, reason: str, who: str, now: datetime) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE pauses SET ended_at = ? WHERE ended_at IS NULL", (_ts(now),))
+            db.execute(
+                "INSERT INTO pauses(at, until, reason, who) VALUES (?, ?, ?, ?)",
+                (_ts(now), _ts(until), reason, who),
+            )
+
+    def active_pause(self, now: datetime) -> Pause | None:
+        rows = self._query(
+            "SELECT * FROM pauses WHERE ended_at IS NULL AND until > ? ORDER BY id DESC LIMIT 1", (_ts(now),)
+        )
+        if not rows:
+            return None
+        return Pause(until=_dt(rows[0]["until"]) or now, reason=rows[0]["reason"], who=rows[0]["who"])
+
+    def end_pause(self, now: datetime) -> bool:
+        with self._tx() as db:
+            cur = db.execute("UPDATE pauses SET ended_at = ? WHERE ended_at IS NULL AND until > ?", (_ts(now), _ts(now)))
+            return cur.rowcount > 0
+
+    def expired_unannounced_pauses(self, now: datetime) -> list[tuple[int, str]]:
+        rows = self._query(
+            "SELECT id, reason FROM pauses WHERE announced_end = 0 AND (ended_at IS NOT NULL OR until <= ?)", (_ts(now),)
+        )
+        return [(r["id"], r["reason"]) for r in rows]
+
+    def mark_pause_announced(self, pause_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE pauses SET announced_end = 1 WHERE id = ?", (pause_id,))
+
+    # ---- retention ------------------------------------------------------------------------
+
+    def prune(self, older_than: datetime) -> int:
+        """Delete cycles and finished actions older than `older_than`; keep deploys, incidents."""
+        with self._tx() as db:
+            n = db.execute("DELETE FROM cycles WHERE at < ?", (_ts(older_than),)).rowcount
+            n += db.execute(
+                "DELETE FROM actions WHERE at < ? AND outcome != 'started'", (_ts(older_than),)
+            ).rowcount
+        return n
+
+
+def _baseline_json(b: Baseline) -> str:
+    return json.dumps({"taken_at": _ts(b.taken_at), "metrics": {k: dict(v) for k, v in b.metrics.items()}})
+
+
+def _baseline(s: str | None) -> Baseline | None:
+    if not s:
+        return None
+    d = json.loads(s)
+    return Baseline(taken_at=datetime.fromisoformat(d["taken_at"]), metrics=d["metrics"])
+
+
+def _deploy(r: sqlite3.Row) -> Deploy:
+    return Deploy(
+        id=r["id"],
+        commit=r["commit_sha"],
+        first_seen=datetime.fromisoformat(r["first_seen"]),
+        baseline=_baseline(r["baseline"]),
+        consecutive_failures=r["consecutive_failures"],
+        consecutive_passes=r["consecutive_passes"],
+        open_incident=r["open_incident"],
+        last_cycle_at=_dt(r["last_cycle_at"]),
+        last_ok=None if r["last_ok"] is None else bool(r["last_ok"]),
+        emergency_streak=r["emergency_streak"],
+        via_rollback=bool(r["via_rollback"]),
+        held=r["held"],
+        stable_tag=r["stable_tag"],
+    )
+
+
+def _cycle(r: sqlite3.Row) -> CycleRow:
+    results = tuple(CheckResult.from_json(x) for x in json.loads(r["results"]))
+    return CycleRow(r["id"], r["deploy_id"], datetime.fromisoformat(r["at"]), bool(r["ok"]), r["who"], r["summary"], results)
+
+
+def _action(r: sqlite3.Row) -> ActionRow:
+    return ActionRow(
+        r["id"], datetime.fromisoformat(r["at"]), _dt(r["finished_at"]), r["deploy_id"], r["incident_id"],
+        r["kind"], r["name"], r["who"], r["reason"], r["outcome"], r["detail"], r["note"],
+    )  # fmt: skip
+
