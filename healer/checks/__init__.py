@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,7 +27,9 @@ _CANCEL_GRACE = 0.5
 
 _ERROR_MAX = 300
 _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]*@")
-_PASSWORD_RE = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)")
+_PASSWORD_RE = re.compile(
+    r"(?i)\b(password|passwd|pwd|token|secret)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,7 @@ def failed(check: Any, error: str, *symptoms: str, **values: float) -> CheckResu
 # imported only once those exist.
 from healer.checks import command, http, postgres, process, redis, system  # noqa: E402
 
-Probe = Callable[[Any, ProbeContext], Awaitable[CheckResult]]
+Probe = Callable[[Any, ProbeContext], Coroutine[Any, Any, CheckResult]]
 
 PROBES: dict[str, Probe] = {
     "http": http.probe,
@@ -117,11 +119,15 @@ async def run_check(ctx: ProbeContext, check: CheckConfig) -> CheckResult:
         raise
     if not done:
         await _abandon(task)
-        return failed(check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout")
+        return failed(
+            check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout"
+        )
     exc = task.exception()
     if exc is not None:
         if isinstance(exc, TimeoutError):
-            return failed(check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout")
+            return failed(
+                check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout"
+            )
         return failed(check, describe_error(exc))
     return task.result()
 
@@ -144,7 +150,9 @@ def _forget(task: asyncio.Task[CheckResult]) -> None:
         task.exception()  # retrieved, so asyncio does not log "exception was never retrieved"
 
 
-async def run_checks(ctx: ProbeContext, checks: Sequence[CheckConfig] | None = None) -> tuple[CheckResult, ...]:
+async def run_checks(
+    ctx: ProbeContext, checks: Sequence[CheckConfig] | None = None
+) -> tuple[CheckResult, ...]:
     """Run `checks` (default: all configured) concurrently; the results are in config order."""
     todo = ctx.config.checks if checks is None else tuple(checks)
     return tuple(await asyncio.gather(*(run_check(ctx, c) for c in todo)))

@@ -1,0 +1,209 @@
+"""The http check: request a URL `samples` times within the check's timeout (I/O).
+
+The check passes when a strict majority of samples pass (status, body_contains, json_field);
+its latency is the median of the samples that got an answer. Samples run one after the other,
+which is gentler on the app; each gets a fair share of what is left of the check's budget, so
+a sample that hangs never pushes the check past its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import httpx
+
+from healer.checks import budget, describe_error
+from healer.config import HttpCheck, format_duration
+from healer.model import CheckResult
+
+if TYPE_CHECKING:
+    from healer.checks import ProbeContext
+
+# A health body is small; read no more than this of it.
+_BODY_MAX = 1 << 20
+_SHOW_MAX = 60
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    """One request: `kind` is "ok" or the failure (down, timeout, status, body, error)."""
+
+    kind: str
+    status: int = 0  # 0 when nothing that parses as HTTP came back
+    latency: float | None = None  # seconds, when an answer arrived
+    detail: str = ""
+
+
+async def probe(check: HttpCheck, ctx: ProbeContext) -> CheckResult:
+    """Take the samples and judge them against the check's absolute expectations."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget(check.timeout)
+    samples: list[_Sample] = []
+    for i in range(check.samples):
+        share = (deadline - loop.time()) / (check.samples - i)
+        samples.append(await _sample(ctx.http, check, share))
+    return _judge(check, samples)
+
+
+async def _sample(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -> _Sample:
+    if timeout <= 0.001:
+        return _Sample("timeout", detail="no time left for this sample")
+    start = time.perf_counter()
+    try:
+        # httpx timeouts bound each read, not the whole exchange: a server trickling bytes
+        # would never trip them, so the exchange as a whole is bounded too.
+        async with asyncio.timeout(timeout):
+            async with client.stream(
+                check.method, check.url, headers=check.headers, timeout=timeout
+            ) as resp:
+                body = await _read(resp)
+    except (TimeoutError, httpx.TimeoutException):
+        return _Sample("timeout", detail=f"no answer within {round(timeout * 1000)} ms")
+    except httpx.ConnectError as e:
+        return _Sample("down", detail=f"cannot connect ({_reason(e)})")
+    except httpx.RemoteProtocolError as e:
+        if "without sending" in str(e) or "disconnected" in str(e).lower():
+            return _Sample("down", detail="connection closed without an answer")
+        return _Sample("error", detail=f"not an HTTP answer ({_reason(e)})")
+    except (httpx.ReadError, httpx.WriteError) as e:
+        return _Sample("down", detail=f"connection lost ({_reason(e)})")
+    except Exception as e:  # a garbage answer is a failed sample, whatever the client raises
+        return _Sample("error", detail=describe_error(e))
+    latency = time.perf_counter() - start
+    return _judge_response(check, resp.status_code, body, resp.encoding, latency)
+
+
+async def _read(resp: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= _BODY_MAX:
+            break
+    return b"".join(chunks)[:_BODY_MAX]
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:120] if text and text[0] else type(e).__name__
+
+
+def _judge_response(
+    check: HttpCheck, status: int, body: bytes, encoding: str | None, latency: float
+) -> _Sample:
+    expected = check.expected_statuses()
+    if status not in expected:
+        want = " or ".join(map(str, expected))
+        return _Sample("status", status, latency, f"HTTP {status} (expected {want})")
+    if check.body_contains is None and check.json_field is None:
+        return _Sample("ok", status, latency)
+    try:
+        text = body.decode(encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = body.decode("utf-8", errors="replace")
+    if check.body_contains is not None and check.body_contains not in text:
+        return _Sample(
+            "body", status, latency, f"body does not contain {_show(check.body_contains)}"
+        )
+    if check.json_field is not None:
+        problem = _json_problem(text, check.json_field, check.json_value)
+        if problem:
+            return _Sample("body", status, latency, problem)
+    return _Sample("ok", status, latency)
+
+
+def _json_problem(text: str, field: str, expected: str | int | float | bool | None) -> str | None:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return "body is not JSON"
+    actual = _lookup(doc, field)
+    if actual is _MISSING:
+        return f"no field {field!r} in the JSON body"
+    if expected is None:
+        return f"{field} is null" if actual is None else None
+    if not _matches(actual, expected):
+        return f"{field} is {_show(actual)}, expected {_show(expected)}"
+    return None
+
+
+def _lookup(doc: object, path: str) -> object:
+    """A dotted path into JSON: "db.ok", or "items.0.id" through a list."""
+    cur = doc
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return _MISSING
+    return cur
+
+
+def _matches(actual: object, expected: str | int | float | bool) -> bool:
+    if isinstance(expected, str) and not isinstance(actual, str):
+        # json_value = "true" or "3" in TOML still matches the JSON true or 3
+        return json.dumps(actual) == expected
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return type(actual) is type(expected) and actual == expected
+    return actual == expected
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 1] + "…"
+
+
+def _judge(check: HttpCheck, samples: list[_Sample]) -> CheckResult:
+    n = len(samples)
+    passed = [s for s in samples if s.kind == "ok"]
+    failures = [s for s in samples if s.kind != "ok"]
+    latencies = [s.latency for s in samples if s.latency is not None]
+    statuses = Counter(s.status for s in samples if s.status)
+    values: dict[str, float] = {
+        "samples": n,
+        "samples_ok": len(passed),
+        "status": statuses.most_common(1)[0][0] if statuses else 0,
+    }
+    median = statistics.median(latencies) if latencies else None
+    if median is not None:
+        values["latency_ms"] = round(median * 1000, 3)
+
+    symptoms: list[str] = []
+    errors: list[str] = []
+    if len(passed) * 2 <= n:
+        kinds = Counter(s.kind for s in failures)
+        top = [k for k, c in kinds.items() if c * 2 > n]
+        if not top:  # no single failure is a majority: name the most common ones
+            most = max(kinds.values())
+            top = [k for k, c in kinds.items() if c == most]
+        symptoms += [f"http.{k}" for k in top]
+        if sum(1 for s in samples if s.status == 429) * 2 > n:
+            symptoms.append("http.rate_limited")
+        detail = next(s.detail for s in failures if s.kind == top[0])
+        errors.append(f"{len(failures)} of {n} samples failed: {detail}")
+    ceiling = check.max_latency.total_seconds()
+    if median is not None and median > ceiling:
+        symptoms.append("http.latency")
+        ceiling_text = format_duration(check.max_latency)
+        errors.append(
+            f"median latency {round(median * 1000)} ms is over the {ceiling_text} ceiling"
+        )
+    return CheckResult(
+        name=check.name,
+        type=check.type,
+        ok=not symptoms,
+        latency=None if median is None else timedelta(seconds=median),
+        values=values,
+        error="; ".join(errors) or None,
+        symptoms=tuple(symptoms),
+    )

@@ -1,0 +1,152 @@
+"""The postgres check: connect + `SELECT 1` latency and connections in use (I/O, psycopg 3).
+
+The DSN comes from the environment variable named by `dsn_env` (or `[postgres] dsn_env`) and is a
+secret: messages are built here from the host, port and database only, and any text taken from
+psycopg is scrubbed of the DSN and its password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from healer.checks import budget, failed, redact
+from healer.config import PostgresCheck, format_duration, read_secret
+from healer.model import CheckResult
+
+if TYPE_CHECKING:
+    from healer.checks import ProbeContext
+
+_CONNECTIONS_SQL = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+
+
+async def probe(check: PostgresCheck, ctx: ProbeContext) -> CheckResult:
+    """1. read the DSN; 2. connect and `SELECT 1` (the latency); 3. count connections."""
+    env = check.dsn_env or (ctx.config.postgres.dsn_env if ctx.config.postgres else "DATABASE_URL")
+    secret = read_secret(env)
+    if secret is None:
+        return failed(check, f"environment variable {env} is not set", "postgres.error")
+    dsn = secret.reveal()
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return failed(
+            check,
+            f"environment variable {env} does not hold a valid PostgreSQL DSN",
+            "postgres.error",
+        )
+    secrets = (dsn, str(params.get("password") or ""))
+    where = _where(params)
+    seconds = budget(check.timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(seconds):
+            conn = await psycopg.AsyncConnection.connect(
+                dsn,
+                connect_timeout=max(
+                    2, math.ceil(seconds)
+                ),  # libpq's floor is 2 s; asyncio.timeout bounds it closer
+                autocommit=True,
+                application_name="healer",
+            )
+    except TimeoutError:
+        return failed(
+            check,
+            f"no answer from PostgreSQL at {where} within {round(seconds * 1000)} ms",
+            "postgres.down",
+        )
+    except psycopg.Error as e:
+        return failed(
+            check,
+            f"cannot connect to PostgreSQL at {where}: {_reason(e, secrets)}",
+            "postgres.down",
+        )
+    try:
+        async with asyncio.timeout(max(0.0, deadline - loop.time())):
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT 1")
+                await cur.fetchone()
+                latency = time.perf_counter() - start
+                await cur.execute(_CONNECTIONS_SQL)
+                row = await cur.fetchone()
+                connections = int(row[0]) if row else 0
+                await cur.execute("SHOW max_connections")
+                row = await cur.fetchone()
+                max_connections = int(row[0]) if row else 0
+    except TimeoutError:
+        return failed(
+            check,
+            f"PostgreSQL at {where} did not answer within {round(seconds * 1000)} ms",
+            "postgres.timeout",
+        )
+    except psycopg.OperationalError as e:
+        return failed(
+            check,
+            f"lost the connection to PostgreSQL at {where}: {_reason(e, secrets)}",
+            "postgres.down",
+        )
+    except psycopg.Error as e:
+        return failed(check, f"PostgreSQL at {where}: {_reason(e, secrets)}", "postgres.error")
+    finally:
+        await conn.close()
+    return _judge(check, latency, connections, max_connections)
+
+
+def _where(params: dict[str, str | int | None]) -> str:
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or 5432
+    db = params.get("dbname") or params.get("user") or ""
+    return f"{host}:{port}/{db}" if db else f"{host}:{port}"
+
+
+def _reason(e: psycopg.Error, secrets: tuple[str, ...]) -> str:
+    """The gist of psycopg's message: the last clause of its first line, scrubbed."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = lines[0] if lines else type(e).__name__
+    gist = first.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    return redact(gist, *secrets)[:200]
+
+
+def _judge(
+    check: PostgresCheck, latency: float, connections: int, max_connections: int
+) -> CheckResult:
+    values: dict[str, float] = {
+        "latency_ms": round(latency * 1000, 3),
+        "connections": connections,
+        "max_connections": max_connections,
+    }
+    symptoms: list[str] = []
+    errors: list[str] = []
+    if latency > check.max_latency.total_seconds():
+        symptoms.append("postgres.latency")
+        ceiling = format_duration(check.max_latency)
+        errors.append(
+            f"connect + SELECT 1 took {latency * 1000:.0f} ms, over the {ceiling} ceiling"
+        )
+    if max_connections > 0:
+        percent = 100 * connections / max_connections
+        values["connections_percent"] = round(percent, 2)
+        if percent > check.max_connections_percent:
+            symptoms.append("postgres.connections")
+            errors.append(
+                f"{connections} of {max_connections} connections in use ({percent:.0f}%),"
+                f" over {check.max_connections_percent:g}%"
+            )
+    return CheckResult(
+        name=check.name,
+        type=check.type,
+        ok=not symptoms,
+        latency=timedelta(seconds=latency),
+        values=values,
+        error="; ".join(errors) or None,
+        symptoms=tuple(symptoms),
+    )

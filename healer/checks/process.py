@@ -1,0 +1,188 @@
+"""The process check: the app's processes are alive, and their memory and CPU (I/O, psutil).
+
+Processes are found by `match` (a substring of the command line), `pidfile` (the PID in the
+file, plus its descendants) or `process_name`; the check falls back on `[process] match` /
+`pidfile`. healer's own process and its ancestors never match, so a match string that
+happens to sit in healer's (or pytest's) command line does not find healer itself.
+psutil blocks, so the scan runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+
+from healer.config import ProcessCheck
+from healer.model import CheckResult
+
+if TYPE_CHECKING:
+    from healer.checks import ProbeContext
+
+# CPU use is the delta between two readings this far apart.
+_CPU_INTERVAL = 0.2
+# A process started this long after its pidfile was written still counts as the one that
+# wrote it (clock and mtime granularity); started later than that, its PID was reused.
+_PIDFILE_TOLERANCE = 1.0
+_MB = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """What the worker thread found."""
+
+    count: int
+    rss: int  # bytes, all processes together
+    cpu_percent: float
+    problem: str | None = None  # why nothing was found, when that is known (pidfile)
+
+
+async def probe(check: ProcessCheck, ctx: ProbeContext) -> CheckResult:
+    """Find the processes, then compare count, RSS and CPU with the check's ceilings."""
+    match, pidfile = check.match, check.pidfile
+    if not (match or pidfile or check.process_name) and ctx.config.process is not None:
+        match, pidfile = ctx.config.process.match, ctx.config.process.pidfile
+    scan = await asyncio.to_thread(_scan, match, pidfile, check.process_name)
+
+    values: dict[str, float] = {"count": scan.count}
+    if scan.count:
+        values["rss_mb"] = round(scan.rss / _MB, 3)
+        values["cpu_percent"] = round(scan.cpu_percent, 2)
+    symptoms: list[str] = []
+    errors: list[str] = []
+    if scan.count < check.min_count:
+        symptoms.append("process.down")
+        what = _describe_target(match, pidfile, check.process_name)
+        found = scan.problem or f"{scan.count} running"
+        errors.append(f"expected at least {check.min_count} process(es) {what}, {found}")
+    if check.max_rss is not None and scan.count and scan.rss > check.max_rss:
+        symptoms.append("process.memory")
+        errors.append(
+            f"RSS {scan.rss / _MB:.0f} MB is over the {check.max_rss / _MB:.0f} MB ceiling"
+        )
+    if (
+        check.max_cpu_percent is not None
+        and scan.count
+        and scan.cpu_percent > check.max_cpu_percent
+    ):
+        symptoms.append("process.cpu")
+        errors.append(f"CPU {scan.cpu_percent:.0f}% is over the {check.max_cpu_percent:g}% ceiling")
+    return CheckResult(
+        name=check.name,
+        type=check.type,
+        ok=not symptoms,
+        values=values,
+        error="; ".join(errors) or None,
+        symptoms=tuple(symptoms),
+    )
+
+
+def _describe_target(match: str | None, pidfile: Path | None, name: str | None) -> str:
+    if pidfile is not None:
+        return f"from pidfile {pidfile}"
+    if match:
+        return f"matching {match!r}"
+    return f"named {name!r}"
+
+
+def _scan(match: str | None, pidfile: Path | None, name: str | None) -> _Scan:
+    """Find the processes (blocking), then measure them."""
+    me = psutil.Process()
+    excluded = {me.pid, *(p.pid for p in me.parents())}
+    if pidfile is not None:
+        procs, problem = _from_pidfile(pidfile, match, excluded)
+    else:
+        procs, problem = _by_cmdline(match, name, excluded), None
+    if not procs:
+        return _Scan(0, 0, 0.0, problem)
+    return _measure(procs)
+
+
+def _by_cmdline(match: str | None, name: str | None, excluded: set[int]) -> list[psutil.Process]:
+    found: list[psutil.Process] = []
+    for p in psutil.process_iter(["pid", "name", "cmdline", "status"]):
+        info = p.info
+        if info["pid"] in excluded or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cmdline = info["cmdline"] or []
+        if (match and match in " ".join(cmdline)) or (
+            not match
+            and name
+            and (info["name"] == name or (cmdline and os.path.basename(cmdline[0]) == name))
+        ):
+            found.append(p)
+    return found
+
+
+def _from_pidfile(
+    pidfile: Path, match: str | None, excluded: set[int]
+) -> tuple[list[psutil.Process], str | None]:
+    """The process named by the pidfile (guarding against PID reuse) and its descendants."""
+    try:
+        text = pidfile.read_text().strip()
+        written = pidfile.stat().st_mtime
+    except FileNotFoundError:
+        return [], f"pidfile {pidfile} does not exist"
+    except OSError as e:
+        return [], f"cannot read pidfile {pidfile}: {e.strerror}"
+    if not text.isdigit():
+        return [], f"pidfile {pidfile} does not hold a PID"
+    pid = int(text)
+    try:
+        p = psutil.Process(pid)
+        started = p.create_time()
+        alive = p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return [], f"PID {pid} from pidfile {pidfile} is not running"
+    if not alive or pid in excluded:
+        return [], f"PID {pid} from pidfile {pidfile} is not running"
+    if started > written + _PIDFILE_TOLERANCE:
+        return (
+            [],
+            f"PID {pid} from pidfile {pidfile} is a newer process (stale pidfile, PID reused)",
+        )
+    if match:
+        try:
+            cmdline = " ".join(p.cmdline())
+        except psutil.AccessDenied:  # another user's process: the pidfile alone vouches for it
+            cmdline = match
+        except psutil.Error:
+            return [], f"PID {pid} from pidfile {pidfile} is not running"
+        if match not in cmdline:
+            return [], f"PID {pid} from pidfile {pidfile} does not match {match!r}"
+    try:
+        children = [c for c in p.children(recursive=True) if c.pid not in excluded]
+    except psutil.Error:
+        children = []
+    return [p, *children], None
+
+
+def _measure(procs: list[psutil.Process]) -> _Scan:
+    """RSS and CPU summed over the processes that are still alive after the CPU interval."""
+    alive: list[psutil.Process] = []
+    for p in procs:
+        try:
+            p.cpu_percent(None)  # the first reading only sets the starting point
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error:  # another user's process: alive, not measurable
+            pass
+        alive.append(p)
+    time.sleep(_CPU_INTERVAL)
+    count, rss, cpu = 0, 0, 0.0
+    for p in alive:
+        try:
+            with p.oneshot():
+                cpu += p.cpu_percent(None)
+                rss += p.memory_info().rss
+        except psutil.NoSuchProcess:  # ended in between: it no longer counts
+            continue
+        except psutil.Error:  # AccessDenied: alive, not measurable
+            pass
+        count += 1
+    return _Scan(count, rss, cpu)

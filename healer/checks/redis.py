@@ -1,0 +1,125 @@
+"""The redis check: PING latency, used memory and connected clients (I/O, redis.asyncio).
+
+The client makes no retries of its own: a health probe must see the first failure, and the
+check's timeout bounds it anyway. Error messages are built here and never show the password.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from healer.checks import budget, describe_error, failed, redact
+from healer.config import RedisCheck, format_duration, read_secret
+from healer.model import CheckResult
+
+if TYPE_CHECKING:
+    from healer.checks import ProbeContext
+
+_MB = 2**20
+
+
+async def probe(check: RedisCheck, ctx: ProbeContext) -> CheckResult:
+    """1. connect (a first PING); 2. time a PING; 3. read INFO; 4. compare with the ceilings."""
+    section = ctx.config.redis
+    url = check.url or (section.url if section else "redis://127.0.0.1:6379/0")
+    secret = read_secret(section.password_env if section else None)
+    password = secret.reveal() if secret else None
+    secrets = (password or "",)
+    where = redact(url)
+    seconds = budget(check.timeout)
+    kwargs: dict[str, Any] = {
+        "client_name": "healer",
+        "socket_timeout": seconds,
+        "socket_connect_timeout": seconds,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if password:
+        kwargs["password"] = password
+    client = redis.asyncio.Redis.from_url(url, **kwargs)
+    try:
+        try:
+            await client.ping()
+        except (AuthenticationError, ResponseError) as e:
+            return failed(
+                check,
+                f"redis at {where} refused healer: {describe_error(e, *secrets)}",
+                "redis.error",
+            )
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            return failed(
+                check,
+                f"cannot connect to redis at {where}: {describe_error(e, *secrets)}",
+                "redis.down",
+            )
+        try:
+            start = time.perf_counter()
+            await client.ping()
+            latency = time.perf_counter() - start
+            info = await client.info()
+        except RedisTimeoutError:
+            return failed(
+                check,
+                f"redis at {where} did not answer within {round(seconds * 1000)} ms",
+                "redis.timeout",
+            )
+        except (RedisConnectionError, OSError) as e:
+            return failed(
+                check,
+                f"lost the connection to redis at {where}: {describe_error(e, *secrets)}",
+                "redis.down",
+            )
+        except RedisError as e:
+            return failed(check, f"redis at {where}: {describe_error(e, *secrets)}", "redis.error")
+    finally:
+        await client.aclose()
+    return _judge(check, latency, info)
+
+
+def _judge(check: RedisCheck, latency: float, info: dict[str, Any]) -> CheckResult:
+    used = int(info.get("used_memory", 0))
+    maxmemory = int(info.get("maxmemory", 0))
+    clients = int(info.get("connected_clients", 0))
+    values: dict[str, float] = {
+        "latency_ms": round(latency * 1000, 3),
+        "used_memory_mb": round(used / _MB, 3),
+        "clients": clients,
+    }
+    if maxmemory > 0:
+        values["memory_percent"] = round(100 * used / maxmemory, 2)
+    symptoms: list[str] = []
+    errors: list[str] = []
+    if latency > check.max_latency.total_seconds():
+        symptoms.append("redis.latency")
+        ceiling = format_duration(check.max_latency)
+        errors.append(f"PING took {latency * 1000:.0f} ms, over the {ceiling} ceiling")
+    over_bytes = check.max_memory is not None and used > check.max_memory
+    over_percent = maxmemory > 0 and 100 * used / maxmemory > check.max_memory_percent
+    if over_bytes or over_percent:
+        symptoms.append("redis.memory")
+        limit = (
+            f"{check.max_memory / _MB:.0f} MB"
+            if over_bytes and check.max_memory
+            else f"{check.max_memory_percent:g}% of maxmemory"
+        )
+        errors.append(f"used memory {used / _MB:.1f} MB is over {limit}")
+    if check.max_clients is not None and clients > check.max_clients:
+        symptoms.append("redis.clients")
+        errors.append(f"{clients} clients connected, over {check.max_clients}")
+    return CheckResult(
+        name=check.name,
+        type=check.type,
+        ok=not symptoms,
+        latency=timedelta(seconds=latency),
+        values=values,
+        error="; ".join(errors) or None,
+        symptoms=tuple(symptoms),
+    )
