@@ -1,0 +1,425 @@
+"""The command line: click commands, exit codes and rendering; no decisions here (I/O).
+
+Exit codes: 0 done/healthy, 1 unhealthy/not fixed, 2 a usage or config error (one line per
+problem on stderr; nothing is started or changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta
+from functools import wraps
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from healer import __version__
+from healer.clock import SystemClock
+from healer.config import Config, config_path, format_duration, load_config, parse_duration
+from healer.errors import HealerError, UsageError
+from healer.judge import judge
+from healer.model import CheckResult, Verdict, Who
+from healer.schedule import next_due, phase_at
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _console(stderr: bool = False) -> Console:
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, width=None if tty else 120, highlight=False, soft_wrap=not tty)
+
+
+def _fail(err: HealerError) -> NoReturn:
+    for line in err.lines():
+        click.echo(f"healer: {line}" if not line.startswith("healer") else line, err=True)
+    sys.exit(err.exit_code)
+
+
+def handles_errors(fn: F) -> F:
+    """A HealerError prints one line per problem on stderr and exits 2; anything else is a
+    bug and keeps its traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HealerError as e:
+            _fail(e)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _config(ctx: click.Context) -> Config:
+    return load_config(config_path(ctx.obj.get("config")))
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _duration(value: str, flag: str) -> timedelta:
+    try:
+        return parse_duration(value)
+    except Exception:  # noqa: BLE001 -- pydantic's custom error; we want our own line
+        raise UsageError(f'{flag}: expected a duration like "30m", "24h" or "7d", got "{value}"') from None
+
+
+def _ago(t: datetime | None, now: datetime) -> str:
+    if t is None:
+        return "never"
+    d = now - t
+    if d < timedelta(0):
+        return "in " + format_duration(timedelta(seconds=round(-d.total_seconds())) or timedelta(seconds=0))
+    secs = round(d.total_seconds())
+    return "just now" if secs < 1 else f"{format_duration(timedelta(seconds=secs))} ago"
+
+
+def _when(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _confirm(what: str, yes: bool) -> None:
+    """Destructive commands ask on a terminal unless --yes; with no terminal they need --yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{what}: refusing without --yes (no terminal to confirm on)")
+    if not click.confirm(f"{what}. Go ahead?", default=False):
+        raise UsageError(f"{what}: not confirmed; nothing done")
+
+
+# ---- the group ---------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config", "config", metavar="PATH", type=click.Path(dir_okay=False),
+    help="healer.toml to use (default: $HEALER_CONFIG, else ./healer.toml).",
+)  # fmt: skip
+@click.version_option(__version__, prog_name="healer")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """healer: a self-healing post-launch watchdog."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+# ---- run ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--observe", is_flag=True, help="Decide and record everything, act on nothing.")
+@click.pass_context
+@handles_errors
+def run(ctx: click.Context, observe: bool) -> None:
+    """Run the watchdog loop in the foreground (for a process manager)."""
+    from healer.loop import serve
+
+    config = _config(ctx)
+    _setup_logging(config)
+    _run(serve(config, observe=observe))
+
+
+def _setup_logging(config: Config) -> None:
+    from healer.logging import known_secrets, setup_logging
+
+    setup_logging("info", known_secrets(config))
+
+
+# ---- check ---------------------------------------------------------------------------------------
+
+
+async def _check_once(config: Config) -> tuple[Verdict, str | None]:
+    from healer import gitrepo
+    from healer.checks import probe_context, run_checks
+    from healer.store import Store
+
+    baseline = None
+    commit: str | None = None
+    with _quiet():
+        commit = gitrepo.head_commit(config.app.repo) if config.app.repo else None
+    if config.db_path.exists():
+        store = Store(config.db_path)
+        try:
+            d = store.current_deploy()
+            if d is not None and (commit is None or d.commit == commit):
+                baseline = d.baseline
+        finally:
+            store.close()
+    async with probe_context(config) as ctx:
+        results = await run_checks(ctx)
+    return judge(results, baseline, config.checks, SystemClock().now()), None if baseline is None else "baseline"
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], HealerError)  # type: ignore[arg-type]
+
+
+def _results_table(results: tuple[CheckResult, ...], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("check", "type", "result", "latency", "measured", "problem"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        lat = "-" if r.latency is None else f"{r.latency.total_seconds() * 1000:.0f}ms"
+        vals = ", ".join(f"{k}={_num(v)}" for k, v in r.values.items() if k != "latency_ms")
+        problem = "" if r.ok else (", ".join(r.symptoms) + (f": {r.error}" if r.error else ""))
+        table.add_row(r.name, r.type, "[green]ok[/]" if r.ok else "[red]FAIL[/]", lat, vals, problem)
+    return table
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+@handles_errors
+def check(ctx: click.Context, as_json: bool) -> None:
+    """Run one cycle now, judged against the baseline; changes nothing. Exit 0 healthy, 1 not."""
+    config = _config(ctx)
+    verdict, against = _run(_check_once(config))
+    if as_json:
+        click.echo(json.dumps({
+            "ok": verdict.ok, "at": verdict.at.isoformat(), "baseline": against is not None,
+            "symptoms": list(verdict.symptoms), "results": [r.to_json() for r in verdict.results],
+        }, indent=2))  # fmt: skip
+    else:
+        con = _console()
+        base = "against the baseline" if against else "no baseline yet"
+        con.print(_results_table(verdict.results, f"{config.app.name}: {verdict.summary()} ({base})"))
+    sys.exit(0 if verdict.ok else 1)
+
+
+# ---- status --------------------------------------------------------------------------------------
+
+
+def status_data(config: Config) -> dict[str, Any]:
+    """What `healer status --json` and `/status` show."""
+    from healer.loop import RunLock
+    from healer.store import Store
+
+    now = SystemClock().now()
+    out: dict[str, Any] = {"app": config.app.name, "now": now.isoformat(), "state_dir": str(config.state_dir)}
+    pid = RunLock.holder(config.lock_path)
+    out["loop"] = {"running": pid is not None, "pid": pid if pid and pid > 0 else None}
+    if not config.db_path.exists():
+        out["deploy"] = None
+        out["loop"].update(alive=False, note="healer has not run here yet")
+        return out
+    store = Store(config.db_path)
+    try:
+        d = store.current_deploy()
+        meta = store.meta()
+        pause = store.active_pause(now)
+        out["pause"] = None if pause is None else {"until": pause.until.isoformat(), "reason": pause.reason}
+        if d is None:
+            out["deploy"] = None
+            return out
+        phase = phase_at(d.first_seen, now, config.schedule)
+        due = next_due(
+            deploy_at=d.first_seen, last_cycle_at=d.last_cycle_at, failing=d.last_ok is False,
+            schedule=config.schedule,
+        )  # fmt: skip
+        bad = store.bad_commits()
+        out["deploy"] = {
+            "id": d.id, "commit": d.commit, "first_seen": d.first_seen.isoformat(),
+            "age": format_duration(timedelta(seconds=int((now - d.first_seen).total_seconds())) or timedelta(0)) if now > d.first_seen else "0s",
+            "phase": phase.label, "phase_index": phase.index, "in_window": phase.in_window,
+            "via_rollback": d.via_rollback, "held": d.held, "known_bad": bad.get(d.commit),
+            "stable_tag": d.stable_tag,
+        }  # fmt: skip
+        out["next_check"] = due.isoformat()
+        out["last_cycle"] = None if d.last_cycle_at is None else {"at": d.last_cycle_at.isoformat(), "ok": d.last_ok}
+        out["consecutive_failures"] = d.consecutive_failures
+        out["rollback_after"] = config.escalation.rollback_after
+        out["baseline"] = None if d.baseline is None else {
+            "taken_at": d.baseline.taken_at.isoformat(),
+            "metrics": {k: dict(v) for k, v in d.baseline.metrics.items()},
+        }  # fmt: skip
+        inc = next((i for i in store.incidents() if i.id == d.open_incident), None)
+        out["open_incident"] = None if inc is None else inc.to_json()
+        out["last_actions"] = [a.to_json() for a in store.actions()[-5:]]
+        # alive: the lock is held and the loop touched the store within twice its cadence
+        seen = meta.get("loop_seen")
+        alive = pid is not None and seen is not None
+        if alive and seen:
+            every = config.schedule.incident_every if d.last_ok is False else phase.every
+            late = now - datetime.fromisoformat(seen) > max(2 * every, timedelta(seconds=30))
+            alive = not late
+        out["loop"].update(alive=alive, last_seen=seen)
+        out["mode"] = config.escalation.mode
+    finally:
+        store.close()
+    return out
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@handles_errors
+def status(ctx: click.Context, as_json: bool) -> None:
+    """The deploy being watched, its phase, next check, baseline, failures, incident, actions."""
+    config = _config(ctx)
+    data = status_data(config)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    con = _console()
+    now = SystemClock().now()
+    loop = data["loop"]
+    alive = "[green]alive[/]" if loop.get("alive") else ("[yellow]running, late[/]" if loop["running"] else "[red]not running[/]")
+    con.print(f"[bold]{data['app']}[/]  loop: {alive}" + (f" (PID {loop['pid']})" if loop.get("pid") else ""))
+    d = data.get("deploy")
+    if d is None:
+        con.print("no deploy seen yet: start `healer run`")
+        return
+    con.print(f"deploy   {d['commit'][:12]} first seen {_when(datetime.fromisoformat(d['first_seen']))} ({d['age']} ago)")
+    con.print(f"phase    {d['phase']}")
+    con.print(f"next     {_ago(datetime.fromisoformat(data['next_check']), now)}")
+    lc = data.get("last_cycle")
+    if lc:
+        con.print(f"last     {'healthy' if lc['ok'] else 'FAILING'} {_ago(datetime.fromisoformat(lc['at']), now)}")
+    con.print(f"failures {data['consecutive_failures']} in a row (rollback after {data['rollback_after']})")
+    b = data.get("baseline")
+    con.print("baseline " + ("none yet (taken at the first healthy cycle)" if not b else f"taken {_when(datetime.fromisoformat(b['taken_at']))}"))
+    if data.get("open_incident"):
+        i = data["open_incident"]
+        con.print(f"incident #{i['id']} open since {_when(datetime.fromisoformat(i['opened_at']))}: {i['cause']}")
+    if data.get("pause"):
+        con.print(f"[yellow]paused[/] until {data['pause']['until']}: {data['pause']['reason']}")
+    if d.get("held"):
+        con.print(f"[red]held[/]: {d['held']}")
+    if d.get("known_bad"):
+        con.print(f"[red]known-bad commit[/]: {d['known_bad']}")
+    if d.get("via_rollback"):
+        con.print("this deploy is the result of an automatic rollback")
+    for a in data.get("last_actions", []):
+        con.print(f"action   {a['at'][:19]} {a['kind']} {a['name']} by {a['who']}: {a['outcome']} {a['detail'][:80]}")
+
+
+# ---- baseline ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--reset", is_flag=True, help="Forget the baseline; the next healthy cycle sets a new one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@handles_errors
+def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
+    """Show, or forget, the baseline of the current deploy."""
+    from healer.store import Store
+
+    config = _config(ctx)
+    if not config.db_path.exists():
+        raise UsageError(f"{config.db_path}: no state yet; `healer run` takes the baseline at the first healthy cycle")
+    store = Store(config.db_path)
+    try:
+        d = store.current_deploy()
+        if d is None:
+            raise UsageError("no deploy seen yet; `healer run` takes the baseline at the first healthy cycle")
+        if reset:
+            store.reset_baseline(d.id, Who.PERSON, SystemClock().now())
+            click.echo(f"baseline of {d.commit[:12]} forgotten; the next healthy cycle sets a new one")
+            return
+        if as_json:
+            click.echo(json.dumps(None if d.baseline is None else {
+                "commit": d.commit, "taken_at": d.baseline.taken_at.isoformat(),
+                "metrics": {k: dict(v) for k, v in d.baseline.metrics.items()},
+            }, indent=2))  # fmt: skip
+            return
+        if d.baseline is None:
+            click.echo(f"{d.commit[:12]}: no baseline yet (taken at the first fully healthy cycle)")
+            return
+        table = Table(title=f"baseline of {d.commit[:12]}, taken {_when(d.baseline.taken_at)}", title_justify="left")
+        table.add_column("check")
+        table.add_column("measured")
+        for name, vals in d.baseline.metrics.items():
+            table.add_row(name, ", ".join(f"{k}={_num(v)}" for k, v in vals.items()))
+        _console().print(table)
+    finally:
+        store.close()
+
+
+# ---- history -------------------------------------------------------------------------------------
+
+
+def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
+    """Checks, incidents, repairs, rollbacks and alerts since `since` ago, oldest first."""
+    from healer.store import Store
+
+    if not config.db_path.exists():
+        return []
+    now = SystemClock().now()
+    start = now - since
+    store = Store(config.db_path)
+    rows: list[dict[str, Any]] = []
+    try:
+        for c in store.cycles(since=start):
+            rows.append({"at": c.at.isoformat(), "type": "check", "who": c.who, "ok": c.ok, "what": c.summary, "deploy": c.deploy_id})
+        for i in store.incidents(since=start):
+            rows.append({"at": i.opened_at.isoformat(), "type": "incident.opened", "what": i.cause, "incident": i.id})
+            if i.resolved_at is not None:
+                rows.append({"at": i.resolved_at.isoformat(), "type": "incident.resolved", "what": f"incident #{i.id}", "incident": i.id})
+        for a in store.actions(since=start):
+            rows.append({"at": a.at.isoformat(), "type": a.kind, "who": a.who, "what": a.name, "why": a.reason,
+                         "outcome": a.outcome, "detail": a.detail})  # fmt: skip
+    finally:
+        store.close()
+    try:
+        from healer.alerts import history as alert_history
+
+        rows += alert_history(config, start)
+    except ImportError:
+        pass
+    rows.sort(key=lambda r: r["at"])
+    return rows
+
+
+@cli.command()
+@click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d ...")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@handles_errors
+def history(ctx: click.Context, since: str, as_json: bool) -> None:
+    """Checks, incidents, repairs, rollbacks and alerts."""
+    span = _duration(since, "--since")
+    config = _config(ctx)
+    rows = history_rows(config, span)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"nothing recorded in the last {since}")
+        return
+    table = Table(title=f"{config.app.name}: the last {since}", title_justify="left")
+    for col in ("when", "what", "who", "outcome", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        outcome = r.get("outcome") or ("ok" if r.get("ok") else ("FAIL" if r.get("ok") is False else ""))
+        detail = r.get("what", "") if r["type"] == "check" else " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
+        table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)
+    _console().print(table)
+
+
+def main() -> None:
+    """The console script."""
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+_ = (os, Path)

@@ -1,0 +1,419 @@
+"""The watchdog loop: read the clock once, probe, judge, decide, act, record (I/O).
+
+One `healer run` per state dir (a flock on `<state_dir>/healer.lock`; the kernel drops it on
+kill -9). Everything the loop knows lives in the store, so a restarted loop resumes the
+same window, baseline and failure count. Nothing in the loop blocks: SQLite and git run in
+a worker thread; a check that raises or hangs is a failed result, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from healer import gitrepo, repair, rollback
+from healer.checks import ProbeContext, probe_context, run_checks
+from healer.clock import Clock, SystemClock
+from healer.config import Config, format_duration
+from healer.decide import Decision, Situation, decide
+from healer.errors import HealerError, LockedError, StoreError
+from healer.judge import baseline_of, judge
+from healer.logging import log_event
+from healer.model import (
+    Alert,
+    Deploy,
+    Hold,
+    OpenIncident,
+    Outcome,
+    Repair,
+    ResolveIncident,
+    Rollback,
+    Severity,
+    Verdict,
+    Who,
+)
+from healer.schedule import next_due, phase_at
+from healer.store import CycleUpdate, Store
+
+log = logging.getLogger("healer")
+T = TypeVar("T")
+
+# While waiting for the next cycle, look at HEAD this often: a new deploy starts a new
+# window at once, not at the end of a 4-hour wait.
+HEAD_POLL = timedelta(seconds=1)
+
+
+def event(name: str, **fields: object) -> None:
+    """Log one event: a dotted name plus fields (`repair.started kind=redis-flush`)."""
+    log_event(log, name, **fields)
+
+
+# ---- the lock ------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive flock on a file that holds the owner's PID."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 -- held for the life of the process
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            text = fh.read().strip()
+            fh.close()
+            raise LockedError(self.what, int(text) if text.isdigit() else None) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.seek(0)
+                self._fh.truncate()
+            self._fh.close()
+            self._fh = None
+
+    @staticmethod
+    def holder(path: Path) -> int | None:
+        """The PID holding the lock at `path`, or None when nobody does."""
+        if not path.exists():
+            return None
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                text = fh.read().strip()
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return None
+
+
+# ---- the watchdog ------------------------------------------------------------------------------
+
+
+AlertSink = Callable[[list[Alert], Deploy | None, Verdict | None, str], Awaitable[None]]
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did (for tests and the CLI)."""
+
+    deploy: Deploy
+    verdict: Verdict
+    decision: Decision
+    alerts: list[Alert] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+
+class Watchdog:
+    """The loop over one app. `step()` runs one cycle; `run()` runs until `stop` is set."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        ctx: ProbeContext,
+        *,
+        clock: Clock | None = None,
+        observe: bool = False,
+        alert_sink: AlertSink | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.ctx = ctx
+        self.clock = clock or SystemClock()
+        self.observe = observe or config.escalation.mode == "observe"
+        self._alert_sink = alert_sink
+        self._last_repair_at: datetime | None = None
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # -- deploy ------------------------------------------------------------------------------
+
+    async def current_deploy(self) -> Deploy:
+        """The deploy at HEAD; a new commit starts a new window (and is announced)."""
+        commit = await asyncio.to_thread(gitrepo.head_commit, self.config.app.repo)
+        now = self.clock.now()
+        deploy, is_new = await self._db(self.store.ensure_deploy, commit, now)
+        if is_new:
+            event("deploy.new", commit=commit[:12], deploy=deploy.id)
+            bad = (await self._db(self.store.bad_commits)).get(commit)
+            alerts = []
+            if bad is not None:
+                msg = f"commit {commit[:12]} was rolled back from before ({bad}); it is deployed again"
+                alerts.append(Alert("deploy.bad", Severity.CRITICAL, "Known-bad commit deployed", msg))
+            await self._alert(alerts, deploy, None, "watching the new deploy")
+        return deploy
+
+    # -- one cycle ---------------------------------------------------------------------------
+
+    async def step(self) -> CycleReport:
+        """Run one cycle now: probe, judge, decide, act, record."""
+        deploy = await self.current_deploy()
+        now = self.clock.now()
+        results = await run_checks(self.ctx)
+        verdict = judge(results, deploy.baseline, self.config.checks, now)
+        pause = await self._db(self.store.active_pause, now)
+        situation = Situation(
+            deploy=deploy,
+            verdict=verdict,
+            now=now,
+            pause=pause,
+            observe=self.observe,
+            repairs=await self._db(self.store.past_repairs, deploy.id),
+            playbooks=repair.policies(self.config),
+            has_rollback_target=(
+                verdict.ok or await asyncio.to_thread(rollback.has_target, self.config, self.store)
+            ),
+        )
+        decision = decide(situation, self.config)
+        phase = phase_at(deploy.first_seen, now, self.config.schedule)
+        update = CycleUpdate(
+            consecutive_failures=decision.consecutive_failures,
+            consecutive_passes=decision.consecutive_passes,
+            emergency_streak=decision.emergency_streak,
+            baseline=baseline_of(verdict) if deploy.baseline is None else None,
+            open_incident_cause=next((i.cause for i in decision.intents if isinstance(i, OpenIncident)), None),
+            resolve_incident=any(isinstance(i, ResolveIncident) for i in decision.intents),
+            phase_index=phase.index,
+        )
+        previous_phase = await self._db(self.store.phase_index, deploy.id)
+        opened = await self._db(self.store.record_cycle, deploy.id, verdict, Who.LOOP, update)
+        incident = opened if opened is not None else (None if update.resolve_incident else deploy.open_incident)
+        event(
+            "cycle.finished",
+            ok=verdict.ok,
+            failures=decision.consecutive_failures,
+            summary=verdict.summary(),
+            next=decision.next_step,
+        )
+        if update.baseline is not None:
+            event("baseline.taken", deploy=deploy.id, commit=deploy.commit[:12])
+        report = CycleReport(deploy=deploy, verdict=verdict, decision=decision)
+        alerts: list[Alert] = []
+        if previous_phase is not None and previous_phase != phase.index:
+            alerts.append(Alert("phase.changed", Severity.INFO, "Launch window", f"now in {phase.label}"))
+        for intent in decision.intents:
+            if isinstance(intent, Alert):
+                alerts.append(_with_incident(intent, incident))
+            elif isinstance(intent, Repair):
+                alerts += await self._repair(intent, deploy, incident, report)
+            elif isinstance(intent, Rollback):
+                alerts += await self._rollback(intent, deploy, incident, report)
+            elif isinstance(intent, Hold):
+                await self._db(self.store.set_held, deploy.id, intent.reason)
+                await self._db(
+                    self.store.start_action, kind="hold", name="loop", who=Who.LOOP, reason=intent.reason,
+                    now=now, deploy_id=deploy.id, incident_id=incident, outcome=Outcome.OK,
+                )  # fmt: skip
+                event("healer.held", reason=intent.reason)
+        report.alerts = alerts
+        await self._alert(alerts, deploy, verdict, decision.next_step)
+        if verdict.ok:
+            with contextlib.suppress(HealerError):
+                tag = await rollback.maybe_tag_stable(config=self.config, store=self.store, clock=self.clock)
+                if tag:
+                    event("deploy.tagged_stable", tag=tag)
+                    await self._alert(
+                        [Alert("deploy.tagged", Severity.INFO, "Tagged stable", f"{deploy.commit[:12]} tagged {tag}")],
+                        deploy, verdict, decision.next_step,
+                    )  # fmt: skip
+        return report
+
+    async def _repair(self, intent: Repair, deploy: Deploy, incident: int | None, report: CycleReport) -> list[Alert]:
+        now = self.clock.now()
+        if intent.observe:
+            await self._db(
+                self.store.start_action, kind="repair", name=intent.kind, who=Who.LOOP,
+                reason=f"observe mode: {intent.reason}", now=now, deploy_id=deploy.id,
+                incident_id=incident, outcome=Outcome.SKIPPED, note="observe",
+            )  # fmt: skip
+            report.actions.append(f"would repair {intent.kind}")
+            event("repair.would_run", kind=intent.kind, reason=intent.reason)
+            return [Alert("repair.started", Severity.WARNING, f"Would repair: {intent.kind}",
+                          f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
+        event("repair.started", kind=intent.kind, reason=intent.reason)
+        try:
+            result = await repair.run_repair(
+                intent.kind, config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
+                who=Who.LOOP, reason=intent.reason, deploy_id=deploy.id, incident_id=incident,
+            )  # fmt: skip
+        except HealerError as e:
+            await self._db(
+                self.store.start_action, kind="repair", name=intent.kind, who=Who.LOOP, reason=intent.reason,
+                now=now, deploy_id=deploy.id, incident_id=incident, outcome=Outcome.ERROR, detail=str(e),
+            )  # fmt: skip
+            event("repair.error", kind=intent.kind, error=str(e))
+            report.actions.append(f"repair {intent.kind}: error")
+            return [Alert("repair.failed", Severity.WARNING, f"Repair {intent.kind} could not run", str(e), incident)]
+        self._last_repair_at = self.clock.now()
+        report.actions.append(f"repair {intent.kind}: {'ok' if result.ok else 'failed'}")
+        event("repair.finished", kind=intent.kind, ok=result.ok, detail=result.detail)
+        if result.ok:
+            return [Alert("repair.succeeded", Severity.WARNING, f"Repaired: {intent.kind}", result.detail, incident)]
+        return [Alert("repair.failed", Severity.WARNING, f"Repair failed: {intent.kind}", result.detail, incident)]
+
+    async def _rollback(self, intent: Rollback, deploy: Deploy, incident: int | None, report: CycleReport) -> list[Alert]:
+        now = self.clock.now()
+        if intent.observe:
+            await self._db(
+                self.store.start_action, kind="rollback", name="(would)", who=Who.LOOP,
+                reason=f"observe mode: {intent.reason}", now=now, deploy_id=deploy.id,
+                incident_id=incident, outcome=Outcome.SKIPPED, note="observe",
+            )  # fmt: skip
+            report.actions.append("would roll back")
+            event("rollback.would_run", reason=intent.reason)
+            return [Alert("rollback.started", Severity.CRITICAL, "Would roll back",
+                          f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
+        event("rollback.started", reason=intent.reason)
+        await self._alert(
+            [Alert("rollback.started", Severity.CRITICAL, "Rolling back", intent.reason, incident)],
+            deploy, None, "rolling back",
+        )  # fmt: skip
+        try:
+            result = await rollback.run_rollback(
+                config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
+                who=Who.LOOP, reason=intent.reason,
+            )  # fmt: skip
+        except HealerError as e:
+            msg = f"rollback could not run: {e}; waiting for a person"
+            await self._db(self.store.set_held, deploy.id, msg)
+            event("rollback.error", error=str(e))
+            report.actions.append("rollback: error")
+            return [Alert("rollback.failed", Severity.CRITICAL, "Rollback failed", msg, incident)]
+        report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
+        event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
+        if result.ok:
+            return [Alert("rollback.succeeded", Severity.CRITICAL, f"Rolled back to {result.to_ref}", result.detail, incident)]
+        return [Alert("rollback.failed", Severity.CRITICAL, "Rollback did not restore health",
+                      f"{result.detail}; waiting for a person", incident)]  # fmt: skip
+
+    async def _alert(self, alerts: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str) -> None:
+        for a in alerts:
+            event("alert", alert=a.event, severity=a.severity.name.lower(), title=a.title, detail=a.detail)
+        if self._alert_sink is not None and alerts:
+            try:
+                await self._alert_sink(alerts, deploy, verdict, next_step)
+            except Exception as e:  # noqa: BLE001 -- an alert problem must never stop the loop
+                event("alert.error", error=f"{type(e).__name__}: {e}")
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def due_at(self, deploy: Deploy) -> datetime:
+        return next_due(
+            deploy_at=deploy.first_seen,
+            last_cycle_at=deploy.last_cycle_at,
+            failing=deploy.last_ok is False,
+            schedule=self.config.schedule,
+            last_repair_at=self._last_repair_at,
+            repair_grace=self.config.escalation.repair_grace,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Cycle until `stop` is set. Each wait is cut short by `stop` or a new HEAD."""
+        await rollback.resume_unfinished(config=self.config, ctx=self.ctx, store=self.store, clock=self.clock)
+        pruned_at: datetime | None = None
+        while not stop.is_set():
+            try:
+                deploy = await self.current_deploy()
+                due = await self.due_at(deploy)
+                now = self.clock.now()
+                await self._db(self.store.set_meta, loop_seen=now.isoformat(), next_due=due.isoformat())
+                if due > now:
+                    wait = min(due - now, HEAD_POLL)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), wait.total_seconds())
+                    continue
+                await self.step()
+                if pruned_at is None or now - pruned_at > timedelta(hours=1):
+                    n = await self._db(self.store.prune, now - self.config.retention)
+                    pruned_at = now
+                    if n:
+                        event("store.pruned", rows=n)
+            except StoreError as e:
+                event("store.error", error=str(e))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 5)
+            except HealerError as e:
+                event("loop.error", error=str(e))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 5)
+            except Exception as e:  # noqa: BLE001 -- the loop outlives any single bad cycle
+                log_event(log, "loop.crashed_cycle", level=logging.ERROR, error=f"{type(e).__name__}: {e}")
+                log.debug("loop.crashed_cycle", exc_info=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 5)
+
+
+def _with_incident(a: Alert, incident: int | None) -> Alert:
+    if a.incident_id is not None or incident is None:
+        return a
+    return Alert(a.event, a.severity, a.title, a.detail, incident, a.bypass_dedup)
+
+
+# ---- `healer run` -----------------------------------------------------------------------------
+
+
+async def serve(config: Config, *, observe: bool = False, clock: Clock | None = None) -> None:
+    """`healer run`: lock the state dir, open the store, loop until SIGTERM/SIGINT.
+
+    1. Take the run lock (a second `healer run` on this state dir exits 2 naming our PID).
+    2. Open the store and the shared HTTP client; announce the start.
+    3. Loop; on a signal, finish the step in progress at the next await and stop.
+    4. Announce the stop, release everything.
+    """
+    lock = RunLock(config.lock_path, "healer run")
+    lock.acquire()
+    store = Store(config.db_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    clock = clock or SystemClock()
+    try:
+        store.set_meta(pid=str(os.getpid()), started_at=clock.now().isoformat())
+        async with probe_context(config) as ctx:
+            dog = Watchdog(config, store, ctx, clock=clock, observe=observe)
+            mode = "observe" if dog.observe else "act"
+            event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
+            runner = asyncio.create_task(dog.run(stop))
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not runner.done():
+                # give the cycle in progress a moment to finish recording, then cancel it
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(runner), 1.0)
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+            stopper.cancel()
+            event("healer.stopped", app=config.app.name, pid=os.getpid())
+            _ = format_duration
+    finally:
+        with contextlib.suppress(StoreError):
+            store.set_meta(pid=None)
+        store.close()
+        lock.release()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
