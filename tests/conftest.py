@@ -1,0 +1,85 @@
+"""Shared fixtures: real services on loopback (HTTP apps, redis-server, PostgreSQL) and a clean
+environment for every test (I/O).
+
+    free_port()        -> a free TCP port on 127.0.0.1 (a plain function, also importable)
+    http_app(...)      -> HttpApp: .url (base URL), .behaviour (switchable), .delay, .requests
+    redis_server       -> RedisServer: .port, .url        (session-wide)
+    postgres_server    -> PostgresServer: .port, .dsn     (session-wide)
+    run_probe          -> `await run_probe({"type": "http", "url": ...}, redis={...})`: builds a
+                          validated Config with that one check and runs it once -> CheckResult
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from services import (
+    HttpApp,
+    PostgresServer,
+    RedisServer,
+    free_port,
+    start_postgres,
+    start_redis,
+)
+
+from healer.config import parse_config
+from healer.model import CheckResult
+
+__all__ = ["free_port"]
+
+
+@pytest.fixture(autouse=True)
+def clean_environ() -> Iterator[None]:
+    """Whatever a test does to os.environ is undone after it (httpx's `clean_environ`)."""
+    saved = os.environ.copy()
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def http_app() -> Iterator[Callable[..., HttpApp]]:
+    """A factory: `http_app("flaky", fail_ratio=1/3)` starts a real HTTP app on a free port."""
+    apps: list[HttpApp] = []
+
+    def start(behaviour: str = "healthy", **options: Any) -> HttpApp:
+        app = HttpApp(behaviour, **options)
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        app.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session (no persistence); never the system's."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session (trust auth, user postgres); never the system's."""
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def run_probe() -> Callable[..., Awaitable[CheckResult]]:
+    """Run one check, given as its healer.toml table (name defaults to "c"), through run_check."""
+    from healer.checks import probe_context, run_check
+
+    async def run(check: dict[str, Any], **sections: Any) -> CheckResult:
+        config = parse_config({"checks": [{"name": "c", **check}], **sections}, Path("healer.toml"))
+        async with probe_context(config) as ctx:
+            return await run_check(ctx, config.checks[0])
+
+    return run
