@@ -1,0 +1,271 @@
+"""Which alerts go out, grouped how, to which channels (pure).
+
+The loop hands `plan_alerts` the Alert intents of one cycle, the cycle's context and what was
+sent before (`AlertMemory`, read from the outbox). The plan says which messages to put in the
+outbox for which channels, and what to remember. No I/O, no clock: `now` is an argument.
+
+Rules, applied to each intent in cycle order (earlier intents of the cycle count as "before"):
+
+1. `bypass_dedup` (meta alerts about healer itself, the test alert): always kept.
+2. `incident.opened`: once per incident. When `FLAP_LIMIT` incidents already opened within
+   `repeat_every`, the opening is muted (and its resolution with it) and one
+   `incident.flapping` notice per `repeat_every` says so: a flapping check gives a bounded
+   number of messages.
+3. `incident.resolved`: once per incident, and not for a muted one.
+4. `incident.reminder`: only while the incident is unresolved and nothing was said about it
+   for `repeat_every`. The plan also adds a reminder by itself when the context names an open
+   incident that has been quiet that long, so the loop need not emit them.
+5. any other event with an incident: the same (event, incident, title) once per `repeat_every`
+   (observe mode's "would repair" every cycle is said once, not every minute).
+6. anything else: kept.
+
+Then routing: a channel receives the kept items at or above its minimum severity; channels that
+receive the same items share one message (one outbox entry per cycle per channel group).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from healer.alerts.message import (
+    INCIDENT_FLAPPING,
+    INCIDENT_OPENED,
+    INCIDENT_REMINDER,
+    INCIDENT_RESOLVED,
+    AlertItem,
+    AlertMessage,
+    format_age,
+)
+from healer.model import Alert, Severity
+
+FLAP_LIMIT = 3  # incident openings announced per repeat_every; more is flapping
+DEFAULT_REPEAT_EVERY = timedelta(minutes=30)
+
+DedupKey = tuple[str, int | None, str]  # (event, incident_id, title)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A channel and the least severe alert it takes."""
+
+    channel: str
+    min_severity: Severity = Severity.INFO
+
+
+@dataclass(frozen=True, slots=True)
+class CycleContext:
+    """What the loop knows at the end of a cycle that a reader needs."""
+
+    app: str
+    commit: str | None = None
+    phase: str | None = None  # e.g. "0-6h, every 15m"
+    incident_id: int | None = None  # the incident still open after this cycle
+    incident_since: datetime | None = None  # when it opened
+    summary: str = ""  # what is failing now, e.g. "api: http.status"; used in reminders
+    next_step: str | None = None  # e.g. rollback_countdown(failures, rollback_after)
+    observe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentMemory:
+    """What was said about one incident."""
+
+    opened: bool = False  # its opening was announced
+    muted: bool = False  # its opening was folded into a flapping notice
+    resolved: bool = False  # its end was announced (or muted)
+    last_at: datetime | None = None  # the last message (or muted opening) about it
+    severity: Severity = Severity.WARNING  # the most severe message about it
+
+
+@dataclass(frozen=True, slots=True)
+class AlertMemory:
+    """What was planned before, as far as the rules need it."""
+
+    incidents: Mapping[int, IncidentMemory] = field(default_factory=dict)
+    recent: Mapping[DedupKey, datetime] = field(default_factory=dict)  # last planned at
+    openings: tuple[datetime, ...] = ()  # incident openings (announced or muted), recent ones
+    last_flapping_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """One item to write to the memory (the outbox's item table)."""
+
+    item: AlertItem
+    muted: bool = False  # not sent: folded into a flapping notice
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One outbox entry: a message and the channels it goes to."""
+
+    message: AlertMessage
+    channels: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPlan:
+    """The outcome of one cycle's planning."""
+
+    entries: tuple[Planned, ...]
+    remember: tuple[Remembered, ...]
+    dropped: tuple[tuple[AlertItem, str], ...] = ()  # (item, why), for the log
+
+
+@dataclass(slots=True)
+class _State:
+    incidents: dict[int, IncidentMemory]
+    recent: dict[DedupKey, datetime]
+    openings: list[datetime]
+    last_flapping_at: datetime | None
+
+
+def _key(i: AlertItem) -> DedupKey:
+    return (i.event, i.incident_id, i.title)
+
+
+def plan_alerts(
+    intents: Sequence[Alert | AlertItem],
+    *,
+    context: CycleContext,
+    memory: AlertMemory,
+    routes: Sequence[Route],
+    repeat_every: timedelta = DEFAULT_REPEAT_EVERY,
+    now: datetime,
+) -> AlertPlan:
+    """Deduplicate, group and route one cycle's alerts (the rules are in the module docstring)."""
+    st = _State(
+        dict(memory.incidents), dict(memory.recent), list(memory.openings), memory.last_flapping_at
+    )
+    kept: list[AlertItem] = []
+    remember: list[Remembered] = []
+    dropped: list[tuple[AlertItem, str]] = []
+
+    def keep(i: AlertItem) -> None:
+        kept.append(i)
+        remember.append(Remembered(i))
+        st.recent[_key(i)] = now
+        if i.incident_id is not None:
+            m = st.incidents.get(i.incident_id, IncidentMemory())
+            sev = m.severity if i.event == INCIDENT_RESOLVED else max(m.severity, i.severity)
+            st.incidents[i.incident_id] = replace(m, last_at=now, severity=sev)
+
+    def recently(at: datetime | None) -> bool:
+        return at is not None and now - at < repeat_every
+
+    for raw in intents:
+        i = raw if isinstance(raw, AlertItem) else AlertItem.from_intent(raw)
+        inc = i.incident_id
+        mem = st.incidents.get(inc, IncidentMemory()) if inc is not None else IncidentMemory()
+        if i.bypass_dedup:
+            keep(i)
+        elif i.event == INCIDENT_OPENED and inc is not None:
+            if mem.opened or mem.muted:
+                dropped.append((i, "already announced"))
+                continue
+            recent_openings = [t for t in st.openings if recently(t)]
+            st.openings.append(now)
+            if len(recent_openings) >= FLAP_LIMIT:
+                st.incidents[inc] = replace(
+                    mem, muted=True, last_at=now, severity=max(mem.severity, i.severity)
+                )
+                remember.append(Remembered(i, muted=True))
+                dropped.append((i, "flapping"))
+                if not recently(st.last_flapping_at):
+                    st.last_flapping_at = now
+                    keep(_flapping_item(len(recent_openings) + 1, repeat_every))
+                continue
+            keep(i)
+            st.incidents[inc] = replace(st.incidents[inc], opened=True)
+        elif i.event == INCIDENT_RESOLVED and inc is not None:
+            if mem.resolved:
+                dropped.append((i, "already announced"))
+                continue
+            if mem.muted:
+                st.incidents[inc] = replace(mem, resolved=True)
+                remember.append(Remembered(i, muted=True))
+                dropped.append((i, "flapping"))
+                continue
+            keep(i)
+            st.incidents[inc] = replace(st.incidents[inc], resolved=True)
+        elif i.event == INCIDENT_REMINDER and inc is not None:
+            if mem.resolved:
+                dropped.append((i, "resolved"))
+            elif recently(mem.last_at):
+                dropped.append((i, "reminded recently"))
+            else:
+                keep(i)
+        elif inc is not None and recently(st.recent.get(_key(i))):
+            dropped.append((i, "said within repeat_every"))
+        else:
+            keep(i)
+
+    reminder = _due_reminder(context, st, now, repeat_every)
+    if reminder is not None:
+        keep(reminder)
+
+    entries = _route(kept, context, routes, now)
+    return AlertPlan(entries=entries, remember=tuple(remember), dropped=tuple(dropped))
+
+
+def _flapping_item(count: int, repeat_every: timedelta) -> AlertItem:
+    return AlertItem(
+        INCIDENT_FLAPPING,
+        Severity.WARNING,
+        f"{count} incidents opened within {format_age(repeat_every)}",
+        "The checks keep failing and recovering. Further openings and resolutions are not "
+        "announced until it settles; reminders continue.",
+    )
+
+
+def _due_reminder(
+    ctx: CycleContext, st: _State, now: datetime, repeat_every: timedelta
+) -> AlertItem | None:
+    """A reminder for the context's open incident when it has been quiet for `repeat_every`."""
+    inc = ctx.incident_id
+    if inc is None:
+        return None
+    mem = st.incidents.get(inc, IncidentMemory())
+    if mem.resolved or (mem.last_at is not None and now - mem.last_at < repeat_every):
+        return None
+    detail = f"Open for {format_age(now - ctx.incident_since)}." if ctx.incident_since else ""
+    return AlertItem(
+        INCIDENT_REMINDER,
+        max(Severity.WARNING, mem.severity),
+        ctx.summary or "the incident is still open",
+        detail,
+        incident_id=inc,
+    )
+
+
+def _route(
+    kept: Sequence[AlertItem], ctx: CycleContext, routes: Sequence[Route], now: datetime
+) -> tuple[Planned, ...]:
+    groups: dict[tuple[AlertItem, ...], list[str]] = {}
+    for r in routes:
+        items = tuple(i for i in kept if i.severity >= r.min_severity)
+        if items:
+            groups.setdefault(items, []).append(r.channel)
+    out = []
+    for items, channels in groups.items():
+        msg = AlertMessage(
+            items=items,
+            app=ctx.app,
+            created_at=now,
+            commit=ctx.commit,
+            phase=ctx.phase,
+            since=ctx.incident_since,
+            next_step=ctx.next_step,
+            observe=ctx.observe,
+        )
+        out.append(Planned(msg, tuple(channels)))
+    return tuple(out)
+
+
+def route_channels(
+    severity: Severity, routes: Sequence[Route], *, exclude: str | None = None
+) -> tuple[str, ...]:
+    """The channels that take an alert of `severity`, minus `exclude`."""
+    return tuple(r.channel for r in routes if severity >= r.min_severity and r.channel != exclude)

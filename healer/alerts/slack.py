@@ -1,0 +1,178 @@
+"""The Slack channel: an incoming webhook, or a bot token posting to a channel (I/O).
+
+The only module that imports slack_sdk. Its sync clients run in a worker thread (the async ones
+need aiohttp, which slack-sdk does not install). Their retry handlers are switched off: the
+sender retries with tenacity and honours Retry-After itself, without blocking a thread.
+A webhook answers 429 without raising, so the status code is read, not caught.
+
+The webhook URL and the token are secrets: every error text is scrubbed of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import urllib.error
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.webhook import WebhookClient
+
+from healer.alerts.message import AlertMessage, slack_payload
+from healer.config import Secret, SlackConfig, read_secret
+from healer.errors import DeliveryError
+from healer.logging import redact
+from healer.model import Severity
+
+DEFAULT_API_URL = "https://slack.com/api/"
+DEFAULT_RETRY_AFTER = 30.0  # seconds, when a 429 does not say
+NOT_CONFIGURED_RETRY = 900.0  # a missing secret will not appear by itself: look again in 15 minutes
+# Web API errors that say "try again" rather than "this will never work"
+_TRANSIENT_API_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SlackChannel:
+    """Posts Block Kit messages to Slack. `missing` names an unset environment variable."""
+
+    min_severity: Severity = Severity.INFO
+    webhook_url: Secret | None = None
+    token: Secret | None = None
+    channel: str | None = None  # for a bot token: the channel to post to
+    api_url: str | None = None  # Web API base URL
+    timeout: timedelta = timedelta(seconds=10)
+    missing: str | None = None
+    name: str = "slack"
+    kind: str = "slack"
+
+    def payload(self, message: AlertMessage, *, delayed: timedelta | None = None) -> dict[str, Any]:
+        """The JSON body: blocks and a plain-text fallback."""
+        return slack_payload(message, delayed=delayed)
+
+    async def notify(self, payload: dict[str, Any]) -> None:
+        """Send a built payload; raises DeliveryError."""
+        if self.missing:
+            msg = f"{self.name}: {self.missing}"
+            raise DeliveryError(msg, retry_after=NOT_CONFIGURED_RETRY)
+        await asyncio.to_thread(self._post, payload)
+
+    async def send(self, message: AlertMessage, *, delayed: timedelta | None = None) -> None:
+        await self.notify(self.payload(message, delayed=delayed))
+
+    # -- in the worker thread --
+
+    def _scrub(self, text: str) -> str:
+        for s in (self.webhook_url, self.token):
+            if s is not None and s.reveal():
+                text = text.replace(s.reveal(), "***")
+        return redact(text)
+
+    def _fail(
+        self, what: str, *, permanent: bool = False, retry_after: float | None = None
+    ) -> DeliveryError:
+        return DeliveryError(
+            self._scrub(f"{self.name}: {what}"), permanent=permanent, retry_after=retry_after
+        )
+
+    def _post(self, payload: dict[str, Any]) -> None:
+        timeout = max(1, math.ceil(self.timeout.total_seconds()))
+        try:
+            if self.webhook_url is not None:
+                self._post_webhook(payload, timeout)
+            else:
+                self._post_api(payload, timeout)
+        except DeliveryError:
+            raise
+        except SlackRequestError as e:
+            raise self._fail(f"cannot send: {e}", permanent=True) from None
+        except TimeoutError:
+            raise self._fail(f"no answer within {timeout}s") from None
+        except urllib.error.URLError as e:
+            reason = (
+                e.reason if isinstance(e.reason, str) else f"{type(e.reason).__name__}: {e.reason}"
+            )
+            if isinstance(e.reason, TimeoutError | socket.timeout):
+                raise self._fail(f"no answer within {timeout}s") from None
+            raise self._fail(f"cannot connect: {reason}") from None
+        except (OSError, ValueError) as e:  # connection reset, a garbled answer
+            raise self._fail(f"cannot send: {type(e).__name__}: {e}") from None
+
+    def _post_webhook(self, payload: dict[str, Any], timeout: int) -> None:
+        assert self.webhook_url is not None
+        client = WebhookClient(self.webhook_url.reveal(), timeout=timeout, retry_handlers=[])
+        resp = client.send(text=payload["text"], blocks=payload["blocks"])
+        body = (resp.body or "").strip()[:200]
+        status = resp.status_code
+        if 200 <= status < 300:
+            return
+        if status == 429:
+            after = _retry_after(resp.headers)
+            raise self._fail(f"rate limited (429), retry after {after:g}s", retry_after=after)
+        if 400 <= status < 500:
+            # the webhook is gone, revoked or the payload refused: sending it again will not help
+            raise self._fail(f"refused with {status} {body}", permanent=True)
+        raise self._fail(f"server error {status} {body}")
+
+    def _post_api(self, payload: dict[str, Any], timeout: int) -> None:
+        assert self.token is not None
+        base = self.api_url or DEFAULT_API_URL
+        client = WebClient(
+            token=self.token.reveal(),
+            base_url=base if base.endswith("/") else base + "/",
+            timeout=timeout,
+            retry_handlers=[],
+        )
+        try:
+            client.chat_postMessage(
+                channel=self.channel or "", text=payload["text"], blocks=payload["blocks"]
+            )
+        except SlackApiError as e:
+            resp = e.response
+            status = int(getattr(resp, "status_code", 0) or 0)
+            data = getattr(resp, "data", None)
+            code = str(data.get("error", "")) if isinstance(data, dict) else ""
+            headers = getattr(resp, "headers", None) or {}
+            if status == 429 or code == "ratelimited":
+                after = _retry_after(headers)
+                raise self._fail(
+                    f"rate limited (429), retry after {after:g}s", retry_after=after
+                ) from None
+            if status >= 500 or code in _TRANSIENT_API_ERRORS:
+                raise self._fail(f"server error {status} {code}".rstrip()) from None
+            raise self._fail(f"refused: {code or status}", permanent=True) from None
+
+
+def _retry_after(headers: Any) -> float:
+    """Seconds from a Retry-After header (either spelling); a default when absent or unreadable."""
+    raw: Any = None
+    if hasattr(headers, "get"):
+        raw = headers.get("Retry-After") or headers.get("retry-after")
+    if isinstance(raw, list | tuple):
+        raw = raw[0] if raw else None
+    try:
+        return max(0.0, float(raw)) if raw is not None else DEFAULT_RETRY_AFTER
+    except (TypeError, ValueError):
+        return DEFAULT_RETRY_AFTER
+
+
+def slack_channel(cfg: SlackConfig, *, timeout: timedelta) -> SlackChannel:
+    """The Slack channel for `[alerts.slack]`, secrets read from the environment now.
+
+    A webhook is used when `webhook_url_env` is configured, else the bot token and `channel`.
+    """
+    sev = Severity[cfg.min_severity.upper()]
+    if cfg.webhook_url_env:
+        url = read_secret(cfg.webhook_url_env)
+        missing = None if url else f"{cfg.webhook_url_env} is not set"
+        return SlackChannel(sev, webhook_url=url, timeout=timeout, missing=missing)
+    token = read_secret(cfg.token_env)
+    missing = None if token else f"{cfg.token_env} is not set"
+    return SlackChannel(
+        sev, token=token, channel=cfg.channel, api_url=cfg.api_url, timeout=timeout, missing=missing
+    )
