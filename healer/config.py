@@ -64,7 +64,9 @@ def format_duration(d: timedelta) -> str:
 
 
 def parse_size(value: object) -> int:
-    """`512MB`, `1GiB` -> bytes."""
+    """`512MB`, `1GiB` -> bytes; a bare whole number is bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m:
@@ -514,8 +516,10 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     except ValidationError as err:
         errors = err.errors(include_url=False)
         # a list whose items failed also reports "too short": the item errors say it better
-        failed_under = {tuple(e["loc"][:1]) for e in errors if len(e["loc"]) > 1}
-        errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in failed_under)]
+        def has_item_errors(loc: tuple[Any, ...]) -> bool:
+            return any(len(o["loc"]) > len(loc) and tuple(o["loc"][: len(loc)]) == loc for o in errors)
+
+        errors = [e for e in errors if not (e["type"] == "too_short" and has_item_errors(tuple(e["loc"])))]
         raise ConfigError(path, [_describe(e) for e in errors]) from None
 
 

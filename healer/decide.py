@@ -141,8 +141,9 @@ def decide(s: Situation, config: Config) -> Decision:
             intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "Needs a person", msg)]
             return done("waiting for a person (healer rollback --to REF / a new deploy)")
         if s.observe:
-            first = failures == esc.rollback_after or streak == esc.emergency.confirm_cycles
-            if first:
+            # announce the would-be rollback once: on the first cycle that warranted it
+            before = failures - 1 >= esc.rollback_after or d.emergency_streak >= esc.emergency.confirm_cycles
+            if not before:
                 intents.append(Rollback(why, observe=True))
             return done("observe mode: would roll back")
         intents.append(Rollback(why))
@@ -193,8 +194,10 @@ def emergency_reasons(v: Verdict, config: Config) -> list[str]:
     by_type = {c.name: c for c in config.checks}
     http = [r for r in v.results if isinstance(by_type.get(r.name), HttpCheck)]
     out: list[str] = []
-    if em.all_endpoints_down and http and all(not r.ok for r in http):
-        out.append("every endpoint failing")
+    # "every endpoint" needs several: with one endpoint, a crash that a restart fixes would
+    # otherwise roll back after two cycles; the ordinary `rollback_after` count covers it.
+    if em.all_endpoints_down and len(http) >= 2 and all(not r.ok for r in http):
+        out.append(f"all {len(http)} endpoints failing")
     if em.max_avg_latency is not None and http:
         lat = [r.values["latency_ms"] for r in http if "latency_ms" in r.values]
         limit = em.max_avg_latency / timedelta(milliseconds=1)
