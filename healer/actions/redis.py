@@ -1,0 +1,197 @@
+"""The Redis actions: empty the cache database, delete keys by pattern (I/O, redis.asyncio).
+
+Nothing here blocks Redis: a database is emptied with `FLUSHDB ASYNC`, keys are found with
+SCAN (never KEYS) and removed with UNLINK (freed in the background) in pipelined batches.
+FLUSHALL is never sent, and no key outside the configured database or patterns is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from healer.config import Config, RedisConfig, read_secret
+from healer.errors import ActionError
+from healer.logging import redact
+from healer.playbook import RedisDeletePatternStep, RedisFlushStep
+
+# Keys per UNLINK, and UNLINKs per pipeline round trip.
+BATCH = 1000
+COMMANDS_PER_ROUND_TRIP = 10
+
+
+def _section(config: Config, action: str) -> RedisConfig:
+    if config.redis is None:
+        msg = f"{action}: expected a [redis] section (url, cache_db or cache_patterns) in {config.path}"
+        raise ActionError(msg)
+    return config.redis
+
+
+def _wildcard_only(patterns: Sequence[str]) -> list[str]:
+    return [p for p in patterns if not p.strip("*?")]
+
+
+def problems_flush(step: RedisFlushStep, config: Config) -> list[str]:
+    """Why redis.flush_cache cannot run with this config (empty: it can)."""
+    rc = config.redis
+    if rc is None:
+        return [
+            f"redis.flush_cache: expected a [redis] section with cache_db or cache_patterns in {config.path}"
+        ]
+    if rc.cache_db is None and not rc.cache_patterns:
+        return [
+            "redis.flush_cache: expected [redis] cache_db (a database only the cache uses) or cache_patterns"
+        ]
+    return [
+        f"redis.flush_cache: refusing [redis] cache_patterns entry {p!r}: it matches every key"
+        for p in _wildcard_only(rc.cache_patterns)
+    ]
+
+
+def problems_delete(step: RedisDeletePatternStep, config: Config) -> list[str]:
+    """Why redis.delete_pattern cannot run with this config (empty: it can)."""
+    rc = config.redis
+    if rc is None:
+        return [f"redis.delete_pattern: expected a [redis] section in {config.path}"]
+    patterns = _patterns(step, rc)
+    if not patterns:
+        return [
+            "redis.delete_pattern: expected patterns in the step or [redis] rate_limit_patterns"
+        ]
+    return [
+        f"redis.delete_pattern: refusing pattern {p!r}: it matches every key"
+        for p in _wildcard_only(patterns)
+    ]
+
+
+def _patterns(step: RedisDeletePatternStep, rc: RedisConfig) -> tuple[str, ...]:
+    return step.patterns if step.patterns is not None else rc.rate_limit_patterns
+
+
+def _url_db(rc: RedisConfig) -> int:
+    pool = redis.asyncio.ConnectionPool.from_url(rc.url)
+    return int(pool.connection_kwargs.get("db") or 0)
+
+
+def _where(rc: RedisConfig) -> str:
+    return redact(rc.url)
+
+
+def _quoted(patterns: Sequence[str]) -> str:
+    return ", ".join(repr(p) for p in patterns)
+
+
+# ---- plans (what a dry run prints) -------------------------------------------------------------
+
+
+def plan_flush(step: RedisFlushStep, config: Config) -> str:
+    """What redis.flush_cache would clear."""
+    rc = _section(config, "redis.flush_cache")
+    if rc.cache_patterns:
+        db = rc.cache_db if rc.cache_db is not None else _url_db(rc)
+        return f"SCAN + UNLINK keys matching {_quoted(rc.cache_patterns)} in db {db} of {_where(rc)} (batches of {BATCH})"
+    return f"FLUSHDB ASYNC on db {rc.cache_db} of {_where(rc)} (never FLUSHALL; other databases untouched)"
+
+
+def plan_delete(step: RedisDeletePatternStep, config: Config) -> str:
+    """What redis.delete_pattern would clear."""
+    rc = _section(config, "redis.delete_pattern")
+    db = step.db if step.db is not None else _url_db(rc)
+    return f"SCAN + UNLINK keys matching {_quoted(_patterns(step, rc))} in db {db} of {_where(rc)} (batches of {BATCH}, never KEYS)"
+
+
+# ---- the actions -------------------------------------------------------------------------------
+
+
+async def flush_cache(step: RedisFlushStep, config: Config) -> str:
+    """Empty the cache: SCAN + UNLINK of `cache_patterns` when set (in `cache_db`, else the
+    url's database), else `FLUSHDB ASYNC` on `cache_db`. Returns what was cleared."""
+    rc = _section(config, "redis.flush_cache")
+    bad = problems_flush(step, config)
+    if bad:
+        raise ActionError(bad[0])
+    if rc.cache_patterns:
+        db = rc.cache_db if rc.cache_db is not None else _url_db(rc)
+        n = await _guarded(rc, db, lambda r: _unlink_matching(r, rc.cache_patterns))
+        return f"deleted {n:,} keys matching {_quoted(rc.cache_patterns)} from db {db}"
+    assert rc.cache_db is not None  # problems_flush made sure
+
+    async def flush(r: redis.asyncio.Redis) -> int:
+        n = int(await r.dbsize())
+        await r.flushdb(asynchronous=True)
+        return n
+
+    n = await _guarded(rc, rc.cache_db, flush)
+    return f"flushed {n:,} keys from db {rc.cache_db} (FLUSHDB ASYNC)"
+
+
+async def delete_pattern(step: RedisDeletePatternStep, config: Config) -> str:
+    """SCAN + UNLINK of the keys matching the step's patterns (default `rate_limit_patterns`)."""
+    rc = _section(config, "redis.delete_pattern")
+    bad = problems_delete(step, config)
+    if bad:
+        raise ActionError(bad[0])
+    patterns = _patterns(step, rc)
+    db = step.db if step.db is not None else _url_db(rc)
+    n = await _guarded(rc, db, lambda r: _unlink_matching(r, patterns))
+    return f"deleted {n:,} keys matching {_quoted(patterns)} from db {db}"
+
+
+async def _unlink_matching(r: redis.asyncio.Redis, patterns: Sequence[str]) -> int:
+    """SCAN each pattern (COUNT 1000) and UNLINK what it finds, several UNLINKs per round trip.
+    Returns how many keys Redis removed."""
+    removed = 0
+    async with r.pipeline(transaction=False) as pipe:
+        for pattern in patterns:
+            batch: list[bytes] = []
+            queued = 0
+            async for key in r.scan_iter(match=pattern, count=BATCH):
+                batch.append(key)
+                if len(batch) >= BATCH:
+                    pipe.unlink(*batch)
+                    batch, queued = [], queued + 1
+                    if queued >= COMMANDS_PER_ROUND_TRIP:
+                        removed += sum(int(x) for x in await pipe.execute())
+                        queued = 0
+            if batch:
+                pipe.unlink(*batch)
+            removed += sum(int(x) for x in await pipe.execute())
+    return removed
+
+
+async def _guarded(rc: RedisConfig, db: int, work: Any) -> int:
+    """Open a connection to database `db` (never the url's, unless it is the same), run
+    `work(client)`, close, and turn Redis' errors into ActionError without the password."""
+    secret = read_secret(rc.password_env)
+    password = secret.reveal() if secret else None
+    seconds = rc.timeout.total_seconds()
+    kwargs: dict[str, Any] = {
+        "client_name": "healer",
+        "socket_timeout": seconds,
+        "socket_connect_timeout": seconds,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if password:
+        kwargs["password"] = password
+    pool = redis.asyncio.ConnectionPool.from_url(rc.url, **kwargs)
+    # from_url lets the url's own /N win over a db= argument: select the database here instead
+    pool.connection_kwargs["db"] = db
+    client = redis.asyncio.Redis.from_pool(pool)
+    try:
+        return int(await work(client))
+    except (RedisError, OSError) as e:
+        text = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        if password:
+            text = text.replace(password, "***")
+        msg = f"redis at {_where(rc)} db {db}: {redact(text)}"
+        raise ActionError(msg) from None
+    finally:
+        try:
+            await client.aclose()
+        except (RedisError, OSError):
+            pass

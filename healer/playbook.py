@@ -1,0 +1,324 @@
+"""Playbooks: what a repair does, how often it may run and what must pass after it (pure).
+
+A playbook is a TOML file:
+
+    name = "redis-flush"
+    description = "Clear the app's cache without blocking Redis"
+    cooldown = "30m"            # at least this long between two runs
+    max_per_window = 3          # at most this many runs per launch window
+    verify = ["redis", "http"]  # check types or check names that must pass afterwards (default: all)
+    verify_within = "30s"       # keep re-checking this long before calling it not fixed
+
+    [[steps]]
+    action = "redis.flush_cache"
+    timeout = "60s"
+
+`parse_playbook` turns the parsed TOML into frozen objects and reports every problem, one
+line each, naming the file, the key path and what was expected, like healer.toml's errors.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+from healer.config import (
+    CHECK_TYPES,
+    Argv,
+    CheckConfig,
+    Config,
+    Duration,
+    Name,
+    PositiveDuration,
+    RelPath,
+    format_duration,
+)
+from healer.errors import ConfigError
+
+DEFAULT_COOLDOWN = timedelta(minutes=10)
+DEFAULT_MAX_PER_WINDOW = 3
+DEFAULT_VERIFY_WITHIN = timedelta(seconds=30)
+
+ACTIONS = (
+    "process.restart",
+    "process.reload",
+    "redis.flush_cache",
+    "redis.delete_pattern",
+    "postgres.terminate_backends",
+    "command",
+)
+
+
+def _not_everything(p: str) -> str:
+    """A pattern that is nothing but wildcards would clear the whole database."""
+    if not p.strip("*?"):
+        raise PydanticCustomError(
+            "pattern", 'expected a key pattern with a fixed part like "ratelimit:*", got {got} (it matches every key)',
+            {"got": f'"{p}"'},
+        )  # fmt: skip
+    return p
+
+
+KeyPattern = Annotated[str, Field(min_length=1), AfterValidator(_not_everything)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProcessRestartStep(_Model):
+    """Restart the app through `[process] manager` (or stop and start it, manager = "command")."""
+
+    action: Literal["process.restart"]
+    timeout: PositiveDuration = timedelta(seconds=90)
+
+
+class ProcessReloadStep(_Model):
+    """Ask the app to reload (reopen its pools) through the manager, or with a signal.
+
+    `signal` overrides `[process] reload_signal`. With neither a manager that can reload nor
+    a signal, the step is skipped and says so.
+    """
+
+    action: Literal["process.reload"]
+    timeout: PositiveDuration = timedelta(seconds=30)
+    signal: Annotated[str, Field(pattern=r"^(SIG)?[A-Z0-9]+$")] | None = None
+
+
+class RedisFlushStep(_Model):
+    """`FLUSHDB ASYNC` on `[redis] cache_db`, or SCAN + UNLINK of `[redis] cache_patterns`."""
+
+    action: Literal["redis.flush_cache"]
+    timeout: PositiveDuration = timedelta(seconds=60)
+
+
+class RedisDeletePatternStep(_Model):
+    """SCAN + UNLINK of the keys matching `patterns` (default `[redis] rate_limit_patterns`)
+    in database `db` (default the one in `[redis] url`)."""
+
+    action: Literal["redis.delete_pattern"]
+    timeout: PositiveDuration = timedelta(seconds=60)
+    patterns: Annotated[tuple[KeyPattern, ...], Field(min_length=1)] | None = None
+    db: Annotated[int, Field(ge=0, le=15)] | None = None
+
+
+class PostgresTerminateStep(_Model):
+    """Terminate the app's backends (never other applications', superusers' or healer's own).
+
+    `terminate` and `idle_in_transaction` override the `[postgres]` settings.
+    """
+
+    action: Literal["postgres.terminate_backends"]
+    timeout: PositiveDuration = timedelta(seconds=30)
+    terminate: Literal["stuck", "all"] | None = None
+    idle_in_transaction: Duration | None = None
+
+
+class CommandStep(_Model):
+    """Run an argv (never a shell string); a non-zero exit is an error."""
+
+    action: Literal["command"]
+    timeout: PositiveDuration = timedelta(seconds=60)
+    argv: Argv
+    cwd: RelPath | None = (
+        None  # relative to the playbook file; default the directory of healer.toml
+    )
+
+
+Step = Annotated[
+    ProcessRestartStep
+    | ProcessReloadStep
+    | RedisFlushStep
+    | RedisDeletePatternStep
+    | PostgresTerminateStep
+    | CommandStep,
+    Field(discriminator="action"),
+]
+
+
+class Playbook(_Model):
+    """One playbook: its steps, its rate limits and the checks that say it worked."""
+
+    name: Name
+    description: Annotated[str, Field(min_length=1)]
+    steps: Annotated[tuple[Step, ...], Field(min_length=1)]
+    cooldown: PositiveDuration = DEFAULT_COOLDOWN
+    max_per_window: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_MAX_PER_WINDOW
+    verify: tuple[
+        Annotated[str, Field(min_length=1)], ...
+    ] = ()  # check types or names; empty: all checks
+    verify_within: PositiveDuration = DEFAULT_VERIFY_WITHIN
+
+    # where it was read from (set by the loader, not by the user)
+    source: str = Field(default="", exclude=True)
+    shipped: bool = Field(default=False, exclude=True)
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+
+
+def parse_playbook_text(text: str, source: Path | str, *, shipped: bool = False) -> Playbook:
+    """Parse a playbook file's text; the name defaults to the file's stem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [f"not valid TOML: {e}"]) from None
+    return parse_playbook(data, source, shipped=shipped)
+
+
+def parse_playbook(
+    data: Mapping[str, Any], source: Path | str, *, shipped: bool = False
+) -> Playbook:
+    """Validate parsed TOML from `source`; raises ConfigError with one line per problem."""
+    bad = [k for k in ("source", "shipped") if k in data]
+    if bad:
+        raise ConfigError(source, [f"{k}: unknown key (check the spelling)" for k in bad])
+    path = Path(source)
+    values = {"name": path.stem, **data, "source": str(source), "shipped": shipped}
+    try:
+        return Playbook.model_validate(values, context={"base": path.resolve().parent})
+    except ValidationError as err:
+        errors = err.errors(include_url=False)
+        failed_under = {tuple(e["loc"][:1]) for e in errors if len(e["loc"]) > 1}
+        errors = [
+            e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in failed_under)
+        ]
+        raise ConfigError(source, [_describe(e) for e in errors]) from None
+
+
+def merge(shipped: Sequence[Playbook], user: Sequence[Playbook]) -> dict[str, Playbook]:
+    """Shipped playbooks, extended or overridden by name by the user's; two user files
+    claiming one name is an error naming both."""
+    out = {p.name: p for p in shipped}
+    seen: dict[str, str] = {}
+    for p in user:
+        if p.name in seen:
+            msg = (
+                f"name: expected a unique playbook name, got {p.name!r} here and in {seen[p.name]}"
+            )
+            raise ConfigError(p.source, [msg])
+        seen[p.name] = p.source
+        out[p.name] = p
+    return dict(sorted(out.items()))
+
+
+def check_references(playbooks: Mapping[str, Playbook], config: Config) -> None:
+    """Every `verify` entry names a check type or a configured check, and every dispatch
+    rule in healer.toml names a known playbook."""
+    names = {c.name for c in config.checks}
+    for p in playbooks.values():
+        problems = [
+            f"verify[{i}]: expected a check name ({', '.join(sorted(names))}) or type ({', '.join(CHECK_TYPES)}), got {v!r}"
+            for i, v in enumerate(p.verify)
+            if v not in names and v not in CHECK_TYPES
+        ]
+        if problems:
+            raise ConfigError(p.source, problems)
+    problems = [
+        f"playbooks.rules[{i}].run: expected a known playbook ({', '.join(playbooks)}), got {r.run!r}"
+        for i, r in enumerate(config.playbooks.rules)
+        if r.run not in playbooks
+    ]
+    if problems:
+        raise ConfigError(config.path, problems)
+
+
+def targets(playbook: Playbook, checks: Sequence[CheckConfig]) -> tuple[CheckConfig, ...]:
+    """The checks that verify `playbook`: those named in `verify` by type or name, in config
+    order; all checks when `verify` is empty or names none that is configured."""
+    wanted = set(playbook.verify)
+    chosen = tuple(c for c in checks if c.name in wanted or c.type in wanted)
+    return chosen or tuple(checks)
+
+
+# ---- error messages --------------------------------------------------------------------------
+
+_EXPECTED = {
+    "missing": "missing required key",
+    "extra_forbidden": "unknown key (check the spelling)",
+    "int_parsing": "expected an integer",
+    "int_type": "expected an integer",
+    "int_from_float": "expected a whole number",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "tuple_type": "expected a list",
+    "dict_type": "expected a table",
+    "model_type": "expected a table",
+    "model_attributes_type": "expected a table",
+    "bool_type": "expected true or false",
+}
+
+
+def _loc(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ACTIONS and out.startswith("steps["):
+            continue  # the discriminator tag pydantic inserts: not a key the user wrote
+        elif part.startswith(
+            ("function-", "tagged-union", "list[", "tuple[", "union[", "nullable[")
+        ):
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _show(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def _describe(e: Any) -> str:
+    kind = e["type"]
+    loc = _loc(e["loc"])
+    got = e.get("input")
+    if kind in ("duration", "argv", "pattern"):
+        return f"{loc}: {e['msg']}"
+    if kind == "union_tag_invalid":
+        return f"{loc}.action: expected one of {', '.join(ACTIONS)}, got {_show(e['ctx']['tag'])}"
+    if kind == "union_tag_not_found":
+        return f"{loc}.action: missing required key (one of {', '.join(ACTIONS)})"
+    if kind == "literal_error":
+        return f"{loc}: expected {e['ctx']['expected']}, got {_show(got)}"
+    if kind == "string_pattern_mismatch":
+        hint = {
+            "name": "expected a name of letters, digits, '.', '_' or '-'",
+            "signal": 'expected a signal name like "SIGHUP"',
+        }.get(loc.rsplit(".", 1)[-1], "unexpected format")
+        return f"{loc}: {hint}, got {_show(got)}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bound = next(iter(e["ctx"].values()))
+        word = {
+            "greater_than": "above",
+            "greater_than_equal": "at least",
+            "less_than": "below",
+            "less_than_equal": "at most",
+        }[kind]
+        return f"{loc}: expected a number {word} {bound}, got {_show(got)}"
+    if kind == "too_short":
+        return f"{loc}: expected at least one entry"
+    if kind == "string_too_short":
+        return f"{loc}: expected a non-empty string"
+    if kind in _EXPECTED:
+        text = _EXPECTED[kind]
+        return (
+            f"{loc}: {text}"
+            if kind in ("missing", "extra_forbidden")
+            else f"{loc}: {text}, got {_show(got)}"
+        )
+    return f"{loc}: {e['msg']}"
+
+
+def summary(playbook: Playbook) -> str:
+    """One line: the playbook's limits, for people."""
+    return (
+        f"cooldown {format_duration(playbook.cooldown)}, at most {playbook.max_per_window} per window, "
+        f"verified within {format_duration(playbook.verify_within)}"
+    )

@@ -1,0 +1,1 @@
+"""The playbooks that ship with healer (data: one TOML file each)."""
