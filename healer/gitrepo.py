@@ -1,10 +1,18 @@
-"""The app's git work tree; the only module that imports git (I/O).
+"""The app's git work tree; the only module that imports git (I/O, blocking: call it from a thread).
 
-gitpython shells out to git with argv lists, never a shell string; its errors become GitError.
+gitpython shells out to git with argv lists, never a shell string; its errors become GitError
+with git's own one-line reason: `/srv/shop: unknown ref "stabel-2"`.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import re
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import git
@@ -12,25 +20,288 @@ import git
 from healer.errors import GitError
 
 NO_REPO = "unversioned"  # the deploy key when [app] repo is not set
+SHORT = 7  # characters of a SHA shown to people
+
+# The identity healer signs its own tags and stashes with when the repository has none
+# (a deploy user on a server often has no user.name / user.email).
+_FALLBACK_NAME = "healer"
+_FIELD_SEP = "\x1f"
+_NATURAL_RE = re.compile(r"(\d+)")
 
 
-def _open(path: Path) -> git.Repo:
+@dataclass(frozen=True, slots=True)
+class TagInfo:
+    """A tag and the commit it marks; `date` is the tagger date of an annotated tag, else the
+    commit date (UTC)."""
+
+    name: str
+    commit: str
+    date: datetime
+
+    @property
+    def short(self) -> str:
+        return self.commit[:SHORT]
+
+
+def short(sha: str) -> str:
+    """The abbreviated SHA people see."""
+    return sha[:SHORT]
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[git.Repo]:
     try:
-        return git.Repo(path)
+        repo = git.Repo(path)
     except git.NoSuchPathError:
         raise GitError(f"{path}: no such directory ([app] repo)") from None
     except git.InvalidGitRepositoryError:
         raise GitError(f"{path}: not a git work tree ([app] repo)") from None
+    try:
+        yield repo
+    finally:
+        repo.close()
+
+
+def _reason(e: git.GitCommandError) -> str:
+    """git's own complaint, one line: the last non-empty line of its stderr."""
+    text = e.stderr if isinstance(e.stderr, str) else str(e.stderr or "")
+    text = text.strip()
+    if text.startswith("stderr: "):
+        text = text[len("stderr: ") :].strip()
+        if len(text) >= 2 and text[0] == text[-1] == "'":
+            text = text[1:-1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else f"git exited with status {e.status}"
+
+
+def _git(repo: git.Repo, path: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
+    """Run `git ARGS` in the work tree and return its stdout; failures become GitError."""
+    try:
+        out = repo.git.execute(["git", *args], env=dict(env) if env else None)
+    except git.GitCommandError as e:
+        raise GitError(f"{path}: git {args[0]} failed: {_reason(e)}") from None
+    except OSError as e:
+        raise GitError(f"{path}: cannot run git: {e.strerror}") from None
+    return str(out)
+
+
+def _check_ref(ref: str) -> None:
+    # a ref that starts with "-" would be read by git as an option
+    if not ref or ref.startswith("-") or any(c in ref for c in "\0\n\r"):
+        raise GitError(f"unknown ref {ref!r}")
+
+
+def _resolve(repo: git.Repo, path: Path, ref: str) -> str:
+    _check_ref(ref)
+    try:
+        out = repo.git.execute(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"])
+    except git.GitCommandError:
+        raise GitError(f"{path}: unknown ref {ref!r} (expected a tag, branch or commit)") from None
+    return str(out).strip()
 
 
 def head_commit(path: Path | None) -> str:
     """The full SHA of HEAD, or NO_REPO when no repository is configured."""
     if path is None:
         return NO_REPO
-    repo = _open(path)
+    with _opened(path) as repo:
+        try:
+            return repo.head.commit.hexsha
+        except (ValueError, git.GitCommandError) as e:
+            raise GitError(f"{path}: cannot read HEAD ({e})") from None
+
+
+def current_branch(path: Path) -> str | None:
+    """The branch HEAD is on, or None when HEAD is detached."""
+    with _opened(path) as repo:
+        try:
+            return _git(repo, path, "symbolic-ref", "--quiet", "--short", "HEAD") or None
+        except GitError:
+            return None
+
+
+def resolve(path: Path, ref: str) -> str:
+    """The full SHA of the commit `ref` (tag, branch, SHA, HEAD~1 ...) names; GitError if none."""
+    with _opened(path) as repo:
+        return _resolve(repo, path, ref)
+
+
+def subject(path: Path, ref: str) -> str:
+    """The first line of the commit message of `ref`."""
+    with _opened(path) as repo:
+        sha = _resolve(repo, path, ref)
+        return _git(repo, path, "log", "-1", "--format=%s", sha)
+
+
+def is_dirty(path: Path) -> bool:
+    """Whether tracked files differ from HEAD (staged or not).
+
+    Untracked files do not count: a checkout leaves them alone (git refuses on its own when one
+    would be overwritten), and a server's work tree often holds logs, .env files or healer's
+    own state directory that nobody commits.
+    """
+    with _opened(path) as repo:
+        try:
+            return repo.is_dirty(index=True, working_tree=True, untracked_files=False)
+        except git.GitCommandError as e:
+            raise GitError(f"{path}: cannot read the work tree status: {_reason(e)}") from None
+
+
+def changed_files(path: Path) -> list[str]:
+    """The tracked files that differ from HEAD, as `git status` names them."""
+    with _opened(path) as repo:
+        out = _git(repo, path, "status", "--porcelain=v1", "--untracked-files=no", "-z")
+    files: list[str] = []
+    parts = iter(out.split("\0"))
+    for entry in parts:
+        if len(entry) < 4:
+            continue
+        files.append(entry[3:])
+        if entry[0] in "RC":  # a rename is followed by its old path
+            next(parts, None)
+    return files
+
+
+def stable_tags(path: Path, pattern: str) -> list[TagInfo]:
+    """Tags whose name matches the glob `pattern` and that mark a commit, newest first.
+
+    Newest means the tagger date of an annotated tag, else the date of the tagged commit; tags
+    of the same second are ordered by name, numbers compared as numbers (stable-10 > stable-9).
+    """
+    fmt = _FIELD_SEP.join(
+        ["%(refname:strip=2)", "%(objecttype)", "%(objectname)", "%(creatordate:unix)",
+         "%(*objecttype)", "%(*objectname)"]
+    )  # fmt: skip
+    with _opened(path) as repo:
+        out = _git(repo, path, "for-each-ref", f"--format={fmt}", "refs/tags")
+        tags: list[TagInfo] = []
+        for line in out.splitlines():
+            fields = line.split(_FIELD_SEP)
+            if len(fields) != 6:
+                continue
+            name, kind, sha, when, peeled_kind, peeled = fields
+            if not fnmatch.fnmatchcase(name, pattern):
+                continue
+            if kind == "commit":
+                commit = sha
+            elif kind == "tag" and peeled_kind == "commit":
+                commit = peeled
+            elif kind == "tag":  # a tag of a tag: peel it all the way, or skip a tag of a tree
+                try:
+                    commit = _resolve(repo, path, f"refs/tags/{name}")
+                except GitError:
+                    continue
+            else:
+                continue
+            try:
+                date = datetime.fromtimestamp(int(when), UTC)
+            except ValueError:
+                date = datetime.fromtimestamp(0, UTC)
+            tags.append(TagInfo(name=name, commit=commit, date=date))
+    tags.sort(key=lambda t: (t.date, _natural(t.name)), reverse=True)
+    return tags
+
+
+def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in _NATURAL_RE.split(name) if p)
+
+
+def tags_at(path: Path, commit: str, pattern: str) -> list[str]:
+    """Names of the tags matching `pattern` that mark `commit`."""
+    return [t.name for t in stable_tags(path, pattern) if t.commit == commit]
+
+
+def _ident_env(repo: git.Repo, path: Path, date: datetime | None) -> dict[str, str]:
+    """Environment for git commands that create objects: healer's identity when the repository
+    has none, and the object date when given."""
+    env: dict[str, str] = {}
     try:
-        return repo.head.commit.hexsha
-    except (ValueError, git.GitCommandError) as e:
-        raise GitError(f"{path}: cannot read HEAD ({e})") from None
-    finally:
-        repo.close()
+        repo.git.execute(["git", "var", "GIT_COMMITTER_IDENT"])
+    except git.GitCommandError:
+        env["GIT_COMMITTER_NAME"] = env["GIT_AUTHOR_NAME"] = _FALLBACK_NAME
+        email = f"healer@{socket.gethostname() or 'localhost'}"
+        env["GIT_COMMITTER_EMAIL"] = env["GIT_AUTHOR_EMAIL"] = email
+    if date is not None:
+        stamp = f"@{int(date.timestamp())} +0000"
+        env["GIT_COMMITTER_DATE"] = env["GIT_AUTHOR_DATE"] = stamp
+    return env  # gitpython adds these to its own copy of os.environ
+
+
+def create_tag(
+    path: Path, name: str, commit: str, message: str, *, date: datetime | None = None
+) -> TagInfo:
+    """Create the annotated tag `name` on `commit` with `message` saying why; GitError when the
+    tag exists already or the name is not a valid tag name."""
+    _check_ref(name)
+    with _opened(path) as repo:
+        try:
+            repo.git.execute(["git", "check-ref-format", f"refs/tags/{name}"])
+        except git.GitCommandError:
+            raise GitError(f"{path}: {name!r} is not a valid tag name") from None
+        sha = _resolve(repo, path, commit)
+        try:
+            repo.git.execute(["git", "rev-parse", "--verify", "--quiet", f"refs/tags/{name}"])
+        except git.GitCommandError:
+            pass
+        else:
+            raise GitError(f"{path}: tag {name!r} already exists")
+        try:
+            repo.git.execute(
+                ["git", "tag", "--annotate", f"--message={message}", "--", name, sha],
+                env=_ident_env(repo, path, date),
+            )
+        except git.GitCommandError as e:
+            raise GitError(f"{path}: cannot create tag {name!r}: {_reason(e)}") from None
+    when = date if date is not None else datetime.now(UTC)
+    return TagInfo(name=name, commit=sha, date=when.astimezone(UTC).replace(microsecond=0))
+
+
+def stash(path: Path, message: str) -> str | None:
+    """Put the changes to tracked files aside (`git stash push`); returns the stash commit,
+    or None when there was nothing to stash. `git stash pop` brings them back."""
+    with _opened(path) as repo:
+        before = _stash_top(repo)
+        try:
+            repo.git.execute(
+                ["git", "stash", "push", f"--message={message}"], env=_ident_env(repo, path, None)
+            )
+        except git.GitCommandError as e:
+            raise GitError(f"{path}: cannot stash the local changes: {_reason(e)}") from None
+        after = _stash_top(repo)
+        return after if after != before else None
+
+
+def _stash_top(repo: git.Repo) -> str | None:
+    try:
+        out = repo.git.execute(["git", "rev-parse", "--verify", "--quiet", "refs/stash"])
+        return str(out).strip() or None
+    except git.GitCommandError:
+        return None
+
+
+def checkout(path: Path, ref: str) -> str:
+    """Check out the commit `ref` names, detached; returns its SHA.
+
+    The ref is resolved to a commit first, so an unknown ref changes nothing. git refuses on its
+    own when local changes or untracked files would be overwritten; that becomes a GitError.
+    """
+    with _opened(path) as repo:
+        sha = _resolve(repo, path, ref)
+        try:
+            repo.git.execute(["git", "checkout", "--quiet", "--detach", sha])
+        except git.GitCommandError as e:
+            raise GitError(f"{path}: cannot check out {ref} ({short(sha)}): {_reason(e)}") from None
+        return sha
+
+
+def is_ancestor(path: Path, ancestor: str, descendant: str) -> bool:
+    """Whether commit `ancestor` is reachable from `descendant` (`git merge-base --is-ancestor`)."""
+    with _opened(path) as repo:
+        a, d = _resolve(repo, path, ancestor), _resolve(repo, path, descendant)
+        try:
+            repo.git.execute(["git", "merge-base", "--is-ancestor", a, d])
+        except git.GitCommandError as e:
+            if e.status == 1:
+                return False
+            raise GitError(f"{path}: git merge-base failed: {_reason(e)}") from None
+        return True

@@ -1,23 +1,111 @@
-"""Rolling back to the last stable tag: a pure plan() and an execute() via gitrepo. Placeholder; see issue 5."""
+"""Rolling back to a stable git tag: a pure plan(), its execution via gitrepo, and healer's own
+stable tags (plan, describe and eligible are pure; the rest does I/O).
+
+A rollback is one at a time (a lock file), journaled before it touches anything, and verified by
+re-running every check. The commit it leaves is remembered as bad, and the rolled-back commit
+starts its own launch window, so an automatic rollback happens at most once per deploy: when
+the rolled-back version is not healthy either, the new deploy is held for a person.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+import enum
+import fcntl
+import fnmatch
+import json
+import logging
+import os
+import shlex
+import signal
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
-from healer.errors import GitError
-from healer.model import Who
+from healer import gitrepo
+from healer.config import Config, format_duration
+from healer.errors import GitError, HealerError, LockedError, StoreError
+from healer.gitrepo import TagInfo, short
+from healer.model import CheckResult, Outcome, Verdict, Who
 
 if TYPE_CHECKING:
     from healer.checks import ProbeContext
     from healer.clock import Clock
-    from healer.config import Config
-    from healer.store import Store
+    from healer.store import ActionRow, Store
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "rollback.lock"  # in the state dir; holds the PID of the process rolling back
+VERIFY_TRIES = 3  # checks re-run after a rollback until they pass, `verify_grace` apart
+_MIN_VERIFY_PAUSE = timedelta(seconds=1)
+_TAIL = 4096  # bytes of a failed command's output read back for its one-line reason
+_LINE_MAX = 200
+_FILES_SHOWN = 5
+
+
+class Refusal(enum.StrEnum):
+    """Why a rollback will not run."""
+
+    NO_REPO = "no-repo"  # [app] repo is not set: no work tree to roll back
+    NO_TARGET = "no-target"  # no stable tag other than the deployed commit and known-bad ones
+    SAME_COMMIT = "same-commit"  # the target is the commit already checked out
+    KNOWN_BAD = "known-bad"  # the target is a known-bad commit (--force overrides an explicit --to)
+    DIRTY = "dirty"  # tracked files have local changes (--force stashes them first)
+
+
+@dataclass(frozen=True, slots=True)
+class RepoState:
+    """What plan() looks at, read from the work tree and the store."""
+
+    repo: Path | None
+    head: str
+    branch: str | None = None  # the branch HEAD is on, None when detached
+    changed: tuple[str, ...] = ()  # tracked files with local changes
+    tags: tuple[TagInfo, ...] = ()  # the stable tags, newest first
+    bad: Mapping[str, str] = field(default_factory=dict)  # known-bad commit -> why
+    deployed: str | None = None  # the commit of the deploy the store is watching
+    to: str | None = None  # the ref a person asked for
+    to_commit: str | None = None  # ... and the commit it names
+    subjects: Mapping[str, str] = field(default_factory=dict)  # commit -> first message line
+    descendants: frozenset[str] = frozenset()  # commits known to descend from HEAD
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A rollback worked out in advance: what it moves, what it runs, or why it will not."""
+
+    who: Who
+    reason: str
+    repo: Path | None
+    from_commit: str
+    from_branch: str | None
+    to_ref: str  # the tag, or the ref a person gave; "" when there is no target
+    to_commit: str  # "" when there is no target
+    commands: tuple[tuple[str, ...], ...]
+    command_timeout: timedelta
+    verify_grace: timedelta
+    checks: tuple[str, ...]  # the checks that verify it: all of them
+    mark_bad: bool  # the from-commit becomes known bad
+    stash: tuple[str, ...] = ()  # files with local changes that --force stashes first
+    refusal: Refusal | None = None
+    refused: str = ""  # one line for people when refused
+    warnings: tuple[str, ...] = ()
+    from_subject: str = ""
+    to_subject: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the rollback may go ahead."""
+        return self.refusal is None
 
 
 @dataclass(frozen=True, slots=True)
 class RollbackResult:
-    """How a rollback ended; `ok` means the target is checked out and healthy."""
+    """How a rollback ended; `ok` means the target is checked out and healthy (for a dry run:
+    that it would go ahead)."""
 
     ok: bool
     from_commit: str
@@ -25,11 +113,260 @@ class RollbackResult:
     to_commit: str
     detail: str
     changed: bool  # HEAD moved
+    refused: str | None = None  # why it did not run at all
+    action_id: int | None = None  # the journal row
+    deploy_id: int | None = None  # the deploy window of the new HEAD
+    held: bool = False  # the loop stopped acting and waits for a person
+    results: tuple[CheckResult, ...] = ()  # the last verification
+    plan: Plan | None = None
+
+
+# ---- the pure part ---------------------------------------------------------------------------
+
+
+def eligible(
+    tags: Sequence[TagInfo], *, head: str, deployed: str | None, bad: Mapping[str, str]
+) -> list[TagInfo]:
+    """The stable tags a rollback may go to, newest first: never the commit checked out or
+    deployed, never a known-bad one."""
+    here = {head, deployed}
+    return [t for t in tags if t.commit not in here and t.commit not in bad]
+
+
+def pick_target(state: RepoState) -> tuple[str, str] | None:
+    """(ref, commit) to roll back to: the ref asked for, else the newest eligible stable tag."""
+    if state.to is not None:
+        return (state.to, state.to_commit) if state.to_commit else None
+    for t in eligible(state.tags, head=state.head, deployed=state.deployed, bad=state.bad):
+        return t.name, t.commit
+    return None
+
+
+def plan(
+    state: RepoState, config: Config, *, who: Who, reason: str, force: bool = False
+) -> Plan:
+    """Work out a rollback from `state`, or why it is refused.
+
+    1. The target is the ref asked for, else the newest stable tag whose commit is neither
+       checked out, nor deployed, nor known bad. None: refused.
+    2. A target that is the commit already checked out is refused: there is nothing to undo.
+    3. A known-bad target is refused; a person's --force overrides this for an explicit --to
+       (an undo of a rollback goes back to the commit it left, which is marked bad).
+    4. Local changes to tracked files are refused; --force stashes them first.
+    5. The from-commit is marked bad when the loop rolls back, and when a person moves back
+       (the target is an ancestor of HEAD, or unrelated to it). A person moving forward to a
+       descendant of HEAD, as an undo does, condemns nothing.
+    """
+    target = pick_target(state) if state.repo is not None else None
+    to_ref, to_commit = target or (state.to or "", state.to_commit or "")
+    mark_bad = who is Who.LOOP or to_commit not in state.descendants
+    base = Plan(
+        who=who,
+        reason=reason,
+        repo=state.repo,
+        from_commit=state.head,
+        from_branch=state.branch,
+        to_ref=to_ref,
+        to_commit=to_commit,
+        commands=tuple(tuple(argv) for argv in config.rollback.after),
+        command_timeout=config.rollback.command_timeout,
+        verify_grace=config.rollback.verify_grace,
+        checks=tuple(c.name for c in config.checks),
+        mark_bad=mark_bad,
+        from_subject=state.subjects.get(state.head, ""),
+        to_subject=state.subjects.get(to_commit, "") if to_commit else "",
+    )
+
+    def refuse(why: Refusal, msg: str) -> Plan:
+        return replace(base, refusal=why, refused=msg)
+
+    if state.repo is None:
+        return refuse(
+            Refusal.NO_REPO,
+            "no [app] repo in healer.toml: healer does not know which git work tree to roll back",
+        )
+    if target is None:
+        return refuse(Refusal.NO_TARGET, _no_target(state, config.app.stable_tags))
+    if to_commit == state.head:
+        return refuse(
+            Refusal.SAME_COMMIT,
+            f"{to_ref} is {short(to_commit)}, the commit already checked out: nothing to roll back",
+        )
+    warnings: list[str] = []
+    if to_commit in state.bad:
+        msg = f"{to_ref} ({short(to_commit)}) is known bad: {state.bad[to_commit]}"
+        if not (force and state.to is not None):
+            return refuse(Refusal.KNOWN_BAD, f"{msg}; pass --force to check it out anyway")
+        warnings.append(msg)
+    if state.changed and not force:
+        return refuse(
+            Refusal.DIRTY,
+            f"the work tree {state.repo} has local changes to {_files(state.changed)}; commit "
+            "or stash them, or pass --force to have healer stash them (git stash pop brings them "
+            "back)",
+        )
+    return replace(base, stash=state.changed if force else (), warnings=tuple(warnings))
+
+
+def _no_target(state: RepoState, pattern: str) -> str:
+    if not state.tags:
+        return f"no stable tag to roll back to: no tag matches {pattern!r}"
+    return (
+        f"no stable tag to roll back to: the {len(state.tags)} tag(s) matching {pattern!r} mark "
+        f"the deployed commit {short(state.head)} or known-bad ones"
+    )
+
+
+def _files(files: Sequence[str]) -> str:
+    shown = ", ".join(files[:_FILES_SHOWN])
+    more = f" and {len(files) - _FILES_SHOWN} more" if len(files) > _FILES_SHOWN else ""
+    return f"{len(files)} tracked file(s) ({shown}{more})"
+
+
+def describe(p: Plan) -> str:
+    """The plan for people, one step a line: for the confirmation prompt and --dry-run."""
+    by = "the loop" if p.who is Who.LOOP else "a person"
+    lines = [f"Roll back {p.repo or '(no [app] repo)'} ({by}: {p.reason})"]
+    branch = f", branch {p.from_branch}" if p.from_branch else ", detached"
+    lines.append(f"  from  {short(p.from_commit)}  {_quote(p.from_subject)}(HEAD{branch})")
+    if p.to_commit:
+        lines.append(f"  to    {p.to_ref}  {short(p.to_commit)}  {_quote(p.to_subject)}".rstrip())
+    lines += [f"  warning: {w}" for w in p.warnings]
+    if not p.ok:
+        lines.append(f"Refused: {p.refused}")
+        return "\n".join(lines)
+    steps: list[str] = []
+    if p.stash:
+        steps.append(f"stash the local changes to {_files(p.stash)} (git stash pop restores them)")
+    steps.append(f"check out {short(p.to_commit)} (detached HEAD)")
+    if p.mark_bad:
+        steps.append(f"mark {short(p.from_commit)} bad: never a rollback target again")
+    once = " (an automatic rollback: never rolled back again)" if p.who is Who.LOOP else ""
+    steps.append(f"start a new launch window for {short(p.to_commit)}{once}")
+    if p.commands:
+        within = format_duration(p.command_timeout)
+        steps.append(f"run in {p.repo}, in order, each within {within}:")
+    else:
+        steps.append("run no commands ([rollback] after is empty)")
+    out = [f"  {i}. {s}" for i, s in enumerate(steps, 1)]
+    out += [f"       $ {shlex.join(argv)}" for argv in p.commands]
+    checks = ", ".join(p.checks)
+    out.append(
+        f"  {len(steps) + 1}. after {format_duration(p.verify_grace)}, re-run all {len(p.checks)} "
+        f"check(s) ({checks}) up to {VERIFY_TRIES} times until they pass"
+    )
+    if p.who is Who.LOOP:
+        out.append(f"  {len(steps) + 2}. if they still fail: hold, and wait for a person")
+    undo = f"  undo: healer rollback --to {short(p.from_commit)} --reason ..."
+    if p.mark_bad:
+        undo += " --force"
+    return "\n".join([*lines, *out, undo])
+
+
+def _quote(subject: str) -> str:
+    return f'"{subject}"  ' if subject else ""
+
+
+# ---- reading the world -----------------------------------------------------------------------
+
+
+def _read_state(config: Config, store: Store, to: str | None) -> RepoState:
+    """HEAD, the work tree, the stable tags and the known-bad commits (blocking: run in a thread).
+    An unknown `to` raises GitError before anything else happens."""
+    repo = config.app.repo
+    current = store.current_deploy()
+    deployed = current.commit if current else None
+    bad = store.bad_commits()
+    if repo is None:
+        return RepoState(repo=None, head=gitrepo.NO_REPO, bad=bad, deployed=deployed, to=to)
+    to_commit = gitrepo.resolve(repo, to) if to is not None else None
+    state = RepoState(
+        repo=repo,
+        head=gitrepo.head_commit(repo),
+        branch=gitrepo.current_branch(repo),
+        changed=tuple(gitrepo.changed_files(repo)),
+        tags=tuple(gitrepo.stable_tags(repo, config.app.stable_tags)),
+        bad=bad,
+        deployed=deployed,
+        to=to,
+        to_commit=to_commit,
+    )
+    subjects = {state.head: gitrepo.subject(repo, state.head)}
+    descendants: set[str] = set()
+    target = pick_target(state)
+    if target is not None:
+        _, commit = target
+        subjects[commit] = gitrepo.subject(repo, commit)
+        if commit != state.head and gitrepo.is_ancestor(repo, state.head, commit):
+            descendants.add(commit)
+    return replace(state, subjects=subjects, descendants=frozenset(descendants))
+
+
+def candidates(config: Config, store: Store) -> list[TagInfo]:
+    """The stable tags a rollback may go to, newest first (for `healer rollback --list`): never
+    the commit checked out or deployed, never a known-bad one. Blocking: the loop calls it
+    through `asyncio.to_thread`."""
+    repo = config.app.repo
+    if repo is None:
+        return []
+    current = store.current_deploy()
+    return eligible(
+        gitrepo.stable_tags(repo, config.app.stable_tags),
+        head=gitrepo.head_commit(repo),
+        deployed=current.commit if current else None,
+        bad=store.bad_commits(),
+    )
 
 
 def has_target(config: Config, store: Store) -> bool:
-    """Whether a stable tag (not the deployed commit, not a known-bad one) exists."""
-    return False
+    """Whether a stable tag (not the deployed commit, not a known-bad one) exists. Blocking.
+
+    When the repository cannot be read this says True: the rollback attempt then fails with
+    git's own reason, recorded and held for a person, which says more than "no stable tag".
+    """
+    try:
+        return bool(candidates(config, store))
+    except GitError as e:
+        log.warning("rollback.target_unknown error=%s", e)
+        return config.app.repo is not None
+
+
+# ---- the lock --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def rollback_lock(state_dir: Path) -> Iterator[None]:
+    """Hold `<state_dir>/rollback.lock` (flock, released by the kernel even on kill -9), with
+    our PID written in it; when another process holds it, LockedError names its PID."""
+    path = state_dir / LOCK_NAME
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StoreError(f"{path}: cannot open the rollback lock: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError("rollback", _holder(fd)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None
+
+
+# ---- carrying it out -------------------------------------------------------------------------
 
 
 async def run_rollback(
@@ -44,14 +381,460 @@ async def run_rollback(
     force: bool = False,
     dry_run: bool = False,
 ) -> RollbackResult:
-    """Roll back to `to` or the newest stable tag; journaled, locked, verified."""
-    raise GitError("rollback is not available yet")
+    """Roll back to `to` or the newest stable tag; one at a time, journaled, verified.
+
+    1. Take the rollback lock, so the loop and a person never roll back at once.
+    2. Read HEAD, the work tree, the stable tags and the known-bad commits, and plan. A refused
+       plan is recorded (outcome error); for the loop it also holds the deploy, so healer waits
+       for a person instead of trying again every cycle. An unknown `to` raises GitError.
+    3. Journal the intent (outcome started) before touching anything.
+    4. With --force, stash the local changes to tracked files.
+    5. Check out the target, detached.
+    6. Mark the from-commit bad and start the new HEAD's launch window (via_rollback for the
+       loop): done at once after the checkout, so that a kill later never leaves a moved HEAD
+       that the loop would take for a fresh deploy and roll back again.
+    7. Run the `[rollback] after` commands in order in the work tree, each within
+       `command_timeout`; the first that fails stops the rollback.
+    8. After `verify_grace`, re-run all checks, up to VERIFY_TRIES times, until they pass.
+    9. Record the outcome; when the loop's rollback left the app unhealthy, hold the new
+       deploy: healer stops acting until a person does.
+
+    A dry run does step 2 only: nothing is locked, changed or recorded, and the result's detail
+    is describe(plan).
+    """
+    if dry_run:
+        state = await asyncio.to_thread(_read_state, config, store, to)
+        p = plan(state, config, who=who, reason=reason, force=force)
+        return RollbackResult(
+            ok=p.ok, from_commit=p.from_commit, to_ref=p.to_ref, to_commit=p.to_commit,
+            detail=describe(p), changed=False, refused=p.refused or None, plan=p,
+        )  # fmt: skip
+    with rollback_lock(config.state_dir):
+        try:
+            state = await asyncio.to_thread(_read_state, config, store, to)
+        except GitError as e:
+            if who is not Who.LOOP or to is not None:
+                raise  # a person sees git's reason at once (exit 2)
+            return await _refused(store, clock, who, reason, f"cannot read the repository: {e}")
+        p = plan(state, config, who=who, reason=reason, force=force)
+        if not p.ok:
+            return await _refused(store, clock, who, reason, p.refused, p)
+        return await _execute(p, config=config, ctx=ctx, store=store, clock=clock)
 
 
-async def resume_unfinished(*, config: Config, ctx: ProbeContext, store: Store, clock: Clock) -> None:
-    """Finish or report a rollback that a kill interrupted."""
+async def _refused(
+    store: Store, clock: Clock, who: Who, reason: str, why: str, p: Plan | None = None
+) -> RollbackResult:
+    """Record a rollback that did not run; the loop's deploy is held for a person."""
+    log.warning("rollback.refused who=%s reason=%s", who, why)
+    current = await asyncio.to_thread(store.current_deploy)
+    action_id = await asyncio.to_thread(
+        lambda: store.start_action(
+            kind="rollback", name=(p.to_ref if p else "") or "-", who=who, reason=reason,
+            now=clock.now(), deploy_id=current.id if current else None,
+            incident_id=current.open_incident if current else None, outcome=Outcome.ERROR,
+            detail=f"refused: {why}",
+        )
+    )  # fmt: skip
+    held = False
+    if who is Who.LOOP and current is not None:
+        await asyncio.to_thread(
+            store.set_held, current.id, f"automatic rollback refused: {why}; waiting for a person"
+        )
+        held = True
+    return RollbackResult(
+        ok=False, from_commit=p.from_commit if p else "", to_ref=p.to_ref if p else "",
+        to_commit=p.to_commit if p else "", detail=f"refused: {why}", changed=False, refused=why,
+        action_id=action_id, deploy_id=current.id if current else None, held=held, plan=p,
+    )  # fmt: skip
+
+
+def _journal(p: Plan) -> str:
+    return json.dumps(
+        {"from": p.from_commit, "to": p.to_ref, "to_commit": p.to_commit,
+         "from_branch": p.from_branch, "mark_bad": p.mark_bad},
+        sort_keys=True,
+    )  # fmt: skip
+
+
+async def _execute(
+    p: Plan, *, config: Config, ctx: ProbeContext, store: Store, clock: Clock
+) -> RollbackResult:
+    repo = p.repo
+    assert repo is not None  # plan() refuses without a repo
+    current = await asyncio.to_thread(store.current_deploy)
+    action_id = await asyncio.to_thread(
+        lambda: store.start_action(
+            kind="rollback", name=p.to_ref, who=p.who, reason=p.reason, now=clock.now(),
+            deploy_id=current.id if current else None,
+            incident_id=current.open_incident if current else None, detail=_journal(p),
+        )
+    )  # fmt: skip
+    log.info(
+        "rollback.started who=%s from=%s to=%s commit=%s",
+        p.who, short(p.from_commit), p.to_ref, short(p.to_commit),
+    )
+    head = f"{p.to_ref} ({short(p.to_commit)}) from {short(p.from_commit)}"
+    try:
+        notes: list[str] = []
+        try:
+            if p.stash:
+                sha = await asyncio.to_thread(
+                    gitrepo.stash, repo, f"healer: local changes before rollback to {p.to_ref}"
+                )
+                if sha:
+                    notes.append(f"local changes stashed as {short(sha)} (git stash pop)")
+            await asyncio.to_thread(gitrepo.checkout, repo, p.to_commit)
+        except GitError as e:
+            now_head = await asyncio.to_thread(_head_or_none, repo)
+            moved = now_head is not None and now_head != p.from_commit
+            why = f"{head}: {e}; HEAD {'moved' if moved else 'still at ' + short(p.from_commit)}"
+            deploy_id = current.id if current else None
+            detail = "; ".join([why, *notes])
+            return await _finish_unmoved(p, store, clock, action_id, deploy_id, detail)
+        return await _after_checkout(
+            p, config=config, ctx=ctx, store=store, clock=clock, action_id=action_id,
+            prefix="; ".join([head, *notes]),
+        )  # fmt: skip
+    except (HealerError, OSError) as e:
+        await asyncio.to_thread(
+            store.finish_action, action_id, Outcome.ERROR, clock.now(), _line(f"{head}: {e}")
+        )
+        raise
+
+
+def _head_or_none(repo: Path) -> str | None:
+    try:
+        return gitrepo.head_commit(repo)
+    except GitError:
+        return None
+
+
+async def _finish_unmoved(
+    p: Plan, store: Store, clock: Clock, action_id: int, deploy_id: int | None, detail: str
+) -> RollbackResult:
+    """The rollback failed before HEAD moved: record it; the loop holds the deploy."""
+    detail = _line(detail)
+    await asyncio.to_thread(store.finish_action, action_id, Outcome.FAILED, clock.now(), detail)
+    held = False
+    if p.who is Who.LOOP and deploy_id is not None:
+        hold = _line(f"automatic rollback failed: {detail}; waiting for a person")
+        await asyncio.to_thread(store.set_held, deploy_id, hold)
+        held = True
+    log.error("rollback.failed detail=%s", detail)
+    return RollbackResult(
+        ok=False, from_commit=p.from_commit, to_ref=p.to_ref, to_commit=p.to_commit,
+        detail=detail, changed=False, action_id=action_id, deploy_id=deploy_id, held=held, plan=p,
+    )  # fmt: skip
+
+
+async def _after_checkout(
+    p: Plan,
+    *,
+    config: Config,
+    ctx: ProbeContext,
+    store: Store,
+    clock: Clock,
+    action_id: int,
+    prefix: str,
+) -> RollbackResult:
+    """Steps 6 to 9: HEAD is at the target."""
+    repo = p.repo
+    assert repo is not None
+    now = clock.now()
+    if p.mark_bad:
+        by = "automatically" if p.who is Who.LOOP else "by a person"
+        await asyncio.to_thread(
+            store.mark_bad, p.from_commit, _line(f"rolled back {by} to {p.to_ref}: {p.reason}"), now
+        )
+    deploy, _ = await asyncio.to_thread(
+        lambda: store.ensure_deploy(p.to_commit, now, via_rollback=p.who is Who.LOOP)
+    )
+    ok, why = await _run_commands(p, repo, config.state_dir / f"rollback-{action_id}.log")
+    results: tuple[CheckResult, ...] = ()
+    if ok:
+        ok, results, why = await _verify(ctx, clock, p.verify_grace)
+        await asyncio.to_thread(
+            store.record_cycle, deploy.id, Verdict(at=clock.now(), results=results), p.who, None
+        )
+    detail = _line(f"{prefix}: {why}")
+    await asyncio.to_thread(
+        store.finish_action, action_id, Outcome.OK if ok else Outcome.FAILED, clock.now(), detail
+    )
+    held = False
+    if not ok and p.who is Who.LOOP:
+        hold = (
+            f"rolled back to {p.to_ref} ({short(p.to_commit)}) but {why}; not rolling back again: "
+            "waiting for a person (healer rollback --to REF, healer repair, or a new deploy)"
+        )
+        await asyncio.to_thread(store.set_held, deploy.id, _line(hold))
+        held = True
+    (log.info if ok else log.error)("rollback.%s detail=%s", "ok" if ok else "failed", detail)
+    return RollbackResult(
+        ok=ok, from_commit=p.from_commit, to_ref=p.to_ref, to_commit=p.to_commit, detail=detail,
+        changed=True, action_id=action_id, deploy_id=deploy.id, held=held, results=results, plan=p,
+    )  # fmt: skip
+
+
+async def _run_commands(p: Plan, repo: Path, log_path: Path) -> tuple[bool, str]:
+    """Run the `after` commands in order in the work tree; the first failure stops them.
+    Their output goes to `log_path` (a file, not a pipe: a restart that leaves a daemon holding
+    its stdout must not keep healer waiting)."""
+    if not p.commands:
+        return True, "no after commands"
+    env = {
+        **os.environ,
+        "HEALER_ROLLBACK_FROM": p.from_commit,
+        "HEALER_ROLLBACK_TO": p.to_ref,
+        "HEALER_ROLLBACK_TO_COMMIT": p.to_commit,
+        "HEALER_WHO": str(p.who),
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        for i, argv in enumerate(p.commands, 1):
+            shown = shlex.join(argv)
+            out.write(f"$ {shown}\n".encode())
+            out.flush()
+            start = out.tell()
+            failure = await _run_command(argv, repo, p.command_timeout, env, out)
+            if failure is not None:
+                tail = _tail(log_path, start)
+                msg = f"after command {i} `{shown}` {failure}" + (f": {tail}" if tail else "")
+                return False, f"{msg} (output in {log_path})"
+            log.info("rollback.command_ok n=%d argv=%s", i, shown)
+    return True, f"{len(p.commands)} after command(s) ok"
+
+
+async def _run_command(
+    argv: Sequence[str], cwd: Path, timeout: timedelta, env: Mapping[str, str], out: BinaryIO
+) -> str | None:
+    """Run one command; None when it exits 0, else what went wrong. On a timeout (or when the
+    rollback is cancelled) its whole process group is killed."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
+            stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+    except FileNotFoundError:
+        return f"cannot run: {argv[0]!r} not found"
+    except PermissionError:
+        return f"cannot run: {argv[0]!r} is not executable"
+    except OSError as e:
+        return f"cannot run: {e.strerror}"
+    try:
+        code = await asyncio.wait_for(proc.wait(), timeout.total_seconds())
+    except TimeoutError:
+        _kill_group(proc.pid)
+        await proc.wait()
+        return f"timed out after {format_duration(timeout)} (killed)"
+    except asyncio.CancelledError:
+        _kill_group(proc.pid)
+        raise
+    if code < 0:
+        return f"was killed by signal {-code}"
+    return None if code == 0 else f"exited {code}"
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _tail(path: Path, start: int) -> str:
+    """The last non-empty line a command wrote."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(start, path.stat().st_size - _TAIL))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+async def _verify(
+    ctx: ProbeContext, clock: Clock, grace: timedelta
+) -> tuple[bool, tuple[CheckResult, ...], str]:
+    """Re-run every check after `grace`, up to VERIFY_TRIES times, until all pass."""
+    from healer.checks import run_checks  # the shell's probes; plan() and describe() stay pure
+
+    results: tuple[CheckResult, ...] = ()
+    pause = max(grace, _MIN_VERIFY_PAUSE)
+    for attempt in range(1, VERIFY_TRIES + 1):
+        await clock.sleep(grace if attempt == 1 else pause)
+        results = await run_checks(ctx)
+        if all(r.ok for r in results):
+            return True, results, f"healthy ({len(results)} checks, try {attempt})"
+    verdict = Verdict(at=clock.now(), results=results)
+    return False, results, f"still unhealthy after {VERIFY_TRIES} tries: {verdict.summary()}"
+
+
+def _line(text: str) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= 2 * _LINE_MAX else one[: 2 * _LINE_MAX - 1] + "…"
+
+
+# ---- after a kill ----------------------------------------------------------------------------
+
+
+async def resume_unfinished(
+    *, config: Config, ctx: ProbeContext, store: Store, clock: Clock
+) -> list[RollbackResult]:
+    """Finish or report the rollbacks a kill interrupted (journal rows still `started`).
+
+    Under the rollback lock: when another process holds it, its rollback is alive, not
+    interrupted, and nothing is done here. For the newest interrupted rollback:
+    - HEAD at the target: the checkout happened. The remaining steps run: the from-commit is
+      marked bad, the new window started, the after commands run again from the first (they
+      are meant to be repeatable: install, migrate, restart), the checks verify, the outcome
+      is recorded ("interrupted after checkout; resumed ...").
+    - HEAD still at the from-commit: recorded as failed, "interrupted before checkout"; not
+      retried here (the loop decides again from fresh cycles; a person can re-run it).
+    - HEAD elsewhere: someone moved it since; recorded as an error and left alone.
+    Older interrupted rows are closed as superseded. Nothing is ever left half-done silently.
+    """
+    rows = [r for r in await asyncio.to_thread(store.unfinished_actions) if r.kind == "rollback"]
+    if not rows:
+        return []
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(rollback_lock(config.state_dir))
+        except LockedError as e:
+            log.info("rollback.resume_skipped reason=%s", e)
+            return []
+        for row in rows[:-1]:
+            await asyncio.to_thread(
+                store.finish_action, row.id, Outcome.FAILED, clock.now(),
+                "interrupted; superseded by a later rollback",
+            )  # fmt: skip
+        return [await _resume_one(rows[-1], config=config, ctx=ctx, store=store, clock=clock)]
+    return []  # not reached: mypy cannot see that ExitStack does not swallow exceptions
+
+
+async def _resume_one(
+    row: ActionRow, *, config: Config, ctx: ProbeContext, store: Store, clock: Clock
+) -> RollbackResult:
+    who = Who(row.who) if row.who in {w.value for w in Who} else Who.PERSON
+    try:
+        j = json.loads(row.detail)
+        from_commit, to_ref, to_commit = str(j["from"]), str(j["to"]), str(j["to_commit"])
+        from_branch = j.get("from_branch")
+        mark_bad = bool(j.get("mark_bad", True))
+    except (ValueError, KeyError, TypeError):
+        why = "interrupted; the journal entry is unreadable"
+        return await _close(row, store, clock, Outcome.ERROR, why)
+    head_line = f"{to_ref} ({short(to_commit)}) from {short(from_commit)}"
+    repo = config.app.repo
+    if repo is None:
+        why = f"{head_line}: interrupted; [app] repo is no longer set"
+        return await _close(row, store, clock, Outcome.ERROR, why)
+    try:
+        head = await asyncio.to_thread(gitrepo.head_commit, repo)
+    except GitError as e:
+        return await _close(row, store, clock, Outcome.ERROR, f"{head_line}: interrupted; {e}")
+    if head == from_commit:
+        return await _close(
+            row, store, clock, Outcome.FAILED,
+            f"{head_line}: interrupted before checkout; HEAD still at {short(from_commit)}, "
+            "nothing changed; not retried automatically",
+            from_commit=from_commit, to_ref=to_ref, to_commit=to_commit,
+        )  # fmt: skip
+    if head != to_commit:
+        return await _close(
+            row, store, clock, Outcome.ERROR,
+            f"{head_line}: interrupted; HEAD is now {short(head)}, neither; left alone",
+            from_commit=from_commit, to_ref=to_ref, to_commit=to_commit, changed=True,
+        )  # fmt: skip
+    p = Plan(
+        who=who, reason=row.reason, repo=repo, from_commit=from_commit, from_branch=from_branch,
+        to_ref=to_ref, to_commit=to_commit,
+        commands=tuple(tuple(a) for a in config.rollback.after),
+        command_timeout=config.rollback.command_timeout, verify_grace=config.rollback.verify_grace,
+        checks=tuple(c.name for c in config.checks), mark_bad=mark_bad,
+    )  # fmt: skip
+    log.warning("rollback.resuming action=%d to=%s", row.id, to_ref)
+    return await _after_checkout(
+        p, config=config, ctx=ctx, store=store, clock=clock, action_id=row.id,
+        prefix=f"{head_line}: interrupted after checkout; resumed, after commands re-run",
+    )  # fmt: skip
+
+
+async def _close(
+    row: ActionRow, store: Store, clock: Clock, outcome: Outcome, detail: str, *,
+    from_commit: str = "", to_ref: str = "", to_commit: str = "", changed: bool = False,
+) -> RollbackResult:  # fmt: skip
+    await asyncio.to_thread(store.finish_action, row.id, outcome, clock.now(), _line(detail))
+    log.warning("rollback.interrupted action=%d detail=%s", row.id, detail)
+    return RollbackResult(
+        ok=False, from_commit=from_commit, to_ref=to_ref, to_commit=to_commit,
+        detail=_line(detail), changed=changed, action_id=row.id,
+    )  # fmt: skip
+
+
+# ---- healer's own stable tags ----------------------------------------------------------------
+
+
+def stable_tag_name(pattern: str, commit: str, when: datetime) -> str | None:
+    """The name of healer's tag for `commit`: the glob's part before its first `*`, then
+    `healer-<UTC yyyymmdd-HHMMSS>-<short sha>`, then the rest ("stable-*" ->
+    "stable-healer-20260101-060000-abc1234"). None when the glob has no `*` or the name would
+    not match it."""
+    head, star, rest = pattern.partition("*")
+    if not star:
+        return None
+    core = f"healer-{when.astimezone(UTC):%Y%m%d-%H%M%S}-{short(commit)}"
+    name = head + core + rest.replace("*", "")
+    return name if fnmatch.fnmatchcase(name, pattern) else None
 
 
 async def maybe_tag_stable(*, config: Config, store: Store, clock: Clock) -> str | None:
-    """Tag HEAD stable once the deploy has been healthy for `tag_stable_after`."""
-    return None
+    """Tag HEAD stable once the deploy has been healthy for `tag_stable_after`; returns the tag.
+
+    The deploy qualifies when it is the commit at HEAD, is not known bad, not held, has no
+    open incident and no stable tag yet, and every cycle recorded for it passed, the last one
+    at least `tag_stable_after` after it was first seen. A commit that already carries a tag
+    matching the pattern is not tagged again (that tag is remembered instead). Git errors
+    propagate as GitError.
+    """
+    repo = config.app.repo
+    pattern = config.app.stable_tags
+    if repo is None or "*" not in pattern:
+        return None
+    now = clock.now()
+    d = await asyncio.to_thread(store.current_deploy)
+    if d is None or d.stable_tag or d.held or d.open_incident is not None:
+        return None
+    after = config.app.tag_stable_after
+    if now - d.first_seen < after:
+        return None
+    if d.commit in await asyncio.to_thread(store.bad_commits):
+        return None
+    cycles = await asyncio.to_thread(lambda: store.cycles(deploy_id=d.id))
+    if not cycles or not all(c.ok for c in cycles) or cycles[-1].at - d.first_seen < after:
+        return None
+    if await asyncio.to_thread(gitrepo.head_commit, repo) != d.commit:
+        return None  # HEAD moved; the loop starts a new window first
+    existing = await asyncio.to_thread(gitrepo.tags_at, repo, d.commit, pattern)
+    if existing:
+        await asyncio.to_thread(store.set_stable_tag, d.id, existing[0])
+        return None
+    name = stable_tag_name(pattern, d.commit, now)
+    if name is None:
+        log.warning("rollback.tag_skipped pattern=%s reason=no tag name matches it", pattern)
+        return None
+    message = (
+        f"healer: {config.app.name} at {short(d.commit)} has been healthy for "
+        f"{format_duration(now - d.first_seen)} since it was deployed at "
+        f"{d.first_seen:%Y-%m-%d %H:%M} UTC ({len(cycles)} checks, none failing; "
+        f"tag_stable_after = {format_duration(after)}). A rollback target for healer."
+    )
+    await asyncio.to_thread(lambda: gitrepo.create_tag(repo, name, d.commit, message, date=now))
+    await asyncio.to_thread(store.set_stable_tag, d.id, name)
+    await asyncio.to_thread(
+        lambda: store.start_action(
+            kind="tag", name=name, who=Who.LOOP, now=now, deploy_id=d.id, outcome=Outcome.OK,
+            reason=f"healthy for {format_duration(after)}", detail=_line(message),
+        )
+    )  # fmt: skip
+    log.info("rollback.tagged tag=%s commit=%s", name, short(d.commit))
+    return name
