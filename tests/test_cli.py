@@ -1,0 +1,112 @@
+"""The CLI as a user runs it: real `healer` processes, no terminal, against real loopback apps."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import healer, write_config
+
+
+def http_config(tmp_path: Path, url: str, *, timeout: str = "2s", count: int = 1) -> Path:
+    checks = "".join(
+        f"""
+        [[checks]]
+        name = "api{i}"
+        type = "http"
+        url = "{url}/health"
+        timeout = "{timeout}"
+        """
+        for i in range(count)
+    )
+    return write_config(tmp_path, f'state_dir = "state"\n[app]\nname = "shop"\n{checks}')
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "code", "words"),
+    [
+        pytest.param("healthy", 0, ["ok"], id="healthy"),
+        pytest.param("error500", 1, ["FAIL", "http.status"], id="500"),
+        pytest.param("down", 1, ["FAIL", "http.down"], id="down"),
+        pytest.param("hang", 1, ["FAIL", "http.timeout"], id="hanging"),
+        pytest.param("garbage", 1, ["FAIL"], id="garbage"),
+        pytest.param("close", 1, ["FAIL"], id="closes-connection"),
+    ],
+)
+def test_check_exit_code_and_table(
+    tmp_path: Path, http_app: Callable[..., object], behaviour: str, code: int, words: list[str]
+) -> None:
+    """`healer check`: 0 healthy, 1 broken, down or hanging, with a readable table."""
+    if behaviour == "down":
+        app = http_app("healthy")
+        url = str(app)
+        app.stop()  # type: ignore[attr-defined]
+    else:
+        url = str(http_app(behaviour))
+    path = http_config(tmp_path, url, timeout="1s")
+    proc = healer("--config", str(path), "check")
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "api0" in proc.stdout
+    for w in words:
+        assert w in proc.stdout
+    assert not (tmp_path / "state").exists()  # check changes nothing
+
+
+def test_eight_hanging_checks_take_about_one_timeout_not_eight(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """Checks run concurrently: eight hanging 1 s checks end together, not one after another."""
+    url = str(http_app("hang"))
+    path = http_config(tmp_path, url, timeout="1s", count=8)
+    start = time.monotonic()
+    proc = healer("--config", str(path), "check", "--json")
+    elapsed = time.monotonic() - start
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert [r["ok"] for r in data["results"]] == [False] * 8
+    assert elapsed < 6, elapsed  # structural: sequential would be 8 s plus interpreter start
+
+
+def test_check_json_is_parseable_and_complete(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """`healer check --json` gives every check's name, result, latency and symptoms."""
+    path = http_config(tmp_path, str(http_app("healthy")))
+    proc = healer("--config", str(path), "check", "--json")
+    data = json.loads(proc.stdout)
+    assert data["ok"] is True
+    r = data["results"][0]
+    assert r["name"] == "api0" and r["ok"] is True and r["latency_ms"] >= 0 and r["symptoms"] == []
+
+
+def test_status_and_history_before_any_run(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """Before healer ever ran, status says so and history is empty; both exit 0."""
+    path = http_config(tmp_path, str(http_app("healthy")))
+    st = healer("--config", str(path), "status", "--json")
+    assert st.returncode == 0
+    assert json.loads(st.stdout)["loop"]["running"] is False
+    hi = healer("--config", str(path), "history", "--json")
+    assert hi.returncode == 0 and json.loads(hi.stdout) == []
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["history", "--since", "yesterday"], id="bad-since"),
+        pytest.param(["check", "--jsn"], id="unknown-flag"),
+        pytest.param(["frobnicate"], id="unknown-command"),
+    ],
+)
+def test_bad_flags_exit_2(tmp_path: Path, http_app: Callable[..., object], args: list[str]) -> None:
+    """A bad flag or command exits 2 with a short message and no traceback."""
+    path = http_config(tmp_path, str(http_app("healthy")))
+    proc = healer("--config", str(path), *args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.strip()
+
+
+def test_baseline_without_state_is_a_clear_error(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """`healer baseline` before any run explains that the loop takes it."""
+    path = http_config(tmp_path, str(http_app("healthy")))
+    proc = healer("--config", str(path), "baseline")
+    assert proc.returncode == 2 and "first healthy cycle" in proc.stderr

@@ -1,0 +1,168 @@
+"""The loop, stepped one cycle at a time on a fake clock, against real apps and a real git repo."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+from helpers import commit, config_from, make_repo
+
+from healer.checks import probe_context
+from healer.clock import FakeClock
+from healer.config import Config
+from healer.loop import Watchdog
+from healer.store import Store
+
+
+def make_config(tmp_path: Path, url: str, **extra: str) -> Config:
+    repo = make_repo(tmp_path / "app")
+    esc = "\n".join(f"{k} = {v}" for k, v in extra.items())
+    return config_from(tmp_path, f"""
+        state_dir = "state"
+        [app]
+        name = "shop"
+        repo = "{repo}"
+        [escalation]
+        {esc}
+        [[checks]]
+        name = "api"
+        type = "http"
+        url = "{url}/health"
+        timeout = "2s"
+    """)
+
+
+@asynccontextmanager
+async def watchdog(config: Config, clock: FakeClock) -> AsyncIterator[Watchdog]:
+    store = Store(config.db_path)
+    try:
+        async with probe_context(config) as ctx:
+            yield Watchdog(config, store, ctx, clock=clock)
+    finally:
+        store.close()
+
+
+async def test_first_healthy_cycle_becomes_the_baseline(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """The baseline is taken at the first fully healthy cycle and stored."""
+    app = http_app("healthy")
+    config = make_config(tmp_path, str(app))
+    clock = FakeClock()
+    async with watchdog(config, clock) as dog:
+        report = await dog.step()
+        assert report.verdict.ok
+        deploy = dog.store.current_deploy()
+        assert deploy is not None and deploy.baseline is not None
+        assert deploy.baseline.value("api", "latency_ms") is not None
+
+
+async def test_a_restart_resumes_window_baseline_and_failure_count(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """Closing and reopening everything keeps the deploy, its baseline and the count."""
+    app = http_app("healthy")
+    config = make_config(tmp_path, str(app), rollback_after="50")
+    clock = FakeClock()
+    async with watchdog(config, clock) as dog:
+        await dog.step()
+        app.behaviour = "error500"  # type: ignore[attr-defined]
+        for _ in range(3):
+            clock.advance(timedelta(minutes=1))
+            await dog.step()
+        before = dog.store.current_deploy()
+    assert before is not None and before.consecutive_failures == 3
+    async with watchdog(config, clock) as dog:
+        clock.advance(timedelta(minutes=1))
+        await dog.step()
+        after = dog.store.current_deploy()
+    assert after is not None
+    assert (after.id, after.first_seen, after.baseline) == (before.id, before.first_seen, before.baseline)
+    assert after.consecutive_failures == 4
+    assert after.open_incident == before.open_incident
+
+
+async def test_a_new_commit_starts_a_new_window_and_baseline(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """A new HEAD is a new deploy: its own first_seen, no baseline until it is healthy."""
+    app = http_app("healthy")
+    config = make_config(tmp_path, str(app))
+    clock = FakeClock()
+    async with watchdog(config, clock) as dog:
+        await dog.step()
+        first = dog.store.current_deploy()
+        assert config.app.repo is not None
+        sha = commit(config.app.repo, "v2")
+        clock.advance(timedelta(hours=30))
+        app.behaviour = "error500"  # type: ignore[attr-defined]
+        await dog.step()
+        second = dog.store.current_deploy()
+    assert first is not None and second is not None
+    assert second.id != first.id and second.commit == sha
+    assert second.first_seen == clock.now()
+    assert second.baseline is None and second.consecutive_failures == 1
+
+
+async def test_a_noisy_healthy_app_opens_no_incident(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """10 % of requests failing, 3 samples a cycle: 30 cycles, not one incident."""
+    app = http_app("flaky", fail_ratio=0.1)
+    config = make_config(tmp_path, str(app))
+    clock = FakeClock()
+    async with watchdog(config, clock) as dog:
+        for _ in range(30):
+            report = await dog.step()
+            assert report.verdict.ok, report.verdict.summary()
+            clock.advance(timedelta(minutes=15))
+        assert dog.store.incidents() == []
+
+
+async def test_a_failing_app_opens_one_incident_and_recovers(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """Failing cycles open one incident; two passing cycles resolve it."""
+    app = http_app("healthy")
+    config = make_config(tmp_path, str(app), rollback_after="50")
+    clock = FakeClock()
+    async with watchdog(config, clock) as dog:
+        await dog.step()
+        app.behaviour = "error500"  # type: ignore[attr-defined]
+        for _ in range(3):
+            clock.advance(timedelta(minutes=1))
+            await dog.step()
+        app.behaviour = "healthy"  # type: ignore[attr-defined]
+        for _ in range(2):
+            clock.advance(timedelta(minutes=1))
+            await dog.step()
+        incidents = dog.store.incidents()
+        actions = dog.store.actions()
+    assert len(incidents) == 1 and incidents[0].resolved_at is not None
+    assert "http.status" in incidents[0].cause
+    assert actions == []  # no playbook is mapped to http.status alone
+
+
+async def test_the_cadence_follows_the_phase_and_the_incident(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """Healthy: the next cycle is 15 min away; failing: 1 min."""
+    app = http_app("healthy")
+    config = make_config(tmp_path, str(app), rollback_after="50")
+    clock = FakeClock()
+    async with watchdog(config, clock) as dog:
+        await dog.step()
+        d = dog.store.current_deploy()
+        assert d is not None
+        assert await dog.due_at(d) == clock.now() + timedelta(minutes=15)
+        app.behaviour = "error500"  # type: ignore[attr-defined]
+        clock.advance(timedelta(minutes=15))
+        await dog.step()
+        d = dog.store.current_deploy()
+        assert d is not None
+        assert await dog.due_at(d) == clock.now() + timedelta(minutes=1)
+
+
+async def test_without_a_stable_tag_five_failures_hold_and_record_why(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """No rollback target: the fifth failure holds the loop for a person, recorded."""
+    app = http_app("error500")
+    config = make_config(tmp_path, str(app))
+    clock = FakeClock()
+    async with watchdog(config, clock) as dog:
+        for _ in range(5):
+            await dog.step()
+            clock.advance(timedelta(minutes=1))
+        d = dog.store.current_deploy()
+        holds = dog.store.actions(kind="hold")
+    assert d is not None and d.held is not None and "no stable tag" in d.held
+    assert len(holds) == 1 and holds[0].who == "loop"
