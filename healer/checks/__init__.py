@@ -53,7 +53,7 @@ def budget(timeout: timedelta) -> float:
     """Seconds a probe may spend on its own I/O: a little under the check's timeout, so the
     probe reports what it saw (a specific symptom) before run_check's hard bound cuts it off."""
     t = timeout.total_seconds()
-    return max(t * 0.9, t - 0.25)
+    return t - min(0.25, t * 0.2)
 
 
 def redact(text: str, *secrets: str) -> str:
@@ -72,6 +72,15 @@ def describe_error(exc: BaseException, *secrets: str) -> str:
     line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     line = redact(line, *secrets)
     return line if len(line) <= _ERROR_MAX else line[: _ERROR_MAX - 1] + "…"
+
+
+def format_size(n: float) -> str:
+    """Bytes for people: "800 B", "1.5 KB", "12.3 MB", "2.0 GB" (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def failed(check: Any, error: str, *symptoms: str, **values: float) -> CheckResult:
@@ -164,6 +173,7 @@ __all__ = [
     "budget",
     "describe_error",
     "failed",
+    "format_size",
     "probe_context",
     "redact",
     "run_check",

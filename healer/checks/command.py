@@ -31,6 +31,7 @@ async def probe(check: CommandCheck, ctx: ProbeContext) -> CheckResult:
     3. judge the exit, quoting the last line of output when it failed."""
     # A file rather than a pipe: on Python 3.11 wait() also waits for the pipes to close, which
     # a background grandchild holding stdout would stretch to the timeout.
+    deadline = asyncio.get_running_loop().time() + budget(check.timeout)
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         try:
@@ -50,7 +51,7 @@ async def probe(check: CommandCheck, ctx: ProbeContext) -> CheckResult:
                 check, f"cannot run {check.argv[0]!r}: {e.strerror or e}", "command.error"
             )
         try:
-            async with asyncio.timeout(budget(check.timeout)):
+            async with asyncio.timeout_at(deadline):
                 code = await proc.wait()
         except TimeoutError:
             await _kill(proc)

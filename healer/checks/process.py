@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
+from healer.checks import format_size
 from healer.config import ProcessCheck
 from healer.model import CheckResult
 
@@ -29,7 +30,7 @@ _CPU_INTERVAL = 0.2
 # A process started this long after its pidfile was written still counts as the one that
 # wrote it (clock and mtime granularity); started later than that, its PID was reused.
 _PIDFILE_TOLERANCE = 1.0
-_MB = 2**20
+_MB = 2**20  # rss_mb is in MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ async def probe(check: ProcessCheck, ctx: ProbeContext) -> CheckResult:
     if check.max_rss is not None and scan.count and scan.rss > check.max_rss:
         symptoms.append("process.memory")
         errors.append(
-            f"RSS {scan.rss / _MB:.0f} MB is over the {check.max_rss / _MB:.0f} MB ceiling"
+            f"RSS {format_size(scan.rss)} is over the {format_size(check.max_rss)} ceiling"
         )
     if (
         check.max_cpu_percent is not None

@@ -17,7 +17,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from healer.checks import budget, describe_error, failed, redact
+from healer.checks import budget, describe_error, failed, format_size, redact
 from healer.config import RedisCheck, format_duration, read_secret
 from healer.model import CheckResult
 
@@ -106,11 +106,11 @@ def _judge(check: RedisCheck, latency: float, info: dict[str, Any]) -> CheckResu
     if over_bytes or over_percent:
         symptoms.append("redis.memory")
         limit = (
-            f"{check.max_memory / _MB:.0f} MB"
-            if over_bytes and check.max_memory
+            format_size(check.max_memory)
+            if over_bytes and check.max_memory is not None
             else f"{check.max_memory_percent:g}% of maxmemory"
         )
-        errors.append(f"used memory {used / _MB:.1f} MB is over {limit}")
+        errors.append(f"used memory {format_size(used)} is over {limit}")
     if check.max_clients is not None and clients > check.max_clients:
         symptoms.append("redis.clients")
         errors.append(f"{clients} clients connected, over {check.max_clients}")

@@ -1,0 +1,86 @@
+"""run_checks and run_check: concurrency, timeouts and probes that raise never break a cycle."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from services import HttpApp, free_port
+
+from healer.checks import PROBES, probe_context, run_check, run_checks
+from healer.config import CHECK_TYPES, Config, parse_config
+
+StartApp = Callable[..., HttpApp]
+
+
+def config(*checks: dict[str, Any]) -> Config:
+    return parse_config({"checks": list(checks)}, Path("healer.toml"))
+
+
+def test_every_check_type_has_a_probe() -> None:
+    """The registry has exactly one probe per check type the config accepts."""
+    assert set(PROBES) == set(CHECK_TYPES)
+
+
+async def test_eight_hanging_checks_take_as_long_as_one(http_app: StartApp) -> None:
+    """Eight checks hanging against 1 s timeouts finish together in about 1 s, not 8 s."""
+    app = http_app("hang")
+    cfg = config(
+        *({"name": f"h{i}", "type": "http", "url": app.url, "timeout": "1s"} for i in range(8))
+    )
+    start = time.monotonic()
+    async with probe_context(cfg) as ctx:
+        results = await run_checks(ctx)
+    elapsed = time.monotonic() - start
+    assert elapsed < 4, f"took {elapsed:.1f}s: checks did not run concurrently"
+    assert [r.name for r in results] == [f"h{i}" for i in range(8)]
+    assert all(not r.ok and r.symptoms == ("http.timeout",) for r in results)
+
+
+async def test_results_come_in_config_order_whatever_finishes_first(http_app: StartApp) -> None:
+    """A slow first check and a fast second one are returned in config order."""
+    slow, fast = http_app("slow", delay=0.3), http_app("healthy")
+    cfg = config(
+        {"name": "slow", "type": "http", "url": slow.url, "samples": 1},
+        {"name": "fast", "type": "http", "url": fast.url, "samples": 1},
+        {"name": "cmd", "type": "command", "argv": [sys.executable, "-c", "pass"]},
+    )
+    async with probe_context(cfg) as ctx:
+        results = await run_checks(ctx)
+        only_fast = await run_checks(ctx, [cfg.checks[1]])
+    assert [r.name for r in results] == ["slow", "fast", "cmd"]
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [r.name for r in only_fast] == ["fast"]
+
+
+async def test_a_probe_that_overruns_its_timeout_is_cut_off() -> None:
+    """A command that outlives a tiny timeout is a failed `command.timeout` result, on time."""
+    cfg = config({"name": "sleepy", "type": "command", "argv": ["sleep", "30"], "timeout": "300ms"})
+    start = time.monotonic()
+    async with probe_context(cfg) as ctx:
+        r = await run_check(ctx, cfg.checks[0])
+    assert time.monotonic() - start < 1.5
+    assert not r.ok and r.symptoms == ("command.timeout",)
+
+
+async def test_probes_that_raise_are_failed_results_not_crashes(tmp_path: Path) -> None:
+    """Checks whose probes hit errors come back as failed results beside the healthy ones."""
+    cfg = config(
+        {"name": "redis", "type": "redis", "url": f"redis://127.0.0.1:{free_port()}/0"},
+        {"name": "cmd", "type": "command", "argv": ["/nonexistent/healer-no-such-binary"]},
+        {"name": "disk", "type": "system", "disk_path": str(tmp_path / "gone")},
+        {"name": "ok", "type": "command", "argv": [sys.executable, "-c", "pass"]},
+    )
+    async with probe_context(cfg) as ctx:
+        redis, cmd, disk, ok = await run_checks(ctx)
+    assert redis.symptoms == ("redis.down",) and not redis.ok
+    assert cmd.symptoms == ("command.error",) and cmd.error and "not found" in cmd.error
+    assert (
+        disk.symptoms == ("system.error",)
+        and disk.error
+        and disk.error.startswith("FileNotFoundError")
+    )
+    assert ok.ok
