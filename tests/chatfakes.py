@@ -1,0 +1,301 @@
+"""Loopback Slack and Telegram servers that speak the wire formats, for the real SDKs (I/O).
+
+One ThreadingHTTPServer on 127.0.0.1 serves:
+
+    POST /services/T.../B.../...     a Slack incoming webhook: `ok` (200)
+    POST /api/chat.postMessage       the Slack Web API: {"ok": true, "channel": ..., "ts": ...}
+    POST /bot<TOKEN>/getMe           the Telegram Bot API: {"ok": true, "result": {...}}
+    POST /bot<TOKEN>/sendMessage
+
+Every request is recorded (service, path, parsed body, monotonic time, the status answered).
+Each service has a switchable mode: "ok", "500", "429" (Retry-After / retry_after), "4xx"
+(permanent), "slow" (answers after `delay` seconds), "reset" (closes without answering); a mode
+can last `times` requests, then "ok" again. `stop()` and `start()` make the port refuse
+connections and come back on the same port.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+SLACK = "slack"  # the incoming webhook
+SLACK_API = "slack_api"  # the Web API
+TELEGRAM = "telegram"
+
+DEFAULT_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+DEFAULT_WEBHOOK_PATH = "/services/T00000000/B00000000/XXXXXXXXXXXXsecretXXXX"
+DEFAULT_SLACK_TOKEN = "xoxb-1234-5678-secretbottoken"
+
+
+@dataclass
+class Recorded:
+    """One request the fake received."""
+
+    service: str
+    method: str  # the Bot API / Web API method, or "webhook"
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float  # time.monotonic() on arrival
+    status: int = 0  # what it answered (0: nothing)
+    accepted: bool = False  # answered a success the client could read
+
+
+@dataclass
+class Mode:
+    name: str = "ok"
+    retry_after: int = 1
+    status: int = 0  # for "4xx"
+    delay: float = 0.0  # for "slow"
+    times: int | None = None  # then back to "ok"
+
+
+@dataclass
+class ChatFake:
+    """The fake servers; `url` is the base for the Telegram api_url and the Slack Web API."""
+
+    token: str = DEFAULT_TOKEN
+    webhook_path: str = DEFAULT_WEBHOOK_PATH
+    slack_token: str = DEFAULT_SLACK_TOKEN
+    requests: list[Recorded] = field(default_factory=list)
+    modes: dict[str, Mode] = field(default_factory=dict)
+    port: int = 0
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _message_id: int = 0
+
+    # -- control --
+
+    def start(self) -> ChatFake:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                return
+
+            def do_POST(self) -> None:
+                fake._handle(self)
+
+            do_GET = do_POST
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        self._server = server
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Close the port: clients get "connection refused" until `start()`."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def set_mode(self, service: str, name: str, **options: Any) -> None:
+        with self._lock:
+            self.modes[service] = Mode(name, **options)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def webhook_url(self) -> str:
+        return self.url + self.webhook_path
+
+    # -- what arrived --
+
+    def accepted(self, service: str, method: str | None = None) -> list[Recorded]:
+        with self._lock:
+            return [
+                r for r in self.requests if r.service == service and r.accepted and (method is None or r.method == method)
+            ]
+
+    def slack_messages(self) -> list[dict[str, Any]]:
+        return [r.body for r in self.accepted(SLACK)]
+
+    def slack_api_messages(self) -> list[dict[str, Any]]:
+        return [r.body for r in self.accepted(SLACK_API, "chat.postMessage")]
+
+    def telegram_messages(self) -> list[dict[str, Any]]:
+        return [r.body for r in self.accepted(TELEGRAM, "sendMessage")]
+
+    def all_text(self) -> str:
+        """Everything clients sent, paths, headers and bodies: for "no secret leaked" checks."""
+        with self._lock:
+            return "\n".join(json.dumps(r.body) for r in self.requests)
+
+    # -- serving --
+
+    def _mode(self, service: str) -> Mode:
+        with self._lock:
+            m = self.modes.get(service, Mode())
+            if m.times is not None:
+                m.times -= 1
+                if m.times <= 0:
+                    self.modes[service] = Mode()
+            return m
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        body = _parse_body(raw, h.headers.get("Content-Type") or "")
+        path = h.path.split("?", 1)[0]
+        if path.startswith("/bot"):
+            service, method = TELEGRAM, path.rsplit("/", 1)[-1]
+        elif path.startswith("/api/"):
+            service, method = SLACK_API, path[len("/api/") :]
+        else:
+            service, method = SLACK, "webhook"
+        rec = Recorded(service, method, path, dict(h.headers.items()), body, time.monotonic())
+        with self._lock:
+            self.requests.append(rec)
+        mode = self._mode(service)
+        if mode.name == "reset":
+            h.close_connection = True
+            with _suppress():
+                h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if mode.name == "slow":
+            time.sleep(mode.delay)
+        if service == TELEGRAM:
+            status, headers, payload = self._telegram(path, method, body, mode)
+        elif service == SLACK_API:
+            status, headers, payload = self._slack_api(h, method, body, mode)
+        else:
+            status, headers, payload = self._slack_webhook(path, mode)
+        rec.status = status
+        try:
+            h.send_response(status)
+            for k, v in headers.items():
+                h.send_header(k, v)
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+            h.wfile.flush()
+        except OSError:  # the client gave up (a timeout): nothing was accepted
+            return
+        rec.accepted = 200 <= status < 300 and mode.name != "slow" and _ok_body(service, payload)
+
+    def _slack_webhook(self, path: str, mode: Mode) -> tuple[int, dict[str, str], bytes]:
+        text = {"Content-Type": "text/plain"}
+        if path != self.webhook_path:
+            return 404, text, b"no_service"
+        if mode.name == "500":
+            return 500, text, b"internal_error"
+        if mode.name == "429":
+            return 429, {**text, "Retry-After": str(mode.retry_after)}, b"rate_limited"
+        if mode.name == "4xx":
+            return mode.status or 404, text, b"no_service"
+        return 200, text, b"ok"
+
+    def _slack_api(
+        self, h: BaseHTTPRequestHandler, method: str, body: dict[str, Any], mode: Mode
+    ) -> tuple[int, dict[str, str], bytes]:
+        js = {"Content-Type": "application/json; charset=utf-8"}
+        if h.headers.get("Authorization") != f"Bearer {self.slack_token}":
+            return 200, js, _json({"ok": False, "error": "invalid_auth"})
+        if mode.name == "500":
+            return 500, {"Content-Type": "text/plain"}, b"Internal Server Error"
+        if mode.name == "429":
+            return 429, {**js, "Retry-After": str(mode.retry_after)}, _json({"ok": False, "error": "ratelimited"})
+        if mode.name == "4xx":
+            return 200, js, _json({"ok": False, "error": "channel_not_found"})
+        with self._lock:
+            self._message_id += 1
+            ts = f"1700000000.{self._message_id:06d}"
+        return 200, js, _json({"ok": True, "channel": body.get("channel"), "ts": ts, "message": {"text": body.get("text")}})
+
+    def _telegram(
+        self, path: str, method: str, body: dict[str, Any], mode: Mode
+    ) -> tuple[int, dict[str, str], bytes]:
+        js = {"Content-Type": "application/json"}
+        if not path.startswith(f"/bot{self.token}/"):
+            return 401, js, _json({"ok": False, "error_code": 401, "description": "Unauthorized"})
+        if mode.name == "500":
+            return 500, js, _json({"ok": False, "error_code": 500, "description": "Internal Server Error"})
+        if mode.name == "429":
+            return 429, js, _json({
+                "ok": False,
+                "error_code": 429,
+                "description": f"Too Many Requests: retry after {mode.retry_after}",
+                "parameters": {"retry_after": mode.retry_after},
+            })  # fmt: skip
+        if mode.name == "4xx":
+            status = mode.status or 400
+            return status, js, _json({"ok": False, "error_code": status, "description": "Bad Request: chat not found"})
+        bot_id = int(self.token.split(":", 1)[0])
+        if method == "getMe":
+            return 200, js, _json(
+                {"ok": True, "result": {"id": bot_id, "is_bot": True, "first_name": "healer", "username": "healer_bot"}}
+            )
+        if method == "sendMessage":
+            with self._lock:
+                self._message_id += 1
+                mid = self._message_id
+            chat = body.get("chat_id")
+            result = {
+                "message_id": mid,
+                "date": int(time.time()),
+                "chat": {"id": int(chat) if str(chat).lstrip("-").isdigit() else 1, "type": "private"},
+                "from": {"id": bot_id, "is_bot": True, "first_name": "healer"},
+                "text": body.get("text"),
+            }
+            return 200, js, _json({"ok": True, "result": result})
+        return 404, js, _json({"ok": False, "error_code": 404, "description": "Not Found"})
+
+
+def _json(d: Any) -> bytes:
+    return json.dumps(d).encode()
+
+
+def _ok_body(service: str, payload: bytes) -> bool:
+    if service == SLACK:
+        return payload == b"ok"
+    try:
+        return bool(json.loads(payload).get("ok"))
+    except ValueError:
+        return False
+
+
+def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
+    """JSON or form-encoded (python-telegram-bot sends forms; slack-sdk sends JSON)."""
+    if not raw:
+        return {}
+    text = raw.decode("utf-8", "replace")
+    if "json" in content_type:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return {"_raw": text}
+        return data if isinstance(data, dict) else {"_raw": data}
+    if "x-www-form-urlencoded" in content_type:
+        out: dict[str, Any] = {}
+        for k, v in parse_qs(text, keep_blank_values=True).items():
+            value: Any = v[0] if len(v) == 1 else v
+            if isinstance(value, str) and value[:1] in "[{":
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    pass
+            out[k] = value
+        return out
+    return {"_raw": text}
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
