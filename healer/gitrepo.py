@@ -27,6 +27,7 @@ SHORT = 7  # characters of a SHA shown to people
 _FALLBACK_NAME = "healer"
 _FIELD_SEP = "\x1f"
 _NATURAL_RE = re.compile(r"(\d+)")
+_READ_ONLY = {"GIT_OPTIONAL_LOCKS": "0"}  # no opportunistic index refresh: a dry run writes nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,26 +141,15 @@ def is_dirty(path: Path) -> bool:
     would be overwritten), and a server's work tree often holds logs, .env files or healer's
     own state directory that nobody commits.
     """
-    with _opened(path) as repo:
-        try:
-            return repo.is_dirty(index=True, working_tree=True, untracked_files=False)
-        except git.GitCommandError as e:
-            raise GitError(f"{path}: cannot read the work tree status: {_reason(e)}") from None
+    return bool(changed_files(path))
 
 
 def changed_files(path: Path) -> list[str]:
-    """The tracked files that differ from HEAD, as `git status` names them."""
+    """The tracked files that differ from HEAD, staged or not (read-only: unlike `git status`,
+    `git diff` never rewrites the index)."""
     with _opened(path) as repo:
-        out = _git(repo, path, "status", "--porcelain=v1", "--untracked-files=no", "-z")
-    files: list[str] = []
-    parts = iter(out.split("\0"))
-    for entry in parts:
-        if len(entry) < 4:
-            continue
-        files.append(entry[3:])
-        if entry[0] in "RC":  # a rename is followed by its old path
-            next(parts, None)
-    return files
+        out = _git(repo, path, "diff", "--name-only", "--no-renames", "-z", "HEAD", env=_READ_ONLY)
+    return [f for f in out.split("\0") if f]
 
 
 def stable_tags(path: Path, pattern: str) -> list[TagInfo]:
