@@ -217,3 +217,10 @@ def test_secrets_never_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "XXXX" not in repr(s) and "XXXX" not in str(s) and "XXXX" not in f"{s}"
     assert s.reveal().endswith("XXXX")
     assert read_secret("NOT_SET_ANYWHERE") is None
+
+
+def test_the_example_config_is_valid() -> None:
+    """The commented healer.toml in the repository loads: users copy it."""
+    cfg = load_config(Path(__file__).parent.parent / "healer.toml")
+    assert cfg.app.name == "shop-api"
+    assert {c.type for c in cfg.checks} == {"http", "process", "system"}
