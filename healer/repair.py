@@ -1,14 +1,42 @@
-"""Running a playbook: journal, steps, verification (I/O). Placeholder interface; see issue 4."""
+"""Running a playbook: find it, lock it, journal it, run its steps, verify it (I/O).
+
+The playbooks are the shipped ones (`healer.playbooks`, inside the wheel), extended or
+overridden by name by the files in `[playbooks] dir`. `run_repair` is what the loop and
+`healer repair KIND` call; `known_playbooks` and `describe` are what the CLI lists and asks
+a person to confirm.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import fcntl
+import importlib.resources
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
+from healer import actions
+from healer.actions.command import StepTimedOut
+from healer.checks import describe_error, run_checks
+from healer.config import format_duration
 from healer.decide import PlaybookPolicy
-from healer.errors import UsageError
-from healer.model import CheckResult, Who
+from healer.errors import ActionError, ConfigError, LockedError, UsageError
+from healer.logging import log_event
+from healer.model import CheckResult, Outcome, Who
+from healer.playbook import (
+    Playbook,
+    check_references,
+    merge,
+    parse_playbook_text,
+    summary,
+    targets,
+)
 
 if TYPE_CHECKING:
     from healer.checks import ProbeContext
@@ -16,21 +44,155 @@ if TYPE_CHECKING:
     from healer.config import Config
     from healer.store import Store
 
+log = logging.getLogger("healer.repair")
+
+SHIPPED_PACKAGE = "healer.playbooks"
+# How often the target checks are re-run while waiting for them to pass.
+VERIFY_EVERY = timedelta(seconds=1)
+
 
 @dataclass(frozen=True, slots=True)
 class RepairResult:
-    """How a repair ended; `ok` means its target checks pass afterwards."""
+    """How a repair ended; `ok` means its target checks pass afterwards.
+
+    `outcome` is what the action log holds: ok (fixed), failed (ran, or timed out, and the
+    checks still fail), error (a step could not run). A dry run is `skipped`, `ok` says
+    whether it could run, and `detail` says exactly what it would do.
+    """
 
     name: str
     ok: bool
     detail: str
     action_id: int | None = None
     results: tuple[CheckResult, ...] = field(default=())
+    outcome: Outcome = Outcome.OK
+    duration: timedelta = timedelta(0)
+    dry_run: bool = False
+
+
+# ---- finding playbooks -------------------------------------------------------------------------
+
+
+def shipped_playbooks() -> list[Playbook]:
+    """The playbooks that ship with healer, read from the installed package."""
+    root = importlib.resources.files(SHIPPED_PACKAGE)
+    out = []
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            source = f"{SHIPPED_PACKAGE}/{entry.name}"
+            out.append(parse_playbook_text(entry.read_text("utf-8"), source, shipped=True))
+    return out
+
+
+def user_playbooks(directory: Path, config_path: Path) -> list[Playbook]:
+    """The `*.toml` files of `[playbooks] dir`, in name order; a bad file is a ConfigError."""
+    if not directory.is_dir():
+        msg = f"playbooks.dir: expected a directory of playbook files, got {str(directory)!r} (not found)"
+        raise ConfigError(config_path, [msg])
+    out = []
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            text = path.read_text("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(path, ["expected a UTF-8 text file"]) from None
+        except OSError as e:
+            raise ConfigError(path, [f"cannot read: {e.strerror}"]) from None
+        out.append(parse_playbook_text(text, path))
+    return out
+
+
+def known_playbooks(config: Config) -> dict[str, Playbook]:
+    """Every playbook by name: the shipped ones, extended or overridden by the user's.
+
+    Raises ConfigError for a bad file (naming it, the key and what was expected), for a
+    `verify` entry that is neither a check type nor a configured check, and for a dispatch
+    rule that names no known playbook.
+    """
+    user = user_playbooks(config.playbooks.dir, config.path) if config.playbooks.dir else []
+    playbooks = merge(shipped_playbooks(), user)
+    check_references(playbooks, config)
+    return playbooks
 
 
 def policies(config: Config) -> dict[str, PlaybookPolicy]:
     """The cooldown and cap of every known playbook."""
-    return {}
+    return {
+        name: PlaybookPolicy(name, p.cooldown, p.max_per_window)
+        for name, p in known_playbooks(config).items()
+    }
+
+
+def problems(playbook: Playbook, config: Config) -> list[str]:
+    """Why `playbook` cannot run with this config (missing sections, unset secrets)."""
+    return [line for step in playbook.steps for line in actions.problems(step, config)]
+
+
+def describe(playbook: Playbook, config: Config) -> str:
+    """What running `playbook` would do, step by step with resolved parameters; for dry runs
+    and the confirmation prompt. Several lines."""
+    lines = [f"{playbook.name}: {playbook.description}"]
+    for i, step in enumerate(playbook.steps, 1):
+        bad = actions.problems(step, config)
+        try:
+            text = actions.plan(step, config) + "".join(f"; CANNOT RUN: {b}" for b in bad)
+        except ActionError as e:
+            text = f"CANNOT RUN: {'; '.join(bad) or e}"
+        lines.append(f"  {i}. {step.action}: {text} [timeout {format_duration(step.timeout)}]")
+    checks = targets(playbook, config.checks)
+    names = ", ".join(f"{c.name} ({c.type})" for c in checks)
+    within = format_duration(playbook.verify_within)
+    lines.append(f"  then: re-run {names} until they pass, for up to {within}")
+    lines.append(f"  limits: {summary(playbook)}")
+    return "\n".join(lines)
+
+
+def _lookup(name: str, config: Config) -> Playbook:
+    playbooks = known_playbooks(config)
+    if name not in playbooks:
+        msg = f"unknown repair kind {name!r}; expected one of: {', '.join(playbooks)}"
+        raise UsageError(msg)
+    return playbooks[name]
+
+
+# ---- the lock ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def playbook_lock(state_dir: Path, name: str) -> Iterator[None]:
+    """An exclusive, non-blocking flock on `<state_dir>/repair-<name>.lock` holding our PID, so
+    a person and the loop never run the same playbook at once; LockedError names the holder.
+    The kernel releases it if healer dies."""
+    path = state_dir / f"repair-{name}.lock"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fh: IO[str] = open(path, "a+")  # noqa: SIM115  # held open for the whole repair
+    except OSError as e:
+        msg = f"{path}: cannot create the lock file: {e.strerror}"
+        raise ActionError(msg) from None
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            fh.seek(0)
+            text = fh.read().strip()
+            raise LockedError(f"repair {name}", int(text) if text.isdigit() else None) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
+# ---- running -----------------------------------------------------------------------------------
 
 
 async def run_repair(
@@ -46,8 +208,93 @@ async def run_repair(
     incident_id: int | None = None,
     dry_run: bool = False,
 ) -> RepairResult:
-    """Run playbook `name`, journaled before it starts, verified by its target checks."""
-    raise UsageError(f"unknown repair kind {name!r}")
+    """Run playbook `name`, journaled before it starts, verified by its target checks.
+
+    Raises (and journals nothing) when it cannot start: UsageError for an unknown name,
+    ConfigError for a bad playbook file, ActionError when the config lacks what a step
+    needs, LockedError when the playbook is already running. Once journaled, every ending
+    is a RepairResult and the action row is finished:
+
+    1. take the playbook's lock; journal the intent (outcome `started`);
+    2. run the steps in order, each bounded by its timeout (a timeout kills the step and
+       is `failed`; a step that cannot run is `error`, and later steps are not run);
+    3. re-run the target checks every second until they pass or `verify_within` elapses;
+    4. finish the action row: ok / failed / error with a one-line detail.
+
+    A dry run changes nothing and journals nothing: its detail says what would be done.
+    """
+    playbook = _lookup(name, config)
+    if dry_run:
+        bad = problems(playbook, config)
+        return RepairResult(
+            name, not bad, describe(playbook, config), outcome=Outcome.SKIPPED, dry_run=True
+        )
+    bad = problems(playbook, config)
+    if bad:
+        raise ActionError(f"cannot run {name}: {'; '.join(bad)}")
+    with playbook_lock(config.state_dir, name):
+        started = clock.now()
+        action_id = await asyncio.to_thread(
+            store.start_action, kind="repair", name=name, who=who, reason=reason, now=started,
+            deploy_id=deploy_id, incident_id=incident_id,
+        )  # fmt: skip
+        log_event(log, "repair.started", kind=name, who=str(who), reason=reason, action_id=action_id)
+        try:
+            outcome, detail, results = await _steps_and_verify(playbook, config, ctx, clock)
+        except asyncio.CancelledError:
+            store.finish_action(action_id, Outcome.ERROR, clock.now(), "interrupted: healer stopped during the repair")
+            raise
+        except Exception as e:  # a bug: close the journal row, keep the traceback
+            store.finish_action(action_id, Outcome.ERROR, clock.now(), f"bug: {describe_error(e)}")
+            raise
+        ended = clock.now()
+        await asyncio.to_thread(store.finish_action, action_id, outcome, ended, detail)
+    duration = ended - started
+    log_event(
+        log, "repair.finished", kind=name, outcome=str(outcome), detail=detail,
+        duration_s=round(duration.total_seconds(), 3), action_id=action_id,
+    )  # fmt: skip
+    return RepairResult(
+        name, outcome is Outcome.OK, detail, action_id, results, outcome=outcome, duration=duration
+    )
 
 
-_ = timedelta
+async def _steps_and_verify(
+    playbook: Playbook, config: Config, ctx: ProbeContext, clock: Clock
+) -> tuple[Outcome, str, tuple[CheckResult, ...]]:
+    """Steps 2 and 3 of run_repair: (outcome, detail, the last check results)."""
+    done: list[str] = []
+    for i, step in enumerate(playbook.steps, 1):
+        where = f"step {i} ({step.action})"
+        try:
+            async with asyncio.timeout(step.timeout.total_seconds()):
+                line = await actions.run(step, config, playbook=playbook.name)
+        except TimeoutError:
+            why = f"{where} timed out after {format_duration(step.timeout)} and was stopped"
+            return Outcome.FAILED, _join(done, why), ()
+        except StepTimedOut as e:
+            return Outcome.FAILED, _join(done, f"{where}: {e}"), ()
+        except ActionError as e:
+            return Outcome.ERROR, _join(done, f"{where} could not run: {e}"), ()
+        log_event(log, "repair.step", kind=playbook.name, step=i, action=step.action, detail=line)
+        done.append(line)
+
+    checks = targets(playbook, config.checks)
+    names = ", ".join(c.name for c in checks)
+    began = clock.now()
+    deadline = began + playbook.verify_within
+    while True:
+        results = await run_checks(ctx, checks)
+        now = clock.now()
+        if all(r.ok for r in results):
+            took = (now - began).total_seconds()
+            return Outcome.OK, _join(done, f"{names} healthy after {took:.1f}s"), results
+        if now >= deadline:
+            failing = "; ".join(f"{r.name}: {r.error or ', '.join(r.symptoms) or 'failed'}" for r in results if not r.ok)
+            why = f"still failing after {format_duration(playbook.verify_within)}: {failing}"
+            return Outcome.FAILED, _join(done, why), results
+        await clock.sleep(min(VERIFY_EVERY, deadline - now))
+
+
+def _join(done: list[str], last: str) -> str:
+    return "; ".join([*done, last])

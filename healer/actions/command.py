@@ -28,6 +28,10 @@ _OUTPUT_MAX = 8192
 _REAP_TIMEOUT = 5.0
 
 
+class StepTimedOut(ActionError):
+    """A child ran past its timeout and was killed (a repair that times out has failed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Completed:
     """A child process that ran to its end."""
@@ -103,7 +107,7 @@ async def run_argv(
     except TimeoutError:
         await _kill(proc)
         msg = f"`{shown}` timed out after {format_duration(timeout)} and was killed"
-        raise ActionError(msg) from None
+        raise StepTimedOut(msg) from None
     except asyncio.CancelledError:
         await _kill(proc)
         raise
@@ -142,7 +146,7 @@ def _cwd(step: CommandStep, config: Config) -> Path:
 
 def plan(step: CommandStep, config: Config) -> str:
     """What the step would run."""
-    return f"run `{show_argv(step.argv)}` in {_cwd(step, config)} (timeout {format_duration(step.timeout)}, no shell)"
+    return f"run `{show_argv(step.argv)}` in {_cwd(step, config)} (no shell)"
 
 
 async def run(step: CommandStep, config: Config, *, playbook: str) -> str:

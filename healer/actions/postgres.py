@@ -118,13 +118,17 @@ def _section(config: Config) -> PostgresConfig:
 
 
 def plan(step: PostgresTerminateStep, config: Config) -> str:
-    """The SQL that would run, with its filter."""
-    f = _filter(step, _section(config))
-    where, _ = f.where()
+    """The SQL that would run, its parameters shown as literals, and the filter in words."""
+    pc = _section(config)
+    f = _filter(step, pc)
+    where, args = f.where()
+    for key, value in args.items():
+        literal = "'" + str(value).replace("'", "''") + "'" if isinstance(value, str) else str(value)
+        where = where.replace(f"%({key})s", literal)
     return (
-        f"in PostgreSQL (${config.postgres.dsn_env if config.postgres else 'DATABASE_URL'}): "
-        f"pg_terminate_backend(pid, {TERMINATE_WAIT_MS}) for each backend WHERE {where} "
-        f"-- that is: {f.describe()}"
+        f"in the PostgreSQL of ${pc.dsn_env}: pg_terminate_backend(pid, {TERMINATE_WAIT_MS}) "
+        f"for each backend in pg_stat_activity a JOIN pg_roles r WHERE {where} "
+        f"(that is: {f.describe()})"
     )
 
 
@@ -176,7 +180,7 @@ async def terminate_backends(step: PostgresTerminateStep, config: Config) -> str
                         "pg_terminate_backend(a.pid, %(wait)s)", "pg_terminate_backend(a.pid)"
                     )
                     del args["wait"]
-                cur = await conn.execute(sql, args)  # type: ignore[arg-type]  # built from our own fragments
+                cur = await conn.execute(sql, args)
                 rows = await cur.fetchall()
     except TimeoutError:
         msg = f"PostgreSQL at {where_text} did not answer in time ({format_duration(pc.timeout)} to connect, {format_duration(step.timeout)} for the step)"

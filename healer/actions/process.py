@@ -128,7 +128,7 @@ def plan_restart(step: ProcessRestartStep, config: Config) -> str:
     """What process.restart would do."""
     pc = _section(config, "process.restart")
     if pc.manager != "command":
-        return f"run `{show_argv(manager_argv(pc, 'restart'))}` (timeout {format_duration(step.timeout)})"
+        return f"run `{show_argv(manager_argv(pc, 'restart'))}`"
     assert pc.start is not None
     return (
         f"stop the processes whose {_target(pc)} (never healer or its parents): SIGTERM, "
@@ -140,11 +140,7 @@ def plan_restart(step: ProcessRestartStep, config: Config) -> str:
 def plan_reload(step: ProcessReloadStep, config: Config) -> str:
     """What process.reload would do."""
     how = _reload_how(step, config)
-    return (
-        how
-        if isinstance(how, str)
-        else f"run `{show_argv(how)}` (timeout {format_duration(step.timeout)})"
-    )
+    return how if isinstance(how, str) else f"run `{show_argv(how)}`"
 
 
 def _reload_signal_name(step: ProcessReloadStep, config: Config) -> str | None:
@@ -239,7 +235,8 @@ def _alive(f: Found) -> bool:
     """Still the same process (PID and start time) and not a zombie."""
     try:
         p = psutil.Process(f.pid)
-        return abs(p.create_time() - f.create_time) < 0.01 and p.status() != psutil.STATUS_ZOMBIE
+        same = abs(p.create_time() - f.create_time) < 0.01
+        return bool(same and p.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
