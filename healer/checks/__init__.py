@@ -131,6 +131,8 @@ async def run_check(ctx: ProbeContext, check: CheckConfig) -> CheckResult:
         return failed(
             check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout"
         )
+    if task.cancelled():  # the probe was cancelled from inside: a failed check all the same
+        return failed(check, "the probe was cancelled")
     exc = task.exception()
     if exc is not None:
         if isinstance(exc, TimeoutError):
