@@ -25,7 +25,7 @@ from healer.clock import SystemClock
 from healer.config import Config, config_path, format_duration, load_config, parse_duration
 from healer.errors import HealerError, UsageError
 from healer.judge import judge
-from healer.model import CheckResult, Verdict, Who
+from healer.model import CheckResult, Outcome, Verdict, Who
 from healer.schedule import next_due, phase_at
 
 T = TypeVar("T")
@@ -214,7 +214,7 @@ def status_data(config: Config) -> dict[str, Any]:
     now = SystemClock().now()
     out: dict[str, Any] = {"app": config.app.name, "now": now.isoformat(), "state_dir": str(config.state_dir)}
     pid = RunLock.holder(config.lock_path)
-    out["loop"] = {"running": pid is not None, "pid": pid if pid and pid > 0 else None}
+    out["loop"] = {"running": pid is not None, "pid": pid if pid and pid > 0 else None, "alive": False, "last_seen": None}
     if not config.db_path.exists():
         out["deploy"] = None
         out["loop"].update(alive=False, note="healer has not run here yet")
@@ -378,12 +378,17 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
                          "outcome": a.outcome, "detail": a.detail})  # fmt: skip
     finally:
         store.close()
-    try:
-        from healer.alerts import history as alert_history
+    from healer.alerts.outbox import Outbox
 
-        rows += alert_history(config, start)
-    except ImportError:
-        pass
+    outbox = Outbox(config.db_path)
+    try:
+        for a in outbox.history(start):
+            sent = ", ".join(f"{d.channel}: {d.state.value}" for d in a.deliveries)
+            rows.append({"at": a.created_at.isoformat(), "type": "alert", "who": "loop", "what": a.title,
+                         "outcome": sent, "detail": ", ".join(i.event for i in a.message.items),
+                         "severity": a.severity.name.lower(), "incident": a.incident_id})  # fmt: skip
+    finally:
+        outbox.close()
     rows.sort(key=lambda r: r["at"])
     return rows
 
@@ -412,6 +417,82 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
         detail = r.get("what", "") if r["type"] == "check" else " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)
     _console().print(table)
+
+
+# ---- pause / resume -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--reason", required=True, help="Why: shown in status and announced in chat.")
+@click.option("--for", "for_", default="1h", show_default=True, help="Expires by itself after this long.")
+@click.pass_context
+@handles_errors
+def pause(ctx: click.Context, reason: str, for_: str) -> None:
+    """A person is working on the app: keep checking, repair and roll back nothing."""
+    from healer.store import Store
+
+    span = _duration(for_, "--for")
+    if not reason.strip():
+        raise UsageError("--reason: expected a few words saying why")
+    config = _config(ctx)
+    now = SystemClock().now()
+    until = now + span
+    store = Store(config.db_path)
+    try:
+        d = store.current_deploy()
+        store.add_pause(until, reason, _person(), now)
+        store.start_action(
+            kind="pause", name=format_duration(span), who=Who.PERSON, reason=reason, now=now,
+            deploy_id=None if d is None else d.id, outcome=Outcome.OK, detail=f"until {until.isoformat()}",
+        )  # fmt: skip
+    finally:
+        store.close()
+    _announce(config, "pause.started", f"Paused for {format_duration(span)}", f"{reason} (by {_person()}); checks go on, no repair or rollback until {_when(until)}")
+    click.echo(f"paused until {_when(until)}: checks go on, repairs and rollbacks wait (`healer resume` ends it)")
+
+
+@cli.command()
+@click.pass_context
+@handles_errors
+def resume(ctx: click.Context) -> None:
+    """End a pause now."""
+    from healer.store import Store
+
+    config = _config(ctx)
+    now = SystemClock().now()
+    if not config.db_path.exists():
+        click.echo("not paused")
+        return
+    store = Store(config.db_path)
+    try:
+        ended = store.end_pause(now)
+        if ended:
+            d = store.current_deploy()
+            store.start_action(
+                kind="resume", name="pause", who=Who.PERSON, reason="healer resume", now=now,
+                deploy_id=None if d is None else d.id, outcome=Outcome.OK,
+            )  # fmt: skip
+    finally:
+        store.close()
+    if ended:
+        _announce(config, "pause.ended", "Resumed", f"by {_person()}: repairs and rollbacks are armed again")
+    click.echo("resumed: repairs and rollbacks are armed again" if ended else "not paused")
+
+
+def _person() -> str:
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "a person"
+
+
+def _announce(config: Config, event: str, title: str, detail: str) -> None:
+    """Queue a chat announcement in the outbox; the running loop's sender delivers it."""
+    from healer.alerts import Alerts, CycleContext
+    from healer.model import Alert, Severity
+
+    alerts = Alerts(config)
+    try:
+        alerts.submit_sync([Alert(event, Severity.WARNING, title, detail, bypass_dedup=True)], CycleContext(app=config.app.name), SystemClock().now())
+    finally:
+        alerts.close()
 
 
 def main() -> None:

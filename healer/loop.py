@@ -23,7 +23,7 @@ from typing import IO, Any, TypeVar
 from healer import gitrepo, repair, rollback
 from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock
-from healer.config import Config, format_duration
+from healer.config import Config
 from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
 from healer.judge import baseline_of, judge
@@ -111,7 +111,32 @@ class RunLock:
 # ---- the watchdog ------------------------------------------------------------------------------
 
 
-AlertSink = Callable[[list[Alert], Deploy | None, Verdict | None, str], Awaitable[None]]
+class AlertSink:
+    """Hands each cycle's alerts to the alert pipeline (dedup, grouping, routing, outbox)."""
+
+    def __init__(self, alerts: Any, config: Config, observe: bool) -> None:
+        self.alerts = alerts
+        self.config = config
+        self.observe = observe
+
+    async def __call__(
+        self, items: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
+        incident: tuple[int, datetime] | None, now: datetime,
+    ) -> None:  # fmt: skip
+        from healer.alerts import CycleContext
+
+        phase = None if deploy is None else phase_at(deploy.first_seen, now, self.config.schedule).label
+        context = CycleContext(
+            app=self.config.app.name,
+            commit=None if deploy is None else deploy.commit[:12],
+            phase=phase,
+            incident_id=None if incident is None else incident[0],
+            incident_since=None if incident is None else incident[1],
+            summary="" if verdict is None else verdict.summary(),
+            next_step=next_step,
+            observe=self.observe,
+        )
+        await self.alerts.submit(items, context, now)
 
 
 @dataclass
@@ -145,6 +170,7 @@ class Watchdog:
         self.observe = observe or config.escalation.mode == "observe"
         self._alert_sink = alert_sink
         self._last_repair_at: datetime | None = None
+        self._incident: tuple[int, datetime] | None = None
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -229,7 +255,12 @@ class Watchdog:
                 )  # fmt: skip
                 event("healer.held", reason=intent.reason)
         report.alerts = alerts
-        await self._alert(alerts, deploy, verdict, decision.next_step)
+        if incident is None:
+            self._incident = None
+        elif self._incident is None or self._incident[0] != incident:
+            row = await self._db(self.store.incident, incident)
+            self._incident = None if row is None else (row.id, row.opened_at)
+        await self._alert(alerts, deploy, verdict, decision.next_step, always=True)
         if verdict.ok:
             with contextlib.suppress(HealerError):
                 tag = await rollback.maybe_tag_stable(config=self.config, store=self.store, clock=self.clock)
@@ -309,14 +340,21 @@ class Watchdog:
         return [Alert("rollback.failed", Severity.CRITICAL, "Rollback did not restore health",
                       f"{result.detail}; waiting for a person", incident)]  # fmt: skip
 
-    async def _alert(self, alerts: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str) -> None:
-        for a in alerts:
-            event("alert", alert=a.event, severity=a.severity.name.lower(), title=a.title, detail=a.detail)
-        if self._alert_sink is not None and alerts:
-            try:
-                await self._alert_sink(alerts, deploy, verdict, next_step)
-            except Exception as e:  # noqa: BLE001 -- an alert problem must never stop the loop
-                event("alert.error", error=f"{type(e).__name__}: {e}")
+    async def _alert(
+        self, alerts: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
+        *, always: bool = False,
+    ) -> None:  # fmt: skip
+        """Hand alerts to the pipeline; `always` also lets it send due reminders."""
+        if self._alert_sink is None:
+            for a in alerts:
+                event("alert", alert=a.event, severity=a.severity.name.lower(), title=a.title, detail=a.detail)
+            return
+        if not alerts and not always:
+            return
+        try:
+            await self._alert_sink(alerts, deploy, verdict, next_step, self._incident, self.clock.now())
+        except Exception as e:  # noqa: BLE001 -- an alert problem must never stop the loop
+            event("alert.error", error=f"{type(e).__name__}: {e}")
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -393,10 +431,20 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     clock = clock or SystemClock()
     try:
         store.set_meta(pid=str(os.getpid()), started_at=clock.now().isoformat())
+        from healer.alerts import Alerts
+
+        alerts = Alerts(config, clock=clock)
         async with probe_context(config) as ctx:
-            dog = Watchdog(config, store, ctx, clock=clock, observe=observe)
+            is_observe = observe or config.escalation.mode == "observe"
+            sink = AlertSink(alerts, config, is_observe)
+            dog = Watchdog(config, store, ctx, clock=clock, observe=observe, alert_sink=sink)
             mode = "observe" if dog.observe else "act"
             event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
+            await dog._alert(
+                [Alert("healer.started", Severity.INFO, "Watching", f"healer started (PID {os.getpid()}, mode {mode})")],
+                await dog.current_deploy(), None, "watching",
+            )  # fmt: skip
+            sender = asyncio.create_task(alerts.run(stop))
             runner = asyncio.create_task(dog.run(stop))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -409,7 +457,18 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                     await runner
             stopper.cancel()
             event("healer.stopped", app=config.app.name, pid=os.getpid())
-            _ = format_duration
+            await dog._alert(
+                [Alert("healer.stopped", Severity.INFO, "Stopped watching", f"healer stopped (PID {os.getpid()})")],
+                None, None, "not watching",
+            )  # fmt: skip
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sender, 2.0)
+            # deliver what is pending for a moment; the rest stays in the outbox for next time
+            with contextlib.suppress(Exception):
+                left = await alerts.flush(timedelta(seconds=1))
+                if left:
+                    event("alerts.pending_at_stop", pending=left)
+            alerts.close()
     finally:
         with contextlib.suppress(StoreError):
             store.set_meta(pid=None)

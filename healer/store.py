@@ -370,6 +370,13 @@ class Store:
             )
         return [IncidentRow(r["id"], r["deploy_id"], _dt(r["opened_at"]) or datetime.min, _dt(r["resolved_at"]), r["cause"]) for r in rows]  # type: ignore[arg-type]
 
+    def incident(self, incident_id: int) -> IncidentRow | None:
+        rows = self._query("SELECT * FROM incidents WHERE id = ?", (incident_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return IncidentRow(r["id"], r["deploy_id"], datetime.fromisoformat(r["opened_at"]), _dt(r["resolved_at"]), r["cause"])
+
     # ---- actions --------------------------------------------------------------------------
 
     def start_action(
