@@ -63,6 +63,7 @@ class Redactor:
     def add(self, *secrets: Secret | str | None) -> None:
         """Learn more secret values (and their URL-quoted spellings)."""
         found = set(self._values)
+        before = len(found)
         for s in secrets:
             if s is None:
                 continue
@@ -70,6 +71,8 @@ class Redactor:
             for v in _variants(value):
                 if len(v) >= MIN_SECRET_LENGTH:
                     found.add(v)
+        if len(found) == before:
+            return  # nothing new: channels call this before every send
         with self._lock:
             # longest first, so a secret that contains another is replaced whole
             self._values = tuple(sorted(found, key=len, reverse=True))

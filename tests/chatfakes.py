@@ -22,8 +22,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
+
+from healer.config import Config, parse_config
 
 SLACK = "slack"  # the incoming webhook
 SLACK_API = "slack_api"  # the Web API
@@ -299,3 +302,29 @@ class _suppress:
 
     def __exit__(self, *exc: object) -> bool:
         return True
+
+
+def healer_config(
+    tmp_path: Path,
+    *,
+    slack: dict[str, Any] | None = None,
+    telegram: dict[str, Any] | None = None,
+    log: dict[str, Any] | None = None,
+    repeat_every: str = "30m",
+    timeout: str = "2s",
+) -> Config:
+    """A validated healer.toml for alert tests: one dummy check, state in tmp_path."""
+    alerts: dict[str, Any] = {"repeat_every": repeat_every, "timeout": timeout}
+    if slack is not None:
+        alerts["slack"] = slack
+    if telegram is not None:
+        alerts["telegram"] = telegram
+    if log is not None:
+        alerts["log"] = log
+    data = {
+        "state_dir": str(tmp_path / ".healer"),
+        "app": {"name": "shop-api"},
+        "checks": [{"name": "api", "type": "http", "url": "http://127.0.0.1:9/health"}],
+        "alerts": alerts,
+    }
+    return parse_config(data, tmp_path / "healer.toml")

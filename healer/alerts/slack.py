@@ -25,7 +25,7 @@ from slack_sdk.webhook import WebhookClient
 from healer.alerts.message import AlertMessage, slack_payload
 from healer.config import Secret, SlackConfig, read_secret
 from healer.errors import DeliveryError
-from healer.logging import redact
+from healer.logging import add_secrets, redact
 from healer.model import Severity
 
 DEFAULT_API_URL = "https://slack.com/api/"
@@ -60,6 +60,8 @@ class SlackChannel:
         if self.missing:
             msg = f"{self.name}: {self.missing}"
             raise DeliveryError(msg, retry_after=NOT_CONFIGURED_RETRY)
+        # the libraries log URLs and headers: make sure the log filter knows these values
+        add_secrets(self.webhook_url, self.token)
         await asyncio.to_thread(self._post, payload)
 
     async def send(self, message: AlertMessage, *, delayed: timedelta | None = None) -> None:

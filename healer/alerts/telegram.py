@@ -30,7 +30,7 @@ from telegram.request import HTTPXRequest
 from healer.alerts.message import AlertMessage, telegram_text
 from healer.config import Secret, TelegramConfig, read_secret
 from healer.errors import DeliveryError
-from healer.logging import redact
+from healer.logging import add_secrets, redact
 from healer.model import Severity
 
 DEFAULT_API_URL = "https://api.telegram.org"
@@ -64,6 +64,7 @@ class TelegramChannel:
         if self.missing or self.token is None or not self.chat_id:
             msg = f"{self.name}: {self.missing or 'not configured'}"
             raise DeliveryError(msg, retry_after=NOT_CONFIGURED_RETRY)
+        add_secrets(self.token)  # it is in every request URL, which httpx logs
         t = self.timeout.total_seconds()
         request = HTTPXRequest(connect_timeout=t, read_timeout=t, write_timeout=t, pool_timeout=t)
         bot = Bot(

@@ -1,0 +1,180 @@
+"""The alert outbox in SQLite: per-channel state, order, restarts, the pipeline's memory (I/O)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from chatfakes import healer_config
+
+from healer.alerts import Alerts, CycleContext, LogChannel
+from healer.alerts.message import AlertItem, AlertMessage
+from healer.alerts.outbox import DeliveryState, Outbox, retry_delay
+from healer.clock import FakeClock
+from healer.model import Alert, Severity
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def msg(title: str, at: datetime = T0, event: str = "repair.started") -> AlertMessage:
+    return AlertMessage(items=(AlertItem(event, Severity.WARNING, title, "", 1),), app="shop-api", created_at=at)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "healer.db"
+
+
+def test_tables_are_created_in_the_shared_state_database_in_wal_mode(db: Path) -> None:
+    """Opening the outbox creates its own tables, WAL journal, in the given file."""
+    Outbox(db).close()
+    con = sqlite3.connect(db)
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"alert_outbox", "alert_deliveries", "alert_items"} <= tables
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+    Outbox(db).close()  # opening again is fine
+
+
+def test_each_channel_has_its_own_state(db: Path) -> None:
+    """Delivered to telegram, still pending for slack: the same alert, tracked per channel."""
+    ob = Outbox(db)
+    aid = ob.enqueue(msg("a"), ["slack", "telegram"])
+    assert ob.mark_delivered(aid, "telegram", T0)
+    assert [d.alert_id for d in ob.due("telegram", T0)] == []
+    assert [d.alert_id for d in ob.due("slack", T0)] == [aid]
+    assert ob.pending_count() == 1
+    [rec] = ob.history(T0 - timedelta(hours=1))
+    states = {d.channel: d.state for d in rec.deliveries}
+    assert states == {"slack": DeliveryState.PENDING, "telegram": DeliveryState.DELIVERED}
+    ob.close()
+
+
+def test_a_delivery_is_marked_once(db: Path) -> None:
+    """Once a channel accepted a message, marking it again changes nothing and says so."""
+    ob = Outbox(db)
+    aid = ob.enqueue(msg("a"), ["slack"])
+    assert ob.mark_delivered(aid, "slack", T0) is True
+    assert ob.mark_delivered(aid, "slack", T0) is False
+    ob.mark_failed(aid, "slack", "late error", retry_at=T0)  # a stale failure cannot reopen it
+    assert ob.due("slack", T0 + timedelta(days=1)) == []
+    ob.close()
+
+
+def test_entries_survive_closing_and_reopening(db: Path) -> None:
+    """A restart keeps every undelivered message, in order, with its attempts."""
+    ob = Outbox(db)
+    ids = [ob.enqueue(msg(f"m{i}", T0 + timedelta(seconds=i)), ["slack", "telegram"]) for i in range(3)]
+    ob.mark_delivered(ids[0], "slack", T0)
+    ob.mark_failed(ids[1], "slack", "slack: server error 500", retry_at=T0 + timedelta(seconds=30))
+    ob.close()
+
+    ob = Outbox(db)
+    assert ob.pending_count() == 5
+    assert ob.pending_count("slack") == 2
+    assert [d.message.title for d in ob.due("telegram", T0)] == ["m0", "m1", "m2"]
+    assert ob.due("slack", T0) == []  # the oldest waits for its retry ...
+    due = ob.due("slack", T0 + timedelta(seconds=30))  # ... and the next waits behind it
+    assert [(d.message.title, d.attempts) for d in due] == [("m1", 1), ("m2", 0)]
+    [h] = [r for r in ob.history() if r.id == ids[1]]
+    assert {d.channel: d.last_error for d in h.deliveries}["slack"] == "slack: server error 500"
+    ob.close()
+
+
+def test_permanent_failure_lets_the_next_message_go(db: Path) -> None:
+    """A message refused for good is not tried again and does not hold up the ones after it."""
+    ob = Outbox(db)
+    a = ob.enqueue(msg("a"), ["slack"])
+    b = ob.enqueue(msg("b"), ["slack"])
+    ob.mark_failed(a, "slack", "slack: refused with 404 no_service", retry_at=None, permanent=True)
+    assert [d.alert_id for d in ob.due("slack", T0)] == [b]
+    assert ob.next_try_at("slack") == T0
+    ob.close()
+
+
+def test_ignore_schedule_for_flush(db: Path) -> None:
+    """A flush at shutdown tries the head even while it waits for its retry time."""
+    ob = Outbox(db)
+    a = ob.enqueue(msg("a"), ["slack"])
+    ob.mark_failed(a, "slack", "down", retry_at=T0 + timedelta(hours=1))
+    assert ob.due("slack", T0) == []
+    assert [d.alert_id for d in ob.due("slack", T0, ignore_schedule=True)] == [a]
+    ob.close()
+
+
+def test_history_since(db: Path) -> None:
+    """`healer history --since` sees the alerts created in the window, oldest first, as JSON."""
+    ob = Outbox(db)
+    ob.enqueue(msg("old", T0 - timedelta(days=2)), ["log"])
+    ob.enqueue(msg("new", T0), ["log"])
+    recs = ob.history(T0 - timedelta(hours=24))
+    assert [r.title for r in recs] == ["new"]
+    js = recs[0].to_json()
+    assert js["event"] == "repair.started" and js["deliveries"][0]["state"] == "pending"
+    ob.close()
+
+
+def test_prune_keeps_what_is_still_pending(db: Path) -> None:
+    """Retention forgets old delivered alerts, never undelivered ones."""
+    ob = Outbox(db)
+    a = ob.enqueue(msg("a", T0 - timedelta(days=100)), ["log"])
+    ob.enqueue(msg("b", T0 - timedelta(days=100)), ["log"])
+    ob.mark_delivered(a, "log", T0)
+    assert ob.prune(T0 - timedelta(days=90)) == 1
+    assert [r.title for r in ob.history()] == ["b"]
+    ob.close()
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [
+        pytest.param(1, timedelta(seconds=30), id="first"),
+        pytest.param(2, timedelta(seconds=60), id="second"),
+        pytest.param(4, timedelta(seconds=240), id="fourth"),
+        pytest.param(50, timedelta(minutes=15), id="capped"),
+    ],
+)
+def test_retry_delay_doubles_up_to_a_cap(attempts: int, expected: timedelta) -> None:
+    """Between failed batches: 30s, 1m, 2m, 4m ... 15m."""
+    assert retry_delay(attempts) == expected
+
+
+def test_dedup_memory_survives_a_restart(tmp_path: Path) -> None:
+    """After a restart mid-incident, healer does not announce the open incident again."""
+    cfg = healer_config(tmp_path)
+    clock = FakeClock(T0)
+    ctx = CycleContext(app="shop-api", incident_id=7, incident_since=T0, summary="api: http.status")
+    opened = Alert("incident.opened", Severity.WARNING, "api is failing", incident_id=7)
+
+    a = Alerts(cfg, clock=clock, channels=[LogChannel()])
+    assert len(a.submit_sync([opened], ctx, T0).entries) == 1
+    a.close()
+
+    clock.advance(timedelta(minutes=5))
+    b = Alerts(cfg, clock=clock, channels=[LogChannel()])
+    assert b.submit_sync([opened], ctx, clock.now()).entries == ()
+    clock.advance(timedelta(minutes=25))
+    [entry] = b.submit_sync([opened], ctx, clock.now()).entries
+    assert [i.event for i in entry.message.items] == ["incident.reminder"]
+    resolved = Alert("incident.resolved", Severity.INFO, "api is healthy", incident_id=7)
+    assert len(b.submit_sync([resolved], CycleContext(app="shop-api"), clock.now()).entries) == 1
+    assert b.submit_sync([resolved], CycleContext(app="shop-api"), clock.now()).entries == ()
+    assert [r.event for r in b.history()] == ["incident.opened", "incident.reminder", "incident.resolved"]
+    b.close()
+
+
+def test_flapping_state_survives_a_restart(tmp_path: Path) -> None:
+    """Muted openings are remembered too: their resolutions stay quiet after a restart."""
+    cfg = healer_config(tmp_path)
+    a = Alerts(cfg, channels=[LogChannel()])
+    for inc in range(1, 5):
+        ctx = CycleContext(app="shop-api", incident_id=inc, incident_since=T0)
+        a.submit_sync([Alert("incident.opened", Severity.WARNING, "x", incident_id=inc)], ctx, T0)
+    a.close()
+    b = Alerts(cfg, channels=[LogChannel()])
+    plan = b.submit_sync([Alert("incident.resolved", Severity.INFO, "ok", incident_id=4)], CycleContext("shop-api"), T0)
+    assert plan.entries == ()
+    assert [r.event for r in b.history()].count("incident.flapping") == 1
+    b.close()
