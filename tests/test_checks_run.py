@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from services import HttpApp, free_port
 
-from healer.checks import PROBES, probe_context, run_check, run_checks
+from healer.checks import PROBES, describe_error, probe_context, redact, run_check, run_checks
 from healer.config import CHECK_TYPES, Config, parse_config
 
 StartApp = Callable[..., HttpApp]
@@ -84,3 +85,27 @@ async def test_probes_that_raise_are_failed_results_not_crashes(tmp_path: Path) 
         and disk.error.startswith("FileNotFoundError")
     )
     assert ok.ok
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "expected"),
+    [
+        pytest.param("GET http://bob:pw1@h:80/x", (), "GET http://h:80/x", id="url-userinfo"),
+        pytest.param("redis://:pw2@127.0.0.1:6379/0", (), "redis://127.0.0.1:6379/0", id="no-user"),
+        pytest.param("host=h password=pw3 user=u", (), "host=h password=*** user=u", id="kv"),
+        pytest.param("url?token=abc&x=1", (), "url?token=***", id="query-token"),
+        pytest.param(
+            "failed for dsn-with-pw4 here", ("dsn-with-pw4",), "failed for *** here", id="known"
+        ),
+    ],
+)
+def test_redact_hides_credentials(text: str, secrets: tuple[str, ...], expected: str) -> None:
+    """URL credentials, password-like values and known secrets never survive redaction."""
+    assert redact(text, *secrets) == expected
+
+
+def test_describe_error_is_one_redacted_line() -> None:
+    """An exception becomes its type and the first line of its message, without secrets."""
+    exc = ValueError("cannot reach postgresql://u:pw5@db/x\nTraceback line")
+    assert describe_error(exc) == "ValueError: cannot reach postgresql://db/x"
+    assert describe_error(RuntimeError()) == "RuntimeError"
