@@ -1,0 +1,268 @@
+"""run_repair end to end: lock, journal, steps, verification, dry runs, with real Redis and HTTP apps."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+from services import HttpApp, RedisServer
+
+from healer.checks import probe_context
+from healer.clock import FakeClock
+from healer.config import Config, parse_config
+from healer.errors import ActionError, LockedError, UsageError
+from healer.model import Outcome, Who
+from healer.repair import RepairResult, playbook_lock, run_repair
+from healer.store import Store
+
+
+def make_config(tmp_path: Path, url: str, **sections: Any) -> Config:
+    return parse_config(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "checks": [{"name": "api", "type": "http", "url": url, "samples": 1, "timeout": "1s"}],
+            **sections,
+        },
+        tmp_path / "healer.toml",
+    )
+
+
+def playbook(tmp_path: Path, name: str, body: str) -> Path:
+    directory = tmp_path / "pb"
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{name}.toml"
+    path.write_text(textwrap.dedent(body).lstrip())
+    return directory
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    s = Store(tmp_path / "state" / "healer.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+async def cache_db(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    r = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port, db=10)
+    yield r
+    await r.flushdb()
+    await r.aclose()
+
+
+async def repair(name: str, config: Config, store: Store, clock: FakeClock | None = None, **kw: Any) -> RepairResult:
+    async with probe_context(config) as ctx:
+        return await run_repair(
+            name, config=config, ctx=ctx, store=store, clock=clock or FakeClock(),
+            who=kw.pop("who", Who.PERSON), reason=kw.pop("reason", "by hand"), deploy_id=kw.pop("deploy_id", None), **kw,
+        )  # fmt: skip
+
+
+async def test_redis_flush_is_journaled_run_and_verified(
+    tmp_path: Path, redis_server: RedisServer, cache_db: redis.asyncio.Redis, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    """A finished row says who, why, when, the outcome and what was done."""
+    await cache_db.mset({f"page:{i}": "x" for i in range(1204)})
+    app = http_app("healthy")
+    config = make_config(tmp_path, f"{app.url}/health", redis={"url": redis_server.url, "cache_db": 10})
+    clock = FakeClock()
+    result = await repair("redis-flush", config, store, clock, who=Who.LOOP, reason="symptoms: redis.latency",
+                          deploy_id=7, incident_id=3)  # fmt: skip
+    assert result.ok and result.outcome is Outcome.OK
+    assert result.detail == "flushed 1,204 keys from db 10 (FLUSHDB ASYNC); api healthy after 0.0s"
+    assert [r.ok for r in result.results] == [True]
+    (row,) = store.actions()
+    assert (row.id, row.kind, row.name, row.who, row.reason, row.outcome, row.detail) == (
+        result.action_id, "repair", "redis-flush", "loop", "symptoms: redis.latency", "ok", result.detail,
+    )  # fmt: skip
+    assert (row.deploy_id, row.incident_id) == (7, 3)
+    assert row.at == clock.now() and row.finished_at is not None
+    assert await cache_db.dbsize() == 0
+
+
+async def test_a_dry_run_changes_nothing_and_journals_nothing(
+    tmp_path: Path, redis_server: RedisServer, cache_db: redis.asyncio.Redis, store: Store
+) -> None:
+    """--dry-run: the keys are still there, no action row, and the detail says what would be cleared."""
+    await cache_db.mset({"page:1": "x", "page:2": "y"})
+    config = make_config(tmp_path, "http://127.0.0.1:9/", redis={"url": redis_server.url, "cache_db": 10})
+    result = await repair("redis-flush", config, store, dry_run=True)
+    assert result.dry_run and result.ok and result.outcome is Outcome.SKIPPED and result.action_id is None
+    assert f"1. redis.flush_cache: FLUSHDB ASYNC on db 10 of {redis_server.url}" in result.detail
+    assert await cache_db.dbsize() == 2
+    assert store.actions() == []
+    assert not (tmp_path / "state" / "repair-redis-flush.lock").exists()
+
+
+async def test_a_dry_run_of_a_command_step_shows_the_argv(tmp_path: Path, store: Store) -> None:
+    """The argv that would run is printed, and it does not run."""
+    marker = tmp_path / "ran"
+    pb = playbook(tmp_path, "touch", f'description = "touch"\n[[steps]]\naction = "command"\nargv = ["touch", "{marker}"]\n')
+    config = make_config(tmp_path, "http://127.0.0.1:9/", playbooks={"dir": str(pb)})
+    result = await repair("touch", config, store, dry_run=True)
+    assert f"1. command: run `touch {marker}` in {tmp_path} (no shell) [timeout 1m]" in result.detail
+    assert not marker.exists()
+
+
+async def test_checks_still_failing_after_verify_within_is_failed(
+    tmp_path: Path, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    """The steps ran, the checks kept failing for verify_within: outcome failed, re-checked every second."""
+    app = http_app("error500")
+    pb = playbook(tmp_path, "noop", 'description = "x"\nverify_within = "5s"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
+    config = make_config(tmp_path, f"{app.url}/health", playbooks={"dir": str(pb)})
+    clock = FakeClock()
+    start = clock.now()
+    result = await repair("noop", config, store, clock)
+    assert not result.ok and result.outcome is Outcome.FAILED
+    assert result.detail.startswith("ran `true` (exit 0); still failing after 5s: api: ")
+    assert clock.now() - start == timedelta(seconds=5)
+    assert 5 <= app.hits <= 7
+    assert store.actions()[0].outcome == "failed"
+
+
+async def test_verification_waits_for_the_app_to_come_back(
+    tmp_path: Path, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    """An app still booting is re-checked until it passes, and the time it took is reported."""
+    app = http_app("error500")
+
+    class Booting(FakeClock):
+        async def sleep(self, delay: timedelta) -> None:
+            await super().sleep(delay)
+            if self.now() - start >= timedelta(seconds=3):
+                app.behaviour = "healthy"
+
+    clock = Booting()
+    start = clock.now()
+    pb = playbook(tmp_path, "noop", 'description = "x"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
+    result = await repair("noop", make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)}), store, clock)
+    assert result.ok and result.detail == "ran `true` (exit 0); api healthy after 3.0s"
+
+
+async def test_the_intent_is_journaled_before_the_first_step_runs(
+    tmp_path: Path, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    """The step itself finds the row `started` in the state database."""
+    script = tmp_path / "check_journal.py"
+    script.write_text(
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(os.path.join(os.environ['HEALER_STATE_DIR'], 'healer.db'))\n"
+        "rows = db.execute(\"SELECT outcome FROM actions WHERE name = 'probe-journal'\").fetchall()\n"
+        "print(rows)\n"
+        "sys.exit(0 if rows == [('started',)] else 3)\n"
+    )
+    argv = json.dumps([sys.executable, str(script)])
+    pb = playbook(tmp_path, "probe-journal", f'description = "x"\n[[steps]]\naction = "command"\nargv = {argv}\n')
+    app = http_app("healthy")
+    result = await repair("probe-journal", make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)}), store)
+    assert result.ok, result.detail
+    assert store.actions()[0].outcome == "ok"
+
+
+async def test_a_step_that_cannot_run_stops_the_playbook_with_error(
+    tmp_path: Path, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    """Step 1 fails: step 2 never runs, nothing is verified, the row says error and why."""
+    later = tmp_path / "later"
+    pb = playbook(tmp_path, "two", f"""
+        description = "two steps"
+        [[steps]]
+        action = "command"
+        argv = ["false"]
+        [[steps]]
+        action = "command"
+        argv = ["touch", "{later}"]
+    """)
+    app = http_app("healthy")
+    result = await repair("two", make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)}), store)
+    assert result.outcome is Outcome.ERROR and not result.ok
+    assert result.detail == "step 1 (command) could not run: `false` exited 1"
+    assert not later.exists() and app.hits == 0
+    assert store.actions()[0].outcome == "error"
+
+
+async def test_a_step_past_its_timeout_is_stopped_and_failed(tmp_path: Path, store: Store) -> None:
+    """A repair that times out is killed and recorded as failed."""
+    pb = playbook(tmp_path, "slow", 'description = "x"\n[[steps]]\naction = "command"\nargv = ["sleep", "30"]\ntimeout = "300ms"\n')
+    result = await repair("slow", make_config(tmp_path, "http://127.0.0.1:9/", playbooks={"dir": str(pb)}), store)
+    assert result.outcome is Outcome.FAILED
+    assert "step 1 (command)" in result.detail and "timed out after 300ms" in result.detail
+    assert store.actions()[0].outcome == "failed"
+
+
+async def test_a_user_playbook_overrides_a_shipped_kind(
+    tmp_path: Path, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    """`healer repair rate-limit-clear` runs the user's version when one is defined."""
+    marker = tmp_path / "cleared"
+    pb = playbook(tmp_path, "rl", f"""
+        name = "rate-limit-clear"
+        description = "our limiter lives in memcached"
+        [[steps]]
+        action = "command"
+        argv = ["touch", "{marker}"]
+    """)
+    app = http_app("healthy")
+    result = await repair("rate-limit-clear", make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)}), store)
+    assert result.ok and marker.exists()
+
+
+async def test_an_unknown_kind_names_the_known_ones(tmp_path: Path, store: Store) -> None:
+    """UsageError (exit 2) listing what exists; nothing journaled."""
+    with pytest.raises(UsageError) as err:
+        await repair("restart-everything", make_config(tmp_path, "http://127.0.0.1:9/"), store)
+    assert str(err.value) == (
+        "unknown repair kind 'restart-everything'; expected one of: "
+        "connection-reset, process-restart, rate-limit-clear, redis-flush"
+    )
+    assert store.actions() == []
+
+
+async def test_a_playbook_already_running_is_locked(tmp_path: Path, redis_server: RedisServer, store: Store) -> None:
+    """A person and the loop never run the same playbook at once: LockedError names the holder."""
+    config = make_config(tmp_path, "http://127.0.0.1:9/", redis={"url": redis_server.url, "cache_db": 10})
+    with playbook_lock(config.state_dir, "redis-flush"):
+        with pytest.raises(LockedError, match=rf"repair redis-flush is already running \(PID {os.getpid()}\)"):
+            await repair("redis-flush", config, store)
+    assert store.actions() == []
+
+
+async def test_missing_config_for_a_step_refuses_before_journaling(tmp_path: Path, store: Store) -> None:
+    """No [redis] section: ActionError saying what is missing; nothing journaled, nothing run."""
+    with pytest.raises(ActionError, match=r"cannot run redis-flush: redis.flush_cache: expected a \[redis\] section"):
+        await repair("redis-flush", make_config(tmp_path, "http://127.0.0.1:9/"), store)
+    assert store.actions() == []
+
+
+async def test_rate_limit_clear_end_to_end(
+    tmp_path: Path, redis_server: RedisServer, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    """An app answering 429 while counters exist: clearing them is verified by its http check."""
+    r = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port, db=15)
+    try:
+        await r.mset({**{f"ratelimit:{i}": "999" for i in range(300)}, "user:1": "keep"})
+        app = http_app("ratelimited")
+
+        class Limiter(FakeClock):
+            async def sleep(self, delay: timedelta) -> None:
+                await super().sleep(delay)
+                if not [k async for k in r.scan_iter(match="ratelimit:*")]:
+                    app.behaviour = "healthy"
+
+        config = make_config(tmp_path, f"{app.url}/", redis={"url": f"redis://127.0.0.1:{redis_server.port}/15"})
+        result = await repair("rate-limit-clear", config, store, Limiter())
+        assert result.ok, result.detail
+        assert result.detail.startswith("deleted 300 keys matching 'ratelimit:*' from db 15; api healthy after 1.0s")
+        assert await r.get("user:1") == b"keep"
+    finally:
+        await r.flushdb()
+        await r.aclose()
