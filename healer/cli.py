@@ -419,6 +419,70 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
     _console().print(table)
 
 
+# ---- rollback ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--reason", help="Why (required to roll back): recorded and announced.")
+@click.option("--to", "to", metavar="REF", help="A tag or commit (default: the newest stable tag).")
+@click.option("--list", "list_", is_flag=True, help="List the candidate stable tags, newest first.")
+@click.option("--dry-run", is_flag=True, help="Print exactly what would be done; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Roll back a dirty work tree (changes are stashed) or to a known-bad commit.")
+@click.pass_context
+@handles_errors
+def rollback(ctx: click.Context, reason: str | None, to: str | None, list_: bool, dry_run: bool, yes: bool, force: bool) -> None:
+    """Roll back by hand to the last stable tag (or REF). Exit 0 done and healthy, 1 not."""
+    from healer import rollback as rb
+    from healer.store import Store
+
+    config = _config(ctx)
+    if config.app.repo is None:
+        raise UsageError(f"{config.path}: app.repo: expected the git work tree of the app to roll back")
+    store = Store(config.db_path)
+    try:
+        if list_:
+            tags = rb.candidates(config, store)
+            if not tags:
+                click.echo(f"no stable tags matching {config.app.stable_tags!r} besides the deployed commit")
+                return
+            for t in tags:
+                click.echo(f"{t.name}\t{t.commit[:12]}\t{t.date:%Y-%m-%d %H:%M} UTC")
+            return
+        if not reason or not reason.strip():
+            if not dry_run:
+                raise UsageError("--reason: expected a few words saying why (it is recorded and announced)")
+            reason = "dry run"
+        exit_code = _run(_rollback(config, store, reason, to, dry_run=dry_run, yes=yes, force=force))
+    finally:
+        store.close()
+    sys.exit(exit_code)
+
+
+async def _rollback(config: Config, store: Any, reason: str, to: str | None, *, dry_run: bool, yes: bool, force: bool) -> int:
+    from healer import rollback as rb
+    from healer.checks import probe_context
+
+    clock = SystemClock()
+    async with probe_context(config) as pctx:
+        kw: dict[str, Any] = dict(config=config, ctx=pctx, store=store, clock=clock, who=Who.PERSON, reason=reason, to=to, force=force)
+        plan = await rb.run_rollback(**kw, dry_run=True)
+        if dry_run or plan.refused:
+            click.echo(plan.detail)
+            return 0 if plan.ok else 1
+        if not yes:
+            click.echo(plan.detail)
+        await asyncio.to_thread(_confirm, f"roll back {plan.from_commit[:12]} -> {plan.to_ref}", yes)
+        _announce(config, "rollback.started", f"Rolling back to {plan.to_ref} (by {_person()})", reason, critical=True)
+        result = await rb.run_rollback(**kw)
+    click.echo(result.detail)
+    if result.ok:
+        _announce(config, "rollback.succeeded", f"Rolled back to {result.to_ref} (by {_person()})", result.detail, critical=True)
+        return 0
+    _announce(config, "rollback.failed", f"Rollback to {result.to_ref} failed (by {_person()})", result.detail, critical=True)
+    return 1
+
+
 # ---- pause / resume -----------------------------------------------------------------------------
 
 
@@ -483,14 +547,15 @@ def _person() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "a person"
 
 
-def _announce(config: Config, event: str, title: str, detail: str) -> None:
+def _announce(config: Config, event: str, title: str, detail: str, *, critical: bool = False) -> None:
     """Queue a chat announcement in the outbox; the running loop's sender delivers it."""
     from healer.alerts import Alerts, CycleContext
     from healer.model import Alert, Severity
 
     alerts = Alerts(config)
     try:
-        alerts.submit_sync([Alert(event, Severity.WARNING, title, detail, bypass_dedup=True)], CycleContext(app=config.app.name), SystemClock().now())
+        severity = Severity.CRITICAL if critical else Severity.WARNING
+        alerts.submit_sync([Alert(event, severity, title, detail, bypass_dedup=True)], CycleContext(app=config.app.name), SystemClock().now())
     finally:
         alerts.close()
 

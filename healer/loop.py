@@ -333,6 +333,11 @@ class Watchdog:
             event("rollback.error", error=str(e))
             report.actions.append("rollback: error")
             return [Alert("rollback.failed", Severity.CRITICAL, "Rollback failed", msg, incident)]
+        if result.refused:
+            report.actions.append("rollback: refused")
+            event("rollback.refused", why=result.refused)
+            return [Alert("rollback.failed", Severity.CRITICAL, "Rollback refused",
+                          f"{result.refused}; waiting for a person", incident)]  # fmt: skip
         report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
         event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
         if result.ok:
@@ -370,7 +375,16 @@ class Watchdog:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle until `stop` is set. Each wait is cut short by `stop` or a new HEAD."""
-        await rollback.resume_unfinished(config=self.config, ctx=self.ctx, store=self.store, clock=self.clock)
+        try:
+            resumed = await rollback.resume_unfinished(config=self.config, ctx=self.ctx, store=self.store, clock=self.clock)
+        except HealerError as e:
+            resumed = []
+            event("rollback.resume_error", error=str(e))
+        for r in resumed:
+            event("rollback.resumed", ok=r.ok, detail=r.detail)
+            title = "Interrupted rollback finished" if r.ok else "Interrupted rollback"
+            await self._alert([Alert("rollback.succeeded" if r.ok else "rollback.failed", Severity.CRITICAL, title, r.detail)],
+                              None, None, "watching" if r.ok else "waiting for a person")  # fmt: skip
         pruned_at: datetime | None = None
         while not stop.is_set():
             try:
