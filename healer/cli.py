@@ -483,6 +483,31 @@ async def _rollback(config: Config, store: Any, reason: str, to: str | None, *, 
     return 1
 
 
+# ---- alert test ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def alert() -> None:
+    """Alert channels."""
+
+
+@alert.command("test")
+@click.option("--channel", metavar="NAME", help="Only this channel: log, slack or telegram.")
+@click.pass_context
+@handles_errors
+def alert_test(ctx: click.Context, channel: str | None) -> None:
+    """Send a test alert through each configured channel. Exit 0 when all were delivered."""
+    from healer.alerts import send_test
+    from healer.logging import known_secrets, setup_logging
+
+    config = _config(ctx)
+    setup_logging("warning", known_secrets(config))
+    results = _run(send_test(config, channel))
+    for name, (ok, why) in results.items():
+        click.echo(f"{name}: {'delivered' if ok else 'FAILED'}" + ("" if ok else f" ({why})"))
+    sys.exit(0 if all(ok for ok, _ in results.values()) else 1)
+
+
 # ---- pause / resume -----------------------------------------------------------------------------
 
 
