@@ -68,7 +68,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 def _duration(value: str, flag: str) -> timedelta:
     try:
         return parse_duration(value)
-    except Exception:  # noqa: BLE001 -- pydantic's custom error; we want our own line
+    except Exception:
         raise UsageError(f'{flag}: expected a duration like "30m", "24h" or "7d", got "{value}"') from None
 
 
@@ -214,7 +214,12 @@ def status_data(config: Config) -> dict[str, Any]:
     now = SystemClock().now()
     out: dict[str, Any] = {"app": config.app.name, "now": now.isoformat(), "state_dir": str(config.state_dir)}
     pid = RunLock.holder(config.lock_path)
-    out["loop"] = {"running": pid is not None, "pid": pid if pid and pid > 0 else None, "alive": False, "last_seen": None}
+    out["loop"] = {
+        "running": pid is not None,
+        "pid": pid if pid and pid > 0 else None,
+        "alive": False,
+        "last_seen": None,
+    }
     if not config.db_path.exists():
         out["deploy"] = None
         out["loop"].update(alive=False, note="healer has not run here yet")
@@ -236,7 +241,7 @@ def status_data(config: Config) -> dict[str, Any]:
         bad = store.bad_commits()
         out["deploy"] = {
             "id": d.id, "commit": d.commit, "first_seen": d.first_seen.isoformat(),
-            "age": format_duration(timedelta(seconds=int((now - d.first_seen).total_seconds())) or timedelta(0)) if now > d.first_seen else "0s",
+            "age": format_duration(timedelta(seconds=max(0, int((now - d.first_seen).total_seconds())))),
             "phase": phase.label, "phase_index": phase.index, "in_window": phase.in_window,
             "via_rollback": d.via_rollback, "held": d.held, "known_bad": bad.get(d.commit),
             "stable_tag": d.stable_tag,
@@ -280,13 +285,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
     con = _console()
     now = SystemClock().now()
     loop = data["loop"]
-    alive = "[green]alive[/]" if loop.get("alive") else ("[yellow]running, late[/]" if loop["running"] else "[red]not running[/]")
+    alive = (
+        "[green]alive[/]"
+        if loop.get("alive")
+        else ("[yellow]running, late[/]" if loop["running"] else "[red]not running[/]")
+    )
     con.print(f"[bold]{data['app']}[/]  loop: {alive}" + (f" (PID {loop['pid']})" if loop.get("pid") else ""))
     d = data.get("deploy")
     if d is None:
         con.print("no deploy seen yet: start `healer run`")
         return
-    con.print(f"deploy   {d['commit'][:12]} first seen {_when(datetime.fromisoformat(d['first_seen']))} ({d['age']} ago)")
+    con.print(
+        f"deploy   {d['commit'][:12]} first seen {_when(datetime.fromisoformat(d['first_seen']))} ({d['age']} ago)"
+    )
     con.print(f"phase    {d['phase']}")
     con.print(f"next     {_ago(datetime.fromisoformat(data['next_check']), now)}")
     lc = data.get("last_cycle")
@@ -294,7 +305,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
         con.print(f"last     {'healthy' if lc['ok'] else 'FAILING'} {_ago(datetime.fromisoformat(lc['at']), now)}")
     con.print(f"failures {data['consecutive_failures']} in a row (rollback after {data['rollback_after']})")
     b = data.get("baseline")
-    con.print("baseline " + ("none yet (taken at the first healthy cycle)" if not b else f"taken {_when(datetime.fromisoformat(b['taken_at']))}"))
+    con.print(
+        "baseline "
+        + (
+            "none yet (taken at the first healthy cycle)"
+            if not b
+            else f"taken {_when(datetime.fromisoformat(b['taken_at']))}"
+        )
+    )
     if data.get("open_incident"):
         i = data["open_incident"]
         con.print(f"incident #{i['id']} open since {_when(datetime.fromisoformat(i['opened_at']))}: {i['cause']}")
@@ -368,11 +386,27 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     try:
         for c in store.cycles(since=start):
-            rows.append({"at": c.at.isoformat(), "type": "check", "who": c.who, "ok": c.ok, "what": c.summary, "deploy": c.deploy_id})
+            rows.append(
+                {
+                    "at": c.at.isoformat(),
+                    "type": "check",
+                    "who": c.who,
+                    "ok": c.ok,
+                    "what": c.summary,
+                    "deploy": c.deploy_id,
+                }
+            )
         for i in store.incidents(since=start):
             rows.append({"at": i.opened_at.isoformat(), "type": "incident.opened", "what": i.cause, "incident": i.id})
             if i.resolved_at is not None:
-                rows.append({"at": i.resolved_at.isoformat(), "type": "incident.resolved", "what": f"incident #{i.id}", "incident": i.id})
+                rows.append(
+                    {
+                        "at": i.resolved_at.isoformat(),
+                        "type": "incident.resolved",
+                        "what": f"incident #{i.id}",
+                        "incident": i.id,
+                    }
+                )
         for a in store.actions(since=start):
             rows.append({"at": a.at.isoformat(), "type": a.kind, "who": a.who, "what": a.name, "why": a.reason,
                          "outcome": a.outcome, "detail": a.detail})  # fmt: skip
@@ -382,11 +416,11 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
 
     outbox = Outbox(config.db_path)
     try:
-        for a in outbox.history(start):
-            sent = ", ".join(f"{d.channel}: {d.state.value}" for d in a.deliveries)
-            rows.append({"at": a.created_at.isoformat(), "type": "alert", "who": "loop", "what": a.title,
-                         "outcome": sent, "detail": ", ".join(i.event for i in a.message.items),
-                         "severity": a.severity.name.lower(), "incident": a.incident_id})  # fmt: skip
+        for rec in outbox.history(start):
+            sent = ", ".join(f"{d.channel}: {d.state.value}" for d in rec.deliveries)
+            rows.append({"at": rec.created_at.isoformat(), "type": "alert", "who": "", "what": rec.title,
+                         "outcome": sent, "detail": ", ".join(i.event for i in rec.message.items),
+                         "severity": rec.severity.name.lower(), "incident": rec.incident_id})  # fmt: skip
     finally:
         outbox.close()
     rows.sort(key=lambda r: r["at"])
@@ -414,7 +448,11 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
         table.add_column(col, overflow="fold")
     for r in rows:
         outcome = r.get("outcome") or ("ok" if r.get("ok") else ("FAIL" if r.get("ok") is False else ""))
-        detail = r.get("what", "") if r["type"] == "check" else " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
+        detail = (
+            r.get("what", "")
+            if r["type"] == "check"
+            else " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
+        )
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)
     _console().print(table)
 
@@ -428,10 +466,14 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
 @click.option("--list", "list_", is_flag=True, help="List the candidate stable tags, newest first.")
 @click.option("--dry-run", is_flag=True, help="Print exactly what would be done; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--force", is_flag=True, help="Roll back a dirty work tree (changes are stashed) or to a known-bad commit.")
+@click.option(
+    "--force", is_flag=True, help="Roll back a dirty work tree (changes are stashed) or to a known-bad commit."
+)
 @click.pass_context
 @handles_errors
-def rollback(ctx: click.Context, reason: str | None, to: str | None, list_: bool, dry_run: bool, yes: bool, force: bool) -> None:
+def rollback(
+    ctx: click.Context, reason: str | None, to: str | None, list_: bool, dry_run: bool, yes: bool, force: bool
+) -> None:
     """Roll back by hand to the last stable tag (or REF). Exit 0 done and healthy, 1 not."""
     from healer import rollback as rb
     from healer.store import Store
@@ -459,13 +501,17 @@ def rollback(ctx: click.Context, reason: str | None, to: str | None, list_: bool
     sys.exit(exit_code)
 
 
-async def _rollback(config: Config, store: Any, reason: str, to: str | None, *, dry_run: bool, yes: bool, force: bool) -> int:
+async def _rollback(
+    config: Config, store: Any, reason: str, to: str | None, *, dry_run: bool, yes: bool, force: bool
+) -> int:
     from healer import rollback as rb
     from healer.checks import probe_context
 
     clock = SystemClock()
     async with probe_context(config) as pctx:
-        kw: dict[str, Any] = dict(config=config, ctx=pctx, store=store, clock=clock, who=Who.PERSON, reason=reason, to=to, force=force)
+        kw: dict[str, Any] = dict(
+            config=config, ctx=pctx, store=store, clock=clock, who=Who.PERSON, reason=reason, to=to, force=force
+        )
         plan = await rb.run_rollback(**kw, dry_run=True)
         if dry_run or plan.refused:
             click.echo(plan.detail)
@@ -477,9 +523,17 @@ async def _rollback(config: Config, store: Any, reason: str, to: str | None, *, 
         result = await rb.run_rollback(**kw)
     click.echo(result.detail)
     if result.ok:
-        _announce(config, "rollback.succeeded", f"Rolled back to {result.to_ref} (by {_person()})", result.detail, critical=True)
+        _announce(
+            config,
+            "rollback.succeeded",
+            f"Rolled back to {result.to_ref} (by {_person()})",
+            result.detail,
+            critical=True,
+        )
         return 0
-    _announce(config, "rollback.failed", f"Rollback to {result.to_ref} failed (by {_person()})", result.detail, critical=True)
+    _announce(
+        config, "rollback.failed", f"Rollback to {result.to_ref} failed (by {_person()})", result.detail, critical=True
+    )
     return 1
 
 
@@ -536,7 +590,12 @@ def pause(ctx: click.Context, reason: str, for_: str) -> None:
         )  # fmt: skip
     finally:
         store.close()
-    _announce(config, "pause.started", f"Paused for {format_duration(span)}", f"{reason} (by {_person()}); checks go on, no repair or rollback until {_when(until)}")
+    _announce(
+        config,
+        "pause.started",
+        f"Paused for {format_duration(span)}",
+        f"{reason} (by {_person()}); checks go on, no repair or rollback until {_when(until)}",
+    )
     click.echo(f"paused until {_when(until)}: checks go on, repairs and rollbacks wait (`healer resume` ends it)")
 
 
@@ -580,7 +639,11 @@ def _announce(config: Config, event: str, title: str, detail: str, *, critical: 
     alerts = Alerts(config)
     try:
         severity = Severity.CRITICAL if critical else Severity.WARNING
-        alerts.submit_sync([Alert(event, severity, title, detail, bypass_dedup=True)], CycleContext(app=config.app.name), SystemClock().now())
+        alerts.submit_sync(
+            [Alert(event, severity, title, detail, bypass_dedup=True)],
+            CycleContext(app=config.app.name),
+            SystemClock().now(),
+        )
     finally:
         alerts.close()
 

@@ -71,9 +71,7 @@ def parse_size(value: object) -> int:
         m = _SIZE_RE.match(value)
         if m:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-    raise PydanticCustomError(
-        "size", 'expected a size like "512MB" or "2GiB", got {got}', {"got": _show(value)}
-    )
+    raise PydanticCustomError("size", 'expected a size like "512MB" or "2GiB", got {got}', {"got": _show(value)})
 
 
 def _show(value: object) -> str:
@@ -97,14 +95,17 @@ def _resolve_path(p: Path, info: ValidationInfo) -> Path:
 
 def _argv(v: list[str]) -> list[str]:
     if not v or not v[0]:
-        raise PydanticCustomError("argv", 'expected an argv list like ["systemctl", "restart", "shop"], got an empty list', {})
+        raise PydanticCustomError(
+            "argv", 'expected an argv list like ["systemctl", "restart", "shop"], got an empty list', {}
+        )
     return v
 
 
 def _not_shell_string(v: object) -> object:
     if isinstance(v, str):
         raise PydanticCustomError(
-            "argv", 'expected an argv list like ["systemctl", "restart", "shop"] (never a shell string), got {got}',
+            "argv",
+            'expected an argv list like ["systemctl", "restart", "shop"] (never a shell string), got {got}',
             {"got": _show(v)},
         )
     return v
@@ -248,8 +249,13 @@ class ScheduleConfig(_Model):
         for i in range(1, len(self.phases)):
             if self.phases[i].until <= self.phases[i - 1].until:
                 raise PydanticCustomError(
-                    "phases", "phases[{i}].until: expected each phase to end after the one before ({a} <= {b})",
-                    {"i": i, "a": format_duration(self.phases[i].until), "b": format_duration(self.phases[i - 1].until)},
+                    "phases",
+                    "phases[{i}].until: expected each phase to end after the one before ({a} <= {b})",
+                    {
+                        "i": i,
+                        "a": format_duration(self.phases[i].until),
+                        "b": format_duration(self.phases[i - 1].until),
+                    },
                 )
         return self
 
@@ -291,9 +297,13 @@ class ProcessConfig(_Model):
     def _complete(self) -> ProcessConfig:
         if self.manager == "command":
             if not self.start:
-                raise PydanticCustomError("process", 'start: expected the argv that starts the app when manager = "command"', {})
+                raise PydanticCustomError(
+                    "process", 'start: expected the argv that starts the app when manager = "command"', {}
+                )
             if not (self.match or self.pidfile):
-                raise PydanticCustomError("process", 'match: expected match = "..." or pidfile = "..." when manager = "command"', {})
+                raise PydanticCustomError(
+                    "process", 'match: expected match = "..." or pidfile = "..." when manager = "command"', {}
+                )
         elif not self.name:
             raise PydanticCustomError("process", "name: expected the {m} name of the app", {"m": self.manager})
         return self
@@ -418,17 +428,23 @@ class Config(_Model):
         seen: set[str] = set()
         for i, c in enumerate(self.checks):
             if c.name in seen:
-                raise PydanticCustomError("checks", "checks[{i}].name: expected a unique name, got {n} twice", {"i": i, "n": _show(c.name)})
+                raise PydanticCustomError(
+                    "checks", "checks[{i}].name: expected a unique name, got {n} twice", {"i": i, "n": _show(c.name)}
+                )
             seen.add(c.name)
-            if isinstance(c, ProcessCheck) and not (c.match or c.pidfile or c.process_name):
-                if not (self.process and (self.process.match or self.process.pidfile)):
-                    raise PydanticCustomError(
-                        "checks", 'checks[{i}]: expected match, pidfile or process_name (or [process] match) for a process check', {"i": i}
-                    )
+            has_default = self.process is not None and bool(self.process.match or self.process.pidfile)
+            if isinstance(c, ProcessCheck) and not (c.match or c.pidfile or c.process_name or has_default):
+                raise PydanticCustomError(
+                    "checks",
+                    "checks[{i}]: expected match, pidfile or process_name (or [process] match) for a process check",
+                    {"i": i},
+                )
             if isinstance(c, RedisCheck) and not (c.url or self.redis):
                 raise PydanticCustomError("checks", "checks[{i}].url: expected url, or a [redis] section", {"i": i})
             if isinstance(c, PostgresCheck) and not (c.dsn_env or self.postgres):
-                raise PydanticCustomError("checks", "checks[{i}].dsn_env: expected dsn_env, or a [postgres] section", {"i": i})
+                raise PydanticCustomError(
+                    "checks", "checks[{i}].dsn_env: expected dsn_env, or a [postgres] section", {"i": i}
+                )
         return self
 
     @property
@@ -494,7 +510,9 @@ def load_config(path: str | Path) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(path, [f"file not found ({path.resolve()}); pass --config PATH or set {CONFIG_ENV}"]) from None
+        raise ConfigError(
+            path, [f"file not found ({path.resolve()}); pass --config PATH or set {CONFIG_ENV}"]
+        ) from None
     except OSError as e:
         raise ConfigError(path, [f"cannot read: {e.strerror}"]) from None
     try:
@@ -515,6 +533,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         return Config.model_validate({**data, "path": path}, context={"base": base})
     except ValidationError as err:
         errors = err.errors(include_url=False)
+
         # a list whose items failed also reports "too short": the item errors say it better
         def has_item_errors(loc: tuple[Any, ...]) -> bool:
             return any(len(o["loc"]) > len(loc) and tuple(o["loc"][: len(loc)]) == loc for o in errors)
@@ -530,7 +549,14 @@ def _loc(loc: tuple[int | str, ...]) -> str:
             out += f"[{part}]"
         elif part in CHECK_TYPES and out.startswith("checks["):
             continue  # the discriminator tag pydantic inserts: not a key the user wrote
-        elif part.startswith(("function-", "tagged-union", "list[", "tuple[", "union[")) or part in ("int", "str", "float", "bool", "none", "list[int]"):
+        elif part.startswith(("function-", "tagged-union", "list[", "tuple[", "union[")) or part in (
+            "int",
+            "str",
+            "float",
+            "bool",
+            "none",
+            "list[int]",
+        ):
             continue
         else:
             out += ("." if out else "") + part
@@ -577,7 +603,12 @@ def _describe(e: Any) -> str:
         return f"{loc}: {_pattern_hint(loc)}, got {_show(got)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bound = next(iter(e["ctx"].values()))
-        word = {"greater_than": "above", "greater_than_equal": "at least", "less_than": "below", "less_than_equal": "at most"}[kind]
+        word = {
+            "greater_than": "above",
+            "greater_than_equal": "at least",
+            "less_than": "below",
+            "less_than_equal": "at most",
+        }[kind]
         return f"{loc}: expected a number {word} {bound}, got {_show(got)}"
     if kind in ("too_short", "string_too_short"):
         return f"{loc}: expected at least one entry" if kind == "too_short" else f"{loc}: expected a non-empty string"
@@ -594,7 +625,12 @@ def _describe(e: Any) -> str:
 def _pattern_hint(loc: str) -> str:
     last = loc.rsplit(".", 1)[-1]
     return {
-        "url": "expected a URL like \"http://127.0.0.1:8000/health\" (or redis://...)",
+        "url": 'expected a URL like "http://127.0.0.1:8000/health" (or redis://...)',
         "name": "expected a name of letters, digits, '.', '_' or '-'",
         "listen": 'expected HOST:PORT like "127.0.0.1:8001"',
-    }.get(last, "expected an environment variable name like SLACK_WEBHOOK_URL" if last.endswith("_env") else "unexpected format")
+    }.get(
+        last,
+        "expected an environment variable name like SLACK_WEBHOOK_URL"
+        if last.endswith("_env")
+        else "unexpected format",
+    )

@@ -6,7 +6,7 @@ decide() returns intents and never carries them out; the loop does, and records 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -102,9 +102,7 @@ def decide(s: Situation, config: Config) -> Decision:
         if d.open_incident is not None:
             if passes >= esc.recover_after:
                 intents.append(ResolveIncident(d.open_incident))
-                intents.append(
-                    Alert("incident.resolved", Severity.INFO, "Recovered", v.summary(), d.open_incident)
-                )
+                intents.append(Alert("incident.resolved", Severity.INFO, "Recovered", v.summary(), d.open_incident))
             else:
                 step = f"incident resolves after {esc.recover_after - passes} more passing cycle(s)"
         return Decision(0, passes, 0, tuple(intents), step)
@@ -209,5 +207,3 @@ def emergency_reasons(v: Verdict, config: Config) -> list[str]:
             if isinstance(by_type.get(r.name), SystemCheck) and mem is not None and mem > em.memory_critical_percent:
                 out.append(f"memory {mem:.0f}% critical")
     return out
-
-

@@ -14,7 +14,7 @@ import fcntl
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -52,7 +52,7 @@ T = TypeVar("T")
 HEAD_POLL = timedelta(seconds=1)
 
 
-def event(name: str, **fields: object) -> None:
+def event(name: str, **fields: Any) -> None:
     """Log one event: a dotted name plus fields (`repair.started kind=redis-flush`)."""
     log_event(log, name, **fields)
 
@@ -209,9 +209,7 @@ class Watchdog:
             observe=self.observe,
             repairs=await self._db(self.store.past_repairs, deploy.id),
             playbooks=repair.policies(self.config),
-            has_rollback_target=(
-                verdict.ok or await asyncio.to_thread(rollback.has_target, self.config, self.store)
-            ),
+            has_rollback_target=(verdict.ok or await asyncio.to_thread(rollback.has_target, self.config, self.store)),
         )
         decision = decide(situation, self.config)
         phase = phase_at(deploy.first_seen, now, self.config.schedule)
@@ -305,7 +303,9 @@ class Watchdog:
             return [Alert("repair.succeeded", Severity.WARNING, f"Repaired: {intent.kind}", result.detail, incident)]
         return [Alert("repair.failed", Severity.WARNING, f"Repair failed: {intent.kind}", result.detail, incident)]
 
-    async def _rollback(self, intent: Rollback, deploy: Deploy, incident: int | None, report: CycleReport) -> list[Alert]:
+    async def _rollback(
+        self, intent: Rollback, deploy: Deploy, incident: int | None, report: CycleReport
+    ) -> list[Alert]:
         now = self.clock.now()
         if intent.observe:
             await self._db(
@@ -341,7 +341,11 @@ class Watchdog:
         report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
         event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
         if result.ok:
-            return [Alert("rollback.succeeded", Severity.CRITICAL, f"Rolled back to {result.to_ref}", result.detail, incident)]
+            return [
+                Alert(
+                    "rollback.succeeded", Severity.CRITICAL, f"Rolled back to {result.to_ref}", result.detail, incident
+                )
+            ]
         return [Alert("rollback.failed", Severity.CRITICAL, "Rollback did not restore health",
                       f"{result.detail}; waiting for a person", incident)]  # fmt: skip
 
@@ -358,7 +362,7 @@ class Watchdog:
             return
         try:
             await self._alert_sink(alerts, deploy, verdict, next_step, self._incident, self.clock.now())
-        except Exception as e:  # noqa: BLE001 -- an alert problem must never stop the loop
+        except Exception as e:
             event("alert.error", error=f"{type(e).__name__}: {e}")
 
     # -- the loop ------------------------------------------------------------------------------
@@ -376,14 +380,17 @@ class Watchdog:
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle until `stop` is set. Each wait is cut short by `stop` or a new HEAD."""
         try:
-            resumed = await rollback.resume_unfinished(config=self.config, ctx=self.ctx, store=self.store, clock=self.clock)
+            resumed = await rollback.resume_unfinished(
+                config=self.config, ctx=self.ctx, store=self.store, clock=self.clock
+            )
         except HealerError as e:
             resumed = []
             event("rollback.resume_error", error=str(e))
         for r in resumed:
             event("rollback.resumed", ok=r.ok, detail=r.detail)
             title = "Interrupted rollback finished" if r.ok else "Interrupted rollback"
-            await self._alert([Alert("rollback.succeeded" if r.ok else "rollback.failed", Severity.CRITICAL, title, r.detail)],
+            what = "rollback.succeeded" if r.ok else "rollback.failed"
+            await self._alert([Alert(what, Severity.CRITICAL, title, r.detail)],
                               None, None, "watching" if r.ok else "waiting for a person")  # fmt: skip
         pruned_at: datetime | None = None
         while not stop.is_set():
@@ -411,7 +418,7 @@ class Watchdog:
                 event("loop.error", error=str(e))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 5)
-            except Exception as e:  # noqa: BLE001 -- the loop outlives any single bad cycle
+            except Exception as e:
                 log_event(log, "loop.crashed_cycle", level=logging.ERROR, error=f"{type(e).__name__}: {e}")
                 log.debug("loop.crashed_cycle", exc_info=True)
                 with contextlib.suppress(TimeoutError):
@@ -455,7 +462,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             mode = "observe" if dog.observe else "act"
             event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
             await dog._alert(
-                [Alert("healer.started", Severity.INFO, "Watching", f"healer started (PID {os.getpid()}, mode {mode})")],
+                [Alert("healer.started", Severity.INFO, "Watching", f"started (PID {os.getpid()}, {mode} mode)")],
                 await dog.current_deploy(), None, "watching",
             )  # fmt: skip
             sender = asyncio.create_task(alerts.run(stop))

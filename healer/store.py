@@ -343,7 +343,7 @@ class Store:
         return opened
 
     def cycles(self, since: datetime | None = None, deploy_id: int | None = None, limit: int | None = None) -> list[CycleRow]:
-        sql, args = "SELECT * FROM cycles WHERE 1=1", []
+        sql, args = "SELECT * FROM cycles WHERE 1=1", list[Any]()
         if since is not None:
             sql += " AND at >= ?"
             args.append(_ts(since))
@@ -368,7 +368,10 @@ class Store:
                 "SELECT * FROM incidents WHERE opened_at >= ? OR resolved_at IS NULL OR resolved_at >= ? ORDER BY id",
                 (_ts(since), _ts(since)),
             )
-        return [IncidentRow(r["id"], r["deploy_id"], _dt(r["opened_at"]) or datetime.min, _dt(r["resolved_at"]), r["cause"]) for r in rows]  # type: ignore[arg-type]
+        return [
+            IncidentRow(r["id"], r["deploy_id"], datetime.fromisoformat(r["opened_at"]), _dt(r["resolved_at"]), r["cause"])
+            for r in rows
+        ]
 
     def incident(self, incident_id: int) -> IncidentRow | None:
         rows = self._query("SELECT * FROM incidents WHERE id = ?", (incident_id,))
@@ -402,7 +405,7 @@ class Store:
             )
 
     def actions(self, since: datetime | None = None, kind: str | None = None, deploy_id: int | None = None) -> list[ActionRow]:
-        sql, args = "SELECT * FROM actions WHERE 1=1", []
+        sql, args = "SELECT * FROM actions WHERE 1=1", list[Any]()
         if since is not None:
             sql += " AND at >= ?"
             args.append(_ts(since))
@@ -476,6 +479,58 @@ class Store:
                 "DELETE FROM actions WHERE at < ? AND outcome != 'started'", (_ts(older_than),)
             ).rowcount
         return n
+
+    # ---- reports and metrics (operations) ----
+    # Read-only queries for healer/report.py and healer/metrics.py. They count what retention
+    # has kept: after `retention` (90 days) pruned rows no longer count.
+
+    def last_loop_cycle(self, deploy_id: int) -> CycleRow | None:
+        """The loop's latest cycle of a deploy (not a rollback's verification run)."""
+        rows = self._query(
+            "SELECT * FROM cycles WHERE deploy_id = ? AND who = 'loop' ORDER BY id DESC LIMIT 1",
+            (deploy_id,),
+        )
+        return _cycle(rows[0]) if rows else None
+
+    def cycle_counts(self) -> dict[bool, int]:
+        """Recorded cycles by result: {True: passing, False: failing}."""
+        rows = self._query("SELECT ok, COUNT(*) AS n FROM cycles GROUP BY ok")
+        out = {True: 0, False: 0}
+        for r in rows:
+            out[bool(r["ok"])] = int(r["n"])
+        return out
+
+    def finished_action_counts(self, kinds: Sequence[str]) -> dict[tuple[str, str, str], int]:
+        """(kind, name, outcome) -> how many, for actions of `kinds` that have finished
+        (an action still `started` is left out, so a count never goes down when it ends)."""
+        if not kinds:
+            return {}
+        marks = ", ".join("?" for _ in kinds)
+        rows = self._query(
+            # only "?" placeholders are formatted in; the kinds are bound
+            f"SELECT kind, name, outcome, COUNT(*) AS n FROM actions WHERE kind IN ({marks}) "
+            "AND outcome != 'started' GROUP BY kind, name, outcome",
+            tuple(kinds),
+        )
+        return {(r["kind"], r["name"], r["outcome"]): int(r["n"]) for r in rows}
+
+    def alert_delivery_counts(self) -> dict[tuple[str, str], int]:
+        """(channel, state) -> how many deliveries, from the alert outbox's `alert_deliveries`
+        (healer/alerts/outbox.py; state pending | delivered | failed). Empty before the outbox
+        has created its tables."""
+        if not self._query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alert_deliveries'"
+        ):
+            return {}
+        rows = self._query(
+            "SELECT channel, state, COUNT(*) AS n FROM alert_deliveries GROUP BY channel, state"
+        )
+        return {(r["channel"], r["state"]): int(r["n"]) for r in rows}
+
+    def watched_since(self) -> datetime | None:
+        """When healer first saw a deploy here (deploys are never pruned)."""
+        rows = self._query("SELECT MIN(first_seen) AS t FROM deploys")
+        return _dt(rows[0]["t"]) if rows else None
 
 
 def _baseline_json(b: Baseline) -> str:
