@@ -457,6 +457,61 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
     _console().print(table)
 
 
+# ---- repair --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("kind")
+@click.option("--dry-run", is_flag=True, help="Print exactly what would be done; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--reason", default="run by hand", show_default=True, help="Recorded with the action.")
+@click.pass_context
+@handles_errors
+def repair(ctx: click.Context, kind: str, dry_run: bool, yes: bool, reason: str) -> None:
+    """Run one playbook by hand: process-restart, redis-flush, connection-reset, rate-limit-clear
+    or one of yours. Exit 0 fixed, 1 not, 2 unknown kind."""
+    from healer import repair as rp
+
+    config = _config(ctx)
+    playbooks = rp.known_playbooks(config)
+    if kind not in playbooks:
+        raise UsageError(f"unknown repair kind {kind!r}; expected one of: {', '.join(playbooks)}")
+    plan = rp.describe(playbooks[kind], config)
+    if dry_run:
+        click.echo(plan)
+        click.echo("dry run: nothing was changed")
+        return
+    if not yes:
+        click.echo(plan)
+    _confirm(f"run {kind}", yes)
+    sys.exit(_run(_repair(config, kind, reason)))
+
+
+async def _repair(config: Config, kind: str, reason: str) -> int:
+    from healer import repair as rp
+    from healer.checks import probe_context
+    from healer.store import Store
+
+    store = Store(config.db_path)
+    try:
+        d = store.current_deploy()
+        async with probe_context(config) as pctx:
+            result = await rp.run_repair(
+                kind, config=config, ctx=pctx, store=store, clock=SystemClock(), who=Who.PERSON,
+                reason=f"{reason} (by {_person()})", deploy_id=None if d is None else d.id,
+                incident_id=None if d is None else d.open_incident,
+            )  # fmt: skip
+        if d is not None and d.held:
+            # a person acted: healer is armed again for this deploy
+            store.set_held(d.id, None)
+    finally:
+        store.close()
+    click.echo(f"{kind}: {'fixed' if result.ok else 'NOT fixed'}: {result.detail}")
+    event = "repair.succeeded" if result.ok else "repair.failed"
+    _announce(config, event, f"{'Repaired' if result.ok else 'Repair failed'}: {kind} (by {_person()})", result.detail)
+    return 0 if result.ok else 1
+
+
 # ---- rollback ------------------------------------------------------------------------------------
 
 

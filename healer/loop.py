@@ -171,6 +171,7 @@ class Watchdog:
         self._alert_sink = alert_sink
         self._last_repair_at: datetime | None = None
         self._incident: tuple[int, datetime] | None = None
+        self._policies = repair.policies(config)  # validates the playbook files once, at start
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -208,7 +209,7 @@ class Watchdog:
             pause=pause,
             observe=self.observe,
             repairs=await self._db(self.store.past_repairs, deploy.id),
-            playbooks=repair.policies(self.config),
+            playbooks=self._policies,
             has_rollback_target=(verdict.ok or await asyncio.to_thread(rollback.has_target, self.config, self.store)),
         )
         decision = decide(situation, self.config)
@@ -442,6 +443,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     3. Loop; on a signal, finish the step in progress at the next await and stop.
     4. Announce the stop, release everything.
     """
+    repair.known_playbooks(config)  # a bad playbook file is a config error: exit 2, nothing started
     lock = RunLock(config.lock_path, "healer run")
     lock.acquire()
     store = Store(config.db_path)
