@@ -126,9 +126,7 @@ class CommandStep(_Model):
     action: Literal["command"]
     timeout: PositiveDuration = timedelta(seconds=60)
     argv: Argv
-    cwd: RelPath | None = (
-        None  # relative to the playbook file; default the directory of healer.toml
-    )
+    cwd: RelPath | None = None  # relative to the playbook file; default the directory of healer.toml
 
 
 Step = Annotated[
@@ -150,9 +148,7 @@ class Playbook(_Model):
     steps: Annotated[tuple[Step, ...], Field(min_length=1)]
     cooldown: PositiveDuration = DEFAULT_COOLDOWN
     max_per_window: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_MAX_PER_WINDOW
-    verify: tuple[
-        Annotated[str, Field(min_length=1)], ...
-    ] = ()  # check types or names; empty: all checks
+    verify: tuple[Annotated[str, Field(min_length=1)], ...] = ()  # check types or names; empty: all checks
     verify_within: PositiveDuration = DEFAULT_VERIFY_WITHIN
 
     # where it was read from (set by the loader, not by the user)
@@ -172,9 +168,7 @@ def parse_playbook_text(text: str, source: Path | str, *, shipped: bool = False)
     return parse_playbook(data, source, shipped=shipped)
 
 
-def parse_playbook(
-    data: Mapping[str, Any], source: Path | str, *, shipped: bool = False
-) -> Playbook:
+def parse_playbook(data: Mapping[str, Any], source: Path | str, *, shipped: bool = False) -> Playbook:
     """Validate parsed TOML from `source`; raises ConfigError with one line per problem."""
     bad = [k for k in ("source", "shipped") if k in data]
     if bad:
@@ -186,9 +180,7 @@ def parse_playbook(
     except ValidationError as err:
         errors = err.errors(include_url=False)
         failed_under = {tuple(e["loc"][:1]) for e in errors if len(e["loc"]) > 1}
-        errors = [
-            e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in failed_under)
-        ]
+        errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in failed_under)]
         raise ConfigError(source, [_describe(e) for e in errors]) from None
 
 
@@ -199,9 +191,7 @@ def merge(shipped: Sequence[Playbook], user: Sequence[Playbook]) -> dict[str, Pl
     seen: dict[str, str] = {}
     for p in user:
         if p.name in seen:
-            msg = (
-                f"name: expected a unique playbook name, got {p.name!r} here and in {seen[p.name]}"
-            )
+            msg = f"name: expected a unique playbook name, got {p.name!r} here and in {seen[p.name]}"
             raise ConfigError(p.source, [msg])
         seen[p.name] = p.source
         out[p.name] = p
@@ -214,7 +204,8 @@ def check_references(playbooks: Mapping[str, Playbook], config: Config) -> None:
     names = {c.name for c in config.checks}
     for p in playbooks.values():
         problems = [
-            f"verify[{i}]: expected a check name ({', '.join(sorted(names))}) or type ({', '.join(CHECK_TYPES)}), got {v!r}"
+            f"verify[{i}]: expected a check name ({', '.join(sorted(names))}) "
+            f"or type ({', '.join(CHECK_TYPES)}), got {v!r}"
             for i, v in enumerate(p.verify)
             if v not in names and v not in CHECK_TYPES
         ]
@@ -262,9 +253,7 @@ def _loc(loc: Sequence[int | str]) -> str:
             out += f"[{part}]"
         elif part in ACTIONS and out.startswith("steps["):
             continue  # the discriminator tag pydantic inserts: not a key the user wrote
-        elif part.startswith(
-            ("function-", "tagged-union", "list[", "tuple[", "union[", "nullable[")
-        ):
+        elif part.startswith(("function-", "tagged-union", "list[", "tuple[", "union[", "nullable[")):
             continue
         else:
             out += ("." if out else "") + part
@@ -308,11 +297,7 @@ def _describe(e: Any) -> str:
         return f"{loc}: expected a non-empty string"
     if kind in _EXPECTED:
         text = _EXPECTED[kind]
-        return (
-            f"{loc}: {text}"
-            if kind in ("missing", "extra_forbidden")
-            else f"{loc}: {text}, got {_show(got)}"
-        )
+        return f"{loc}: {text}" if kind in ("missing", "extra_forbidden") else f"{loc}: {text}, got {_show(got)}"
     return f"{loc}: {e['msg']}"
 
 

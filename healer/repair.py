@@ -116,10 +116,7 @@ def known_playbooks(config: Config) -> dict[str, Playbook]:
 
 def policies(config: Config) -> dict[str, PlaybookPolicy]:
     """The cooldown and cap of every known playbook."""
-    return {
-        name: PlaybookPolicy(name, p.cooldown, p.max_per_window)
-        for name, p in known_playbooks(config).items()
-    }
+    return {name: PlaybookPolicy(name, p.cooldown, p.max_per_window) for name, p in known_playbooks(config).items()}
 
 
 def problems(playbook: Playbook, config: Config) -> list[str]:
@@ -226,9 +223,7 @@ async def run_repair(
     playbook = _lookup(name, config)
     if dry_run:
         bad = problems(playbook, config)
-        return RepairResult(
-            name, not bad, describe(playbook, config), outcome=Outcome.SKIPPED, dry_run=True
-        )
+        return RepairResult(name, not bad, describe(playbook, config), outcome=Outcome.SKIPPED, dry_run=True)
     bad = problems(playbook, config)
     if bad:
         raise ActionError(f"cannot run {name}: {'; '.join(bad)}")
@@ -254,9 +249,7 @@ async def run_repair(
         log, "repair.finished", kind=name, outcome=str(outcome), detail=detail,
         duration_s=round(duration.total_seconds(), 3), action_id=action_id,
     )  # fmt: skip
-    return RepairResult(
-        name, outcome is Outcome.OK, detail, action_id, results, outcome=outcome, duration=duration
-    )
+    return RepairResult(name, outcome is Outcome.OK, detail, action_id, results, outcome=outcome, duration=duration)
 
 
 async def _steps_and_verify(
@@ -290,7 +283,9 @@ async def _steps_and_verify(
             took = (now - began).total_seconds()
             return Outcome.OK, _join(done, f"{names} healthy after {took:.1f}s"), results
         if now >= deadline:
-            failing = "; ".join(f"{r.name}: {r.error or ', '.join(r.symptoms) or 'failed'}" for r in results if not r.ok)
+            failing = "; ".join(
+                f"{r.name}: {r.error or ', '.join(r.symptoms) or 'failed'}" for r in results if not r.ok
+            )
             why = f"still failing after {format_duration(playbook.verify_within)}: {failing}"
             return Outcome.FAILED, _join(done, why), results
         await clock.sleep(min(VERIFY_EVERY, deadline - now))

@@ -66,5 +66,5 @@ async def test_a_timeout_kills_the_whole_process_group() -> None:
 async def test_a_program_not_on_path_is_an_action_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Not found is said plainly, before anything runs."""
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ActionError, match="^no-such-tool: not found on PATH$"):
+    with pytest.raises(ActionError, match=r"^no-such-tool: not found on PATH$"):
         await run_argv(["no-such-tool", "--fix"], timeout=timedelta(seconds=5))

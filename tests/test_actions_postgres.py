@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,8 @@ async def backend(roles: PostgresServer) -> AsyncIterator[Open]:
 
     yield open_
     for c in conns:
-        try:
+        with contextlib.suppress(psycopg.Error):
             await c.close()
-        except psycopg.Error:
-            pass
 
 
 async def alive(server: PostgresServer, *conns: psycopg.AsyncConnection[Any]) -> list[bool]:

@@ -3,6 +3,7 @@ against real child processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -109,10 +110,8 @@ class App:
     def cleanup(self) -> None:
         for p in psutil.process_iter(["cmdline"]):
             if self.marker in " ".join(p.info["cmdline"] or ()):
-                try:
+                with contextlib.suppress(psutil.Error):
                     p.kill()
-                except psutil.Error:
-                    pass
         for c in self.children:
             c.wait(timeout=5)
 
@@ -183,8 +182,8 @@ def calls(log: Path) -> list[list[str]]:
         pytest.param({"manager": "pm2", "name": "shop"}, ["pm2", "restart", "shop"], id="pm2"),
         pytest.param({"manager": "supervisor", "name": "shop"}, ["supervisorctl", "restart", "shop"], id="supervisor"),
         pytest.param(
-            {"manager": "supervisor", "name": "shop", "control": ["supervisorctl", "-c", "/etc/supervisor/supervisord.conf"]},
-            ["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "restart", "shop"], id="control",
+            {"manager": "supervisor", "name": "shop", "control": ["supervisorctl", "-c", "/etc/sv.conf"]},
+            ["supervisorctl", "-c", "/etc/sv.conf", "restart", "shop"], id="control",
         ),
     ],
 )  # fmt: skip
@@ -210,7 +209,10 @@ async def test_restart_runs_the_managers_command(
             {"manager": "pm2", "name": "shop"}, ProcessReloadStep(action="process.reload", signal="SIGUSR2"),
             ["pm2", "sendSignal", "SIGUSR2", "shop"], id="pm2-step-signal",
         ),
-        pytest.param({"manager": "supervisor", "name": "shop"}, RELOAD, ["supervisorctl", "signal", "HUP", "shop"], id="supervisor"),
+        pytest.param(
+            {"manager": "supervisor", "name": "shop"}, RELOAD,
+            ["supervisorctl", "signal", "HUP", "shop"], id="supervisor",
+        ),
         pytest.param(
             {"manager": "supervisor", "name": "shop", "reload_signal": "USR1"}, RELOAD,
             ["supervisorctl", "signal", "USR1", "shop"], id="supervisor-signal",
@@ -229,7 +231,7 @@ async def test_reload_asks_the_manager(
 async def test_reload_without_a_way_is_skipped_and_says_so(tmp_path: Path, fake_bin: Path, app: App) -> None:
     """manager = "command" with no reload_signal: nothing is run, and the detail says why."""
     detail = await proc_actions.reload(RELOAD, command_config(tmp_path, app))
-    assert detail.startswith("skipped the reload: manager = \"command\" and no [process] reload_signal")
+    assert detail.startswith('skipped the reload: manager = "command" and no [process] reload_signal')
     assert calls(fake_bin) == []
 
 
@@ -252,13 +254,16 @@ async def test_a_failing_manager_is_an_action_error_quoting_it(
     monkeypatch.setenv("FAKE_EXIT", "1")
     with pytest.raises(ActionError) as err:
         await proc_actions.restart(RESTART, manager_config(tmp_path, manager="systemd", name="shop"))
-    assert str(err.value) == "`systemctl restart shop` exited 1: Failed to restart shop.service: Unit shop.service not found."
+    assert (
+        str(err.value)
+        == "`systemctl restart shop` exited 1: Failed to restart shop.service: Unit shop.service not found."
+    )
 
 
 async def test_a_manager_missing_from_path_is_an_action_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No pm2 on PATH: say so, run nothing."""
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ActionError, match="^pm2: not found on PATH$"):
+    with pytest.raises(ActionError, match=r"^pm2: not found on PATH$"):
         await proc_actions.restart(RESTART, manager_config(tmp_path, manager="pm2", name="shop"))
 
 
@@ -269,13 +274,15 @@ async def test_a_manager_that_hangs_is_killed_and_the_repair_failed(
     monkeypatch.setenv("FAKE_SLEEP", "30")
     pb = tmp_path / "pb"
     pb.mkdir()
-    (pb / "restart.toml").write_text(textwrap.dedent("""
+    (pb / "restart.toml").write_text(
+        textwrap.dedent("""
         name = "process-restart"
         description = "restart, quickly"
         [[steps]]
         action = "process.restart"
         timeout = "500ms"
-    """))
+    """)
+    )
     config = parse_config(
         {
             "state_dir": str(tmp_path / "state"),
@@ -335,8 +342,7 @@ async def test_command_restart_starts_a_crashed_app(tmp_path: Path, app: App) ->
     detail = await proc_actions.restart(RESTART, command_config(tmp_path, app))
     (new,) = app.running()
     assert detail == (
-        f"no running process whose command line contains {app.marker!r}; "
-        f"started `{' '.join(app.start)}` as pid {new}"
+        f"no running process whose command line contains {app.marker!r}; started `{' '.join(app.start)}` as pid {new}"
     )
     assert wait_for_port(app.port)
 
@@ -378,7 +384,8 @@ def test_healer_and_its_parents_never_match(tmp_path: Path) -> None:
     )
     parent_code = (
         "import subprocess, sys; "
-        f"print(subprocess.run([sys.executable, '-c', {child_code!r}, {marker!r}], capture_output=True, text=True).stdout)"
+        f"out = subprocess.run([sys.executable, '-c', {child_code!r}, {marker!r}], capture_output=True, text=True); "
+        "print(out.stdout)"
     )
     try:
         out = subprocess.run([sys.executable, "-c", parent_code, marker], capture_output=True, text=True, timeout=30)

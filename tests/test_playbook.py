@@ -49,14 +49,18 @@ def test_four_playbooks_ship_with_healer() -> None:
 
 def test_policies_cover_every_known_playbook(tmp_path: Path) -> None:
     """decide() gets the cooldown and cap of every playbook, shipped and the user's."""
-    write(tmp_path / "pb", "warm-cache.toml", """
+    write(
+        tmp_path / "pb",
+        "warm-cache.toml",
+        """
         description = "Warm the cache"
         cooldown = "5m"
         max_per_window = 2
         [[steps]]
         action = "command"
         argv = ["true"]
-    """)
+    """,
+    )
     got = policies(make_config(tmp_path, playbooks={"dir": "pb"}))
     assert set(got) == SHIPPED | {"warm-cache"}
     assert (got["warm-cache"].cooldown, got["warm-cache"].max_per_window) == (timedelta(minutes=5), 2)
@@ -65,7 +69,10 @@ def test_policies_cover_every_known_playbook(tmp_path: Path) -> None:
 
 def test_a_user_playbook_overrides_a_shipped_one_by_name(tmp_path: Path) -> None:
     """A file in [playbooks] dir named like a shipped playbook replaces it; the rest stay."""
-    write(tmp_path / "pb", "mine.toml", """
+    write(
+        tmp_path / "pb",
+        "mine.toml",
+        """
         name = "rate-limit-clear"
         description = "Clear our limiter, which keeps its counters under rl:"
         max_per_window = 1
@@ -73,7 +80,8 @@ def test_a_user_playbook_overrides_a_shipped_one_by_name(tmp_path: Path) -> None
         action = "redis.delete_pattern"
         patterns = ["rl:*"]
         db = 2
-    """)
+    """,
+    )
     known = known_playbooks(make_config(tmp_path, playbooks={"dir": "pb"}))
     rl = known["rate-limit-clear"]
     assert not rl.shipped and rl.source.endswith("mine.toml") and rl.max_per_window == 1
@@ -83,17 +91,23 @@ def test_a_user_playbook_overrides_a_shipped_one_by_name(tmp_path: Path) -> None
 
 def test_a_command_step_cwd_is_relative_to_the_playbook_file(tmp_path: Path) -> None:
     """Relative paths in a playbook resolve against its own directory."""
-    write(tmp_path / "pb", "fix.toml", """
+    write(
+        tmp_path / "pb",
+        "fix.toml",
+        """
         description = "Run our fix script"
         [[steps]]
         action = "command"
         argv = ["./fix.sh", "--now"]
         cwd = "scripts"
         timeout = "2m"
-    """)
+    """,
+    )
     fix = known_playbooks(make_config(tmp_path, playbooks={"dir": "pb"}))["fix"]
     assert fix.steps == (
-        CommandStep(action="command", argv=["./fix.sh", "--now"], cwd=tmp_path / "pb" / "scripts", timeout=timedelta(minutes=2)),
+        CommandStep(
+            action="command", argv=["./fix.sh", "--now"], cwd=tmp_path / "pb" / "scripts", timeout=timedelta(minutes=2)
+        ),
     )
 
 
@@ -102,13 +116,14 @@ def test_a_command_step_cwd_is_relative_to_the_playbook_file(tmp_path: Path) -> 
     [
         pytest.param(
             'description = "x"\n[[steps]]\naction = "proces.restart"\n',
-            'steps[0].action: expected one of process.restart, process.reload, redis.flush_cache, '
+            "steps[0].action: expected one of process.restart, process.reload, redis.flush_cache, "
             'redis.delete_pattern, postgres.terminate_backends, command, got "proces.restart"',
             id="unknown-action",
         ),
         pytest.param(
             'description = "x"\n[[steps]]\naction = "command"\ntimeout = "5s"\n',
-            "steps[0].argv: missing required key", id="missing-parameter",
+            "steps[0].argv: missing required key",
+            id="missing-parameter",
         ),
         pytest.param(
             'description = "x"\n[[steps]]\naction = "command"\nargv = "systemctl restart shop"\n',
@@ -118,15 +133,18 @@ def test_a_command_step_cwd_is_relative_to_the_playbook_file(tmp_path: Path) -> 
         ),
         pytest.param(
             'description = "x"\n[[steps]]\naction = "command"\nargv = ["true"]\ntimeout = "5 sec"\n',
-            'steps[0].timeout: expected a duration like "5s", "15m" or "6h", got "5 sec"', id="bad-duration",
+            'steps[0].timeout: expected a duration like "5s", "15m" or "6h", got "5 sec"',
+            id="bad-duration",
         ),
         pytest.param(
             'description = "x"\ncooldown = "10m"\nverify_whithin = "30s"\n[[steps]]\naction = "redis.flush_cache"\n',
-            "verify_whithin: unknown key (check the spelling)", id="typo",
+            "verify_whithin: unknown key (check the spelling)",
+            id="typo",
         ),
         pytest.param(
             'description = "x"\n[[steps]]\naction = "redis.flush_cache"\npatterns = ["a:*"]\n',
-            "steps[0].patterns: unknown key (check the spelling)", id="parameter-of-another-action",
+            "steps[0].patterns: unknown key (check the spelling)",
+            id="parameter-of-another-action",
         ),
         pytest.param(
             'description = "x"\n[[steps]]\naction = "redis.delete_pattern"\npatterns = ["*"]\n',
@@ -135,14 +153,18 @@ def test_a_command_step_cwd_is_relative_to_the_playbook_file(tmp_path: Path) -> 
             id="pattern-matching-everything",
         ),
         pytest.param('description = "x"\nsteps = []\n', "steps: expected at least one entry", id="no-steps"),
-        pytest.param('[[steps]]\naction = "process.restart"\n', "description: missing required key", id="no-description"),
+        pytest.param(
+            '[[steps]]\naction = "process.restart"\n', "description: missing required key", id="no-description"
+        ),
         pytest.param(
             'description = "x"\nmax_per_window = 0\n[[steps]]\naction = "process.restart"\n',
-            "max_per_window: expected a number at least 1, got 0", id="cap-zero",
+            "max_per_window: expected a number at least 1, got 0",
+            id="cap-zero",
         ),
         pytest.param(
             'description = "x"\n[[steps]]\naction = "postgres.terminate_backends"\nterminate = "everything"\n',
-            "steps[0].terminate: expected 'stuck' or 'all', got \"everything\"", id="bad-choice",
+            "steps[0].terminate: expected 'stuck' or 'all', got \"everything\"",
+            id="bad-choice",
         ),
         pytest.param('description = "x"\n[[steps]\n', "not valid TOML", id="not-toml"),
     ],
@@ -176,11 +198,14 @@ def test_a_bad_user_file_stops_known_playbooks_naming_it(tmp_path: Path) -> None
 
 def test_verify_must_name_a_check_or_a_check_type(tmp_path: Path) -> None:
     """A typo in `verify` is an error, not a playbook that silently verifies everything."""
-    path = write(tmp_path / "pb", "x.toml", 'description = "x"\nverify = ["apii"]\n[[steps]]\naction = "process.restart"\n')
+    path = write(
+        tmp_path / "pb", "x.toml", 'description = "x"\nverify = ["apii"]\n[[steps]]\naction = "process.restart"\n'
+    )
     with pytest.raises(ConfigError) as err:
         known_playbooks(make_config(tmp_path, playbooks={"dir": "pb"}))
     assert err.value.lines() == [
-        f"{path}: verify[0]: expected a check name (api) or type (http, process, system, redis, postgres, command), got 'apii'"
+        f"{path}: verify[0]: expected a check name (api) or type "
+        "(http, process, system, redis, postgres, command), got 'apii'"
     ]
 
 
@@ -189,7 +214,9 @@ def test_a_rule_must_name_a_known_playbook(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, playbooks={"rules": [{"when": ["process.down"], "run": "proces-restart"}]})
     with pytest.raises(ConfigError) as err:
         known_playbooks(cfg)
-    assert err.value.lines()[0].startswith(f"{tmp_path / 'healer.toml'}: playbooks.rules[0].run: expected a known playbook")
+    assert err.value.lines()[0].startswith(
+        f"{tmp_path / 'healer.toml'}: playbooks.rules[0].run: expected a known playbook"
+    )
 
 
 def test_a_missing_playbook_dir_is_a_config_error(tmp_path: Path) -> None:
@@ -201,8 +228,12 @@ def test_a_missing_playbook_dir_is_a_config_error(tmp_path: Path) -> None:
 
 def test_two_user_files_claiming_one_name_is_an_error(tmp_path: Path) -> None:
     """Which of two files wins would be a guess: refuse."""
-    write(tmp_path / "pb", "a.toml", 'name = "fix"\ndescription = "a"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
-    write(tmp_path / "pb", "b.toml", 'name = "fix"\ndescription = "b"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
+    write(
+        tmp_path / "pb", "a.toml", 'name = "fix"\ndescription = "a"\n[[steps]]\naction = "command"\nargv = ["true"]\n'
+    )
+    write(
+        tmp_path / "pb", "b.toml", 'name = "fix"\ndescription = "b"\n[[steps]]\naction = "command"\nargv = ["true"]\n'
+    )
     with pytest.raises(ConfigError, match="expected a unique playbook name"):
         known_playbooks(make_config(tmp_path, playbooks={"dir": "pb"}))
 

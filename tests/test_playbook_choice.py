@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -151,4 +152,4 @@ def test_one_failure_in_ten_requests_restarts_at_most_twice_an_hour() -> None:
                 past.append(PastRepair(i.kind, now, Outcome.OK))
     restarts = [p for p in past if p.name == "process-restart"]
     assert 1 <= len(restarts) <= 2
-    assert all(b.at - a.at >= shipped["process-restart"].cooldown for a, b in zip(restarts, restarts[1:], strict=False))
+    assert all(b.at - a.at >= shipped["process-restart"].cooldown for a, b in itertools.pairwise(restarts))

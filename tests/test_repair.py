@@ -62,12 +62,17 @@ async def repair(name: str, config: Config, store: Store, clock: FakeClock | Non
     async with probe_context(config) as ctx:
         return await run_repair(
             name, config=config, ctx=ctx, store=store, clock=clock or FakeClock(),
-            who=kw.pop("who", Who.PERSON), reason=kw.pop("reason", "by hand"), deploy_id=kw.pop("deploy_id", None), **kw,
+            who=kw.pop("who", Who.PERSON), reason=kw.pop("reason", "by hand"),
+            deploy_id=kw.pop("deploy_id", None), **kw,
         )  # fmt: skip
 
 
 async def test_redis_flush_is_journaled_run_and_verified(
-    tmp_path: Path, redis_server: RedisServer, cache_db: redis.asyncio.Redis, http_app: Callable[..., HttpApp], store: Store
+    tmp_path: Path,
+    redis_server: RedisServer,
+    cache_db: redis.asyncio.Redis,
+    http_app: Callable[..., HttpApp],
+    store: Store,
 ) -> None:
     """A finished row says who, why, when, the outcome and what was done."""
     await cache_db.mset({f"page:{i}": "x" for i in range(1204)})
@@ -105,7 +110,9 @@ async def test_a_dry_run_changes_nothing_and_journals_nothing(
 async def test_a_dry_run_of_a_command_step_shows_the_argv(tmp_path: Path, store: Store) -> None:
     """The argv that would run is printed, and it does not run."""
     marker = tmp_path / "ran"
-    pb = playbook(tmp_path, "touch", f'description = "touch"\n[[steps]]\naction = "command"\nargv = ["touch", "{marker}"]\n')
+    pb = playbook(
+        tmp_path, "touch", f'description = "touch"\n[[steps]]\naction = "command"\nargv = ["touch", "{marker}"]\n'
+    )
     config = make_config(tmp_path, "http://127.0.0.1:9/", playbooks={"dir": str(pb)})
     result = await repair("touch", config, store, dry_run=True)
     assert f"1. command: run `touch {marker}` in {tmp_path} (no shell) [timeout 1m]" in result.detail
@@ -117,7 +124,9 @@ async def test_checks_still_failing_after_verify_within_is_failed(
 ) -> None:
     """The steps ran, the checks kept failing for verify_within: outcome failed, re-checked every second."""
     app = http_app("error500")
-    pb = playbook(tmp_path, "noop", 'description = "x"\nverify_within = "5s"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
+    pb = playbook(
+        tmp_path, "noop", 'description = "x"\nverify_within = "5s"\n[[steps]]\naction = "command"\nargv = ["true"]\n'
+    )
     config = make_config(tmp_path, f"{app.url}/health", playbooks={"dir": str(pb)})
     clock = FakeClock()
     start = clock.now()
@@ -173,7 +182,10 @@ async def test_a_step_that_cannot_run_stops_the_playbook_with_error(
 ) -> None:
     """Step 1 fails: step 2 never runs, nothing is verified, the row says error and why."""
     later = tmp_path / "later"
-    pb = playbook(tmp_path, "two", f"""
+    pb = playbook(
+        tmp_path,
+        "two",
+        f"""
         description = "two steps"
         [[steps]]
         action = "command"
@@ -181,7 +193,8 @@ async def test_a_step_that_cannot_run_stops_the_playbook_with_error(
         [[steps]]
         action = "command"
         argv = ["touch", "{later}"]
-    """)
+    """,
+    )
     app = http_app("healthy")
     result = await repair("two", make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)}), store)
     assert result.outcome is Outcome.ERROR and not result.ok
@@ -192,7 +205,11 @@ async def test_a_step_that_cannot_run_stops_the_playbook_with_error(
 
 async def test_a_step_past_its_timeout_is_stopped_and_failed(tmp_path: Path, store: Store) -> None:
     """A repair that times out is killed and recorded as failed."""
-    pb = playbook(tmp_path, "slow", 'description = "x"\n[[steps]]\naction = "command"\nargv = ["sleep", "30"]\ntimeout = "300ms"\n')
+    pb = playbook(
+        tmp_path,
+        "slow",
+        'description = "x"\n[[steps]]\naction = "command"\nargv = ["sleep", "30"]\ntimeout = "300ms"\n',
+    )
     result = await repair("slow", make_config(tmp_path, "http://127.0.0.1:9/", playbooks={"dir": str(pb)}), store)
     assert result.outcome is Outcome.FAILED
     assert "step 1 (command)" in result.detail and "timed out after 300ms" in result.detail
@@ -204,13 +221,17 @@ async def test_a_user_playbook_overrides_a_shipped_kind(
 ) -> None:
     """`healer repair rate-limit-clear` runs the user's version when one is defined."""
     marker = tmp_path / "cleared"
-    pb = playbook(tmp_path, "rl", f"""
+    pb = playbook(
+        tmp_path,
+        "rl",
+        f"""
         name = "rate-limit-clear"
         description = "our limiter lives in memcached"
         [[steps]]
         action = "command"
         argv = ["touch", "{marker}"]
-    """)
+    """,
+    )
     app = http_app("healthy")
     result = await repair("rate-limit-clear", make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)}), store)
     assert result.ok and marker.exists()
@@ -230,9 +251,9 @@ async def test_an_unknown_kind_names_the_known_ones(tmp_path: Path, store: Store
 async def test_a_playbook_already_running_is_locked(tmp_path: Path, redis_server: RedisServer, store: Store) -> None:
     """A person and the loop never run the same playbook at once: LockedError names the holder."""
     config = make_config(tmp_path, "http://127.0.0.1:9/", redis={"url": redis_server.url, "cache_db": 10})
-    with playbook_lock(config.state_dir, "redis-flush"):
-        with pytest.raises(LockedError, match=rf"repair redis-flush is already running \(PID {os.getpid()}\)"):
-            await repair("redis-flush", config, store)
+    held = rf"repair redis-flush is already running \(PID {os.getpid()}\)"
+    with playbook_lock(config.state_dir, "redis-flush"), pytest.raises(LockedError, match=held):
+        await repair("redis-flush", config, store)
     assert store.actions() == []
 
 

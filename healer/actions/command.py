@@ -8,6 +8,7 @@ a timeout kills the whole process group, never blocking the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
@@ -63,9 +64,7 @@ def resolve(argv0: str, cwd: Path | None = None, env: Mapping[str, str] | None =
             msg = f"{argv0}: not found or not executable"
             raise ActionError(msg)
         return str(path)
-    found = shutil.which(
-        argv0, path=(env if env is not None else os.environ).get("PATH", os.defpath)
-    )
+    found = shutil.which(argv0, path=(env if env is not None else os.environ).get("PATH", os.defpath))
     if found is None:
         msg = f"{argv0}: not found on PATH"
         raise ActionError(msg)
@@ -131,10 +130,9 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
             pass
         except PermissionError:
             proc.kill()
-    try:
+    # reap it even when our caller is being cancelled: a child left unreaped is a zombie
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(asyncio.shield(proc.wait()), _REAP_TIMEOUT)
-    except (TimeoutError, asyncio.CancelledError):
-        pass
 
 
 # ---- the `command` step ----------------------------------------------------------------------

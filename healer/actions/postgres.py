@@ -68,9 +68,7 @@ class _Filter:
         if self.user is not None:
             parts.append(f"user = {self.user!r}")
         if self.mode == "stuck":
-            parts.append(
-                f"idle in transaction for over {format_duration(self.idle_in_transaction)}"
-            )
+            parts.append(f"idle in transaction for over {format_duration(self.idle_in_transaction)}")
         parts.append("not a superuser, not healer's own session")
         return ", ".join(parts)
 
@@ -89,9 +87,7 @@ def problems(step: PostgresTerminateStep, config: Config) -> list[str]:
             "(whose backends it may end; other applications' are never touched)"
         )
     if read_secret(pc.dsn_env) is None:
-        out.append(
-            f"postgres.terminate_backends: environment variable {pc.dsn_env} ([postgres] dsn_env) is not set"
-        )
+        out.append(f"postgres.terminate_backends: environment variable {pc.dsn_env} ([postgres] dsn_env) is not set")
     return out
 
 
@@ -176,14 +172,15 @@ async def terminate_backends(step: PostgresTerminateStep, config: Config) -> str
                 await conn.execute(f"SET statement_timeout = {int(budget * 1000)}")
                 if conn.info.server_version < 140000:
                     # pg_terminate_backend(pid, timeout) arrived in PostgreSQL 14
-                    sql = sql.replace(
-                        "pg_terminate_backend(a.pid, %(wait)s)", "pg_terminate_backend(a.pid)"
-                    )
+                    sql = sql.replace("pg_terminate_backend(a.pid, %(wait)s)", "pg_terminate_backend(a.pid)")
                     del args["wait"]
                 cur = await conn.execute(sql, args)
                 rows = await cur.fetchall()
     except TimeoutError:
-        msg = f"PostgreSQL at {where_text} did not answer in time ({format_duration(pc.timeout)} to connect, {format_duration(step.timeout)} for the step)"
+        msg = (
+            f"PostgreSQL at {where_text} did not answer in time "
+            f"({format_duration(pc.timeout)} to connect, {format_duration(step.timeout)} for the step)"
+        )
         raise ActionError(msg) from None
     except psycopg.Error as e:
         msg = f"PostgreSQL at {where_text}: {_reason(e, secrets)}"

@@ -79,9 +79,7 @@ def _section(config: Config, action: str) -> ProcessConfig:
 def problems_restart(step: ProcessRestartStep, config: Config) -> list[str]:
     """Why process.restart cannot run with this config (empty: it can)."""
     if config.process is None:
-        return [
-            f"process.restart: expected a [process] section (manager, name or start/match) in {config.path}"
-        ]
+        return [f"process.restart: expected a [process] section (manager, name or start/match) in {config.path}"]
     return []
 
 
@@ -133,7 +131,8 @@ def plan_restart(step: ProcessRestartStep, config: Config) -> str:
     return (
         f"stop the processes whose {_target(pc)} (never healer or its parents): SIGTERM, "
         f"SIGKILL after {format_duration(pc.stop_timeout)}; then start `{show_argv(pc.start)}` detached "
-        f"in {_cwd(config, pc)}, output to {log_path(config)}; confirm a new PID within {format_duration(pc.start_timeout)}"
+        f"in {_cwd(config, pc)}, output to {log_path(config)}; "
+        f"confirm a new PID within {format_duration(pc.start_timeout)}"
     )
 
 
@@ -157,23 +156,13 @@ def _reload_how(step: ProcessReloadStep, config: Config) -> list[str] | str:
     if sig is not None and (pc.match or pc.pidfile):
         return f"send SIG{short} to the processes whose {_target(pc)}"
     if pc.manager == "systemd":
-        return (
-            manager_argv(pc, "reload")
-            if short is None
-            else manager_argv(pc, "kill", f"--signal=SIG{short}")
-        )
+        return manager_argv(pc, "reload") if short is None else manager_argv(pc, "kill", f"--signal=SIG{short}")
     if pc.manager == "pm2":
-        return (
-            manager_argv(pc, "reload")
-            if short is None
-            else manager_argv(pc, "sendSignal", f"SIG{short}")
-        )
+        return manager_argv(pc, "reload") if short is None else manager_argv(pc, "sendSignal", f"SIG{short}")
     if pc.manager == "supervisor":
         # `supervisorctl reload` restarts supervisord itself: signal the program instead
         return manager_argv(pc, "signal", short or "HUP")
-    return (
-        'skip the reload: manager = "command" and no [process] reload_signal (e.g. "SIGHUP") is set'
-    )
+    return 'skip the reload: manager = "command" and no [process] reload_signal (e.g. "SIGHUP") is set'
 
 
 def _signal(name: str) -> signal.Signals:
@@ -259,12 +248,16 @@ def _signal_all(found: Sequence[Found], sig: signal.Signals) -> None:
             raise ActionError(msg) from None
 
 
+def _still_alive(found: Sequence[Found]) -> list[Found]:
+    return [f for f in found if _alive(f)]
+
+
 async def _wait_gone(found: Sequence[Found], timeout: float) -> list[Found]:
     """Poll until every process has exited or `timeout` passes; returns those still alive."""
     deadline = time.monotonic() + timeout
     left = list(found)
     while left:
-        left = [f for f in await asyncio.to_thread(lambda: [f for f in left if _alive(f)])]
+        left = await asyncio.to_thread(_still_alive, left)
         if not left or time.monotonic() >= deadline:
             break
         await asyncio.sleep(_POLL)
@@ -284,9 +277,7 @@ async def restart(step: ProcessRestartStep, config: Config) -> str:
 
 async def _restart_by_manager(step: ProcessRestartStep, pc: ProcessConfig) -> str:
     argv = manager_argv(pc, "restart")
-    before = (
-        await asyncio.to_thread(find, pc.match, pc.pidfile) if (pc.match or pc.pidfile) else None
-    )
+    before = await asyncio.to_thread(find, pc.match, pc.pidfile) if (pc.match or pc.pidfile) else None
     await run_argv(argv, timeout=step.timeout)
     text = f"ran `{show_argv(argv)}`"
     if before is not None:
@@ -313,9 +304,7 @@ async def _restart_by_command(config: Config, pc: ProcessConfig) -> str:
                 msg = f"pid {_pids(left)} survived SIGKILL; not starting a second copy"
                 raise ActionError(msg)
         stopped = f"stopped pid {_pids(old)}" + (
-            f" ({killed} needed SIGKILL after {format_duration(pc.stop_timeout)})"
-            if killed
-            else " (SIGTERM)"
+            f" ({killed} needed SIGKILL after {format_duration(pc.stop_timeout)})" if killed else " (SIGTERM)"
         )
     else:
         stopped = f"no running process whose {_target(pc)}"
@@ -349,9 +338,7 @@ async def _launch(config: Config, argv: Sequence[str], cwd: Path) -> int:
         raise ActionError(msg) from None
 
 
-async def _confirm(
-    pc: ProcessConfig, old: Sequence[Found], started: int, config: Config
-) -> list[Found]:
+async def _confirm(pc: ProcessConfig, old: Sequence[Found], started: int, config: Config) -> list[Found]:
     """Wait up to `start_timeout` for a new process of the app (one not among `old`)."""
     old_ids = set(old)
     deadline = time.monotonic() + pc.start_timeout.total_seconds()
@@ -377,9 +364,7 @@ async def _confirm(
         if not up:
             started_gone_at = started_gone_at or now
             if now - started_gone_at >= _DAEMON_GRACE:
-                msg = (
-                    f"the app (pid {started}) exited right after it started; see {log_path(config)}"
-                )
+                msg = f"the app (pid {started}) exited right after it started; see {log_path(config)}"
                 raise ActionError(msg)
         if now >= deadline:
             msg = (

@@ -7,6 +7,7 @@ FLUSHALL is never sent, and no key outside the configured database or patterns i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,13 +41,9 @@ def problems_flush(step: RedisFlushStep, config: Config) -> list[str]:
     """Why redis.flush_cache cannot run with this config (empty: it can)."""
     rc = config.redis
     if rc is None:
-        return [
-            f"redis.flush_cache: expected a [redis] section with cache_db or cache_patterns in {config.path}"
-        ]
+        return [f"redis.flush_cache: expected a [redis] section with cache_db or cache_patterns in {config.path}"]
     if rc.cache_db is None and not rc.cache_patterns:
-        return [
-            "redis.flush_cache: expected [redis] cache_db (a database only the cache uses) or cache_patterns"
-        ]
+        return ["redis.flush_cache: expected [redis] cache_db (a database only the cache uses) or cache_patterns"]
     return [
         f"redis.flush_cache: refusing [redis] cache_patterns entry {p!r}: it matches every key"
         for p in _wildcard_only(rc.cache_patterns)
@@ -60,13 +57,8 @@ def problems_delete(step: RedisDeletePatternStep, config: Config) -> list[str]:
         return [f"redis.delete_pattern: expected a [redis] section in {config.path}"]
     patterns = _patterns(step, rc)
     if not patterns:
-        return [
-            "redis.delete_pattern: expected patterns in the step or [redis] rate_limit_patterns"
-        ]
-    return [
-        f"redis.delete_pattern: refusing pattern {p!r}: it matches every key"
-        for p in _wildcard_only(patterns)
-    ]
+        return ["redis.delete_pattern: expected patterns in the step or [redis] rate_limit_patterns"]
+    return [f"redis.delete_pattern: refusing pattern {p!r}: it matches every key" for p in _wildcard_only(patterns)]
 
 
 def _patterns(step: RedisDeletePatternStep, rc: RedisConfig) -> tuple[str, ...]:
@@ -94,7 +86,9 @@ def plan_flush(step: RedisFlushStep, config: Config) -> str:
     rc = _section(config, "redis.flush_cache")
     if rc.cache_patterns:
         db = rc.cache_db if rc.cache_db is not None else _url_db(rc)
-        return f"SCAN + UNLINK keys matching {_quoted(rc.cache_patterns)} in db {db} of {_where(rc)} (batches of {BATCH})"
+        return (
+            f"SCAN + UNLINK keys matching {_quoted(rc.cache_patterns)} in db {db} of {_where(rc)} (batches of {BATCH})"
+        )
     return f"FLUSHDB ASYNC on db {rc.cache_db} of {_where(rc)} (never FLUSHALL; other databases untouched)"
 
 
@@ -102,7 +96,10 @@ def plan_delete(step: RedisDeletePatternStep, config: Config) -> str:
     """What redis.delete_pattern would clear."""
     rc = _section(config, "redis.delete_pattern")
     db = step.db if step.db is not None else _url_db(rc)
-    return f"SCAN + UNLINK keys matching {_quoted(_patterns(step, rc))} in db {db} of {_where(rc)} (batches of {BATCH}, never KEYS)"
+    return (
+        f"SCAN + UNLINK keys matching {_quoted(_patterns(step, rc))} in db {db} of {_where(rc)} "
+        f"(batches of {BATCH}, never KEYS)"
+    )
 
 
 # ---- the actions -------------------------------------------------------------------------------
@@ -191,7 +188,5 @@ async def _guarded(rc: RedisConfig, db: int, work: Any) -> int:
         msg = f"redis at {_where(rc)} db {db}: {redact(text)}"
         raise ActionError(msg) from None
     finally:
-        try:
+        with contextlib.suppress(RedisError, OSError):
             await client.aclose()
-        except (RedisError, OSError):
-            pass
