@@ -93,7 +93,7 @@ class RedisError(Exception):
     pass
 
 
-def _redis_call(url: str, *commands: tuple[str, ...]) -> list[Any]:
+def redis_call(url: str, *commands: tuple[str, ...]) -> list[Any]:
     """Run `commands` on one short connection; returns their replies. Raises OSError/RedisError."""
     parts = urlsplit(url)
     db = (parts.path or "/0").lstrip("/") or "0"
@@ -174,7 +174,7 @@ def _handler(settings: dict[str, Any], redis_url: str | None, limit: int) -> typ
                 return False
             key = f"ratelimit:{self.client_address[0]}"
             try:
-                _, count = _redis_call(redis_url, ("SET", key, "0", "EX", str(RATE_WINDOW), "NX"), ("INCR", key))
+                _, count = redis_call(redis_url, ("SET", key, "0", "EX", str(RATE_WINDOW), "NX"), ("INCR", key))
             except (OSError, RedisError):
                 return False  # fail open: no Redis is no reason to refuse everyone
             return int(count) > limit
