@@ -74,6 +74,10 @@ def _where(rc: RedisConfig) -> str:
     return redact(rc.url)
 
 
+def _keys(n: int) -> str:
+    return f"{n:,} key" if n == 1 else f"{n:,} keys"
+
+
 def _quoted(patterns: Sequence[str]) -> str:
     return ", ".join(repr(p) for p in patterns)
 
@@ -115,7 +119,7 @@ async def flush_cache(step: RedisFlushStep, config: Config) -> str:
     if rc.cache_patterns:
         db = rc.cache_db if rc.cache_db is not None else _url_db(rc)
         n = await _guarded(rc, db, lambda r: _unlink_matching(r, rc.cache_patterns))
-        return f"deleted {n:,} keys matching {_quoted(rc.cache_patterns)} from db {db}"
+        return f"deleted {_keys(n)} matching {_quoted(rc.cache_patterns)} from db {db}"
     assert rc.cache_db is not None  # problems_flush made sure
 
     async def flush(r: redis.asyncio.Redis) -> int:
@@ -124,7 +128,7 @@ async def flush_cache(step: RedisFlushStep, config: Config) -> str:
         return n
 
     n = await _guarded(rc, rc.cache_db, flush)
-    return f"flushed {n:,} keys from db {rc.cache_db} (FLUSHDB ASYNC)"
+    return f"flushed {_keys(n)} from db {rc.cache_db} (FLUSHDB ASYNC)"
 
 
 async def delete_pattern(step: RedisDeletePatternStep, config: Config) -> str:
@@ -136,7 +140,7 @@ async def delete_pattern(step: RedisDeletePatternStep, config: Config) -> str:
     patterns = _patterns(step, rc)
     db = step.db if step.db is not None else _url_db(rc)
     n = await _guarded(rc, db, lambda r: _unlink_matching(r, patterns))
-    return f"deleted {n:,} keys matching {_quoted(patterns)} from db {db}"
+    return f"deleted {_keys(n)} matching {_quoted(patterns)} from db {db}"
 
 
 async def _unlink_matching(r: redis.asyncio.Redis, patterns: Sequence[str]) -> int:
