@@ -41,9 +41,7 @@ DELIVERY_OUTCOMES = ("delivered", "failed")  # final states; "pending" is the ou
 class StoreCollector:
     """A prometheus_client collector: one read of the store per scrape."""
 
-    def __init__(
-        self, config: Config, liveness: Liveness | None = None, *, clock: Clock | None = None
-    ) -> None:
+    def __init__(self, config: Config, liveness: Liveness | None = None, *, clock: Clock | None = None) -> None:
         self.config = config
         self.liveness = liveness
         self.clock: Clock = clock or SystemClock()
@@ -61,39 +59,35 @@ class StoreCollector:
             )
             alive.add_metric([], 1 if self.liveness.is_alive() else 0)
             yield alive
-            seen = GaugeMetricFamily(
-                "healer_loop_last_seen_timestamp_seconds", "When the loop last made progress."
-            )
+            seen = GaugeMetricFamily("healer_loop_last_seen_timestamp_seconds", "When the loop last made progress.")
             seen.add_metric([], self.liveness.last_seen().timestamp())
             yield seen
-        store_ok = GaugeMetricFamily(
-            "healer_store_ok", "1 when this scrape could read healer's state store."
-        )
-        families: list[Metric] = []
+        store_ok = GaugeMetricFamily("healer_store_ok", "1 when this scrape could read healer's state store.")
+        families: list[Metric] | None = None
         try:
-            families = list(self._from_store())
+            families = self._from_store()
         except Exception as e:  # a bad row or a locked file costs the store figures, not /metrics
-            store_ok.add_metric([], 0)
             with self._lock:
                 first, self._failing = not self._failing, True
             if first:
                 log_event(log, "metrics.store_failed", level=logging.WARNING, error=redact(str(e)))
         else:
-            store_ok.add_metric([], 1)
             with self._lock:
                 self._failing = False
+        store_ok.add_metric([], 0 if families is None else 1)
         yield store_ok
-        yield from families
+        yield from families or ()
 
-    def _from_store(self) -> Iterator[Metric]:
+    def _from_store(self) -> list[Metric] | None:
+        """One short read of the store; None when there is none yet (Store() would create it)."""
         from healer.store import Store
 
         path = self.config.db_path
         if not path.exists():
-            return  # healer has not run here yet; Store() would create the file
+            return None
         store = Store(path)
         try:
-            yield from self._read(store)
+            return list(self._read(store))
         finally:
             store.close()
 
@@ -102,16 +96,12 @@ class StoreCollector:
         if self.liveness is None:
             seen = store.meta().get("loop_seen")
             if seen:
-                g = GaugeMetricFamily(
-                    "healer_loop_last_seen_timestamp_seconds", "When the loop last made progress."
-                )
+                g = GaugeMetricFamily("healer_loop_last_seen_timestamp_seconds", "When the loop last made progress.")
                 g.add_metric([], datetime.fromisoformat(seen).timestamp())
                 yield g
         yield from self._deploy_families(store, now)
 
-        cycles = CounterMetricFamily(
-            "healer_cycles", "Recorded check cycles, by result.", labels=["result"]
-        )
+        cycles = CounterMetricFamily("healer_cycles", "Recorded check cycles, by result.", labels=["result"])
         for ok, n in sorted(store.cycle_counts().items()):
             cycles.add_metric(["ok" if ok else "failed"], n)
         yield cycles
@@ -163,9 +153,7 @@ class StoreCollector:
             return
         schedule = self.config.schedule
         phase = phase_at(d.first_seen, now, schedule)
-        info = GaugeMetricFamily(
-            "healer_deploy_info", "The deploy being watched.", labels=["commit"]
-        )
+        info = GaugeMetricFamily("healer_deploy_info", "The deploy being watched.", labels=["commit"])
         info.add_metric([d.commit[:12]], 1)
         yield info
         yield _gauge(
@@ -180,14 +168,10 @@ class StoreCollector:
         )
         yield _gauge("healer_phases", "Phases in the launch window.", phase.count)
         yield _gauge("healer_in_launch_window", "1 during the launch window.", int(phase.in_window))
-        yield _gauge(
-            "healer_consecutive_failures", "Failing cycles in a row.", d.consecutive_failures
-        )
+        yield _gauge("healer_consecutive_failures", "Failing cycles in a row.", d.consecutive_failures)
         yield _gauge("healer_rollback_after", "Failing cycles in a row that trigger a rollback.",
                      self.config.escalation.rollback_after)  # fmt: skip
-        yield _gauge(
-            "healer_incident_open", "1 while an incident is open.", int(d.open_incident is not None)
-        )
+        yield _gauge("healer_incident_open", "1 while an incident is open.", int(d.open_incident is not None))
         yield _gauge(
             "healer_held",
             "1 while healer has stopped acting and waits for a person.",
@@ -197,9 +181,7 @@ class StoreCollector:
                      int(store.active_pause(now) is not None))  # fmt: skip
 
         cycle = store.last_loop_cycle(d.id)
-        ok = GaugeMetricFamily(
-            "healer_check_ok", "1 when the check passed in the loop's last cycle.", labels=["check"]
-        )
+        ok = GaugeMetricFamily("healer_check_ok", "1 when the check passed in the loop's last cycle.", labels=["check"])
         latency = GaugeMetricFamily(
             "healer_check_latency_seconds",
             "The check's latency in the loop's last cycle.",
