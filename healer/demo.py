@@ -33,10 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from rich.console import Console
 from rich.padding import Padding
@@ -46,9 +45,13 @@ from rich.table import Table
 from rich.text import Text
 
 from healer import sampleapp
-from healer.config import Config, format_duration, load_config
+from healer.alerts.message import render_text
+from healer.alerts.outbox import AlertRecord, Outbox
+from healer.config import Config, load_config
 from healer.errors import HealerError
+from healer.model import CheckResult, Deploy, Severity
 from healer.schedule import phase_at
+from healer.store import ActionRow, CycleRow, IncidentRow, Store
 
 APP_NAME = "demo-shop"
 STABLE_TAG = "stable-v1"
@@ -56,6 +59,7 @@ DEADLINE = 58.0  # seconds: the whole story, set-up and clean-up included, fits 
 POLL = 0.1  # seconds between two looks at the state store
 HEALER_START_WAIT = 15.0
 STOP_WAIT = 5.0
+_INDENT = 17  # the width of "  12.3s  incident " (where the chat bubbles start)
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "healer demo",
     "GIT_AUTHOR_EMAIL": "demo@healer.invalid",
@@ -70,7 +74,7 @@ _GIT_ENV = {
 _PROCESS_RESTART = """\
 # The shipped process-restart with the demo's compressed numbers (a real launch keeps 30m / 60s).
 name = "process-restart"
-description = "Restart the app (stop the processes [process] match finds, start [process] start) and confirm it is up and healthy"
+description = "Restart the app (stop what [process] match finds, start [process] start), confirm it is healthy"
 cooldown = "4s"
 max_per_window = 2
 verify = ["http", "process"]
@@ -80,6 +84,31 @@ verify_within = "3s"
 action = "process.restart"
 timeout = "20s"
 """
+
+
+_ACTS = (
+    (
+        "Deploy v1.0 and take the baseline",
+        "The sample app v1.0 (tagged stable-v1) is deployed and `healer run` starts watching it. The first "
+        "fully healthy cycle becomes the baseline that every later cycle of this deploy is judged against.",
+    ),
+    (
+        "The app crashes",
+        "The demo kills the app with SIGKILL. healer sees the process gone and the API down, opens an "
+        "incident and runs process-restart, which starts the app again and checks that it is healthy.",
+    ),
+    (
+        "A flood trips the rate limiter",
+        "The app counts requests per client in the Redis keys ratelimit:<ip> and answers 429 past its limit. "
+        "The demo fills those keys; healer sees http.rate_limited and runs rate-limit-clear.",
+    ),
+    (
+        "A bad release",
+        "v1.1 is deployed: checked out, and the app restarted on it. Its /health answers 500. healer opens a "
+        "new launch window for it, tries process-restart, which cannot fix bad code, and after five failing "
+        "cycles in a row rolls back to the newest stable tag, stable-v1.",
+    ),
+)
 
 
 class DemoFailed(Exception):
@@ -136,7 +165,7 @@ def run_demo(*, keep: bool = False, console: Console | None = None, workdir: Pat
     returns. `workdir` (default: a new temporary directory) is where everything goes; it is
     removed at the end unless `keep`.
     """
-    con = console or Console(highlight=False)
+    con = console or Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     if workdir is None:
         root = Path(tempfile.mkdtemp(prefix="healer-demo-"))
     else:
@@ -173,7 +202,11 @@ def _on_sigterm_interrupt() -> Callable[[], None]:
         raise _Interrupted()
 
     old = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, old)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, old)
+
+    return restore
 
 
 @contextlib.contextmanager
@@ -208,7 +241,6 @@ class _Demo:
         self.config: Config | None = None
         self.commits: dict[str, str] = {}  # "v1.0" / "v1.1" -> sha
         self.feed: _Feed | None = None
-        self.outcome: str = ""
 
     # -- output --
 
@@ -221,46 +253,37 @@ class _Demo:
         line.append(text if isinstance(text, Text) else Text(text))
         self.con.print(line)
 
-    def act(self, n: int, title: str, what: str) -> None:
+    def act(self, n: int) -> None:
+        title, what = _ACTS[n - 1]
         self.con.print()
         self.con.print(Rule(f"[bold]{n}. {title}[/]", align="left", style="cyan"))
-        self.con.print(Text(textwrap.fill(what, width=min(self.con.width, 100) - 2), style="italic"))
+        self.con.print(Text(textwrap.fill(what, width=max(min(self.con.width, 100) - 2, 40)), style="italic"))
 
     # -- the whole play --
 
     def play(self) -> bool:
+        """Set up, play the four acts, and say whether the story ended well."""
         c = self.con
-        c.print(Rule("[bold]healer demo[/]: a launch, a crash, a flood, a bad deploy and a rollback", style="cyan"))
+        c.print(Rule("[bold]healer demo[/]: a launch, a crash, a flood, a bad release and a rollback", style="cyan"))
         c.print(f"Everything happens in [bold]{self.p.root}[/] and on 127.0.0.1; nothing else is touched.")
         c.print("healer's 72-hour launch window is squeezed into one minute with ordinary healer.toml durations.")
         self.set_up()
-        self.act(1, "Deploy v1.0 and take the baseline",
-                 "The sample app v1.0 (tagged stable-v1) is deployed and `healer run` starts watching it. "
-                 "The first fully healthy cycle becomes the baseline every later cycle is judged against.")  # fmt: skip
+        self.act(1)
         self.start_healer()
-        self.wait("the baseline", 15, lambda s: s.baseline_taken(1) and s.ok_cycles(1) >= 2)
-        self.act(2, "The app crashes",
-                 "The demo kills the app with SIGKILL. healer sees the process gone and the API down, "
-                 "opens an incident and runs process-restart, which starts the app again and checks it.")  # fmt: skip
+        self.wait("the baseline", 15, lambda f: f.baseline_taken(1) and f.ok_cycles(1) >= 2)
+        self.act(2)
         self.crash_app()
-        self.wait("process-restart to bring the app back", 20,
-                  lambda s: s.repair_done("process-restart", 1) is not None and s.settled())  # fmt: skip
-        self.act(3, "A flood of requests trips the rate limiter",
-                 "The app counts requests per client in Redis keys ratelimit:<ip> and answers 429 past the "
-                 "limit. The demo fills those keys; healer sees http.rate_limited and runs rate-limit-clear.")  # fmt: skip
+        self.wait("process-restart to bring the app back", 20, lambda f: f.repaired("process-restart") and f.settled())
+        self.act(3)
         if self.redis_port is None:
-            self.say("skipped", f"this step needs redis-server, and {self.redis_skipped}", "yellow")
+            self.say("skipped", f"this act needs redis-server, and {self.redis_skipped}", "yellow")
         else:
             self.flood_rate_limit()
-            self.wait("rate-limit-clear to fix it", 20,
-                      lambda s: s.repair_done("rate-limit-clear", 1) is not None and s.settled())  # fmt: skip
-        self.act(4, "A bad release",
-                 "v1.1 is deployed: checked out and restarted. Its /health answers 500. healer starts a new "
-                 "launch window for it, tries process-restart (which cannot fix bad code), and after five "
-                 "failing cycles in a row rolls back to the last stable tag, stable-v1.")  # fmt: skip
+            self.wait("rate-limit-clear to fix it", 20, lambda f: f.repaired("rate-limit-clear") and f.settled())
+        self.act(4)
         self.deploy_bad()
-        self.wait("the rollback", 35, lambda s: s.rollback_finished())
-        self.wait("healthy cycles after the rollback", 10, lambda s: s.rolled_back_and_healthy() or s.held())
+        self.wait("the rollback", 35, lambda f: f.rollback_finished())
+        self.wait("healthy cycles after the rollback", 10, lambda f: f.rolled_back_and_healthy() or f.held())
         ok = self.verdict()
         self.stop_healer()
         self.show_history()
@@ -278,7 +301,9 @@ class _Demo:
                     return
                 self.check_healer_alive()
                 if time.monotonic() > end:
-                    late = "the demo's one-minute budget ran out" if end == self.deadline else f"not within {timeout:g}s"
+                    late = (
+                        "the demo's one-minute budget ran out" if end == self.deadline else f"not within {timeout:g}s"
+                    )
                     raise DemoFailed(f"waited for {what}: {late}")
                 time.sleep(POLL)
 
@@ -353,11 +378,12 @@ class _Demo:
         self.git("commit", "-q", "-m", "v1.0: first release")
         self.commits["v1.0"] = self.git("rev-parse", "HEAD")
         self.git("tag", "-a", STABLE_TAG, "-m", "v1.0, known good")
-        (repo / sampleapp.SETTINGS).write_text(
-            json.dumps({"version": "1.1", "broken": True,
-                        "error": "KeyError: 'SESSION_SECRET' (the new session store reads a setting nobody set)"},
-                       indent=2) + "\n"  # fmt: skip
-        )
+        bad = {
+            "version": "1.1",
+            "broken": True,
+            "error": "KeyError: 'SESSION_SECRET' (the new session store reads a setting nobody set)",
+        }
+        (repo / sampleapp.SETTINGS).write_text(json.dumps(bad, indent=2) + "\n")
         self.git("commit", "-q", "-am", "v1.1: sessions in the new store")
         self.commits["v1.1"] = self.git("rev-parse", "HEAD")
         self.git("checkout", "-q", "--detach", STABLE_TAG)
@@ -435,8 +461,6 @@ class _Demo:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        assert self.feed is not None
-        self.feed.mark("crash")
         self.say("demo", f"kill -9 {' '.join(map(str, pids))}: the app is gone", "bold red")
 
     # -- 3. the flood --
@@ -448,8 +472,6 @@ class _Demo:
         commands = [("SET", "ratelimit:127.0.0.1", "1000000", "EX", "600")]
         commands += [("SET", f"ratelimit:10.0.{i // 250}.{i % 250 + 1}", "5000", "EX", "600") for i in range(500)]
         sampleapp.redis_call(url, *commands)
-        assert self.feed is not None
-        self.feed.mark("flood")
         self.say("demo", f"wrote {len(commands)} ratelimit:* keys over the limit: the app now answers 429", "bold red")
 
     # -- 4. the bad release --
@@ -458,7 +480,6 @@ class _Demo:
         assert self.feed is not None
         # deploy right after a cycle, so healer's next look at HEAD finds v1.1 already running
         self.feed.wait_next_cycle(self.deadline)
-        self.feed.mark("bad")
         self.git("checkout", "-q", "--detach", self.commits["v1.1"])
         self.say("deploy", f"git checkout {self.commits['v1.1'][:7]} (v1.1), then restart the app", "bold red")
         self.restart_app()
@@ -515,8 +536,10 @@ class _Demo:
                 detail = r.get("what", "")
             else:
                 detail = " ".join(str(x) for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
-            style = "red" if outcome in ("FAIL", "failed", "error") else ("green" if outcome == "ok" and r["type"] != "check" else "")
-            table.add_row(str(r["at"])[11:23], r["type"], r.get("who", ""), outcome, _clip(detail, 160), style=style)
+            bad, good = outcome in ("FAIL", "failed", "error"), outcome == "ok" and r["type"] != "check"
+            style = "red" if bad else ("green" if good else "")
+            detail = _clip(detail.replace(sys.executable, "python"), 160)
+            table.add_row(str(r["at"])[11:23], r["type"], r.get("who", ""), outcome, detail, style=style)
         self.con.print(table)
 
     def shutdown(self) -> None:
@@ -529,7 +552,7 @@ class _Demo:
         """
         try:
             self.stop_healer()
-        except Exception:  # noqa: BLE001 -- clean-up goes on whatever happened
+        except Exception:  # clean-up goes on whatever happened
             if self.healer_proc is not None:
                 _killpg(self.healer_proc.pid)
         _stop_matching(str(self.p.root))
@@ -577,11 +600,15 @@ def _config_text(p: _Paths, port: int, redis_url: str | None) -> str:
     q = json.dumps
     start = sampleapp.serve_argv(p.repo, port, redis_url=redis_url)
     after = sampleapp.restart_argv(p.repo, port, redis_url=redis_url, log=p.app_log)
-    redis = "" if redis_url is None else f"""
+    redis = (
+        ""
+        if redis_url is None
+        else f"""
 [redis]                       # the rate limiter's counters, for rate-limit-clear
 url = {q(redis_url)}
 rate_limit_patterns = ["ratelimit:*"]
 """
+    )
     return f"""\
 # Written by `healer demo`: the keys of a real launch, with the 72-hour window squeezed into a
 # minute. Copy healer.toml from the repository for your own app; it has every key commented.
@@ -650,129 +677,106 @@ min_severity = "info"
 # ---- the view: the story, read back from the state store ---------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """One thing to show, in time order; `rank` orders things of the same moment."""
+
+    at: datetime
+    rank: int
+    kind: str  # deploy | cycle | opened | resolved | started | finished | alert
+    row: Deploy | CycleRow | IncidentRow | ActionRow | AlertRecord
+
+
 @dataclass
 class _Seen:
-    cycles: int = 0
-    actions: dict[int, str] = field(default_factory=dict)  # id -> outcome shown
-    incidents: dict[int, bool] = field(default_factory=dict)  # id -> resolved shown
+    cycle: int = 0  # the last cycle id shown
+    alert: int = 0  # the last outbox id shown
     deploys: set[int] = field(default_factory=set)
-    alerts: int = 0
-    phase: tuple[int, int] | None = None  # (deploy, phase index)
+    incidents: dict[int, bool] = field(default_factory=dict)  # id -> its end was shown
+    actions: dict[int, str] = field(default_factory=dict)  # id -> the outcome shown
+    phase: tuple[int, int] | None = None  # (deploy, phase index) of the last cycle shown
+    streak: dict[int, int] = field(default_factory=dict)  # deploy -> failing cycles in a row
     log_offset: int = 0
 
 
 class _Feed:
-    """Polls the state store (and healer's log, for what only the log holds) and prints what
-    is new, oldest first. It also answers the story's questions (`baseline_taken`, ...)."""
+    """Reads the state store and the alert outbox (and healer's log, for errors only), prints
+    what is new in time order, and answers the story's questions from the same rows."""
 
     def __init__(self, demo: _Demo, config: Config) -> None:
         self.demo = demo
         self.config = config
         self.seen = _Seen()
-        self.store: Any = None
-        self.outbox: Any = None
-        self.marks: dict[str, datetime] = {}
-        self.loop_alerts: list[dict[str, Any]] = []  # the loop's own alert lines (log fallback)
-        self.alert_source: str | None = None  # "outbox" or "log"
-        self.streak: dict[int, int] = {}
-        # snapshots of the last poll
-        self.deploys: list[Any] = []
-        self.cycles: list[Any] = []
-        self.actions: list[Any] = []
-        self.incidents: list[Any] = []
+        self.store: Store | None = None
+        self.outbox: Outbox | None = None
+        self.deploys: list[Deploy] = []
+        self.cycles: list[CycleRow] = []
+        self.actions: list[ActionRow] = []
+        self.incidents: list[IncidentRow] = []
+        self.alerts: list[AlertRecord] = []
 
     def close(self) -> None:
-        for h in (self.store, self.outbox):
-            if h is not None:
-                with contextlib.suppress(Exception):
-                    h.close()
+        if self.store is not None:
+            self.store.close()
+        if self.outbox is not None:
+            self.outbox.close()
         self.store = self.outbox = None
-
-    def mark(self, name: str) -> None:
-        self.marks[name] = datetime.now(UTC)
-
-    def _open(self) -> bool:
-        if self.store is None:
-            if not self.demo.p.db.exists():
-                return False
-            from healer.store import Store
-
-            self.store = Store(self.demo.p.db)
-        if self.outbox is None:
-            with contextlib.suppress(ImportError, HealerError):
-                from healer.alerts.outbox import Outbox
-
-                self.outbox = Outbox(self.demo.p.db)
-        return True
 
     # -- reading --
 
     def poll(self) -> None:
-        if not self._open():
-            return
-        s = self.store
+        """Read everything again (a demo's worth of rows is small) and show what is new."""
+        if self.store is None:
+            if not self.demo.p.db.exists():
+                return
+            self.store = Store(self.demo.p.db)
+            self.outbox = Outbox(self.demo.p.db)
+        assert self.outbox is not None
         try:
-            self.deploys = s.deploys()
-            self.cycles = s.cycles()
-            self.actions = s.actions()
-            self.incidents = s.incidents()
+            self.deploys = self.store.deploys()
+            self.cycles = self.store.cycles()
+            self.actions = self.store.actions()
+            self.incidents = self.store.incidents()
+            self.alerts = self.outbox.history()
         except HealerError:
-            return  # busy for a moment: next poll
-        new_cycles = [c for c in self.cycles if c.id > self.seen.cycles]
-        events: list[tuple[datetime, int, Callable[[], None]]] = []
-        for d in self.deploys:
-            if d.id not in self.seen.deploys:
-                self.seen.deploys.add(d.id)
-                events.append((d.first_seen, 0, lambda d=d: self._show_deploy(d)))
-        for cyc in new_cycles:
-            if cyc.id > self.seen.cycles:
-                self.seen.cycles = cyc.id
-                events.append((cyc.at, 2, lambda cyc=cyc: self._show_cycle(cyc)))
-        for inc in self.incidents:
-            shown = self.seen.incidents.get(inc.id)
-            if shown is None:
-                self.seen.incidents[inc.id] = False
-                events.append((inc.opened_at, 3, lambda inc=inc: self._show_incident(inc, opened=True)))
-            if inc.resolved_at is not None and not self.seen.incidents.get(inc.id):
-                self.seen.incidents[inc.id] = True
-                events.append((inc.resolved_at, 3, lambda inc=inc: self._show_incident(inc, opened=False)))
-        for a in self.actions:
-            shown = self.seen.actions.get(a.id)
-            if shown is None and a.outcome == "started":
-                self.seen.actions[a.id] = "started"
-                events.append((a.at, 4, lambda a=a: self._show_action(a, started=True)))
-            if a.outcome != "started" and shown != a.outcome:
-                if shown is None and a.kind in ("repair", "rollback"):
-                    events.append((a.at, 4, lambda a=a: self._show_action(a, started=True)))
-                self.seen.actions[a.id] = a.outcome
-                events.append((a.finished_at or a.at, 5, lambda a=a: self._show_action(a, started=False)))
-        events += self._new_alerts()
+            return  # the database was busy for a moment: the next poll reads it
+        for e in sorted(self._new(), key=lambda e: (e.at, e.rank)):
+            self._show(e)
         self._read_log()
-        events += self._log_alerts()
-        for _, _, show in sorted(events, key=lambda e: (e[0], e[1])):
-            show()
 
-    def _new_alerts(self) -> list[tuple[datetime, int, Callable[[], None]]]:
-        if self.outbox is None or self.alert_source == "log":
-            return []
-        try:
-            records = self.outbox.history()
-        except HealerError:
-            return []
-        out: list[tuple[datetime, int, Callable[[], None]]] = []
-        for r in records:
-            if r.id > self.seen.alerts:
-                self.seen.alerts = r.id
-                self.alert_source = "outbox"
-                out.append((r.created_at, 6, lambda r=r: self._show_alert(r)))
-        return out
+    def _new(self) -> Iterator[_Event]:
+        seen = self.seen
+        for d in self.deploys:
+            if d.id not in seen.deploys:
+                seen.deploys.add(d.id)
+                yield _Event(d.first_seen, 0, "deploy", d)
+        for c in self.cycles:
+            if c.id > seen.cycle:
+                seen.cycle = c.id
+                yield _Event(c.at, 1, "cycle", c)
+        for i in self.incidents:
+            if i.id not in seen.incidents:
+                seen.incidents[i.id] = False
+                yield _Event(i.opened_at, 2, "opened", i)
+            if i.resolved_at is not None and not seen.incidents[i.id]:
+                seen.incidents[i.id] = True
+                yield _Event(i.resolved_at, 2, "resolved", i)
+        for a in self.actions:
+            shown = seen.actions.get(a.id)
+            if shown is None and a.kind in ("repair", "rollback"):
+                yield _Event(a.at, 3, "started", a)
+            if a.outcome != shown and a.outcome != "started":
+                yield _Event(a.finished_at or a.at, 4, "finished", a)
+            seen.actions[a.id] = a.outcome
+        for r in self.alerts:
+            if r.id > seen.alert:
+                seen.alert = r.id
+                yield _Event(r.created_at, 5, "alert", r)
 
     def _read_log(self) -> None:
-        """New lines of healer's JSON log: errors are shown; the loop's alert lines are kept in
-        case the outbox stays empty (a healer whose loop does not feed it)."""
-        path = self.demo.p.healer_log
+        """New lines of healer's JSON log: what went wrong inside healer is shown in red."""
         try:
-            with path.open("rb") as f:
+            with self.demo.p.healer_log.open("rb") as f:
                 f.seek(self.seen.log_offset)
                 data = f.read()
         except OSError:
@@ -785,102 +789,98 @@ class _Feed:
             try:
                 line = json.loads(raw)
             except ValueError:
-                if raw.strip():
-                    self.demo.say("healer", Text(raw.decode(errors="replace")[:300]), "red")
+                if raw.strip():  # a traceback or a library's print: healer's own lines are JSON
+                    self.demo.say("healer", Text(_clip(raw.decode(errors="replace"), 300)), "red")
                 continue
-            if not isinstance(line, dict):
-                continue
-            ev, level = line.get("event"), line.get("level")
-            if ev == "alert" and line.get("logger") == "healer":
-                line["_at"] = datetime.now(UTC)
-                self.loop_alerts.append(line)
-            elif level in ("error", "critical") and line.get("logger") != "healer.alert" and ev not in ("rollback.failed",):
+            if not isinstance(line, dict) or line.get("logger") == "healer.alert":
+                continue  # the log channel's alerts are shown from the outbox
+            if line.get("level") in ("error", "critical") and not str(line.get("event", "")).startswith("rollback."):
                 what = line.get("error") or line.get("msg") or line.get("detail") or ""
-                self.demo.say("healer", Text(f"{ev}: {what}"[:300]), "red")
-
-    def _log_alerts(self) -> list[tuple[datetime, int, Callable[[], None]]]:
-        if self.alert_source == "outbox" or not self.loop_alerts:
-            return []
-        if self.alert_source is None:
-            oldest = self.loop_alerts[0]["_at"]
-            if datetime.now(UTC) - oldest < timedelta(seconds=3):
-                return []
-            self.alert_source = "log"
-            self.demo.say("note", "the alert outbox stays empty: showing the loop's alert log lines instead", "yellow")
-        out = [(a["_at"], 6, lambda a=a: self._show_log_alert(a)) for a in self.loop_alerts]
-        self.loop_alerts = []
-        return out
+                self.demo.say("healer", Text(_clip(f"{line.get('event')}: {what}", 300)), "red")
 
     # -- showing --
 
-    def _show_deploy(self, d: Any) -> None:
-        name = next((k for k, v in self.demo.commits.items() if v == d.commit), "")
-        how = " (the rollback's result: never rolled back again)" if d.via_rollback else ""
-        self.demo.say("deploy", f"#{d.id} watching {d.commit[:7]} {name}{how}: a new launch window", "bold blue")
-
-    def _show_cycle(self, c: Any) -> None:
-        d = next((x for x in self.deploys if x.id == c.deploy_id), None)
-        if d is not None:
-            ph = phase_at(d.first_seen, c.at, self.config.schedule)
-            if self.seen.phase != (d.id, ph.index):
-                self.seen.phase = (d.id, ph.index)
-                self.demo.say("phase", f"{ph.label} of deploy #{d.id}", "magenta")
-        streak = 0 if c.ok else self.streak.get(c.deploy_id, 0) + 1
-        self.streak[c.deploy_id] = streak
-        checks = " · ".join(_result_text(r) for r in c.results)
-        if c.ok:
-            t = Text("✓ healthy   ", style="green")
+    def _show(self, e: _Event) -> None:
+        row = e.row
+        if isinstance(row, Deploy):
+            self._show_deploy(row)
+        elif isinstance(row, CycleRow):
+            self._show_cycle(row)
+        elif isinstance(row, IncidentRow):
+            self._show_incident(row, opened=e.kind == "opened")
+        elif isinstance(row, ActionRow):
+            self._show_action(row, started=e.kind == "started")
         else:
-            t = Text("✗ failing   ", style="red")
+            self._show_alert(row)
+
+    def _show_deploy(self, d: Deploy) -> None:
+        name = next((f" ({k})" for k, v in self.demo.commits.items() if v == d.commit), "")
+        how = ", the rollback's result (never rolled back again)" if d.via_rollback else ""
+        self.demo.say("deploy", f"#{d.id}: healer watches {d.commit[:7]}{name}{how}: a new launch window", "bold blue")
+
+    def _show_cycle(self, c: CycleRow) -> None:
+        d = next((x for x in self.deploys if x.id == c.deploy_id), None)
+        if d is None:
+            return
+        ph = phase_at(d.first_seen, c.at, self.config.schedule)
+        if self.seen.phase != (d.id, ph.index):
+            self.seen.phase = (d.id, ph.index)
+            self.demo.say("phase", f"deploy #{d.id} is in {ph.label}", "magenta")
+        checks = " · ".join(_result_text(r) for r in c.results)
+        if self._is_rollback_check(d, c):
+            t = Text("✓ " if c.ok else "✗ ", style="green" if c.ok else "red")
+            t.append(f"the rollback's own check: {checks}")
+            self.demo.say("check", t)
+            return
+        streak = 0 if c.ok else self.seen.streak.get(d.id, 0) + 1
+        self.seen.streak[d.id] = streak
+        t = Text("✓ healthy  ", style="green") if c.ok else Text("✗ failing  ", style="red")
         t.append(checks)
         if not c.ok:
-            t.append(f"   [{streak}/{self.config.escalation.rollback_after} failing in a row]", style="red")
+            t.append(f"  [{streak} of {self.config.escalation.rollback_after} before a rollback]", style="red")
         self.demo.say("cycle", t)
-        if d is not None and d.baseline is not None and abs((d.baseline.taken_at - c.at).total_seconds()) < 0.001:
-            self.demo.say("baseline", f"taken for {d.commit[:7]}: every later cycle of this deploy is judged against it", "bold")
+        if d.baseline is not None and abs((d.baseline.taken_at - c.at).total_seconds()) < 0.001:
+            self.demo.say("baseline", f"taken for {d.commit[:7]}: later cycles of this deploy are judged against it")
 
-    def _show_incident(self, inc: Any, *, opened: bool) -> None:
+    def _is_rollback_check(self, d: Deploy, c: CycleRow) -> bool:
+        """The check a rollback runs after its `after` commands is recorded under the new
+        deploy before the loop's first cycle of it."""
+        if not d.via_rollback:
+            return False
+        return any(
+            a.kind == "rollback" and a.at <= c.at and (a.finished_at is None or c.at <= a.finished_at)
+            for a in self.actions
+        )
+
+    def _show_incident(self, i: IncidentRow, *, opened: bool) -> None:
+        closed = " (closed: a new commit was deployed)"
         if opened:
-            self.demo.say("incident", f"#{inc.id} opened: {inc.cause}", "bold red")
+            self.demo.say("incident", f"#{i.id} opened: {i.cause.removesuffix(closed)}", "bold red")
+        elif i.cause.endswith(closed):
+            self.demo.say("incident", f"#{i.id} closed with its deploy: a new commit is at HEAD", "bold")
         else:
-            self.demo.say("incident", f"#{inc.id} resolved", "bold green")
+            self.demo.say(
+                "incident", f"#{i.id} resolved: {self.config.escalation.recover_after} passing cycles", "bold green"
+            )
 
-    def _show_action(self, a: Any, *, started: bool) -> None:
-        label = a.kind if a.kind in ("repair", "rollback") else a.kind
+    def _show_action(self, a: ActionRow, *, started: bool) -> None:
+        what = f"to {a.name}" if a.kind == "rollback" else a.name
         if started:
-            if a.kind == "rollback":
-                why = a.reason
-                self.demo.say(label, f"to {a.name} started ({why})", "bold yellow")
-            else:
-                self.demo.say(label, f"{a.name} started ({a.reason})", "bold yellow")
+            self.demo.say(a.kind, f"{what}: started, because {a.reason}", "bold yellow")
             return
-        style = "bold green" if a.outcome == "ok" else "bold red"
-        detail = a.detail
-        if detail.startswith("{"):
-            detail = ""
-        self.demo.say(label, Text(f"{a.name}: {a.outcome.upper()}" + (f" — {_clip(detail, 300)}" if detail else "")), style)
+        detail = "" if a.detail.startswith("{") else _clip(a.detail.replace(sys.executable, "python"), 400)
+        style = "bold green" if a.outcome == "ok" else ("bold" if a.outcome == "skipped" else "bold red")
+        self.demo.say(a.kind, Text(f"{what}: {a.outcome.upper()}" + (f" — {detail}" if detail else "")), style)
 
-    def _show_alert(self, r: Any) -> None:
-        from healer.alerts.message import render_text
-
-        text = render_text(r.message)
-        channels = ", ".join(d.channel for d in r.deliveries) or "no channel"
-        self._bubble(text, f"alert → {channels}", r.severity.name.lower())
-
-    def _show_log_alert(self, a: dict[str, Any]) -> None:
-        text = f"{a.get('title', '')}\n{a.get('detail', '')}".strip()
-        self._bubble(text, f"alert ({a.get('alert')})", str(a.get("severity", "info")))
-
-    def _bubble(self, text: str, title: str, severity: str) -> None:
-        style = {"critical": "red", "warning": "yellow"}.get(severity, "blue")
-        width = min(self.demo.con.width - 17, 96)
-        panel = Panel(Text(text), title=title, title_align="left", border_style=style, width=max(width, 40))
-        self.demo.con.print(Padding(panel, (0, 0, 0, 17)))
+    def _show_alert(self, r: AlertRecord) -> None:
+        channels = ", ".join(f"{d.channel} channel" for d in r.deliveries) or "no channel"
+        style = {Severity.CRITICAL: "red", Severity.WARNING: "yellow"}.get(r.severity, "blue")
+        width = max(min(self.demo.con.width - _INDENT, 100), 40)
+        text = Text(render_text(r.message).replace(sys.executable, "python"))
+        panel = Panel(text, title=f"chat, via the {channels}", title_align="left", border_style=style, width=width)
+        self.demo.con.print(Padding(panel, (0, 0, 0, _INDENT)))
 
     # -- the story's questions --
-
-    def _deploy_of(self, commit: str, *, via_rollback: bool | None = None) -> list[Any]:
-        return [d for d in self.deploys if d.commit == commit and (via_rollback is None or d.via_rollback == via_rollback)]
 
     def baseline_taken(self, deploy_id: int) -> bool:
         return any(d.id == deploy_id and d.baseline is not None for d in self.deploys)
@@ -888,38 +888,55 @@ class _Feed:
     def ok_cycles(self, deploy_id: int) -> int:
         return sum(1 for c in self.cycles if c.deploy_id == deploy_id and c.ok)
 
-    def repair_done(self, name: str, deploy_id: int) -> Any:
-        return next((a for a in self.actions if a.kind == "repair" and a.name == name
-                     and a.deploy_id == deploy_id and a.outcome == "ok"), None)  # fmt: skip
+    def repaired(self, name: str) -> bool:
+        """The playbook ran for the current deploy and fixed it."""
+        d = self.current
+        return d is not None and any(
+            a.kind == "repair" and a.name == name and a.deploy_id == d.id and a.outcome == "ok" for a in self.actions
+        )
+
+    @property
+    def current(self) -> Deploy | None:
+        return self.deploys[-1] if self.deploys else None
 
     def settled(self) -> bool:
-        """The current deploy's incident is resolved and its last cycle passed."""
-        d = self.deploys[-1] if self.deploys else None
+        """The current deploy has no open incident and its last cycle passed."""
+        d = self.current
         return d is not None and d.open_incident is None and d.last_ok is True
 
-    def rollback_finished(self) -> bool:
-        return any(a.kind == "rollback" and a.who == "loop" and a.outcome != "started" for a in self.actions) or self.held()
-
     def held(self) -> bool:
-        return bool(self.deploys and self.deploys[-1].held)
+        return bool(self.current and self.current.held)
+
+    def rollback_finished(self) -> bool:
+        return self.held() or any(a.kind == "rollback" and a.outcome != "started" for a in self.actions)
 
     def rolled_back_and_healthy(self) -> bool:
-        good = self.demo.commits.get("v1.0")
-        d = self.deploys[-1] if self.deploys else None
-        done = any(a.kind == "rollback" and a.who == "loop" and a.outcome == "ok" and a.name == STABLE_TAG for a in self.actions)
-        return bool(done and d is not None and d.commit == good and d.via_rollback and d.last_ok is True
-                    and d.consecutive_passes >= 2 and not d.held)  # fmt: skip
+        """The loop rolled back to stable-v1, and the loop's cycles of it pass."""
+        d = self.current
+        done = any(
+            a.kind == "rollback" and a.who == "loop" and a.outcome == "ok" and a.name == STABLE_TAG
+            for a in self.actions
+        )
+        return bool(
+            done
+            and d is not None
+            and d.commit == self.demo.commits.get("v1.0")
+            and d.via_rollback
+            and not d.held
+            and d.last_ok is True
+            and d.consecutive_passes >= 2
+        )
 
     def wait_next_cycle(self, deadline: float) -> None:
-        """Until a new cycle is recorded (so the next one is a whole cadence away)."""
+        """Until the loop records a new cycle, so the next one is a whole cadence away."""
         self.poll()
-        last = self.seen.cycles
-        while self.seen.cycles == last and time.monotonic() < deadline:
+        last = self.seen.cycle
+        while self.seen.cycle == last and time.monotonic() < deadline:
             time.sleep(0.02)
             self.poll()
 
 
-def _result_text(r: Any) -> str:
+def _result_text(r: CheckResult) -> str:
     if r.type == "http":
         status = int(r.values.get("status", 0))
         lat = "" if r.latency is None else f" in {r.latency.total_seconds() * 1000:.0f}ms"
@@ -1003,6 +1020,3 @@ def _stop_matching(text: str) -> list[int]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     return pids
-
-
-_ = format_duration

@@ -18,6 +18,7 @@ SIGKILL after five seconds). A deploy with no gap, so healer never sees a half-d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -101,9 +102,9 @@ def redis_call(url: str, *commands: tuple[str, ...]) -> list[Any]:
         todo = ([("SELECT", db)] if db != "0" else []) + list(commands)
         out = b"".join(_encode(c) for c in todo)
         sock.sendall(out)
-        reader = sock.makefile("rb")
-        replies = [_reply(reader) for _ in todo]
-    return replies[len(todo) - len(commands):]
+        with sock.makefile("rb") as reader:
+            replies = [_reply(reader) for _ in todo]
+    return replies[len(todo) - len(commands) :]
 
 
 def _encode(cmd: tuple[str, ...]) -> bytes:
@@ -158,7 +159,7 @@ def _handler(settings: dict[str, Any], redis_url: str | None, limit: int) -> typ
         server_version = f"sampleapp/{version}"
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- the stdlib's name
+        def log_message(self, format: str, *args: Any) -> None:
             return  # one line a second from healer's checks would bury the app's own messages
 
         def _send(self, status: int, body: dict[str, Any]) -> None:
@@ -185,7 +186,9 @@ def _handler(settings: dict[str, Any], redis_url: str | None, limit: int) -> typ
                 return
             if self.path.split("?")[0] == "/health":
                 if broken:
-                    self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"status": "error", "version": version, "error": error})
+                    self._send(
+                        HTTPStatus.INTERNAL_SERVER_ERROR, {"status": "error", "version": version, "error": error}
+                    )
                 else:
                     self._send(HTTPStatus.OK, {"status": "ok", "version": version, "pid": os.getpid()})
                 return
@@ -202,7 +205,9 @@ def serve(repo: Path, port: int, redis_url: str | None, limit: int) -> int:
     settings = read_settings(repo)
     server = _Server(("127.0.0.1", port), _handler(settings, redis_url, limit))
     state = "BROKEN: /health answers 500" if settings.get("broken") else "healthy"
-    print(f"sampleapp {settings.get('version', '?')} pid {os.getpid()} on http://127.0.0.1:{port} ({state})", flush=True)
+    print(
+        f"sampleapp {settings.get('version', '?')} pid {os.getpid()} on http://127.0.0.1:{port} ({state})", flush=True
+    )
     ready = os.environ.get(READY_ENV)
     if ready:
         tmp = Path(f"{ready}.tmp")
@@ -286,20 +291,16 @@ def restart(repo: Path, port: int, redis_url: str | None, limit: int | None, log
     finally:
         ready.unlink(missing_ok=True)
     for pid in old:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     end = time.monotonic() + STOP_WAIT
     left = [p for p in old if _alive(p)]
     while left and time.monotonic() < end:
         time.sleep(0.02)
         left = [p for p in left if _alive(p)]
     for pid in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     settings = read_settings(repo)
     stopped = f"stopped pid {', '.join(map(str, old))}" if old else "nothing was running"
     print(f"restart: started {settings.get('version', '?')} as pid {proc.pid}; {stopped}", flush=True)
@@ -312,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, required=True, help="the app's git work tree (holds app.json)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis-url", default=None)
-    parser.add_argument("--rate-limit", type=int, default=None, help=f"requests per client per minute (default {DEFAULT_RATE_LIMIT})")
+    limit = f"requests per client per minute (default {DEFAULT_RATE_LIMIT})"
+    parser.add_argument("--rate-limit", type=int, default=None, help=limit)
     parser.add_argument("--log", type=Path, default=None, help="restart: where the new process writes its output")
     a = parser.parse_args(argv)
     if a.command == "serve":
