@@ -1,5 +1,6 @@
-"""Reports (pure): uptime, incidents, repairs, rollbacks, SLA and mean time to repair, figured
-from stored rows; rendered for a terminal, JSON or chat; and when the chat summaries are due.
+"""Reports (pure, but for `load_report`, which reads the store it is given): uptime, incidents,
+repairs, rollbacks, SLA and mean time to repair, figured from stored rows; rendered for a
+terminal, JSON or chat; and when the chat summaries are due.
 
 The rules, so the numbers can be checked by hand:
 
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from healer.store import ActionRow, CycleRow, IncidentRow
+    from healer.store import ActionRow, CycleRow, IncidentRow, Store
 
 DEFAULT_SLA_TARGET = 99.9  # percent of the observed time without an open incident
 DAY = timedelta(days=1)
@@ -236,6 +237,19 @@ def build_report(
         rollbacks=tuple(e for e in entries if e.kind == "rollback"),
         sla=Sla(sla_target, availability(down, observed), down, observed),
         mttr=mean_time_to_repair(spans),
+    )
+
+
+def load_report(store: Store, *, start: datetime, now: datetime, sla_target: float = DEFAULT_SLA_TARGET) -> Report:
+    """build_report() over the store's rows for [start, now] (four short reads)."""
+    return build_report(
+        store.cycles(since=start),
+        store.incidents(since=start),
+        store.actions(since=start),
+        start=start,
+        now=now,
+        watched_since=store.watched_since(),
+        sla_target=sla_target,
     )
 
 

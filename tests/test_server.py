@@ -89,7 +89,9 @@ def _fill(config: Config, now: datetime) -> None:
         ]:
             aid = store.start_action(kind=kind, name=name, who=Who.LOOP, reason="test", now=t, deploy_id=d.id)
             store.finish_action(aid, outcome, t + timedelta(seconds=20))
-        store.start_action(kind="repair", name="process-restart", who=Who.LOOP, reason="running", now=now, deploy_id=d.id)
+        store.start_action(
+            kind="repair", name="process-restart", who=Who.LOOP, reason="running", now=now, deploy_id=d.id
+        )
         store.set_meta(loop_seen=now.isoformat())
     finally:
         store.close()
