@@ -444,6 +444,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     4. Announce the stop, release everything.
     """
     repair.known_playbooks(config)  # a bad playbook file is a config error: exit 2, nothing started
+    gitrepo.head_commit(config.app.repo)  # so is an [app] repo that is not a git work tree
     lock = RunLock(config.lock_path, "healer run")
     lock.acquire()
     store = Store(config.db_path)

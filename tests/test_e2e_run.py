@@ -198,3 +198,21 @@ def test_run_survives_a_closed_stderr(tmp_path: Path, http_app: Callable[..., ob
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=5)
     _ = os
+
+
+def test_a_repo_that_is_not_git_exits_2_before_starting(tmp_path: Path) -> None:
+    """[app] repo pointing at a plain directory is refused at start, with nothing created."""
+    (tmp_path / "plain").mkdir()
+    config = write_config(tmp_path, """
+        state_dir = "state"
+        [app]
+        repo = "plain"
+        [[checks]]
+        name = "api"
+        type = "http"
+        url = "http://127.0.0.1:1/"
+    """)
+    proc = healer("--config", str(config), "run", timeout=30)
+    assert proc.returncode == 2
+    assert "not a git work tree" in proc.stderr
+    assert not (tmp_path / "state").exists()
