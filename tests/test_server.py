@@ -191,7 +191,9 @@ def test_metrics_parse_and_hold_the_store_figures(
     assert r.headers["content-type"] == CONTENT_TYPE_LATEST  # what generate_latest writes
     assert r.headers["content-type"].startswith("text/plain; version=")
     fams = _families(r.text)
-    one = lambda name: fams[name][()]  # noqa: E731 -- a one-line reader for unlabelled gauges
+
+    def one(name: str) -> float:
+        return fams[name][()]
 
     assert one("healer_up") == 1
     assert one("healer_loop_alive") == 1
