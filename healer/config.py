@@ -405,7 +405,8 @@ class AlertsConfig(_Model):
 class Config(_Model):
     """The whole of healer.toml."""
 
-    state_dir: RelPath = Path(".healer")
+    # validate_default: the default, too, is relative to the config file, not to the cwd
+    state_dir: RelPath = Field(default=Path(".healer"), validate_default=True)
     retention: PositiveDuration = timedelta(days=90)
     app: AppConfig = AppConfig()
     schedule: ScheduleConfig = ScheduleConfig()

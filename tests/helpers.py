@@ -26,9 +26,7 @@ def config_from(directory: Path, body: str) -> Config:
 def git(repo: Path, *args: str) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}  # fmt: skip
-    out = subprocess.run(
-        ["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True
-    )
+    out = subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True)
     return out.stdout.strip()
 
 
@@ -47,9 +45,7 @@ def commit(repo: Path, content: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-def healer(
-    *args: str, cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
+def healer(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the real `healer` CLI in a child process, no terminal."""
     return subprocess.run(
         [*HEALER, *args],

@@ -6,11 +6,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from helpers import healer, write_config
 
 from healer.config import Secret, format_duration, load_config, parse_duration, read_secret
 from healer.errors import ConfigError
-
-from helpers import healer, write_config
 
 GOOD = """
     state_dir = "state"
@@ -75,20 +74,14 @@ BAD = [
     pytest.param('[[checks]]\nname="a"\ntype="htp"\n', "checks[0].type", id="bad-type"),
     pytest.param('[[checks]]\nname="a"\n', "checks[0].type", id="missing-type"),
     pytest.param('[[checks]]\nname="a"\ntype="http"\n', "checks[0].url", id="missing-url"),
-    pytest.param(
-        '[[checks]]\nname="a"\ntype="http"\nurl="ftp://x"\n', "checks[0].url", id="bad-url"
-    ),
+    pytest.param('[[checks]]\nname="a"\ntype="http"\nurl="ftp://x"\n', "checks[0].url", id="bad-url"),
     pytest.param(
         '[[checks]]\nname="a"\ntype="http"\nurl="http://x/"\nsamples=0\n',
         "checks[0].samples",
         id="zero-samples",
     ),
-    pytest.param(
-        '[[checks]]\nname="a"\ntype="command"\nargv="ls -l"\n', "checks[0].argv", id="shell-string"
-    ),
-    pytest.param(
-        '[[checks]]\nname="a"\ntype="command"\nargv=[]\n', "checks[0].argv", id="empty-argv"
-    ),
+    pytest.param('[[checks]]\nname="a"\ntype="command"\nargv="ls -l"\n', "checks[0].argv", id="shell-string"),
+    pytest.param('[[checks]]\nname="a"\ntype="command"\nargv=[]\n', "checks[0].argv", id="empty-argv"),
     pytest.param(
         '[[checks]]\nname="a"\ntype="system"\n[[checks]]\nname="a"\ntype="system"\n',
         "checks[1].name",
@@ -137,18 +130,14 @@ BAD = [
     ),
     pytest.param('[[checks]]\nname="a"\ntype="redis"\n', "checks[0].url", id="redis-without-url"),
     pytest.param('[[checks]]\nname="a"\ntype="process"\n', "checks[0]", id="process-without-match"),
-    pytest.param(
-        '[[checks]]\nname="a"\ntype="system"\n[sever]\nlisten="1"\n', "sever", id="unknown-section"
-    ),
+    pytest.param('[[checks]]\nname="a"\ntype="system"\n[sever]\nlisten="1"\n', "sever", id="unknown-section"),
     pytest.param('[[checks]\nname="a"\n', "not valid TOML", id="toml-syntax"),
     pytest.param('checks = "api"\n', "checks", id="checks-not-a-table"),
 ]
 
 
 @pytest.mark.parametrize(("body", "key"), BAD)
-def test_bad_config_exits_2_naming_the_key_and_creates_nothing(
-    tmp_path: Path, body: str, key: str
-) -> None:
+def test_bad_config_exits_2_naming_the_key_and_creates_nothing(tmp_path: Path, body: str, key: str) -> None:
     """Every bad file: exit 2, a line naming the file and the key, and no state dir."""
     path = tmp_path / "healer.toml"
     path.write_text('state_dir = "state"\n' + body if "state_dir" not in body else body)
@@ -188,9 +177,7 @@ def test_missing_config_file_is_one_clear_line(tmp_path: Path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_config_path_comes_from_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_config_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """HEALER_CONFIG names the file when --config is absent."""
     path = write_config(tmp_path, GOOD)
     import os
@@ -224,3 +211,9 @@ def test_the_example_config_is_valid() -> None:
     cfg = load_config(Path(__file__).parent.parent / "healer.toml")
     assert cfg.app.name == "shop-api"
     assert {c.type for c in cfg.checks} == {"http", "process", "system"}
+
+
+def test_the_default_state_dir_is_beside_the_config_file(tmp_path: Path) -> None:
+    """Without state_dir, the state lives in .healer next to healer.toml, wherever healer runs."""
+    cfg = load_config(write_config(tmp_path, GOOD.replace('state_dir = "state"', "")))
+    assert cfg.state_dir == tmp_path / ".healer"

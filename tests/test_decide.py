@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from healer.config import Config, parse_config
-from healer.decide import Pause, PastRepair, PlaybookPolicy, Situation, decide
+from healer.decide import PastRepair, Pause, PlaybookPolicy, Situation, decide
 from healer.model import (
     Alert,
     CheckResult,
@@ -41,7 +41,15 @@ POLICIES = {
 
 
 def verdict(ok: bool, at: datetime, *symptoms: str) -> Verdict:
-    api = CheckResult("api", "http", ok, timedelta(milliseconds=20), {"latency_ms": 20.0}, None if ok else "500", () if ok else ("http.status",))
+    api = CheckResult(
+        "api",
+        "http",
+        ok,
+        timedelta(milliseconds=20),
+        {"latency_ms": 20.0},
+        None if ok else "500",
+        () if ok else ("http.status",),
+    )
     web = CheckResult("web", "process", not symptoms, None, {"count": 1.0}, None, tuple(symptoms))
     return Verdict(at, (api, web))
 

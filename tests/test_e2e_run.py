@@ -20,7 +20,9 @@ pytestmark = pytest.mark.e2e
 
 def fast_config(tmp_path: Path, url: str, *, extra_checks: str = "", rollback_after: int = 50) -> Path:
     repo = make_repo(tmp_path / "app")
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         state_dir = "state"
         [app]
         name = "shop"
@@ -37,7 +39,8 @@ def fast_config(tmp_path: Path, url: str, *, extra_checks: str = "", rollback_af
         timeout = "1s"
         samples = 1
         {extra_checks}
-    """)
+    """,
+    )
 
 
 @pytest.fixture
@@ -83,13 +86,19 @@ def failures(state: Path) -> int:
         s.close()
 
 
-def test_kill_9_and_restart_resumes_the_failure_count(tmp_path: Path, http_app: Callable[..., object], runs: Callable[..., subprocess.Popen[str]]) -> None:
+def test_kill_9_and_restart_resumes_the_failure_count(
+    tmp_path: Path, http_app: Callable[..., object], runs: Callable[..., subprocess.Popen[str]]
+) -> None:
     """A `healer run` killed with SIGKILL and started again continues its count and window."""
     app = http_app("healthy")
     config = fast_config(tmp_path, str(app))
     state = tmp_path / "state"
     p = runs(config)
-    wait_for(lambda: (state / "healer.db").exists() and failures(state) == 0 and deploy_of(config).get("baseline") is not None)
+    wait_for(
+        lambda: (
+            (state / "healer.db").exists() and failures(state) == 0 and deploy_of(config).get("baseline") is not None
+        )
+    )
     first = deploy_of(config)
     app.behaviour = "error500"  # type: ignore[attr-defined]
     wait_for(lambda: failures(state) >= 3)
@@ -120,7 +129,9 @@ def test_kill_9_and_restart_resumes_the_failure_count(tmp_path: Path, http_app: 
     assert failures(state) == tail
 
 
-def test_sigterm_stops_cleanly_and_a_second_run_exits_2_naming_the_pid(tmp_path: Path, http_app: Callable[..., object], runs: Callable[..., subprocess.Popen[str]]) -> None:
+def test_sigterm_stops_cleanly_and_a_second_run_exits_2_naming_the_pid(
+    tmp_path: Path, http_app: Callable[..., object], runs: Callable[..., subprocess.Popen[str]]
+) -> None:
     """One loop per state dir; SIGTERM ends it with exit 0 and a stop event."""
     config = fast_config(tmp_path, str(http_app("healthy")))
     p = runs(config)
@@ -129,24 +140,33 @@ def test_sigterm_stops_cleanly_and_a_second_run_exits_2_naming_the_pid(tmp_path:
     assert second.returncode == 2
     assert f"PID {p.pid}" in second.stderr
     p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=5)
+    _out, err = p.communicate(timeout=5)
     assert p.returncode == 0, err
     assert '"event": "healer.stopped"' in err
     assert deploy_of(config)["loop"]["running"] is False
 
 
-def test_a_new_commit_during_a_run_starts_a_new_window(tmp_path: Path, http_app: Callable[..., object], runs: Callable[..., subprocess.Popen[str]]) -> None:
+def test_a_new_commit_during_a_run_starts_a_new_window(
+    tmp_path: Path, http_app: Callable[..., object], runs: Callable[..., subprocess.Popen[str]]
+) -> None:
     """Deploying a new commit while healer runs gives it its own deploy and baseline."""
     config = fast_config(tmp_path, str(http_app("healthy")))
     p = runs(config)
     wait_for(lambda: deploy_of(config).get("baseline") is not None)
     sha = commit(tmp_path / "app", "v2")
-    wait_for(lambda: (deploy_of(config).get("deploy") or {}).get("commit") == sha and deploy_of(config).get("baseline") is not None)
+    wait_for(
+        lambda: (
+            (deploy_of(config).get("deploy") or {}).get("commit") == sha
+            and deploy_of(config).get("baseline") is not None
+        )
+    )
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=5)
 
 
-def test_the_loop_survives_dead_services_and_garbage(tmp_path: Path, http_app: Callable[..., object], runs: Callable[..., subprocess.Popen[str]]) -> None:
+def test_the_loop_survives_dead_services_and_garbage(
+    tmp_path: Path, http_app: Callable[..., object], runs: Callable[..., subprocess.Popen[str]]
+) -> None:
     """A dead Redis, a refused port and a garbage answer are failed checks, not a crash."""
     garbage = http_app("garbage")
     extra = f"""
@@ -182,7 +202,12 @@ def test_the_loop_survives_dead_services_and_garbage(tmp_path: Path, http_app: C
 def test_run_survives_a_closed_stderr(tmp_path: Path, http_app: Callable[..., object]) -> None:
     """With its log stream gone (a full disk, a closed pipe), the loop keeps cycling."""
     config = fast_config(tmp_path, str(http_app("healthy")))
-    p = subprocess.Popen([*HEALER, "--config", str(config), "run"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [*HEALER, "--config", str(config), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert p.stderr is not None
         p.stderr.close()  # every later write to stderr fails with EPIPE
@@ -203,7 +228,9 @@ def test_run_survives_a_closed_stderr(tmp_path: Path, http_app: Callable[..., ob
 def test_a_repo_that_is_not_git_exits_2_before_starting(tmp_path: Path) -> None:
     """[app] repo pointing at a plain directory is refused at start, with nothing created."""
     (tmp_path / "plain").mkdir()
-    config = write_config(tmp_path, """
+    config = write_config(
+        tmp_path,
+        """
         state_dir = "state"
         [app]
         repo = "plain"
@@ -211,7 +238,8 @@ def test_a_repo_that_is_not_git_exits_2_before_starting(tmp_path: Path) -> None:
         name = "api"
         type = "http"
         url = "http://127.0.0.1:1/"
-    """)
+    """,
+    )
     proc = healer("--config", str(config), "run", timeout=30)
     assert proc.returncode == 2
     assert "not a git work tree" in proc.stderr

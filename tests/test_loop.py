@@ -19,7 +19,9 @@ from healer.store import Store
 def make_config(tmp_path: Path, url: str, **extra: str) -> Config:
     repo = make_repo(tmp_path / "app")
     esc = "\n".join(f"{k} = {v}" for k, v in extra.items())
-    return config_from(tmp_path, f"""
+    return config_from(
+        tmp_path,
+        f"""
         state_dir = "state"
         [app]
         name = "shop"
@@ -31,7 +33,8 @@ def make_config(tmp_path: Path, url: str, **extra: str) -> Config:
         type = "http"
         url = "{url}/health"
         timeout = "2s"
-    """)
+    """,
+    )
 
 
 @asynccontextmanager
@@ -57,7 +60,9 @@ async def test_first_healthy_cycle_becomes_the_baseline(tmp_path: Path, http_app
         assert deploy.baseline.value("api", "latency_ms") is not None
 
 
-async def test_a_restart_resumes_window_baseline_and_failure_count(tmp_path: Path, http_app: Callable[..., object]) -> None:
+async def test_a_restart_resumes_window_baseline_and_failure_count(
+    tmp_path: Path, http_app: Callable[..., object]
+) -> None:
     """Closing and reopening everything keeps the deploy, its baseline and the count."""
     app = http_app("healthy")
     config = make_config(tmp_path, str(app), rollback_after="50")
@@ -153,7 +158,9 @@ async def test_the_cadence_follows_the_phase_and_the_incident(tmp_path: Path, ht
         assert await dog.due_at(d) == clock.now() + timedelta(minutes=1)
 
 
-async def test_without_a_stable_tag_five_failures_hold_and_record_why(tmp_path: Path, http_app: Callable[..., object]) -> None:
+async def test_without_a_stable_tag_five_failures_hold_and_record_why(
+    tmp_path: Path, http_app: Callable[..., object]
+) -> None:
     """No rollback target: the fifth failure holds the loop for a person, recorded."""
     app = http_app("error500")
     config = make_config(tmp_path, str(app))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,7 +19,7 @@ M = timedelta(minutes=1)
 def test_72_hours_run_15m_then_30m_then_4h() -> None:
     """0–6 h every 15 min, 6–24 h every 30 min, 24–72 h every 4 h: 24 + 36 + 12 cycles."""
     cycles = cycles_in(T0, T0 + 72 * H - timedelta(seconds=1), ScheduleConfig())
-    gaps = [b - a for a, b in zip(cycles, cycles[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(cycles)]
     assert cycles[0] == T0
     assert gaps[:24] == [15 * M] * 24
     assert gaps[24:60] == [30 * M] * 36
@@ -86,6 +87,8 @@ def test_a_whole_launch_runs_in_milliseconds_on_a_fake_clock() -> None:
 
 def test_compressed_durations_behave_like_hours() -> None:
     """The demo's second-scale phases follow the same rules as the real ones."""
-    schedule = ScheduleConfig.model_validate({"phases": [{"until": "6s", "every": "1s"}, {"until": "20s", "every": "2s"}]})
+    schedule = ScheduleConfig.model_validate(
+        {"phases": [{"until": "6s", "every": "1s"}, {"until": "20s", "every": "2s"}]}
+    )
     cycles = cycles_in(T0, T0 + parse_duration("19s"), schedule)
     assert [(c - T0).total_seconds() for c in cycles] == [0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 18]
