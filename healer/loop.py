@@ -394,6 +394,7 @@ class Watchdog:
             await self._alert([Alert(what, Severity.CRITICAL, title, r.detail)],
                               None, None, "watching" if r.ok else "waiting for a person")  # fmt: skip
         pruned_at: datetime | None = None
+        started = False  # lateness at start is downtime, not a stall
         while not stop.is_set():
             try:
                 deploy = await self.current_deploy()
@@ -405,6 +406,16 @@ class Watchdog:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), wait.total_seconds())
                     continue
+                late = now - due
+                if started and late > max(2 * (due - (deploy.last_cycle_at or due)), timedelta(seconds=30)):
+                    # the cycle is later than twice its cadence: a stall healer must own up to
+                    msg = f"the cycle due at {due:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
+                    event("meta.loop_behind", late_s=int(late.total_seconds()))
+                    await self._alert(
+                        [Alert("meta.loop_behind", Severity.WARNING, "healer fell behind", msg, bypass_dedup=True)],
+                        deploy, None, "catching up",
+                    )  # fmt: skip
+                started = True
                 await self.step()
                 if pruned_at is None or now - pruned_at > timedelta(hours=1):
                     n = await self._db(self.store.prune, now - self.config.retention)

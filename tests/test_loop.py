@@ -173,3 +173,43 @@ async def test_without_a_stable_tag_five_failures_hold_and_record_why(
         holds = dog.store.actions(kind="hold")
     assert d is not None and d.held is not None and "no stable tag" in d.held
     assert len(holds) == 1 and holds[0].who == "loop"
+
+
+async def test_a_stalled_loop_is_detected_and_alerted(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """A cycle that runs later than twice its cadence raises a meta alert that skips dedup."""
+    import asyncio
+
+    app = http_app("healthy")
+    config = make_config(tmp_path, str(app))
+    clock = FakeClock()
+    seen: list[object] = []
+
+    async def sink(items: list[object], *_: object) -> None:
+        seen.extend(items)
+
+    store = Store(config.db_path)
+    try:
+        async with probe_context(config) as ctx:
+            dog = Watchdog(config, store, ctx, clock=clock, alert_sink=sink)  # type: ignore[arg-type]
+            stop = asyncio.Event()
+            task = asyncio.create_task(dog.run(stop))
+
+            async def cycles(n: int) -> None:
+                for _ in range(200):
+                    if len(store.cycles()) >= n:
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"no cycle {n}")
+
+            await cycles(1)
+            clock.advance(timedelta(minutes=15))  # on time
+            await cycles(2)
+            assert not any(getattr(a, "event", "") == "meta.loop_behind" for a in seen)
+            clock.advance(timedelta(hours=2))  # the loop was stuck for two hours
+            await cycles(3)
+            stop.set()
+            await task
+    finally:
+        store.close()
+    behind = [a for a in seen if getattr(a, "event", "") == "meta.loop_behind"]
+    assert len(behind) == 1 and behind[0].bypass_dedup  # type: ignore[attr-defined]
