@@ -703,6 +703,41 @@ def _announce(config: Config, event: str, title: str, detail: str, *, critical: 
         alerts.close()
 
 
+# ---- report --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--since", default="24h", show_default=True, help="How far back: 24h, 7d, 30d ...")
+@click.option("--sla", type=float, default=None, help="SLA target in percent (default: [report] sla_target, 99.9).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@handles_errors
+def report(ctx: click.Context, since: str, sla: float | None, as_json: bool) -> None:
+    """Uptime, incidents, repairs, rollbacks, SLA and mean time to repair."""
+    from healer import report as reports
+    from healer.store import Store
+
+    span = _duration(since, "--since")
+    config = _config(ctx)
+    target = config.report.sla_target if sla is None else sla
+    if not 0 < target <= 100:
+        raise UsageError(f"--sla: expected a percentage above 0 and at most 100, got {sla}")
+    now = SystemClock().now()
+    if config.db_path.exists():
+        store = Store(config.db_path)
+        try:
+            rep = reports.load_report(store, start=now - span, now=now, sla_target=target)
+        finally:
+            store.close()
+    else:  # nothing recorded yet: an empty report ("no data"), and no file created
+        rep = reports.build_report([], [], [], start=now - span, now=now, sla_target=target)
+    title = f"{config.app.name}: the last {since}"
+    if as_json:
+        click.echo(json.dumps(reports.to_json(rep), indent=2))
+        return
+    _console().print(reports.render(rep, title))
+
+
 def main() -> None:
     """The console script."""
     try:

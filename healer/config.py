@@ -402,6 +402,10 @@ class AlertsConfig(_Model):
     timeout: PositiveDuration = timedelta(seconds=10)
 
 
+class ReportConfig(_Model):
+    sla_target: Percent = 99.9  # percent of the observed time with no open incident
+
+
 class Config(_Model):
     """The whole of healer.toml."""
 
@@ -419,6 +423,7 @@ class Config(_Model):
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     playbooks: PlaybooksConfig = PlaybooksConfig()
     server: ServerConfig = ServerConfig()
+    report: ReportConfig = ReportConfig()
     alerts: AlertsConfig = AlertsConfig()
 
     # where the file was read from (set by load_config, not by the user)

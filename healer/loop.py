@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from healer import gitrepo, repair, rollback
+from healer import report as reports
 from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock
 from healer.config import Config
 from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
+from healer.heartbeat import Heartbeat
 from healer.judge import baseline_of, judge
 from healer.logging import log_event
 from healer.model import (
@@ -41,7 +43,9 @@ from healer.model import (
     Verdict,
     Who,
 )
+from healer.notify import Liveness, action_budget, notify, stall_limit, watchdog_pinger
 from healer.schedule import next_due, phase_at
+from healer.server import start_server
 from healer.store import CycleUpdate, Store
 
 log = logging.getLogger("healer")
@@ -162,6 +166,8 @@ class Watchdog:
         clock: Clock | None = None,
         observe: bool = False,
         alert_sink: AlertSink | None = None,
+        liveness: Liveness | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -172,6 +178,8 @@ class Watchdog:
         self._last_repair_at: datetime | None = None
         self._incident: tuple[int, datetime] | None = None
         self._policies = repair.policies(config)  # validates the playbook files once, at start
+        self.liveness = liveness or Liveness(stall_limit(config))
+        self.heartbeat = heartbeat
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -285,10 +293,11 @@ class Watchdog:
                           f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
         event("repair.started", kind=intent.kind, reason=intent.reason)
         try:
-            result = await repair.run_repair(
-                intent.kind, config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
-                who=Who.LOOP, reason=intent.reason, deploy_id=deploy.id, incident_id=incident,
-            )  # fmt: skip
+            with self.liveness.busy(action_budget(self.config)):
+                result = await repair.run_repair(
+                    intent.kind, config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
+                    who=Who.LOOP, reason=intent.reason, deploy_id=deploy.id, incident_id=incident,
+                )  # fmt: skip
         except HealerError as e:
             await self._db(
                 self.store.start_action, kind="repair", name=intent.kind, who=Who.LOOP, reason=intent.reason,
@@ -324,10 +333,11 @@ class Watchdog:
             deploy, None, "rolling back",
         )  # fmt: skip
         try:
-            result = await rollback.run_rollback(
-                config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
-                who=Who.LOOP, reason=intent.reason,
-            )  # fmt: skip
+            with self.liveness.busy(action_budget(self.config)):
+                result = await rollback.run_rollback(
+                    config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
+                    who=Who.LOOP, reason=intent.reason,
+                )  # fmt: skip
         except HealerError as e:
             msg = f"rollback could not run: {e}; waiting for a person"
             await self._db(self.store.set_held, deploy.id, msg)
@@ -368,6 +378,28 @@ class Watchdog:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    async def _summaries(self, deploy: Deploy, now: datetime) -> None:
+        """Daily chat summaries during the launch window, and a final one when it ends."""
+        sent_for, _, sent_at = (await self._db(self.store.meta)).get("summary_sent", "").partition(" ")
+        last = datetime.fromisoformat(sent_at) if sent_for == str(deploy.id) and sent_at else None
+        window = self.config.schedule.window
+        for label in reports.due_summaries(deploy.first_seen, window, last, now):
+            start, end = reports.summary_period(label, deploy.first_seen, window)
+            rep = await self._db(
+                reports.load_report,
+                self.store,
+                start=start,
+                now=min(end, now),
+                sla_target=self.config.report.sla_target,
+            )
+            final = label == reports.FINAL
+            name = self.config.app.name
+            title = f"{name}: launch window over" if final else f"{name}: day {label[4:]} of the launch window"
+            kind = "report.final" if final else "report.daily"
+            text = reports.render_text(rep, title)
+            await self._alert([Alert(kind, Severity.INFO, title, text, bypass_dedup=True)], deploy, None, "watching")
+            await self._db(self.store.set_meta, summary_sent=f"{deploy.id} {now.isoformat()}")
+
     async def due_at(self, deploy: Deploy) -> datetime:
         return next_due(
             deploy_at=deploy.first_seen,
@@ -381,9 +413,10 @@ class Watchdog:
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle until `stop` is set. Each wait is cut short by `stop` or a new HEAD."""
         try:
-            resumed = await rollback.resume_unfinished(
-                config=self.config, ctx=self.ctx, store=self.store, clock=self.clock
-            )
+            with self.liveness.busy(action_budget(self.config)):
+                resumed = await rollback.resume_unfinished(
+                    config=self.config, ctx=self.ctx, store=self.store, clock=self.clock
+                )
         except HealerError as e:
             resumed = []
             event("rollback.resume_error", error=str(e))
@@ -401,6 +434,7 @@ class Watchdog:
                 due = await self.due_at(deploy)
                 now = self.clock.now()
                 await self._db(self.store.set_meta, loop_seen=now.isoformat(), next_due=due.isoformat())
+                self.liveness.beat()
                 if due > now:
                     wait = min(due - now, HEAD_POLL)
                     with contextlib.suppress(TimeoutError):
@@ -416,7 +450,14 @@ class Watchdog:
                         deploy, None, "catching up",
                     )  # fmt: skip
                 started = True
-                await self.step()
+                cycle = await self.step()
+                self.liveness.beat()
+                if self.heartbeat is not None:
+                    self.heartbeat.ping_soon(cycle.verdict.ok)
+                phase = phase_at(cycle.deploy.first_seen, now, self.config.schedule)
+                failures = f"{cycle.decision.consecutive_failures}/{self.config.escalation.rollback_after}"
+                notify(f"STATUS={phase.label}; {cycle.verdict.summary()}; failures {failures}")
+                await self._summaries(cycle.deploy, self.clock.now())
                 if pruned_at is None or now - pruned_at > timedelta(hours=1):
                     n = await self._db(self.store.prune, now - self.config.retention)
                     pruned_at = now
@@ -464,25 +505,41 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     clock = clock or SystemClock()
+    server = None
     try:
         store.set_meta(pid=str(os.getpid()), started_at=clock.now().isoformat())
+        liveness = Liveness(stall_limit(config))
+        server = start_server(config, liveness, clock=clock)
         from healer.alerts import Alerts
 
         alerts = Alerts(config, clock=clock)
         async with probe_context(config) as ctx:
+            heartbeat = Heartbeat.from_config(config, ctx.http)
             is_observe = observe or config.escalation.mode == "observe"
             sink = AlertSink(alerts, config, is_observe)
-            dog = Watchdog(config, store, ctx, clock=clock, observe=observe, alert_sink=sink)
+            dog = Watchdog(
+                config,
+                store,
+                ctx,
+                clock=clock,
+                observe=observe,
+                alert_sink=sink,
+                liveness=liveness,
+                heartbeat=heartbeat,
+            )
             mode = "observe" if dog.observe else "act"
             event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
             await dog._alert(
                 [Alert("healer.started", Severity.INFO, "Watching", f"started (PID {os.getpid()}, {mode} mode)")],
                 await dog.current_deploy(), None, "watching",
             )  # fmt: skip
+            notify("READY=1")
+            pinger = asyncio.create_task(watchdog_pinger(stop, liveness.is_alive))
             sender = asyncio.create_task(alerts.run(stop))
             runner = asyncio.create_task(dog.run(stop))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            notify("STOPPING=1")
             if not runner.done():
                 # give the cycle in progress a moment to finish recording, then cancel it
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -504,7 +561,14 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                 if left:
                     event("alerts.pending_at_stop", pending=left)
             alerts.close()
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+            if heartbeat is not None:
+                await heartbeat.aclose()
     finally:
+        if server is not None:
+            await server.aclose()
         with contextlib.suppress(StoreError):
             store.set_meta(pid=None)
         store.close()
