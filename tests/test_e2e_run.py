@@ -244,3 +244,34 @@ def test_a_repo_that_is_not_git_exits_2_before_starting(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "not a git work tree" in proc.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_run_speaks_systemd_notify_on_a_real_socket(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """Under Type=notify, healer sends READY=1, a STATUS per cycle and STOPPING=1 on SIGTERM."""
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(10)
+    config = fast_config(tmp_path, str(http_app("healthy")))
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+    p = subprocess.Popen(
+        [*HEALER, "--config", str(config), "run"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        got: list[str] = []
+        while not any(m.startswith("STATUS=") for m in got):
+            got.append(sock.recv(4096).decode())
+        assert got[0] == "READY=1"
+        assert "healthy" in next(m for m in got if m.startswith("STATUS="))
+        p.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in got:
+            got.append(sock.recv(4096).decode())
+        assert p.wait(timeout=10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        sock.close()
