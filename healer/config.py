@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -545,23 +546,22 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             return any(len(o["loc"]) > len(loc) and tuple(o["loc"][: len(loc)]) == loc for o in errors)
 
         errors = [e for e in errors if not (e["type"] == "too_short" and has_item_errors(tuple(e["loc"])))]
-        raise ConfigError(path, [_describe(e) for e in errors]) from None
+        raise ConfigError(path, [describe_error(e) for e in errors]) from None
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
+def _loc(loc: Sequence[int | str], tagged: str, tags: Sequence[str]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in CHECK_TYPES and out.startswith("checks["):
+        elif part in tags and out.startswith(f"{tagged}["):
             continue  # the discriminator tag pydantic inserts: not a key the user wrote
-        elif part.startswith(("function-", "tagged-union", "list[", "tuple[", "union[")) or part in (
+        elif part.startswith(("function-", "tagged-union", "list[", "tuple[", "union[", "nullable[")) or part in (
             "int",
             "str",
             "float",
             "bool",
             "none",
-            "list[int]",
         ):
             continue
         else:
@@ -586,13 +586,26 @@ _EXPECTED = {
     "model_attributes_type": "expected a table",
     "int_from_float": "expected a whole number",
 }
+_OWN_KINDS = ("duration", "size", "argv", "pattern", "process", "slack", "phases", "checks")
 
 
-def _describe(e: Any) -> str:
+def describe_error(
+    e: Any,
+    *,
+    tagged: str = "checks",
+    tags: Sequence[str] = CHECK_TYPES,
+    tag_key: str = "type",
+    hints: Mapping[str, str] | None = None,
+) -> str:
+    """One line for one pydantic error: the key path as the user wrote it and what was expected.
+
+    `tagged` names the list whose items carry a discriminator `tag_key` (one of `tags`); `hints`
+    say what a key with a pattern expects. Shared by healer.toml and the playbook files.
+    """
     kind = e["type"]
-    loc = _loc(tuple(e["loc"]))
+    loc = _loc(tuple(e["loc"]), tagged, tags)
     got = e.get("input")
-    if kind in ("duration", "size", "argv", "process", "slack", "phases", "checks"):
+    if kind in _OWN_KINDS:
         msg = e["msg"]
         head, sep, _ = msg.partition(": ")
         names_a_key = sep and re.fullmatch(r"[\w\[\].]+", head) and head != "expected"
@@ -600,13 +613,13 @@ def _describe(e: Any) -> str:
             return f"{loc}.{msg}" if loc else msg
         return f"{loc}: {msg}" if loc else msg
     if kind == "union_tag_invalid":
-        return f"{loc}.type: expected one of {', '.join(CHECK_TYPES)}, got {_show(e['ctx']['tag'])}"
+        return f"{loc}.{tag_key}: expected one of {', '.join(tags)}, got {_show(e['ctx']['tag'])}"
     if kind == "union_tag_not_found":
-        return f"{loc}.type: missing required key (one of {', '.join(CHECK_TYPES)})"
+        return f"{loc}.{tag_key}: missing required key (one of {', '.join(tags)})"
     if kind == "literal_error":
         return f"{loc}: expected {e['ctx']['expected']}, got {_show(got)}"
     if kind == "string_pattern_mismatch":
-        return f"{loc}: {_pattern_hint(loc)}, got {_show(got)}"
+        return f"{loc}: {_pattern_hint(loc, hints or {})}, got {_show(got)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bound = next(iter(e["ctx"].values()))
         word = {
@@ -618,8 +631,8 @@ def _describe(e: Any) -> str:
         return f"{loc}: expected a number {word} {bound}, got {_show(got)}"
     if kind in ("too_short", "string_too_short"):
         return f"{loc}: expected at least one entry" if kind == "too_short" else f"{loc}: expected a non-empty string"
-    if kind == "missing" and loc == "checks":
-        return "checks: expected at least one [[checks]] table"
+    if kind == "missing" and loc == tagged:
+        return f"{tagged}: expected at least one entry"
     if kind in _EXPECTED:
         text = _EXPECTED[kind]
         if kind in ("missing", "extra_forbidden"):
@@ -628,15 +641,16 @@ def _describe(e: Any) -> str:
     return f"{loc}: {e['msg']}"
 
 
-def _pattern_hint(loc: str) -> str:
+def _pattern_hint(loc: str, hints: Mapping[str, str]) -> str:
     last = loc.rsplit(".", 1)[-1]
-    return {
+    known = {
         "url": 'expected a URL like "http://127.0.0.1:8000/health" (or redis://...)',
         "name": "expected a name of letters, digits, '.', '_' or '-'",
         "listen": 'expected HOST:PORT like "127.0.0.1:8001"',
-    }.get(
-        last,
-        "expected an environment variable name like SLACK_WEBHOOK_URL"
-        if last.endswith("_env")
-        else "unexpected format",
+        **hints,
+    }
+    if last in known:
+        return known[last]
+    return (
+        "expected an environment variable name like SLACK_WEBHOOK_URL" if last.endswith("_env") else "unexpected format"
     )

@@ -37,6 +37,7 @@ from healer.config import (
     Name,
     PositiveDuration,
     RelPath,
+    describe_error,
     format_duration,
 )
 from healer.errors import ConfigError
@@ -230,75 +231,10 @@ def targets(playbook: Playbook, checks: Sequence[CheckConfig]) -> tuple[CheckCon
 
 # ---- error messages --------------------------------------------------------------------------
 
-_EXPECTED = {
-    "missing": "missing required key",
-    "extra_forbidden": "unknown key (check the spelling)",
-    "int_parsing": "expected an integer",
-    "int_type": "expected an integer",
-    "int_from_float": "expected a whole number",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "tuple_type": "expected a list",
-    "dict_type": "expected a table",
-    "model_type": "expected a table",
-    "model_attributes_type": "expected a table",
-    "bool_type": "expected true or false",
-}
-
-
-def _loc(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ACTIONS and out.startswith("steps["):
-            continue  # the discriminator tag pydantic inserts: not a key the user wrote
-        elif part.startswith(("function-", "tagged-union", "list[", "tuple[", "union[", "nullable[")):
-            continue
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-def _show(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
 
 def _describe(e: Any) -> str:
-    kind = e["type"]
-    loc = _loc(e["loc"])
-    got = e.get("input")
-    if kind in ("duration", "argv", "pattern"):
-        return f"{loc}: {e['msg']}"
-    if kind == "union_tag_invalid":
-        return f"{loc}.action: expected one of {', '.join(ACTIONS)}, got {_show(e['ctx']['tag'])}"
-    if kind == "union_tag_not_found":
-        return f"{loc}.action: missing required key (one of {', '.join(ACTIONS)})"
-    if kind == "literal_error":
-        return f"{loc}: expected {e['ctx']['expected']}, got {_show(got)}"
-    if kind == "string_pattern_mismatch":
-        hint = {
-            "name": "expected a name of letters, digits, '.', '_' or '-'",
-            "signal": 'expected a signal name like "SIGHUP"',
-        }.get(loc.rsplit(".", 1)[-1], "unexpected format")
-        return f"{loc}: {hint}, got {_show(got)}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        bound = next(iter(e["ctx"].values()))
-        word = {
-            "greater_than": "above",
-            "greater_than_equal": "at least",
-            "less_than": "below",
-            "less_than_equal": "at most",
-        }[kind]
-        return f"{loc}: expected a number {word} {bound}, got {_show(got)}"
-    if kind == "too_short":
-        return f"{loc}: expected at least one entry"
-    if kind == "string_too_short":
-        return f"{loc}: expected a non-empty string"
-    if kind in _EXPECTED:
-        text = _EXPECTED[kind]
-        return f"{loc}: {text}" if kind in ("missing", "extra_forbidden") else f"{loc}: {text}, got {_show(got)}"
-    return f"{loc}: {e['msg']}"
+    hints = {"signal": 'expected a signal name like "SIGHUP"'}
+    return describe_error(e, tagged="steps", tags=ACTIONS, tag_key="action", hints=hints)
 
 
 def summary(playbook: Playbook) -> str:
