@@ -187,11 +187,18 @@ class SafeStreamHandler(logging.StreamHandler[TextIO]):
 
 
 def log_event(
-    logger: logging.Logger, event: str, /, *, level: int = logging.INFO, **fields: Any
+    logger: logging.Logger,
+    event: str,
+    /,
+    *,
+    level: int = logging.INFO,
+    exc_info: bool = False,
+    **fields: Any,
 ) -> None:
     """Log a dotted event with fields: `log_event(log, "repair.started", kind="redis-flush")`."""
     if logger.isEnabledFor(level):
-        logger.log(level, event, extra={EVENT_ATTR: event, FIELDS_ATTR: fields})
+        extra = {EVENT_ATTR: event, FIELDS_ATTR: fields}
+        logger.log(level, event, exc_info=exc_info, extra=extra)
 
 
 _HANDLER_MARK = "_healer_handler"

@@ -16,6 +16,7 @@ connections and come back on the same port.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -121,7 +122,9 @@ class ChatFake:
     def accepted(self, service: str, method: str | None = None) -> list[Recorded]:
         with self._lock:
             return [
-                r for r in self.requests if r.service == service and r.accepted and (method is None or r.method == method)
+                r
+                for r in self.requests
+                if r.service == service and r.accepted and (method is None or r.method == method)
             ]
 
     def slack_messages(self) -> list[dict[str, Any]]:
@@ -166,7 +169,7 @@ class ChatFake:
         mode = self._mode(service)
         if mode.name == "reset":
             h.close_connection = True
-            with _suppress():
+            with contextlib.suppress(OSError):
                 h.connection.shutdown(socket.SHUT_RDWR)
             return
         if mode.name == "slow":
@@ -177,7 +180,10 @@ class ChatFake:
             status, headers, payload = self._slack_api(h, method, body, mode)
         else:
             status, headers, payload = self._slack_webhook(path, mode)
-        rec.status = status
+        # recorded before answering: the client may look at the fake as soon as it has the answer
+        with self._lock:
+            rec.status = status
+            rec.accepted = 200 <= status < 300 and mode.name != "slow" and _ok_body(service, payload)
         try:
             h.send_response(status)
             for k, v in headers.items():
@@ -187,8 +193,8 @@ class ChatFake:
             h.wfile.write(payload)
             h.wfile.flush()
         except OSError:  # the client gave up (a timeout): nothing was accepted
-            return
-        rec.accepted = 200 <= status < 300 and mode.name != "slow" and _ok_body(service, payload)
+            with self._lock:
+                rec.accepted = False
 
     def _slack_webhook(self, path: str, mode: Mode) -> tuple[int, dict[str, str], bytes]:
         text = {"Content-Type": "text/plain"}
@@ -211,22 +217,39 @@ class ChatFake:
         if mode.name == "500":
             return 500, {"Content-Type": "text/plain"}, b"Internal Server Error"
         if mode.name == "429":
-            return 429, {**js, "Retry-After": str(mode.retry_after)}, _json({"ok": False, "error": "ratelimited"})
+            return (
+                429,
+                {**js, "Retry-After": str(mode.retry_after)},
+                _json({"ok": False, "error": "ratelimited"}),
+            )
         if mode.name == "4xx":
             return 200, js, _json({"ok": False, "error": "channel_not_found"})
         with self._lock:
             self._message_id += 1
             ts = f"1700000000.{self._message_id:06d}"
-        return 200, js, _json({"ok": True, "channel": body.get("channel"), "ts": ts, "message": {"text": body.get("text")}})
+        return (
+            200,
+            js,
+            _json(
+                {
+                    "ok": True,
+                    "channel": body.get("channel"),
+                    "ts": ts,
+                    "message": {"text": body.get("text")},
+                }
+            ),
+        )
 
-    def _telegram(
-        self, path: str, method: str, body: dict[str, Any], mode: Mode
-    ) -> tuple[int, dict[str, str], bytes]:
+    def _telegram(self, path: str, method: str, body: dict[str, Any], mode: Mode) -> tuple[int, dict[str, str], bytes]:
         js = {"Content-Type": "application/json"}
         if not path.startswith(f"/bot{self.token}/"):
             return 401, js, _json({"ok": False, "error_code": 401, "description": "Unauthorized"})
         if mode.name == "500":
-            return 500, js, _json({"ok": False, "error_code": 500, "description": "Internal Server Error"})
+            return (
+                500,
+                js,
+                _json({"ok": False, "error_code": 500, "description": "Internal Server Error"}),
+            )
         if mode.name == "429":
             return 429, js, _json({
                 "ok": False,
@@ -236,11 +259,33 @@ class ChatFake:
             })  # fmt: skip
         if mode.name == "4xx":
             status = mode.status or 400
-            return status, js, _json({"ok": False, "error_code": status, "description": "Bad Request: chat not found"})
+            return (
+                status,
+                js,
+                _json(
+                    {
+                        "ok": False,
+                        "error_code": status,
+                        "description": "Bad Request: chat not found",
+                    }
+                ),
+            )
         bot_id = int(self.token.split(":", 1)[0])
         if method == "getMe":
-            return 200, js, _json(
-                {"ok": True, "result": {"id": bot_id, "is_bot": True, "first_name": "healer", "username": "healer_bot"}}
+            return (
+                200,
+                js,
+                _json(
+                    {
+                        "ok": True,
+                        "result": {
+                            "id": bot_id,
+                            "is_bot": True,
+                            "first_name": "healer",
+                            "username": "healer_bot",
+                        },
+                    }
+                ),
             )
         if method == "sendMessage":
             with self._lock:
@@ -250,7 +295,10 @@ class ChatFake:
             result = {
                 "message_id": mid,
                 "date": int(time.time()),
-                "chat": {"id": int(chat) if str(chat).lstrip("-").isdigit() else 1, "type": "private"},
+                "chat": {
+                    "id": int(chat) if str(chat).lstrip("-").isdigit() else 1,
+                    "type": "private",
+                },
                 "from": {"id": bot_id, "is_bot": True, "first_name": "healer"},
                 "text": body.get("text"),
             }
@@ -287,21 +335,11 @@ def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
         for k, v in parse_qs(text, keep_blank_values=True).items():
             value: Any = v[0] if len(v) == 1 else v
             if isinstance(value, str) and value[:1] in "[{":
-                try:
+                with contextlib.suppress(ValueError):
                     value = json.loads(value)
-                except ValueError:
-                    pass
             out[k] = value
         return out
     return {"_raw": text}
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def healer_config(

@@ -1,4 +1,4 @@
-"""healer.logging: JSON lines, one redacting filter for every logger, and a handler that never raises."""
+"""healer.logging: JSON lines, one redacting filter for all loggers, a handler that never raises."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import healer.logging as hlog
 from healer.config import Secret
-from healer.logging import Redactor, RedactingFilter, log_event, redact, setup_logging
+from healer.logging import RedactingFilter, Redactor, log_event, redact, setup_logging
 
 TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 WEBHOOK = "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"
@@ -70,8 +70,16 @@ def test_known_secrets_and_token_shapes_are_redacted_everywhere_in_a_record() ->
 @pytest.mark.parametrize(
     ("text", "leak"),
     [
-        pytest.param("GET https://api.telegram.org/bot987654:ZZZsecretZZZ/getMe", "ZZZsecretZZZ", id="bot-url"),
-        pytest.param("token 987654321:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA here", "AAAAAAAAAAAAAAAAAAAAAAAAA", id="bare-token"),
+        pytest.param(
+            "GET https://api.telegram.org/bot987654:ZZZsecretZZZ/getMe",
+            "ZZZsecretZZZ",
+            id="bot-url",
+        ),
+        pytest.param(
+            "token 987654321:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA here",
+            "AAAAAAAAAAAAAAAAAAAAAAAAA",
+            id="bare-token",
+        ),
         pytest.param("url https://hooks.slack.com/services/T1/B2/abc123", "abc123", id="webhook"),
         pytest.param("Authorization: Bearer xoxb-1111-2222-abcdef", "abcdef", id="slack-token"),
         pytest.param("dsn postgresql://shop:hunter22@db:5432/shop", "hunter22", id="url-password"),
@@ -83,13 +91,15 @@ def test_secret_shapes_are_redacted_without_being_told(text: str, leak: str) -> 
 
 
 def test_library_loggers_are_quiet_but_the_filter_covers_them_at_debug() -> None:
-    """httpx is set to WARNING; turned back to DEBUG, its lines are still redacted by the handler's filter."""
+    """httpx is set to WARNING; back at DEBUG, its lines are still redacted by the filter."""
     out = io.StringIO()
     setup_logging("debug", [TOKEN], stream=out)
     assert logging.getLogger("httpx").level == logging.WARNING
     assert logging.getLogger("slack_sdk").level == logging.WARNING
     logging.getLogger("httpx").setLevel(logging.DEBUG)
-    logging.getLogger("httpx").info('HTTP Request: POST http://127.0.0.1:1/bot%s/sendMessage "200 OK"', TOKEN)
+    logging.getLogger("httpx").info(
+        'HTTP Request: POST http://127.0.0.1:1/bot%s/sendMessage "200 OK"', TOKEN
+    )
     assert TOKEN not in out.getvalue()
     assert "bot***" in out.getvalue() or "/***/" in out.getvalue()
 

@@ -19,7 +19,9 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def msg(title: str, at: datetime = T0, event: str = "repair.started") -> AlertMessage:
-    return AlertMessage(items=(AlertItem(event, Severity.WARNING, title, "", 1),), app="shop-api", created_at=at)
+    return AlertMessage(
+        items=(AlertItem(event, Severity.WARNING, title, "", 1),), app="shop-api", created_at=at
+    )
 
 
 @pytest.fixture
@@ -66,7 +68,9 @@ def test_a_delivery_is_marked_once(db: Path) -> None:
 def test_entries_survive_closing_and_reopening(db: Path) -> None:
     """A restart keeps every undelivered message, in order, with its attempts."""
     ob = Outbox(db)
-    ids = [ob.enqueue(msg(f"m{i}", T0 + timedelta(seconds=i)), ["slack", "telegram"]) for i in range(3)]
+    ids = [
+        ob.enqueue(msg(f"m{i}", T0 + timedelta(seconds=i)), ["slack", "telegram"]) for i in range(3)
+    ]
     ob.mark_delivered(ids[0], "slack", T0)
     ob.mark_failed(ids[1], "slack", "slack: server error 500", retry_at=T0 + timedelta(seconds=30))
     ob.close()
@@ -161,7 +165,11 @@ def test_dedup_memory_survives_a_restart(tmp_path: Path) -> None:
     resolved = Alert("incident.resolved", Severity.INFO, "api is healthy", incident_id=7)
     assert len(b.submit_sync([resolved], CycleContext(app="shop-api"), clock.now()).entries) == 1
     assert b.submit_sync([resolved], CycleContext(app="shop-api"), clock.now()).entries == ()
-    assert [r.event for r in b.history()] == ["incident.opened", "incident.reminder", "incident.resolved"]
+    assert [r.event for r in b.history()] == [
+        "incident.opened",
+        "incident.reminder",
+        "incident.resolved",
+    ]
     b.close()
 
 
@@ -174,7 +182,11 @@ def test_flapping_state_survives_a_restart(tmp_path: Path) -> None:
         a.submit_sync([Alert("incident.opened", Severity.WARNING, "x", incident_id=inc)], ctx, T0)
     a.close()
     b = Alerts(cfg, channels=[LogChannel()])
-    plan = b.submit_sync([Alert("incident.resolved", Severity.INFO, "ok", incident_id=4)], CycleContext("shop-api"), T0)
+    plan = b.submit_sync(
+        [Alert("incident.resolved", Severity.INFO, "ok", incident_id=4)],
+        CycleContext("shop-api"),
+        T0,
+    )
     assert plan.entries == ()
     assert [r.event for r in b.history()].count("incident.flapping") == 1
     b.close()

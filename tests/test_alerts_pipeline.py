@@ -36,7 +36,9 @@ class Memory:
     last_flapping_at: datetime | None = None
 
     def snapshot(self) -> AlertMemory:
-        return AlertMemory(dict(self.incidents), dict(self.recent), tuple(self.openings), self.last_flapping_at)
+        return AlertMemory(
+            dict(self.incidents), dict(self.recent), tuple(self.openings), self.last_flapping_at
+        )
 
     def fold(self, plan: AlertPlan, now: datetime) -> None:
         for r in plan.remember:
@@ -54,14 +56,22 @@ class Memory:
                     muted=m.muted or (i.event == "incident.opened" and r.muted),
                     resolved=m.resolved or i.event == "incident.resolved",
                     last_at=now,
-                    severity=m.severity if i.event == "incident.resolved" else max(m.severity, i.severity),
+                    severity=m.severity
+                    if i.event == "incident.resolved"
+                    else max(m.severity, i.severity),
                 )
 
 
 def run(
-    mem: Memory, intents: Sequence[Alert], now: datetime, ctx: CycleContext = CTX, routes: Sequence[Route] = ROUTES
+    mem: Memory,
+    intents: Sequence[Alert],
+    now: datetime,
+    ctx: CycleContext = CTX,
+    routes: Sequence[Route] = ROUTES,
 ) -> AlertPlan:
-    plan = plan_alerts(intents, context=ctx, memory=mem.snapshot(), routes=routes, repeat_every=REPEAT, now=now)
+    plan = plan_alerts(
+        intents, context=ctx, memory=mem.snapshot(), routes=routes, repeat_every=REPEAT, now=now
+    )
     mem.fold(plan, now)
     return plan
 
@@ -71,7 +81,9 @@ def events(plan: AlertPlan, channel: str = "slack") -> list[str]:
 
 
 def opened(inc: int = 1) -> Alert:
-    return Alert("incident.opened", Severity.WARNING, "api is failing: HTTP 503", "", incident_id=inc)
+    return Alert(
+        "incident.opened", Severity.WARNING, "api is failing: HTTP 503", "", incident_id=inc
+    )
 
 
 def resolved(inc: int = 1) -> Alert:
@@ -82,7 +94,9 @@ def failing(inc: int = 1, since: datetime = T0) -> CycleContext:
     return replace(CTX, incident_id=inc, incident_since=since, summary="api: http.status")
 
 
-def test_one_incident_over_many_cycles_gives_opened_reminders_at_repeat_every_and_resolved() -> None:
+def test_one_incident_over_many_cycles_gives_opened_reminders_at_repeat_every_and_resolved() -> (
+    None
+):
     """Cycles every minute for 65 minutes: opened once, reminders at 30m and 60m, resolved once."""
     mem = Memory()
     story: list[tuple[int, str]] = []
@@ -102,11 +116,12 @@ def test_one_incident_over_many_cycles_gives_opened_reminders_at_repeat_every_an
 
 
 def test_five_cycles_give_one_opened_and_one_resolved() -> None:
-    """The same incident over 5 cycles within repeat_every: one opened, no reminder, one resolved."""
+    """One incident over 5 cycles within repeat_every: one opened, no reminder, one resolved."""
     mem = Memory()
     seen: list[str] = []
-    for n, intents in enumerate([[opened()], [opened()], [], [Alert("incident.reminder", Severity.WARNING, "x", "", 1)],
-                                 [resolved(), resolved()]]):  # fmt: skip
+    reminder = Alert("incident.reminder", Severity.WARNING, "x", "", 1)
+    cycles: list[list[Alert]] = [[opened()], [opened()], [], [reminder], [resolved(), resolved()]]
+    for n, intents in enumerate(cycles):
         ctx = failing() if n < 4 else CTX
         seen += events(run(mem, intents, T0 + timedelta(minutes=n), ctx))
     assert seen == ["incident.opened", "incident.resolved"]
@@ -116,18 +131,25 @@ def test_reminder_carries_how_long_and_what_fails() -> None:
     """A reminder says what is failing and for how long, at the incident's severity."""
     mem = Memory()
     run(mem, [opened()], T0, failing())
-    run(mem, [Alert("rollback.failed", Severity.CRITICAL, "rollback failed", "", incident_id=1)], T0, failing())
+    run(
+        mem,
+        [Alert("rollback.failed", Severity.CRITICAL, "rollback failed", "", incident_id=1)],
+        T0,
+        failing(),
+    )
     plan = run(mem, [], T0 + REPEAT, failing())
     [entry] = [p for p in plan.entries if "telegram" in p.channels]
     [item] = entry.message.items
     assert item.event == "incident.reminder"
-    assert item.severity is Severity.CRITICAL  # the incident reached critical: the on-call chat hears it
+    assert (
+        item.severity is Severity.CRITICAL
+    )  # the incident reached critical: the on-call chat hears it
     assert item.title == "api: http.status"
     assert item.detail == "Open for 30m."
 
 
 def test_three_events_in_one_cycle_are_one_message() -> None:
-    """incident.opened + repair.started + repair.failed in one cycle: one message per channel group."""
+    """opened + repair.started + repair.failed in one cycle: one message per channel group."""
     mem = Memory()
     plan = run(
         mem,
@@ -142,7 +164,11 @@ def test_three_events_in_one_cycle_are_one_message() -> None:
     assert len(plan.entries) == 1
     [entry] = plan.entries
     assert entry.channels == ("log", "slack")
-    assert [i.event for i in entry.message.items] == ["incident.opened", "repair.started", "repair.failed"]
+    assert [i.event for i in entry.message.items] == [
+        "incident.opened",
+        "repair.started",
+        "repair.failed",
+    ]
 
 
 def test_a_warning_does_not_reach_a_critical_only_channel() -> None:
@@ -150,7 +176,10 @@ def test_a_warning_does_not_reach_a_critical_only_channel() -> None:
     mem = Memory()
     plan = run(
         mem,
-        [opened(), Alert("rollback.started", Severity.CRITICAL, "rolling back to stable-3", incident_id=1)],
+        [
+            opened(),
+            Alert("rollback.started", Severity.CRITICAL, "rolling back to stable-3", incident_id=1),
+        ],
         T0,
         failing(),
     )
@@ -180,12 +209,10 @@ def test_the_same_incident_event_is_said_once_per_repeat_every() -> None:
 
 
 def test_flapping_check_gives_a_bounded_number_of_messages() -> None:
-    """An incident that opens and resolves every other minute for an hour stays a handful of messages."""
+    """An incident opening and resolving every other minute for an hour: a bounded few messages."""
     mem = Memory()
     sent: list[str] = []
-    inc = 0
-    for minute in range(0, 60, 2):
-        inc += 1
+    for inc, minute in enumerate(range(0, 60, 2), start=1):
         sent += events(run(mem, [opened(inc)], T0 + timedelta(minutes=minute), failing(inc)))
         sent += events(run(mem, [resolved(inc)], T0 + timedelta(minutes=minute + 1)))
     # per half hour: FLAP_LIMIT openings with their resolutions, then one flapping notice
@@ -209,7 +236,12 @@ def test_resolution_of_a_muted_incident_is_not_announced_but_reminders_continue(
 
 def test_plan_keeps_items_from_the_intent_in_order_and_records_them() -> None:
     """Every kept item is remembered, so the next cycle (or the next start) knows it was said."""
-    plan = run(Memory(), [opened(), Alert("healer.started", Severity.INFO, "watching abc1234")], T0, failing())
+    plan = run(
+        Memory(),
+        [opened(), Alert("healer.started", Severity.INFO, "watching abc1234")],
+        T0,
+        failing(),
+    )
     assert [r.item.event for r in plan.remember] == ["incident.opened", "healer.started"]
     assert all(isinstance(r.item, AlertItem) for r in plan.remember)
 

@@ -40,7 +40,7 @@ from healer.alerts.message import (
     delay_of,
     format_age,
 )
-from healer.alerts.pipeline import AlertMemory, AlertPlan, IncidentMemory, Route, route_channels
+from healer.alerts.pipeline import AlertMemory, AlertPlan, IncidentMemory, Route
 from healer.clock import Clock, SystemClock
 from healer.errors import DeliveryError, StoreError
 from healer.logging import log_event, redact
@@ -555,6 +555,8 @@ class Sender:
         self.failing_after = failing_after
         self.poll = poll
         self._wakes = {name: asyncio.Event() for name in self.channels}
+        # one pass per channel at a time: flush() during run() must not send a row twice
+        self._busy = {name: asyncio.Lock() for name in self.channels}
         self._failures = dict.fromkeys(self.channels, 0)
         self._outage = dict.fromkeys(
             self.channels, False
@@ -610,6 +612,16 @@ class Sender:
                     log, "alerts.store_failed", level=logging.ERROR, channel=ch.name, error=str(e)
                 )
                 nxt = None
+            except Exception as e:  # a bug must not end delivery, nor the loop beside it
+                log_event(
+                    log,
+                    "alerts.sender_error",
+                    level=logging.ERROR,
+                    exc_info=True,
+                    channel=ch.name,
+                    error=repr(e),
+                )
+                nxt = None
             delay = self.poll
             if nxt is not None:
                 delay = min(delay, max(timedelta(0), nxt - self.clock.now()))
@@ -619,14 +631,15 @@ class Sender:
     async def _pass(
         self, ch: Channel, *, stop: asyncio.Event | None = None, ignore_schedule: bool = False
     ) -> None:
-        rows = await asyncio.to_thread(
-            self.outbox.due, ch.name, self.clock.now(), ignore_schedule=ignore_schedule
-        )
-        for row in rows:
-            if stop is not None and stop.is_set():
-                return
-            if await self._deliver(ch, row) is _Result.RETRY:
-                return
+        async with self._busy[ch.name]:
+            rows = await asyncio.to_thread(
+                self.outbox.due, ch.name, self.clock.now(), ignore_schedule=ignore_schedule
+            )
+            for row in rows:
+                if stop is not None and stop.is_set():
+                    return
+                if await self._deliver(ch, row) is _Result.RETRY:
+                    return
 
     async def _deliver(self, ch: Channel, row: Due) -> _Result:
         """Deliver one message to one channel.
@@ -734,7 +747,8 @@ class Sender:
             ),
             bypass_dedup=True,
         )
-        targets = route_channels(item.severity, self.routes, exclude=ch.name)
+        # about alerting itself: every other channel hears it, whatever its minimum severity
+        targets = tuple(name for name in self.channels if name != ch.name)
         if not targets:
             return
         message = AlertMessage(items=(item,), app=self.app, created_at=self.clock.now())
