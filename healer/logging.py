@@ -26,9 +26,7 @@ if TYPE_CHECKING:
     from healer.config import Config, Secret
 
 MASK = "***"
-MIN_SECRET_LENGTH = (
-    4  # shorter values would blank out ordinary words; they are not secrets worth the name
-)
+MIN_SECRET_LENGTH = 4  # shorter values would blank out ordinary words; they are not secrets worth the name
 QUIET_LOGGERS = ("httpx", "httpcore", "slack_sdk", "telegram", "urllib3", "asyncio")
 FIELDS_ATTR = "healer_fields"
 EVENT_ATTR = "healer_event"

@@ -296,7 +296,7 @@ class ChatFake:
                 "message_id": mid,
                 "date": int(time.time()),
                 "chat": {
-                    "id": int(chat) if str(chat).lstrip("-").isdigit() else 1,
+                    "id": int(str(chat)) if str(chat).lstrip("-").isdigit() else 1,
                     "type": "private",
                 },
                 "from": {"id": bot_id, "is_bot": True, "first_name": "healer"},

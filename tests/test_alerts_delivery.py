@@ -100,9 +100,7 @@ def heads(messages: list[dict[str, object]]) -> list[str]:
 # ---- payloads ----------------------------------------------------------------------------------
 
 
-async def test_slack_webhook_and_telegram_receive_the_payload(
-    tmp_path: Path, fake: ChatFake
-) -> None:
+async def test_slack_webhook_and_telegram_receive_the_payload(tmp_path: Path, fake: ChatFake) -> None:
     """Slack gets blocks + text; Telegram gets escaped HTML with parse_mode=HTML to the chat id."""
     use_env(fake)
     clock = FakeClock(T0)
@@ -140,9 +138,7 @@ async def test_slack_bot_token_posts_to_the_channel(tmp_path: Path, fake: ChatFa
     alerts.close()
 
 
-async def test_huge_failure_text_reaches_telegram_under_the_limit(
-    tmp_path: Path, fake: ChatFake
-) -> None:
+async def test_huge_failure_text_reaches_telegram_under_the_limit(tmp_path: Path, fake: ChatFake) -> None:
     """A 10,000-character failure reaches Telegram cut below 4096 characters, Slack below 3000."""
     use_env(fake)
     alerts = make_alerts(config(tmp_path, fake), FakeClock(T0))
@@ -175,14 +171,10 @@ async def test_several_chat_ids_each_get_the_message_once(tmp_path: Path, fake: 
     alerts.close()
 
 
-async def test_routing_keeps_warnings_out_of_a_critical_channel(
-    tmp_path: Path, fake: ChatFake
-) -> None:
+async def test_routing_keeps_warnings_out_of_a_critical_channel(tmp_path: Path, fake: ChatFake) -> None:
     """Telegram at min_severity critical hears the rollback, not the warning before it."""
     use_env(fake)
-    alerts = make_alerts(
-        config(tmp_path, fake, telegram={"min_severity": "critical"}), FakeClock(T0)
-    )
+    alerts = make_alerts(config(tmp_path, fake, telegram={"min_severity": "critical"}), FakeClock(T0))
     await alerts.submit([opened()], failing(), T0)
     await alerts.submit(
         [Alert("rollback.started", Severity.CRITICAL, "rolling back to stable-3", incident_id=1)],
@@ -267,9 +259,7 @@ async def test_channel_down_for_many_cycles_then_back_delivers_everything_once_i
         await alerts.sender.deliver_due()
         clock.advance(timedelta(minutes=1))
     assert fake.slack_messages() == []
-    steps = [
-        m["text"].splitlines()[1] for m in fake.telegram_messages() if "Phase changed" in m["text"]
-    ]
+    steps = [m["text"].splitlines()[1] for m in fake.telegram_messages() if "Phase changed" in m["text"]]
     assert steps == [f"<b>step {n}</b>" for n in range(10)]
 
     fake.set_mode(SLACK, "ok")
@@ -297,19 +287,14 @@ async def test_a_channel_that_keeps_failing_is_announced_once_through_the_others
     meta = [m for m in fake.telegram_messages() if "not getting through" in m["text"]]
     assert len(meta) == 1
     assert "server error 500" in meta[0]["text"]
-    assert (
-        "slack"
-        in next(r for r in alerts.history() if r.event == "meta.channel_failing").message.detail
-    )
+    assert "slack" in next(r for r in alerts.history() if r.event == "meta.channel_failing").message.detail
     # the meta alert is not queued for the failing channel itself
     [rec] = [r for r in alerts.history() if r.event == "meta.channel_failing"]
     assert {d.channel for d in rec.deliveries} == {"log", "telegram"}
     alerts.close()
 
 
-async def test_permanent_refusal_is_not_retried_and_is_announced(
-    tmp_path: Path, fake: ChatFake
-) -> None:
+async def test_permanent_refusal_is_not_retried_and_is_announced(tmp_path: Path, fake: ChatFake) -> None:
     """A 404 from the webhook marks the message failed for Slack at once and tells Telegram."""
     use_env(fake)
     clock = FakeClock(T0)
@@ -349,9 +334,7 @@ async def test_timeout_counts_as_a_failure_and_is_retried(tmp_path: Path, fake: 
 
 
 @pytest.mark.parametrize("service", [SLACK, TELEGRAM])
-async def test_429_waits_retry_after_before_the_next_try(
-    tmp_path: Path, fake: ChatFake, service: str
-) -> None:
+async def test_429_waits_retry_after_before_the_next_try(tmp_path: Path, fake: ChatFake, service: str) -> None:
     """Slack's Retry-After header and Telegram's retry_after are honoured within the batch."""
     use_env(fake)
     alerts = make_alerts(config(tmp_path, fake), FakeClock(T0), tries=3)
@@ -366,9 +349,7 @@ async def test_429_waits_retry_after_before_the_next_try(
 
 
 @pytest.mark.parametrize("service", [SLACK, TELEGRAM])
-async def test_a_long_retry_after_reschedules_the_message(
-    tmp_path: Path, fake: ChatFake, service: str
-) -> None:
+async def test_a_long_retry_after_reschedules_the_message(tmp_path: Path, fake: ChatFake, service: str) -> None:
     """Retry-After: 120 is not slept through: the row waits until then, and goes then."""
     use_env(fake)
     clock = FakeClock(T0)
@@ -387,9 +368,7 @@ async def test_a_long_retry_after_reschedules_the_message(
     alerts.close()
 
 
-async def test_retry_after_as_int_or_timedelta(
-    monkeypatch: pytest.MonkeyPatch, fake: ChatFake
-) -> None:
+async def test_retry_after_as_int_or_timedelta(monkeypatch: pytest.MonkeyPatch, fake: ChatFake) -> None:
     """PTB gives retry_after as an int, or as a timedelta with PTB_TIMEDELTA=1: both are read."""
     ch = TelegramChannel(token=Secret(fake.token), chat_id="1", api_url=fake.url)
     msg = AlertMessage(items=(AlertItem("test", Severity.INFO, "t"),), app="a", created_at=T0)
@@ -404,9 +383,7 @@ async def test_retry_after_as_int_or_timedelta(
 # ---- the sender task ---------------------------------------------------------------------------
 
 
-async def test_sender_task_delivers_in_the_background_and_stops_cleanly(
-    tmp_path: Path, fake: ChatFake
-) -> None:
+async def test_sender_task_delivers_in_the_background_and_stops_cleanly(tmp_path: Path, fake: ChatFake) -> None:
     """run(stop) delivers what submit queues without the caller waiting, and ends on stop."""
     use_env(fake)
     alerts = Alerts(config(tmp_path, fake))
@@ -423,9 +400,7 @@ async def test_sender_task_delivers_in_the_background_and_stops_cleanly(
     alerts.close()
 
 
-async def test_a_hanging_channel_does_not_hold_up_the_others(
-    tmp_path: Path, fake: ChatFake
-) -> None:
+async def test_a_hanging_channel_does_not_hold_up_the_others(tmp_path: Path, fake: ChatFake) -> None:
     """While Slack takes its time, Telegram is delivered by its own task."""
     use_env(fake)
     alerts = Alerts(config(tmp_path, fake, timeout="3s"))
@@ -450,15 +425,11 @@ async def test_flush_delivers_what_is_pending_at_shutdown(tmp_path: Path, fake: 
     fake.set_mode(SLACK, "500", times=1)
     await alerts.submit([opened()], failing(), T0)
     await alerts.sender.deliver_due()  # slack fails and is scheduled 30s later
-    await alerts.submit(
-        [Alert("healer.stopped", Severity.INFO, "stopped by SIGTERM")], CycleContext("shop-api"), T0
-    )
+    await alerts.submit([Alert("healer.stopped", Severity.INFO, "stopped by SIGTERM")], CycleContext("shop-api"), T0)
     assert await alerts.flush(timedelta(seconds=5)) == 0
     assert len(fake.slack_messages()) == 2
     fake.set_mode(SLACK, "500")
-    await alerts.submit(
-        [Alert("healer.stopped", Severity.INFO, "again")], CycleContext("shop-api"), T0
-    )
+    await alerts.submit([Alert("healer.stopped", Severity.INFO, "again")], CycleContext("shop-api"), T0)
     assert await alerts.flush(timedelta(seconds=5)) == 1  # kept for the next start
     alerts.close()
 
@@ -478,16 +449,12 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-async def test_killed_with_alerts_queued_then_restarted_delivers_all(
-    tmp_path: Path, fake: ChatFake
-) -> None:
+async def test_killed_with_alerts_queued_then_restarted_delivers_all(tmp_path: Path, fake: ChatFake) -> None:
     """kill -9 right after queuing: the next start delivers every queued alert once."""
     use_env(fake)
     cfg = config(tmp_path, fake)
     cfg.db_path.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLED_CHILD, str(cfg.db_path)], check=False, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "-c", KILLED_CHILD, str(cfg.db_path)], check=False, timeout=60)
     assert proc.returncode == -signal.SIGKILL
     alerts = make_alerts(cfg, FakeClock(datetime.now(UTC)))
     assert alerts.pending_count() == 6
@@ -551,9 +518,7 @@ async def test_token_and_webhook_never_appear_in_logs_errors_or_alert_text(
     await alerts.sender.deliver_due()
     fake.set_mode(SLACK, "500")
     fake.set_mode(TELEGRAM, "reset")
-    await alerts.submit(
-        [Alert("phase.changed", Severity.INFO, "6-24h")], CycleContext("shop-api"), T0
-    )
+    await alerts.submit([Alert("phase.changed", Severity.INFO, "6-24h")], CycleContext("shop-api"), T0)
     await alerts.sender.deliver_due()
 
     errors: list[str] = []
@@ -594,9 +559,7 @@ async def test_send_test_reports_per_channel(tmp_path: Path, fake: ChatFake) -> 
     }
     assert "healer can reach this channel" in fake.telegram_messages()[0]["text"]
     fake.set_mode(TELEGRAM, "4xx")
-    assert await send_test(cfg, "telegram") == {
-        "telegram": (False, "telegram: bad request: Chat not found")
-    }
+    assert await send_test(cfg, "telegram") == {"telegram": (False, "telegram: bad request: Chat not found")}
 
 
 async def test_send_test_names_a_missing_secret(tmp_path: Path, fake: ChatFake) -> None:
@@ -608,9 +571,7 @@ async def test_send_test_names_a_missing_secret(tmp_path: Path, fake: ChatFake) 
     assert result["slack"] == (False, "slack: SLACK_WEBHOOK_URL is not set")
     assert result["telegram"] == (True, "delivered")
     del os.environ["TELEGRAM_CHAT_ID"]
-    assert await send_test(cfg, "telegram") == {
-        "telegram": (False, "telegram: TELEGRAM_CHAT_ID is not set")
-    }
+    assert await send_test(cfg, "telegram") == {"telegram": (False, "telegram: TELEGRAM_CHAT_ID is not set")}
 
 
 async def test_send_test_unknown_channel_is_a_usage_error(tmp_path: Path, fake: ChatFake) -> None:
@@ -633,9 +594,7 @@ async def test_missing_secret_keeps_alerts_queued(tmp_path: Path, fake: ChatFake
     assert len(fake.telegram_messages()) == 1
     assert alerts.outbox.next_try_at("slack") == T0 + timedelta(minutes=15)
     [rec] = alerts.history()
-    assert {d.channel: d.last_error for d in rec.deliveries}[
-        "slack"
-    ] == "slack: SLACK_WEBHOOK_URL is not set"
+    assert {d.channel: d.last_error for d in rec.deliveries}["slack"] == "slack: SLACK_WEBHOOK_URL is not set"
     alerts.close()
 
 
@@ -671,11 +630,7 @@ async def test_broken_deploy_story_with_slack_down_for_half(tmp_path: Path, fake
         ([opened()], failing()),  # decide repeats itself; the pipeline does not
         ([], failing()),
         (
-            [
-                Alert(
-                    "rollback.started", Severity.CRITICAL, "rolling back to stable-3", incident_id=1
-                )
-            ],
+            [Alert("rollback.started", Severity.CRITICAL, "rolling back to stable-3", incident_id=1)],
             failing(),
         ),
         (
@@ -741,9 +696,7 @@ async def test_unexpected_channel_error_is_pushed_back_not_fatal(tmp_path: Path)
     ob.close()
 
 
-async def test_flush_while_the_sender_runs_sends_nothing_twice(
-    tmp_path: Path, fake: ChatFake
-) -> None:
+async def test_flush_while_the_sender_runs_sends_nothing_twice(tmp_path: Path, fake: ChatFake) -> None:
     """flush() at shutdown waits for the channel's pass in flight instead of racing it."""
     use_env(fake)
     alerts = Alerts(config(tmp_path, fake, timeout="3s"))
@@ -791,7 +744,7 @@ async def test_sender_survives_a_store_it_cannot_read(tmp_path: Path, fake: Chat
             raise RuntimeError("disk on fire")
         return real_due(*args, **kw)  # type: ignore[arg-type]
 
-    alerts.outbox.due = flaky_due  # type: ignore[method-assign]
+    alerts.outbox.due = flaky_due  # type: ignore[method-assign,assignment]
     stop = asyncio.Event()
     task = asyncio.create_task(alerts.run(stop))
     await alerts.submit([opened()], failing(), datetime.now(UTC))

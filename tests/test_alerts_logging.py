@@ -97,9 +97,7 @@ def test_library_loggers_are_quiet_but_the_filter_covers_them_at_debug() -> None
     assert logging.getLogger("httpx").level == logging.WARNING
     assert logging.getLogger("slack_sdk").level == logging.WARNING
     logging.getLogger("httpx").setLevel(logging.DEBUG)
-    logging.getLogger("httpx").info(
-        'HTTP Request: POST http://127.0.0.1:1/bot%s/sendMessage "200 OK"', TOKEN
-    )
+    logging.getLogger("httpx").info('HTTP Request: POST http://127.0.0.1:1/bot%s/sendMessage "200 OK"', TOKEN)
     assert TOKEN not in out.getvalue()
     assert "bot***" in out.getvalue() or "/***/" in out.getvalue()
 

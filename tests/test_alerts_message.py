@@ -37,13 +37,9 @@ def message(*items: AlertItem, **kw: object) -> AlertMessage:
     return AlertMessage(items=items, **base)  # type: ignore[arg-type]
 
 
-OPENED = AlertItem(
-    "incident.opened", Severity.WARNING, "api is failing: HTTP 503", "GET /health -> 503 (3/3)", 7
-)
+OPENED = AlertItem("incident.opened", Severity.WARNING, "api is failing: HTTP 503", "GET /health -> 503 (3/3)", 7)
 REPAIR = AlertItem("repair.started", Severity.WARNING, "process-restart for api", "", 7)
-FAILED = AlertItem(
-    "repair.failed", Severity.CRITICAL, "process-restart did not fix api", "still 503", 7
-)
+FAILED = AlertItem("repair.failed", Severity.CRITICAL, "process-restart did not fix api", "still 503", 7)
 
 
 class _Tags(HTMLParser):

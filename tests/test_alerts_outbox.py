@@ -19,9 +19,7 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def msg(title: str, at: datetime = T0, event: str = "repair.started") -> AlertMessage:
-    return AlertMessage(
-        items=(AlertItem(event, Severity.WARNING, title, "", 1),), app="shop-api", created_at=at
-    )
+    return AlertMessage(items=(AlertItem(event, Severity.WARNING, title, "", 1),), app="shop-api", created_at=at)
 
 
 @pytest.fixture
@@ -68,9 +66,7 @@ def test_a_delivery_is_marked_once(db: Path) -> None:
 def test_entries_survive_closing_and_reopening(db: Path) -> None:
     """A restart keeps every undelivered message, in order, with its attempts."""
     ob = Outbox(db)
-    ids = [
-        ob.enqueue(msg(f"m{i}", T0 + timedelta(seconds=i)), ["slack", "telegram"]) for i in range(3)
-    ]
+    ids = [ob.enqueue(msg(f"m{i}", T0 + timedelta(seconds=i)), ["slack", "telegram"]) for i in range(3)]
     ob.mark_delivered(ids[0], "slack", T0)
     ob.mark_failed(ids[1], "slack", "slack: server error 500", retry_at=T0 + timedelta(seconds=30))
     ob.close()

@@ -36,9 +36,7 @@ class Memory:
     last_flapping_at: datetime | None = None
 
     def snapshot(self) -> AlertMemory:
-        return AlertMemory(
-            dict(self.incidents), dict(self.recent), tuple(self.openings), self.last_flapping_at
-        )
+        return AlertMemory(dict(self.incidents), dict(self.recent), tuple(self.openings), self.last_flapping_at)
 
     def fold(self, plan: AlertPlan, now: datetime) -> None:
         for r in plan.remember:
@@ -56,9 +54,7 @@ class Memory:
                     muted=m.muted or (i.event == "incident.opened" and r.muted),
                     resolved=m.resolved or i.event == "incident.resolved",
                     last_at=now,
-                    severity=m.severity
-                    if i.event == "incident.resolved"
-                    else max(m.severity, i.severity),
+                    severity=m.severity if i.event == "incident.resolved" else max(m.severity, i.severity),
                 )
 
 
@@ -69,9 +65,7 @@ def run(
     ctx: CycleContext = CTX,
     routes: Sequence[Route] = ROUTES,
 ) -> AlertPlan:
-    plan = plan_alerts(
-        intents, context=ctx, memory=mem.snapshot(), routes=routes, repeat_every=REPEAT, now=now
-    )
+    plan = plan_alerts(intents, context=ctx, memory=mem.snapshot(), routes=routes, repeat_every=REPEAT, now=now)
     mem.fold(plan, now)
     return plan
 
@@ -81,9 +75,7 @@ def events(plan: AlertPlan, channel: str = "slack") -> list[str]:
 
 
 def opened(inc: int = 1) -> Alert:
-    return Alert(
-        "incident.opened", Severity.WARNING, "api is failing: HTTP 503", "", incident_id=inc
-    )
+    return Alert("incident.opened", Severity.WARNING, "api is failing: HTTP 503", "", incident_id=inc)
 
 
 def resolved(inc: int = 1) -> Alert:
@@ -94,9 +86,7 @@ def failing(inc: int = 1, since: datetime = T0) -> CycleContext:
     return replace(CTX, incident_id=inc, incident_since=since, summary="api: http.status")
 
 
-def test_one_incident_over_many_cycles_gives_opened_reminders_at_repeat_every_and_resolved() -> (
-    None
-):
+def test_one_incident_over_many_cycles_gives_opened_reminders_at_repeat_every_and_resolved() -> None:
     """Cycles every minute for 65 minutes: opened once, reminders at 30m and 60m, resolved once."""
     mem = Memory()
     story: list[tuple[int, str]] = []
@@ -141,9 +131,7 @@ def test_reminder_carries_how_long_and_what_fails() -> None:
     [entry] = [p for p in plan.entries if "telegram" in p.channels]
     [item] = entry.message.items
     assert item.event == "incident.reminder"
-    assert (
-        item.severity is Severity.CRITICAL
-    )  # the incident reached critical: the on-call chat hears it
+    assert item.severity is Severity.CRITICAL  # the incident reached critical: the on-call chat hears it
     assert item.title == "api: http.status"
     assert item.detail == "Open for 30m."
 

@@ -123,9 +123,7 @@ class Alerts:
             clock=self.clock,
         )
 
-    def submit_sync(
-        self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime
-    ) -> AlertPlan:
+    def submit_sync(self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime) -> AlertPlan:
         """Plan one cycle's alerts and store them in one transaction (commands with no event loop).
 
         A running `healer run` picks the rows up at its next poll (a few seconds).
@@ -152,9 +150,7 @@ class Alerts:
             )
         return plan
 
-    async def submit(
-        self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime
-    ) -> AlertPlan:
+    async def submit(self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime) -> AlertPlan:
         """Plan and store one cycle's alerts off the event loop, then wake the sender."""
         plan = await asyncio.to_thread(self.submit_sync, intents, context, now)
         self.sender.wake([ch for p in plan.entries for ch in p.channels])

@@ -55,9 +55,7 @@ LABELS: Mapping[str, str] = {
 }
 EVENTS = frozenset(LABELS)
 META_EVENTS = frozenset(e for e in EVENTS if e.startswith("meta."))
-_GOOD_EVENTS = frozenset(
-    {INCIDENT_RESOLVED, "repair.succeeded", "rollback.succeeded", "pause.ended"}
-)
+_GOOD_EVENTS = frozenset({INCIDENT_RESOLVED, "repair.succeeded", "rollback.succeeded", "pause.ended"})
 _ICONS = {Severity.CRITICAL: "🔴", Severity.WARNING: "🟠", Severity.INFO: "🔵"}
 _GOOD_ICON = "✅"
 
@@ -164,11 +162,7 @@ class AlertMessage:
     @property
     def incident_id(self) -> int | None:
         h = self.headline.incident_id
-        return (
-            h
-            if h is not None
-            else next((i.incident_id for i in self.items if i.incident_id is not None), None)
-        )
+        return h if h is not None else next((i.incident_id for i in self.items if i.incident_id is not None), None)
 
     @property
     def bypass_dedup(self) -> bool:
@@ -206,9 +200,7 @@ class AlertMessage:
         )
 
 
-def rollback_countdown(
-    consecutive_failures: int, rollback_after: int, *, observe: bool = False
-) -> str:
+def rollback_countdown(consecutive_failures: int, rollback_after: int, *, observe: bool = False) -> str:
     """The next step while failing: "rollback in 2 more failing cycles"."""
     left = rollback_after - consecutive_failures
     verb = "would roll back" if observe else "rollback"
@@ -219,9 +211,7 @@ def rollback_countdown(
 
 def alert_test_message(app: str, now: datetime) -> AlertMessage:
     """The message `healer alert test` sends."""
-    item = AlertItem(
-        TEST, Severity.INFO, "healer can reach this channel", "No action needed.", bypass_dedup=True
-    )
+    item = AlertItem(TEST, Severity.INFO, "healer can reach this channel", "No action needed.", bypass_dedup=True)
     return AlertMessage(items=(item,), app=app, created_at=now)
 
 
@@ -374,9 +364,7 @@ def _tg_escape(text: str) -> str:
     return html.escape(text, quote=True)
 
 
-def _fit_escaped(
-    raw: str, budget: int, escape: Callable[[str], str], measure: Callable[[str], int]
-) -> str:
+def _fit_escaped(raw: str, budget: int, escape: Callable[[str], str], measure: Callable[[str], int]) -> str:
     """The longest prefix of `raw` whose escaped form measures at most `budget`."""
     used = 0
     for n, ch in enumerate(raw):

@@ -110,9 +110,7 @@ def _dt(s: str) -> datetime:
     return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
-def retry_delay(
-    attempts: int, base: timedelta = DEFAULT_RETRY_BASE, cap: timedelta = DEFAULT_RETRY_MAX
-) -> timedelta:
+def retry_delay(attempts: int, base: timedelta = DEFAULT_RETRY_BASE, cap: timedelta = DEFAULT_RETRY_MAX) -> timedelta:
     """The pause before batch number `attempts + 1` of a channel: base, 2*base, 4*base ... cap."""
     return min(base * (1 << min(30, max(0, attempts - 1))), cap)
 
@@ -192,9 +190,7 @@ class Outbox:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=5.0
-            )
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -286,8 +282,7 @@ class Outbox:
         assert aid is not None  # an INSERT always sets it
         for ch in dict.fromkeys(channels):
             db.execute(
-                "INSERT INTO alert_deliveries (alert_id, channel, state, attempts, next_try_at)"
-                " VALUES (?, ?, ?, 0, ?)",
+                "INSERT INTO alert_deliveries (alert_id, channel, state, attempts, next_try_at) VALUES (?, ?, ?, 0, ?)",
                 (aid, ch, DeliveryState.PENDING.value, _ts(message.created_at)),
             )
         return aid
@@ -349,9 +344,7 @@ class Outbox:
 
     # -- reading --
 
-    def due(
-        self, channel: str, now: datetime, *, ignore_schedule: bool = False, limit: int = BATCH
-    ) -> list[Due]:
+    def due(self, channel: str, now: datetime, *, ignore_schedule: bool = False, limit: int = BATCH) -> list[Due]:
         """The channel's pending messages in order, as long as the oldest one is due.
 
         Order matters more than speed: while the oldest waits for a retry, newer ones wait too,
@@ -370,8 +363,7 @@ class Outbox:
     def next_try_at(self, channel: str) -> datetime | None:
         """When the channel's oldest pending message is due, if it has one."""
         rows = self._read(
-            "SELECT next_try_at FROM alert_deliveries WHERE channel = ? AND state = ?"
-            " ORDER BY alert_id LIMIT 1",
+            "SELECT next_try_at FROM alert_deliveries WHERE channel = ? AND state = ? ORDER BY alert_id LIMIT 1",
             (channel, DeliveryState.PENDING.value),
         )
         return _dt(rows[0][0]) if rows else None
@@ -436,8 +428,7 @@ class Outbox:
         """What the pipeline needs from the past: every incident's story, and recent messages."""
         incidents: dict[int, IncidentMemory] = {}
         for inc, event, sev, muted, at in self._read(
-            "SELECT incident_id, event, severity, muted, at FROM alert_items"
-            " WHERE incident_id IS NOT NULL ORDER BY id"
+            "SELECT incident_id, event, severity, muted, at FROM alert_items WHERE incident_id IS NOT NULL ORDER BY id"
         ):
             m = incidents.get(inc, IncidentMemory())
             severity = Severity[sev.upper()]
@@ -558,9 +549,7 @@ class Sender:
         # one pass per channel at a time: flush() during run() must not send a row twice
         self._busy = {name: asyncio.Lock() for name in self.channels}
         self._failures = dict.fromkeys(self.channels, 0)
-        self._outage = dict.fromkeys(
-            self.channels, False
-        )  # "channel failing" went out for this outage
+        self._outage = dict.fromkeys(self.channels, False)  # "channel failing" went out for this outage
 
     def wake(self, channels: Sequence[str] | None = None) -> None:
         """New rows are in the outbox: look now rather than at the next poll."""
@@ -589,9 +578,7 @@ class Sender:
         """
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
-                asyncio.gather(
-                    *(self._pass(c, ignore_schedule=True) for c in self.channels.values())
-                ),
+                asyncio.gather(*(self._pass(c, ignore_schedule=True) for c in self.channels.values())),
                 timeout=within.total_seconds(),
             )
         return await asyncio.to_thread(self.outbox.pending_count)
@@ -608,9 +595,7 @@ class Sender:
                 await self._pass(ch, stop=stop)
                 nxt = await asyncio.to_thread(self.outbox.next_try_at, ch.name)
             except StoreError as e:
-                log_event(
-                    log, "alerts.store_failed", level=logging.ERROR, channel=ch.name, error=str(e)
-                )
+                log_event(log, "alerts.store_failed", level=logging.ERROR, channel=ch.name, error=str(e))
                 nxt = None
             except Exception as e:  # a bug must not end delivery, nor the loop beside it
                 log_event(
@@ -628,13 +613,9 @@ class Sender:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=max(0.01, delay.total_seconds()))
 
-    async def _pass(
-        self, ch: Channel, *, stop: asyncio.Event | None = None, ignore_schedule: bool = False
-    ) -> None:
+    async def _pass(self, ch: Channel, *, stop: asyncio.Event | None = None, ignore_schedule: bool = False) -> None:
         async with self._busy[ch.name]:
-            rows = await asyncio.to_thread(
-                self.outbox.due, ch.name, self.clock.now(), ignore_schedule=ignore_schedule
-            )
+            rows = await asyncio.to_thread(self.outbox.due, ch.name, self.clock.now(), ignore_schedule=ignore_schedule)
             for row in rows:
                 if stop is not None and stop.is_set():
                     return
@@ -676,9 +657,7 @@ class Sender:
                 pause = retry_delay(row.attempts + 1, self.retry_base, self.retry_max)
                 if e.retry_after is not None:
                     pause = max(pause, timedelta(seconds=e.retry_after))
-                await asyncio.to_thread(
-                    self.outbox.mark_failed, row.alert_id, ch.name, error, retry_at=now + pause
-                )
+                await asyncio.to_thread(self.outbox.mark_failed, row.alert_id, ch.name, error, retry_at=now + pause)
                 result = _Result.RETRY
             log_event(
                 log,
@@ -705,9 +684,7 @@ class Sender:
         self._channel_ok(ch)
         return _Result.DELIVERED
 
-    async def _send_once(
-        self, ch: Channel, message: AlertMessage, delayed: timedelta | None
-    ) -> None:
+    async def _send_once(self, ch: Channel, message: AlertMessage, delayed: timedelta | None) -> None:
         # the channel's own client has the same timeout; this one is the safety net around it
         limit = self.timeout.total_seconds() + 2.0
         try:
@@ -717,9 +694,7 @@ class Sender:
         except TimeoutError:
             msg = f"{ch.name}: no answer within {format_age(self.timeout)}"
             raise DeliveryError(msg) from None
-        except (
-            Exception
-        ) as e:  # a bug or an unexpected library error: push back, never crash the sender
+        except Exception as e:  # a bug or an unexpected library error: push back, never crash the sender
             msg = f"{ch.name}: unexpected error: {type(e).__name__}: {redact(str(e))}"
             raise DeliveryError(msg) from None
 

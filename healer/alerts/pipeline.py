@@ -136,9 +136,7 @@ def plan_alerts(
     now: datetime,
 ) -> AlertPlan:
     """Deduplicate, group and route one cycle's alerts (the rules are in the module docstring)."""
-    st = _State(
-        dict(memory.incidents), dict(memory.recent), list(memory.openings), memory.last_flapping_at
-    )
+    st = _State(dict(memory.incidents), dict(memory.recent), list(memory.openings), memory.last_flapping_at)
     kept: list[AlertItem] = []
     remember: list[Remembered] = []
     dropped: list[tuple[AlertItem, str]] = []
@@ -168,9 +166,7 @@ def plan_alerts(
             recent_openings = [t for t in st.openings if recently(t)]
             st.openings.append(now)
             if len(recent_openings) >= FLAP_LIMIT:
-                st.incidents[inc] = replace(
-                    mem, muted=True, last_at=now, severity=max(mem.severity, i.severity)
-                )
+                st.incidents[inc] = replace(mem, muted=True, last_at=now, severity=max(mem.severity, i.severity))
                 remember.append(Remembered(i, muted=True))
                 dropped.append((i, "flapping"))
                 if not recently(st.last_flapping_at):
@@ -220,9 +216,7 @@ def _flapping_item(count: int, repeat_every: timedelta) -> AlertItem:
     )
 
 
-def _due_reminder(
-    ctx: CycleContext, st: _State, now: datetime, repeat_every: timedelta
-) -> AlertItem | None:
+def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: timedelta) -> AlertItem | None:
     """A reminder for the context's open incident when it has been quiet for `repeat_every`."""
     inc = ctx.incident_id
     if inc is None:
@@ -240,9 +234,7 @@ def _due_reminder(
     )
 
 
-def _route(
-    kept: Sequence[AlertItem], ctx: CycleContext, routes: Sequence[Route], now: datetime
-) -> tuple[Planned, ...]:
+def _route(kept: Sequence[AlertItem], ctx: CycleContext, routes: Sequence[Route], now: datetime) -> tuple[Planned, ...]:
     groups: dict[tuple[AlertItem, ...], list[str]] = {}
     for r in routes:
         items = tuple(i for i in kept if i.severity >= r.min_severity)
@@ -264,8 +256,6 @@ def _route(
     return tuple(out)
 
 
-def route_channels(
-    severity: Severity, routes: Sequence[Route], *, exclude: str | None = None
-) -> tuple[str, ...]:
+def route_channels(severity: Severity, routes: Sequence[Route], *, exclude: str | None = None) -> tuple[str, ...]:
     """The channels that take an alert of `severity`, minus `exclude`."""
     return tuple(r.channel for r in routes if severity >= r.min_severity and r.channel != exclude)

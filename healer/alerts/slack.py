@@ -75,12 +75,8 @@ class SlackChannel:
                 text = text.replace(s.reveal(), "***")
         return redact(text)
 
-    def _fail(
-        self, what: str, *, permanent: bool = False, retry_after: float | None = None
-    ) -> DeliveryError:
-        return DeliveryError(
-            self._scrub(f"{self.name}: {what}"), permanent=permanent, retry_after=retry_after
-        )
+    def _fail(self, what: str, *, permanent: bool = False, retry_after: float | None = None) -> DeliveryError:
+        return DeliveryError(self._scrub(f"{self.name}: {what}"), permanent=permanent, retry_after=retry_after)
 
     def _post(self, payload: dict[str, Any]) -> None:
         timeout = max(1, math.ceil(self.timeout.total_seconds()))
@@ -96,9 +92,7 @@ class SlackChannel:
         except TimeoutError:
             raise self._fail(f"no answer within {timeout}s") from None
         except urllib.error.URLError as e:
-            reason = (
-                e.reason if isinstance(e.reason, str) else f"{type(e.reason).__name__}: {e.reason}"
-            )
+            reason = e.reason if isinstance(e.reason, str) else f"{type(e.reason).__name__}: {e.reason}"
             if isinstance(e.reason, TimeoutError | socket.timeout):
                 raise self._fail(f"no answer within {timeout}s") from None
             raise self._fail(f"cannot connect: {reason}") from None
@@ -131,9 +125,7 @@ class SlackChannel:
             retry_handlers=[],
         )
         try:
-            client.chat_postMessage(
-                channel=self.channel or "", text=payload["text"], blocks=payload["blocks"]
-            )
+            client.chat_postMessage(channel=self.channel or "", text=payload["text"], blocks=payload["blocks"])
         except SlackApiError as e:
             resp = e.response
             status = int(getattr(resp, "status_code", 0) or 0)
@@ -142,9 +134,7 @@ class SlackChannel:
             headers = getattr(resp, "headers", None) or {}
             if status == 429 or code == "ratelimited":
                 after = _retry_after(headers)
-                raise self._fail(
-                    f"rate limited (429), retry after {after:g}s", retry_after=after
-                ) from None
+                raise self._fail(f"rate limited (429), retry after {after:g}s", retry_after=after) from None
             if status >= 500 or code in _TRANSIENT_API_ERRORS:
                 raise self._fail(f"server error {status} {code}".rstrip()) from None
             raise self._fail(f"refused: {code or status}", permanent=True) from None
@@ -175,6 +165,4 @@ def slack_channel(cfg: SlackConfig, *, timeout: timedelta) -> SlackChannel:
         return SlackChannel(sev, webhook_url=url, timeout=timeout, missing=missing)
     token = read_secret(cfg.token_env)
     missing = None if token else f"{cfg.token_env} is not set"
-    return SlackChannel(
-        sev, token=token, channel=cfg.channel, api_url=cfg.api_url, timeout=timeout, missing=missing
-    )
+    return SlackChannel(sev, token=token, channel=cfg.channel, api_url=cfg.api_url, timeout=timeout, missing=missing)

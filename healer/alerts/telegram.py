@@ -77,9 +77,7 @@ class TelegramChannel:
             await bot.send_message(chat_id=self.chat_id, text=text, parse_mode=ParseMode.HTML)
         except RetryAfter as e:
             after = _seconds(e)
-            raise self._fail(
-                f"rate limited (429), retry after {after:g}s", retry_after=after
-            ) from None
+            raise self._fail(f"rate limited (429), retry after {after:g}s", retry_after=after) from None
         except InvalidToken as e:
             raise self._fail(f"the bot token was rejected: {e.message}", permanent=True) from None
         except ChatMigrated as e:
@@ -102,9 +100,7 @@ class TelegramChannel:
     async def send(self, message: AlertMessage, *, delayed: timedelta | None = None) -> None:
         await self.notify(self.payload(message, delayed=delayed))
 
-    def _fail(
-        self, what: str, *, permanent: bool = False, retry_after: float | None = None
-    ) -> DeliveryError:
+    def _fail(self, what: str, *, permanent: bool = False, retry_after: float | None = None) -> DeliveryError:
         text = f"{self.name}: {what}"
         if self.token is not None and self.token.reveal():
             text = text.replace(self.token.reveal(), "***")
@@ -132,27 +128,15 @@ def telegram_channels(cfg: TelegramConfig, *, timeout: timedelta) -> list[Telegr
     sev = Severity[cfg.min_severity.upper()]
     token = read_secret(cfg.token_env)
     chats_secret = read_secret(cfg.chat_id_env)
-    chats = [
-        c.strip() for c in (chats_secret.reveal() if chats_secret else "").split(",") if c.strip()
-    ]
+    chats = [c.strip() for c in (chats_secret.reveal() if chats_secret else "").split(",") if c.strip()]
     missing = [f"{cfg.token_env} is not set"] if token is None else []
     if not chats:
         missing.append(f"{cfg.chat_id_env} is not set")
     if missing:
-        return [
-            TelegramChannel(
-                sev, token=token, api_url=cfg.api_url, timeout=timeout, missing="; ".join(missing)
-            )
-        ]
+        return [TelegramChannel(sev, token=token, api_url=cfg.api_url, timeout=timeout, missing="; ".join(missing))]
     if len(chats) == 1:
-        return [
-            TelegramChannel(
-                sev, token=token, chat_id=chats[0], api_url=cfg.api_url, timeout=timeout
-            )
-        ]
+        return [TelegramChannel(sev, token=token, chat_id=chats[0], api_url=cfg.api_url, timeout=timeout)]
     return [
-        TelegramChannel(
-            sev, token=token, chat_id=c, api_url=cfg.api_url, timeout=timeout, name=f"telegram:{c}"
-        )
+        TelegramChannel(sev, token=token, chat_id=c, api_url=cfg.api_url, timeout=timeout, name=f"telegram:{c}")
         for c in dict.fromkeys(chats)
     ]
