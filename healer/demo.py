@@ -65,7 +65,8 @@ _GIT_ENV = {
     "GIT_AUTHOR_EMAIL": "demo@healer.invalid",
     "GIT_COMMITTER_NAME": "healer demo",
     "GIT_COMMITTER_EMAIL": "demo@healer.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_NOSYSTEM": "1",  # the user's git settings (signing, hooks) have no say in the demo's repo
+    "GIT_CONFIG_GLOBAL": os.devnull,
     "GIT_TERMINAL_PROMPT": "0",
 }
 
@@ -170,6 +171,9 @@ def run_demo(*, keep: bool = False, console: Console | None = None, workdir: Pat
         root = Path(tempfile.mkdtemp(prefix="healer-demo-"))
     else:
         root = Path(workdir).resolve()
+        if root.exists() and any(root.iterdir()):
+            con.print(f"[red]the demo needs an empty directory[/]: {root} is not empty")
+            return 1
         root.mkdir(parents=True, exist_ok=True)
     demo = _Demo(_Paths(root), con, keep=keep)
     restore = _on_sigterm_interrupt()
@@ -355,10 +359,9 @@ class _Demo:
         return None if self.redis_port is None else f"redis://127.0.0.1:{self.redis_port}/0"
 
     def git(self, *args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=self.p.repo, env={**os.environ, **_GIT_ENV},
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        argv = ["git", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false", *args]
+        env = {**os.environ, **_GIT_ENV}
+        done = subprocess.run(argv, cwd=self.p.repo, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise DemoFailed(f"git {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
         return done.stdout.strip()
