@@ -703,6 +703,20 @@ def _announce(config: Config, event: str, title: str, detail: str, *, critical: 
         alerts.close()
 
 
+# ---- demo ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--keep", is_flag=True, help="Keep the demo's directory: healer.toml, the app's repo, the state, the logs."
+)
+def demo(keep: bool) -> None:
+    """The whole story on this machine, no setup: a sample app is deployed, broken, repaired, rolled back."""
+    from healer.demo import run_demo
+
+    sys.exit(run_demo(keep=keep))
+
+
 # ---- report --------------------------------------------------------------------------------------
 
 

@@ -102,7 +102,9 @@ def decide(s: Situation, config: Config) -> Decision:
         if d.open_incident is not None:
             if passes >= esc.recover_after:
                 intents.append(ResolveIncident(d.open_incident))
-                intents.append(Alert("incident.resolved", Severity.INFO, "Recovered", v.summary(), d.open_incident))
+                intents.append(
+                    Alert("incident.resolved", Severity.INFO, "all checks pass", v.summary(), d.open_incident)
+                )
             else:
                 step = f"incident resolves after {esc.recover_after - passes} more passing cycle(s)"
         return Decision(0, passes, 0, tuple(intents), step)
@@ -111,7 +113,7 @@ def decide(s: Situation, config: Config) -> Decision:
     intents = []
     if d.open_incident is None:
         intents.append(OpenIncident(cause=v.summary()))
-        intents.append(Alert("incident.opened", Severity.WARNING, "Failing", v.summary()))
+        intents.append(Alert("incident.opened", Severity.WARNING, _failing_names(v), v.summary()))
     reasons = emergency_reasons(v, config)
     streak = d.emergency_streak + 1 if reasons else 0
 
@@ -132,11 +134,11 @@ def decide(s: Situation, config: Config) -> Decision:
         )
         if d.via_rollback:
             msg = f"the rolled-back version is failing too ({why}); not rolling back again"
-            intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "Needs a person", msg)]
+            intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "not acting", msg)]
             return done("waiting for a person (healer rollback / healer repair / a new deploy)")
         if not s.has_rollback_target:
             msg = f"no stable tag to roll back to ({why})"
-            intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "Needs a person", msg)]
+            intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "not acting", msg)]
             return done("waiting for a person (healer rollback --to REF / a new deploy)")
         if s.observe:
             # announce the would-be rollback once: on the first cycle that warranted it
@@ -178,7 +180,7 @@ def choose_repairs(s: Situation, config: Config) -> list[Intent]:
         if len(counted) >= policy.max_per_window:
             if not any(r.name == name and r.note == "cap" for r in s.repairs):
                 msg = f"{name} ran {len(counted)} times this window (cap {policy.max_per_window}); not again"
-                out.append(Alert("repair.capped", Severity.WARNING, "Repair cap reached", msg))
+                out.append(Alert("repair.capped", Severity.WARNING, name, msg))
             continue
         out.append(Repair(name, f"symptoms: {why}", observe=s.observe))
         if sum(isinstance(i, Repair) for i in out) >= config.playbooks.max_per_cycle:
@@ -207,3 +209,7 @@ def emergency_reasons(v: Verdict, config: Config) -> list[str]:
             if isinstance(by_type.get(r.name), SystemCheck) and mem is not None and mem > em.memory_critical_percent:
                 out.append(f"memory {mem:.0f}% critical")
     return out
+
+
+def _failing_names(v: Verdict) -> str:
+    return ", ".join(r.name for r in v.failing) + " failing"

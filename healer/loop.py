@@ -129,7 +129,9 @@ class AlertSink:
     ) -> None:  # fmt: skip
         from healer.alerts import CycleContext
 
+        # the message footer says "phase ...": pass the label without its own "phase " word
         phase = None if deploy is None else phase_at(deploy.first_seen, now, self.config.schedule).label
+        phase = None if phase is None else phase.removeprefix("phase ")
         context = CycleContext(
             app=self.config.app.name,
             commit=None if deploy is None else deploy.commit[:12],
@@ -197,7 +199,7 @@ class Watchdog:
             alerts = []
             if bad is not None:
                 msg = f"commit {commit[:12]} was rolled back from before ({bad}); it is deployed again"
-                alerts.append(Alert("deploy.bad", Severity.CRITICAL, "Known-bad commit deployed", msg))
+                alerts.append(Alert("deploy.bad", Severity.CRITICAL, commit[:12], msg))
             await self._alert(alerts, deploy, None, "watching the new deploy")
         return deploy
 
@@ -246,7 +248,7 @@ class Watchdog:
         report = CycleReport(deploy=deploy, verdict=verdict, decision=decision)
         alerts: list[Alert] = []
         if previous_phase is not None and previous_phase != phase.index:
-            alerts.append(Alert("phase.changed", Severity.INFO, "Launch window", f"now in {phase.label}"))
+            alerts.append(Alert("phase.changed", Severity.INFO, phase.label, f"now in {phase.label}"))
         for intent in decision.intents:
             if isinstance(intent, Alert):
                 alerts.append(_with_incident(intent, incident))
@@ -262,19 +264,26 @@ class Watchdog:
                 )  # fmt: skip
                 event("healer.held", reason=intent.reason)
         report.alerts = alerts
+        next_step = decision.next_step
+        if any(isinstance(i, Rollback) and not i.observe for i in decision.intents):
+            # the rollback started a new deploy window: speak of it, not of the one rolled back from
+            after: Deploy | None = await self._db(self.store.current_deploy)
+            deploy = after or deploy
+            next_step = "watching the rolled-back version" if deploy.held is None else f"held: {deploy.held}"
+            incident = None
         if incident is None:
             self._incident = None
         elif self._incident is None or self._incident[0] != incident:
             row = await self._db(self.store.incident, incident)
             self._incident = None if row is None else (row.id, row.opened_at)
-        await self._alert(alerts, deploy, verdict, decision.next_step, always=True)
+        await self._alert(alerts, deploy, verdict, next_step, always=True)
         if verdict.ok:
             with contextlib.suppress(HealerError):
                 tag = await rollback.maybe_tag_stable(config=self.config, store=self.store, clock=self.clock)
                 if tag:
                     event("deploy.tagged_stable", tag=tag)
                     await self._alert(
-                        [Alert("deploy.tagged", Severity.INFO, "Tagged stable", f"{deploy.commit[:12]} tagged {tag}")],
+                        [Alert("deploy.tagged", Severity.INFO, tag, f"{deploy.commit[:12]} tagged {tag}")],
                         deploy, verdict, decision.next_step,
                     )  # fmt: skip
         return report
@@ -289,7 +298,7 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append(f"would repair {intent.kind}")
             event("repair.would_run", kind=intent.kind, reason=intent.reason)
-            return [Alert("repair.started", Severity.WARNING, f"Would repair: {intent.kind}",
+            return [Alert("repair.started", Severity.WARNING, f"{intent.kind} (would run)",
                           f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
         event("repair.started", kind=intent.kind, reason=intent.reason)
         try:
@@ -305,13 +314,13 @@ class Watchdog:
             )  # fmt: skip
             event("repair.error", kind=intent.kind, error=str(e))
             report.actions.append(f"repair {intent.kind}: error")
-            return [Alert("repair.failed", Severity.WARNING, f"Repair {intent.kind} could not run", str(e), incident)]
+            return [Alert("repair.failed", Severity.WARNING, f"{intent.kind} could not run", str(e), incident)]
         self._last_repair_at = self.clock.now()
         report.actions.append(f"repair {intent.kind}: {'ok' if result.ok else 'failed'}")
         event("repair.finished", kind=intent.kind, ok=result.ok, detail=result.detail)
         if result.ok:
-            return [Alert("repair.succeeded", Severity.WARNING, f"Repaired: {intent.kind}", result.detail, incident)]
-        return [Alert("repair.failed", Severity.WARNING, f"Repair failed: {intent.kind}", result.detail, incident)]
+            return [Alert("repair.succeeded", Severity.WARNING, intent.kind, result.detail, incident)]
+        return [Alert("repair.failed", Severity.WARNING, intent.kind, result.detail, incident)]
 
     async def _rollback(
         self, intent: Rollback, deploy: Deploy, incident: int | None, report: CycleReport
@@ -325,11 +334,11 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append("would roll back")
             event("rollback.would_run", reason=intent.reason)
-            return [Alert("rollback.started", Severity.CRITICAL, "Would roll back",
+            return [Alert("rollback.started", Severity.CRITICAL, "would roll back to the last stable tag",
                           f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
         event("rollback.started", reason=intent.reason)
         await self._alert(
-            [Alert("rollback.started", Severity.CRITICAL, "Rolling back", intent.reason, incident)],
+            [Alert("rollback.started", Severity.CRITICAL, "to the last stable tag", intent.reason, incident)],
             deploy, None, "rolling back",
         )  # fmt: skip
         try:
@@ -343,21 +352,20 @@ class Watchdog:
             await self._db(self.store.set_held, deploy.id, msg)
             event("rollback.error", error=str(e))
             report.actions.append("rollback: error")
-            return [Alert("rollback.failed", Severity.CRITICAL, "Rollback failed", msg, incident)]
+            return [Alert("rollback.failed", Severity.CRITICAL, "could not run", msg, incident)]
         if result.refused:
             report.actions.append("rollback: refused")
             event("rollback.refused", why=result.refused)
-            return [Alert("rollback.failed", Severity.CRITICAL, "Rollback refused",
+            return [Alert("rollback.failed", Severity.CRITICAL, "refused",
                           f"{result.refused}; waiting for a person", incident)]  # fmt: skip
         report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
         event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
         if result.ok:
             return [
-                Alert(
-                    "rollback.succeeded", Severity.CRITICAL, f"Rolled back to {result.to_ref}", result.detail, incident
-                )
+                Alert("rollback.succeeded", Severity.CRITICAL, f"to {result.to_ref}", result.detail, incident),
+                Alert("incident.resolved", Severity.INFO, "closed by the rollback", result.detail, incident),
             ]
-        return [Alert("rollback.failed", Severity.CRITICAL, "Rollback did not restore health",
+        return [Alert("rollback.failed", Severity.CRITICAL, f"{result.to_ref} is not healthy either",
                       f"{result.detail}; waiting for a person", incident)]  # fmt: skip
 
     async def _alert(
@@ -377,6 +385,14 @@ class Watchdog:
             event("alert.error", error=f"{type(e).__name__}: {e}")
 
     # -- the loop ------------------------------------------------------------------------------
+
+    async def _announce_expired_pauses(self, deploy: Deploy, now: datetime) -> None:
+        """A pause that ran out by itself is announced once: healer is armed again."""
+        for pause_id, reason in await self._db(self.store.expired_unannounced_pauses, now):
+            event("pause.expired", reason=reason)
+            msg = f"the pause ({reason}) expired: repairs and rollbacks are armed again"
+            await self._alert([Alert("pause.ended", Severity.WARNING, "pause expired", msg)], deploy, None, "watching")
+            await self._db(self.store.mark_pause_announced, pause_id)
 
     async def _summaries(self, deploy: Deploy, now: datetime) -> None:
         """Daily chat summaries during the launch window, and a final one when it ends."""
@@ -435,6 +451,7 @@ class Watchdog:
                 now = self.clock.now()
                 await self._db(self.store.set_meta, loop_seen=now.isoformat(), next_due=due.isoformat())
                 self.liveness.beat()
+                await self._announce_expired_pauses(deploy, now)
                 if due > now:
                     wait = min(due - now, HEAD_POLL)
                     with contextlib.suppress(TimeoutError):
@@ -446,7 +463,7 @@ class Watchdog:
                     msg = f"the cycle due at {due:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
                     event("meta.loop_behind", late_s=int(late.total_seconds()))
                     await self._alert(
-                        [Alert("meta.loop_behind", Severity.WARNING, "healer fell behind", msg, bypass_dedup=True)],
+                        [Alert("meta.loop_behind", Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
                         deploy, None, "catching up",
                     )  # fmt: skip
                 started = True
@@ -530,7 +547,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             mode = "observe" if dog.observe else "act"
             event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
             await dog._alert(
-                [Alert("healer.started", Severity.INFO, "Watching", f"started (PID {os.getpid()}, {mode} mode)")],
+                [Alert("healer.started", Severity.INFO, f"{mode} mode", f"started (PID {os.getpid()}, {mode} mode)")],
                 await dog.current_deploy(), None, "watching",
             )  # fmt: skip
             notify("READY=1")
@@ -550,7 +567,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             stopper.cancel()
             event("healer.stopped", app=config.app.name, pid=os.getpid())
             await dog._alert(
-                [Alert("healer.stopped", Severity.INFO, "Stopped watching", f"healer stopped (PID {os.getpid()})")],
+                [Alert("healer.stopped", Severity.INFO, "healer stopped", f"PID {os.getpid()}")],
                 None, None, "not watching",
             )  # fmt: skip
             with contextlib.suppress(Exception):

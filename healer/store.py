@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from healer.decide import Pause, PastRepair
+from healer.decide import PastRepair, Pause
 from healer.errors import StoreError
 from healer.model import Baseline, CheckResult, Deploy, Outcome, Verdict, Who
 
@@ -339,10 +339,14 @@ class Store:
                 )
                 sets["open_incident"] = None
             cols = ", ".join(f"{k} = ?" for k in sets)
-            db.execute(f"UPDATE deploys SET {cols} WHERE id = ?", (*sets.values(), deploy_id))  # noqa: S608 -- column names are ours
+            db.execute(
+                f"UPDATE deploys SET {cols} WHERE id = ?", (*sets.values(), deploy_id)
+            )  # column names are ours, values are bound
         return opened
 
-    def cycles(self, since: datetime | None = None, deploy_id: int | None = None, limit: int | None = None) -> list[CycleRow]:
+    def cycles(
+        self, since: datetime | None = None, deploy_id: int | None = None, limit: int | None = None
+    ) -> list[CycleRow]:
         sql, args = "SELECT * FROM cycles WHERE 1=1", list[Any]()
         if since is not None:
             sql += " AND at >= ?"
@@ -369,7 +373,9 @@ class Store:
                 (_ts(since), _ts(since)),
             )
         return [
-            IncidentRow(r["id"], r["deploy_id"], datetime.fromisoformat(r["opened_at"]), _dt(r["resolved_at"]), r["cause"])
+            IncidentRow(
+                r["id"], r["deploy_id"], datetime.fromisoformat(r["opened_at"]), _dt(r["resolved_at"]), r["cause"]
+            )
             for r in rows
         ]
 
@@ -378,7 +384,9 @@ class Store:
         if not rows:
             return None
         r = rows[0]
-        return IncidentRow(r["id"], r["deploy_id"], datetime.fromisoformat(r["opened_at"]), _dt(r["resolved_at"]), r["cause"])
+        return IncidentRow(
+            r["id"], r["deploy_id"], datetime.fromisoformat(r["opened_at"]), _dt(r["resolved_at"]), r["cause"]
+        )
 
     # ---- actions --------------------------------------------------------------------------
 
@@ -391,8 +399,8 @@ class Store:
         finished = None if outcome is Outcome.STARTED else _ts(now)
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO actions(at, finished_at, deploy_id, incident_id, kind, name, who, reason, outcome, detail, note) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO actions(at, finished_at, deploy_id, incident_id, kind, name, who, reason, outcome, detail,"
+                " note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (_ts(now), finished, deploy_id, incident_id, kind, name, str(who), reason, str(outcome), detail, note),
             )
             return int(cur.lastrowid or 0)
@@ -404,7 +412,9 @@ class Store:
                 (str(outcome), _ts(now), detail, action_id),
             )
 
-    def actions(self, since: datetime | None = None, kind: str | None = None, deploy_id: int | None = None) -> list[ActionRow]:
+    def actions(
+        self, since: datetime | None = None, kind: str | None = None, deploy_id: int | None = None
+    ) -> list[ActionRow]:
         sql, args = "SELECT * FROM actions WHERE 1=1", list[Any]()
         if since is not None:
             sql += " AND at >= ?"
@@ -456,12 +466,17 @@ class Store:
 
     def end_pause(self, now: datetime) -> bool:
         with self._tx() as db:
-            cur = db.execute("UPDATE pauses SET ended_at = ? WHERE ended_at IS NULL AND until > ?", (_ts(now), _ts(now)))
+            # a person's resume is announced by the command itself
+            cur = db.execute(
+                "UPDATE pauses SET ended_at = ?, announced_end = 1 WHERE ended_at IS NULL AND until > ?",
+                (_ts(now), _ts(now)),
+            )
             return cur.rowcount > 0
 
     def expired_unannounced_pauses(self, now: datetime) -> list[tuple[int, str]]:
         rows = self._query(
-            "SELECT id, reason FROM pauses WHERE announced_end = 0 AND (ended_at IS NOT NULL OR until <= ?)", (_ts(now),)
+            "SELECT id, reason FROM pauses WHERE announced_end = 0 AND (ended_at IS NOT NULL OR until <= ?)",
+            (_ts(now),),
         )
         return [(r["id"], r["reason"]) for r in rows]
 
@@ -475,9 +490,7 @@ class Store:
         """Delete cycles and finished actions older than `older_than`; keep deploys, incidents."""
         with self._tx() as db:
             n = db.execute("DELETE FROM cycles WHERE at < ?", (_ts(older_than),)).rowcount
-            n += db.execute(
-                "DELETE FROM actions WHERE at < ? AND outcome != 'started'", (_ts(older_than),)
-            ).rowcount
+            n += db.execute("DELETE FROM actions WHERE at < ? AND outcome != 'started'", (_ts(older_than),)).rowcount
         return n
 
     # ---- reports and metrics (operations) ----
@@ -518,13 +531,9 @@ class Store:
         """(channel, state) -> how many deliveries, from the alert outbox's `alert_deliveries`
         (healer/alerts/outbox.py; state pending | delivered | failed). Empty before the outbox
         has created its tables."""
-        if not self._query(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alert_deliveries'"
-        ):
+        if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alert_deliveries'"):
             return {}
-        rows = self._query(
-            "SELECT channel, state, COUNT(*) AS n FROM alert_deliveries GROUP BY channel, state"
-        )
+        rows = self._query("SELECT channel, state, COUNT(*) AS n FROM alert_deliveries GROUP BY channel, state")
         return {(r["channel"], r["state"]): int(r["n"]) for r in rows}
 
     def watched_since(self) -> datetime | None:
@@ -564,7 +573,9 @@ def _deploy(r: sqlite3.Row) -> Deploy:
 
 def _cycle(r: sqlite3.Row) -> CycleRow:
     results = tuple(CheckResult.from_json(x) for x in json.loads(r["results"]))
-    return CycleRow(r["id"], r["deploy_id"], datetime.fromisoformat(r["at"]), bool(r["ok"]), r["who"], r["summary"], results)
+    return CycleRow(
+        r["id"], r["deploy_id"], datetime.fromisoformat(r["at"]), bool(r["ok"]), r["who"], r["summary"], results
+    )
 
 
 def _action(r: sqlite3.Row) -> ActionRow:
@@ -572,4 +583,3 @@ def _action(r: sqlite3.Row) -> ActionRow:
         r["id"], datetime.fromisoformat(r["at"]), _dt(r["finished_at"]), r["deploy_id"], r["incident_id"],
         r["kind"], r["name"], r["who"], r["reason"], r["outcome"], r["detail"], r["note"],
     )  # fmt: skip
-

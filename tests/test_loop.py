@@ -213,3 +213,39 @@ async def test_a_stalled_loop_is_detected_and_alerted(tmp_path: Path, http_app: 
         store.close()
     behind = [a for a in seen if getattr(a, "event", "") == "meta.loop_behind"]
     assert len(behind) == 1 and behind[0].bypass_dedup  # type: ignore[attr-defined]
+
+
+async def test_a_pause_holds_a_repair_and_expires_on_time(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """Paused: a failing process is not restarted; when the pause runs out, it is announced once."""
+    from healer.decide import Pause
+
+    app = http_app("healthy")
+    config = make_config(tmp_path, str(app), rollback_after="50")
+    clock = FakeClock()
+    seen: list[object] = []
+
+    async def sink(items: list[object], *_: object) -> None:
+        seen.extend(items)
+
+    store = Store(config.db_path)
+    try:
+        async with probe_context(config) as ctx:
+            dog = Watchdog(config, store, ctx, clock=clock, alert_sink=sink)  # type: ignore[arg-type]
+            store.add_pause(clock.now() + timedelta(minutes=30), "migrating", "ops", clock.now())
+            assert store.active_pause(clock.now()) == Pause(clock.now() + timedelta(minutes=30), "migrating", "ops")
+            app.behaviour = "error500"  # type: ignore[attr-defined]
+            for _ in range(10):
+                report = await dog.step()
+                assert report.actions == []  # nothing acted on while paused
+                clock.advance(timedelta(minutes=1))
+            d = store.current_deploy()
+            assert d is not None and d.consecutive_failures == 10 and d.held is None
+            clock.advance(timedelta(minutes=25))
+            assert store.active_pause(clock.now()) is None
+            deploy = await dog.current_deploy()
+            await dog._announce_expired_pauses(deploy, clock.now())
+            await dog._announce_expired_pauses(deploy, clock.now())
+    finally:
+        store.close()
+    ended = [a for a in seen if getattr(a, "event", "") == "pause.ended"]
+    assert len(ended) == 1
