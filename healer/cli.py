@@ -254,9 +254,9 @@ def status_data(config: Config) -> dict[str, Any]:
             "taken_at": d.baseline.taken_at.isoformat(),
             "metrics": {k: dict(v) for k, v in d.baseline.metrics.items()},
         }  # fmt: skip
-        inc = next((i for i in store.incidents() if i.id == d.open_incident), None)
+        inc = None if d.open_incident is None else store.incident(d.open_incident)
         out["open_incident"] = None if inc is None else inc.to_json()
-        out["last_actions"] = [a.to_json() for a in store.actions()[-5:]]
+        out["last_actions"] = [a.to_json() for a in store.recent_actions(5)]
         # alive: the lock is held and the loop touched the store within twice its cadence
         seen = meta.get("loop_seen")
         alive = pid is not None and seen is not None

@@ -427,6 +427,11 @@ class Store:
             args.append(deploy_id)
         return [_action(r) for r in self._query(sql + " ORDER BY id", args)]
 
+    def recent_actions(self, limit: int) -> list[ActionRow]:
+        """The last `limit` actions, oldest first (for status: constant time however long the history)."""
+        rows = self._query("SELECT * FROM actions ORDER BY id DESC LIMIT ?", (limit,))
+        return [_action(r) for r in reversed(rows)]
+
     def unfinished_actions(self) -> list[ActionRow]:
         return [_action(r) for r in self._query("SELECT * FROM actions WHERE outcome = 'started' ORDER BY id")]
 
