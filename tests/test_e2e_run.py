@@ -112,6 +112,8 @@ def test_kill_9_and_restart_resumes_the_failure_count(
     assert after["deploy"]["first_seen"] == first["deploy"]["first_seen"]  # type: ignore[index]
     assert after["baseline"] == first["baseline"]
     assert failures(state) == killed_at + 1 or failures(state) > killed_at
+    p2.send_signal(signal.SIGTERM)
+    p2.wait(timeout=10)
     s = Store(state / "healer.db")
     try:
         assert len(s.incidents()) == 1  # the restart did not open a second incident
@@ -124,8 +126,6 @@ def test_kill_9_and_restart_resumes_the_failure_count(
         if c.ok:
             break
         tail += 1
-    p2.send_signal(signal.SIGTERM)
-    p2.wait(timeout=10)
     assert failures(state) == tail
 
 
