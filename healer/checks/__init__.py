@@ -9,10 +9,12 @@ never crashes a cycle or delays the others: a cycle takes as long as its slowest
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +27,9 @@ from healer.model import CheckResult
 # kill a child) before run_check stops waiting for it and reports the timeout anyway.
 _CANCEL_GRACE = 0.5
 
+# http checks per HTTP client (connection pool); see probe_context.
+POOL_SHARD = 32
+
 _ERROR_MAX = 300
 _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]*@")
 _PASSWORD_RE = re.compile(
@@ -34,19 +39,42 @@ _PASSWORD_RE = re.compile(
 
 @dataclass(frozen=True, slots=True)
 class ProbeContext:
-    """What probes share within one cycle or run: the config and one HTTP client."""
+    """What probes share within one cycle or run: the config and the HTTP clients."""
 
     config: Config
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient  # for the heartbeat, and for http checks not in `http_by_check`
+    http_by_check: Mapping[str, httpx.AsyncClient] = field(default_factory=dict)
+
+    def client_for(self, check_name: str) -> httpx.AsyncClient:
+        """The client whose connection pool serves this http check."""
+        return self.http_by_check.get(check_name, self.http)
 
 
 @asynccontextmanager
 async def probe_context(config: Config) -> AsyncIterator[ProbeContext]:
-    """Open the shared HTTP client (no proxies or netrc from the environment) and close it after."""
-    # Redirects are not followed: a health endpoint that redirects answers with its own status,
-    # which the check's expect_status judges.
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
-        yield ProbeContext(config=config, http=client)
+    """Open the HTTP clients (no proxies or netrc from the environment) and close them after.
+
+    The http checks share one client per POOL_SHARD of them, so every check has a connection of
+    its own when all are slow at once. One pool for hundreds of checks would not do: httpx's
+    default of 100 connections makes the 101st slow check wait past its timeout, and httpcore
+    scans every queued request against every connection each time one ends, which costs seconds
+    of CPU per cycle at a few hundred connections.
+    """
+    names = [c.name for c in config.checks if c.type == "http"]
+    shards = max(1, math.ceil(len(names) / POOL_SHARD))
+    # one TLS context for all of them: building one reads the CA bundle (~10 ms)
+    tls = httpx.create_ssl_context(trust_env=False)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            # Redirects are not followed: a health endpoint that redirects answers with its own
+            # status, which the check's expect_status judges.
+            await stack.enter_async_context(
+                httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=tls)
+            )
+            for _ in range(shards)
+        ]
+        by_check = {name: clients[i // POOL_SHARD] for i, name in enumerate(names)}
+        yield ProbeContext(config=config, http=clients[0], http_by_check=by_check)
 
 
 def budget(timeout: timedelta) -> float:

@@ -49,7 +49,7 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> CheckResult:
     samples: list[_Sample] = []
     for i in range(check.samples):
         share = (deadline - loop.time()) / (check.samples - i)
-        samples.append(await _sample(ctx.http, check, share))
+        samples.append(await _sample(ctx.client_for(check.name), check, share))
     return _judge(check, samples)
 
 
