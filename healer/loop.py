@@ -477,6 +477,8 @@ class Watchdog:
                 await self._summaries(cycle.deploy, self.clock.now())
                 if pruned_at is None or now - pruned_at > timedelta(hours=1):
                     n = await self._db(self.store.prune, now - self.config.retention)
+                    if isinstance(self._alert_sink, AlertSink):  # and the alerts nothing waits for
+                        n += await self._db(self._alert_sink.alerts.outbox.prune, now - self.config.retention)
                     pruned_at = now
                     if n:
                         event("store.pruned", rows=n)
