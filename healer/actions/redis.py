@@ -1,7 +1,8 @@
 """The Redis actions: empty the cache database, delete keys by pattern (I/O, redis.asyncio).
 
 Nothing here blocks Redis: a database is emptied with `FLUSHDB ASYNC`, keys are found with
-SCAN (never KEYS) and removed with UNLINK (freed in the background) in pipelined batches.
+SCAN (never KEYS) and each page of them removed with UNLINK in the same round trip as the
+next SCAN step, so no round trip holds Redis for long.
 FLUSHALL is never sent, and no key outside the configured database or patterns is touched.
 """
 
@@ -21,9 +22,9 @@ from healer.errors import ActionError
 from healer.logging import redact
 from healer.playbook import RedisDeletePatternStep, RedisFlushStep
 
-# Keys per UNLINK, and UNLINKs per pipeline round trip.
+# SCAN's COUNT: the hash-table slots Redis looks at per step, so also about the most keys one
+# UNLINK removes.
 BATCH = 1000
-COMMANDS_PER_ROUND_TRIP = 10
 
 
 def _section(config: Config, action: str) -> RedisConfig:
@@ -91,7 +92,8 @@ def plan_flush(step: RedisFlushStep, config: Config) -> str:
     if rc.cache_patterns:
         db = rc.cache_db if rc.cache_db is not None else _url_db(rc)
         return (
-            f"SCAN + UNLINK keys matching {_quoted(rc.cache_patterns)} in db {db} of {_where(rc)} (batches of {BATCH})"
+            f"SCAN + UNLINK keys matching {_quoted(rc.cache_patterns)} in db {db} of {_where(rc)} "
+            f"(SCAN COUNT {BATCH}, one UNLINK per page)"
         )
     return f"FLUSHDB ASYNC on db {rc.cache_db} of {_where(rc)} (never FLUSHALL; other databases untouched)"
 
@@ -102,7 +104,7 @@ def plan_delete(step: RedisDeletePatternStep, config: Config) -> str:
     db = step.db if step.db is not None else _url_db(rc)
     return (
         f"SCAN + UNLINK keys matching {_quoted(_patterns(step, rc))} in db {db} of {_where(rc)} "
-        f"(batches of {BATCH}, never KEYS)"
+        f"(SCAN COUNT {BATCH}, one UNLINK per page, never KEYS)"
     )
 
 
@@ -144,24 +146,28 @@ async def delete_pattern(step: RedisDeletePatternStep, config: Config) -> str:
 
 
 async def _unlink_matching(r: redis.asyncio.Redis, patterns: Sequence[str]) -> int:
-    """SCAN each pattern (COUNT 1000) and UNLINK what it finds, several UNLINKs per round trip.
-    Returns how many keys Redis removed."""
+    """SCAN each pattern (COUNT 1000) and UNLINK what each page found in the same round trip as
+    the next SCAN. Returns how many keys Redis removed.
+
+    One page's keys per UNLINK keeps every round trip short for Redis (one SCAN step and at most
+    about a thousand keys), so other clients never wait behind a long run of queued UNLINKs."""
     removed = 0
-    async with r.pipeline(transaction=False) as pipe:
-        for pattern in patterns:
-            batch: list[bytes] = []
-            queued = 0
-            async for key in r.scan_iter(match=pattern, count=BATCH):
-                batch.append(key)
-                if len(batch) >= BATCH:
-                    pipe.unlink(*batch)
-                    batch, queued = [], queued + 1
-                    if queued >= COMMANDS_PER_ROUND_TRIP:
-                        removed += sum(int(x) for x in await pipe.execute())
-                        queued = 0
-            if batch:
-                pipe.unlink(*batch)
-            removed += sum(int(x) for x in await pipe.execute())
+    for pattern in patterns:
+        cursor: int = 0
+        found: list[bytes] = []
+        while True:
+            async with r.pipeline(transaction=False) as pipe:
+                if found:
+                    pipe.unlink(*found)
+                pipe.scan(cursor, match=pattern, count=BATCH)
+                replies = await pipe.execute()
+            if found:
+                removed += int(replies[0])
+            cursor, found = int(replies[-1][0]), list(replies[-1][1])
+            if cursor == 0:
+                break
+        if found:
+            removed += int(await r.unlink(*found))
     return removed
 
 
