@@ -51,15 +51,17 @@ def configured_channels(config: Config) -> list[Channel]:
     A channel whose environment variable is unset is still built: it fails every delivery with
     "SLACK_WEBHOOK_URL is not set" (its alerts wait in the outbox) instead of stopping healer.
     """
-    # imported here: the chat SDKs are slow to import and only the shell needs them
-    from healer.alerts.slack import slack_channel
-    from healer.alerts.telegram import telegram_channels
-
+    # imported here, and only for a configured channel: the chat SDKs take ~0.1 s to import
+    # (and memory), which every `healer rollback` or `healer pause` would pay for nothing
     a = config.alerts
     out: list[Channel] = [LogChannel(config.severity(a.log.min_severity))]
     if a.slack is not None:
+        from healer.alerts.slack import slack_channel
+
         out.append(slack_channel(a.slack, timeout=a.timeout))
     if a.telegram is not None:
+        from healer.alerts.telegram import telegram_channels
+
         out.extend(telegram_channels(a.telegram, timeout=a.timeout))
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -123,19 +124,24 @@ def failed(check: Any, error: str, *symptoms: str, **values: float) -> CheckResu
     )
 
 
-# The probe modules import ProbeContext and the helpers above from this package, so they are
-# imported only once those exist.
-from healer.checks import command, http, postgres, process, redis, system  # noqa: E402
-
 Probe = Callable[[Any, ProbeContext], Coroutine[Any, Any, CheckResult]]
 
+
+def _lazy(module: str) -> Probe:
+    """The probe of `healer.checks.<module>`, imported at its first run: the drivers behind them
+    (psycopg, redis, psutil) take ~0.15 s to import and memory, which a config without such a
+    check, or a command that runs no check, should not pay."""
+
+    async def probe(check: Any, ctx: ProbeContext) -> CheckResult:
+        found: Probe = importlib.import_module(f"healer.checks.{module}").probe
+        return await found(check, ctx)
+
+    probe.__qualname__ = probe.__name__ = f"{module}.probe"
+    return probe
+
+
 PROBES: dict[str, Probe] = {
-    "http": http.probe,
-    "process": process.probe,
-    "system": system.probe,
-    "redis": redis.probe,
-    "postgres": postgres.probe,
-    "command": command.probe,
+    kind: _lazy(kind) for kind in ("http", "process", "system", "redis", "postgres", "command")
 }
 
 # Probes abandoned after their timeout that did not unwind within _CANCEL_GRACE; held so they
