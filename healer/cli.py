@@ -67,9 +67,13 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 def _duration(value: str, flag: str) -> timedelta:
     try:
-        return parse_duration(value)
-    except Exception:
-        raise UsageError(f'{flag}: expected a duration like "30m", "24h" or "7d", got "{value}"') from None
+        span = parse_duration(value)
+    except Exception:  # pydantic's custom error: we want our own line
+        msg = f'{flag}: expected a duration like "30m", "24h" or "7d" (at most 10 years), got "{value}"'
+        raise UsageError(msg) from None
+    if span <= timedelta(0):
+        raise UsageError(f'{flag}: expected a duration above zero, got "{value}"')
+    return span
 
 
 def _ago(t: datetime | None, now: datetime) -> str:
@@ -125,7 +129,15 @@ def run(ctx: click.Context, observe: bool) -> None:
 
     config = _config(ctx)
     _setup_logging(config)
-    _run(serve(config, observe=observe))
+    # Not asyncio.run(): it joins the worker threads at the end, and a chat send stuck in one
+    # would hold the stop for its whole timeout. Everything is recorded and the store closed
+    # when serve() returns; an undelivered alert is still in the outbox for the next start.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(serve(config, observe=observe))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _setup_logging(config: Config) -> None:
@@ -501,8 +513,8 @@ async def _repair(config: Config, kind: str, reason: str) -> int:
                 reason=f"{reason} (by {_person()})", deploy_id=None if d is None else d.id,
                 incident_id=None if d is None else d.open_incident,
             )  # fmt: skip
-        if d is not None and d.held:
-            # a person acted: healer is armed again for this deploy
+        if d is not None and d.held and result.ok:
+            # a person fixed it: healer is armed again for this deploy
             store.set_held(d.id, None)
     finally:
         store.close()
@@ -536,7 +548,9 @@ def rollback(
     config = _config(ctx)
     if config.app.repo is None:
         raise UsageError(f"{config.path}: app.repo: expected the git work tree of the app to roll back")
-    store = Store(config.db_path)
+    # --list and --dry-run change nothing, not even by creating the state database
+    read_only = (list_ or dry_run) and not config.db_path.exists()
+    store = Store(Path(":memory:")) if read_only else Store(config.db_path)
     try:
         if list_:
             tags = rb.candidates(config, store)

@@ -33,6 +33,7 @@ from healer.model import Severity
 DEFAULT_CONFIG_NAME = "healer.toml"
 CONFIG_ENV = "HEALER_CONFIG"
 
+MAX_DURATION = timedelta(days=3650)  # longer is a typo, and would overflow date arithmetic
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
@@ -49,7 +50,12 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m:
-            return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            if seconds > MAX_DURATION.total_seconds():
+                raise PydanticCustomError(
+                    "duration", "expected a duration of at most 10 years, got {got}", {"got": _show(value)}
+                )
+            return timedelta(seconds=seconds)
     raise PydanticCustomError(
         "duration", 'expected a duration like "5s", "15m" or "6h", got {got}', {"got": _show(value)}
     )

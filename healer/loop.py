@@ -14,7 +14,8 @@ import fcntl
 import logging
 import os
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -73,15 +74,25 @@ class RunLock:
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115 -- held for the life of the process
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            text = fh.read().strip()
-            fh.close()
-            raise LockedError(self.what, int(text) if text.isdigit() else None) from None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+")  # noqa: SIM115 -- held for the life of the process
+        except OSError as e:
+            msg = f"{self.path.parent}: cannot create the state directory (state_dir): {e.strerror}"
+            raise StoreError(msg) from None
+        # `healer status` peeks at the lock for an instant: retry briefly before calling it held
+        for attempt in range(5):
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt < 4:
+                    time.sleep(0.05)
+                    continue
+                fh.seek(0)
+                text = fh.read().strip()
+                fh.close()
+                raise LockedError(self.what, int(text) if text.isdigit() else None) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -249,13 +260,24 @@ class Watchdog:
         alerts: list[Alert] = []
         if previous_phase is not None and previous_phase != phase.index:
             alerts.append(Alert("phase.changed", Severity.INFO, phase.label, f"now in {phase.label}"))
+        acting = [i for i in decision.intents if isinstance(i, Repair | Rollback) and not i.observe]
+        superseded = False
+        if acting:
+            # A commit deployed while the checks ran is not the one they judged: act on nothing,
+            # the next cycle starts its window (never roll back, or mark bad, an unjudged fix).
+            head = await asyncio.to_thread(gitrepo.head_commit, self.config.app.repo)
+            superseded = head != deploy.commit
+            if superseded:
+                event("cycle.superseded", judged=deploy.commit[:12], head=head[:12])
         for intent in decision.intents:
             if isinstance(intent, Alert):
                 alerts.append(_with_incident(intent, incident))
+            elif isinstance(intent, Repair | Rollback) and superseded and not intent.observe:
+                report.actions.append(f"skipped {type(intent).__name__.lower()}: a new commit was deployed")
             elif isinstance(intent, Repair):
-                alerts += await self._repair(intent, deploy, incident, report)
+                alerts += await self._guarded(self._repair(intent, deploy, incident, report), intent, incident)
             elif isinstance(intent, Rollback):
-                alerts += await self._rollback(intent, deploy, incident, report)
+                alerts += await self._guarded(self._rollback(intent, deploy, incident, report), intent, incident)
             elif isinstance(intent, Hold):
                 await self._db(self.store.set_held, deploy.id, intent.reason)
                 await self._db(
@@ -265,7 +287,7 @@ class Watchdog:
                 event("healer.held", reason=intent.reason)
         report.alerts = alerts
         next_step = decision.next_step
-        if any(isinstance(i, Rollback) and not i.observe for i in decision.intents):
+        if not superseded and any(isinstance(i, Rollback) and not i.observe for i in decision.intents):
             # the rollback started a new deploy window: speak of it, not of the one rolled back from
             after: Deploy | None = await self._db(self.store.current_deploy)
             deploy = after or deploy
@@ -287,6 +309,18 @@ class Watchdog:
                         deploy, verdict, decision.next_step,
                     )  # fmt: skip
         return report
+
+    async def _guarded(
+        self, action: Awaitable[list[Alert]], intent: Repair | Rollback, incident: int | None
+    ) -> list[Alert]:
+        """An action that fails in a way nobody foresaw is told, not lost with the cycle's alerts."""
+        try:
+            return await action
+        except Exception as e:
+            what = intent.kind if isinstance(intent, Repair) else "rollback"
+            log_event(log, "action.crashed", level=logging.ERROR, action=what, error=f"{type(e).__name__}: {e}")
+            kind = "repair.failed" if isinstance(intent, Repair) else "rollback.failed"
+            return [Alert(kind, Severity.CRITICAL, f"{what} crashed", f"{type(e).__name__}: {e}", incident)]
 
     async def _repair(self, intent: Repair, deploy: Deploy, incident: int | None, report: CycleReport) -> list[Alert]:
         now = self.clock.now()
@@ -433,9 +467,9 @@ class Watchdog:
                 resumed = await rollback.resume_unfinished(
                     config=self.config, ctx=self.ctx, store=self.store, clock=self.clock
                 )
-        except HealerError as e:
+        except Exception as e:
             resumed = []
-            event("rollback.resume_error", error=str(e))
+            log_event(log, "rollback.resume_error", level=logging.ERROR, error=f"{type(e).__name__}: {e}")
         for r in resumed:
             event("rollback.resumed", ok=r.ok, detail=r.detail)
             title = "Interrupted rollback finished" if r.ok else "Interrupted rollback"
@@ -550,7 +584,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
             await dog._alert(
                 [Alert("healer.started", Severity.INFO, f"{mode} mode", f"started (PID {os.getpid()}, {mode} mode)")],
-                await dog.current_deploy(), None, "watching",
+                store.current_deploy(), None, "watching",
             )  # fmt: skip
             notify("READY=1")
             pinger = asyncio.create_task(watchdog_pinger(stop, liveness.is_alive))
@@ -559,24 +593,36 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
             notify("STOPPING=1")
+            crashed: BaseException | None = None
+            if runner.done() and not runner.cancelled():
+                crashed = runner.exception()  # the loop ended without being asked to: a bug
             if not runner.done():
                 # give the cycle in progress a moment to finish recording, then cancel it
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(runner), 1.0)
+                    await asyncio.wait_for(asyncio.shield(runner), 0.8)
                 runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
             stopper.cancel()
+            if crashed is not None:
+                log_event(log, "loop.died", level=logging.CRITICAL, error=f"{type(crashed).__name__}: {crashed}")
+                await dog._alert(
+                    [Alert("healer.held", Severity.CRITICAL, "healer's loop died",
+                           f"{type(crashed).__name__}: {crashed}", bypass_dedup=True)],
+                    None, None, "restart healer",
+                )  # fmt: skip
             event("healer.stopped", app=config.app.name, pid=os.getpid())
             await dog._alert(
                 [Alert("healer.stopped", Severity.INFO, "healer stopped", f"PID {os.getpid()}")],
                 None, None, "not watching",
             )  # fmt: skip
+            # Deliver what is pending for a moment: SIGTERM must end healer within two seconds,
+            # and what is not delivered stays in the outbox for the next start. A send stuck in
+            # a worker thread is left behind (the CLI exits without joining it).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(sender, 2.0)
-            # deliver what is pending for a moment; the rest stays in the outbox for next time
+                await asyncio.wait_for(sender, 0.4)
             with contextlib.suppress(Exception):
-                left = await alerts.flush(timedelta(seconds=1))
+                left = await asyncio.wait_for(alerts.flush(timedelta(milliseconds=400)), 0.5)
                 if left:
                     event("alerts.pending_at_stop", pending=left)
             alerts.close()
@@ -584,7 +630,10 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             with contextlib.suppress(asyncio.CancelledError):
                 await pinger
             if heartbeat is not None:
-                await heartbeat.aclose()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(heartbeat.aclose(), 0.2)
+            if crashed is not None:
+                raise crashed
     finally:
         if server is not None:
             await server.aclose()

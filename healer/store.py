@@ -293,6 +293,8 @@ class Store:
             if row is not None and row[1] == commit:
                 new = False
                 deploy_id = row[0]
+                if via_rollback:  # the window was opened before the rollback finished (a resume)
+                    db.execute("UPDATE deploys SET via_rollback = 1 WHERE id = ?", (deploy_id,))
             else:
                 if row is not None and row[2] is not None:
                     db.execute(
@@ -499,7 +501,8 @@ class Store:
 
     def add_pause(self, until: datetime, reason: str, who: str, now: datetime) -> None:
         with self._tx() as db:
-            db.execute("UPDATE pauses SET ended_at = ? WHERE ended_at IS NULL", (_ts(now),))
+            # a pause replaced by a new one did not end: never announce it as expired
+            db.execute("UPDATE pauses SET ended_at = ?, announced_end = 1 WHERE ended_at IS NULL", (_ts(now),))
             db.execute(
                 "INSERT INTO pauses(at, until, reason, who) VALUES (?, ?, ?, ?)",
                 (_ts(now), _ts(until), reason, who),

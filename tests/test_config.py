@@ -133,6 +133,7 @@ BAD = [
     pytest.param('[[checks]]\nname="a"\ntype="system"\n[sever]\nlisten="1"\n', "sever", id="unknown-section"),
     pytest.param('[[checks]\nname="a"\n', "not valid TOML", id="toml-syntax"),
     pytest.param('checks = "api"\n', "checks", id="checks-not-a-table"),
+    pytest.param('retention = "999999999d"\n[[checks]]\nname="a"\ntype="system"\n', "retention", id="huge-duration"),
 ]
 
 

@@ -275,3 +275,43 @@ def test_run_speaks_systemd_notify_on_a_real_socket(tmp_path: Path, http_app: Ca
             p.kill()
             p.wait()
         sock.close()
+
+
+def test_sigterm_is_not_held_up_by_a_hanging_chat(tmp_path: Path, http_app: Callable[..., object]) -> None:
+    """A Slack webhook that never answers does not keep healer from stopping promptly."""
+    hang = http_app("hang")
+    config = fast_config(tmp_path, str(http_app("healthy")))
+    with open(config, "a") as f:
+        f.write('\n[alerts.slack]\nwebhook_url_env = "SLACK_WEBHOOK_URL"\n')
+    env = {**os.environ, "SLACK_WEBHOOK_URL": f"{hang}/services/T/B/X"}
+    p = subprocess.Popen(
+        [*HEALER, "--config", str(config), "run"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: deploy_of(config)["loop"]["alive"] is True)  # type: ignore[index]
+        time.sleep(0.5)  # a send to the hanging webhook is now in flight
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=5) == 0  # the alert timeout is 10 s: healer did not wait for it
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_a_state_dir_that_cannot_be_created_exits_2(tmp_path: Path) -> None:
+    """state_dir under a regular file: one line naming it, exit 2, no traceback."""
+    (tmp_path / "afile").write_text("")
+    config = write_config(
+        tmp_path,
+        """
+        state_dir = "afile/st"
+        [[checks]]
+        name = "api"
+        type = "http"
+        url = "http://127.0.0.1:1/"
+    """,
+    )
+    proc = healer("--config", str(config), "run", timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert "state" in proc.stderr and "Traceback" not in proc.stderr

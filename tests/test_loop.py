@@ -249,3 +249,62 @@ async def test_a_pause_holds_a_repair_and_expires_on_time(tmp_path: Path, http_a
         store.close()
     ended = [a for a in seen if getattr(a, "event", "") == "pause.ended"]
     assert len(ended) == 1
+
+
+async def test_a_commit_deployed_while_the_checks_run_is_not_rolled_back(
+    tmp_path: Path, http_app: Callable[..., object]
+) -> None:
+    """The checks judged the old commit: a fix deployed meanwhile is neither rolled back nor marked bad."""
+    from helpers import git
+
+    app = http_app("error500")
+    repo = make_repo(tmp_path / "app")
+    git(repo, "tag", "stable-1")
+    commit(repo, "v2")
+    deploy_script = tmp_path / "deploy.py"
+    deploy_script.write_text(
+        "import subprocess, sys\n"
+        f"subprocess.run(['git', '-C', {str(repo)!r}, '-c', 'user.name=t', '-c', 'user.email=t@t', "
+        "'commit', '-q', '--allow-empty', '-m', 'the fix'], check=True)\n"
+        "sys.exit(1)\n"
+    )
+    config = config_from(
+        tmp_path,
+        f"""
+        state_dir = "state"
+        [app]
+        repo = "{repo}"
+        [escalation]
+        rollback_after = 1
+        [[checks]]
+        name = "api"
+        type = "http"
+        url = "{app}/health"
+        timeout = "2s"
+        [[checks]]
+        name = "deployer"
+        type = "command"
+        argv = ["python3", "{deploy_script}"]
+        timeout = "5s"
+    """,
+    )
+    async with watchdog(config, FakeClock()) as dog:
+        report = await dog.step()
+        assert any("a new commit was deployed" in a for a in report.actions)
+        assert dog.store.actions(kind="rollback") == []
+        assert dog.store.bad_commits() == {}
+
+
+def test_extending_a_pause_does_not_announce_the_first_one_as_expired(tmp_path: Path) -> None:
+    """A pause replaced by a longer one is not 'expired': nothing claims healer is armed again."""
+    from datetime import UTC, datetime
+
+    store = Store(tmp_path / "s.db")
+    try:
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        store.add_pause(now + timedelta(hours=1), "db migration", "ops", now)
+        store.add_pause(now + timedelta(hours=2), "db migration, extended", "ops", now + timedelta(minutes=5))
+        assert store.expired_unannounced_pauses(now + timedelta(minutes=6)) == []
+        assert store.active_pause(now + timedelta(minutes=90)) is not None
+    finally:
+        store.close()
