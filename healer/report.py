@@ -270,7 +270,7 @@ def _assemble(
 
 def load_report(store: Store, *, start: datetime, now: datetime, sla_target: float = DEFAULT_SLA_TARGET) -> Report:
     """build_report() over the store's rows for [start, now]. The cycles are counted by the
-    store (per-day totals), not read one by one: a 30-day report over a 1-minute cadence would
+    store (per-hour totals), not read one by one: a 30-day report over a 1-minute cadence would
     otherwise parse 43,200 cycles of results."""
     total, ok, first_at = store.cycle_totals(start, now)
     checks = tuple(CheckUptime(name, passed, n) for name, passed, n in store.check_totals(start, now))

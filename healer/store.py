@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS cycles (
     summary TEXT NOT NULL,
     results TEXT NOT NULL                -- JSON list of CheckResult
 );
-CREATE INDEX IF NOT EXISTS cycles_at ON cycles(at);
+-- (at, ok) covers counting a period's cycles and passes without reading the rows (report)
+CREATE INDEX IF NOT EXISTS cycles_at_ok ON cycles(at, ok);
+DROP INDEX IF EXISTS cycles_at;
 CREATE INDEX IF NOT EXISTS cycles_deploy ON cycles(deploy_id, id);
 CREATE TABLE IF NOT EXISTS incidents (
     id INTEGER PRIMARY KEY,
@@ -92,31 +94,36 @@ CREATE TABLE IF NOT EXISTS pauses (
 """
 
 
-# Per UTC day and check: how many results, how many passed. record_cycle keeps it up to date in the
-# cycle's transaction, so a report over 30 days sums ~30 rows per check instead of parsing the
-# JSON of every cycle (43,200 cycles at a 1-minute cadence); only the partial days at the ends of
+# Per UTC hour and check: how many results, how many passed. record_cycle keeps it up to date in
+# the cycle's transaction, so a report over 30 days sums 720 rows per check instead of parsing the
+# JSON of every cycle (43,200 cycles at a 1-minute cadence); only the partial hours at the ends of
 # a period are counted from the cycles themselves. `first` orders the checks as they first
 # appeared: cycle id * _POSITIONS + the result's position in that cycle.
 _ROLLUP_SCHEMA = """
-CREATE TABLE check_days (
-    day TEXT NOT NULL,                   -- YYYY-MM-DD (UTC) of the cycles
+CREATE TABLE check_hours (
+    hour TEXT NOT NULL,                  -- YYYY-MM-DDTHH (UTC) of the cycles
     name TEXT NOT NULL,                  -- the check
     passed INTEGER NOT NULL,
     total INTEGER NOT NULL,
     first INTEGER NOT NULL,
-    PRIMARY KEY (day, name)
+    PRIMARY KEY (hour, name)
 ) WITHOUT ROWID
 """
 _POSITIONS = 1_000_000
-# (day, name, passed, total, first) from cycles: the back-fill, and a partly pruned day.
+# (hour, name, passed, total, first) from cycles: the back-fill, and a partly pruned hour.
 _ROLLUP_FROM_CYCLES = (
-    "SELECT substr(c.at, 1, 10), json_extract(j.value, '$.name'), SUM(json_extract(j.value, '$.ok')), COUNT(*), "
+    "SELECT substr(c.at, 1, 13), json_extract(j.value, '$.name'), SUM(json_extract(j.value, '$.ok')), COUNT(*), "
     f"MIN(c.id * {_POSITIONS} + j.key) FROM cycles c, json_each(c.results) j"
 )
 
 
 def _ts(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _hour(t: datetime) -> datetime:
+    """The start of the UTC hour `t` falls in."""
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _dt(s: str | None) -> datetime | None:
@@ -225,16 +232,16 @@ class Store:
             self._db.close()
 
     def _ensure_rollups(self) -> None:
-        """Create check_days once, filled from the cycles already recorded (a database from
+        """Create check_hours once, filled from the cycles already recorded (a database from
         before it existed); one transaction, so a second process waits and then finds it."""
-        exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'check_days'"
+        exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'check_hours'"
         if self._db.execute(exists).fetchone():
             return
         with self._tx() as db:
             if db.execute(exists).fetchone():
                 return
             db.execute(_ROLLUP_SCHEMA)
-            db.execute(f"INSERT INTO check_days(day, name, passed, total, first) {_ROLLUP_FROM_CYCLES} GROUP BY 1, 2")
+            db.execute(f"INSERT INTO check_hours(hour, name, passed, total, first) {_ROLLUP_FROM_CYCLES} GROUP BY 1, 2")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -353,10 +360,10 @@ class Store:
             )
             base = int(cur.lastrowid or 0) * _POSITIONS
             db.executemany(
-                "INSERT INTO check_days(day, name, passed, total, first) VALUES (?, ?, ?, 1, ?) "
-                "ON CONFLICT(day, name) DO UPDATE SET passed = passed + excluded.passed, total = total + 1, "
+                "INSERT INTO check_hours(hour, name, passed, total, first) VALUES (?, ?, ?, 1, ?) "
+                "ON CONFLICT(hour, name) DO UPDATE SET passed = passed + excluded.passed, total = total + 1, "
                 "first = MIN(first, excluded.first)",
-                [(at[:10], r.name, int(r.ok), base + i) for i, r in enumerate(verdict.results)],
+                [(at[:13], r.name, int(r.ok), base + i) for i, r in enumerate(verdict.results)],
             )
             if update is None:
                 return None
@@ -544,13 +551,13 @@ class Store:
         with self._tx() as db:
             cycles = db.execute("DELETE FROM cycles WHERE at < ?", (cutoff,)).rowcount
             if cycles:
-                # whole days go; the day the cutoff falls in is counted again from what is left of it
-                day = cutoff[:10]
-                db.execute("DELETE FROM check_days WHERE day <= ?", (day,))
+                # whole hours go; the hour the cutoff falls in is counted again from what is left of it
+                hour = _hour(older_than)
+                db.execute("DELETE FROM check_hours WHERE hour <= ?", (_ts(hour)[:13],))
                 db.execute(
-                    f"INSERT INTO check_days(day, name, passed, total, first) {_ROLLUP_FROM_CYCLES} "
+                    f"INSERT INTO check_hours(hour, name, passed, total, first) {_ROLLUP_FROM_CYCLES} "
                     "WHERE c.at >= ? AND c.at < ? GROUP BY 1, 2",
-                    (cutoff, _ts(datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1))),
+                    (cutoff, _ts(hour + timedelta(hours=1))),
                 )
             n = cycles + db.execute("DELETE FROM actions WHERE at < ? AND outcome != 'started'", (cutoff,)).rowcount
         return n
@@ -577,21 +584,21 @@ class Store:
 
     def check_totals(self, start: datetime, end: datetime) -> list[tuple[str, int, int]]:
         """Per check, (name, passed, results) in [start, end], in the order the checks first
-        appeared: the whole UTC days inside the period from check_days, the partial days at its
+        appeared: the whole UTC hours inside the period from check_hours, the partial hours at its
         ends from the cycles' results."""
-        first_day = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        if first_day < start:
-            first_day += timedelta(days=1)
-        end_day = end.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        first_hour = _hour(start)
+        if first_hour < start:
+            first_hour += timedelta(hours=1)
+        end_hour = _hour(end)
         rows = self._query(
             "SELECT name, SUM(passed) AS passed, SUM(total) AS total FROM ("
-            " SELECT name, passed, total, first FROM check_days WHERE day >= ? AND day < ?"
+            " SELECT name, passed, total, first FROM check_hours WHERE hour >= ? AND hour < ?"
             " UNION ALL"
             " SELECT json_extract(j.value, '$.name'), json_extract(j.value, '$.ok'), 1,"
             f" c.id * {_POSITIONS} + j.key FROM cycles c, json_each(c.results) j"
             " WHERE c.at >= ? AND c.at <= ? AND (c.at < ? OR c.at >= ?)"
             ") GROUP BY name ORDER BY MIN(first)",
-            (_ts(first_day)[:10], _ts(end_day)[:10], _ts(start), _ts(end), _ts(first_day), _ts(end_day)),
+            (_ts(first_hour)[:13], _ts(end_hour)[:13], _ts(start), _ts(end), _ts(first_hour), _ts(end_hour)),
         )
         return [(str(r["name"]), int(r["passed"]), int(r["total"])) for r in rows]
 

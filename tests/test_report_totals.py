@@ -1,4 +1,4 @@
-"""The store's per-day check totals give the same report as reading every cycle: across day
+"""The store's per-hour check totals give the same report as reading every cycle: across hour
 boundaries, after pruning, and for a database recorded before the totals existed."""
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def _by_hand(store: Store, start: datetime, now: datetime) -> dict[str, object]:
 
 PERIODS = [
     pytest.param(T0 - timedelta(days=9), T0 + N * EVERY, id="everything"),
-    pytest.param(T0 + timedelta(hours=30), T0 + timedelta(days=3, hours=5), id="partial-days-at-both-ends"),
-    pytest.param(datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 4, tzinfo=UTC), id="midnight-to-midnight"),
-    pytest.param(T0 + timedelta(hours=40), T0 + timedelta(hours=44), id="within-one-day"),
+    pytest.param(T0 + timedelta(hours=30), T0 + timedelta(days=3, hours=5), id="partial-hours-at-both-ends"),
+    pytest.param(datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 4, 7, tzinfo=UTC), id="on-the-hour"),
+    pytest.param(T0 + timedelta(hours=40, minutes=3), T0 + timedelta(hours=40, minutes=50), id="within-one-hour"),
     pytest.param(T0 + 50 * EVERY, T0 + 50 * EVERY, id="one-instant-on-a-cycle"),
 ]
 
@@ -60,20 +60,20 @@ def test_load_report_equals_the_report_over_every_cycle(store: Store, start: dat
     assert to_json(load_report(store, start=start, now=now)) == _by_hand(store, start, now)
 
 
-def test_totals_follow_a_prune_into_the_middle_of_a_day(store: Store) -> None:
-    """After pruning up to mid-day, the remaining part of that day still counts exactly."""
+def test_totals_follow_a_prune_into_the_middle_of_an_hour(store: Store) -> None:
+    """After pruning up to the middle of an hour, the remaining part of that hour still counts exactly."""
     store.prune(datetime(2026, 3, 3, 13, 30, tzinfo=UTC))
     start, now = datetime(2026, 3, 1, tzinfo=UTC), T0 + N * EVERY
     assert to_json(load_report(store, start=start, now=now)) == _by_hand(store, start, now)
 
 
 def test_a_database_from_before_the_totals_is_filled_when_opened(store: Store, tmp_path: Path) -> None:
-    """Dropping the per-day totals (an older database) and reopening rebuilds them from the cycles."""
+    """Dropping the per-hour totals (an older database) and reopening rebuilds them from the cycles."""
     start, now = T0 - timedelta(days=1), T0 + N * EVERY
     expected = to_json(load_report(store, start=start, now=now))
     store.close()
     with sqlite3.connect(tmp_path / "healer.db") as db:
-        db.execute("DROP TABLE check_days")
+        db.execute("DROP TABLE check_hours")
     reopened = Store(tmp_path / "healer.db")
     try:
         assert to_json(load_report(reopened, start=start, now=now)) == expected
