@@ -581,14 +581,16 @@ async def _rollback(
         kw: dict[str, Any] = dict(
             config=config, ctx=pctx, store=store, clock=clock, who=Who.PERSON, reason=reason, to=to, force=force
         )
-        plan = await rb.run_rollback(**kw, dry_run=True)
-        if dry_run or plan.refused:
+        if dry_run or not yes:
+            # the plan is shown for --dry-run and for the confirmation; with --yes the rollback
+            # plans (and refuses) under its own lock, so a second plan here is only lost time
+            plan = await rb.run_rollback(**kw, dry_run=True)
             click.echo(plan.detail)
-            return 0 if plan.ok else 1
-        if not yes:
-            click.echo(plan.detail)
-        await asyncio.to_thread(_confirm, f"roll back {plan.from_commit[:12]} -> {plan.to_ref}", yes)
-        _announce(config, "rollback.started", f"Rolling back to {plan.to_ref} (by {_person()})", reason, critical=True)
+            if dry_run or plan.refused:
+                return 0 if plan.ok else 1
+            await asyncio.to_thread(_confirm, f"roll back {plan.from_commit[:12]} -> {plan.to_ref}", yes)
+        target = to or "the newest stable tag"
+        _announce(config, "rollback.started", f"Rolling back to {target} (by {_person()})", reason, critical=True)
         result = await rb.run_rollback(**kw)
     click.echo(result.detail)
     if result.ok:
