@@ -8,6 +8,7 @@ The alert outbox keeps its own tables in the same file (healer/alerts/outbox.py)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -203,6 +204,36 @@ class CycleUpdate:
     phase_index: int | None = None
 
 
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to healer's state database: WAL, and durable through kill -9 (see the module
+    docstring); shared by the store and the alert outbox, each with its own connection."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+@contextmanager
+def write_transaction(
+    db: sqlite3.Connection, lock: threading.Lock | threading.RLock, what: str
+) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT under `lock`; any SQLite error becomes a StoreError naming `what`."""
+    with lock:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"{what}: {e}") from None
+
+
 class Store:
     """The state database. Methods are short, synchronous transactions; the loop calls
     them through `asyncio.to_thread` so the event loop never waits on the disk."""
@@ -211,12 +242,7 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db = connect(path)
             self._db.executescript(_SCHEMA)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -243,19 +269,8 @@ class Store:
             db.execute(_ROLLUP_SCHEMA)
             db.execute(f"INSERT INTO check_hours(hour, name, passed, total, first) {_ROLLUP_FROM_CYCLES} GROUP BY 1, 2")
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                raise StoreError(f"{self.path}: {e}") from None
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._db, self._lock, str(self.path))
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

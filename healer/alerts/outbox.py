@@ -22,7 +22,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +45,7 @@ from healer.clock import Clock, SystemClock
 from healer.errors import DeliveryError, StoreError
 from healer.logging import log_event, redact
 from healer.model import Severity
+from healer.store import connect, write_transaction
 
 log = logging.getLogger("healer.alerts")
 
@@ -189,12 +190,7 @@ class Outbox:
         self.path = Path(db_path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db = connect(self.path)
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as e:
             msg = f"{self.path}: cannot open the alert outbox: {e}"
@@ -204,20 +200,8 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                msg = f"{self.path}: cannot write the alert outbox: {e}"
-                raise StoreError(msg) from e
+    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._db, self._lock, f"{self.path}: cannot write the alert outbox")
 
     def _read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
