@@ -769,11 +769,20 @@ def report(ctx: click.Context, since: str, sla: float | None, as_json: bool) -> 
 
 
 def main() -> None:
-    """The console script."""
+    """The console script: a usage error is one line on stderr and exit 2, like a config error."""
     try:
-        cli(standalone_mode=True)
-    except KeyboardInterrupt:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()  # `healer` or `healer alert` alone: the help is the answer
+        sys.exit(2)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "healer"
+        click.echo(f"{where}: {e.format_message()} (see '{where} --help')", err=True)
+        sys.exit(2)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("healer: interrupted; nothing more was done", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 _ = (os, Path)

@@ -55,6 +55,8 @@ T = TypeVar("T")
 # While waiting for the next cycle, look at HEAD this often: a new deploy starts a new
 # window at once, not at the end of a 4-hour wait.
 HEAD_POLL = timedelta(seconds=1)
+# ... but tell the store "the loop is alive" only this often (status allows 30 s), not every poll
+SEEN_EVERY = timedelta(seconds=10)
 
 
 def event(name: str, **fields: Any) -> None:
@@ -478,12 +480,15 @@ class Watchdog:
                               None, None, "watching" if r.ok else "waiting for a person")  # fmt: skip
         pruned_at: datetime | None = None
         started = False  # lateness at start is downtime, not a stall
+        seen: tuple[datetime, datetime] | None = None  # (when, next due) last written for `healer status`
         while not stop.is_set():
             try:
                 deploy = await self.current_deploy()
                 due = await self.due_at(deploy)
                 now = self.clock.now()
-                await self._db(self.store.set_meta, loop_seen=now.isoformat(), next_due=due.isoformat())
+                if seen is None or seen[1] != due or now - seen[0] >= SEEN_EVERY:
+                    await self._db(self.store.set_meta, loop_seen=now.isoformat(), next_due=due.isoformat())
+                    seen = (now, due)
                 self.liveness.beat()
                 await self._announce_expired_pauses(deploy, now)
                 if due > now:

@@ -310,6 +310,9 @@ class Store:
     def ensure_deploy(self, commit: str, now: datetime, *, via_rollback: bool = False) -> tuple[Deploy, bool]:
         """The deploy of `commit` at HEAD: the current one, or a new window when HEAD moved.
         Returns (deploy, is_new). An incident of the previous deploy is closed with it."""
+        current = self.current_deploy()  # the loop asks every second: no write lock when HEAD has not moved
+        if current is not None and current.commit == commit and (current.via_rollback or not via_rollback):
+            return current, False
         with self._tx() as db:
             row = db.execute("SELECT id, commit_sha, open_incident FROM deploys ORDER BY id DESC LIMIT 1").fetchone()
             if row is not None and row[1] == commit:

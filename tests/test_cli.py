@@ -110,3 +110,21 @@ def test_baseline_without_state_is_a_clear_error(tmp_path: Path, http_app: Calla
     path = http_config(tmp_path, str(http_app("healthy")))
     proc = healer("--config", str(path), "baseline")
     assert proc.returncode == 2 and "first healthy cycle" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["run", "--observ"], id="misspelt-flag"),
+        pytest.param(["repair"], id="missing-argument"),
+        pytest.param(["pause"], id="missing-option"),
+        pytest.param(["nonsense"], id="unknown-command"),
+    ],
+)
+def test_usage_errors_are_one_line(tmp_path: Path, http_app: Callable[..., object], args: list[str]) -> None:
+    """A usage error is one line on stderr naming the command, exit 2, like a config error."""
+    path = http_config(tmp_path, str(http_app("healthy")))
+    proc = healer("--config", str(path), *args)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("healer") and "--help" in proc.stderr

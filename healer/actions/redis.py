@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from healer.checks.redis import client_options
 from healer.config import Config, RedisConfig, read_secret
 from healer.errors import ActionError
 from healer.logging import redact
@@ -176,16 +175,7 @@ async def _guarded(rc: RedisConfig, db: int, work: Any) -> int:
     `work(client)`, close, and turn Redis' errors into ActionError without the password."""
     secret = read_secret(rc.password_env)
     password = secret.reveal() if secret else None
-    seconds = rc.timeout.total_seconds()
-    kwargs: dict[str, Any] = {
-        "client_name": "healer",
-        "socket_timeout": seconds,
-        "socket_connect_timeout": seconds,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    if password:
-        kwargs["password"] = password
-    pool = redis.asyncio.ConnectionPool.from_url(rc.url, **kwargs)
+    pool = redis.asyncio.ConnectionPool.from_url(rc.url, **client_options(password, rc.timeout.total_seconds()))
     # from_url lets the url's own /N win over a db= argument: select the database here instead
     pool.connection_kwargs["db"] = db
     client = redis.asyncio.Redis.from_pool(pool)

@@ -33,9 +33,7 @@ POOL_SHARD = 32
 
 _ERROR_MAX = 300
 _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]*@")
-_PASSWORD_RE = re.compile(
-    r"(?i)\b(password|passwd|pwd|token|secret)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
-)
+_PASSWORD_RE = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +67,7 @@ async def probe_context(config: Config) -> AsyncIterator[ProbeContext]:
         clients = [
             # Redirects are not followed: a health endpoint that redirects answers with its own
             # status, which the check's expect_status judges.
-            await stack.enter_async_context(
-                httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=tls)
-            )
+            await stack.enter_async_context(httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=tls))
             for _ in range(shards)
         ]
         by_check = {name: clients[i // POOL_SHARD] for i, name in enumerate(names)}
@@ -124,6 +120,21 @@ def failed(check: Any, error: str, *symptoms: str, **values: float) -> CheckResu
     )
 
 
+def measured(
+    check: Any, values: dict[str, float], symptoms: list[str], errors: list[str], latency: timedelta | None = None
+) -> CheckResult:
+    """The result of a probe that measured `values`: ok when no ceiling added a symptom."""
+    return CheckResult(
+        name=check.name,
+        type=check.type,
+        ok=not symptoms,
+        latency=latency,
+        values=values,
+        error="; ".join(errors) or None,
+        symptoms=tuple(symptoms),
+    )
+
+
 Probe = Callable[[Any, ProbeContext], Coroutine[Any, Any, CheckResult]]
 
 
@@ -140,9 +151,7 @@ def _lazy(module: str) -> Probe:
     return probe
 
 
-PROBES: dict[str, Probe] = {
-    kind: _lazy(kind) for kind in ("http", "process", "system", "redis", "postgres", "command")
-}
+PROBES: dict[str, Probe] = {kind: _lazy(kind) for kind in ("http", "process", "system", "redis", "postgres", "command")}
 
 # Probes abandoned after their timeout that did not unwind within _CANCEL_GRACE; held so they
 # are not garbage-collected mid-flight, dropped when they finally end.
@@ -162,17 +171,13 @@ async def run_check(ctx: ProbeContext, check: CheckConfig) -> CheckResult:
         raise
     if not done:
         await _abandon(task)
-        return failed(
-            check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout"
-        )
+        return failed(check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout")
     if task.cancelled():  # the probe was cancelled from inside: a failed check all the same
         return failed(check, "the probe was cancelled")
     exc = task.exception()
     if exc is not None:
         if isinstance(exc, TimeoutError):
-            return failed(
-                check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout"
-            )
+            return failed(check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout")
         return failed(check, describe_error(exc))
     return task.result()
 
@@ -195,9 +200,7 @@ def _forget(task: asyncio.Task[CheckResult]) -> None:
         task.exception()  # retrieved, so asyncio does not log "exception was never retrieved"
 
 
-async def run_checks(
-    ctx: ProbeContext, checks: Sequence[CheckConfig] | None = None
-) -> tuple[CheckResult, ...]:
+async def run_checks(ctx: ProbeContext, checks: Sequence[CheckConfig] | None = None) -> tuple[CheckResult, ...]:
     """Run `checks` (default: all configured) concurrently; the results are in config order."""
     todo = ctx.config.checks if checks is None else tuple(checks)
     return tuple(await asyncio.gather(*(run_check(ctx, c) for c in todo)))

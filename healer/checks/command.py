@@ -47,9 +47,7 @@ async def probe(check: CommandCheck, ctx: ProbeContext) -> CheckResult:
             where = f" (cwd {check.cwd})" if check.cwd else ""
             return failed(check, f"cannot run {check.argv[0]!r}: not found{where}", "command.error")
         except OSError as e:
-            return failed(
-                check, f"cannot run {check.argv[0]!r}: {e.strerror or e}", "command.error"
-            )
+            return failed(check, f"cannot run {check.argv[0]!r}: {e.strerror or e}", "command.error")
         try:
             async with asyncio.timeout_at(deadline):
                 code = await proc.wait()
@@ -57,8 +55,7 @@ async def probe(check: CommandCheck, ctx: ProbeContext) -> CheckResult:
             await _kill(proc)
             return failed(
                 check,
-                f"{check.argv[0]} did not finish within {format_duration(check.timeout)}"
-                " and was killed",
+                f"{check.argv[0]} did not finish within {format_duration(check.timeout)} and was killed",
                 "command.timeout",
                 latency_ms=round((time.perf_counter() - start) * 1000, 3),
             )
@@ -68,9 +65,7 @@ async def probe(check: CommandCheck, ctx: ProbeContext) -> CheckResult:
         latency = time.perf_counter() - start
         values = {"exit_code": code, "latency_ms": round(latency * 1000, 3)}
         if code == check.expect_exit:
-            return CheckResult(
-                check.name, check.type, ok=True, latency=timedelta(seconds=latency), values=values
-            )
+            return CheckResult(check.name, check.type, ok=True, latency=timedelta(seconds=latency), values=values)
         line = _last_line(_tail(out))
     how = f"killed by {_signal_name(-code)}" if code < 0 else f"exited {code}"
     error = f"{check.argv[0]} {how} (expected {check.expect_exit})" + (f": {line}" if line else "")
@@ -103,9 +98,7 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
 
 
 def _last_line(output: bytes) -> str:
-    lines = [
-        ln.strip() for ln in output.decode("utf-8", errors="replace").splitlines() if ln.strip()
-    ]
+    lines = [ln.strip() for ln in output.decode("utf-8", errors="replace").splitlines() if ln.strip()]
     if not lines:
         return ""
     last = lines[-1]

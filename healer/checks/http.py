@@ -61,9 +61,7 @@ async def _sample(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -
         # httpx timeouts bound each read, not the whole exchange: a server trickling bytes
         # would never trip them, so the exchange as a whole is bounded too.
         async with asyncio.timeout(timeout):
-            async with client.stream(
-                check.method, check.url, headers=check.headers, timeout=timeout
-            ) as resp:
+            async with client.stream(check.method, check.url, headers=check.headers, timeout=timeout) as resp:
                 body = await _read(resp)
     except (TimeoutError, httpx.TimeoutException):
         return _Sample("timeout", detail=f"no answer within {round(timeout * 1000)} ms")
@@ -97,9 +95,7 @@ def _reason(e: Exception) -> str:
     return text[0][:120] if text and text[0] else type(e).__name__
 
 
-def _judge_response(
-    check: HttpCheck, status: int, body: bytes, encoding: str | None, latency: float
-) -> _Sample:
+def _judge_response(check: HttpCheck, status: int, body: bytes, encoding: str | None, latency: float) -> _Sample:
     expected = check.expected_statuses()
     if status not in expected:
         want = " or ".join(map(str, expected))
@@ -111,9 +107,7 @@ def _judge_response(
     except LookupError:  # a charset Python does not know
         text = body.decode("utf-8", errors="replace")
     if check.body_contains is not None and check.body_contains not in text:
-        return _Sample(
-            "body", status, latency, f"body does not contain {_show(check.body_contains)}"
-        )
+        return _Sample("body", status, latency, f"body does not contain {_show(check.body_contains)}")
     if check.json_field is not None:
         problem = _json_problem(text, check.json_field, check.json_value)
         if problem:
@@ -195,9 +189,7 @@ def _judge(check: HttpCheck, samples: list[_Sample]) -> CheckResult:
     if median is not None and median > ceiling:
         symptoms.append("http.latency")
         ceiling_text = format_duration(check.max_latency)
-        errors.append(
-            f"median latency {round(median * 1000)} ms is over the {ceiling_text} ceiling"
-        )
+        errors.append(f"median latency {round(median * 1000)} ms is over the {ceiling_text} ceiling")
     return CheckResult(
         name=check.name,
         type=check.type,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from healer.checks import budget, failed, redact
+from healer.checks import budget, failed, measured, redact
 from healer.config import PostgresCheck, format_duration, read_secret
 from healer.model import CheckResult
 
@@ -52,9 +52,7 @@ async def probe(check: PostgresCheck, ctx: ProbeContext) -> CheckResult:
         async with asyncio.timeout(seconds):
             conn = await psycopg.AsyncConnection.connect(
                 dsn,
-                connect_timeout=max(
-                    2, math.ceil(seconds)
-                ),  # libpq's floor is 2 s; asyncio.timeout bounds it closer
+                connect_timeout=max(2, math.ceil(seconds)),  # libpq's floor is 2 s; asyncio.timeout bounds it closer
                 autocommit=True,
                 application_name="healer",
             )
@@ -116,9 +114,7 @@ def _reason(e: psycopg.Error, secrets: tuple[str, ...]) -> str:
     return redact(gist, *secrets)[:200]
 
 
-def _judge(
-    check: PostgresCheck, latency: float, connections: int, max_connections: int
-) -> CheckResult:
+def _judge(check: PostgresCheck, latency: float, connections: int, max_connections: int) -> CheckResult:
     values: dict[str, float] = {
         "latency_ms": round(latency * 1000, 3),
         "connections": connections,
@@ -129,9 +125,7 @@ def _judge(
     if latency > check.max_latency.total_seconds():
         symptoms.append("postgres.latency")
         ceiling = format_duration(check.max_latency)
-        errors.append(
-            f"connect + SELECT 1 took {latency * 1000:.0f} ms, over the {ceiling} ceiling"
-        )
+        errors.append(f"connect + SELECT 1 took {latency * 1000:.0f} ms, over the {ceiling} ceiling")
     if max_connections > 0:
         percent = 100 * connections / max_connections
         values["connections_percent"] = round(percent, 2)
@@ -141,12 +135,4 @@ def _judge(
                 f"{connections} of {max_connections} connections in use ({percent:.0f}%),"
                 f" over {check.max_connections_percent:g}%"
             )
-    return CheckResult(
-        name=check.name,
-        type=check.type,
-        ok=not symptoms,
-        latency=timedelta(seconds=latency),
-        values=values,
-        error="; ".join(errors) or None,
-        symptoms=tuple(symptoms),
-    )
+    return measured(check, values, symptoms, errors, timedelta(seconds=latency))

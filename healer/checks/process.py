@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
-from healer.checks import format_size
+from healer.checks import format_size, measured
 from healer.config import ProcessCheck
 from healer.model import CheckResult
 
@@ -63,24 +63,11 @@ async def probe(check: ProcessCheck, ctx: ProbeContext) -> CheckResult:
         errors.append(f"expected at least {check.min_count} process(es) {what}, {found}")
     if check.max_rss is not None and scan.count and scan.rss > check.max_rss:
         symptoms.append("process.memory")
-        errors.append(
-            f"RSS {format_size(scan.rss)} is over the {format_size(check.max_rss)} ceiling"
-        )
-    if (
-        check.max_cpu_percent is not None
-        and scan.count
-        and scan.cpu_percent > check.max_cpu_percent
-    ):
+        errors.append(f"RSS {format_size(scan.rss)} is over the {format_size(check.max_rss)} ceiling")
+    if check.max_cpu_percent is not None and scan.count and scan.cpu_percent > check.max_cpu_percent:
         symptoms.append("process.cpu")
         errors.append(f"CPU {scan.cpu_percent:.0f}% is over the {check.max_cpu_percent:g}% ceiling")
-    return CheckResult(
-        name=check.name,
-        type=check.type,
-        ok=not symptoms,
-        values=values,
-        error="; ".join(errors) or None,
-        symptoms=tuple(symptoms),
-    )
+    return measured(check, values, symptoms, errors)
 
 
 def _describe_target(match: str | None, pidfile: Path | None, name: str | None) -> str:
@@ -112,17 +99,13 @@ def _by_cmdline(match: str | None, name: str | None, excluded: set[int]) -> list
             continue
         cmdline = info["cmdline"] or []
         if (match and match in " ".join(cmdline)) or (
-            not match
-            and name
-            and (info["name"] == name or (cmdline and os.path.basename(cmdline[0]) == name))
+            not match and name and (info["name"] == name or (cmdline and os.path.basename(cmdline[0]) == name))
         ):
             found.append(p)
     return found
 
 
-def _from_pidfile(
-    pidfile: Path, match: str | None, excluded: set[int]
-) -> tuple[list[psutil.Process], str | None]:
+def _from_pidfile(pidfile: Path, match: str | None, excluded: set[int]) -> tuple[list[psutil.Process], str | None]:
     """The process named by the pidfile (guarding against PID reuse) and its descendants."""
     try:
         text = pidfile.read_text().strip()

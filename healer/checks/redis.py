@@ -17,7 +17,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from healer.checks import budget, describe_error, failed, format_size, redact
+from healer.checks import budget, describe_error, failed, format_size, measured, redact
 from healer.config import RedisCheck, format_duration, read_secret
 from healer.model import CheckResult
 
@@ -25,6 +25,21 @@ if TYPE_CHECKING:
     from healer.checks import ProbeContext
 
 _MB = 2**20
+
+
+def client_options(password: str | None, seconds: float) -> dict[str, Any]:
+    """How healer talks to Redis, for the check and the playbooks alike: named, bounded by
+    `seconds`, and no silent retries (redis-py 8 retries ten times with backoff by default,
+    which would hide the first failure)."""
+    options: dict[str, Any] = {
+        "client_name": "healer",
+        "socket_timeout": seconds,
+        "socket_connect_timeout": seconds,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if password:
+        options["password"] = password
+    return options
 
 
 async def probe(check: RedisCheck, ctx: ProbeContext) -> CheckResult:
@@ -36,15 +51,7 @@ async def probe(check: RedisCheck, ctx: ProbeContext) -> CheckResult:
     secrets = (password or "",)
     where = redact(url)
     seconds = budget(check.timeout)
-    kwargs: dict[str, Any] = {
-        "client_name": "healer",
-        "socket_timeout": seconds,
-        "socket_connect_timeout": seconds,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    if password:
-        kwargs["password"] = password
-    client = redis.asyncio.Redis.from_url(url, **kwargs)
+    client = redis.asyncio.Redis.from_url(url, **client_options(password, seconds))
     try:
         try:
             await client.ping()
@@ -114,12 +121,4 @@ def _judge(check: RedisCheck, latency: float, info: dict[str, Any]) -> CheckResu
     if check.max_clients is not None and clients > check.max_clients:
         symptoms.append("redis.clients")
         errors.append(f"{clients} clients connected, over {check.max_clients}")
-    return CheckResult(
-        name=check.name,
-        type=check.type,
-        ok=not symptoms,
-        latency=timedelta(seconds=latency),
-        values=values,
-        error="; ".join(errors) or None,
-        symptoms=tuple(symptoms),
-    )
+    return measured(check, values, symptoms, errors, timedelta(seconds=latency))

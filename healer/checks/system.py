@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
+from healer.checks import measured
 from healer.config import SystemCheck
 from healer.model import CheckResult
 
@@ -42,20 +43,11 @@ async def probe(check: SystemCheck, ctx: ProbeContext) -> CheckResult:
         errors.append(f"memory {r.memory_percent:.1f}% is over {check.memory_max_percent:g}%")
     if r.disk_percent > check.disk_max_percent:
         symptoms.append("system.disk")
-        errors.append(
-            f"disk {check.disk_path} {r.disk_percent:.1f}% full, over {check.disk_max_percent:g}%"
-        )
+        errors.append(f"disk {check.disk_path} {r.disk_percent:.1f}% full, over {check.disk_max_percent:g}%")
     if check.load_max is not None and r.load_per_cpu > check.load_max:
         symptoms.append("system.load")
         errors.append(f"load {r.load_per_cpu:.2f} per CPU is over {check.load_max:g}")
-    return CheckResult(
-        name=check.name,
-        type=check.type,
-        ok=not symptoms,
-        values=values,
-        error="; ".join(errors) or None,
-        symptoms=tuple(symptoms),
-    )
+    return measured(check, values, symptoms, errors)
 
 
 def _read(disk_path: Path) -> _Reading:
