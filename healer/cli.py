@@ -771,7 +771,7 @@ def report(ctx: click.Context, since: str, sla: float | None, as_json: bool) -> 
 def main() -> None:
     """The console script: a usage error is one line on stderr and exit 2, like a config error."""
     try:
-        code = cli.main(standalone_mode=False)
+        code = cli.main(prog_name="healer", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:
         e.show()  # `healer` or `healer alert` alone: the help is the answer
         sys.exit(2)
