@@ -7,6 +7,7 @@ problem on stderr; nothing is started or changed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from rich.table import Table
 from healer import __version__
 from healer.clock import SystemClock
 from healer.config import Config, config_path, format_duration, load_config, parse_duration
-from healer.errors import HealerError, UsageError
+from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.model import CheckResult, Outcome, Verdict, Who
 from healer.schedule import next_due, phase_at
@@ -149,14 +150,15 @@ def _setup_logging(config: Config) -> None:
 # ---- check ---------------------------------------------------------------------------------------
 
 
-async def _check_once(config: Config) -> tuple[Verdict, str | None]:
+async def _check_once(config: Config) -> tuple[Verdict, bool]:
+    """One cycle, judged against the current deploy's baseline when there is one."""
     from healer import gitrepo
     from healer.checks import probe_context, run_checks
     from healer.store import Store
 
     baseline = None
     commit: str | None = None
-    with _quiet():
+    with contextlib.suppress(GitError):  # an unreadable repo: judge against the last deploy seen
         commit = gitrepo.head_commit(config.app.repo) if config.app.repo else None
     if config.db_path.exists():
         store = Store(config.db_path)
@@ -168,15 +170,7 @@ async def _check_once(config: Config) -> tuple[Verdict, str | None]:
             store.close()
     async with probe_context(config) as ctx:
         results = await run_checks(ctx)
-    return judge(results, baseline, config.checks, SystemClock().now()), None if baseline is None else "baseline"
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], HealerError)  # type: ignore[arg-type]
+    return judge(results, baseline, config.checks, SystemClock().now()), baseline is not None
 
 
 def _results_table(results: tuple[CheckResult, ...], title: str) -> Table:
@@ -202,15 +196,15 @@ def _num(v: float) -> str:
 def check(ctx: click.Context, as_json: bool) -> None:
     """Run one cycle now, judged against the baseline; changes nothing. Exit 0 healthy, 1 not."""
     config = _config(ctx)
-    verdict, against = _run(_check_once(config))
+    verdict, has_baseline = _run(_check_once(config))
     if as_json:
         click.echo(json.dumps({
-            "ok": verdict.ok, "at": verdict.at.isoformat(), "baseline": against is not None,
+            "ok": verdict.ok, "at": verdict.at.isoformat(), "baseline": has_baseline,
             "symptoms": list(verdict.symptoms), "results": [r.to_json() for r in verdict.results],
         }, indent=2))  # fmt: skip
     else:
         con = _console()
-        base = "against the baseline" if against else "no baseline yet"
+        base = "against the baseline" if has_baseline else "no baseline yet"
         con.print(_results_table(verdict.results, f"{config.app.name}: {verdict.summary()} ({base})"))
     sys.exit(0 if verdict.ok else 1)
 
@@ -783,6 +777,3 @@ def main() -> None:
         click.echo("healer: interrupted; nothing more was done", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
-
-
-_ = (os, Path)
