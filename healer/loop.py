@@ -28,6 +28,7 @@ from healer.clock import Clock, SystemClock
 from healer.config import Config
 from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
+from healer.files import open_private, private_dir
 from healer.heartbeat import Heartbeat
 from healer.judge import baseline_of, judge
 from healer.logging import log_event
@@ -77,8 +78,8 @@ class RunLock:
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+")  # noqa: SIM115 -- held for the life of the process
+            private_dir(self.path.parent)
+            fh = open_private(self.path, "a+")  # held for the life of the process
         except OSError as e:
             msg = f"{self.path.parent}: cannot create the state directory (state_dir): {e.strerror}"
             raise StoreError(msg) from None

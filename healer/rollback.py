@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from healer import gitrepo
 from healer.config import Config, format_duration
 from healer.errors import GitError, HealerError, LockedError, StoreError
+from healer.files import open_private, private_dir, private_fd
 from healer.gitrepo import TagInfo, short
 from healer.model import CheckResult, Outcome, Verdict, Who
 
@@ -340,8 +341,8 @@ def rollback_lock(state_dir: Path) -> Iterator[None]:
     our PID written in it; when another process holds it, LockedError names its PID."""
     path = state_dir / LOCK_NAME
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(state_dir)
+        fd = private_fd(path)
     except OSError as e:
         raise StoreError(f"{path}: cannot open the rollback lock: {e.strerror}") from None
     try:
@@ -589,8 +590,8 @@ async def _run_commands(p: Plan, repo: Path, log_path: Path) -> tuple[bool, str]
         "HEALER_ROLLBACK_TO_COMMIT": p.to_commit,
         "HEALER_WHO": str(p.who),
     }
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
+    private_dir(log_path.parent)
+    with open_private(log_path, "ab") as out:
         for i, argv in enumerate(p.commands, 1):
             shown = shlex.join(argv)
             out.write(f"$ {shown}\n".encode())

@@ -34,6 +34,7 @@ import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 from healer.actions.command import resolve, run_argv, show_argv
 from healer.config import Config, ProcessConfig, format_duration
 from healer.errors import ActionError
+from healer.files import make_private, private_dir
 from healer.playbook import ProcessReloadStep, ProcessRestartStep
 
 # A process started this long after its pidfile was written still counts as the one that
@@ -317,9 +318,11 @@ async def _launch(config: Config, argv: Sequence[str], cwd: Path) -> int:
     """Start `argv` detached through the launcher; returns the app's PID."""
     log = log_path(config)
     try:
-        log.parent.mkdir(parents=True, exist_ok=True)
+        # the launcher appends to the file as it is: create it private here, in a private dir
+        private_dir(log.parent)
+        make_private(log)
     except OSError as e:
-        msg = f"cannot create {log.parent}: {e.strerror}"
+        msg = f"cannot create {log}: {e.strerror}"
         raise ActionError(msg) from None
     if not cwd.is_dir():
         msg = f"[process] cwd: {cwd} is not a directory"
