@@ -7,27 +7,37 @@ environment for every test (I/O).
     postgres_server    -> PostgresServer: .port, .dsn     (session-wide)
     run_probe          -> `await run_probe({"type": "http", "url": ...}, redis={...})`: builds a
                           validated Config with that one check and runs it once -> CheckResult
+    pm2                -> Pm2: a private PM2 daemon (own PM2_HOME); .start(name, argv, cwd) -> pid,
+                          .pid(name), .restart(name), .env and .process_toml(name) for healer;
+                          `pm2 kill` at teardown
+    supervisord(...)   -> Supervisord: `supervisord("app", argv, cwd)` runs a private supervisord
+                          with that one program started; .pid(), .restart(), .control_argv, .env,
+                          .process_toml() for healer; shut down at teardown
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from services import (
     HttpApp,
+    Pm2,
     PostgresServer,
     RedisServer,
+    Supervisord,
     free_port,
     start_postgres,
     start_redis,
+    start_supervisord,
 )
 
 from healer.config import parse_config
 from healer.model import CheckResult
+from healer.redact import REDACTOR
 
 __all__ = ["free_port"]
 
@@ -39,6 +49,13 @@ def clean_environ() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def clean_redactor() -> Iterator[None]:
+    """Secrets a test teaches the process-wide redactor are forgotten after it."""
+    yield
+    REDACTOR.reset()
 
 
 @pytest.fixture
@@ -70,6 +87,34 @@ def postgres_server() -> Iterator[PostgresServer]:
     server = start_postgres()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def pm2() -> Iterator[Pm2]:
+    """A PM2 daemon of our own (private PM2_HOME), killed with its apps after the test."""
+    manager = Pm2()
+    try:
+        yield manager
+    finally:
+        manager.kill()
+
+
+@pytest.fixture
+def supervisord() -> Iterator[Callable[..., Supervisord]]:
+    """A factory: `supervisord("app", argv, cwd)` runs a supervisord of our own with that one
+    program (autorestart=false unless `options` says otherwise); each is shut down after the test."""
+    started: list[Supervisord] = []
+
+    def start(name: str, argv: Sequence[str], cwd: Path | None = None, **kwargs: Any) -> Supervisord:
+        server = start_supervisord(name, argv, cwd, **kwargs)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Real services for tests: a scriptable HTTP app, redis-server and PostgreSQL (I/O).
+"""Real services for tests: a scriptable HTTP app, redis-server, PostgreSQL, and private PM2 and
+supervisord instances (I/O).
 
 The fixtures in conftest.py wrap these; tests that need a second instance (a Redis that
 dies mid-test, say) can start one here directly. Nothing here is ever skipped: a missing
@@ -7,19 +8,25 @@ binary fails with a message naming what to install.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import http.server
 import json
 import os
+import re
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -211,9 +218,7 @@ class RedisServer:
         _terminate(self.process)
 
 
-def start_redis(
-    directory: Path, *, port: int | None = None, args: Sequence[str] = ()
-) -> RedisServer:
+def start_redis(directory: Path, *, port: int | None = None, args: Sequence[str] = ()) -> RedisServer:
     """Start redis-server (no persistence) and wait until it answers PING."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -359,3 +364,304 @@ def _tail(path: Path, size: int = 1500) -> str:
         return path.read_text(errors="replace")[-size:]
     except OSError:
         return "(no log)"
+
+
+# ---- process managers: PM2 and supervisord ---------------------------------------------------
+#
+# healer restarts the app through `pm2` / `supervisorctl`; these start a real, private instance
+# of each. Their sockets live in a short directory under /tmp, not pytest's tmp_path: a unix
+# socket path has 108 bytes at most and test names are long.
+
+
+def venv_bin() -> Path:
+    """The bin directory of the running interpreter's venv: supervisord and supervisorctl."""
+    return Path(sys.executable).parent
+
+
+def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """os.environ with the venv's bin first on PATH (plus `extra`): for healer child processes,
+    so the `supervisorctl` or `python` they run is the venv's."""
+    path = os.environ.get("PATH", os.defpath)
+    return {**os.environ, "PATH": f"{venv_bin()}{os.pathsep}{path}", **(extra or {})}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+class Pm2:
+    """A PM2 daemon of our own: PM2_HOME is a private tmp dir, so `pm2 kill` ends only ours.
+
+    The daemon starts with the first `pm2` command and keeps the environment of that command.
+    A healer child process needs `env=pm2.env` (PM2_HOME, PATH) so the `pm2` it runs reaches
+    this daemon, and `[process]` as `pm2.process_toml(name)` (`manager = "pm2"`, `name`).
+    """
+
+    def __init__(self, home: Path | None = None) -> None:
+        binary = shutil.which("pm2")
+        if binary is None:
+            pytest.fail("pm2 is not installed (npm install -g pm2, or run scripts/test)")
+        self.binary = binary
+        self.home = home or Path(tempfile.mkdtemp(prefix="healer-pm2-"))
+        self.env = tool_env({"PM2_HOME": str(self.home)})
+        self._used = False
+
+    def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`pm2 ARGS` against this daemon; fails the test on a non-zero exit when `check`."""
+        self._used = True
+        proc = subprocess.run(
+            [self.binary, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+            stdin=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            pytest.fail(f"pm2 {' '.join(args)} exited with {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}")
+        return proc
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        cwd: Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        autorestart: bool = False,
+    ) -> int:
+        """Start `argv` as the PM2 app `name` (exec'd as is: `interpreter: "none"`); its PID.
+
+        `autorestart` is off by default: in tests healer, not PM2, is the one that restarts.
+        The app's stdout and stderr go to `log_path(name)`.
+        """
+        log = str(self.log_path(name))
+        app = {
+            "name": name, "script": argv[0], "args": list(argv[1:]), "interpreter": "none",
+            "cwd": str(cwd or self.home), "autorestart": autorestart, "env": dict(env or {}),
+            "out_file": log, "error_file": log, "merge_logs": True, "time": False,
+        }  # fmt: skip
+        ecosystem = self.home / f"{name}.ecosystem.json"
+        ecosystem.write_text(json.dumps({"apps": [app]}))
+        self.run("start", str(ecosystem))
+        pid = self.pid(name)
+        if pid is None:
+            pytest.fail(f"pm2 app {name} is not online after `pm2 start`: {self.status(name)}; {self.log(name)}")
+        return pid
+
+    def jlist(self) -> list[dict[str, Any]]:
+        """`pm2 jlist`: one dict per app."""
+        apps = json.loads(self.run("jlist").stdout)
+        assert isinstance(apps, list), apps
+        return apps
+
+    def _app(self, name: str) -> dict[str, Any] | None:
+        return next((a for a in self.jlist() if a.get("name") == name), None)
+
+    def status(self, name: str) -> str | None:
+        """PM2's status of the app ("online", "stopped", "errored", ...); None if PM2 has none."""
+        app = self._app(name)
+        return None if app is None else str(app["pm2_env"]["status"])
+
+    def pid(self, name: str) -> int | None:
+        """The app's PID from `pm2 jlist`; None when it is not running."""
+        app = self._app(name)
+        if app is None or app["pm2_env"]["status"] != "online" or not app.get("pid"):
+            return None
+        return int(app["pid"])
+
+    def restart(self, name: str) -> int | None:
+        """`pm2 restart NAME`, as healer runs it; the new PID."""
+        self.run("restart", name)
+        return self.pid(name)
+
+    def process_section(self, name: str) -> dict[str, str]:
+        """healer's `[process]` table for the app."""
+        return {"manager": "pm2", "name": name}
+
+    def process_toml(self, name: str) -> str:
+        """healer's `[process]` section for the app, as healer.toml text."""
+        return f'[process]\nmanager = "pm2"\nname = {json.dumps(name)}\n'
+
+    def log_path(self, name: str) -> Path:
+        return self.home / f"{name}.log"
+
+    def log(self, name: str) -> str:
+        """The last of the app's output (stdout and stderr), for failure messages."""
+        return _tail(self.log_path(name))
+
+    def daemon_pid(self) -> int | None:
+        """The PM2 daemon's PID, from PM2_HOME/pm2.pid; None when it never started."""
+        try:
+            return int((self.home / "pm2.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def kill(self) -> None:
+        """`pm2 kill`: stop every app and the daemon; then remove PM2_HOME. Safe to call twice."""
+        if self._used and self.home.exists():
+            daemon = self.daemon_pid()
+            self.run("kill", check=False)
+            if daemon is not None and not wait_until(lambda: not pid_alive(daemon), 10):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(daemon, signal.SIGKILL)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class Supervisord:
+    """A supervisord of our own running one program, its config, socket and logs in a tmp dir.
+
+    The program runs `argv` in `cwd` with `autorestart=false`, `startsecs=1` and
+    `startretries=0` unless `options` says otherwise (any `[program:x]` keys): in tests healer,
+    not supervisor, is the one that restarts. A healer child process needs `[process]` as
+    `supervisord.process_toml()` (`manager = "supervisor"`, `name`, `control` =
+    `control_argv`, which names this config) and `env=supervisord.env` (the venv's bin on PATH).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        cwd: Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.supervisord = venv_bin() / "supervisord"
+        self.supervisorctl = venv_bin() / "supervisorctl"
+        if not self.supervisord.exists():
+            pytest.fail(f"{self.supervisord} is missing (pip install supervisor, or run scripts/test)")
+        self.dir = Path(tempfile.mkdtemp(prefix="healer-sv-"))
+        self.conf = self.dir / "supervisord.conf"
+        self.control_argv = [str(self.supervisorctl), "-c", str(self.conf)]
+        self.env = tool_env(env)
+        self.process: subprocess.Popen[bytes] | None = None
+        program = {
+            "command": shlex.join(argv), "directory": str(cwd or self.dir), "autostart": "true",
+            "autorestart": "false", "startsecs": "1", "startretries": "0", "stopwaitsecs": "5",
+            "stopasgroup": "true", "killasgroup": "true", "redirect_stderr": "true",
+            "stdout_logfile": str(self.log_path), **(options or {}),
+        }  # fmt: skip
+        for key, value in program.items():
+            # supervisor's config parser ends a value at an inline comment, with no way to quote it
+            if re.search(r"\s[;#]", value):
+                pytest.fail(f"supervisor would cut [program:{name}] {key} at ' ;' or ' #': {value!r}")
+        # supervisor expands %(name)s in its values: a literal % is written %%
+        lines = [
+            "[unix_http_server]", f"file={self.dir / 'supervisor.sock'}", "chmod=0700", "",
+            "[supervisord]", f"logfile={self.dir / 'supervisord.log'}", f"pidfile={self.dir / 'supervisord.pid'}",
+            f"childlogdir={self.dir}", "user=root" if os.geteuid() == 0 else "", "",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+            "[supervisorctl]", f"serverurl=unix://{self.dir / 'supervisor.sock'}", "",
+            f"[program:{name}]", *(f"{k}={v.replace('%', '%%')}" for k, v in program.items()), "",
+        ]  # fmt: skip
+        self.conf.write_text("\n".join(lines))
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+    def start(self, timeout: float = 20) -> None:
+        """Run supervisord in the foreground (our child); wait until the program has started or
+        failed to (out of STARTING and BACKOFF)."""
+        out = open(self.dir / "supervisord.out", "wb")  # noqa: SIM115  # the child writes it
+        self.process = subprocess.Popen(
+            [str(self.supervisord), "--nodaemon", "-c", str(self.conf)], env=self.env,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        out.close()
+
+        def settled() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"supervisord exited with {self.process.returncode}: {self.daemon_log()}")
+            return self.state() not in (None, "STARTING", "BACKOFF")
+
+        if not wait_until(settled, timeout, 0.2):
+            pytest.fail(f"supervisord's {self.name} did not leave STARTING in {timeout:g}s: {self.daemon_log()}")
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`supervisorctl -c CONF ARGS`, as healer runs it."""
+        return subprocess.run(
+            [*self.control_argv, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+            stdin=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+
+    def state(self, name: str | None = None) -> str | None:
+        """The program's state (RUNNING, STOPPED, EXITED, FATAL, ...); None while supervisord
+        does not answer."""
+        out = self.ctl("status", name or self.name).stdout.split()
+        # `NAME  STATE  pid 12, uptime ...`; supervisorctl exits 3 when the program is not running
+        return out[1] if len(out) >= 2 and out[0] == (name or self.name) else None
+
+    def pid(self, name: str | None = None) -> int | None:
+        """`supervisorctl pid NAME`; None when the program is not running."""
+        out = self.ctl("pid", name or self.name).stdout.strip()
+        return int(out) if out.isdigit() and int(out) > 0 else None
+
+    def restart(self, name: str | None = None) -> int | None:
+        """`supervisorctl restart NAME`, as healer runs it; the new PID."""
+        proc = self.ctl("restart", name or self.name)
+        if proc.returncode != 0:
+            pytest.fail(f"supervisorctl restart exited with {proc.returncode}: {proc.stdout}{proc.stderr}")
+        return self.pid(name)
+
+    def process_section(self, name: str | None = None) -> dict[str, object]:
+        """healer's `[process]` table for the program."""
+        return {"manager": "supervisor", "name": name or self.name, "control": list(self.control_argv)}
+
+    def process_toml(self, name: str | None = None) -> str:
+        """healer's `[process]` section for the program, as healer.toml text."""
+        return (
+            f'[process]\nmanager = "supervisor"\nname = {json.dumps(name or self.name)}\n'
+            f"control = {json.dumps(self.control_argv)}\n"
+        )
+
+    def log(self) -> str:
+        """The last of the program's output, for failure messages."""
+        return _tail(self.log_path)
+
+    def daemon_log(self) -> str:
+        return _tail(self.dir / "supervisord.log")
+
+    def stop(self) -> None:
+        """SIGTERM supervisord (it stops the program first), SIGKILL after 15 s; then remove
+        its directory. Safe to call twice."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_supervisord(
+    name: str,
+    argv: Sequence[str],
+    cwd: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    options: Mapping[str, str] | None = None,
+) -> Supervisord:
+    """A running `Supervisord` whose program has started (or failed to)."""
+    server = Supervisord(name, argv, cwd, env=env, options=options)
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (Linux /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
