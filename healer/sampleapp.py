@@ -1,18 +1,33 @@
 """The sample web app that `healer demo` deploys, breaks and rolls back (I/O; stdlib only).
 
-    python -m healer.sampleapp serve   --repo DIR --port N [--redis-url URL] [--rate-limit N]
-    python -m healer.sampleapp restart --repo DIR --port N [--redis-url URL] [--rate-limit N] [--log FILE]
+    python -m healer.sampleapp serve   --repo DIR --port N [--redis-url URL [--needs-redis]] [--rate-limit N]
+    python -m healer.sampleapp restart --repo DIR --port N [--redis-url URL [--needs-redis]] [--rate-limit N]
+                                       [--log FILE]
 
 `serve` reads `DIR/app.json` once, at start, the way a real app reads its code and settings:
-`{"version": "1.0", "broken": false}`. `GET /health` answers 200 `{"status": "ok", ...}`, or 500
-when `broken` is true (the demo's bad commit). With `--redis-url` every request is counted in
-the key `ratelimit:<client ip>` (a one-minute window) and answered 429 past `--rate-limit`;
-when Redis cannot be reached the app serves anyway (fail open). The socket is bound with
-SO_REUSEPORT, so a new version can start beside the old one before the old one stops.
+`{"version": "1.0", "broken": false}`. `GET /health` answers 200 `{"status": "ok", ...}`, or
+as the settings and options say (the first that applies wins):
+
+- `"crash": true`: a release that crashes at start. `serve` prints
+  `sampleapp 2.0: crashed at start: <error>` on stderr and exits 1 without listening.
+- `"hang": true`: a wedged app. Its process stays alive and accepts connections, but a
+  request to /health never gets an answer (the handler thread sleeps until the process ends).
+- `"broken": true`: the demo's bad commit. /health answers 500.
+- `--needs-redis` (with `--redis-url`): an app that cannot work without Redis. /health answers
+  503 `{"status": "error", "error": "redis unreachable: ..."}` whenever a PING to Redis fails
+  or takes longer than half a second.
+
+`error` in app.json is the error those releases report. With `--redis-url` every request is
+also counted in the key `ratelimit:<client ip>` (a one-minute window) and answered 429 past
+`--rate-limit`; when Redis cannot be reached that count is skipped (fail open). The socket is
+bound with SO_REUSEPORT, so a new version can start beside the old one before the old one stops.
 
 `restart` is the app's own deploy step, the demo's `[rollback] after` command: start the new
 process on the checked-out code, wait until it listens, then stop the old ones (SIGTERM, then
 SIGKILL after five seconds). A deploy with no gap, so healer never sees a half-done restart.
+A new process that exits before it listens (a release that crashes at start) leaves the old
+ones serving: `restart` exits 1 and prints the new process's last words and whether anything
+is still serving.
 """
 
 from __future__ import annotations
@@ -30,7 +45,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 MODULE = "healer.sampleapp"
@@ -41,14 +56,25 @@ RATE_WINDOW = 60  # seconds
 REDIS_TIMEOUT = 0.5  # seconds; a slow Redis must not make /health slow
 STOP_WAIT = 5.0  # seconds between SIGTERM and SIGKILL
 READY_WAIT = 15.0  # seconds for the new process to listen
+HANG_SLICE = 60.0  # seconds; a hanging handler sleeps in slices like this until the process ends
+DEFAULT_ERROR = "KeyError: 'SESSION_SECRET' (read by the new session store)"
 
 
 def serve_argv(repo: Path, port: int, *, redis_url: str | None = None, rate_limit: int | None = None,
-               python: str | None = None) -> list[str]:  # fmt: skip
+               python: str | None = None, needs_redis: bool = False) -> list[str]:  # fmt: skip
     """The argv that starts the app: healer's `[process] start`, and what `restart` runs."""
     argv = [python or sys.executable, "-m", MODULE, "serve", "--repo", str(repo), "--port", str(port)]
+    return argv + _options(redis_url, rate_limit, needs_redis)
+
+
+def _options(redis_url: str | None, rate_limit: int | None, needs_redis: bool) -> list[str]:
+    if needs_redis and not redis_url:
+        raise ValueError("needs_redis: expected a redis_url too")
+    argv = []
     if redis_url:
         argv += ["--redis-url", redis_url]
+    if needs_redis:
+        argv.append("--needs-redis")
     if rate_limit is not None:
         argv += ["--rate-limit", str(rate_limit)]
     return argv
@@ -61,13 +87,11 @@ def match_text(repo: Path) -> str:
 
 
 def restart_argv(repo: Path, port: int, *, redis_url: str | None = None, rate_limit: int | None = None,
-                 log: Path | None = None, python: str | None = None) -> list[str]:  # fmt: skip
+                 log: Path | None = None, python: str | None = None,
+                 needs_redis: bool = False) -> list[str]:  # fmt: skip
     """The argv of `restart`: the demo's deploy step and its `[rollback] after` command."""
     argv = [python or sys.executable, "-m", MODULE, "restart", "--repo", str(repo), "--port", str(port)]
-    if redis_url:
-        argv += ["--redis-url", redis_url]
-    if rate_limit is not None:
-        argv += ["--rate-limit", str(rate_limit)]
+    argv += _options(redis_url, rate_limit, needs_redis)
     if log is not None:
         argv += ["--log", str(log)]
     return argv
@@ -150,10 +174,13 @@ class _Server(ThreadingHTTPServer):
         super().server_bind()
 
 
-def _handler(settings: dict[str, Any], redis_url: str | None, limit: int) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    settings: dict[str, Any], redis_url: str | None, limit: int, needs_redis: bool = False
+) -> type[BaseHTTPRequestHandler]:
     version = str(settings.get("version", "?"))
     broken = bool(settings.get("broken", False))
-    error = str(settings.get("error") or "KeyError: 'SESSION_SECRET' (read by the new session store)")
+    hang = bool(settings.get("hang", False))
+    error = str(settings.get("error") or DEFAULT_ERROR)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"sampleapp/{version}"
@@ -180,15 +207,32 @@ def _handler(settings: dict[str, Any], redis_url: str | None, limit: int) -> typ
                 return False  # fail open: no Redis is no reason to refuse everyone
             return int(count) > limit
 
+        def _redis_down(self) -> str | None:
+            """Why Redis cannot be used (None: it answered PING in time)."""
+            assert redis_url is not None
+            try:
+                reply = redis_call(redis_url, ("PING",))
+            except (OSError, RedisError) as e:
+                return f"redis unreachable: {e or type(e).__name__}"
+            return None if reply == ["PONG"] else f"redis unreachable: PING answered {reply!r}"
+
         def do_GET(self) -> None:
             if self._rate_limited():
                 self._send(HTTPStatus.TOO_MANY_REQUESTS, {"status": "rate_limited", "version": version})
                 return
             if self.path.split("?")[0] == "/health":
-                if broken:
+                down = self._redis_down() if needs_redis and not (hang or broken) else None
+                if hang:
+                    # wedged: the process lives and the connection stays open, with no answer;
+                    # daemon threads end with the process
+                    while True:
+                        time.sleep(HANG_SLICE)
+                elif broken:
                     self._send(
                         HTTPStatus.INTERNAL_SERVER_ERROR, {"status": "error", "version": version, "error": error}
                     )
+                elif down is not None:
+                    self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "error", "version": version, "error": down})
                 else:
                     self._send(HTTPStatus.OK, {"status": "ok", "version": version, "pid": os.getpid()})
                 return
@@ -200,14 +244,21 @@ def _handler(settings: dict[str, Any], redis_url: str | None, limit: int) -> typ
     return Handler
 
 
-def serve(repo: Path, port: int, redis_url: str | None, limit: int) -> int:
-    """Listen on 127.0.0.1:`port` until SIGTERM or SIGINT."""
+def serve(repo: Path, port: int, redis_url: str | None, limit: int, needs_redis: bool = False) -> int:
+    """Listen on 127.0.0.1:`port` until SIGTERM or SIGINT; exit 1 at once if the release crashes."""
     settings = read_settings(repo)
-    server = _Server(("127.0.0.1", port), _handler(settings, redis_url, limit))
-    state = "BROKEN: /health answers 500" if settings.get("broken") else "healthy"
-    print(
-        f"sampleapp {settings.get('version', '?')} pid {os.getpid()} on http://127.0.0.1:{port} ({state})", flush=True
-    )
+    version = settings.get("version", "?")
+    if settings.get("crash"):
+        print(f"sampleapp {version}: crashed at start: {settings.get('error') or DEFAULT_ERROR}", file=sys.stderr)
+        return 1
+    server = _Server(("127.0.0.1", port), _handler(settings, redis_url, limit, needs_redis))
+    if settings.get("hang"):
+        state = "WEDGED: /health never answers"
+    elif settings.get("broken"):
+        state = "BROKEN: /health answers 500"
+    else:
+        state = "healthy" + (", needs Redis" if needs_redis else "")
+    print(f"sampleapp {version} pid {os.getpid()} on http://127.0.0.1:{port} ({state})", flush=True)
     ready = os.environ.get(READY_ENV)
     if ready:
         tmp = Path(f"{ready}.tmp")
@@ -255,32 +306,36 @@ def _alive(pid: int) -> bool:
     return status != "Z"
 
 
-def restart(repo: Path, port: int, redis_url: str | None, limit: int | None, log: Path | None) -> int:
+def restart(
+    repo: Path, port: int, redis_url: str | None, limit: int | None, log: Path | None, needs_redis: bool = False
+) -> int:
     """Start the app on the checked-out code, wait until it listens, then stop the old ones.
 
     1. Find the running processes of the app (by command line).
-    2. Start `serve` detached (a new session, output to `log`), told to write its PID once it
-       listens; wait for that (or for it to die: exit 1, and the old ones keep serving).
+    2. Start `serve` detached (a new session, output to `log`, else to an unnamed temporary
+       file), told to write its PID once it listens; wait for that, or for it to die: then exit
+       1 with its last line, and the old ones, if any, keep serving.
     3. SIGTERM the old processes; SIGKILL those still alive after five seconds.
     """
     match = match_text(repo)
     old = running(match)
     ready = Path(tempfile.gettempdir()) / f"sampleapp-ready-{os.getpid()}-{time.monotonic_ns()}"
-    argv = serve_argv(repo, port, redis_url=redis_url, rate_limit=limit)
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 -- handed to the child
+    argv = serve_argv(repo, port, redis_url=redis_url, rate_limit=limit, needs_redis=needs_redis)
+    # the new process's output, to show why it died; the app prints one line at start and no more
+    out = open(log, "ab") if log else tempfile.TemporaryFile()  # noqa: SIM115 -- handed to the child
+    start = out.seek(0, os.SEEK_END)
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, env={**os.environ, READY_ENV: str(ready)},
         )  # fmt: skip
-    finally:
-        if log:
-            out.close()  # type: ignore[union-attr]
-    deadline = time.monotonic() + READY_WAIT
-    try:
+        deadline = time.monotonic() + READY_WAIT
         while not ready.exists():
             if proc.poll() is not None:
-                print(f"restart: the new process exited with {proc.returncode}; the old ones keep serving"
+                serving = "the old ones keep serving" if old else "nothing is serving"
+                last = _last_line(log, start) if log else _last_line_of(out, start)
+                print(f"restart: the new process exited with {proc.returncode}"
+                      + (f" ({last})" if last else "") + f"; {serving}"
                       + (f" (see {log})" if log else ""), file=sys.stderr)  # fmt: skip
                 return 1
             if time.monotonic() > deadline:
@@ -289,6 +344,7 @@ def restart(repo: Path, port: int, redis_url: str | None, limit: int | None, log
                 return 1
             time.sleep(0.02)
     finally:
+        out.close()
         ready.unlink(missing_ok=True)
     for pid in old:
         with contextlib.suppress(ProcessLookupError):
@@ -307,19 +363,34 @@ def restart(repo: Path, port: int, redis_url: str | None, limit: int | None, log
     return 0
 
 
+def _last_line(log: Path, start: int) -> str:
+    with open(log, "rb") as f:
+        return _last_line_of(f, start)
+
+
+def _last_line_of(f: IO[bytes], start: int) -> str:
+    f.seek(start)
+    lines = f.read()[-2000:].decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("serve", "restart"))
     parser.add_argument("--repo", type=Path, required=True, help="the app's git work tree (holds app.json)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis-url", default=None)
+    needs = "/health answers 503 while Redis does not answer PING (requires --redis-url)"
+    parser.add_argument("--needs-redis", action="store_true", help=needs)
     limit = f"requests per client per minute (default {DEFAULT_RATE_LIMIT})"
     parser.add_argument("--rate-limit", type=int, default=None, help=limit)
     parser.add_argument("--log", type=Path, default=None, help="restart: where the new process writes its output")
     a = parser.parse_args(argv)
+    if a.needs_redis and not a.redis_url:
+        parser.error("--needs-redis: expected --redis-url URL too")
     if a.command == "serve":
-        return serve(a.repo, a.port, a.redis_url, a.rate_limit or DEFAULT_RATE_LIMIT)
-    return restart(a.repo, a.port, a.redis_url, a.rate_limit, a.log)
+        return serve(a.repo, a.port, a.redis_url, a.rate_limit or DEFAULT_RATE_LIMIT, a.needs_redis)
+    return restart(a.repo, a.port, a.redis_url, a.rate_limit, a.log, a.needs_redis)
 
 
 if __name__ == "__main__":
