@@ -323,6 +323,10 @@ class RedisConfig(_Model):
     cache_patterns: tuple[Annotated[str, Field(min_length=1)], ...] = ()
     rate_limit_patterns: tuple[Annotated[str, Field(min_length=1)], ...] = ("ratelimit:*",)
     timeout: PositiveDuration = timedelta(seconds=5)
+    # Opt-ins for settings that would destroy the app's data, refused by default: patterns
+    # that match most of the sampled keyspace, and FLUSHDB on the url's own database.
+    allow_broad_patterns: bool = False
+    allow_flush_app_db: bool = False
 
 
 class PostgresConfig(_Model):

@@ -27,6 +27,7 @@ from healer.checks import describe_error, run_checks
 from healer.config import format_duration
 from healer.decide import PlaybookPolicy
 from healer.errors import ActionError, ConfigError, LockedError, UsageError
+from healer.files import open_private, private_dir
 from healer.logging import log_event
 from healer.model import CheckResult, Outcome, Who
 from healer.playbook import (
@@ -161,8 +162,8 @@ def playbook_lock(state_dir: Path, name: str) -> Iterator[None]:
     The kernel releases it if healer dies."""
     path = state_dir / f"repair-{name}.lock"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fh: IO[str] = open(path, "a+")  # noqa: SIM115  # held open for the whole repair
+        private_dir(state_dir)
+        fh: IO[str] = open_private(path, "a+")  # held open for the whole repair
     except OSError as e:
         msg = f"{path}: cannot create the lock file: {e.strerror}"
         raise ActionError(msg) from None

@@ -21,6 +21,7 @@ from typing import Any
 
 from healer.decide import PastRepair, Pause
 from healer.errors import StoreError
+from healer.files import FILE_MODE, make_private, private_dir
 from healer.model import Baseline, CheckResult, Deploy, Outcome, Verdict, Who
 
 SCHEMA_VERSION = 1
@@ -206,8 +207,16 @@ class CycleUpdate:
 
 def connect(path: Path) -> sqlite3.Connection:
     """A connection to healer's state database: WAL, and durable through kill -9 (see the module
-    docstring); shared by the store and the alert outbox, each with its own connection."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    docstring); shared by the store and the alert outbox, each with its own connection.
+
+    The file is made 0600 before SQLite opens it: SQLite creates -wal and -shm with the
+    database file's own mode, so those come out private too; ones left by an older healer
+    are tightened here."""
+    private_dir(path.parent)
+    make_private(path)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{suffix}").chmod(FILE_MODE)
     db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")

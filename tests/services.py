@@ -226,9 +226,10 @@ def start_redis(directory: Path, *, port: int | None = None, args: Sequence[str]
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     log = open(directory / "redis.log", "wb")  # noqa: SIM115  # the server writes it until the session ends
+    # 32 databases, not 16: tests each take a database number of their own and empty it after
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", LOCALHOST, "--save", "", "--appendonly", "no",
-         "--daemonize", "no", "--dir", str(directory), *args],
+         "--daemonize", "no", "--dir", str(directory), "--databases", "32", *args],
         stdout=log, stderr=subprocess.STDOUT, cwd=directory,
     )  # fmt: skip
     log.close()

@@ -287,3 +287,31 @@ async def test_rate_limit_clear_end_to_end(
     finally:
         await r.flushdb()
         await r.aclose()
+
+
+async def test_a_refused_broad_pattern_is_journaled_as_an_error_and_deletes_nothing(
+    tmp_path: Path, redis_server: RedisServer, store: Store
+) -> None:
+    """rate-limit-clear with `[a-z]*` on an app's keyspace: an error row saying why, every key kept."""
+    r = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port, db=19)
+    try:
+        await r.mset({**{f"sessions:{i}": "s" for i in range(60)}, **{f"ratelimit:{i}": "9" for i in range(30)}})
+        await r.rpush("queue:mail", "job-1")
+        config = make_config(
+            tmp_path, "http://127.0.0.1:9/",
+            redis={"url": f"redis://127.0.0.1:{redis_server.port}/19", "rate_limit_patterns": ["[a-z]*"]},
+        )  # fmt: skip
+        result = await repair("rate-limit-clear", config, store)
+        assert (result.ok, result.outcome) == (False, Outcome.ERROR)
+        why = (
+            "step 1 (redis.delete_pattern) could not run: redis.rate_limit_patterns: '[a-z]*' matches 91 of "
+            "the 91 keys in db 19 (sessions:… 60, ratelimit:… 30, queue:… 1); refusing to delete most of the "
+            "keyspace; set [redis] allow_broad_patterns = true to allow it"
+        )
+        assert result.detail == why
+        [row] = store.actions()
+        assert (row.outcome, row.detail) == (Outcome.ERROR, why)
+        assert await r.dbsize() == 91
+    finally:
+        await r.flushdb()
+        await r.aclose()
