@@ -28,6 +28,9 @@ _FALLBACK_NAME = "healer"
 _FIELD_SEP = "\x1f"
 _NATURAL_RE = re.compile(r"(\d+)")
 _READ_ONLY = {"GIT_OPTIONAL_LOCKS": "0"}  # no opportunistic index refresh: a dry run writes nothing
+# git's advice after its reason ("Aborting", what to do next): it says nothing about this tree
+_ADVICE = ("Aborting", "Please commit your changes", "Please move or remove them", "hint:")
+_SHOWN = 5  # files named in one message; the rest are counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +67,32 @@ def _opened(path: Path) -> Iterator[git.Repo]:
 
 
 def _reason(e: git.GitCommandError) -> str:
-    """git's own complaint, one line: the last non-empty line of its stderr."""
+    """git's own complaint, one line: the meaningful lines of its stderr, without "error: ",
+    its advice ("Aborting") and with the files listed under a line folded into it:
+    `Your local changes to the following files would be overwritten by checkout: app.txt`."""
     text = e.stderr if isinstance(e.stderr, str) else str(e.stderr or "")
     text = text.strip()
     if text.startswith("stderr: "):
         text = text[len("stderr: ") :].strip()
         if len(text) >= 2 and text[0] == text[-1] == "'":
             text = text[1:-1]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else f"git exited with status {e.status}"
+    parts: list[tuple[str, list[str]]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(_ADVICE):
+            continue
+        if raw[:1] in " \t" and parts:  # git indents the files a line introduces
+            parts[-1][1].append(line)
+            continue
+        parts.append((line.removeprefix("error: ").removeprefix("fatal: "), []))
+    if not parts:
+        return f"git exited with status {e.status}"
+    return "; ".join(f"{head.rstrip(':')}: {_listed(files)}" if files else head for head, files in parts)
+
+
+def _listed(items: list[str]) -> str:
+    more = len(items) - _SHOWN
+    return ", ".join(items[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def _git(repo: git.Repo, path: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
@@ -217,9 +237,7 @@ def _ident_env(repo: git.Repo, path: Path, date: datetime | None) -> dict[str, s
     return env  # gitpython adds these to its own copy of os.environ
 
 
-def create_tag(
-    path: Path, name: str, commit: str, message: str, *, date: datetime | None = None
-) -> TagInfo:
+def create_tag(path: Path, name: str, commit: str, message: str, *, date: datetime | None = None) -> TagInfo:
     """Create the annotated tag `name` on `commit` with `message` saying why; GitError when the
     tag exists already or the name is not a valid tag name."""
     _check_ref(name)
@@ -252,9 +270,7 @@ def stash(path: Path, message: str) -> str | None:
     with _opened(path) as repo:
         before = _stash_top(repo)
         try:
-            repo.git.execute(
-                ["git", "stash", "push", f"--message={message}"], env=_ident_env(repo, path, None)
-            )
+            repo.git.execute(["git", "stash", "push", f"--message={message}"], env=_ident_env(repo, path, None))
         except git.GitCommandError as e:
             raise GitError(f"{path}: cannot stash the local changes: {_reason(e)}") from None
         after = _stash_top(repo)
@@ -270,18 +286,69 @@ def _stash_top(repo: git.Repo) -> str | None:
 
 
 def checkout(path: Path, ref: str) -> str:
-    """Check out the commit `ref` names, detached; returns its SHA.
+    """Check out the commit `ref` names, detached, submodules included; returns its SHA.
 
-    The ref is resolved to a commit first, so an unknown ref changes nothing. git refuses on its
-    own when local changes or untracked files would be overwritten; that becomes a GitError.
+    1. Resolve the ref to a commit, so an unknown ref changes nothing.
+    2. `git checkout --detach`: git refuses on its own when local changes or untracked files
+       would be overwritten; that becomes a GitError with git's reason, and HEAD has not moved.
+    3. When the commit has submodules (a .gitmodules file), `git submodule update --init
+       --recursive` puts each at the commit recorded there; a submodule healer has to fetch
+       from a local path needs `protocol.file.allow = always` in the repository's git config
+       (git refuses local submodule transports by default since 2.38.1, and healer does not
+       weaken that default for the repository).
+    4. Verify the work tree is clean: every tracked file as committed and every submodule at
+       its recorded commit (untracked files do not count, as in `is_dirty`). Otherwise a
+       GitError names what is not.
+    A GitError from steps 3 and 4 comes after HEAD moved.
     """
     with _opened(path) as repo:
         sha = _resolve(repo, path, ref)
+        where = short(sha) if ref == sha else f"{ref} ({short(sha)})"
         try:
             repo.git.execute(["git", "checkout", "--quiet", "--detach", sha])
         except git.GitCommandError as e:
-            raise GitError(f"{path}: cannot check out {ref} ({short(sha)}): {_reason(e)}") from None
+            raise GitError(f"{path}: cannot check out {where}: {_reason(e)}") from None
+        if _has_submodules(repo, sha):
+            try:
+                repo.git.execute(["git", "submodule", "--quiet", "update", "--init", "--recursive"])
+            except git.GitCommandError as e:
+                raise GitError(f"{path}: checked out {where} but cannot update its submodules: {_reason(e)}") from None
+        unclean = _unclean(repo, path)
+        if unclean:
+            raise GitError(f"{path}: checked out {where} but the work tree is not clean: {_listed(unclean)}")
         return sha
+
+
+def _has_submodules(repo: git.Repo, sha: str) -> bool:
+    try:
+        repo.git.execute(["git", "cat-file", "-e", f"{sha}:.gitmodules"])
+    except git.GitCommandError:
+        return False
+    return True
+
+
+def _unclean(repo: git.Repo, path: Path) -> list[str]:
+    """Tracked files that differ from HEAD and submodules away from their recorded commit or
+    with changed files inside, as `git status --porcelain=v2` reports them."""
+    out = _git(repo, path, "status", "--porcelain=v2", "-z", "--untracked-files=no", "--ignore-submodules=untracked")
+    found: list[str] = []
+    entries = iter(out.split("\0"))
+    for entry in entries:
+        # "1 XY SUB mH mI mW hH hI PATH", "2 ... X-score PATH" + NUL + the old path, "u ... PATH"
+        fields = {"1": 9, "2": 10, "u": 11}.get(entry[:1])
+        if fields is None:
+            continue
+        parts = entry.split(" ", fields - 1)
+        if entry[0] == "2":
+            next(entries, None)
+        sub, name = parts[2], parts[-1]
+        if not sub.startswith("S"):
+            found.append(name)
+        elif sub[1] == "C":
+            found.append(f"{name} (submodule not at its recorded commit)")
+        else:
+            found.append(f"{name} (submodule with changed files)")
+    return found
 
 
 def is_ancestor(path: Path, ancestor: str, descendant: str) -> bool:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 from healer.config import Config, load_config
@@ -43,6 +44,40 @@ def commit(repo: Path, content: str) -> str:
     git(repo, "add", "app.txt")
     git(repo, "commit", "-q", "-m", content)
     return git(repo, "rev-parse", "HEAD")
+
+
+@dataclass(frozen=True)
+class SubmoduleRepo:
+    """An app repo whose submodule `lib` was at `lib_old` at tag stable-1 (commit `stable`) and
+    moved to `lib_new` in the bad release at HEAD (commit `bad`)."""
+
+    path: Path
+    stable: str
+    bad: str
+    lib_old: str
+    lib_new: str
+
+    @property
+    def lib(self) -> Path:
+        return self.path / "lib"
+
+
+def make_repo_with_submodule(directory: Path) -> SubmoduleRepo:
+    """A real superproject and a real submodule repository, both in `directory`."""
+    origin = make_repo(directory / "lib-origin")
+    lib_old = git(origin, "rev-parse", "HEAD")
+    lib_new = commit(origin, "lib v2")
+    app = make_repo(directory / "app")
+    # git refuses local-path submodule transports unless told (CVE-2022-39253)
+    git(app, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(origin), "lib")
+    git(app / "lib", "checkout", "-q", lib_old)
+    git(app, "add", "lib")
+    stable = commit(app, "release 1 with lib v1")
+    git(app, "tag", "stable-1")
+    git(app / "lib", "checkout", "-q", lib_new)
+    git(app, "add", "lib")
+    bad = commit(app, "bad release with lib v2")
+    return SubmoduleRepo(app, stable, bad, lib_old, lib_new)
 
 
 def healer(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

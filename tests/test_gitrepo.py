@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from helpers import make_repo_with_submodule
 
 from healer import gitrepo
 from healer.errors import GitError
@@ -112,13 +113,63 @@ def test_checkout_detaches_at_the_commit_and_an_unknown_ref_changes_nothing(repo
 
 
 def test_checkout_that_would_overwrite_local_changes_is_a_one_line_git_error(repo: Path) -> None:
-    """git's own refusal comes back as one line naming the ref."""
+    """git's own refusal comes back as one line naming the ref and git's reason, not "Aborting"."""
     (repo / "app.txt").write_text("hotfix\n")
     with pytest.raises(GitError) as err:
         gitrepo.checkout(repo, "stable-2")
-    assert "\n" not in str(err.value)
-    assert "stable-2" in str(err.value)
+    short = git(repo, "rev-parse", "--short=7", "stable-2")
+    assert str(err.value) == (
+        f"{repo}: cannot check out stable-2 ({short}): "
+        "Your local changes to the following files would be overwritten by checkout: app.txt"
+    )
     assert (repo / "app.txt").read_text() == "hotfix\n"
+
+
+def test_checkout_that_would_overwrite_untracked_files_names_them(repo: Path) -> None:
+    """A file the target tracks but the tree holds untracked: git's reason lists it, HEAD stays."""
+    head = git(repo, "rev-parse", "HEAD")
+    git(repo, "rm", "-q", "--cached", "app.txt")
+    git(repo, "commit", "-q", "-m", "untrack app.txt", at=T0 + timedelta(hours=4))
+    (repo / "app.txt").write_text("a file of the server's own\n")
+    with pytest.raises(GitError, match=r"The following untracked working tree files would be overwritten by checkout: "
+                       r"app.txt$"):  # fmt: skip
+        gitrepo.checkout(repo, head)
+    assert (repo / "app.txt").read_text() == "a file of the server's own\n"
+
+
+def test_checkout_brings_submodules_to_the_commits_the_target_recorded(tmp_path: Path) -> None:
+    """Back at stable-1, the submodule is at stable-1's commit of it and git status is empty."""
+    app = make_repo_with_submodule(tmp_path)
+    assert git(app.lib, "rev-parse", "HEAD") == app.lib_new
+    assert gitrepo.checkout(app.path, "stable-1") == app.stable
+    assert git(app.lib, "rev-parse", "HEAD") == app.lib_old
+    assert git(app.path, "status", "--porcelain") == ""
+    assert gitrepo.changed_files(app.path) == []
+    assert gitrepo.checkout(app.path, app.bad) == app.bad  # and forward again
+    assert git(app.lib, "rev-parse", "HEAD") == app.lib_new
+    assert git(app.path, "status", "--porcelain") == ""
+
+
+def test_a_checkout_that_leaves_the_tree_unclean_is_a_git_error_saying_what(tmp_path: Path) -> None:
+    """A submodule that stays behind (update = none) fails the checkout, naming it; HEAD has moved."""
+    app = make_repo_with_submodule(tmp_path)
+    git(app.path, "config", "submodule.lib.update", "none")
+    with pytest.raises(GitError) as err:
+        gitrepo.checkout(app.path, "stable-1")
+    assert str(err.value) == (
+        f"{app.path}: checked out stable-1 ({app.stable[:7]}) but the work tree is not clean: "
+        "lib (submodule not at its recorded commit)"
+    )
+    assert gitrepo.head_commit(app.path) == app.stable
+
+
+def test_a_submodule_with_changed_files_is_not_clean(tmp_path: Path) -> None:
+    """Edits inside a submodule that the checkout carries along are named too."""
+    app = make_repo_with_submodule(tmp_path)
+    (app.lib / "extra.txt").write_text("tracked in lib\n")
+    git(app.lib, "add", "extra.txt")  # staged in the submodule: changed content, kept by its checkout
+    with pytest.raises(GitError, match=r"the work tree is not clean: lib \(submodule with changed files\)$"):
+        gitrepo.checkout(app.path, "stable-1")
 
 
 def test_create_tag_is_annotated_with_the_reason_and_never_twice(repo: Path) -> None:

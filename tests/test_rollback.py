@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import make_repo_with_submodule
 
 from healer import gitrepo, rollback
 from healer.checks import ProbeContext, probe_context
@@ -405,6 +406,61 @@ async def test_a_dirty_work_tree_is_refused_unless_forced(
     assert repo.head == repo.c2 and (repo.path / "app.txt").read_text() == "release 2\n"
     assert "stashed" in forced.detail
     assert "hotfix" in git(repo.path, "stash", "show", "-p")
+
+
+async def test_a_rollback_brings_the_submodules_back_and_leaves_the_tree_clean(
+    store: Store, tmp_path: Path, ctx_for: Any
+) -> None:
+    """From a release that moved a submodule to the stable tag: the submodule is at the tag's
+    commit of it, `git status` is empty, and the next rollback finds nothing dirty."""
+    app = make_repo_with_submodule(tmp_path)
+    config = make_config(tmp_path, app.path)
+    store.ensure_deploy(app.bad, T0)
+    result = await rollback.run_rollback(
+        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.PERSON, reason="r"
+    )
+    assert result.ok, result.detail
+    assert (gitrepo.head_commit(app.path), git(app.lib, "rev-parse", "HEAD")) == (app.stable, app.lib_old)
+    assert git(app.path, "status", "--porcelain") == ""
+    assert gitrepo.changed_files(app.path) == []  # what a rollback's plan refuses as local changes
+
+
+async def test_a_rollback_that_leaves_the_tree_unclean_fails_saying_what(
+    store: Store, tmp_path: Path, ctx_for: Any
+) -> None:
+    """A submodule left behind fails the rollback (held for a person), naming it; no after command runs."""
+    app = make_repo_with_submodule(tmp_path)
+    git(app.path, "config", "submodule.lib.update", "none")
+    out = tmp_path / "out.txt"
+    config = make_config(tmp_path, app.path, after=[recorder(out, "ran")])
+    deploy, _ = store.ensure_deploy(app.bad, T0)
+    result = await rollback.run_rollback(
+        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP, reason="r"
+    )
+    assert not result.ok
+    assert "but the work tree is not clean: lib (submodule not at its recorded commit); HEAD moved" in result.detail
+    assert rows(store) == [("rollback", "stable-1", "loop", "failed")]
+    assert not out.exists()
+    held = store.deploy(deploy.id)
+    assert held is not None and held.held is not None
+
+
+async def test_a_refused_checkout_shows_gits_reason(repo: Repo, store: Store, tmp_path: Path, ctx_for: Any) -> None:
+    """An untracked file in the way: the rollback fails with git's reason and the file, not "Aborting"."""
+    git(repo.path, "rm", "-q", "--cached", "app.txt")
+    git(repo.path, "commit", "-q", "-m", "untrack app.txt", at=T0 + timedelta(hours=3))
+    (repo.path / "app.txt").write_text("the server's own\n")
+    config = make_config(tmp_path, repo.path)
+    store.ensure_deploy(repo.head, T0)
+    result = await rollback.run_rollback(
+        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.PERSON, reason="r"
+    )
+    assert not result.ok and not result.changed
+    assert (
+        f"cannot check out {repo.c2[:7]}: The following untracked working tree files would be "
+        f"overwritten by checkout: app.txt; HEAD still at {repo.head[:7]}"
+    ) in result.detail
+    assert "Aborting" not in result.detail
 
 
 async def test_a_failing_after_command_stops_and_fails_the_rollback(
