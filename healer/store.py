@@ -211,12 +211,13 @@ def connect(path: Path) -> sqlite3.Connection:
 
     The file is made 0600 before SQLite opens it: SQLite creates -wal and -shm with the
     database file's own mode, so those come out private too; ones left by an older healer
-    are tightened here."""
-    private_dir(path.parent)
-    make_private(path)
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            Path(f"{path}{suffix}").chmod(FILE_MODE)
+    are tightened here. ":memory:" (a read-only command's throwaway store) has no file."""
+    if str(path) != ":memory:":
+        private_dir(path.parent)
+        make_private(path)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{path}{suffix}").chmod(FILE_MODE)
     db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")

@@ -216,3 +216,29 @@ def test_repair_run_and_rollback_leave_only_private_files(
     assert logs and "rollback.lock" in modes(state)
     assert "restarted" in (state / logs[-1]).read_text()
     assert_private(state)
+
+
+def test_a_read_only_command_creates_no_file_and_leaves_the_cwd_alone(tmp_path: Path) -> None:
+    """`healer rollback --dry-run` before any state exists keeps its store in memory: the cwd
+    keeps its mode, and no state dir or stray file appears."""
+    repo = make_repo(tmp_path / "app")
+    git(repo, "tag", "stable-1")
+    commit(repo, "bad")
+    config = write_config(
+        tmp_path,
+        f"""
+        state_dir = "state"
+        [app]
+        repo = "{repo}"
+        [[checks]]
+        name = "ok"
+        type = "command"
+        argv = ["true"]
+        """,
+    )
+    tmp_path.chmod(0o755)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = child(0o022, *HEALER, "--config", str(config), "rollback", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert mode(tmp_path) == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
