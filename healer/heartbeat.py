@@ -23,7 +23,8 @@ import httpx
 
 from healer import __version__
 from healer.config import Secret, read_secret
-from healer.logging import Redactor, add_secrets, log_event
+from healer.logging import log_event
+from healer.redact import add_secrets, redact
 
 if TYPE_CHECKING:
     from healer.config import Config
@@ -32,6 +33,7 @@ log = logging.getLogger("healer.heartbeat")
 
 DEFAULT_TIMEOUT = timedelta(seconds=5)
 _USER_AGENT = f"healer/{__version__} (heartbeat)"
+_BODY_MAX = 200  # characters of an error answer quoted in the log
 
 
 class Heartbeat:
@@ -54,8 +56,7 @@ class Heartbeat:
         self._client = client
         self.timeout = timeout
         self.fail_suffix = fail_suffix
-        self._redact = Redactor([url])
-        add_secrets(url)  # for every other log line in this process, httpx's included
+        add_secrets(url)  # its path and query too: for every text this process writes, httpx's logs included
         self._task: asyncio.Task[bool] | None = None
         self._failing = False
 
@@ -89,9 +90,11 @@ class Heartbeat:
                 follow_redirects=True,
             )
         except Exception as e:  # a heartbeat must never disturb the loop
-            return self._failed(f"{type(e).__name__}: {self._redact(str(e)) or 'no detail'}")
+            return self._failed(f"{type(e).__name__}: {redact(str(e)) or 'no detail'}")
         if not response.is_success:
-            return self._failed(f"HTTP {response.status_code}")
+            # the service's error body may echo the URL (its uuid is the secret): redacted whole, then cut
+            body = " ".join(redact(response.text).split())[:_BODY_MAX]
+            return self._failed(f"HTTP {response.status_code}" + (f": {body}" if body else ""))
         if self._failing:
             self._failing = False
             log_event(log, "heartbeat.recovered")

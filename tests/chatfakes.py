@@ -10,8 +10,9 @@ One ThreadingHTTPServer on 127.0.0.1 serves:
 Every request is recorded (service, path, parsed body, monotonic time, the status answered).
 Each service has a switchable mode: "ok", "500", "429" (Retry-After / retry_after), "4xx"
 (permanent), "slow" (answers after `delay` seconds), "reset" (closes without answering); a mode
-can last `times` requests, then "ok" again. `stop()` and `start()` make the port refuse
-connections and come back on the same port.
+can last `times` requests, then "ok" again. With `echo=True` an error answer quotes the request's
+path, as some proxies do (the webhook's secret path, `/bot<TOKEN>/...`). `stop()` and `start()`
+make the port refuse connections and come back on the same port.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Mode:
     status: int = 0  # for "4xx"
     delay: float = 0.0  # for "slow"
     times: int | None = None  # then back to "ok"
+    echo: bool = False  # error answers quote the request path
 
 
 @dataclass
@@ -201,7 +203,7 @@ class ChatFake:
         if path != self.webhook_path:
             return 404, text, b"no_service"
         if mode.name == "500":
-            return 500, text, b"internal_error"
+            return 500, text, b"internal_error" + (f" for POST {path}".encode() if mode.echo else b"")
         if mode.name == "429":
             return 429, {**text, "Retry-After": str(mode.retry_after)}, b"rate_limited"
         if mode.name == "4xx":
@@ -245,11 +247,8 @@ class ChatFake:
         if not path.startswith(f"/bot{self.token}/"):
             return 401, js, _json({"ok": False, "error_code": 401, "description": "Unauthorized"})
         if mode.name == "500":
-            return (
-                500,
-                js,
-                _json({"ok": False, "error_code": 500, "description": "Internal Server Error"}),
-            )
+            what = "Internal Server Error" + (f" for POST {path}" if mode.echo else "")
+            return 500, js, _json({"ok": False, "error_code": 500, "description": what})
         if mode.name == "429":
             return 429, js, _json({
                 "ok": False,

@@ -37,6 +37,7 @@ from services import (
 
 from healer.config import parse_config
 from healer.model import CheckResult
+from healer.redact import REDACTOR
 
 __all__ = ["free_port"]
 
@@ -48,6 +49,13 @@ def clean_environ() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def clean_redactor() -> Iterator[None]:
+    """Secrets a test teaches the process-wide redactor are forgotten after it."""
+    yield
+    REDACTOR.reset()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from services import HttpApp, free_port
 
 from healer.checks import PROBES, describe_error, probe_context, redact, run_check, run_checks
 from healer.config import CHECK_TYPES, Config, parse_config
+from healer.redact import MASK
 
 StartApp = Callable[..., HttpApp]
 
@@ -29,9 +30,7 @@ def test_every_check_type_has_a_probe() -> None:
 async def test_eight_hanging_checks_take_as_long_as_one(http_app: StartApp) -> None:
     """Eight checks hanging against 1 s timeouts finish together in about 1 s, not 8 s."""
     app = http_app("hang")
-    cfg = config(
-        *({"name": f"h{i}", "type": "http", "url": app.url, "timeout": "1s"} for i in range(8))
-    )
+    cfg = config(*({"name": f"h{i}", "type": "http", "url": app.url, "timeout": "1s"} for i in range(8)))
     start = time.monotonic()
     async with probe_context(cfg) as ctx:
         results = await run_checks(ctx)
@@ -79,24 +78,18 @@ async def test_probes_that_raise_are_failed_results_not_crashes(tmp_path: Path) 
         redis, cmd, disk, ok = await run_checks(ctx)
     assert redis.symptoms == ("redis.down",) and not redis.ok
     assert cmd.symptoms == ("command.error",) and cmd.error and "not found" in cmd.error
-    assert (
-        disk.symptoms == ("system.error",)
-        and disk.error
-        and disk.error.startswith("FileNotFoundError")
-    )
+    assert disk.symptoms == ("system.error",) and disk.error and disk.error.startswith("FileNotFoundError")
     assert ok.ok
 
 
 @pytest.mark.parametrize(
     ("text", "secrets", "expected"),
     [
-        pytest.param("GET http://bob:pw1@h:80/x", (), "GET http://h:80/x", id="url-userinfo"),
-        pytest.param("redis://:pw2@127.0.0.1:6379/0", (), "redis://127.0.0.1:6379/0", id="no-user"),
-        pytest.param("host=h password=pw3 user=u", (), "host=h password=*** user=u", id="kv"),
-        pytest.param("url?token=abc&x=1", (), "url?token=***", id="query-token"),
-        pytest.param(
-            "failed for dsn-with-pw4 here", ("dsn-with-pw4",), "failed for *** here", id="known"
-        ),
+        pytest.param("GET http://bob:pw1@h:80/x", (), f"GET http://bob:{MASK}@h:80/x", id="url-userinfo"),
+        pytest.param("redis://:pw2@127.0.0.1:6379/0", (), f"redis://:{MASK}@127.0.0.1:6379/0", id="no-user"),
+        pytest.param("host=h password=pw3 user=u", (), f"host=h password={MASK} user=u", id="kv"),
+        pytest.param("url?token=abc&x=1", (), f"url?token={MASK}&x=1", id="query-token"),
+        pytest.param("failed for dsn-with-pw4 here", ("dsn-with-pw4",), f"failed for {MASK} here", id="known"),
     ],
 )
 def test_redact_hides_credentials(text: str, secrets: tuple[str, ...], expected: str) -> None:
@@ -107,5 +100,5 @@ def test_redact_hides_credentials(text: str, secrets: tuple[str, ...], expected:
 def test_describe_error_is_one_redacted_line() -> None:
     """An exception becomes its type and the first line of its message, without secrets."""
     exc = ValueError("cannot reach postgresql://u:pw5@db/x\nTraceback line")
-    assert describe_error(exc) == "ValueError: cannot reach postgresql://db/x"
+    assert describe_error(exc) == f"ValueError: cannot reach postgresql://u:{MASK}@db/x"
     assert describe_error(RuntimeError()) == "RuntimeError"

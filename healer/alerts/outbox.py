@@ -43,8 +43,9 @@ from healer.alerts.message import (
 from healer.alerts.pipeline import AlertMemory, AlertPlan, IncidentMemory, Route
 from healer.clock import Clock, SystemClock
 from healer.errors import DeliveryError, StoreError
-from healer.logging import log_event, redact
+from healer.logging import log_event
 from healer.model import Severity
+from healer.redact import redact
 from healer.store import connect, write_transaction
 
 log = logging.getLogger("healer.alerts")
@@ -109,6 +110,18 @@ def _ts(dt: datetime) -> str:
 
 def _dt(s: str) -> datetime:
     return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _redacted(message: AlertMessage) -> dict[str, Any]:
+    """The message as stored, its free text redacted: the last safety net before a chat sees it,
+    whoever built the message and whatever it quotes."""
+    d = message.to_json()
+    for item in d["items"]:
+        item["title"], item["detail"] = redact(item["title"]), redact(item["detail"])
+    for key in ("cause", "next_step"):
+        if isinstance(d.get(key), str):
+            d[key] = redact(d[key])
+    return d
 
 
 def retry_delay(attempts: int, base: timedelta = DEFAULT_RETRY_BASE, cap: timedelta = DEFAULT_RETRY_MAX) -> timedelta:
@@ -241,7 +254,7 @@ class Outbox:
                         r.item.event,
                         r.item.severity.name.lower(),
                         r.item.incident_id,
-                        r.item.title,
+                        redact(r.item.title),
                         int(r.muted),
                     ),
                 )
@@ -258,8 +271,8 @@ class Outbox:
                 message.event,
                 message.severity.name.lower(),
                 message.incident_id,
-                message.title,
-                json.dumps(message.to_json(), ensure_ascii=False),
+                redact(message.title),
+                json.dumps(_redacted(message), ensure_ascii=False),
             ),
         )
         aid = cur.lastrowid
@@ -306,7 +319,7 @@ class Outbox:
                 " WHERE alert_id = ? AND channel = ? AND state = ?",
                 (
                     state.value,
-                    error[:1000],
+                    redact(error)[:1000],
                     None if retry_at is None else _ts(retry_at),
                     alert_id,
                     channel,

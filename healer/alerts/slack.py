@@ -5,7 +5,8 @@ need aiohttp, which slack-sdk does not install). Their retry handlers are switch
 sender retries with tenacity and honours Retry-After itself, without blocking a thread.
 A webhook answers 429 without raising, so the status code is read, not caught.
 
-The webhook URL and the token are secrets: every error text is scrubbed of them.
+The webhook URL and the token are secrets: every error text is redacted (healer/redact.py), which
+masks them, their parts (the webhook's path) and anything shaped like a token.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from slack_sdk.webhook import WebhookClient
 from healer.alerts.message import AlertMessage, slack_payload
 from healer.config import Secret, SlackConfig, read_secret
 from healer.errors import DeliveryError
-from healer.logging import add_secrets, redact
 from healer.model import Severity
+from healer.redact import add_secrets, redact
 
 DEFAULT_API_URL = "https://slack.com/api/"
 DEFAULT_RETRY_AFTER = 30.0  # seconds, when a 429 does not say
@@ -69,14 +70,11 @@ class SlackChannel:
 
     # -- in the worker thread --
 
-    def _scrub(self, text: str) -> str:
-        for s in (self.webhook_url, self.token):
-            if s is not None and s.reveal():
-                text = text.replace(s.reveal(), "***")
-        return redact(text)
-
     def _fail(self, what: str, *, permanent: bool = False, retry_after: float | None = None) -> DeliveryError:
-        return DeliveryError(self._scrub(f"{self.name}: {what}"), permanent=permanent, retry_after=retry_after)
+        # the redactor knows the webhook URL and the token (notify taught it), and their parts: a
+        # proxy or Slack echoing the webhook's path in an error body is masked too
+        text = redact(f"{self.name}: {what}")
+        return DeliveryError(text, permanent=permanent, retry_after=retry_after)
 
     def _post(self, payload: dict[str, Any]) -> None:
         timeout = max(1, math.ceil(self.timeout.total_seconds()))
@@ -103,7 +101,7 @@ class SlackChannel:
         assert self.webhook_url is not None
         client = WebhookClient(self.webhook_url.reveal(), timeout=timeout, retry_handlers=[])
         resp = client.send(text=payload["text"], blocks=payload["blocks"])
-        body = (resp.body or "").strip()[:200]
+        body = redact((resp.body or "").strip())[:200]  # redacted whole: a cut secret would not match
         status = resp.status_code
         if 200 <= status < 300:
             return

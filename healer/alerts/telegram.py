@@ -30,8 +30,8 @@ from telegram.request import HTTPXRequest
 from healer.alerts.message import AlertMessage, telegram_text
 from healer.config import Secret, TelegramConfig, read_secret
 from healer.errors import DeliveryError
-from healer.logging import add_secrets, redact
 from healer.model import Severity
+from healer.redact import add_secrets, redact
 
 DEFAULT_API_URL = "https://api.telegram.org"
 NOT_CONFIGURED_RETRY = 900.0  # a missing secret will not appear by itself: look again in 15 minutes
@@ -101,10 +101,8 @@ class TelegramChannel:
         await self.notify(self.payload(message, delayed=delayed))
 
     def _fail(self, what: str, *, permanent: bool = False, retry_after: float | None = None) -> DeliveryError:
-        text = f"{self.name}: {what}"
-        if self.token is not None and self.token.reveal():
-            text = text.replace(self.token.reveal(), "***")
-        return DeliveryError(redact(text), permanent=permanent, retry_after=retry_after)
+        add_secrets(self.token)  # already taught by notify(); here too, so no caller can forget
+        return DeliveryError(redact(f"{self.name}: {what}"), permanent=permanent, retry_after=retry_after)
 
 
 def _seconds(e: RetryAfter) -> float:

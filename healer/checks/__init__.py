@@ -12,10 +12,9 @@ import asyncio
 import contextlib
 import importlib
 import math
-import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +22,8 @@ import httpx
 
 from healer.config import CheckConfig, Config, format_duration
 from healer.model import CheckResult
+from healer.redact import MASK
+from healer.redact import redact as process_redact
 
 # How long a probe that was cancelled at its timeout may take to unwind (close sockets,
 # kill a child) before run_check stops waiting for it and reports the timeout anyway.
@@ -32,8 +33,6 @@ _CANCEL_GRACE = 0.5
 POOL_SHARD = 32
 
 _ERROR_MAX = 300
-_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]*@")
-_PASSWORD_RE = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +81,12 @@ def budget(timeout: timedelta) -> float:
 
 
 def redact(text: str, *secrets: str) -> str:
-    """`text` without URL credentials, `password=...`-style values or any of `secrets`."""
+    """`text` through the process-wide redactor (healer/redact.py), and without `secrets`: the
+    values a probe holds that healer.toml did not name (a DSN given to one check)."""
     for s in secrets:
         if s:
-            text = text.replace(s, "***")
-    text = _USERINFO_RE.sub(r"\1", text)
-    return _PASSWORD_RE.sub(r"\1\2***", text)
+            text = text.replace(s, MASK)
+    return process_redact(text)
 
 
 def describe_error(exc: BaseException, *secrets: str) -> str:
@@ -179,7 +178,16 @@ async def run_check(ctx: ProbeContext, check: CheckConfig) -> CheckResult:
         if isinstance(exc, TimeoutError):
             return failed(check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout")
         return failed(check, describe_error(exc))
-    return task.result()
+    return _redacted(task.result())
+
+
+def _redacted(result: CheckResult) -> CheckResult:
+    """The result with its error redacted: what a probe quotes from outside (an answer, a driver's
+    message) may hold a secret, and every result is printed, stored and sent."""
+    if result.error is None:
+        return result
+    error = process_redact(result.error)
+    return result if error == result.error else replace(result, error=error)
 
 
 async def _abandon(task: asyncio.Task[CheckResult]) -> None:
