@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+from helpers import HEALER, write_config
 
 from healer.model import CheckResult
+from healer.redact import MASK
 
 RunProbe = Callable[..., Awaitable[CheckResult]]
 
@@ -64,9 +70,7 @@ async def test_cwd_is_used(run_probe: RunProbe, tmp_path: Path) -> None:
     assert r.ok, r.error
 
 
-async def test_timeout_kills_the_command_and_its_children(
-    run_probe: RunProbe, tmp_path: Path
-) -> None:
+async def test_timeout_kills_the_command_and_its_children(run_probe: RunProbe, tmp_path: Path) -> None:
     """A command past its timeout is `command.timeout`; it and what it started are killed."""
     pids = tmp_path / "pids"
     script = f"sleep 60 & echo $$ $! > {pids}; wait"
@@ -91,9 +95,7 @@ async def test_missing_program_is_a_failed_check(run_probe: RunProbe) -> None:
     assert r.error and "healer-no-such-program" in r.error and "not found" in r.error
 
 
-async def test_background_child_holding_output_does_not_stretch_the_check(
-    run_probe: RunProbe, tmp_path: Path
-) -> None:
+async def test_background_child_holding_output_does_not_stretch_the_check(run_probe: RunProbe, tmp_path: Path) -> None:
     """A command that exits while a child it left keeps its output open is judged at its exit."""
     pids = tmp_path / "pids"
     start = time.monotonic()
@@ -104,3 +106,51 @@ async def test_background_child_holding_output_does_not_stretch_the_check(
         assert time.monotonic() - start < 2
     finally:
         psutil.Process(int(pids.read_text())).kill()
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_yes_for_three_seconds_keeps_disk_and_memory_bounded(tmp_path: Path) -> None:
+    """`healer check` on `yes` with a 3 s timeout: no temp file grows, the state dir stays small, memory flat."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    config = write_config(
+        tmp_path,
+        """
+        state_dir = "state"
+        [[checks]]
+        name = "spew"
+        type = "command"
+        argv = ["yes"]
+        timeout = "3s"
+        """,
+    )
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen(
+        [*HEALER, "--config", str(config), "check", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    peak_rss, peak_disk = 0, 0
+    watched = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            peak_rss = max(peak_rss, watched.memory_info().rss)
+        peak_disk = max(peak_disk, tree_bytes(tmp_path))
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 1, err
+    [result] = json.loads(out)["results"]
+    assert result["symptoms"] == ["command.timeout"] and "was killed" in result["error"]
+    assert peak_disk < 1024 * 1024, peak_disk  # the old temp file reached gigabytes
+    assert peak_rss < 200 * 1024 * 1024, peak_rss
+    assert list(tmp.iterdir()) == []
+
+
+async def test_the_tail_of_a_failing_command_is_redacted(run_probe: RunProbe) -> None:
+    """A command that prints a DSN and a password: the quoted last line holds neither."""
+    script = "echo postgresql://shop:S3cr3tPw-cmd@127.0.0.1/shop; echo REDIS_PASSWORD=R3disPw-cmd; exit 1"
+    r = await run_probe({"type": "command", "argv": ["sh", "-c", script]})
+    assert r.error is not None and r.error.endswith(f"REDIS_PASSWORD={MASK}")
+    assert "R3disPw-cmd" not in r.error
