@@ -26,6 +26,7 @@ It knows two kinds of secret:
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -147,8 +148,14 @@ def _spellings(value: str) -> set[str]:
     value = value.strip()
     if not value:
         return set()
-    # as sent in a URL, and as echoed inside a JSON string ("\/services\/T0...")
-    return {value, quote(value, safe=""), quote(value, safe="/:"), json.dumps(value)[1:-1].replace("/", "\\/")}
+    # as sent in a URL, as echoed inside a JSON string ("\/services\/T0..."), as escaped in HTML
+    return {
+        value,
+        quote(value, safe=""),
+        quote(value, safe="/:"),
+        json.dumps(value)[1:-1].replace("/", "\\/"),
+        html.escape(value, quote=False),
+    }
 
 
 def _is_tokenish(part: str) -> bool:

@@ -29,6 +29,7 @@ from healer.config import Config, Secret
 from healer.errors import DeliveryError, UsageError
 from healer.logging import RedactingFilter
 from healer.model import Alert, Severity
+from healer.redact import MASK, add_secrets
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SLACK_ENV = {"webhook_url_env": "SLACK_WEBHOOK_URL"}
@@ -543,6 +544,26 @@ async def test_token_and_webhook_never_appear_in_logs_errors_or_alert_text(
         for rec in alerts.history():
             assert secret not in str(rec.to_json()) and secret not in rec.message.detail
     alerts.close()
+
+
+async def test_a_message_sent_directly_reaches_the_chats_redacted(tmp_path: Path, fake: ChatFake) -> None:
+    """Without the outbox (healer sends directly when its store is down), a known secret and a
+    URL password in the text still reach Slack and Telegram masked."""
+    add_secrets("R3disPw-direct<&>")
+    item = AlertItem(
+        "rollback.failed", Severity.CRITICAL, "stable-1 is not healthy either",
+        "after command 1 exited 1: REDIS=R3disPw-direct<&> postgresql://shop:DbPw-direct@db/shop",
+    )  # fmt: skip
+    msg = AlertMessage(items=(item,), app="shop", created_at=T0)
+    slack = SlackChannel(webhook_url=Secret(fake.webhook_url))
+    telegram = TelegramChannel(token=Secret(fake.token), chat_id="4242", api_url=fake.url)
+    for channel in (slack, telegram):
+        await channel.send(msg)
+    received = fake.all_text()
+    assert len(fake.slack_messages()) == 1 and len(fake.telegram_messages()) == 1
+    for leak in ("R3disPw-direct", "R3disPw-direct&lt;&amp;&gt;", "DbPw-direct"):
+        assert leak not in received
+    assert f"postgresql://shop:{MASK}@db/shop" in fake.telegram_messages()[0]["text"]
 
 
 # ---- alert test --------------------------------------------------------------------------------

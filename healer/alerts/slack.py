@@ -27,7 +27,7 @@ from healer.alerts.message import AlertMessage, slack_payload
 from healer.config import Secret, SlackConfig, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
-from healer.redact import add_secrets, redact
+from healer.redact import REDACTOR, add_secrets, redact
 
 DEFAULT_API_URL = "https://slack.com/api/"
 DEFAULT_RETRY_AFTER = 30.0  # seconds, when a 429 does not say
@@ -53,8 +53,10 @@ class SlackChannel:
     kind: str = "slack"
 
     def payload(self, message: AlertMessage, *, delayed: timedelta | None = None) -> dict[str, Any]:
-        """The JSON body: blocks and a plain-text fallback."""
-        return slack_payload(message, delayed=delayed)
+        """The JSON body: blocks and a plain-text fallback, redacted (the last edge before Slack,
+        whichever way the message came: the outbox, or sent directly while the store is down)."""
+        body: dict[str, Any] = REDACTOR.value(slack_payload(message, delayed=delayed))
+        return body
 
     async def notify(self, payload: dict[str, Any]) -> None:
         """Send a built payload; raises DeliveryError."""

@@ -56,8 +56,9 @@ class TelegramChannel:
         return base if base.endswith("/bot") else base + "/bot"
 
     def payload(self, message: AlertMessage, *, delayed: timedelta | None = None) -> str:
-        """The message text: HTML, escaped, at most 4096 characters."""
-        return telegram_text(message, delayed=delayed)
+        """The message text: HTML, escaped, at most 4096 characters, redacted (the last edge
+        before Telegram, whichever way the message came)."""
+        return redact(telegram_text(message, delayed=delayed))
 
     async def notify(self, text: str) -> None:
         """Send built text; raises DeliveryError with the token scrubbed out."""
