@@ -21,11 +21,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from healer import __version__
+from healer import __version__, redact
 from healer.clock import SystemClock
 from healer.config import Config, config_path, format_duration, load_config, parse_duration
 from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
+from healer.ladder import Attribution
 from healer.model import CheckResult, Outcome, Verdict, Who
 from healer.schedule import next_due, phase_at
 
@@ -59,7 +60,9 @@ def handles_errors(fn: F) -> F:
 
 
 def _config(ctx: click.Context) -> Config:
-    return load_config(config_path(ctx.obj.get("config")))
+    config = load_config(config_path(ctx.obj.get("config")))
+    redact.configure(config)  # every command: nothing it prints, stores or sends holds a secret
+    return config
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -150,27 +153,38 @@ def _setup_logging(config: Config) -> None:
 # ---- check ---------------------------------------------------------------------------------------
 
 
-async def _check_once(config: Config) -> tuple[Verdict, bool]:
-    """One cycle, judged against the current deploy's baseline when there is one."""
+async def _check_once(config: Config) -> tuple[Verdict, bool, Attribution | None]:
+    """One cycle, judged against the current deploy's baseline when there is one, and the
+    likely cause of a failure, as the loop would name it."""
     from healer import gitrepo
     from healer.checks import probe_context, run_checks
+    from healer.ladder import attribute
+    from healer.model import Deploy
     from healer.store import Store
 
-    baseline = None
     commit: str | None = None
     with contextlib.suppress(GitError):  # an unreadable repo: judge against the last deploy seen
         commit = gitrepo.head_commit(config.app.repo) if config.app.repo else None
+    now = SystemClock().now()
+    deploy = Deploy(id=0, commit=commit or "unversioned", first_seen=now)  # a deploy healer has not seen
+    previous: bool | None = None
     if config.db_path.exists():
         store = Store(config.db_path)
         try:
             d = store.current_deploy()
             if d is not None and (commit is None or d.commit == commit):
-                baseline = d.baseline
+                deploy = d
+                before = store.previous_deploy(d.id)
+                previous = None if before is None else before.last_ok
+            elif d is not None:
+                previous = d.last_ok  # HEAD moved since healer last looked: d is the release before
         finally:
             store.close()
     async with probe_context(config) as ctx:
         results = await run_checks(ctx)
-    return judge(results, baseline, config.checks, SystemClock().now()), baseline is not None
+    verdict = judge(results, deploy.baseline, config.checks, SystemClock().now())
+    att = None if verdict.ok else attribute(verdict, deploy, config, previous_healthy=previous)
+    return verdict, deploy.baseline is not None, att
 
 
 def _results_table(results: tuple[CheckResult, ...], title: str) -> Table:
@@ -196,16 +210,19 @@ def _num(v: float) -> str:
 def check(ctx: click.Context, as_json: bool) -> None:
     """Run one cycle now, judged against the baseline; changes nothing. Exit 0 healthy, 1 not."""
     config = _config(ctx)
-    verdict, has_baseline = _run(_check_once(config))
+    verdict, has_baseline, att = _run(_check_once(config))
     if as_json:
         click.echo(json.dumps({
             "ok": verdict.ok, "at": verdict.at.isoformat(), "baseline": has_baseline,
+            "cause": None if att is None else att.label, "cause_why": None if att is None else att.why,
             "symptoms": list(verdict.symptoms), "results": [r.to_json() for r in verdict.results],
         }, indent=2))  # fmt: skip
     else:
         con = _console()
         base = "against the baseline" if has_baseline else "no baseline yet"
         con.print(_results_table(verdict.results, f"{config.app.name}: {verdict.summary()} ({base})"))
+        if att is not None:
+            con.print(f"likely cause: {att.label} ({att.why})", markup=False, highlight=False)
     sys.exit(0 if verdict.ok else 1)
 
 
@@ -253,7 +270,12 @@ def status_data(config: Config) -> dict[str, Any]:
             "stable_tag": d.stable_tag,
         }  # fmt: skip
         out["next_check"] = due.isoformat()
-        out["last_cycle"] = None if d.last_cycle_at is None else {"at": d.last_cycle_at.isoformat(), "ok": d.last_ok}
+        last = store.last_loop_cycle(d.id)
+        out["last_cycle"] = None if last is None else {
+            "at": last.at.isoformat(), "ok": last.ok, "summary": last.summary,
+            "cause": last.cause, "next_step": last.next_step,
+        }  # fmt: skip
+        out["deploy_begun_until"] = meta.get("deploy_begun_until")
         out["consecutive_failures"] = d.consecutive_failures
         out["rollback_after"] = config.escalation.rollback_after
         out["baseline"] = None if d.baseline is None else {
@@ -309,6 +331,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
     lc = data.get("last_cycle")
     if lc:
         con.print(f"last     {'healthy' if lc['ok'] else 'FAILING'} {_ago(datetime.fromisoformat(lc['at']), now)}")
+        if not lc["ok"]:
+            con.print(f"         {lc['summary']}", markup=False, highlight=False)
+            if lc.get("cause"):
+                con.print(f"cause    likely {lc['cause']}", markup=False, highlight=False)
+        if lc.get("next_step"):
+            con.print(f"then     {lc['next_step']}", markup=False, highlight=False)
+    if data.get("deploy_begun_until"):
+        until = datetime.fromisoformat(data["deploy_begun_until"])
+        if until > now:
+            con.print(f"[yellow]deploy in progress[/] (healer deploy begin) until {_when(until)}: acting on nothing")
     con.print(f"failures {data['consecutive_failures']} in a row (rollback after {data['rollback_after']})")
     b = data.get("baseline")
     con.print(
@@ -399,6 +431,8 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
                     "who": c.who,
                     "ok": c.ok,
                     "what": c.summary,
+                    "cause": c.cause,
+                    "next": c.next_step,
                     "deploy": c.deploy_id,
                 }
             )
@@ -454,11 +488,11 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
         table.add_column(col, overflow="fold")
     for r in rows:
         outcome = r.get("outcome") or ("ok" if r.get("ok") else ("FAIL" if r.get("ok") is False else ""))
-        detail = (
-            r.get("what", "")
-            if r["type"] == "check"
-            else " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
-        )
+        if r["type"] == "check":
+            cause = f" — likely cause: {r['cause']}" if r.get("cause") and not r.get("ok") else ""
+            detail = r.get("what", "") + cause + (f"; then: {r['next']}" if r.get("next") and not r.get("ok") else "")
+        else:
+            detail = " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)
     _console().print(table)
 
@@ -690,6 +724,65 @@ def resume(ctx: click.Context) -> None:
     if ended:
         _announce(config, "pause.ended", "Resumed", f"by {_person()}: repairs and rollbacks are armed again")
     click.echo("resumed: repairs and rollbacks are armed again" if ended else "not paused")
+
+
+@cli.group()
+def deploy() -> None:
+    """Tell healer when a deploy script runs: `healer deploy begin` ... `healer deploy end`."""
+
+
+@deploy.command("begin")
+@click.option("--for", "for_", default="30m", show_default=True, help="At most this long, if `end` never comes.")
+@click.option("--reason", default="deploy script", show_default=True, help="Shown in status and history.")
+@click.pass_context
+@handles_errors
+def deploy_begin(ctx: click.Context, for_: str, reason: str) -> None:
+    """A deploy is starting: keep checking and recording, repair and roll back nothing until
+    `healer deploy end` (or the --for expiry): the app may be stopped or migrating on purpose."""
+    from healer.loop import DEPLOY_BEGUN_KEY
+    from healer.store import Store
+
+    span = _duration(for_, "--for")
+    config = _config(ctx)
+    now = SystemClock().now()
+    until = now + span
+    store = Store(config.db_path)
+    try:
+        store.set_meta(**{DEPLOY_BEGUN_KEY: until.isoformat()})
+        d = store.current_deploy()
+        store.start_action(
+            kind="deploy.begin", name=format_duration(span), who=Who.PERSON, reason=reason, now=now,
+            deploy_id=None if d is None else d.id, outcome=Outcome.OK, detail=f"until {until.isoformat()}",
+        )  # fmt: skip
+    finally:
+        store.close()
+    click.echo(f"deploy in progress until {_when(until)}: healer records but acts on nothing (`healer deploy end`)")
+
+
+@deploy.command("end")
+@click.pass_context
+@handles_errors
+def deploy_end(ctx: click.Context) -> None:
+    """The deploy is done: judge the release at HEAD from its next cycle on, with no grace."""
+    from healer import gitrepo
+    from healer.loop import DEPLOY_BEGUN_KEY, DEPLOY_ENDED_KEY
+    from healer.store import Store
+
+    config = _config(ctx)
+    commit = gitrepo.head_commit(config.app.repo) if config.app.repo else None
+    now = SystemClock().now()
+    store = Store(config.db_path)
+    try:
+        store.set_meta(**{DEPLOY_BEGUN_KEY: None, DEPLOY_ENDED_KEY: commit})
+        d = store.current_deploy()
+        store.start_action(
+            kind="deploy.end", name=(commit or "unversioned")[:12], who=Who.PERSON, reason="healer deploy end",
+            now=now, deploy_id=None if d is None else d.id, outcome=Outcome.OK,
+        )  # fmt: skip
+    finally:
+        store.close()
+    at = f" {commit[:12]}" if commit else ""
+    click.echo(f"deploy done: healer judges{at} from its next cycle on")
 
 
 def _person() -> str:

@@ -139,6 +139,9 @@ class _Model(BaseModel):
 class _Check(_Model):
     name: Name
     timeout: PositiveDuration = timedelta(seconds=5)
+    # "dependency": its failure explains the app's (no rollback, no restart loop); default by
+    # type: redis, postgres and system checks are dependencies, the others watch the app
+    role: Literal["app", "dependency"] | None = None
 
 
 class HttpCheck(_Check):
@@ -284,6 +287,9 @@ class EscalationConfig(_Model):
     rollback_after: Annotated[int, Field(ge=1, le=100)] = 5
     recover_after: Annotated[int, Field(ge=1, le=100)] = 2
     repair_grace: Duration = timedelta(seconds=30)
+    # after HEAD moves, while the app does not answer at all: the deploy may still be stopping,
+    # migrating and starting it; healer records but repairs and rolls back nothing
+    deploy_grace: Duration = timedelta(seconds=60)
     mode: Literal["act", "observe"] = "act"
     emergency: EmergencyConfig = EmergencyConfig()
 
@@ -358,7 +364,20 @@ class DispatchRule(_Model):
 
 
 DEFAULT_RULES = (
-    DispatchRule(when=("process.down", "process.memory", "process.cpu", "system.memory"), run="process-restart"),
+    # the app not answering, answering 5xx, its process gone, bloated or spinning: a restart
+    # (cheap) comes before any rollback (see healer/ladder.py for when a rollback may follow)
+    DispatchRule(
+        when=(
+            "http.down",
+            "http.timeout",
+            "http.5xx",
+            "process.down",
+            "process.memory",
+            "process.cpu",
+            "system.memory",
+        ),
+        run="process-restart",
+    ),
     DispatchRule(when=("redis.latency", "redis.memory"), run="redis-flush"),
     DispatchRule(when=("postgres.latency", "postgres.connections"), run="connection-reset"),
     DispatchRule(when=("http.rate_limited",), run="rate-limit-clear"),

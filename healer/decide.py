@@ -7,10 +7,11 @@ decide() returns intents and never carries them out; the loop does, and records 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from healer.config import Config, HttpCheck, SystemCheck
+from healer.ladder import Attribution, Cause, Spacing, attribute, deploy_grace, next_run_at, restart_failed
 from healer.model import (
     Alert,
     Deploy,
@@ -28,11 +29,19 @@ from healer.model import (
 
 @dataclass(frozen=True, slots=True)
 class PlaybookPolicy:
-    """How often a playbook may run: a cooldown between runs and a cap per launch window."""
+    """How often a playbook may run: a cooldown (or a growing backoff) between runs and a cap
+    per launch window; whether it restarts the app, and whether this config lets it run."""
 
     name: str
     cooldown: timedelta
     max_per_window: int
+    backoff: tuple[timedelta, ...] = ()
+    restarts_app: bool = False  # one of its steps is process.restart
+    runnable: bool = True  # False: a section it needs is missing (e.g. no [process])
+
+    @property
+    def spacing(self) -> Spacing:
+        return Spacing(self.cooldown, self.backoff)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,12 @@ class Situation:
     repairs: tuple[PastRepair, ...] = ()
     playbooks: Mapping[str, PlaybookPolicy] = field(default_factory=dict)
     has_rollback_target: bool = True
+    previous_healthy: bool | None = None  # the release before this one was healthy when replaced
+    head_moved: bool = True  # this release replaced one healer watched (HEAD moved): a deploy happened
+    incident_since: datetime | None = None  # when the open incident opened
+    deploy_begun_until: datetime | None = None  # `healer deploy begin` is in force until then
+    deploy_ended_commit: str | None = None  # the commit `healer deploy end` named
+    previous_cause: str | None = None  # the likely cause of this deploy's last failing cycle
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +92,16 @@ class Decision:
     emergency_streak: int
     intents: tuple[Intent, ...]
     next_step: str  # for people: what healer will do next
+    attribution: Attribution | None = None  # why a failing cycle failed (None: it passed)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairChoice:
+    """What the repair rung gives this cycle."""
+
+    intents: list[Intent]
+    skipped: list[str]  # "process-restart in backoff until 12:00:10 UTC (run 2 of 5)"
+    restart_pending: bool  # a restart of the app is waiting out its backoff
 
 
 def decide(s: Situation, config: Config) -> Decision:
@@ -85,13 +110,23 @@ def decide(s: Situation, config: Config) -> Decision:
     1. A passing cycle counts towards recovery; `recover_after` passes in a row resolve the
        incident. A single pass in between failures does not open a new incident later:
        the incident stays open until the app has recovered for real (no flapping alerts).
-    2. A failing cycle opens an incident when none is open.
-    3. Held (waiting for a person) or paused: count and record, act on nothing.
-    4. `rollback_after` failures in a row, or an emergency seen in `confirm_cycles` cycles
-       in a row, escalate to a rollback — once per deploy: a deploy that is itself the
-       result of an automatic rollback holds instead, and so does one with no stable tag.
-    5. Otherwise repair: the playbooks that the dispatch rules name for the symptoms,
-       unless cooling down or capped for the window.
+    2. A deploy in progress (`deploy_grace`, `healer deploy begin`): record, count nothing,
+       open nothing, act on nothing.
+    3. A failing cycle names its likely cause (ladder.attribute) and opens an incident when
+       none is open, saying the cause; a dependency that comes to explain an open incident
+       is said once.
+    4. Held (waiting for a person) or paused: count and record, act on nothing.
+    5. The cause's ladder (ladder.LADDER) says what may follow, cheapest first:
+       a. the playbooks the rules name for the symptoms (only the dependency's own for a
+          dependency cause, and at most one restart there), spaced by cooldown or backoff
+          and capped per window; a skipped remedy is said, with until when;
+       b. a rollback, when the cause allows one: after `rollback_after` counted failures, or
+          an emergency confirmed by `confirm_cycles` once no restart is left to try, or — when
+          the deploy is the suspect — as soon as a restart already failed on this release.
+          Once per deploy: a deploy that is itself an automatic rollback's result holds
+          instead (after its own restart), and so does one with no stable tag.
+       Failures count toward `rollback_after` only where the ladder says so, and not while a
+       restart of a crashed healthy release waits out its backoff.
     """
     esc = config.escalation
     d, v = s.deploy, s.verdict
@@ -109,83 +144,150 @@ def decide(s: Situation, config: Config) -> Decision:
                 step = f"incident resolves after {esc.recover_after - passes} more passing cycle(s)"
         return Decision(0, passes, 0, tuple(intents), step)
 
-    failures = d.consecutive_failures + 1
+    grace = deploy_grace(
+        d, v, s.now, config, begun_until=s.deploy_begun_until, ended_commit=s.deploy_ended_commit,
+        head_moved=s.head_moved,
+    )  # fmt: skip
+    if grace is not None:
+        att = Attribution(Cause.DEPLOYING, grace)
+        return Decision(d.consecutive_failures, 0, d.emergency_streak, (), f"{grace}; recording only", att)
+
+    att = attribute(v, d, config, previous_healthy=s.previous_healthy)
+    rungs = att.rungs
     intents = []
     if d.open_incident is None:
-        intents.append(OpenIncident(cause=v.summary()))
-        intents.append(Alert("incident.opened", Severity.WARNING, _failing_names(v), v.summary()))
-    reasons = emergency_reasons(v, config)
+        intents.append(OpenIncident(cause=f"{v.summary()} (likely cause: {att.label})"))
+        intents.append(Alert("incident.opened", Severity.WARNING, _failing_names(v, att), f"{v.summary()}; {att.why}"))
+    elif att.cause is Cause.DEPENDENCY and s.previous_cause != att.label:
+        # the incident began as the app's; now a dependency explains it: say so, once
+        intents.append(Alert("incident.cause", Severity.WARNING, _failing_names(v, att), att.why, d.open_incident))
+    reasons = emergency_reasons(v, config) if rungs.rollback else []
     streak = d.emergency_streak + 1 if reasons else 0
 
-    def done(step: str) -> Decision:
-        return Decision(failures, 0, streak, tuple(intents), step)
+    def done(step: str, failures: int) -> Decision:
+        return Decision(failures, 0, streak, tuple(intents), step, att)
 
     if d.held:
-        return done(f"held, waiting for a person: {d.held}")
+        return done(f"held, waiting for a person: {d.held}", d.consecutive_failures + int(rungs.counts))
     if s.pause is not None:
-        return done(f"paused until {s.pause.until:%H:%M} UTC ({s.pause.reason}): acting on nothing")
+        step = f"paused until {s.pause.until:%H:%M} UTC ({s.pause.reason}): acting on nothing"
+        return done(step, d.consecutive_failures + int(rungs.counts))
 
-    emergency = streak >= esc.emergency.confirm_cycles
-    if failures >= esc.rollback_after or emergency:
-        why = (
-            f"emergency: {'; '.join(reasons)} ({streak} cycles)"
-            if emergency and failures < esc.rollback_after
-            else f"{failures} consecutive failing cycles: {v.summary()}"
+    choice = choose_repairs(s, config, att)
+    restarts = {n for n, p in s.playbooks.items() if p.restarts_app}
+    # the deploy is the suspect, or this release is already a rollback's result: once a restart
+    # failed here, another one only keeps the app down longer — the next rung is the rollback
+    # (or, after a rollback, the hold)
+    failed_restart = (att.cause is Cause.DEPLOY or d.via_rollback) and restart_failed(
+        [(r.name, r.outcome) for r in s.repairs], frozenset(restarts)
+    )
+    if failed_restart:
+        choice = replace(
+            choice, intents=[i for i in choice.intents if not (isinstance(i, Repair) and i.kind in restarts)]
         )
+    restarting = any(isinstance(i, Repair) and i.kind in restarts for i in choice.intents)
+    counted = rungs.counts and not (att.cause is Cause.APP_PROCESS and (choice.restart_pending or restarting))
+    failures = d.consecutive_failures + int(counted)
+    skipped = f" ({'; '.join(choice.skipped)})" if choice.skipped else ""
+    if not rungs.rollback:
+        intents += choice.intents
+        what = "repairing" if any(isinstance(i, Repair) for i in choice.intents) else "telling people"
+        return done(f"likely cause {att.label}: not rolling back, {what}{skipped}", failures)
+
+    repairing = any(isinstance(i, Repair) for i in choice.intents)
+    emergency = streak >= esc.emergency.confirm_cycles and not repairing and not choice.restart_pending
+    failed_restart = failed_restart and not repairing
+    if failures >= esc.rollback_after or emergency or failed_restart:
+        if failures >= esc.rollback_after:
+            why = f"{failures} consecutive failing cycles: {v.summary()}"
+        elif emergency:
+            why = f"emergency: {'; '.join(reasons)} ({streak} cycles)"
+        else:
+            why = f"a restart did not cure it: {v.summary()}"
+        why += f" (likely cause: {att.label})"
         if d.via_rollback:
+            tried = any(r.name in restarts and r.outcome is not Outcome.SKIPPED for r in s.repairs)
+            if repairing or (choice.restart_pending and not tried):
+                intents += choice.intents
+                return done(f"the rolled-back version fails: trying a restart before holding{skipped}", failures)
             msg = f"the rolled-back version is failing too ({why}); not rolling back again"
             intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "not acting", msg)]
-            return done("waiting for a person (healer rollback / healer repair / a new deploy)")
+            return done("waiting for a person (healer rollback / healer repair / a new deploy)", failures)
         if not s.has_rollback_target:
             msg = f"no stable tag to roll back to ({why})"
             intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "not acting", msg)]
-            return done("waiting for a person (healer rollback --to REF / a new deploy)")
+            return done("waiting for a person (healer rollback --to REF / a new deploy)", failures)
         if s.observe:
             # announce the would-be rollback once: on the first cycle that warranted it
             before = failures - 1 >= esc.rollback_after or d.emergency_streak >= esc.emergency.confirm_cycles
             if not before:
-                intents.append(Rollback(why, observe=True))
-            return done("observe mode: would roll back")
-        intents.append(Rollback(why))
-        return done("rolling back")
+                intents.append(Rollback(why, observe=True, mark_bad=rungs.mark_bad))
+            return done("observe mode: would roll back", failures)
+        intents.append(Rollback(why, mark_bad=rungs.mark_bad))
+        return done("rolling back", failures)
 
+    intents += choice.intents
     left = esc.rollback_after - failures
     step = f"rollback in {left} more failing cycle{'s' if left != 1 else ''}"
-    intents += choose_repairs(s, config)
-    return done(step)
+    if not counted and rungs.counts:
+        step = f"restart pending; {step} once restarts are exhausted"
+    return done(step + skipped, failures)
 
 
-def choose_repairs(s: Situation, config: Config) -> list[Intent]:
+def choose_repairs(s: Situation, config: Config, att: Attribution | None = None) -> RepairChoice:
     """The playbooks the dispatch rules name for the verdict's symptoms, in rule order.
 
-    A playbook cooling down is left alone; one that reached its cap for the window is
-    announced once (`repair.capped`) and then left alone.
+    For a dependency cause only the dependency checks' symptoms count, and the app is
+    restarted at most `max_restarts` times per incident. A playbook waiting out its cooldown or
+    backoff is left alone and said to be ("... until 12:00:10 UTC"); one that reached its cap
+    for the window is announced once (`repair.capped`) and then left alone; one this config
+    cannot run (no [process] for a restart) is not chosen.
     """
-    symptoms = set(s.verdict.symptoms)
+    att = att or Attribution(Cause.UNKNOWN, "")
+    rungs = att.rungs
+    if not rungs.repairs:
+        return RepairChoice([], [], False)
+    results = s.verdict.results
+    if att.cause is Cause.DEPENDENCY:
+        results = tuple(r for r in results if r.name in att.dependencies)
+    symptoms = {sym for r in results for sym in r.symptoms}
     wanted: dict[str, str] = {}
     for rule in config.playbooks.rules:
         hit = [sym for sym in rule.when if sym in symptoms]
         if hit and rule.run not in wanted:
             wanted[rule.run] = ", ".join(hit)
     out: list[Intent] = []
+    skipped: list[str] = []
+    pending = False
     for name, why in wanted.items():
         policy = s.playbooks.get(name)
-        if policy is None:
+        if policy is None or not policy.runnable:
             continue
         runs = [r for r in s.repairs if r.name == name and r.note != "cap"]
         counted = [r for r in runs if r.outcome is not Outcome.SKIPPED or s.observe]
-        last = max((r.at for r in counted), default=None)
-        if last is not None and s.now - last < policy.cooldown:
-            continue
+        if policy.restarts_app and rungs.max_restarts is not None:
+            since = s.incident_since or s.now
+            if sum(1 for r in counted if r.at >= since) >= rungs.max_restarts:
+                skipped.append(f"{name} already ran for this incident (at most {rungs.max_restarts})")
+                continue
         if len(counted) >= policy.max_per_window:
             if not any(r.name == name and r.note == "cap" for r in s.repairs):
                 msg = f"{name} ran {len(counted)} times this window (cap {policy.max_per_window}); not again"
                 out.append(Alert("repair.capped", Severity.WARNING, name, msg))
+            skipped.append(f"{name} capped: {len(counted)} of {policy.max_per_window} this window")
             continue
-        out.append(Repair(name, f"symptoms: {why}", observe=s.observe))
+        due = next_run_at(policy.spacing, [r.at for r in counted])
+        if due is not None and s.now < due:
+            kind = "backoff" if policy.backoff else "cooldown"
+            skipped.append(
+                f"{name} in {kind} until {due:%H:%M:%S} UTC (run {len(counted) + 1} of {policy.max_per_window})"
+            )
+            pending = pending or policy.restarts_app
+            continue
+        out.append(Repair(name, f"symptoms: {why}; likely cause: {att.label}", observe=s.observe))
         if sum(isinstance(i, Repair) for i in out) >= config.playbooks.max_per_cycle:
             break
-    return out
+    return RepairChoice(out, skipped, pending)
 
 
 def emergency_reasons(v: Verdict, config: Config) -> list[str]:
@@ -211,5 +313,6 @@ def emergency_reasons(v: Verdict, config: Config) -> list[str]:
     return out
 
 
-def _failing_names(v: Verdict) -> str:
-    return ", ".join(r.name for r in v.failing) + " failing"
+def _failing_names(v: Verdict, att: Attribution) -> str:
+    """ "api failing — likely cause: redis" """
+    return ", ".join(r.name for r in v.failing) + f" failing — likely cause: {att.label}"

@@ -53,6 +53,10 @@ from healer.store import CycleUpdate, Store
 log = logging.getLogger("healer")
 T = TypeVar("T")
 
+# `healer deploy begin` / `end` (meta keys): the deploy script says when it runs.
+DEPLOY_BEGUN_KEY = "deploy_begun_until"  # ISO time: record, act on nothing until then (or `end`)
+DEPLOY_ENDED_KEY = "deploy_ended_commit"  # the commit at HEAD when the script said it was done
+
 # While waiting for the next cycle, look at HEAD this often: a new deploy starts a new
 # window at once, not at the end of a 4-hour wait.
 HEAD_POLL = timedelta(seconds=1)
@@ -139,7 +143,7 @@ class AlertSink:
 
     async def __call__(
         self, items: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
-        incident: tuple[int, datetime] | None, now: datetime,
+        incident: tuple[int, datetime] | None, now: datetime, cause: str | None = None,
     ) -> None:  # fmt: skip
         from healer.alerts import CycleContext
 
@@ -154,6 +158,7 @@ class AlertSink:
             incident_since=None if incident is None else incident[1],
             summary="" if verdict is None else verdict.summary(),
             next_step=next_step,
+            cause=cause,
             observe=self.observe,
         )
         await self.alerts.submit(items, context, now)
@@ -193,6 +198,7 @@ class Watchdog:
         self._alert_sink = alert_sink
         self._last_repair_at: datetime | None = None
         self._incident: tuple[int, datetime] | None = None
+        self._cause: str | None = None  # the likely cause of the latest failing cycle, for alerts
         self._policies = repair.policies(config)  # validates the playbook files once, at start
         self.liveness = liveness or Liveness(stall_limit(config))
         self.heartbeat = heartbeat
@@ -225,18 +231,9 @@ class Watchdog:
         now = self.clock.now()
         results = await run_checks(self.ctx)
         verdict = judge(results, deploy.baseline, self.config.checks, now)
-        pause = await self._db(self.store.active_pause, now)
-        situation = Situation(
-            deploy=deploy,
-            verdict=verdict,
-            now=now,
-            pause=pause,
-            observe=self.observe,
-            repairs=await self._db(self.store.past_repairs, deploy.id),
-            playbooks=self._policies,
-            has_rollback_target=(verdict.ok or await asyncio.to_thread(rollback.has_target, self.config, self.store)),
-        )
+        situation = await self._situation(deploy, verdict, now)
         decision = decide(situation, self.config)
+        self._cause = None if decision.attribution is None else decision.attribution.label
         phase = phase_at(deploy.first_seen, now, self.config.schedule)
         update = CycleUpdate(
             consecutive_failures=decision.consecutive_failures,
@@ -246,6 +243,8 @@ class Watchdog:
             open_incident_cause=next((i.cause for i in decision.intents if isinstance(i, OpenIncident)), None),
             resolve_incident=any(isinstance(i, ResolveIncident) for i in decision.intents),
             phase_index=phase.index,
+            cause=self._cause,
+            next_step=decision.next_step,
         )
         previous_phase = await self._db(self.store.phase_index, deploy.id)
         opened = await self._db(self.store.record_cycle, deploy.id, verdict, Who.LOOP, update)
@@ -255,6 +254,7 @@ class Watchdog:
             ok=verdict.ok,
             failures=decision.consecutive_failures,
             summary=verdict.summary(),
+            cause=self._cause,
             next=decision.next_step,
         )
         if update.baseline is not None:
@@ -313,6 +313,30 @@ class Watchdog:
                     )  # fmt: skip
         return report
 
+    async def _situation(self, deploy: Deploy, verdict: Verdict, now: datetime) -> Situation:
+        """What decide() needs besides the verdict, read from the store and the repository."""
+        meta = await self._db(self.store.meta)
+        begun = meta.get(DEPLOY_BEGUN_KEY)
+        incident = None if deploy.open_incident is None else await self._db(self.store.incident, deploy.open_incident)
+        previous = await self._db(self.store.previous_deploy, deploy.id)
+        failing = not verdict.ok
+        return Situation(
+            deploy=deploy,
+            verdict=verdict,
+            now=now,
+            pause=await self._db(self.store.active_pause, now),
+            observe=self.observe,
+            repairs=await self._db(self.store.past_repairs, deploy.id),
+            playbooks=self._policies,
+            has_rollback_target=(verdict.ok or await asyncio.to_thread(rollback.has_target, self.config, self.store)),
+            previous_healthy=None if previous is None else previous.last_ok,
+            head_moved=previous is not None,
+            incident_since=None if incident is None else incident.opened_at,
+            deploy_begun_until=datetime.fromisoformat(begun) if begun else None,
+            deploy_ended_commit=meta.get(DEPLOY_ENDED_KEY),
+            previous_cause=await self._db(self.store.last_cause, deploy.id) if failing else None,
+        )
+
     async def _guarded(
         self, action: Awaitable[list[Alert]], intent: Repair | Rollback, incident: int | None
     ) -> list[Alert]:
@@ -352,7 +376,9 @@ class Watchdog:
             event("repair.error", kind=intent.kind, error=str(e))
             report.actions.append(f"repair {intent.kind}: error")
             return [Alert("repair.failed", Severity.WARNING, f"{intent.kind} could not run", str(e), incident)]
-        self._last_repair_at = self.clock.now()
+        # `repair_grace` counts from the repair's start: its own verification (`verify_within`)
+        # has usually used it up, so a failed restart is followed by the next rung at once
+        self._last_repair_at = now
         report.actions.append(f"repair {intent.kind}: {'ok' if result.ok else 'failed'}")
         event("repair.finished", kind=intent.kind, ok=result.ok, detail=result.detail)
         if result.ok:
@@ -382,7 +408,7 @@ class Watchdog:
             with self.liveness.busy(action_budget(self.config)):
                 result = await rollback.run_rollback(
                     config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
-                    who=Who.LOOP, reason=intent.reason,
+                    who=Who.LOOP, reason=intent.reason, mark_bad=intent.mark_bad,
                 )  # fmt: skip
         except HealerError as e:
             msg = f"rollback could not run: {e}; waiting for a person"
@@ -402,8 +428,9 @@ class Watchdog:
                 Alert("rollback.succeeded", Severity.CRITICAL, f"to {result.to_ref}", result.detail, incident),
                 Alert("incident.resolved", Severity.INFO, "closed by the rollback", result.detail, incident),
             ]
+        then = "waiting for a person" if result.held else "one restart of it, then healer holds if it still fails"
         return [Alert("rollback.failed", Severity.CRITICAL, f"{result.to_ref} is not healthy either",
-                      f"{result.detail}; waiting for a person", incident)]  # fmt: skip
+                      f"{result.detail}; {then}", incident)]  # fmt: skip
 
     async def _alert(
         self, alerts: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
@@ -417,7 +444,8 @@ class Watchdog:
         if not alerts and not always:
             return
         try:
-            await self._alert_sink(alerts, deploy, verdict, next_step, self._incident, self.clock.now())
+            cause = None if verdict is None or verdict.ok else self._cause
+            await self._alert_sink(alerts, deploy, verdict, next_step, self._incident, self.clock.now(), cause)
         except Exception as e:
             event("alert.error", error=f"{type(e).__name__}: {e}")
 

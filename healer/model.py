@@ -129,6 +129,7 @@ class Deploy:
     via_rollback: bool = False  # this deploy is the result of an automatic rollback
     held: str | None = None  # healer stopped acting and waits for a person: why
     stable_tag: str | None = None  # the stable tag healer put on this commit, once
+    healthy_at: datetime | None = None  # its first healthy cycle (None: never healthy yet)
 
 
 # ---- intents: what decide() asks the loop to do -------------------------------------------
@@ -163,6 +164,7 @@ class Rollback:
 
     reason: str
     observe: bool = False
+    mark_bad: bool = True  # remember the release as bad: only when the deploy is the suspect
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,9 @@ class Playbook(_Model):
     description: Annotated[str, Field(min_length=1)]
     steps: Annotated[tuple[Step, ...], Field(min_length=1)]
     cooldown: PositiveDuration = DEFAULT_COOLDOWN
+    # a growing delay instead of the flat cooldown: the nth run waits backoff[n] after the one
+    # before (the last step repeats), like systemd's and supervisor's restart delays
+    backoff: tuple[Duration, ...] = ()
     max_per_window: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_MAX_PER_WINDOW
     verify: tuple[Annotated[str, Field(min_length=1)], ...] = ()  # check types or names; empty: all checks
     verify_within: PositiveDuration = DEFAULT_VERIFY_WITHIN
@@ -239,7 +242,12 @@ def _describe(e: Any) -> str:
 
 def summary(playbook: Playbook) -> str:
     """One line: the playbook's limits, for people."""
+    spacing = (
+        f"backoff {', '.join(format_duration(b) for b in playbook.backoff)}"
+        if playbook.backoff
+        else f"cooldown {format_duration(playbook.cooldown)}"
+    )
     return (
-        f"cooldown {format_duration(playbook.cooldown)}, at most {playbook.max_per_window} per window, "
+        f"{spacing}, at most {playbook.max_per_window} per window, "
         f"verified within {format_duration(playbook.verify_within)}"
     )

@@ -116,8 +116,18 @@ def known_playbooks(config: Config) -> dict[str, Playbook]:
 
 
 def policies(config: Config) -> dict[str, PlaybookPolicy]:
-    """The cooldown and cap of every known playbook."""
-    return {name: PlaybookPolicy(name, p.cooldown, p.max_per_window) for name, p in known_playbooks(config).items()}
+    """The spacing and cap of every known playbook, whether it restarts the app, and whether
+    this config lets it run at all: a restart needs [process] (without one, healer has no way
+    to restart the app and the ladder goes on to what it can do). Other problems, such as an
+    unset secret, are reported when the playbook is chosen, so that people hear of them."""
+    out = {}
+    for name, p in known_playbooks(config).items():
+        restarts = any(s.action == "process.restart" for s in p.steps)
+        out[name] = PlaybookPolicy(
+            name, p.cooldown, p.max_per_window, backoff=p.backoff, restarts_app=restarts,
+            runnable=not (restarts and config.process is None),
+        )  # fmt: skip
+    return out
 
 
 def problems(playbook: Playbook, config: Config) -> list[str]:

@@ -25,12 +25,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from healer import gitrepo
+from healer import gitrepo, runner
 from healer.config import Config, format_duration
 from healer.errors import GitError, HealerError, LockedError, StoreError
 from healer.files import open_private, private_dir, private_fd
 from healer.gitrepo import TagInfo, short
 from healer.model import CheckResult, Outcome, Verdict, Who
+from healer.redact import redact
 
 if TYPE_CHECKING:
     from healer.checks import ProbeContext
@@ -90,6 +91,7 @@ class Plan:
     verify_grace: timedelta
     checks: tuple[str, ...]  # the checks that verify it: all of them
     mark_bad: bool  # the from-commit becomes known bad
+    restart: bool = False  # no `after` commands: restart the app through [process] instead
     stash: tuple[str, ...] = ()  # files with local changes that --force stashes first
     refusal: Refusal | None = None
     refused: str = ""  # one line for people when refused
@@ -125,9 +127,7 @@ class RollbackResult:
 # ---- the pure part ---------------------------------------------------------------------------
 
 
-def eligible(
-    tags: Sequence[TagInfo], *, head: str, deployed: str | None, bad: Mapping[str, str]
-) -> list[TagInfo]:
+def eligible(tags: Sequence[TagInfo], *, head: str, deployed: str | None, bad: Mapping[str, str]) -> list[TagInfo]:
     """The stable tags a rollback may go to, newest first: never the commit checked out or
     deployed, never a known-bad one."""
     here = {head, deployed}
@@ -143,9 +143,7 @@ def pick_target(state: RepoState) -> tuple[str, str] | None:
     return None
 
 
-def plan(
-    state: RepoState, config: Config, *, who: Who, reason: str, force: bool = False
-) -> Plan:
+def plan(state: RepoState, config: Config, *, who: Who, reason: str, force: bool = False, suspect: bool = True) -> Plan:
     """Work out a rollback from `state`, or why it is refused.
 
     1. The target is the ref asked for, else the newest stable tag whose commit is neither
@@ -154,13 +152,16 @@ def plan(
     3. A known-bad target is refused; a person's --force overrides this for an explicit --to
        (an undo of a rollback goes back to the commit it left, which is marked bad).
     4. Local changes to tracked files are refused; --force stashes them first.
-    5. The from-commit is marked bad when the loop rolls back, and when a person moves back
-       (the target is an ancestor of HEAD, or unrelated to it). A person moving forward to a
-       descendant of HEAD, as an undo does, condemns nothing.
+    5. The from-commit is marked bad when the loop rolls back because the deploy is the
+       suspect (`suspect`), and when a person moves back (the target is an ancestor of HEAD, or
+       unrelated to it). A person moving forward to a descendant of HEAD, as an undo does,
+       condemns nothing.
+    6. With no `[rollback] after` commands, the app is restarted through `[process]`, so that
+       it runs the rolled-back code.
     """
     target = pick_target(state) if state.repo is not None else None
     to_ref, to_commit = target or (state.to or "", state.to_commit or "")
-    mark_bad = who is Who.LOOP or to_commit not in state.descendants
+    mark_bad = suspect if who is Who.LOOP else to_commit not in state.descendants
     base = Plan(
         who=who,
         reason=reason,
@@ -174,6 +175,7 @@ def plan(
         verify_grace=config.rollback.verify_grace,
         checks=tuple(c.name for c in config.checks),
         mark_bad=mark_bad,
+        restart=not config.rollback.after and config.process is not None,
         from_subject=state.subjects.get(state.head, ""),
         to_subject=state.subjects.get(to_commit, "") if to_commit else "",
     )
@@ -247,8 +249,10 @@ def describe(p: Plan) -> str:
     if p.commands:
         within = format_duration(p.command_timeout)
         steps.append(f"run in {p.repo}, in order, each within {within}:")
+    elif p.restart:
+        steps.append("restart the app through [process] ([rollback] after is empty), as process-restart does")
     else:
-        steps.append("run no commands ([rollback] after is empty)")
+        steps.append("run no commands ([rollback] after is empty, and there is no [process] to restart the app)")
     out = [f"  {i}. {s}" for i, s in enumerate(steps, 1)]
     out += [f"       $ {shlex.join(argv)}" for argv in p.commands]
     checks = ", ".join(p.checks)
@@ -257,7 +261,7 @@ def describe(p: Plan) -> str:
         f"check(s) ({checks}) up to {VERIFY_TRIES} times until they pass"
     )
     if p.who is Who.LOOP:
-        out.append(f"  {len(steps) + 2}. if they still fail: hold, and wait for a person")
+        out.append(f"  {len(steps) + 2}. if they still fail: one restart, then hold and wait for a person")
     undo = f"  undo: healer rollback --to {short(p.from_commit)} --reason ..."
     if p.mark_bad:
         undo += " --force"
@@ -381,6 +385,7 @@ async def run_rollback(
     to: str | None = None,
     force: bool = False,
     dry_run: bool = False,
+    mark_bad: bool = True,
 ) -> RollbackResult:
     """Roll back to `to` or the newest stable tag; one at a time, journaled, verified.
 
@@ -405,7 +410,7 @@ async def run_rollback(
     """
     if dry_run:
         state = await asyncio.to_thread(_read_state, config, store, to)
-        p = plan(state, config, who=who, reason=reason, force=force)
+        p = plan(state, config, who=who, reason=reason, force=force, suspect=mark_bad)
         return RollbackResult(
             ok=p.ok, from_commit=p.from_commit, to_ref=p.to_ref, to_commit=p.to_commit,
             detail=describe(p), changed=False, refused=p.refused or None, plan=p,
@@ -417,7 +422,7 @@ async def run_rollback(
             if who is not Who.LOOP or to is not None:
                 raise  # a person sees git's reason at once (exit 2)
             return await _refused(store, clock, who, reason, f"cannot read the repository: {e}")
-        p = plan(state, config, who=who, reason=reason, force=force)
+        p = plan(state, config, who=who, reason=reason, force=force, suspect=mark_bad)
         if not p.ok:
             return await _refused(store, clock, who, reason, p.refused, p)
         return await _execute(p, config=config, ctx=ctx, store=store, clock=clock)
@@ -439,9 +444,7 @@ async def _refused(
     )  # fmt: skip
     held = False
     if who is Who.LOOP and current is not None:
-        await asyncio.to_thread(
-            store.set_held, current.id, f"automatic rollback refused: {why}; waiting for a person"
-        )
+        await asyncio.to_thread(store.set_held, current.id, f"automatic rollback refused: {why}; waiting for a person")
         held = True
     return RollbackResult(
         ok=False, from_commit=p.from_commit if p else "", to_ref=p.to_ref if p else "",
@@ -458,9 +461,7 @@ def _journal(p: Plan) -> str:
     )  # fmt: skip
 
 
-async def _execute(
-    p: Plan, *, config: Config, ctx: ProbeContext, store: Store, clock: Clock
-) -> RollbackResult:
+async def _execute(p: Plan, *, config: Config, ctx: ProbeContext, store: Store, clock: Clock) -> RollbackResult:
     repo = p.repo
     assert repo is not None  # plan() refuses without a repo
     current = await asyncio.to_thread(store.current_deploy)
@@ -473,7 +474,10 @@ async def _execute(
     )  # fmt: skip
     log.info(
         "rollback.started who=%s from=%s to=%s commit=%s",
-        p.who, short(p.from_commit), p.to_ref, short(p.to_commit),
+        p.who,
+        short(p.from_commit),
+        p.to_ref,
+        short(p.to_commit),
     )
     head = f"{p.to_ref} ({short(p.to_commit)}) from {short(p.from_commit)}"
     try:
@@ -498,9 +502,7 @@ async def _execute(
             prefix="; ".join([head, *notes]),
         )  # fmt: skip
     except (HealerError, OSError) as e:
-        await asyncio.to_thread(
-            store.finish_action, action_id, Outcome.ERROR, clock.now(), _line(f"{head}: {e}")
-        )
+        await asyncio.to_thread(store.finish_action, action_id, Outcome.ERROR, clock.now(), _line(f"{head}: {e}"))
         raise
 
 
@@ -548,22 +550,20 @@ async def _after_checkout(
         await asyncio.to_thread(
             store.mark_bad, p.from_commit, _line(f"rolled back {by} to {p.to_ref}: {p.reason}"), now
         )
-    deploy, _ = await asyncio.to_thread(
-        lambda: store.ensure_deploy(p.to_commit, now, via_rollback=p.who is Who.LOOP)
-    )
-    ok, why = await _run_commands(p, repo, config.state_dir / f"rollback-{action_id}.log")
+    deploy, _ = await asyncio.to_thread(lambda: store.ensure_deploy(p.to_commit, now, via_rollback=p.who is Who.LOOP))
+    ok, why = await _run_commands(p, repo, config.state_dir / f"rollback-{action_id}.log", config)
     results: tuple[CheckResult, ...] = ()
     if ok:
+        ran = why if p.restart else ""  # say that healer restarted the app itself
         ok, results, why = await _verify(ctx, clock, p.verify_grace)
-        await asyncio.to_thread(
-            store.record_cycle, deploy.id, Verdict(at=clock.now(), results=results), p.who, None
-        )
+        why = f"{ran}; {why}" if ran else why
+        await asyncio.to_thread(store.record_cycle, deploy.id, Verdict(at=clock.now(), results=results), p.who, None)
     detail = _line(f"{prefix}: {why}")
-    await asyncio.to_thread(
-        store.finish_action, action_id, Outcome.OK if ok else Outcome.FAILED, clock.now(), detail
-    )
+    await asyncio.to_thread(store.finish_action, action_id, Outcome.OK if ok else Outcome.FAILED, clock.now(), detail)
     held = False
-    if not ok and p.who is Who.LOOP:
+    # the loop's rolled-back release that still fails gets the ladder again (a restart, where
+    # [process] says how) before healer holds: decide() holds it if that does not cure it
+    if not ok and p.who is Who.LOOP and config.process is None:
         hold = (
             f"rolled back to {p.to_ref} ({short(p.to_commit)}) but {why}; not rolling back again: "
             "waiting for a person (healer rollback --to REF, healer repair, or a new deploy)"
@@ -577,12 +577,13 @@ async def _after_checkout(
     )  # fmt: skip
 
 
-async def _run_commands(p: Plan, repo: Path, log_path: Path) -> tuple[bool, str]:
+async def _run_commands(p: Plan, repo: Path, log_path: Path, config: Config) -> tuple[bool, str]:
     """Run the `after` commands in order in the work tree; the first failure stops them.
     Their output goes to `log_path` (a file, not a pipe: a restart that leaves a daemon holding
-    its stdout must not keep healer waiting)."""
+    its stdout must not keep healer waiting). With none, restart the app through [process]
+    (the rolled-back code is not running until something starts it)."""
     if not p.commands:
-        return True, "no after commands"
+        return await _restart_app(config) if p.restart else (True, "no after commands")
     env = {
         **os.environ,
         "HEALER_ROLLBACK_FROM": p.from_commit,
@@ -609,31 +610,43 @@ async def _run_commands(p: Plan, repo: Path, log_path: Path) -> tuple[bool, str]
 async def _run_command(
     argv: Sequence[str], cwd: Path, timeout: timedelta, env: Mapping[str, str], out: BinaryIO
 ) -> str | None:
-    """Run one command; None when it exits 0, else what went wrong. On a timeout (or when the
-    rollback is cancelled) its whole process group is killed."""
+    """Run one command through healer's runner; None when it exits 0, else what went wrong.
+    On a timeout (or when the rollback is cancelled) its whole process group is killed. The
+    tail of its output (the last 64 KiB, redacted) is written to `out` when it ends."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
-            stdout=out, stderr=out, start_new_session=True,
-        )  # fmt: skip
+        done = await runner.run(argv, timeout=timeout, cwd=cwd, env=env)
     except FileNotFoundError:
         return f"cannot run: {argv[0]!r} not found"
     except PermissionError:
         return f"cannot run: {argv[0]!r} is not executable"
     except OSError as e:
         return f"cannot run: {e.strerror}"
-    try:
-        code = await asyncio.wait_for(proc.wait(), timeout.total_seconds())
-    except TimeoutError:
-        _kill_group(proc.pid)
-        await proc.wait()
+    if done.truncated:
+        out.write(b"[earlier output not kept]\n")
+    out.write(done.output.encode())
+    out.flush()
+    if done.timed_out:
         return f"timed out after {format_duration(timeout)} (killed)"
-    except asyncio.CancelledError:
-        _kill_group(proc.pid)
-        raise
-    if code < 0:
-        return f"was killed by signal {-code}"
-    return None if code == 0 else f"exited {code}"
+    if done.returncode < 0:
+        return f"was killed by signal {-done.returncode}"
+    return None if done.returncode == 0 else f"exited {done.returncode}"
+
+
+async def _restart_app(config: Config) -> tuple[bool, str]:
+    """The process-restart playbook's action, as a step of the rollback: (ok, what happened)."""
+    from healer.actions import process  # psutil and the managers: only when a rollback restarts
+    from healer.playbook import ProcessRestartStep
+
+    step = ProcessRestartStep(action="process.restart")
+    try:
+        async with asyncio.timeout(step.timeout.total_seconds()):
+            line = await process.restart(step, config)
+    except TimeoutError:
+        return False, f"the restart through [process] timed out after {format_duration(step.timeout)}"
+    except HealerError as e:
+        return False, f"the restart through [process] failed: {e}"
+    log.info("rollback.restarted detail=%s", line)
+    return True, f"restarted the app: {line}"
 
 
 def _kill_group(pid: int) -> None:
@@ -642,7 +655,7 @@ def _kill_group(pid: int) -> None:
 
 
 def _tail(path: Path, start: int) -> str:
-    """The last non-empty line a command wrote."""
+    """The last non-empty line a command wrote, redacted."""
     try:
         with path.open("rb") as f:
             f.seek(max(start, path.stat().st_size - _TAIL))
@@ -650,12 +663,10 @@ def _tail(path: Path, start: int) -> str:
     except OSError:
         return ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
+    return redact(lines[-1]) if lines else ""
 
 
-async def _verify(
-    ctx: ProbeContext, clock: Clock, grace: timedelta
-) -> tuple[bool, tuple[CheckResult, ...], str]:
+async def _verify(ctx: ProbeContext, clock: Clock, grace: timedelta) -> tuple[bool, tuple[CheckResult, ...], str]:
     """Re-run every check after `grace`, up to VERIFY_TRIES times, until all pass."""
     from healer.checks import run_checks  # the shell's probes; plan() and describe() stay pure
 
@@ -678,9 +689,7 @@ def _line(text: str) -> str:
 # ---- after a kill ----------------------------------------------------------------------------
 
 
-async def resume_unfinished(
-    *, config: Config, ctx: ProbeContext, store: Store, clock: Clock
-) -> list[RollbackResult]:
+async def resume_unfinished(*, config: Config, ctx: ProbeContext, store: Store, clock: Clock) -> list[RollbackResult]:
     """Finish or report the rollbacks a kill interrupted (journal rows still `started`).
 
     Under the rollback lock: when another process holds it, its rollback is alive, not
@@ -752,6 +761,7 @@ async def _resume_one(
         commands=tuple(tuple(a) for a in config.rollback.after),
         command_timeout=config.rollback.command_timeout, verify_grace=config.rollback.verify_grace,
         checks=tuple(c.name for c in config.checks), mark_bad=mark_bad,
+        restart=not config.rollback.after and config.process is not None,
     )  # fmt: skip
     log.warning("rollback.resuming action=%d to=%s", row.id, to_ref)
     return await _after_checkout(

@@ -23,6 +23,7 @@ from healer.decide import PastRepair, Pause
 from healer.errors import StoreError
 from healer.files import FILE_MODE, make_private, private_dir
 from healer.model import Baseline, CheckResult, Deploy, Outcome, Verdict, Who
+from healer.redact import redact
 
 SCHEMA_VERSION = 1
 
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS deploys (
     via_rollback INTEGER NOT NULL DEFAULT 0,
     held TEXT,
     stable_tag TEXT,
-    phase_index INTEGER
+    phase_index INTEGER,
+    healthy_at TEXT                      -- its first healthy loop cycle (attribution: was it ever healthy?)
 );
 CREATE TABLE IF NOT EXISTS cycles (
     id INTEGER PRIMARY KEY,
@@ -51,7 +53,9 @@ CREATE TABLE IF NOT EXISTS cycles (
     ok INTEGER NOT NULL,
     who TEXT NOT NULL,
     summary TEXT NOT NULL,
-    results TEXT NOT NULL                -- JSON list of CheckResult
+    results TEXT NOT NULL,               -- JSON list of CheckResult
+    cause TEXT,                          -- a failing loop cycle's likely cause: deploy, dependency redis, ...
+    next_step TEXT                       -- what healer did or will do next, skipped remedies included
 );
 -- (at, ok) covers counting a period's cycles and passes without reading the rows (report)
 CREATE INDEX IF NOT EXISTS cycles_at_ok ON cycles(at, ok);
@@ -96,6 +100,9 @@ CREATE TABLE IF NOT EXISTS pauses (
 """
 
 
+# Columns added after the first release: (table, column), all TEXT and NULL by default.
+_ADDED_COLUMNS = (("deploys", "healthy_at"), ("cycles", "cause"), ("cycles", "next_step"))
+
 # Per UTC hour and check: how many results, how many passed. record_cycle keeps it up to date in
 # the cycle's transaction, so a report over 30 days sums 720 rows per check instead of parsing the
 # JSON of every cycle (43,200 cycles at a 1-minute cadence); only the partial hours at the ends of
@@ -117,6 +124,11 @@ _ROLLUP_FROM_CYCLES = (
     "SELECT substr(c.at, 1, 13), json_extract(j.value, '$.name'), SUM(json_extract(j.value, '$.ok')), COUNT(*), "
     f"MIN(c.id * {_POSITIONS} + j.key) FROM cycles c, json_each(c.results) j"
 )
+
+
+def _scrub(text: str) -> str:
+    """The last safety net: free text is redacted before it is written, whoever forgot to."""
+    return redact(text)
 
 
 def _ts(t: datetime) -> str:
@@ -184,11 +196,14 @@ class CycleRow:
     who: str
     summary: str
     results: tuple[CheckResult, ...]
+    cause: str | None = None  # a failing loop cycle's likely cause
+    next_step: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "deploy_id": self.deploy_id, "at": _ts(self.at), "ok": self.ok,
-            "who": self.who, "summary": self.summary, "results": [r.to_json() for r in self.results],
+            "who": self.who, "summary": self.summary, "cause": self.cause, "next_step": self.next_step,
+            "results": [r.to_json() for r in self.results],
         }  # fmt: skip
 
 
@@ -203,6 +218,8 @@ class CycleUpdate:
     open_incident_cause: str | None  # open an incident with this cause
     resolve_incident: bool
     phase_index: int | None = None
+    cause: str | None = None  # a failing cycle's likely cause (Attribution.label)
+    next_step: str | None = None  # what healer does next, skipped remedies included
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -211,10 +228,18 @@ def connect(path: Path) -> sqlite3.Connection:
 
     The file is made 0600 before SQLite opens it: SQLite creates -wal and -shm with the
     database file's own mode, so those come out private too; ones left by an older healer
-    are tightened here. ":memory:" (a read-only command's throwaway store) has no file."""
+    are tightened here. ":memory:" (a read-only command's throwaway store) has no file.
+
+    An existing file is chmod-ed by name, never opened and closed: SQLite's locks are POSIX
+    record locks, which a process loses on *every* descriptor of the file when it closes
+    *any* of them — an open+close here while the store's own connection is open would drop
+    its locks, and another process closing the database would then delete the live WAL."""
     if str(path) != ":memory:":
         private_dir(path.parent)
-        make_private(path)
+        if path.exists():
+            path.chmod(FILE_MODE)
+        else:
+            make_private(path)  # nothing in this process has it open yet
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 Path(f"{path}{suffix}").chmod(FILE_MODE)
@@ -257,6 +282,7 @@ class Store:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            self._ensure_columns()
             self._ensure_rollups()
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot open the state database: {e}") from None
@@ -266,6 +292,14 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _ensure_columns(self) -> None:
+        """Add the columns a database from an older healer lacks (ALTER TABLE ... ADD COLUMN)."""
+        for table, column in _ADDED_COLUMNS:
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
     def _ensure_rollups(self) -> None:
         """Create check_hours once, filled from the cycles already recorded (a database from
@@ -350,7 +384,7 @@ class Store:
 
     def set_held(self, deploy_id: int, reason: str | None) -> None:
         with self._tx() as db:
-            db.execute("UPDATE deploys SET held = ? WHERE id = ?", (reason, deploy_id))
+            db.execute("UPDATE deploys SET held = ? WHERE id = ?", (reason and _scrub(reason), deploy_id))
 
     def set_stable_tag(self, deploy_id: int, tag: str) -> None:
         with self._tx() as db:
@@ -378,13 +412,16 @@ class Store:
     def record_cycle(self, deploy_id: int, verdict: Verdict, who: Who, update: CycleUpdate | None) -> int | None:
         """Record a cycle and, for the loop's cycles, its counters and incident, atomically.
         Returns the id of an incident opened by this cycle."""
-        results = json.dumps([r.to_json() for r in verdict.results])
+        results = json.dumps([{**r.to_json(), "error": r.error and _scrub(r.error)} for r in verdict.results])
         opened: int | None = None
         at = _ts(verdict.at)
         with self._tx() as db:
+            cause = None if update is None else update.cause
+            step = None if update is None else update.next_step
             cur = db.execute(
-                "INSERT INTO cycles(deploy_id, at, ok, who, summary, results) VALUES (?, ?, ?, ?, ?, ?)",
-                (deploy_id, at, int(verdict.ok), str(who), verdict.summary(), results),
+                "INSERT INTO cycles(deploy_id, at, ok, who, summary, results, cause, next_step) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (deploy_id, at, int(verdict.ok), str(who), verdict.summary(), results, cause, step),
             )
             base = int(cur.lastrowid or 0) * _POSITIONS
             db.executemany(
@@ -404,12 +441,14 @@ class Store:
             }
             if update.baseline is not None:
                 sets["baseline"] = _baseline_json(update.baseline)
+            if verdict.ok:
+                db.execute("UPDATE deploys SET healthy_at = ? WHERE id = ? AND healthy_at IS NULL", (at, deploy_id))
             if update.phase_index is not None:
                 sets["phase_index"] = update.phase_index
             if update.open_incident_cause is not None:
                 cur = db.execute(
                     "INSERT INTO incidents(deploy_id, opened_at, cause) VALUES (?, ?, ?)",
-                    (deploy_id, _ts(verdict.at), update.open_incident_cause),
+                    (deploy_id, _ts(verdict.at), _scrub(update.open_incident_cause)),
                 )
                 opened = int(cur.lastrowid or 0)
                 sets["open_incident"] = opened
@@ -478,6 +517,7 @@ class Store:
     ) -> int:  # fmt: skip
         """Journal an action before doing it (outcome `started`), or record a finished one."""
         finished = None if outcome is Outcome.STARTED else _ts(now)
+        reason, detail = _scrub(reason), _scrub(detail)
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO actions(at, finished_at, deploy_id, incident_id, kind, name, who, reason, outcome, detail,"
@@ -490,7 +530,7 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "UPDATE actions SET outcome = ?, finished_at = ?, detail = ? WHERE id = ?",
-                (str(outcome), _ts(now), detail, action_id),
+                (str(outcome), _ts(now), _scrub(detail), action_id),
             )
 
     def actions(
@@ -526,7 +566,7 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO bad_commits(commit_sha, marked_at, reason) VALUES (?, ?, ?)",
-                (commit, _ts(now), reason),
+                (commit, _ts(now), _scrub(reason)),
             )
 
     def bad_commits(self) -> dict[str, str]:
@@ -593,6 +633,19 @@ class Store:
     # ---- reports and metrics (operations) ----
     # Read-only queries for healer/report.py and healer/metrics.py. They count what retention
     # has kept: after `retention` (90 days) pruned rows no longer count.
+
+    def previous_deploy(self, deploy_id: int) -> Deploy | None:
+        """The deploy that `deploy_id` replaced (None: healer watched nothing before it)."""
+        rows = self._query("SELECT * FROM deploys WHERE id < ? ORDER BY id DESC LIMIT 1", (deploy_id,))
+        return _deploy(rows[0]) if rows else None
+
+    def last_cause(self, deploy_id: int) -> str | None:
+        """The likely cause recorded with the deploy's latest failing loop cycle."""
+        rows = self._query(
+            "SELECT cause FROM cycles WHERE deploy_id = ? AND who = 'loop' AND ok = 0 ORDER BY id DESC LIMIT 1",
+            (deploy_id,),
+        )
+        return rows[0][0] if rows else None
 
     def last_loop_cycle(self, deploy_id: int) -> CycleRow | None:
         """The loop's latest cycle of a deploy (not a rollback's verification run)."""
@@ -693,14 +746,16 @@ def _deploy(r: sqlite3.Row) -> Deploy:
         via_rollback=bool(r["via_rollback"]),
         held=r["held"],
         stable_tag=r["stable_tag"],
+        healthy_at=_dt(r["healthy_at"]),
     )
 
 
 def _cycle(r: sqlite3.Row) -> CycleRow:
     results = tuple(CheckResult.from_json(x) for x in json.loads(r["results"]))
     return CycleRow(
-        r["id"], r["deploy_id"], datetime.fromisoformat(r["at"]), bool(r["ok"]), r["who"], r["summary"], results
-    )
+        r["id"], r["deploy_id"], datetime.fromisoformat(r["at"]), bool(r["ok"]), r["who"], r["summary"], results,
+        r["cause"], r["next_step"],
+    )  # fmt: skip
 
 
 def _action(r: sqlite3.Row) -> ActionRow:

@@ -36,7 +36,7 @@ async def test_healthy_app_passes_with_values(run_probe: RunProbe, http_app: Sta
 @pytest.mark.parametrize(
     ("behaviour", "symptoms", "status"),
     [
-        pytest.param("error500", ("http.status",), 500, id="500"),
+        pytest.param("error500", ("http.status", "http.5xx"), 500, id="500"),
         pytest.param("ratelimited", ("http.status", "http.rate_limited"), 429, id="429"),
         pytest.param("close", ("http.down",), 0, id="closed-without-answer"),
         pytest.param("garbage", ("http.error",), 0, id="not-http"),
@@ -111,11 +111,11 @@ async def test_one_failed_sample_in_three_still_passes(
 
 
 async def test_two_failed_samples_in_three_fail(run_probe: RunProbe, http_app: StartApp) -> None:
-    """A flaky app failing two requests in three fails with `http.status`."""
+    """A flaky app failing two requests in three fails with `http.status` and `http.5xx`."""
     app = http_app("flaky", fail_ratio=2 / 3)
     r = await run_probe(http(app.url))
     assert not r.ok
-    assert r.symptoms == ("http.status",)
+    assert r.symptoms == ("http.status", "http.5xx")
     assert r.values["samples_ok"] == 1 and r.values["status"] == 500
 
 
@@ -179,7 +179,7 @@ async def test_behaviour_switched_at_runtime_is_seen(
     app = http_app("healthy")
     assert (await run_probe(http(app.url))).ok
     app.behaviour = "error500"
-    assert (await run_probe(http(app.url))).symptoms == ("http.status",)
+    assert (await run_probe(http(app.url))).symptoms == ("http.status", "http.5xx")
     app.behaviour = "healthy"
     assert (await run_probe(http(app.url))).ok
 

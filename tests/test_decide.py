@@ -87,6 +87,7 @@ class Driver:
         self.deploy = replace(
             self.deploy, consecutive_failures=d.consecutive_failures, consecutive_passes=d.consecutive_passes,
             emergency_streak=d.emergency_streak, open_incident=open_id,
+            healthy_at=self.deploy.healthy_at or (self.now if ok else None),
         )  # fmt: skip
         self.log.extend(d.intents)
         return list(d.intents)
@@ -201,10 +202,11 @@ def test_an_emergency_confirmed_by_two_cycles_rolls_back_early() -> None:
     )
     deploy = Deploy(id=1, commit="a" * 40, first_seen=T0)
     down = tuple(CheckResult(n, "http", False, None, {}, "refused", ("http.down",)) for n in ("api", "web"))
-    first = decide(Situation(deploy=deploy, verdict=Verdict(T0, down), now=T0), cfg)
+    now = T0 + timedelta(minutes=5)  # past the deploy grace
+    first = decide(Situation(deploy=deploy, verdict=Verdict(now, down), now=now), cfg)
     assert not any(isinstance(i, Rollback) for i in first.intents)
     deploy = replace(deploy, consecutive_failures=1, emergency_streak=first.emergency_streak, open_incident=1)
-    second = decide(Situation(deploy=deploy, verdict=Verdict(T0, down), now=T0), cfg)
+    second = decide(Situation(deploy=deploy, verdict=Verdict(now, down), now=now), cfg)
     assert any(isinstance(i, Rollback) and "emergency" in i.reason for i in second.intents)
 
 

@@ -64,7 +64,9 @@ def test_policies_cover_every_known_playbook(tmp_path: Path) -> None:
     got = policies(make_config(tmp_path, playbooks={"dir": "pb"}))
     assert set(got) == SHIPPED | {"warm-cache"}
     assert (got["warm-cache"].cooldown, got["warm-cache"].max_per_window) == (timedelta(minutes=5), 2)
-    assert got["process-restart"].max_per_window == 3
+    assert got["process-restart"].max_per_window == 5
+    assert got["process-restart"].backoff[:2] == (timedelta(0), timedelta(seconds=10))
+    assert got["process-restart"].restarts_app and not got["redis-flush"].restarts_app
 
 
 def test_a_user_playbook_overrides_a_shipped_one_by_name(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ a timeout. With manager = "command" healer does it itself:
 1. find the app's processes by `match` (a substring of the command line) or `pidfile`;
    healer itself and its ancestors never match, and a pidfile whose process started after
    the file was written names a reused PID and is ignored;
-2. SIGTERM them, wait `stop_timeout`, SIGKILL what is left;
+2. SIGTERM them (and SIGCONT, so a frozen process handles it), wait `stop_timeout`, SIGKILL
+   what is left;
 3. start `start` detached (its own session, stdin from /dev/null, output appended to
    `<state_dir>/app.log`, cwd `[process] cwd`), through a short-lived launcher so the app is
    not healer's child and outlives it;
@@ -296,6 +297,9 @@ async def _restart_by_command(config: Config, pc: ProcessConfig) -> str:
     stopped = ""
     if old:
         await asyncio.to_thread(_signal_all, old, signal.SIGTERM)
+        # a stopped (SIGSTOP, frozen) process holds SIGTERM pending until it runs again: wake it,
+        # as systemd does after its stop signal, so a hung app stops now, not at the SIGKILL
+        await asyncio.to_thread(_signal_all, old, signal.SIGCONT)
         left = await _wait_gone(old, pc.stop_timeout.total_seconds())
         killed = len(left)
         if left:
@@ -335,7 +339,7 @@ async def _launch(config: Config, argv: Sequence[str], cwd: Path) -> int:
         msg = f"cannot start `{show_argv(argv)}`: {done.last_line() or f'exit {done.returncode}'}"
         raise ActionError(msg)
     try:
-        return int(done.stdout.strip().splitlines()[-1])
+        return int(done.output.strip().splitlines()[-1])
     except (ValueError, IndexError):
         msg = f"cannot start `{show_argv(argv)}`: the launcher printed no PID"
         raise ActionError(msg) from None

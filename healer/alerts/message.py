@@ -131,6 +131,7 @@ class AlertMessage:
     phase: str | None = None
     since: datetime | None = None  # when the open incident began
     next_step: str | None = None  # "rollback in 2 more failing cycles"
+    cause: str | None = None  # the likely cause of the failing cycle: "dependency redis", "deploy", ...
     observe: bool = False  # healer runs in observe mode: it acts on nothing
 
     def __post_init__(self) -> None:
@@ -182,6 +183,7 @@ class AlertMessage:
             "phase": self.phase,
             "since": None if self.since is None else self.since.isoformat(),
             "next_step": self.next_step,
+            "cause": self.cause,
             "observe": self.observe,
         }
 
@@ -196,6 +198,7 @@ class AlertMessage:
             phase=d.get("phase"),
             since=None if since is None else datetime.fromisoformat(str(since)),
             next_step=d.get("next_step"),
+            cause=d.get("cause"),
             observe=bool(d.get("observe", False)),
         )
 
@@ -260,7 +263,10 @@ def _since_line(msg: AlertMessage) -> str | None:
 
 
 def _next_line(msg: AlertMessage) -> str | None:
-    return f"Next: {_clip(msg.next_step, 300)}" if msg.next_step else None
+    """ "Likely cause: dependency redis. Next: not rolling back, telling people" """
+    cause = f"Likely cause: {msg.cause}." if msg.cause and "likely cause" not in msg.title else ""
+    step = f"Next: {_clip(msg.next_step, 300)}" if msg.next_step else ""
+    return " ".join(x for x in (cause, step) if x) or None
 
 
 def _footer(msg: AlertMessage) -> str:

@@ -65,6 +65,7 @@ class CycleContext:
     incident_since: datetime | None = None  # when it opened
     summary: str = ""  # what is failing now, e.g. "api: http.status"; used in reminders
     next_step: str | None = None  # e.g. rollback_countdown(failures, rollback_after)
+    cause: str | None = None  # the likely cause of the failing cycle: "dependency redis", "deploy", ...
     observe: bool = False
 
 
@@ -225,10 +226,13 @@ def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: ti
     if mem.resolved or (mem.last_at is not None and now - mem.last_at < repeat_every):
         return None
     detail = f"Open for {format_age(now - ctx.incident_since)}." if ctx.incident_since else ""
+    title = ctx.summary or "the incident is still open"
+    if ctx.cause:
+        title += f" — likely cause: {ctx.cause}"
     return AlertItem(
         INCIDENT_REMINDER,
         max(Severity.WARNING, mem.severity),
-        ctx.summary or "the incident is still open",
+        title,
         detail,
         incident_id=inc,
     )
@@ -250,6 +254,7 @@ def _route(kept: Sequence[AlertItem], ctx: CycleContext, routes: Sequence[Route]
             phase=ctx.phase,
             since=ctx.incident_since,
             next_step=ctx.next_step,
+            cause=ctx.cause,
             observe=ctx.observe,
         )
         out.append(Planned(msg, tuple(channels)))

@@ -22,6 +22,7 @@ import httpx
 from healer.checks import budget, describe_error
 from healer.config import HttpCheck, format_duration
 from healer.model import CheckResult
+from healer.redact import redact
 
 if TYPE_CHECKING:
     from healer.checks import ProbeContext
@@ -183,6 +184,8 @@ def _judge(check: HttpCheck, samples: list[_Sample]) -> CheckResult:
         symptoms += [f"http.{k}" for k in top]
         if sum(1 for s in samples if s.status == 429) * 2 > n:
             symptoms.append("http.rate_limited")
+        if sum(1 for s in samples if s.kind == "status" and s.status >= 500) * 2 > n:
+            symptoms.append("http.5xx")  # the app answers, but fails: a restart may cure it
         detail = next(s.detail for s in failures if s.kind == top[0])
         errors.append(f"{len(failures)} of {n} samples failed: {detail}")
     ceiling = check.max_latency.total_seconds()
@@ -196,6 +199,6 @@ def _judge(check: HttpCheck, samples: list[_Sample]) -> CheckResult:
         ok=not symptoms,
         latency=None if median is None else timedelta(seconds=median),
         values=values,
-        error="; ".join(errors) or None,
+        error=redact("; ".join(errors)) or None,  # details quote the app's and proxies' answers
         symptoms=tuple(symptoms),
     )

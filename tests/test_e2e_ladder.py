@@ -1,0 +1,374 @@
+"""End-to-end: the right remedy for each failure, against a real `healer run`.
+
+Each story runs the sample app from a real git repository (tagged `stable-1`) under a real
+manager — healer's own "command" manager, a private PM2 or a private supervisord — with a
+healer.toml shaped like the README's: one `http` check and a `[process]` section, no
+`process` check, the shipped playbooks, and a one-second cadence. Then it breaks the app the way
+production does (a crash, a wedge, a hang, a bad release, a release that crashes at start, Redis
+going away, a deploy that stops the app on purpose) and checks what an on-call person would:
+is the app serving, which release, and what does `healer history` say healer did and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from helpers import HEALER, commit, git, healer, make_repo
+from services import Pm2, Supervisord, free_port, start_redis, wait_for_port
+
+from healer import sampleapp
+from healer.store import Store
+
+pytestmark = pytest.mark.e2e
+
+APP = "shop"
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout:g}s: {what}")
+
+
+class Story:
+    """The app in its repo, its manager, healer.toml, and a running `healer run`."""
+
+    def __init__(self, tmp: Path, manager: str = "command", *, redis_url: str | None = None) -> None:
+        self.tmp = tmp
+        self.repo = make_repo(tmp / "app")
+        self.port = free_port()
+        self.redis_url = redis_url
+        self.manager = manager
+        self.env = {**os.environ}
+        self.pm2: Pm2 | None = None
+        self.sv: Supervisord | None = None
+        self.healer_proc: subprocess.Popen[str] | None = None
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.release("1.0")
+        git(self.repo, "tag", "stable-1")
+        needs: dict[str, Any] = {"redis_url": redis_url, "needs_redis": True} if redis_url else {}
+        self.argv = sampleapp.serve_argv(self.repo, self.port, **needs)
+        self.match = sampleapp.match_text(self.repo)
+
+    # -- the app and its releases --------------------------------------------------------------
+
+    def release(self, version: str, **settings: object) -> str:
+        """Commit app.json for a new release (not yet running)."""
+        (self.repo / "app.json").write_text(json.dumps({"version": version, **settings}))
+        git(self.repo, "add", "app.json")
+        return commit(self.repo, f"release {version}")
+
+    def start_app(self) -> None:
+        if self.manager == "pm2":
+            self.pm2 = self.pm2 or Pm2()
+            self.env = {**os.environ, **self.pm2.env}
+            self.pm2.start(APP, self.argv, self.repo)
+        elif self.manager == "supervisor":
+            if self.sv is None:
+                self.sv = Supervisord(APP, self.argv, self.repo)
+                self.sv.start()
+                self.env = {**os.environ, **self.sv.env}
+            else:
+                self.sv.ctl("start", APP)
+        else:
+            with open(self.tmp / "app.log", "ab") as log:
+                self.children.append(
+                    subprocess.Popen(
+                        self.argv,
+                        cwd=self.repo,
+                        start_new_session=True,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                    )
+                )
+
+    def app_pids(self) -> list[int]:
+        return [p.pid for p in psutil.process_iter(["cmdline"]) if self.match in " ".join(p.info["cmdline"] or [])]
+
+    def stop_app(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        for pid in self.app_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def serving(self) -> str | None:
+        """The version /health answers 200 with, or None."""
+        try:
+            r = httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1)
+        except httpx.HTTPError:
+            return None
+        return str(r.json().get("version")) if r.status_code == 200 else None
+
+    # -- healer ------------------------------------------------------------------------------
+
+    def write_config(self, extra: str = "") -> Path:
+        if self.manager == "pm2":
+            assert self.pm2 is not None
+            process = self.pm2.process_toml(APP)
+        elif self.manager == "supervisor":
+            assert self.sv is not None
+            process = self.sv.process_toml(APP)
+        else:
+            process = (
+                f'[process]\nmanager = "command"\nstart = {json.dumps(self.argv)}\n'
+                f"match = {json.dumps(self.match)}\ncwd = {json.dumps(str(self.repo))}\n"
+            )
+        checks = ""
+        if self.redis_url:
+            checks = f'[[checks]]\nname = "cache"\ntype = "redis"\n[redis]\nurl = "{self.redis_url}"\n'
+        text = f"""\
+state_dir = "state"
+[app]
+name = "{APP}"
+repo = "{self.repo}"
+stable_tags = "stable-*"
+[schedule]
+phases = [{{ until = "72h", every = "1s" }}]
+incident_every = "1s"
+{extra}
+[[checks]]
+name = "api"
+type = "http"
+url = "http://127.0.0.1:{self.port}/health"
+timeout = "2s"
+{checks}
+{process}
+"""
+        self.config = self.tmp / "healer.toml"
+        self.config.write_text(text)
+        return self.config
+
+    def run_healer(self) -> None:
+        with open(self.tmp / "healer.log", "w") as log:
+            self.healer_proc = subprocess.Popen(
+                [*HEALER, "--config", str(self.config), "run"], env=self.env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=log, text=True,
+            )  # fmt: skip
+        wait_until(lambda: self.healthy_cycles() >= 1, 20, "a first healthy cycle")
+
+    def current(self) -> Any:
+        """The deploy healer watches now."""
+        s = Store(self.config.parent / "state" / "healer.db")
+        try:
+            return s.current_deploy()
+        finally:
+            s.close()
+
+    def bad_commits(self) -> dict[str, str]:
+        s = Store(self.config.parent / "state" / "healer.db")
+        try:
+            return s.bad_commits()
+        finally:
+            s.close()
+
+    def healthy_cycles(self) -> int:
+        db = self.config.parent / "state" / "healer.db"
+        if not db.exists():
+            return 0
+        s = Store(db)
+        try:
+            cs = s.cycles()
+            return sum(1 for c in cs if c.ok and c.who == "loop")
+        finally:
+            s.close()
+
+    def rows(self, type_: str | None = None) -> list[dict[str, Any]]:
+        """`healer history --json`, as a person reads it."""
+        out = healer("--config", str(self.config), "history", "--since", "1h", "--json")
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)
+        return [r for r in rows if type_ is None or r["type"] == type_]
+
+    def repairs(self, outcome: str | None = None) -> list[dict[str, Any]]:
+        done = [r for r in self.rows("repair") if r["outcome"] != "started" and r["outcome"] != "skipped"]
+        return [r for r in done if outcome is None or r["outcome"] == outcome]
+
+    def stop(self) -> None:
+        if self.healer_proc is not None and self.healer_proc.poll() is None:
+            self.healer_proc.send_signal(signal.SIGTERM)
+            try:
+                self.healer_proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.healer_proc.kill()
+                self.healer_proc.wait(5)
+        self.stop_app()
+        for pid in self.app_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if self.pm2 is not None:
+            self.pm2.kill()
+        if self.sv is not None:
+            self.sv.stop()
+        self.stop_app()
+        for child in self.children:
+            child.kill()
+            child.wait(5)
+
+    def log(self) -> str:
+        return (self.tmp / "healer.log").read_text()[-3000:]
+
+
+@pytest.fixture
+def story(tmp_path: Path) -> Iterator[Callable[..., Story]]:
+    made: list[Story] = []
+
+    def make(manager: str = "command", extra: str = "", **options: Any) -> Story:
+        s = Story(tmp_path, manager, **options)
+        made.append(s)
+        s.start_app()
+        assert wait_for_port(s.port), "the sample app did not start"
+        s.write_config(extra)
+        s.run_healer()
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def assert_no_rollback(s: Story) -> None:
+    assert s.rows("rollback") == [], s.rows("rollback")
+
+
+def test_a_crash_is_restarted_and_serving_within_seconds_with_no_rollback(story: Callable[..., Story]) -> None:
+    """The app process is killed: healer restarts it through [process]; no rollback, and
+    history says the likely cause was the app process."""
+    s = story()
+    s.stop_app()
+    wait_until(lambda: s.serving() == "1.0" and s.repairs("ok"), 30, "the app restarted and serving")
+    wait_until(lambda: s.serving() == "1.0" and s.current().open_incident is None, 30, "resolved")
+    repair = s.repairs("ok")[0]
+    assert repair["what"] == "process-restart" and repair["who"] == "loop"
+    assert "likely cause: app process" in repair["why"]
+    assert_no_rollback(s)
+
+
+def test_a_second_crash_soon_after_a_cured_first_is_restarted_again(story: Callable[..., Story]) -> None:
+    """Two crashes some seconds apart: two restarts (the backoff starts short), no rollback."""
+    s = story()
+    s.stop_app()
+    wait_until(lambda: s.serving() == "1.0" and s.repairs("ok"), 30, "the first restart")
+    time.sleep(3)
+    s.stop_app()
+    wait_until(lambda: s.serving() == "1.0" and len(s.repairs("ok")) >= 2, 45, "the second restart")
+    assert_no_rollback(s)
+
+
+def test_a_hung_app_is_restarted(story: Callable[..., Story]) -> None:
+    """Every process of the app frozen (SIGSTOP), requests timing out: restarted, not rolled back."""
+    s = story()
+    s.stop_app(signal.SIGSTOP)
+    wait_until(lambda: s.serving() == "1.0" and s.repairs("ok"), 45, "the hung app restarted")
+    assert_no_rollback(s)
+    checks = [r for r in s.rows("check") if not r["ok"]]
+    assert any("http.timeout" in r["what"] for r in checks)
+
+
+@pytest.mark.parametrize("manager", ["pm2", "supervisor"])
+def test_a_wedged_app_is_restarted_through_its_manager(story: Callable[..., Story], manager: str) -> None:
+    """Under PM2 and under supervisor, a wedged app (alive, every request hangs) is restarted
+    with `pm2 restart` / `supervisorctl restart`; no rollback."""
+    s = story(manager)
+    before = s.app_pids()
+    s.stop_app(signal.SIGSTOP)
+    wait_until(lambda: s.serving() == "1.0" and s.repairs("ok"), 60, f"the wedged app restarted by {manager}")
+    detail = s.repairs("ok")[0]["detail"]
+    assert ("pm2" if manager == "pm2" else "supervisorctl") in detail and "restart" in detail
+    assert not set(before) & set(s.app_pids())
+    assert_no_rollback(s)
+
+
+def test_a_release_answering_500_is_rolled_back_once_and_the_stable_tag_serves(
+    story: Callable[..., Story],
+) -> None:
+    """A bad release deployed (HEAD moves, the app restarts on it, /health answers 500): one
+    restart does not help, healer rolls back to stable-1 once, restarts the app on it (no
+    `[rollback] after`), and the bad commit is remembered as bad."""
+    s = story()
+    bad = s.release("2.0", broken=True)
+    s.stop_app()
+    s.start_app()
+    wait_until(lambda: s.rows("rollback") and s.rows("rollback")[-1]["outcome"] != "started", 90, "a rollback")
+    wait_until(lambda: s.serving() == "1.0", 30, "the stable release serving")
+    rollbacks = s.rows("rollback")
+    assert len(rollbacks) == 1 and rollbacks[0]["outcome"] == "ok", rollbacks
+    assert "likely cause: deploy" in rollbacks[0]["why"]
+    assert "restarted the app" in rollbacks[0]["detail"]
+    assert git(s.repo, "rev-parse", "HEAD") == git(s.repo, "rev-parse", "stable-1^{commit}")
+    status = json.loads(healer("--config", str(s.config), "status", "--json").stdout)
+    assert status["deploy"]["via_rollback"]
+    assert bad in s.bad_commits()
+    time.sleep(3)
+    assert len(s.rows("rollback")) == 1
+
+
+def test_a_release_that_crashes_at_start_is_rolled_back_and_started_on_the_stable_tag(
+    story: Callable[..., Story],
+) -> None:
+    """The new release exits at start: after the deploy grace, a restart fails, healer rolls
+    back and starts the app on stable-1."""
+    s = story(extra='[escalation]\ndeploy_grace = "3s"')
+    s.release("2.0", crash=True)
+    s.stop_app()
+    s.start_app()  # crashes at once
+    wait_until(lambda: s.rows("rollback") and s.rows("rollback")[-1]["outcome"] != "started", 90, "a rollback")
+    wait_until(lambda: s.serving() == "1.0", 30, "the stable release started and serving")
+    rollbacks = s.rows("rollback")
+    assert len(rollbacks) == 1 and rollbacks[0]["outcome"] == "ok", rollbacks
+    assert git(s.repo, "rev-parse", "HEAD") == git(s.repo, "rev-parse", "stable-1^{commit}")
+
+
+def test_redis_down_for_half_a_minute_rolls_nothing_back_and_names_redis(
+    story: Callable[..., Story], tmp_path: Path
+) -> None:
+    """The app needs Redis and answers 503 without it; healer's redis check fails too: no
+    rollback, at most one restart, an alert naming the dependency, and the incident resolves
+    when Redis is back."""
+    redis = start_redis(tmp_path / "redis")
+    try:
+        s = story(redis_url=redis.url)
+        port = redis.port
+        redis.stop()
+        time.sleep(30)
+        checks = [r for r in s.rows("check") if not r["ok"] and r["who"] == "loop"]
+        assert checks and all(r["cause"] == "dependency cache" for r in checks), checks[:3]
+        redis = start_redis(tmp_path / "redis2", port=port)
+        wait_until(lambda: s.serving() == "1.0", 30, "the app healthy again")
+        wait_until(lambda: any(r["type"] == "incident.resolved" for r in s.rows()), 30, "the incident resolved")
+        assert_no_rollback(s)
+        assert len([r for r in s.repairs() if r["what"] == "process-restart"]) <= 1
+        alerts = [r for r in s.rows("alert") if "incident.opened" in r["detail"]]
+        assert alerts and "likely cause: dependency cache" in alerts[0]["what"], alerts
+    finally:
+        redis.stop()
+
+
+def test_a_deploy_that_stops_the_app_for_half_a_minute_is_left_alone(story: Callable[..., Story]) -> None:
+    """HEAD moves, the deploy script stops the app (a migration) and starts it 30 s later:
+    healer records but restarts and rolls back nothing."""
+    s = story()
+    s.release("1.1")
+    s.stop_app(signal.SIGTERM)
+    time.sleep(30)
+    s.start_app()
+    wait_until(lambda: s.serving() == "1.1", 20, "the new release serving")
+    time.sleep(2)
+    assert s.repairs() == [], s.repairs()
+    assert_no_rollback(s)
+    failing = [r for r in s.rows("check") if not r["ok"] and r["who"] == "loop"]
+    assert failing and all(r["cause"] == "deploy in progress" for r in failing)
