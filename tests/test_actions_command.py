@@ -8,7 +8,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 import pytest
 
 from healer.actions.command import StepTimedOut, run, run_argv
@@ -40,7 +40,7 @@ async def test_a_non_zero_exit_is_an_action_error_with_the_last_line() -> None:
 async def test_a_shell_is_never_involved(tmp_path: Path) -> None:
     """Metacharacters are plain arguments."""
     done = await run_argv(["echo", "a; rm -rf /tmp/nothing && $HOME"], timeout=timedelta(seconds=5))
-    assert done.stdout == "a; rm -rf /tmp/nothing && $HOME\n"
+    assert done.output == "a; rm -rf /tmp/nothing && $HOME\n"
 
 
 async def test_a_timeout_kills_the_whole_process_group() -> None:
@@ -68,3 +68,22 @@ async def test_a_program_not_on_path_is_an_action_error(tmp_path: Path, monkeypa
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ActionError, match=r"^no-such-tool: not found on PATH$"):
         await run_argv(["no-such-tool", "--fix"], timeout=timedelta(seconds=5))
+
+
+async def test_a_step_that_backgrounds_a_sleep_and_times_out_leaves_nothing_alive(tmp_path: Path) -> None:
+    """`sleep 1000 &` then a sleep past the step's timeout: StepTimedOut, and no process of it survives."""
+    marker = f"1000.{uuid.uuid4().int % 10**8:08d}"  # a sleep duration no other process has
+    config = parse_config(
+        {"state_dir": "st", "checks": [{"name": "api", "type": "http", "url": "http://127.0.0.1:9/"}]},
+        tmp_path / "healer.toml",
+    )
+    step = CommandStep(action="command", argv=["sh", "-c", f"sleep {marker} & sleep 30"],
+                       timeout=timedelta(seconds=1))  # fmt: skip
+    with pytest.raises(StepTimedOut, match=r"timed out after 1s and was killed"):
+        await run(step, config, playbook="warm-cache")
+    time.sleep(0.2)
+    alive = [
+        p for p in psutil.process_iter(["cmdline", "status"])
+        if marker in " ".join(p.info["cmdline"] or ()) and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]  # fmt: skip
+    assert alive == []
