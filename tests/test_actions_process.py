@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import HEALER, healer, make_repo, write_config
 from services import free_port, wait_for_port
 
 from healer.actions import process as proc_actions
@@ -409,3 +410,103 @@ def test_a_pidfile_naming_a_reused_pid_finds_nothing(tmp_path: Path) -> None:
     finally:
         late.kill()
         late.wait()
+
+
+# ---- never healer itself -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        pytest.param(["/usr/local/bin/healer", "--config", "/srv/shop/healer.toml", "run"], True, id="script"),
+        pytest.param(["/venv/bin/python3", "/venv/bin/healer", "run"], True, id="script-via-shebang"),
+        pytest.param(["python3.11", "-m", "healer", "--config", "shop.toml", "run"], True, id="python-m"),
+        pytest.param(["python3", "-I", "-X", "dev", "-mhealer", "run"], True, id="python-m-joined-options"),
+        pytest.param(["python3", "/opt/healer/__main__.py", "run"], True, id="main-py"),
+        pytest.param(["python3", "-m", "healer.sampleapp", "serve", "--repo", "/srv/shop"], False, id="sampleapp"),
+        pytest.param(["python3", "-c", "import healer", "healer"], False, id="inline-code"),
+        pytest.param(["python3", "/srv/shop/app.py", "--name", "healer"], False, id="app-named-healer-arg"),
+        pytest.param(["/srv/shop/bin/shop", "--healer"], False, id="other-program"),
+        pytest.param([], False, id="no-cmdline"),
+    ],
+)
+def test_is_healer_knows_healers_command_lines(cmdline: list[str], expected: bool) -> None:
+    """The healer script, python -m healer and healer's __main__.py are healer; its sample app is not."""
+    assert proc_actions.is_healer(cmdline) is expected
+
+
+def test_a_lock_holder_in_the_state_dir_never_matches(tmp_path: Path) -> None:
+    """A process holding a lock file in the state dir is healer, whatever its command line."""
+    marker = f"healer-lock-{uuid.uuid4().hex[:12]}"
+    state = tmp_path / "state"
+    state.mkdir()
+    code = (
+        "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.write(str(os.getpid())); f.flush(); print('locked', flush=True); time.sleep(30)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(state / "healer.lock"), marker], stdout=subprocess.PIPE, text=True
+    )
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert sorted(f.pid for f in proc_actions.find(marker, None)) == sorted([holder.pid, other.pid])
+        assert [f.pid for f in proc_actions.find(marker, None, state)] == [other.pid]
+    finally:
+        for p in (holder, other):
+            p.kill()
+            p.communicate()
+
+
+@pytest.mark.e2e
+def test_a_repair_by_hand_never_stops_the_running_loop(tmp_path: Path, app: App) -> None:
+    """`healer repair process-restart` restarts the app and leaves a `healer run` whose command line
+    contains the match text running, same PID."""
+    old = app.run()
+    home = tmp_path / app.marker  # healer's own command line names its config: the match text is in it
+    repo = make_repo(home / "repo")
+    config = write_config(
+        home,
+        f"""
+        state_dir = "state"
+        [app]
+        name = "shop"
+        repo = "{repo}"
+        [schedule]
+        phases = [{{ until = "1h", every = "1h" }}]
+        [[checks]]
+        name = "api"
+        type = "http"
+        url = "http://127.0.0.1:{app.port}/"
+        samples = 1
+        [process]
+        manager = "command"
+        start = {json.dumps(app.start)}
+        match = "{app.marker}"
+        cwd = "{tmp_path}"
+        stop_timeout = "2s"
+        """,
+    )
+    loop = subprocess.Popen(
+        [*HEALER, "--config", str(config), "run"], stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lock = home / "state" / "healer.lock"
+        deadline = time.monotonic() + 20
+        while not (lock.exists() and lock.read_text().strip() == str(loop.pid)):
+            assert loop.poll() is None and time.monotonic() < deadline, "healer run did not start"
+            time.sleep(0.05)
+        assert app.marker in " ".join(psutil.Process(loop.pid).cmdline())
+        out = healer("--config", str(config), "repair", "process-restart", "--yes")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert loop.poll() is None, "the repair stopped the running healer"
+        (new,) = set(app.running()) - {loop.pid}
+        assert new != old.pid and old.poll() is not None
+        assert app.pid_answering() == new
+        assert lock.read_text().strip() == str(loop.pid)
+        assert f"stopped pid {old.pid} (SIGTERM)" in out.stdout
+    finally:
+        loop.send_signal(signal.SIGTERM)
+        _, err = loop.communicate(timeout=20)
+    assert loop.returncode == 0, err

@@ -5,8 +5,8 @@ Through `[process] manager`: `systemctl restart NAME`, `pm2 restart NAME`,
 a timeout. With manager = "command" healer does it itself:
 
 1. find the app's processes by `match` (a substring of the command line) or `pidfile`;
-   healer itself and its ancestors never match, and a pidfile whose process started after
-   the file was written names a reused PID and is ignored;
+   no healer process ever matches (see `_protected`), and a pidfile whose process started
+   after the file was written names a reused PID and is ignored;
 2. SIGTERM them (and SIGCONT, so a frozen process handles it), wait `stop_timeout`, SIGKILL
    what is left;
 3. start `start` detached (its own session, stdin from /dev/null, output appended to
@@ -131,7 +131,7 @@ def plan_restart(step: ProcessRestartStep, config: Config) -> str:
         return f"run `{show_argv(manager_argv(pc, 'restart'))}`"
     assert pc.start is not None
     return (
-        f"stop the processes whose {_target(pc)} (never healer or its parents): SIGTERM, "
+        f"stop the processes whose {_target(pc)} (never a healer process): SIGTERM, "
         f"SIGKILL after {format_duration(pc.stop_timeout)}; then start `{show_argv(pc.start)}` detached "
         f"in {_cwd(config, pc)}, output to {log_path(config)}; "
         f"confirm a new PID within {format_duration(pc.start_timeout)}"
@@ -179,47 +179,100 @@ def _signal(name: str) -> signal.Signals:
 # ---- finding processes -------------------------------------------------------------------------
 
 
-def _protected() -> set[int]:
-    """healer itself and its ancestors: never signalled, whatever their command line says."""
+def _protected(state_dir: Path | None) -> set[int]:
+    """The PIDs never signalled, whatever their command line says: this process and its
+    ancestors, and the holders of healer's lock files in `state_dir` (`healer.lock` holds the
+    run loop's PID, `rollback.lock` and `repair-*.lock` those of the processes acting). A
+    `[process] match` can appear in healer's own command line (`healer --config
+    /srv/shop/healer.toml run` with match = "shop"): a restart must never stop the loop."""
     me = psutil.Process()
-    return {me.pid, *(p.pid for p in me.parents())}
+    out = {me.pid, *(p.pid for p in me.parents())}
+    if state_dir is not None:
+        holders = (_named_by(lock) for lock in state_dir.glob("*.lock"))
+        out |= {f.pid for f in holders if f is not None}
+    return out
+
+
+def is_healer(cmdline: Sequence[str]) -> bool:
+    """Whether a command line runs healer: the `healer` script (exec'd, or run by a Python
+    interpreter from its shebang), `python -m healer` or healer's __main__.py. Not
+    `python -m healer.sampleapp` (the demo's app) nor any other module of the package."""
+    if not cmdline:
+        return False
+    if Path(cmdline[0]).name == "healer":
+        return True
+    if not Path(cmdline[0]).name.startswith("python"):
+        return False
+    args = iter(cmdline[1:])
+    for arg in args:
+        if arg == "-m":
+            return next(args, "") in _HEALER_MODULES
+        if arg.startswith("-m"):
+            return arg[2:] in _HEALER_MODULES
+        if arg == "-c":
+            return False  # code given inline: whatever follows is its arguments
+        if arg in _PYTHON_OPTIONS_WITH_VALUE:
+            next(args, None)
+            continue
+        if arg.startswith("-"):
+            continue
+        script = Path(arg)
+        return script.name == "healer" or (script.name == "__main__.py" and script.parent.name == "healer")
+    return False
+
+
+_HEALER_MODULES = frozenset({"healer", "healer.__main__"})
+# python's options that take the next argument as their value (`python -X dev -m healer`)
+_PYTHON_OPTIONS_WITH_VALUE = frozenset({"-X", "-W", "-Q", "--check-hash-based-pycs"})
 
 
 def _cmdline(p: psutil.Process) -> str:
     return " ".join(p.info.get("cmdline") or ())
 
 
-def find(match: str | None, pidfile: Path | None) -> list[Found]:
+def find(match: str | None, pidfile: Path | None, state_dir: Path | None = None) -> list[Found]:
     """The running (non-zombie) processes whose command line contains `match`, or the one
-    named by `pidfile` (and matching `match`, when both are set). Blocking: run in a thread."""
-    protected = _protected()
+    named by `pidfile` (and matching `match`, when both are set); never a healer process (the
+    lock files in `state_dir` name those run otherwise). Blocking: run in a thread."""
+    protected = _protected(state_dir)
     if pidfile is not None:
         return _from_pidfile(pidfile, match, protected)
     out: list[Found] = []
     for p in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
         if p.pid in protected or p.info.get("status") == psutil.STATUS_ZOMBIE:
             continue
-        if match and match in _cmdline(p):
+        if match and match in _cmdline(p) and not is_healer(p.info.get("cmdline") or ()):
             out.append(Found(p.pid, float(p.info["create_time"])))
     return out
 
 
 def _from_pidfile(pidfile: Path, match: str | None, protected: set[int]) -> list[Found]:
+    found = _named_by(pidfile)
+    if found is None or found.pid in protected:
+        return []
     try:
-        text = pidfile.read_text().strip()
-        written = pidfile.stat().st_mtime
+        cmdline = psutil.Process(found.pid).cmdline()
+    except psutil.Error:
+        return []
+    if is_healer(cmdline) or (match and match not in " ".join(cmdline)):
+        return []
+    return [found]
+
+
+def _named_by(path: Path) -> Found | None:
+    """The live process whose PID `path` holds (a pidfile, a lock file); None when there is
+    none, or when it started after the file was written (the PID was reused)."""
+    try:
+        text = path.read_text().strip()
+        written = path.stat().st_mtime
         pid = int(text.split()[0])
         p = psutil.Process(pid)
         created = p.create_time()
-        if p.pid in protected or p.status() == psutil.STATUS_ZOMBIE:
-            return []
-        if created > written + _PIDFILE_TOLERANCE:
-            return []  # the PID was reused by a process started after the file was written
-        if match and match not in " ".join(p.cmdline()):
-            return []
+        if p.status() == psutil.STATUS_ZOMBIE or created > written + _PIDFILE_TOLERANCE:
+            return None
     except (OSError, ValueError, IndexError, psutil.Error):
-        return []
-    return [Found(pid, created)]
+        return None
+    return Found(pid, created)
 
 
 def _alive(f: Found) -> bool:
@@ -232,9 +285,10 @@ def _alive(f: Found) -> bool:
         return False
 
 
-def _signal_all(found: Sequence[Found], sig: signal.Signals) -> None:
-    """Send `sig` to each process that is still the one found (psutil checks PID reuse)."""
-    protected = _protected()
+def _signal_all(found: Sequence[Found], sig: signal.Signals, state_dir: Path) -> None:
+    """Send `sig` to each process that is still the one found (psutil checks PID reuse) and
+    is not healer (asked again: one may have started since it was found)."""
+    protected = _protected(state_dir)
     for f in found:
         if f.pid in protected:
             continue
@@ -242,6 +296,8 @@ def _signal_all(found: Sequence[Found], sig: signal.Signals) -> None:
             p = psutil.Process(f.pid)
             if abs(p.create_time() - f.create_time) >= 0.01:
                 continue  # a different process now holds the PID
+            if is_healer(p.cmdline()):
+                continue
             p.send_signal(sig)
         except psutil.NoSuchProcess:
             continue
@@ -273,17 +329,18 @@ async def restart(step: ProcessRestartStep, config: Config) -> str:
     """Restart the app through its manager, or stop and start it (manager = "command")."""
     pc = _section(config, "process.restart")
     if pc.manager != "command":
-        return await _restart_by_manager(step, pc)
+        return await _restart_by_manager(step, config, pc)
     return await _restart_by_command(config, pc)
 
 
-async def _restart_by_manager(step: ProcessRestartStep, pc: ProcessConfig) -> str:
+async def _restart_by_manager(step: ProcessRestartStep, config: Config, pc: ProcessConfig) -> str:
     argv = manager_argv(pc, "restart")
-    before = await asyncio.to_thread(find, pc.match, pc.pidfile) if (pc.match or pc.pidfile) else None
+    state = config.state_dir
+    before = await asyncio.to_thread(find, pc.match, pc.pidfile, state) if (pc.match or pc.pidfile) else None
     await run_argv(argv, timeout=step.timeout)
     text = f"ran `{show_argv(argv)}`"
     if before is not None:
-        after = await asyncio.to_thread(find, pc.match, pc.pidfile)
+        after = await asyncio.to_thread(find, pc.match, pc.pidfile, state)
         text += f" (pid {_pids(before)} -> {_pids(after)})"
     return text
 
@@ -293,17 +350,18 @@ async def _restart_by_command(config: Config, pc: ProcessConfig) -> str:
     assert pc.start is not None  # ProcessConfig requires it for manager = "command"
     cwd = _cwd(config, pc)
     exe = resolve(pc.start[0], cwd)
-    old = await asyncio.to_thread(find, pc.match, pc.pidfile)
+    state = config.state_dir
+    old = await asyncio.to_thread(find, pc.match, pc.pidfile, state)
     stopped = ""
     if old:
-        await asyncio.to_thread(_signal_all, old, signal.SIGTERM)
+        await asyncio.to_thread(_signal_all, old, signal.SIGTERM, state)
         # a stopped (SIGSTOP, frozen) process holds SIGTERM pending until it runs again: wake it,
         # as systemd does after its stop signal, so a hung app stops now, not at the SIGKILL
-        await asyncio.to_thread(_signal_all, old, signal.SIGCONT)
+        await asyncio.to_thread(_signal_all, old, signal.SIGCONT, state)
         left = await _wait_gone(old, pc.stop_timeout.total_seconds())
         killed = len(left)
         if left:
-            await asyncio.to_thread(_signal_all, left, signal.SIGKILL)
+            await asyncio.to_thread(_signal_all, left, signal.SIGKILL, state)
             left = await _wait_gone(left, _KILL_WAIT)
             if left:
                 msg = f"pid {_pids(left)} survived SIGKILL; not starting a second copy"
@@ -352,7 +410,7 @@ async def _confirm(pc: ProcessConfig, old: Sequence[Found], started: int, config
     started_gone_at: float | None = None
 
     def look() -> tuple[list[Found], bool]:
-        new = [f for f in find(pc.match, pc.pidfile) if f not in old_ids]
+        new = [f for f in find(pc.match, pc.pidfile, config.state_dir) if f not in old_ids]
         try:
             p = psutil.Process(started)
             up = p.status() != psutil.STATUS_ZOMBIE
@@ -396,11 +454,11 @@ async def reload(step: ProcessReloadStep, config: Config) -> str:
     name = _reload_signal_name(step, config)
     assert name is not None
     sig = _signal(name)
-    found = await asyncio.to_thread(find, pc.match, pc.pidfile)
+    found = await asyncio.to_thread(find, pc.match, pc.pidfile, config.state_dir)
     if not found:
         msg = f"process.reload: no running process whose {_target(pc)} to send {sig.name} to"
         raise ActionError(msg)
-    await asyncio.to_thread(_signal_all, found, sig)
+    await asyncio.to_thread(_signal_all, found, sig, config.state_dir)
     return f"sent {sig.name} to pid {_pids(found)}"
 
 
