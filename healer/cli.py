@@ -617,9 +617,13 @@ async def _rollback(
             if dry_run or plan.refused:
                 return 0 if plan.ok else 1
             await asyncio.to_thread(_confirm, f"roll back {plan.from_commit[:12]} -> {plan.to_ref}", yes)
-        target = to or "the newest stable tag"
-        _announce(config, "rollback.started", f"Rolling back to {target} (by {_person()})", reason, critical=True)
-        result = await rb.run_rollback(**kw)
+
+        async def started(p: rb.Plan) -> None:
+            # under the rollback lock, the plan accepted: a lost race or a refusal announces nothing
+            title = f"Rolling back to {p.to_ref} ({p.to_commit[:12]}) (by {_person()})"
+            await asyncio.to_thread(_announce, config, "rollback.started", title, reason, critical=True)
+
+        result = await rb.run_rollback(**kw, on_start=started)
     click.echo(result.detail)
     if result.ok:
         _announce(

@@ -399,17 +399,28 @@ class Watchdog:
             event("rollback.would_run", reason=intent.reason)
             return [Alert("rollback.started", Severity.CRITICAL, "would roll back to the last stable tag",
                           f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
-        event("rollback.started", reason=intent.reason)
-        await self._alert(
-            [Alert("rollback.started", Severity.CRITICAL, "to the last stable tag", intent.reason, incident)],
-            deploy, None, "rolling back",
-        )  # fmt: skip
+
+        async def started(p: rollback.Plan) -> None:
+            # said under the rollback lock, once the plan is accepted: never for a lost race
+            event("rollback.started", reason=intent.reason, to=p.to_ref)
+            await self._alert(
+                [Alert("rollback.started", Severity.CRITICAL, f"to {p.to_ref} ({p.to_commit[:12]})",
+                       intent.reason, incident)],
+                deploy, None, "rolling back",
+            )  # fmt: skip
+
         try:
             with self.liveness.busy(action_budget(self.config)):
                 result = await rollback.run_rollback(
                     config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
-                    who=Who.LOOP, reason=intent.reason, mark_bad=intent.mark_bad,
+                    who=Who.LOOP, reason=intent.reason, mark_bad=intent.mark_bad, on_start=started,
                 )  # fmt: skip
+        except LockedError as e:
+            # a person's rollback is running: theirs is announced and decides; the next cycle
+            # judges what it leaves, so nothing is said, held or recorded here
+            event("rollback.skipped", reason=str(e))
+            report.actions.append("rollback: skipped, another rollback is running")
+            return []
         except HealerError as e:
             msg = f"rollback could not run: {e}; waiting for a person"
             await self._db(self.store.set_held, deploy.id, msg)

@@ -19,7 +19,7 @@ import logging
 import os
 import shlex
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -386,14 +386,18 @@ async def run_rollback(
     force: bool = False,
     dry_run: bool = False,
     mark_bad: bool = True,
+    on_start: Callable[[Plan], Awaitable[None]] | None = None,
 ) -> RollbackResult:
     """Roll back to `to` or the newest stable tag; one at a time, journaled, verified.
 
-    1. Take the rollback lock, so the loop and a person never roll back at once.
+    1. Take the rollback lock, so the loop and a person never roll back at once (LockedError
+       names the holder, and nothing has been said or done).
     2. Read HEAD, the work tree, the stable tags and the known-bad commits, and plan. A refused
        plan is recorded (outcome error); for the loop it also holds the deploy, so healer waits
        for a person instead of trying again every cycle. An unknown `to` raises GitError.
-    3. Journal the intent (outcome started) before touching anything.
+    3. `on_start(plan)` announces the rollback: only now, under the lock, so that the loser of
+       a race for the lock, or a refused plan, never tells chat of a rollback that is not
+       happening. Then journal the intent (outcome started) before touching anything.
     4. With --force, stash the local changes to tracked files.
     5. Check out the target, detached.
     6. Mark the from-commit bad and start the new HEAD's launch window (via_rollback for the
@@ -425,6 +429,8 @@ async def run_rollback(
         p = plan(state, config, who=who, reason=reason, force=force, suspect=mark_bad)
         if not p.ok:
             return await _refused(store, clock, who, reason, p.refused, p)
+        if on_start is not None:
+            await on_start(p)
         return await _execute(p, config=config, ctx=ctx, store=store, clock=clock)
 
 

@@ -308,3 +308,45 @@ def test_extending_a_pause_does_not_announce_the_first_one_as_expired(tmp_path: 
         assert store.active_pause(now + timedelta(minutes=90)) is not None
     finally:
         store.close()
+
+
+async def test_a_rollback_that_loses_the_lock_race_says_and_holds_nothing(
+    tmp_path: Path, http_app: Callable[..., object]
+) -> None:
+    """A person's rollback holds the lock: the loop's rollback announces nothing, holds nothing,
+    records nothing; once the lock is free the next cycle rolls back and says so."""
+    from helpers import git
+
+    from healer import rollback
+    from healer.alerts import Alerts
+    from healer.loop import AlertSink
+
+    app = http_app("error500")
+    config = make_config(tmp_path, str(app), rollback_after="1")
+    repo = config.app.repo
+    assert repo is not None
+    git(repo, "tag", "stable-1")
+    commit(repo, "v2")
+    clock = FakeClock()
+    alerts = Alerts(config, clock=clock)
+    store = Store(config.db_path)
+    try:
+        async with probe_context(config) as ctx:
+            dog = Watchdog(config, store, ctx, clock=clock, alert_sink=AlertSink(alerts, config, False))
+            with rollback.rollback_lock(config.state_dir):
+                report = await dog.step()
+            assert report.actions == ["rollback: skipped, another rollback is running"]
+            said = [i.event for a in alerts.history() for i in a.message.items]
+            assert not [e for e in said if e.startswith("rollback.")], said
+            d = store.current_deploy()
+            assert d is not None and d.held is None
+            assert store.actions(kind="rollback") == []
+
+            clock.advance(timedelta(minutes=1))
+            report = await dog.step()
+            assert report.actions == ["rollback to stable-1: failed"]  # the app answers 500 whatever runs
+            said = [i.event for a in alerts.history() for i in a.message.items]
+            assert "rollback.started" in said
+    finally:
+        alerts.close()
+        store.close()

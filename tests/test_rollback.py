@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_repo_with_submodule
+from helpers import healer, make_repo_with_submodule, write_config
 
 from healer import gitrepo, rollback
 from healer.checks import ProbeContext, probe_context
@@ -224,8 +224,8 @@ def test_describe_shows_from_to_every_command_and_the_undo(tmp_path: Path) -> No
     st = state(subjects={H: "bad release", B: "release 2"}, branch="main")
     text = rollback.describe(rollback.plan(st, config, who=Who.PERSON, reason="login broken"))
     assert "a person: login broken" in text
-    assert "from  fffffff  \"bad release\"  (HEAD, branch main)" in text
-    assert "to    stable-2  bbbbbbb  \"release 2\"" in text
+    assert 'from  fffffff  "bad release"  (HEAD, branch main)' in text
+    assert 'to    stable-2  bbbbbbb  "release 2"' in text
     assert "$ npm ci" in text and "$ systemctl restart 'my shop'" in text
     assert text.index("check out") < text.index("mark fffffff bad") < text.index("$ npm ci")
     assert "undo: healer rollback --to fffffff" in text
@@ -251,9 +251,7 @@ def test_stable_tag_name_follows_the_glob(pattern: str, expected: str | None) ->
 # ---- candidates --------------------------------------------------------------------------------
 
 
-def test_candidates_are_newest_first_without_head_or_bad_commits(
-    repo: Repo, store: Store, tmp_path: Path
-) -> None:
+def test_candidates_are_newest_first_without_head_or_bad_commits(repo: Repo, store: Store, tmp_path: Path) -> None:
     """HEAD's own tag and known-bad commits are never offered."""
     config = make_config(tmp_path, repo.path)
     git(repo.path, "tag", "-a", "-m", "x", "stable-3", at=T0 + timedelta(hours=3))  # on HEAD
@@ -293,7 +291,7 @@ async def test_loop_rollback_checks_out_the_newest_stable_tag_and_runs_the_after
         f"first {repo.path} stable-2",
         f"second {repo.path} stable-2",
     ]
-    (outcome, detail), = eval(seen.read_text())
+    ((outcome, detail),) = eval(seen.read_text())
     assert outcome == "started"
     assert json.loads(detail) == {
         "from": repo.bad, "to": "stable-2", "to_commit": repo.c2, "from_branch": "main",
@@ -520,9 +518,7 @@ async def test_a_missing_after_command_fails_with_its_name(
     assert not result.ok and "'no-such-command-xyz' not found" in result.detail
 
 
-async def test_dry_run_changes_nothing_byte_for_byte(
-    repo: Repo, store: Store, tmp_path: Path, ctx_for: Any
-) -> None:
+async def test_dry_run_changes_nothing_byte_for_byte(repo: Repo, store: Store, tmp_path: Path, ctx_for: Any) -> None:
     """No lock, no journal row, no deploy, no file in the repo touched; the detail is the plan."""
     out = tmp_path / "out.txt"
     config = make_config(tmp_path, repo.path, after=[recorder(out, "x")])
@@ -597,6 +593,42 @@ async def test_two_rollbacks_started_together_one_runs_one_is_refused(
     assert sum(isinstance(r, rollback.RollbackResult) and r.ok for r in results) == 1
     assert [a.outcome for a in store.actions()] == ["ok"]
     assert repo.head == repo.c2
+
+
+def test_a_persons_second_rollback_that_loses_the_lock_race_announces_nothing(repo: Repo, tmp_path: Path) -> None:
+    """`healer rollback --yes` while another rollback holds the lock: exit 2 naming the holder,
+    nothing queued for chat, nothing recorded, HEAD unmoved."""
+    from healer.alerts.outbox import Outbox
+
+    config = write_config(
+        tmp_path,
+        f"""
+        state_dir = "state"
+        [app]
+        name = "shop"
+        repo = "{repo.path}"
+        [[checks]]
+        name = "ok"
+        type = "command"
+        argv = ["true"]
+        """,
+    )
+    state = tmp_path / "state"
+    with rollback.rollback_lock(state):
+        out = healer("--config", str(config), "rollback", "--yes", "--reason", "the second person")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"rollback is already running (PID {os.getpid()})" in out.stderr
+    outbox = Outbox(state / "healer.db")
+    try:
+        assert outbox.history() == []
+    finally:
+        outbox.close()
+    s = Store(state / "healer.db")
+    try:
+        assert s.actions() == []
+    finally:
+        s.close()
+    assert repo.head == repo.bad
 
 
 # ---- verification --------------------------------------------------------------------------------
@@ -722,9 +754,7 @@ async def test_resume_after_checkout_finishes_the_rollback(
     assert repo.bad in store.bad_commits()
 
 
-async def test_resume_leaves_a_live_rollback_alone(
-    repo: Repo, store: Store, tmp_path: Path, ctx_for: Any
-) -> None:
+async def test_resume_leaves_a_live_rollback_alone(repo: Repo, store: Store, tmp_path: Path, ctx_for: Any) -> None:
     """While another process holds the lock its `started` row is in progress, not orphaned."""
     config = make_config(tmp_path, repo.path)
     journal_started(store, repo, Who.PERSON, deploy_bad(store, repo))
