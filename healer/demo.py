@@ -1,27 +1,44 @@
-"""`healer demo`: a launch on this machine in under a minute, with nothing to set up (I/O).
+"""`healer demo`: the right remedy for each failure, on this machine in under a minute (I/O).
 
 In a temporary directory the demo builds a sample web app (healer.sampleapp) in a real git
-repository: `v1.0` tagged `stable-v1`, then a bad `v1.1`. It deploys v1.0, starts a real
-`healer run` on a healer.toml whose 72-hour launch window is squeezed into a minute with
-ordinary durations, and plays the story while it shows, from healer's state store, every
-cycle's verdict, every action and its outcome, and every alert as chat would show it:
+repository: `v1.0` tagged `stable-v1`, then a bad `v1.1`. The app needs Redis (its /health
+answers 503 without it), so the demo starts a private redis-server on loopback. It deploys
+v1.0, starts a real `healer run` on a healer.toml shaped like the README's (an http check, a
+process check, a redis check, `[process]`, the default playbook rules) whose 72-hour launch
+window is squeezed into a minute with ordinary durations, and plays the story while it shows,
+from healer's state store, every cycle's verdict with its likely cause and healer's next step,
+every action and its outcome, and every alert as chat would show it:
 
 1. a healthy baseline;
-2. the app crashes (SIGKILL) and process-restart brings it back;
-3. with redis-server on PATH: the rate limiter's keys are flooded, the app answers 429 to
-   everyone, rate-limit-clear fixes it (skipped, saying why, without redis-server);
-4. the bad v1.1 is deployed; restarting does not help; after five failing cycles healer rolls
-   back to stable-v1 and the app is healthy again.
+2. the app crashes (SIGKILL): v1.0 was healthy, so the likely cause is `app process`;
+   process-restart brings it back, and nothing is rolled back;
+3. Redis goes down for a few seconds (stopped, then started again on the same port): the app
+   answers 503 and the redis check fails in the same cycles, so the likely cause is
+   `dependency redis`; healer restarts nothing and rolls back nothing, even past
+   `rollback_after` failing cycles, says so in chat, and resolves the incident when Redis is
+   back (skipped, saying why, without redis-server on PATH);
+4. a deploy script ships the bad v1.1 the way the README's does (`healer deploy begin`, git
+   checkout, restart the app, `healer deploy end`); v1.1 answers 500 while v1.0 was healthy,
+   so the likely cause is `deploy`: one restart does not help, and healer rolls back to
+   stable-v1 at once (no five-cycle wait), remembers v1.1 as bad, and the app serves v1.0.
 
-It ends with `healer history` and where the files are. Every process it started (healer run,
-the app, redis-server) is stopped on the way out, Ctrl-C and SIGTERM included.
+The demo's `[rollback] after` is empty, so the rollback shows healer restarting the app itself
+through `[process]` after the checkout, as it does for any app whose healer.toml names no
+restart command of its own.
+
+It ends with what the story proved, read back from the store and the app's /health, then
+`healer status` and where the files are. Every process it started (healer run, the app,
+redis-server) is stopped on the way out, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import importlib.resources
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
@@ -41,24 +58,31 @@ from rich.console import Console
 from rich.padding import Padding
 from rich.panel import Panel
 from rich.rule import Rule
-from rich.table import Table
 from rich.text import Text
 
 from healer import sampleapp
 from healer.alerts.message import render_text
 from healer.alerts.outbox import AlertRecord, Outbox
+from healer.clock import SystemClock
 from healer.config import Config, load_config
 from healer.errors import HealerError
 from healer.model import CheckResult, Deploy, Severity
+from healer.repair import SHIPPED_PACKAGE
 from healer.schedule import phase_at
 from healer.store import ActionRow, CycleRow, IncidentRow, Store
 
 APP_NAME = "demo-shop"
 STABLE_TAG = "stable-v1"
+REDIS_CHECK = "redis"  # the name of the demo's redis check: the cause reads "dependency redis"
 DEADLINE = 58.0  # seconds: the whole story, set-up and clean-up included, fits in a minute
 POLL = 0.1  # seconds between two looks at the state store
 HEALER_START_WAIT = 15.0
 STOP_WAIT = 5.0
+CLI_TIMEOUT = 20.0  # seconds for one `healer ...` command the demo runs (deploy begin/end, status)
+_NO_PROCESS = re.compile(r"no running process whose command line contains '[^']*'")
+_STARTED = re.compile(r"started `[^`]*` as pid")
+# the deploy script's own `healer deploy begin` / `end`: the demo shows them as it runs them
+_SCRIPT_KINDS = frozenset({"deploy.begin", "deploy.end"})
 _INDENT = 17  # the width of "  12.3s  incident " (where the chat bubbles start)
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "healer demo",
@@ -70,21 +94,10 @@ _GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
 }
 
-# The demo's own process-restart: the shipped one with the minute-long window's numbers, so a
-# restart that does not help is known within seconds, not after the shipped 60 s.
-_PROCESS_RESTART = """\
-# The shipped process-restart with the demo's compressed numbers (a real launch keeps 30m / 60s).
-name = "process-restart"
-description = "Restart the app (stop what [process] match finds, start [process] start), confirm it is healthy"
-cooldown = "4s"
-max_per_window = 2
-verify = ["http", "process"]
-verify_within = "3s"
-
-[[steps]]
-action = "process.restart"
-timeout = "20s"
-"""
+# The demo's own process-restart is the shipped one with the minute-long window's numbers, so a
+# restart that does not help is known within seconds, not after the shipped 60 s (its backoff
+# stays the shipped one: each deploy's first restart is at once).
+_COMPRESSED = {"verify_within": "3s", "timeout": "20s"}
 
 
 _ACTS = (
@@ -95,19 +108,22 @@ _ACTS = (
     ),
     (
         "The app crashes",
-        "The demo kills the app with SIGKILL. healer sees the process gone and the API down, opens an "
-        "incident and runs process-restart, which starts the app again and checks that it is healthy.",
+        "The demo kills the app with SIGKILL. v1.0 has been healthy, so healer names the likely cause "
+        "`app process` and restarts the app (process-restart). A restart cures a crash: nothing is rolled back.",
     ),
     (
-        "A flood trips the rate limiter",
-        "The app counts requests per client in the Redis keys ratelimit:<ip> and answers 429 past its limit. "
-        "The demo fills those keys; healer sees http.rate_limited and runs rate-limit-clear.",
+        "Redis goes down",
+        "The demo stops redis-server for a few seconds, then starts it again on the same port. The app answers "
+        "503 without Redis, and healer's redis check fails in the same cycles: the likely cause is "
+        "`dependency redis`. Neither a restart nor a rollback brings Redis back, so healer does neither, even "
+        "past rollback_after failing cycles: it says why in chat and resolves the incident when Redis returns.",
     ),
     (
         "A bad release",
-        "v1.1 is deployed: checked out, and the app restarted on it. Its /health answers 500. healer opens a "
-        "new launch window for it, tries process-restart, which cannot fix bad code, and after five failing "
-        "cycles in a row rolls back to the newest stable tag, stable-v1.",
+        "A deploy script ships v1.1, whose /health answers 500, the way the README's does: `healer deploy "
+        "begin`, git checkout, restart the app, `healer deploy end`. v1.0 was healthy, so the likely cause is "
+        "`deploy`. One restart does not help; healer rolls back to stable-v1 at once, restarts the app on it "
+        "([rollback] after is empty) and remembers v1.1 as bad.",
     ),
 )
 
@@ -161,7 +177,7 @@ class _Paths:
 
 
 def run_demo(*, keep: bool = False, console: Console | None = None, workdir: Path | None = None) -> int:
-    """Play the demo; 0 when it ended with a healthy app after the rollback, 1 otherwise,
+    """Play the demo; 0 when the story ended as told (see `_Demo.verdict`), 1 otherwise,
     130 when interrupted (Ctrl-C or SIGTERM). Every process it started is stopped before it
     returns. `workdir` (default: a new temporary directory) is where everything goes; it is
     removed at the end unless `keep`.
@@ -245,6 +261,7 @@ class _Demo:
         self.config: Config | None = None
         self.commits: dict[str, str] = {}  # "v1.0" / "v1.1" -> sha
         self.feed: _Feed | None = None
+        self.outage: tuple[datetime, datetime] | None = None  # Redis down: from the stop to the resolution
 
     # -- output --
 
@@ -257,6 +274,15 @@ class _Demo:
         line.append(text if isinstance(text, Text) else Text(text))
         self.con.print(line)
 
+    def catch_up(self) -> None:
+        """Show what healer did until now, so the demo's next line lands in time order."""
+        if self.feed is not None:
+            self.feed.poll()
+
+    def say_more(self, text: Text) -> None:
+        """A second line under the last one, wrapped at the same indent."""
+        self.con.print(Padding(text, (0, 0, 0, _INDENT)))
+
     def act(self, n: int) -> None:
         title, what = _ACTS[n - 1]
         self.con.print()
@@ -266,9 +292,10 @@ class _Demo:
     # -- the whole play --
 
     def play(self) -> bool:
-        """Set up, play the four acts, and say whether the story ended well."""
+        """Set up, play the four acts, and say whether the story ended as told."""
         c = self.con
-        c.print(Rule("[bold]healer demo[/]: a launch, a crash, a flood, a bad release and a rollback", style="cyan"))
+        c.print(Rule("[bold]healer demo[/]: a crash, a Redis outage and a bad release, each with its own remedy",
+                     style="cyan"))  # fmt: skip
         c.print(f"Everything happens in [bold]{self.p.root}[/] and on 127.0.0.1; nothing else is touched.")
         c.print("healer's 72-hour launch window is squeezed into one minute with ordinary healer.toml durations.")
         self.set_up()
@@ -282,15 +309,14 @@ class _Demo:
         if self.redis_port is None:
             self.say("skipped", f"this act needs redis-server, and {self.redis_skipped}", "yellow")
         else:
-            self.flood_rate_limit()
-            self.wait("rate-limit-clear to fix it", 20, lambda f: f.repaired("rate-limit-clear") and f.settled())
+            self.redis_outage()
         self.act(4)
         self.deploy_bad()
-        self.wait("the rollback", 35, lambda f: f.rollback_finished())
+        self.wait("the rollback", 30, lambda f: f.rollback_finished())
         self.wait("healthy cycles after the rollback", 10, lambda f: f.rolled_back_and_healthy() or f.held())
         ok = self.verdict()
+        self.show_status()
         self.stop_healer()
-        self.show_history()
         return ok
 
     def wait(self, what: str, timeout: float, pred: Callable[[_Feed], bool]) -> None:
@@ -318,18 +344,21 @@ class _Demo:
         self.start_redis()
         self.make_repo()
         self.write_config()
-        self.say("app", f"deploying v1.0 on http://127.0.0.1:{self.port}")
-        self.restart_app()
+        needs = " (it needs Redis: /health answers 503 without it)" if self.redis_url else ""
+        self.say("app", f"deploying v1.0 on http://127.0.0.1:{self.port}{needs}")
+        self.say_more(Text(f"→ {self.restart_app()}", style="dim"))
         self.wait_http(200)
 
-    def start_redis(self) -> None:
+    def start_redis(self, port: int | None = None) -> None:
+        """Start the demo's redis-server (on `port`, else a free one), or say why not."""
         exe = shutil.which("redis-server")
         if exe is None:
             self.redis_skipped = "redis-server is not on PATH (apt-get install redis-server adds it)"
             self.say("redis", f"not started: {self.redis_skipped}", "yellow")
             return
-        port = _free_port()
-        self.p.redis_dir.mkdir(parents=True)
+        again = port is not None
+        port = port or _free_port()
+        self.p.redis_dir.mkdir(parents=True, exist_ok=True)
         self.redis_proc = subprocess.Popen(
             [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.p.redis_dir),
              "--save", "", "--appendonly", "no", "--daemonize", "no",
@@ -346,13 +375,18 @@ class _Demo:
             except (OSError, sampleapp.RedisError):
                 pass
             if self.redis_proc.poll() is not None or time.monotonic() > end:
-                self.redis_skipped = f"redis-server did not start (see {self.p.redis_dir / 'redis.log'})"
-                self.say("redis", f"not started: {self.redis_skipped}", "yellow")
                 self.stop_redis()
+                why = f"redis-server did not start (see {self.p.redis_dir / 'redis.log'})"
+                if again:
+                    raise DemoFailed(why)
+                self.redis_skipped = why
+                self.say("redis", f"not started: {why}", "yellow")
                 return
-            time.sleep(0.05)
+            time.sleep(0.02)
         self.redis_port = port
-        self.say("redis", f"redis-server on 127.0.0.1:{port} (pid {self.redis_proc.pid}) for the app's rate limiter")
+        self.catch_up()
+        what = "started again" if again else "for the app, which cannot work without it"
+        self.say("redis", f"redis-server on 127.0.0.1:{port} (pid {self.redis_proc.pid}) {what}")
 
     @property
     def redis_url(self) -> str | None:
@@ -390,26 +424,30 @@ class _Demo:
         self.git("commit", "-q", "-am", "v1.1: sessions in the new store")
         self.commits["v1.1"] = self.git("rev-parse", "HEAD")
         self.git("checkout", "-q", "--detach", STABLE_TAG)
-        self.say("git", f"{repo}: v1.0 {self.commits['v1.0'][:7]} (tag {STABLE_TAG}), "
+        self.say("git", f"{repo.name}/: v1.0 {self.commits['v1.0'][:7]} (tag {STABLE_TAG}), "
                         f"v1.1 {self.commits['v1.1'][:7]} (bad); checked out v1.0")  # fmt: skip
 
     def write_config(self) -> None:
         p = self.p
         p.playbooks.mkdir(parents=True, exist_ok=True)
-        (p.playbooks / "process-restart.toml").write_text(_PROCESS_RESTART)
+        (p.playbooks / "process-restart.toml").write_text(_process_restart_text())
         p.config.write_text(_config_text(self.p, self.port, self.redis_url))
         try:
             self.config = load_config(p.config)
         except HealerError as e:
             raise DemoFailed(f"the demo wrote a healer.toml healer refuses: {e}") from None
-        self.say("config", f"{p.config} (phases 20s/40s/60s, incident_every 1s, rollback_after 5)")
+        checks = ", ".join(f"{c.name} ({c.type})" for c in self.config.checks)
+        self.say("config", f"{p.config.name}: checks {checks}; phases 20s/40s/60s, rollback_after 5")
 
     def restart_argv(self) -> list[str]:
-        return sampleapp.restart_argv(self.p.repo, self.port, redis_url=self.redis_url, log=self.p.app_log)
+        return sampleapp.restart_argv(
+            self.p.repo, self.port, redis_url=self.redis_url, log=self.p.app_log, needs_redis=self.redis_url is not None
+        )
 
-    def restart_app(self) -> None:
-        """The deploy step: the same command as healer.toml's `[rollback] after`."""
+    def restart_app(self) -> str:
+        """The deploy's restart step: stop the app, then start it on the checked-out code."""
         self.p.state.mkdir(parents=True, exist_ok=True)
+        stopped = _stop_matching(sampleapp.match_text(self.p.repo))
         done = subprocess.run(
             self.restart_argv(), cwd=self.p.repo, stdin=subprocess.DEVNULL, capture_output=True,
             text=True, timeout=30, start_new_session=True, check=False,
@@ -417,17 +455,34 @@ class _Demo:
         line = (done.stdout.strip() or done.stderr.strip()).splitlines()
         if done.returncode != 0:
             raise DemoFailed(f"the app did not start: {line[-1] if line else done.returncode} (see {self.p.app_log})")
-        self.say("app", line[-1] if line else "restarted")
+        started = line[-1].removeprefix("restart: ").split(";")[0] if line else "started"
+        return f"stopped pid {', '.join(map(str, stopped))}; {started}" if stopped else started
 
     def wait_http(self, status: int, timeout: float = 10) -> None:
         end = time.monotonic() + timeout
         got: int | str = "no answer"
         while time.monotonic() < end:
-            got = _http_status(self.port)
+            got = _get_health(self.port)[0]
             if got == status:
                 return
             time.sleep(0.05)
         raise DemoFailed(f"the app's /health answered {got}, expected {status} (see {self.p.app_log})")
+
+    def healer_cli(self, *args: str) -> str:
+        """Run `healer --config healer.toml ARGS` as a person or a deploy script would; its output."""
+        argv = [sys.executable, "-m", "healer", "--config", str(self.p.config), *args]
+        env = {k: v for k, v in os.environ.items() if k != "HEALER_CONFIG"}
+        env["COLUMNS"] = str(self.con.width)
+        try:
+            done = subprocess.run(
+                argv, cwd=self.p.root, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
+                timeout=CLI_TIMEOUT, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise DemoFailed(f"`healer {' '.join(args)}` took over {CLI_TIMEOUT:g}s") from None
+        if done.returncode != 0:
+            raise DemoFailed(f"`healer {' '.join(args)}` exited {done.returncode}: {_clip(done.stderr, 300)}")
+        return done.stdout.rstrip()
 
     # -- 1. healer run --
 
@@ -464,44 +519,115 @@ class _Demo:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        self.catch_up()
         self.say("demo", f"kill -9 {' '.join(map(str, pids))}: the app is gone", "bold red")
 
-    # -- 3. the flood --
+    # -- 3. the Redis outage --
 
-    def flood_rate_limit(self) -> None:
-        url = self.redis_url
-        assert url is not None
-        # the app's limit is per client per minute; 127.0.0.1 is healer's checks (and everyone here)
-        commands = [("SET", "ratelimit:127.0.0.1", "1000000", "EX", "600")]
-        commands += [("SET", f"ratelimit:10.0.{i // 250}.{i % 250 + 1}", "5000", "EX", "600") for i in range(500)]
-        sampleapp.redis_call(url, *commands)
-        self.say("demo", f"wrote {len(commands)} ratelimit:* keys over the limit: the app now answers 429", "bold red")
+    def redis_outage(self) -> None:
+        """Stop Redis until healer has seen more failing cycles than `rollback_after`, start it
+        again on the same port, and wait until the incident is resolved."""
+        assert self.feed is not None and self.config is not None and self.redis_port is not None
+        port = self.redis_port
+        # right after a cycle, so the app's check and the redis check of the next one both see it
+        self.feed.wait_next_cycle(self.deadline)
+        self.stop_redis()
+        down_at = self.feed.now()
+        self.catch_up()
+        self.say("demo", f"redis-server on port {port} stopped: the app's /health now answers 503", "bold red")
+        n = self.config.escalation.rollback_after + 1
+        self.wait(
+            f"{n} failing cycles blamed on Redis",
+            20,
+            lambda f: f.dependency_told(down_at) and len(f.failing_since(down_at, f"dependency {REDIS_CHECK}")) >= n,
+        )
+        self.feed.wait_next_cycle(self.deadline)
+        self.start_redis(port)
+        self.wait("the incident to resolve", 15, lambda f: f.settled())
+        self.outage = (down_at, self.feed.now())
 
     # -- 4. the bad release --
 
     def deploy_bad(self) -> None:
+        """The README's deploy script: `healer deploy begin`, check out the new release, restart
+        the app on it (stop, then start, as `systemctl restart` does), `healer deploy end`."""
         assert self.feed is not None
-        # deploy right after a cycle, so healer's next look at HEAD finds v1.1 already running
+        self.script("healer deploy begin --for 1m", lambda: self.healer_cli("deploy", "begin", "--for", "1m"))
+        # check out right after a cycle, and stop the old process at once: healer must never see
+        # v1.0 answer for the new commit
         self.feed.wait_next_cycle(self.deadline)
-        self.git("checkout", "-q", "--detach", self.commits["v1.1"])
-        self.say("deploy", f"git checkout {self.commits['v1.1'][:7]} (v1.1), then restart the app", "bold red")
-        self.restart_app()
+        v11 = self.commits["v1.1"]
+        self.script(f"git checkout {v11[:7]}", lambda: self.git("checkout", "-q", "--detach", v11) or "HEAD is v1.1")
+        self.script("restart the app", self.restart_app)
+        self.script("healer deploy end", lambda: self.healer_cli("deploy", "end"))
+
+    def script(self, command: str, run: Callable[[], str]) -> None:
+        """One step of the deploy script: the command, then what it printed."""
+        self.catch_up()
+        self.say("script", Text(f"$ {command}", style="bold"))
+        self.say_more(Text(f"→ {run()}", style="dim"))
 
     def verdict(self) -> bool:
-        """Whether the story ended well, from the store: a loop rollback to stable-v1 that
-        succeeded, and healthy cycles of stable-v1 after it."""
-        assert self.feed is not None
-        self.feed.poll()
-        ok = self.feed.rolled_back_and_healthy()
-        if ok:
-            self.outcome = f"rolled back to {STABLE_TAG} ({self.commits['v1.0'][:7]}); the app is healthy"
-            self.say("result", self.outcome, "bold green")
-        else:
-            self.outcome = "the story did not end with a healthy app after a rollback"
-            self.say("result", self.outcome, "bold red")
-        return ok
+        """Whether the story ended as told, from the store and the app's /health:
+
+        1. the crash: a process-restart cured it, and nothing was rolled back before v1.1;
+        2. the Redis outage (when it was played): no repair and no rollback while it lasted, and
+           an alert that named the dependency;
+        3. the bad release: exactly one rollback, by the loop, to stable-v1, v1.1 remembered as
+           bad, healthy cycles after it, and /health answering 200 with version 1.0.
+        """
+        f = self.feed
+        assert f is not None
+        f.poll()
+        checks: list[tuple[bool, str]] = []
+        d1, d2 = [*f.deploys, None, None][:2]
+        on_d1 = [a for a in f.actions if d1 is not None and a.deploy_id == d1.id]
+        cured = any(a.kind == "repair" and a.name == "process-restart" and a.outcome == "ok" for a in on_d1)
+        early = any(a.kind == "rollback" for a in on_d1)
+        checks.append((
+            cured and not early,
+            f"the crash: {'process-restart cured it' if cured else 'no restart cured it'}; "
+            f"{'ROLLED BACK' if early else 'no rollback'}",
+        ))  # fmt: skip
+        if self.outage is not None:
+            start, end = self.outage
+            acted = [a for a in f.actions if a.kind in ("repair", "rollback") and start <= a.at <= end]
+            blamed = len(f.failing_since(start, f"dependency {REDIS_CHECK}"))
+            did = f"{len(acted)} action(s) taken" if acted else "no restart, no rollback"
+            checks.append((
+                not acted and f.dependency_told(start),
+                f"the Redis outage: {blamed} failing cycles blamed on dependency {REDIS_CHECK}; {did}; "
+                "resolved when Redis came back",
+            ))  # fmt: skip
+        failed = [a for a in f.actions if a.kind == "repair" and d2 is not None and a.deploy_id == d2.id]
+        rollbacks = [a for a in f.actions if a.kind == "rollback" and a.outcome != "started"]
+        bad = self.commits.get("v1.1", "")
+        marked = bad in f.bad_commits()
+        one = [(a.name, a.outcome) for a in rollbacks] == [(STABLE_TAG, "ok")]
+        checks.append((
+            one and marked and f.rolled_back_and_healthy(),
+            f"the bad release: {_count(len(failed), 'restart')} did not help, then "
+            f"{_count(len(rollbacks), 'rollback')} to {STABLE_TAG}; v1.1 ({bad[:7]}) "
+            f"{'is remembered as bad' if marked else 'NOT remembered as bad'}",
+        ))  # fmt: skip
+        status, body = _get_health(self.port)
+        serving = status == 200 and isinstance(body, dict) and body.get("version") == "1.0"
+        shown = json.dumps(body) if isinstance(body, dict) else str(body)
+        checks.append((serving, f"the app now: GET /health -> {status} {shown}"))
+        for ok, text in checks:
+            self.say("result", Text(("✓ " if ok else "✗ ") + text), "bold green" if ok else "bold red")
+        return all(ok for ok, _ in checks)
 
     # -- the end --
+
+    def show_status(self) -> None:
+        """`healer status`, as a person would run it now."""
+        self.con.print()
+        self.con.print(Rule(f"[bold]$ healer --config {self.p.config} status[/]", align="left", style="cyan"))
+        try:
+            self.con.print(Text(self.healer_cli("status")))
+        except DemoFailed as e:
+            self.con.print(f"[red]healer status failed[/]: {e}")
 
     def stop_healer(self) -> None:
         proc = self.healer_proc
@@ -516,34 +642,6 @@ class _Demo:
         if self.feed is not None:
             self.feed.poll()
         self.say("healer", f"stopped (exit {proc.returncode})")
-
-    def show_history(self) -> None:
-        """`healer history` of the run, rendered here (the same rows the command prints)."""
-        if self.config is None:
-            return
-        from healer.cli import history_rows
-
-        self.con.print()
-        self.con.print(Rule(f"[bold]healer --config {self.p.config} history --since 1h[/]", align="left", style="cyan"))
-        try:
-            rows = history_rows(self.config, timedelta(hours=1))
-        except HealerError as e:
-            self.con.print(f"[red]cannot read the history[/]: {e}")
-            return
-        table = Table(box=None, pad_edge=False, show_edge=False)
-        for col in ("when", "what", "who", "outcome", "detail"):
-            table.add_column(col, overflow="fold", no_wrap=col in ("when", "what"))
-        for r in rows:
-            outcome = r.get("outcome") or ("ok" if r.get("ok") else ("FAIL" if r.get("ok") is False else ""))
-            if r["type"] == "check":
-                detail = r.get("what", "")
-            else:
-                detail = " ".join(str(x) for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
-            bad, good = outcome in ("FAIL", "failed", "error"), outcome == "ok" and r["type"] != "check"
-            style = "red" if bad else ("green" if good else "")
-            detail = _clip(detail.replace(sys.executable, "python"), 160)
-            table.add_row(str(r["at"])[11:23], r["type"], r.get("who", ""), outcome, detail, style=style)
-        self.con.print(table)
 
     def shutdown(self) -> None:
         """Stop everything the demo started, whatever state the story is in.
@@ -590,7 +688,7 @@ class _Demo:
                 ("the app's output", self.p.app_log), ("the demo's playbook", self.p.playbooks),
             ):  # fmt: skip
                 c.print(f"  {name:<24} {path}")
-            c.print(f"Look around: healer --config {self.p.config} status | history | report")
+            c.print(f"Look around: healer --config {self.p.config} history | report")
         else:
             c.print(f"The files in {self.p.root} are removed; `healer demo --keep` keeps them "
                     "(healer.toml, the git repo, the state store, the logs).")  # fmt: skip
@@ -598,20 +696,33 @@ class _Demo:
                 "and start `healer run` after each deploy.")  # fmt: skip
 
 
+def _process_restart_text() -> str:
+    """The shipped process-restart playbook with the demo's compressed numbers (`_COMPRESSED`)."""
+    text = importlib.resources.files(SHIPPED_PACKAGE).joinpath("process-restart.toml").read_text("utf-8")
+    for key, value in _COMPRESSED.items():
+        text, n = re.subn(rf'(?m)^(\s*{key}\s*=\s*)"[^"]*"', rf'\g<1>"{value}"', text)
+        if n != 1:
+            raise DemoFailed(f"{SHIPPED_PACKAGE}/process-restart.toml: expected one {key} = to compress, found {n}")
+    numbers = ", ".join(f'{k} = "{v}"' for k, v in _COMPRESSED.items())
+    return f"# healer demo: the shipped process-restart, with {numbers} to fit the demo's minute.\n{text}"
+
+
 def _config_text(p: _Paths, port: int, redis_url: str | None) -> str:
-    """The demo's healer.toml: a real one, with the launch window squeezed into a minute."""
+    """The demo's healer.toml: shaped like the README's, with the launch window squeezed into a minute."""
     q = json.dumps
-    start = sampleapp.serve_argv(p.repo, port, redis_url=redis_url)
-    after = sampleapp.restart_argv(p.repo, port, redis_url=redis_url, log=p.app_log)
+    needs = redis_url is not None
+    start = sampleapp.serve_argv(p.repo, port, redis_url=redis_url, needs_redis=needs)
     redis = (
         ""
         if redis_url is None
         else f"""
-[redis]                       # the rate limiter's counters, for rate-limit-clear
-url = {q(redis_url)}
-rate_limit_patterns = ["ratelimit:*"]
+[[checks]]
+name = {q(REDIS_CHECK)}
+type = "redis"                # a dependency: its failure explains the app's; never a rollback
+timeout = "1s"
 """
     )
+    redis_section = "" if redis_url is None else f"\n[redis]\nurl = {q(redis_url)}\n"
     return f"""\
 # Written by `healer demo`: the keys of a real launch, with the 72-hour window squeezed into a
 # minute. Copy healer.toml from the repository for your own app; it has every key commented.
@@ -635,6 +746,7 @@ incident_every = "1s"
 rollback_after = 5
 recover_after = 2
 repair_grace = "1s"
+deploy_grace = "5s"           # 60s in a real launch
 
 [[checks]]
 name = "api"
@@ -647,7 +759,7 @@ samples = 1
 name = "app"
 type = "process"              # finds the app by [process] match
 timeout = "1s"
-
+{redis}
 [process]
 manager = "command"           # healer stops the matched processes and starts `start` itself
 start = {q(start)}
@@ -655,20 +767,15 @@ match = {q(sampleapp.match_text(p.repo))}
 cwd = {q(str(p.repo))}
 stop_timeout = "3s"
 start_timeout = "10s"
-{redis}
+{redis_section}
 [rollback]
-after = [{q(after)}]          # the app's own restart, on the checked-out code
+after = []                    # none: after the checkout, healer restarts the app through [process]
 command_timeout = "20s"
 verify_grace = "1s"
 
 [playbooks]
 dir = "playbooks"             # process-restart with the demo's numbers
-max_per_cycle = 1
-rules = [
-  {{ when = ["http.rate_limited"], run = "rate-limit-clear" }},
-  {{ when = ["process.down", "process.memory"], run = "process-restart" }},
-  {{ when = ["http.status", "http.timeout"], run = "process-restart" }},
-]
+# rules: the defaults (see healer.toml in the repository)
 
 [alerts]
 repeat_every = "10m"
@@ -698,7 +805,6 @@ class _Seen:
     incidents: dict[int, bool] = field(default_factory=dict)  # id -> its end was shown
     actions: dict[int, str] = field(default_factory=dict)  # id -> the outcome shown
     phase: tuple[int, int] | None = None  # (deploy, phase index) of the last cycle shown
-    streak: dict[int, int] = field(default_factory=dict)  # deploy -> failing cycles in a row
     log_offset: int = 0
 
 
@@ -765,6 +871,8 @@ class _Feed:
                 seen.incidents[i.id] = True
                 yield _Event(i.resolved_at, 2, "resolved", i)
         for a in self.actions:
+            if a.kind in _SCRIPT_KINDS:
+                continue
             shown = seen.actions.get(a.id)
             if shown is None and a.kind in ("repair", "rollback"):
                 yield _Event(a.at, 3, "started", a)
@@ -835,13 +943,16 @@ class _Feed:
             t.append(f"the rollback's own check: {checks}")
             self.demo.say("check", t)
             return
-        streak = 0 if c.ok else self.seen.streak.get(d.id, 0) + 1
-        self.seen.streak[d.id] = streak
         t = Text("✓ healthy  ", style="green") if c.ok else Text("✗ failing  ", style="red")
         t.append(checks)
-        if not c.ok:
-            t.append(f"  [{streak} of {self.config.escalation.rollback_after} before a rollback]", style="red")
         self.demo.say("cycle", t)
+        if not c.ok and c.cause:
+            why = Text("likely cause: ", style="dim")
+            why.append(c.cause, style="bold")
+            if c.next_step:
+                why.append(" → next: ", style="dim")
+                why.append(_next_text(c.cause, c.next_step))
+            self.demo.say_more(why)
         if d.baseline is not None and abs((d.baseline.taken_at - c.at).total_seconds()) < 0.001:
             self.demo.say("baseline", f"taken for {d.commit[:7]}: later cycles of this deploy are judged against it")
 
@@ -871,7 +982,7 @@ class _Feed:
         if started:
             self.demo.say(a.kind, f"{what}: started, because {a.reason}", "bold yellow")
             return
-        detail = "" if a.detail.startswith("{") else _clip(a.detail.replace(sys.executable, "python"), 400)
+        detail = "" if a.detail.startswith("{") else _clip(_shorter(a.detail), 240)
         style = "bold green" if a.outcome == "ok" else ("bold" if a.outcome == "skipped" else "bold red")
         self.demo.say(a.kind, Text(f"{what}: {a.outcome.upper()}" + (f" — {detail}" if detail else "")), style)
 
@@ -930,6 +1041,27 @@ class _Feed:
             and d.consecutive_passes >= 2
         )
 
+    def now(self) -> datetime:
+        """Now, on the clock healer's rows are stamped with (UTC)."""
+        return SystemClock().now()
+
+    def failing_since(self, since: datetime, cause: str) -> list[CycleRow]:
+        """The loop's failing cycles since `since` whose likely cause was `cause`."""
+        return [c for c in self.cycles if c.at >= since and not c.ok and c.cause == cause]
+
+    def dependency_told(self, since: datetime) -> bool:
+        """An incident opened since `since` names the demo's Redis as the likely cause, and its
+        opening alert, which says so, is in the outbox."""
+        label = f"likely cause: dependency {REDIS_CHECK}"
+        ids = {i.id for i in self.incidents if i.opened_at >= since and label in i.cause}
+        return any(
+            r.incident_id in ids and r.event == "incident.opened" and label in render_text(r.message)
+            for r in self.alerts
+        )
+
+    def bad_commits(self) -> dict[str, str]:
+        return {} if self.store is None else self.store.bad_commits()
+
     def wait_next_cycle(self, deadline: float) -> None:
         """Until the loop records a new cycle, so the next one is a whole cadence away."""
         self.poll()
@@ -940,18 +1072,32 @@ class _Feed:
 
 
 def _result_text(r: CheckResult) -> str:
+    lat = "" if r.latency is None else f" in {r.latency.total_seconds() * 1000:.0f}ms"
     if r.type == "http":
         status = int(r.values.get("status", 0))
-        lat = "" if r.latency is None else f" in {r.latency.total_seconds() * 1000:.0f}ms"
         base = f"{r.name} {status or 'no answer'}{lat}"
     elif r.type == "process":
         n = int(r.values.get("count", r.values.get("processes", 0)))
         base = f"{r.name} {n} process{'es' if n != 1 else ''}"
+    elif r.type == "redis":
+        base = f"{r.name} PONG{lat}" if r.ok else f"{r.name} no answer"
     else:
         base = r.name
     if r.ok:
         return base
     return f"{base} ({', '.join(r.symptoms) or 'failed'})"
+
+
+def _shorter(detail: str) -> str:
+    """An action's detail without the app's whole command line, which the feed has no room for
+    (`healer history` shows it whole)."""
+    detail = _NO_PROCESS.sub("nothing was running", detail.replace(sys.executable, "python"))
+    return _STARTED.sub("started the app ([process] start) as pid", detail)
+
+
+def _next_text(cause: str, step: str) -> str:
+    """healer's next step, without the cause it may repeat ("likely cause dependency redis: ...")."""
+    return step.removeprefix(f"likely cause {cause}: ")
 
 
 # ---- small helpers -----------------------------------------------------------------------------
@@ -963,17 +1109,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _http_status(port: int) -> int | str:
-    import http.client
-
+def _get_health(port: int) -> tuple[int | str, object]:
+    """GET /health: (status, the JSON body), or ("no answer (...)", None)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
     try:
         conn.request("GET", "/health")
-        return conn.getresponse().status
+        resp = conn.getresponse()
+        raw = resp.read()
     except OSError as e:
-        return f"no answer ({e.strerror or e})"
+        return f"no answer ({e.strerror or e})", None
     finally:
         conn.close()
+    try:
+        body: object = json.loads(raw)
+    except ValueError:
+        body = raw.decode(errors="replace")
+    return resp.status, body
 
 
 def _tail(path: Path, lines: int = 3) -> str:
@@ -983,6 +1134,10 @@ def _tail(path: Path, lines: int = 3) -> str:
         return "(no log)"
     last = [ln for ln in text.splitlines() if ln.strip()][-lines:]
     return " | ".join(_clip(ln, 300) for ln in last) or "(empty log)"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _clip(text: str, n: int) -> str:
