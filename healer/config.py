@@ -140,7 +140,8 @@ class _Check(_Model):
     name: Name
     timeout: PositiveDuration = timedelta(seconds=5)
     # "dependency": its failure explains the app's (no rollback, no restart loop); default by
-    # type: redis, postgres and system checks are dependencies, the others watch the app
+    # type: redis and postgres checks are dependencies, a system check is the host's (never a
+    # rollback, but no excuse for a crash), the others watch the app (healer/ladder.py)
     role: Literal["app", "dependency"] | None = None
 
 

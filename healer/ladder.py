@@ -163,8 +163,10 @@ def attribute(
 ) -> Attribution:
     """The likely cause of a failing cycle.
 
-    1. `dependency NAME`: a dependency check fails in this cycle. It explains the app's own
-       failures (an app whose Redis is down answers 500), and no restart or rollback cures it.
+    1. `dependency NAME`: a dependency check fails in this cycle, and either the app's own
+       checks pass, or it is a service the app talks to and so explains the app's failures
+       (an app whose Redis is down answers 500). No restart or rollback cures it. The host's
+       `system` check explains nothing by default: a crash on a busy host is still a crash.
     2. `deploy`: this release has never had a healthy cycle, while the release before it was
        healthy when it was replaced: the failure began with the new commit.
     3. `app process`: the release was healthy, and now its process is gone or wedged (nothing
@@ -173,11 +175,22 @@ def attribute(
        first deploy healer ever saw failing from its first cycle).
     """
     role = roles(config)
+    by_name = {c.name: c for c in config.checks}
     deps = tuple(r.name for r in verdict.failing if role.get(r.name) is Role.DEPENDENCY)
-    if deps:
-        app_failing = [r.name for r in verdict.failing if role.get(r.name) is not Role.DEPENDENCY]
-        also = f"; it explains {', '.join(app_failing)} failing" if app_failing else ""
-        return Attribution(Cause.DEPENDENCY, f"{', '.join(deps)} failing in the same cycle{also}", deps)
+    app_failing = [r for r in verdict.failing if role.get(r.name) is not Role.DEPENDENCY]
+    if deps and not app_failing:
+        return Attribution(Cause.DEPENDENCY, f"{', '.join(deps)} failing; the app's own checks pass", deps)
+    # a service the app talks to (Redis down, PostgreSQL refusing) explains the app's failures;
+    # the host's gauges (disk 86 %, load) do not, unless healer.toml says so with `role`: an
+    # app that crashed on a busy host still needs its restart
+    services = tuple(
+        n for n in deps if not (by_name[n].type == "system" and by_name[n].role is None)
+    ) if deps else ()  # fmt: skip
+    if services:
+        names = ", ".join(r.name for r in app_failing)
+        return Attribution(
+            Cause.DEPENDENCY, f"{', '.join(services)} failing in the same cycle; it explains {names} failing", services
+        )
     if deploy.healthy_at is None:
         if previous_healthy:
             return Attribution(
@@ -185,7 +198,7 @@ def attribute(
             )
         why = "no release before it known" if previous_healthy is None else "the release before it failed too"
         return Attribution(Cause.UNKNOWN, f"{deploy.commit[:12]} has not had a healthy cycle, but {why}")
-    symptoms = set(verdict.symptoms)
+    symptoms = {sym for r in app_failing for sym in r.symptoms}
     if symptoms and symptoms <= PROCESS_SYMPTOMS:
         return Attribution(
             Cause.APP_PROCESS, f"the release was healthy; now {', '.join(sorted(symptoms))}: its process died or wedged"

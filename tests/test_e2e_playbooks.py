@@ -84,6 +84,7 @@ def config_for(tmp_path: Path, a: App, extra: str) -> Path:
         url = "{a.url}/health"
         timeout = "2s"
         samples = 1
+        min_latency_increase = "1s"       # these stories are not about latency: a loaded CI machine's blip is not one
         [process]
         manager = "command"
         start = {json.dumps(a.start)}

@@ -251,6 +251,21 @@ def test_a_full_disk_is_the_hosts_not_the_deploys() -> None:
     assert d.attribution is not None and d.attribution.cause is Cause.DEPENDENCY
 
 
+def test_a_crash_on_a_host_with_a_full_disk_is_still_restarted() -> None:
+    """The host's gauges do not explain the app not answering: the crash gets its restart."""
+    cfg = parse_config(
+        {"checks": [{"name": "api", "type": "http", "url": "http://127.0.0.1:9/"}, {"name": "host", "type": "system"}],
+         "process": {"manager": "systemd", "name": "shop"}},
+        Path("healer.toml"),
+    )  # fmt: skip
+    disk = CheckResult("host", "system", False, None, {"disk_percent": 97.0}, "disk", ("system.disk",))
+    down = CheckResult("api", "http", False, None, {}, "refused", ("http.down",))
+    deploy = Deploy(id=1, commit="a" * 40, first_seen=T0 - timedelta(hours=1), healthy_at=T0 - timedelta(hours=1))
+    d = decide(Situation(deploy=deploy, verdict=Verdict(T0, (down, disk)), now=T0, playbooks=policies(cfg)), cfg)
+    assert d.attribution is not None and d.attribution.cause is Cause.APP_PROCESS
+    assert [i.kind for i in d.intents if isinstance(i, Repair)] == ["process-restart"]
+
+
 def test_the_role_key_makes_any_check_a_dependency() -> None:
     """`role = "dependency"` on an http check of another service: its failure explains the app's."""
     cfg = parse_config(

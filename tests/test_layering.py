@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-CORE = ["schedule", "judge", "decide", "model", "errors", "clock", "playbook", "alerts/message"]
-ALLOWED = {"healer.model", "healer.errors", "healer.config", "healer.clock", "healer.decide", "healer.schedule"}
+CORE = ["schedule", "judge", "decide", "ladder", "model", "errors", "clock", "playbook", "alerts/message"]
+ALLOWED = {
+    "healer.model", "healer.errors", "healer.config", "healer.clock",
+    "healer.decide", "healer.ladder", "healer.schedule",
+}  # fmt: skip
 # playbook.py holds the frozen types of playbook files, validated like healer.toml
 CONFIG_TYPES = {"playbook": {"pydantic", "pydantic_core"}}
 ROOT = Path(__file__).parent.parent / "healer"

@@ -126,7 +126,8 @@ async def test_a_missing_program_raises_before_anything_runs(tmp_path: Path) -> 
     fds = len(os.listdir("/proc/self/fd"))
     with pytest.raises(FileNotFoundError):
         await runner.run([str(tmp_path / "nope")], timeout=timedelta(seconds=5))
-    assert len(os.listdir("/proc/self/fd")) == fds
+    # at most as many: an earlier test's leftovers may be collected meanwhile, never one more
+    assert len(os.listdir("/proc/self/fd")) <= fds
 
 
 async def test_no_shell_is_involved() -> None:
