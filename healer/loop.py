@@ -4,6 +4,11 @@ One `healer run` per state dir (a flock on `<state_dir>/healer.lock`; the kernel
 kill -9). Everything the loop knows lives in the store, so a restarted loop resumes the
 same window, baseline and failure count. Nothing in the loop blocks: SQLite and git run in
 a worker thread; a check that raises or hangs is a failed result, never a crash.
+
+A store that cannot be written (a full disk) does not blind the loop: its BufferedStore keeps
+the writes in memory and the loop judges and acts on them, alerts go straight to the channels,
+and the loop says so once (an error line, a critical alert, /healthz 503, healer_store_ok 0)
+and once more when the backlog has been written.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import IO, Any, TypeVar
 
 from healer import gitrepo, repair, rollback
 from healer import report as reports
+from healer.alerts.message import META_STORE_FAILED, META_STORE_RECOVERED, format_age
+from healer.backlog import BufferedStore
 from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock
 from healer.config import Config
@@ -48,7 +55,7 @@ from healer.model import (
 from healer.notify import Liveness, action_budget, notify, stall_limit, watchdog_pinger
 from healer.schedule import next_due, phase_at
 from healer.server import start_server
-from healer.store import CycleUpdate, Store
+from healer.store import CycleUpdate
 
 log = logging.getLogger("healer")
 T = TypeVar("T")
@@ -181,7 +188,7 @@ class Watchdog:
     def __init__(
         self,
         config: Config,
-        store: Store,
+        store: BufferedStore,
         ctx: ProbeContext,
         *,
         clock: Clock | None = None,
@@ -202,6 +209,8 @@ class Watchdog:
         self._policies = repair.policies(config)  # validates the playbook files once, at start
         self.liveness = liveness or Liveness(stall_limit(config))
         self.heartbeat = heartbeat
+        self._read_error: str | None = None  # the store could not even be read (last iteration)
+        self._store_down: datetime | None = None  # since when the store fails (announced)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -523,7 +532,10 @@ class Watchdog:
         seen: tuple[datetime, datetime] | None = None  # (when, next due) last written for `healer status`
         while not stop.is_set():
             try:
+                await self._db(self.store.retry)
+                await self._watch_store()
                 deploy = await self.current_deploy()
+                self._read_error = None
                 due = await self.due_at(deploy)
                 now = self.clock.now()
                 if seen is None or seen[1] != due or now - seen[0] >= SEEN_EVERY:
@@ -557,11 +569,13 @@ class Watchdog:
                 if pruned_at is None or now - pruned_at > timedelta(hours=1):
                     n = await self._db(self.store.prune, now - self.config.retention)
                     if isinstance(self._alert_sink, AlertSink):  # and the alerts nothing waits for
-                        n += await self._db(self._alert_sink.alerts.outbox.prune, now - self.config.retention)
+                        with contextlib.suppress(StoreError):  # a full disk: the next prune does it
+                            n += await self._db(self._alert_sink.alerts.outbox.prune, now - self.config.retention)
                     pruned_at = now
                     if n:
                         event("store.pruned", rows=n)
             except StoreError as e:
+                self._read_error = str(e)  # not even memory helps: said once by _watch_store
                 event("store.error", error=str(e))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 5)
@@ -574,6 +588,43 @@ class Watchdog:
                 log.debug("loop.crashed_cycle", exc_info=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 5)
+
+    async def _watch_store(self) -> None:
+        """Say once when the store stops taking writes, and once when it has taken the backlog.
+
+        While it fails, /healthz answers 503 and healer_store_ok is 0 (through `liveness`);
+        the loop goes on from the BufferedStore's memory and alerts go straight to the channels.
+        """
+        error = self.store.write_error or self._read_error
+        now = self.clock.now()
+        if error is not None:
+            self.liveness.store_failed(error)
+            if self._store_down is not None:
+                return
+            self._store_down = now
+            log_event(
+                log, "store.unwritable", level=logging.ERROR, error=error,
+                then="judging and acting from memory, alerts sent directly, written once the store works",
+            )  # fmt: skip
+            msg = (
+                f"{error}. healer goes on judging and acting from memory and sends alerts straight to the "
+                "channels; what happens is written once the store can be written again (free some space)."
+            )
+            alert = Alert(META_STORE_FAILED, Severity.CRITICAL, "the state store cannot be written", msg,
+                          bypass_dedup=True)  # fmt: skip
+            await self._alert([alert], None, None, "working from memory")
+            return
+        if self._store_down is None:
+            return
+        self.liveness.store_ok()
+        written, dropped = await self._db(self.store.take_counts)
+        down = format_age(now - self._store_down)
+        self._store_down = None
+        log_event(log, "store.recovered", level=logging.WARNING, down=down, written=written, forgotten=dropped)
+        lost = f"; {dropped} routine cycles were forgotten (too many to keep)" if dropped else ""
+        msg = f"After {down}, {written} writes kept in memory were written{lost}."
+        alert = Alert(META_STORE_RECOVERED, Severity.WARNING, "the state store works again", msg, bypass_dedup=True)
+        await self._alert([alert], None, None, "watching")
 
 
 def _with_incident(a: Alert, incident: int | None) -> Alert:
@@ -597,7 +648,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     gitrepo.head_commit(config.app.repo)  # so is an [app] repo that is not a git work tree
     lock = RunLock(config.lock_path, "healer run")
     lock.acquire()
-    store = Store(config.db_path)
+    store = BufferedStore(config.db_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -62,7 +62,9 @@ class StoreCollector:
             seen = GaugeMetricFamily("healer_loop_last_seen_timestamp_seconds", "When the loop last made progress.")
             seen.add_metric([], self.liveness.last_seen().timestamp())
             yield seen
-        store_ok = GaugeMetricFamily("healer_store_ok", "1 when this scrape could read healer's state store.")
+        store_ok = GaugeMetricFamily(
+            "healer_store_ok", "1 when healer's loop can write its state store and this scrape could read it."
+        )
         families: list[Metric] | None = None
         try:
             families = self._from_store()
@@ -74,7 +76,8 @@ class StoreCollector:
         else:
             with self._lock:
                 self._failing = False
-        store_ok.add_metric([], 0 if families is None else 1)
+        writable = self.liveness is None or self.liveness.store_error is None
+        store_ok.add_metric([], 1 if families is not None and writable else 0)
         yield store_ok
         yield from families or ()
 

@@ -137,6 +137,10 @@ class Liveness:
     Alive while the last beat is at most `stall_after` old, or while inside a `busy()` block
     that has not outrun its limit. Monotonic time: a wall-clock jump is not a hang. Creating
     it counts as a beat (the loop is starting).
+
+    The loop also says here whether its state store can be written (`store_failed()`,
+    `store_ok()`): a loop that works from memory is alive, so systemd's watchdog leaves it be,
+    but it is not healthy, and /healthz and /metrics say so.
     """
 
     def __init__(
@@ -154,6 +158,7 @@ class Liveness:
         self._last = monotonic()
         self._last_wall = wall()
         self._beats = 0
+        self._store_error: tuple[str, datetime] | None = None  # (why, since when)
 
     def beat(self) -> None:
         """The loop made progress now."""
@@ -190,6 +195,23 @@ class Liveness:
     def beats(self) -> int:
         """Beats so far (0 until the loop's first iteration)."""
         return self._beats
+
+    def store_failed(self, error: str) -> None:
+        """The state store cannot be written (the loop goes on from memory)."""
+        with self._lock:
+            since = self._store_error[1] if self._store_error is not None else self._wall()
+            self._store_error = (error, since)
+
+    def store_ok(self) -> None:
+        """The state store can be written again."""
+        with self._lock:
+            self._store_error = None
+
+    @property
+    def store_error(self) -> tuple[str, datetime] | None:
+        """(why, since when) while the state store cannot be written, else None."""
+        with self._lock:
+            return self._store_error
 
     def is_alive(self) -> bool:
         """The rule the watchdog pings and /healthz apply."""

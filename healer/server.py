@@ -168,11 +168,18 @@ class OpsServer:
     # ---- the endpoints (called from the server's threads) ----------------------------------
 
     def healthz(self) -> tuple[int, str, bytes]:
-        """200 `ok` while the loop makes progress, else 503 saying for how long it has not."""
-        if self.liveness.is_alive():
-            return 200, "text/plain; charset=utf-8", b"ok\n"
-        age = int(self.liveness.age().total_seconds())
-        return 503, "text/plain; charset=utf-8", f"stalled: the loop made no progress for {age}s\n".encode()
+        """200 `ok` while the loop makes progress and can write its state store; else 503 saying
+        which: a loop that works from memory is not healthy (it records nothing)."""
+        text = "text/plain; charset=utf-8"
+        if not self.liveness.is_alive():
+            age = int(self.liveness.age().total_seconds())
+            return 503, text, f"stalled: the loop made no progress for {age}s\n".encode()
+        failed = self.liveness.store_error
+        if failed is not None:
+            error, since = failed
+            line = f"store failing since {since:%Y-%m-%d %H:%M:%S} UTC: {error}; the loop goes on from memory"
+            return 503, text, (redact(line) + "\n").encode()
+        return 200, text, b"ok\n"
 
     def status(self) -> tuple[int, str, bytes]:
         """What `healer status --json` prints."""

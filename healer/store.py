@@ -266,6 +266,11 @@ def write_transaction(
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as e:
+            # a COMMIT that failed (a full disk) may leave the transaction open, and then every
+            # later BEGIN fails too, long after the disk has room again
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise StoreError(f"{what}: {e}") from None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from helpers import commit, config_from, make_repo
 
+from healer.backlog import BufferedStore
 from healer.checks import probe_context
 from healer.clock import FakeClock
 from healer.config import Config
@@ -39,7 +40,7 @@ def make_config(tmp_path: Path, url: str, **extra: str) -> Config:
 
 @asynccontextmanager
 async def watchdog(config: Config, clock: FakeClock) -> AsyncIterator[Watchdog]:
-    store = Store(config.db_path)
+    store = BufferedStore(config.db_path)
     try:
         async with probe_context(config) as ctx:
             yield Watchdog(config, store, ctx, clock=clock)
@@ -187,7 +188,7 @@ async def test_a_stalled_loop_is_detected_and_alerted(tmp_path: Path, http_app: 
     async def sink(items: list[object], *_: object) -> None:
         seen.extend(items)
 
-    store = Store(config.db_path)
+    store = BufferedStore(config.db_path)
     try:
         async with probe_context(config) as ctx:
             dog = Watchdog(config, store, ctx, clock=clock, alert_sink=sink)  # type: ignore[arg-type]
@@ -227,7 +228,7 @@ async def test_a_pause_holds_a_repair_and_expires_on_time(tmp_path: Path, http_a
     async def sink(items: list[object], *_: object) -> None:
         seen.extend(items)
 
-    store = Store(config.db_path)
+    store = BufferedStore(config.db_path)
     try:
         async with probe_context(config) as ctx:
             dog = Watchdog(config, store, ctx, clock=clock, alert_sink=sink)  # type: ignore[arg-type]
@@ -329,7 +330,7 @@ async def test_a_rollback_that_loses_the_lock_race_says_and_holds_nothing(
     commit(repo, "v2")
     clock = FakeClock()
     alerts = Alerts(config, clock=clock)
-    store = Store(config.db_path)
+    store = BufferedStore(config.db_path)
     try:
         async with probe_context(config) as ctx:
             dog = Watchdog(config, store, ctx, clock=clock, alert_sink=AlertSink(alerts, config, False))

@@ -150,6 +150,23 @@ def test_healthz_is_ok_while_the_loop_beats_and_503_once_it_goes_stale(
     assert http.get(server.url + "/healthz").status_code == 200
 
 
+def test_a_store_that_cannot_be_written_is_503_and_store_ok_0_until_it_can(
+    running: tuple[OpsServer, Config, FakeMonotonic], http: httpx.Client
+) -> None:
+    """The loop beats but says its store fails: /healthz 503 naming the error, healer_store_ok 0."""
+    server, _, _ = running
+    server.liveness.store_failed("/srv/state/healer.db: database or disk is full")
+    r = http.get(server.url + "/healthz")
+    assert r.status_code == 503
+    assert r.text.startswith("store failing since ")
+    assert "database or disk is full; the loop goes on from memory" in r.text
+    assert _families(http.get(server.url + "/metrics").text)["healer_store_ok"][()] == 0
+    assert _families(http.get(server.url + "/metrics").text)["healer_loop_alive"][()] == 1
+    server.liveness.store_ok()
+    assert http.get(server.url + "/healthz").text == "ok\n"
+    assert _families(http.get(server.url + "/metrics").text)["healer_store_ok"][()] == 1
+
+
 def test_head_and_unknown_paths(running: tuple[OpsServer, Config, FakeMonotonic], http: httpx.Client) -> None:
     """HEAD answers without a body; an unknown path is a 404 naming the real ones."""
     server, _, _ = running

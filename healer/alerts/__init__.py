@@ -9,6 +9,11 @@ The loop's view of it:
     ...at shutdown (after submitting healer.stopped):
     left = await alerts.flush(timedelta(seconds=5)); alerts.close()
 
+When the outbox cannot be written (a full disk), `submit` sends the cycle's messages straight
+to their channels, marked NOT_RECORDED, and keeps them (bounded) in memory: they count for
+dedup, and are written, as delivered or as pending for a channel that did not take them,
+at the first submit that finds the store writable again.
+
 `healer history` reads `alerts.history(since)` (or `Outbox(config.db_path).history(since)`).
 Importing this package does not import slack_sdk or telegram; `configured_channels` does.
 """
@@ -17,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from healer.alerts.console import LogChannel
 from healer.alerts.message import (
     EVENTS,
     META_EVENTS,
+    NOT_RECORDED,
     AlertItem,
     AlertMessage,
     alert_test_message,
@@ -33,16 +41,28 @@ from healer.alerts.message import (
     telegram_text,
 )
 from healer.alerts.outbox import AlertRecord, Channel, DeliveryRecord, DeliveryState, Outbox, Sender
-from healer.alerts.pipeline import AlertPlan, CycleContext, Route, plan_alerts
+from healer.alerts.pipeline import AlertPlan, CycleContext, Route, plan_alerts, with_remembered
 from healer.clock import Clock, SystemClock
 from healer.config import Config
-from healer.errors import DeliveryError, UsageError
+from healer.errors import DeliveryError, StoreError, UsageError
 from healer.logging import add_secrets, known_secrets, log_event, redact
 from healer.model import Alert
 
 log = logging.getLogger("healer.alerts")
 
 CHANNEL_KINDS = ("log", "slack", "telegram")
+# Cycles of alerts sent while the outbox could not be written, kept to be written later: the
+# oldest are forgotten beyond this (they were sent; only their record is lost, and logged).
+MAX_UNRECORDED = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class _Unrecorded:
+    """A plan sent straight to its channels while the outbox could not be written."""
+
+    plan: AlertPlan
+    at: datetime
+    delivered: tuple[frozenset[str], ...]  # per entry: the channels that took it
 
 
 def configured_channels(config: Config) -> list[Channel]:
@@ -124,15 +144,17 @@ class Alerts:
             timeout=config.alerts.timeout,
             clock=self.clock,
         )
+        self._unrecorded: deque[_Unrecorded] = deque()
+        self._forgotten = 0  # unrecorded plans dropped because there were too many
 
-    def submit_sync(self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime) -> AlertPlan:
-        """Plan one cycle's alerts and store them in one transaction (commands with no event loop).
-
-        A running `healer run` picks the rows up at its next poll (a few seconds).
-        """
+    def _plan(self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime) -> AlertPlan:
+        """Plan one cycle's alerts against what was said before, stored or only sent."""
         clean = [_scrubbed(i) for i in intents]
         memory = self.outbox.memory(now, self.repeat_every)
-        plan = plan_alerts(
+        if self._unrecorded:
+            sent = [(u.at, r) for u in self._unrecorded for r in u.plan.remember]
+            memory = with_remembered(memory, sent, now=now, repeat_every=self.repeat_every)
+        return plan_alerts(
             clean,
             context=context,
             memory=memory,
@@ -140,7 +162,30 @@ class Alerts:
             repeat_every=self.repeat_every,
             now=now,
         )
+
+    def _record(self, plan: AlertPlan, now: datetime) -> None:
+        """Write what was sent unrecorded (oldest first), then `plan`; StoreError when the
+        store still cannot be written."""
+        while self._unrecorded:
+            u = self._unrecorded[0]
+            self.outbox.commit_plan(u.plan, u.at, delivered=u.delivered)
+            self._unrecorded.popleft()
+            if not self._unrecorded:
+                log_event(log, "alerts.recorded_late", forgotten=self._forgotten)
+                self._forgotten = 0
         self.outbox.commit_plan(plan, now)
+
+    def submit_sync(self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime) -> AlertPlan:
+        """Plan one cycle's alerts and store them in one transaction (commands with no event loop).
+
+        A running `healer run` picks the rows up at its next poll (a few seconds).
+        """
+        plan = self._plan(intents, context, now)
+        self.outbox.commit_plan(plan, now)
+        self._log_dropped(plan)
+        return plan
+
+    def _log_dropped(self, plan: AlertPlan) -> None:
         for item, why in plan.dropped:
             log_event(
                 log,
@@ -150,13 +195,33 @@ class Alerts:
                 incident_id=item.incident_id,
                 why=why,
             )
-        return plan
 
     async def submit(self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime) -> AlertPlan:
-        """Plan and store one cycle's alerts off the event loop, then wake the sender."""
-        plan = await asyncio.to_thread(self.submit_sync, intents, context, now)
-        self.sender.wake([ch for p in plan.entries for ch in p.channels])
+        """Plan and store one cycle's alerts off the event loop, then wake the sender.
+
+        When the outbox cannot be written, the messages go straight to their channels instead,
+        marked NOT_RECORDED, and are kept to be written later (the module docstring).
+        """
+        plan = await asyncio.to_thread(self._plan, intents, context, now)
+        try:
+            await asyncio.to_thread(self._record, plan, now)
+        except StoreError:
+            await self._send_unrecorded(plan, now)
+        else:
+            self.sender.wake([ch for p in plan.entries for ch in p.channels])
+        self._log_dropped(plan)
         return plan
+
+    async def _send_unrecorded(self, plan: AlertPlan, now: datetime) -> None:
+        """Send each planned message to its channels now, and keep the plan to write later."""
+        delivered: list[frozenset[str]] = []
+        for p in plan.entries:
+            marked = replace(p.message, note=NOT_RECORDED)
+            delivered.append(await self.sender.send_now(marked, p.channels) if p.channels else frozenset())
+        if len(self._unrecorded) >= MAX_UNRECORDED:
+            self._unrecorded.popleft()
+            self._forgotten += 1
+        self._unrecorded.append(_Unrecorded(plan, now, tuple(delivered)))
 
     async def run(self, stop: asyncio.Event) -> None:
         """The sender: deliver until `stop` is set."""

@@ -26,7 +26,13 @@ INCIDENT_REMINDER = "incident.reminder"
 INCIDENT_RESOLVED = "incident.resolved"
 INCIDENT_FLAPPING = "incident.flapping"
 META_CHANNEL_FAILING = "meta.channel_failing"
+META_STORE_FAILED = "meta.store_failed"
+META_STORE_RECOVERED = "meta.store_recovered"
 TEST = "test"
+
+# What a message sent while the state store could not be written says about itself: no row
+# in the outbox, no history, no dedup memory beyond this process (it is written later).
+NOT_RECORDED = "[not recorded: the state store cannot be written]"
 
 # event -> the words a reader sees first
 LABELS: Mapping[str, str] = {
@@ -49,7 +55,8 @@ LABELS: Mapping[str, str] = {
     "pause.ended": "Resumed",
     "deploy.bad": "Known-bad commit deployed",
     "meta.loop_behind": "healer is behind",
-    "meta.store_failed": "healer cannot write its state",
+    META_STORE_FAILED: "healer cannot write its state",
+    META_STORE_RECOVERED: "healer writes its state again",
     META_CHANNEL_FAILING: "Alert channel failing",
     TEST: "Test alert",
 }
@@ -133,6 +140,7 @@ class AlertMessage:
     next_step: str | None = None  # "rollback in 2 more failing cycles"
     cause: str | None = None  # the likely cause of the failing cycle: "dependency redis", "deploy", ...
     observe: bool = False  # healer runs in observe mode: it acts on nothing
+    note: str | None = None  # a line shown under the heading: NOT_RECORDED
 
     def __post_init__(self) -> None:
         if not self.items:
@@ -185,6 +193,7 @@ class AlertMessage:
             "next_step": self.next_step,
             "cause": self.cause,
             "observe": self.observe,
+            "note": self.note,
         }
 
     @classmethod
@@ -200,6 +209,7 @@ class AlertMessage:
             next_step=d.get("next_step"),
             cause=d.get("cause"),
             observe=bool(d.get("observe", False)),
+            note=d.get("note"),
         )
 
 
@@ -275,7 +285,9 @@ def _footer(msg: AlertMessage) -> str:
         parts.append(f"commit {msg.commit[:SHORT_COMMIT]}")
     if msg.phase:
         parts.append(f"phase {msg.phase}")
-    if msg.incident_id is not None:
+    if msg.incident_id is not None and msg.incident_id > 0:
+        # a negative id is provisional: the incident opened while the store could not be
+        # written (healer/backlog.py) and has no number yet
         parts.append(f"incident #{msg.incident_id}")
     parts.append(msg.severity.name.lower())
     return " · ".join(parts)
@@ -298,7 +310,7 @@ def _item_line(i: AlertItem) -> str:
 
 def render_text(msg: AlertMessage, *, delayed: timedelta | None = None) -> str:
     """Plain text: heading, what happened, the cycle's other events, since when, next, context."""
-    lines = [_delayed_prefix(delayed) + _heading(msg), msg.title]
+    lines = [_delayed_prefix(delayed) + _heading(msg), *([msg.note] if msg.note else []), msg.title]
     if msg.detail.strip():
         lines.append(msg.detail.strip())
     lines += [_item_line(i) for i in msg.others]
@@ -331,6 +343,8 @@ def slack_payload(msg: AlertMessage, *, delayed: timedelta | None = None) -> dic
     """Block Kit blocks (header, what happened, other events, context) + a `text` fallback."""
     head = _clip(_delayed_prefix(delayed) + _heading(msg), SLACK_HEADER_MAX)
     main = f"*{slack_escape(_clip(msg.title, 500))}*"
+    if msg.note:
+        main = f"_{slack_escape(msg.note)}_\n{main}"
     if msg.detail.strip():
         room = SLACK_SECTION_MAX - len(main) - 1
         main += "\n" + _slack_clip(msg.detail.strip(), room)
@@ -397,6 +411,8 @@ def telegram_text(msg: AlertMessage, *, delayed: timedelta | None = None) -> str
     other events) is cut to fit, never inside an entity or a tag, with a marker at the cut.
     """
     head = [_Line("<b>", _delayed_prefix(delayed) + _heading(msg), "</b>")]
+    if msg.note:
+        head.append(_Line("<i>", msg.note, "</i>"))
     body = [_Line("<b>", msg.title, "</b>")]
     if msg.detail.strip():
         body.append(_Line("", msg.detail.strip()))
@@ -427,7 +443,7 @@ def telegram_text(msg: AlertMessage, *, delayed: timedelta | None = None) -> str
                 kept.append(line.pre + _tg_escape(part) + line.post)
         break
     text_body = "\n".join(kept) + marker
-    return "\n".join([head[0].html(), text_body, *(x.html() for x in tail_lines)])
+    return "\n".join([*(x.html() for x in head), text_body, *(x.html() for x in tail_lines)])
 
 
 # ---- helpers for the shell -------------------------------------------------------------------
@@ -441,6 +457,9 @@ def items_of(intents: Sequence[Alert]) -> tuple[AlertItem, ...]:
 __all__ = [
     "EVENTS",
     "META_EVENTS",
+    "META_STORE_FAILED",
+    "META_STORE_RECOVERED",
+    "NOT_RECORDED",
     "TELEGRAM_MAX_TEXT",
     "AlertItem",
     "AlertMessage",

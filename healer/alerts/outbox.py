@@ -22,7 +22,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -231,15 +231,20 @@ class Outbox:
         with self._write() as db:
             return self._insert(db, message, channels)
 
-    def commit_plan(self, plan: AlertPlan, now: datetime) -> list[int]:
-        """Store a cycle's plan in one transaction: its messages, and its items for dedup."""
+    def commit_plan(self, plan: AlertPlan, now: datetime, *, delivered: Sequence[Collection[str]] = ()) -> list[int]:
+        """Store a cycle's plan in one transaction: its messages, and its items for dedup.
+
+        `delivered[i]` names the channels that already took `plan.entries[i]` (it was sent
+        while the outbox could not be written): their rows are stored as delivered, the
+        others' as pending, for the sender.
+        """
         ids: list[int] = []
         with self._write() as db:
             by_item: dict[AlertItem, int] = {}
-            for p in plan.entries:
+            for n, p in enumerate(plan.entries):
                 if not p.channels:
                     continue
-                aid = self._insert(db, p.message, p.channels)
+                aid = self._insert(db, p.message, p.channels, delivered=delivered[n] if n < len(delivered) else ())
                 ids.append(aid)
                 for it in p.message.items:
                     by_item.setdefault(it, aid)
@@ -261,7 +266,9 @@ class Outbox:
         return ids
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, message: AlertMessage, channels: Sequence[str]) -> int:
+    def _insert(
+        db: sqlite3.Connection, message: AlertMessage, channels: Sequence[str], *, delivered: Collection[str] = ()
+    ) -> int:
         cur = db.execute(
             "INSERT INTO alert_outbox"
             " (created_at, event, severity, incident_id, title, payload_json)"
@@ -278,6 +285,13 @@ class Outbox:
         aid = cur.lastrowid
         assert aid is not None  # an INSERT always sets it
         for ch in dict.fromkeys(channels):
+            if ch in delivered:
+                db.execute(
+                    "INSERT INTO alert_deliveries (alert_id, channel, state, attempts, next_try_at, delivered_at)"
+                    " VALUES (?, ?, ?, 1, ?, ?)",
+                    (aid, ch, DeliveryState.DELIVERED.value, _ts(message.created_at), _ts(message.created_at)),
+                )
+                continue
             db.execute(
                 "INSERT INTO alert_deliveries (alert_id, channel, state, attempts, next_try_at) VALUES (?, ?, ?, 0, ?)",
                 (aid, ch, DeliveryState.PENDING.value, _ts(message.created_at)),
@@ -547,6 +561,10 @@ class Sender:
         self._busy = {name: asyncio.Lock() for name in self.channels}
         self._failures = dict.fromkeys(self.channels, 0)
         self._outage = dict.fromkeys(self.channels, False)  # "channel failing" went out for this outage
+        # Delivered, but the outbox could not be told: never sent again by this process, marked
+        # delivered as soon as the store can be written. (alert_id, channel) -> when delivered
+        self._unmarked: dict[tuple[int, str], datetime] = {}
+        self._store_failing = False  # the store error was logged (once per outage)
 
     def wake(self, channels: Sequence[str] | None = None) -> None:
         """New rows are in the outbox: look now rather than at the next poll."""
@@ -581,8 +599,35 @@ class Sender:
         return await asyncio.to_thread(self.outbox.pending_count)
 
     async def deliver_due(self) -> None:
-        """One pass over every channel: what is due now (for tests and one-shot commands)."""
-        await asyncio.gather(*(self._pass(c) for c in self.channels.values()))
+        """One pass over every channel: what is due now (for tests and one-shot commands).
+
+        Every channel has its pass even when another's fails; the first error is raised after.
+        """
+        results = await asyncio.gather(*(self._pass(c) for c in self.channels.values()), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def send_now(self, message: AlertMessage, channels: Sequence[str]) -> frozenset[str]:
+        """Send `message` to `channels` at once, bypassing the outbox (it cannot be written);
+        returns the channels that took it. One try each, all at once: one that fails gets the
+        message from the outbox once the store works again."""
+
+        async def one(name: str) -> str | None:
+            ch = self.channels.get(name)
+            if ch is None:
+                return None
+            try:
+                await self._send_once(ch, message, None)
+            except DeliveryError as e:
+                log_event(log, "alerts.delivery_failed", level=logging.WARNING, channel=name, recorded=False,
+                          permanent=e.permanent, error=redact(str(e)))  # fmt: skip
+                return None
+            log_event(log, "alerts.delivered", channel=name, event=message.event, recorded=False)
+            return name
+
+        names = await asyncio.gather(*(one(n) for n in dict.fromkeys(channels)))
+        return frozenset(n for n in names if n is not None)
 
     async def _worker(self, ch: Channel, stop: asyncio.Event) -> None:
         wake = self._wakes[ch.name]
@@ -591,8 +636,13 @@ class Sender:
             try:
                 await self._pass(ch, stop=stop)
                 nxt = await asyncio.to_thread(self.outbox.next_try_at, ch.name)
+                if self._store_failing and not self._unmarked:
+                    self._store_failing = False
+                    log_event(log, "alerts.store_recovered", channel=ch.name)
             except StoreError as e:
-                log_event(log, "alerts.store_failed", level=logging.ERROR, channel=ch.name, error=str(e))
+                if not self._store_failing:  # once per outage: the loop reports the store's state
+                    self._store_failing = True
+                    log_event(log, "alerts.store_failed", level=logging.ERROR, channel=ch.name, error=str(e))
                 nxt = None
             except Exception as e:  # a bug must not end delivery, nor the loop beside it
                 log_event(
@@ -612,6 +662,10 @@ class Sender:
 
     async def _pass(self, ch: Channel, *, stop: asyncio.Event | None = None, ignore_schedule: bool = False) -> None:
         async with self._busy[ch.name]:
+            for (alert_id, name), at in list(self._unmarked.items()):
+                if name == ch.name:  # raises StoreError while the store still cannot be written
+                    await asyncio.to_thread(self.outbox.mark_delivered, alert_id, name, at)
+                    del self._unmarked[(alert_id, name)]
             rows = await asyncio.to_thread(self.outbox.due, ch.name, self.clock.now(), ignore_schedule=ignore_schedule)
             for row in rows:
                 if stop is not None and stop.is_set():
@@ -669,7 +723,11 @@ class Sender:
             await self._channel_failed(ch, error, permanent=e.permanent)
             return result
         now = self.clock.now()
-        await asyncio.to_thread(self.outbox.mark_delivered, row.alert_id, ch.name, now)
+        try:
+            await asyncio.to_thread(self.outbox.mark_delivered, row.alert_id, ch.name, now)
+        except StoreError:
+            self._unmarked[(row.alert_id, ch.name)] = now  # sent once: not again (see _pass)
+            raise
         log_event(
             log,
             "alerts.delivered",

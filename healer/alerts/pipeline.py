@@ -207,6 +207,41 @@ def plan_alerts(
     return AlertPlan(entries=entries, remember=tuple(remember), dropped=tuple(dropped))
 
 
+def with_remembered(
+    memory: AlertMemory,
+    remembered: Sequence[tuple[datetime, Remembered]],
+    *,
+    now: datetime,
+    repeat_every: timedelta = DEFAULT_REPEAT_EVERY,
+) -> AlertMemory:
+    """`memory` plus items remembered at the given times but not stored: the plans of alerts
+    sent while the outbox could not be written. Folded as the outbox folds its rows
+    (`Outbox.memory`), so dedup holds across an outage of the state store."""
+    incidents = dict(memory.incidents)
+    recent = dict(memory.recent)
+    openings = list(memory.openings)
+    flapping = memory.last_flapping_at
+    for at, r in remembered:
+        i = r.item
+        if i.incident_id is not None:
+            m = incidents.get(i.incident_id, IncidentMemory())
+            incidents[i.incident_id] = IncidentMemory(
+                opened=m.opened or (i.event == INCIDENT_OPENED and not r.muted),
+                muted=m.muted or (i.event == INCIDENT_OPENED and r.muted),
+                resolved=m.resolved or i.event == INCIDENT_RESOLVED,
+                last_at=at,
+                severity=m.severity if i.event == INCIDENT_RESOLVED else max(m.severity, i.severity),
+            )
+        if now - at < repeat_every:
+            if not r.muted:
+                recent[_key(i)] = max(at, recent.get(_key(i), at))
+            if i.event == INCIDENT_OPENED:
+                openings.append(at)
+        if i.event == INCIDENT_FLAPPING and (flapping is None or at > flapping):
+            flapping = at
+    return AlertMemory(incidents=incidents, recent=recent, openings=tuple(openings), last_flapping_at=flapping)
+
+
 def _flapping_item(count: int, repeat_every: timedelta) -> AlertItem:
     return AlertItem(
         INCIDENT_FLAPPING,
