@@ -293,6 +293,10 @@ def status_data(config: Config) -> dict[str, Any]:
             late = now - datetime.fromisoformat(seen) > max(2 * every, timedelta(seconds=30))
             alive = not late
         out["loop"].update(alive=alive, last_seen=seen)
+        if alive and meta.get("next_due"):
+            # the running loop's own: it counts the wait on the monotonic clock, so after the
+            # wall clock was stepped it knows better than next_due() on the stored times
+            out["next_check"] = meta["next_due"]
         out["mode"] = config.escalation.mode
     finally:
         store.close()

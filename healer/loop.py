@@ -28,10 +28,10 @@ from typing import IO, Any, TypeVar
 
 from healer import gitrepo, repair, rollback
 from healer import report as reports
-from healer.alerts.message import META_STORE_FAILED, META_STORE_RECOVERED, format_age
+from healer.alerts.message import META_CLOCK_STEP, META_STORE_FAILED, META_STORE_RECOVERED, format_age
 from healer.backlog import BufferedStore
 from healer.checks import ProbeContext, probe_context, run_checks
-from healer.clock import Clock, SystemClock
+from healer.clock import Clock, SystemClock, stepped
 from healer.config import Config
 from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
@@ -210,7 +210,10 @@ class Watchdog:
         self.liveness = liveness or Liveness(stall_limit(config))
         self.heartbeat = heartbeat
         self._read_error: str | None = None  # the store could not even be read (last iteration)
-        self._store_down: datetime | None = None  # since when the store fails (announced)
+        self._store_down: timedelta | None = None  # since when the store fails (monotonic; announced)
+        # (deploy id, wall, monotonic) of the last cycle this process ran: its next one is counted
+        # on the monotonic clock, whatever the wall clock does meanwhile
+        self._last_cycle: tuple[int, datetime, timedelta] | None = None
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -237,7 +240,7 @@ class Watchdog:
     async def step(self) -> CycleReport:
         """Run one cycle now: probe, judge, decide, act, record."""
         deploy = await self.current_deploy()
-        now = self.clock.now()
+        now, mono = self.clock.now(), self.clock.monotonic()
         results = await run_checks(self.ctx)
         verdict = judge(results, deploy.baseline, self.config.checks, now)
         situation = await self._situation(deploy, verdict, now)
@@ -257,6 +260,7 @@ class Watchdog:
         )
         previous_phase = await self._db(self.store.phase_index, deploy.id)
         opened = await self._db(self.store.record_cycle, deploy.id, verdict, Who.LOOP, update)
+        self._last_cycle = (deploy.id, verdict.at, mono)
         incident = opened if opened is not None else (None if update.resolve_incident else deploy.open_incident)
         event(
             "cycle.finished",
@@ -527,9 +531,12 @@ class Watchdog:
             what = "rollback.succeeded" if r.ok else "rollback.failed"
             await self._alert([Alert(what, Severity.CRITICAL, title, r.detail)],
                               None, None, "watching" if r.ok else "waiting for a person")  # fmt: skip
-        pruned_at: datetime | None = None
+        # Waits, "every 10 s" and "every hour" are counted on the monotonic clock: a wall clock
+        # set back an hour must not stop the cycles for an hour, nor one set forward rush them.
+        pruned_at: timedelta | None = None
         started = False  # lateness at start is downtime, not a stall
-        seen: tuple[datetime, datetime] | None = None  # (when, next due) last written for `healer status`
+        seen: tuple[timedelta, datetime] | None = None  # (when, next due) last written for `healer status`
+        reading: tuple[datetime, timedelta] | None = None  # the last iteration's (wall, monotonic)
         while not stop.is_set():
             try:
                 await self._db(self.store.retry)
@@ -537,21 +544,25 @@ class Watchdog:
                 deploy = await self.current_deploy()
                 self._read_error = None
                 due = await self.due_at(deploy)
-                now = self.clock.now()
-                if seen is None or seen[1] != due or now - seen[0] >= SEEN_EVERY:
-                    await self._db(self.store.set_meta, loop_seen=now.isoformat(), next_due=due.isoformat())
-                    seen = (now, due)
+                now, mono = self.clock.now(), self.clock.monotonic()
+                step = None if reading is None else stepped(reading, (now, mono))
+                reading = (now, mono)
+                if step is not None:
+                    await self._announce_clock_step(step, deploy, now)
+                left = self._time_left(deploy, due, now, mono)
+                if seen is None or seen[1] != due or mono - seen[0] >= SEEN_EVERY:
+                    then = now + max(left, timedelta(0))  # in today's wall-clock time, for `healer status`
+                    await self._db(self.store.set_meta, loop_seen=now.isoformat(), next_due=then.isoformat())
+                    seen = (mono, due)
                 self.liveness.beat()
                 await self._announce_expired_pauses(deploy, now)
-                if due > now:
-                    wait = min(due - now, HEAD_POLL)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), wait.total_seconds())
+                if left > timedelta(0):
+                    await self._wait(stop, min(left, HEAD_POLL))
                     continue
-                late = now - due
+                late = -left
                 if started and late > max(2 * (due - (deploy.last_cycle_at or due)), timedelta(seconds=30)):
                     # the cycle is later than twice its cadence: a stall healer must own up to
-                    msg = f"the cycle due at {due:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
+                    msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
                     event("meta.loop_behind", late_s=int(late.total_seconds()))
                     await self._alert(
                         [Alert("meta.loop_behind", Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
@@ -566,12 +577,12 @@ class Watchdog:
                 failures = f"{cycle.decision.consecutive_failures}/{self.config.escalation.rollback_after}"
                 notify(f"STATUS={phase.label}; {cycle.verdict.summary()}; failures {failures}")
                 await self._summaries(cycle.deploy, self.clock.now())
-                if pruned_at is None or now - pruned_at > timedelta(hours=1):
+                if pruned_at is None or mono - pruned_at > timedelta(hours=1):
                     n = await self._db(self.store.prune, now - self.config.retention)
                     if isinstance(self._alert_sink, AlertSink):  # and the alerts nothing waits for
                         with contextlib.suppress(StoreError):  # a full disk: the next prune does it
                             n += await self._db(self._alert_sink.alerts.outbox.prune, now - self.config.retention)
-                    pruned_at = now
+                    pruned_at = mono
                     if n:
                         event("store.pruned", rows=n)
             except StoreError as e:
@@ -589,6 +600,51 @@ class Watchdog:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 5)
 
+    def _time_left(self, deploy: Deploy, due: datetime, now: datetime, mono: timedelta) -> timedelta:
+        """How long until the cycle due at `due` (wall clock), measured so that a stepped wall
+        clock neither stalls the loop nor rushes it.
+
+        1. After a cycle this process ran: the interval next_due asked for (`due` minus that
+           cycle's time), counted on the monotonic clock from that cycle.
+        2. Otherwise (the first cycle after a start, a new deploy): the wall clock, with a
+           last cycle (or a deploy) "in the future" — the clock was set back since — taken as
+           now, so the wait is at most one interval.
+        """
+        last = deploy.last_cycle_at
+        mine = self._last_cycle
+        if mine is not None and last is not None and (mine[0], mine[1]) == (deploy.id, last):
+            return mine[2] + (due - last) - mono
+        if last is None:  # next_due: "no cycle yet: now"; a deploy seen "later" than now is now too
+            return min(due - now, timedelta(0))
+        return due - max(now, last)
+
+    async def _announce_clock_step(self, step: timedelta, deploy: Deploy, now: datetime) -> None:
+        """Say once that the wall clock was stepped, which way and by how much."""
+        way = "forward" if step > timedelta(0) else "back"
+        size = format_age(abs(step))
+        log_event(log, "clock.stepped", level=logging.WARNING, way=way, by_s=round(abs(step).total_seconds(), 1),
+                  now=now.isoformat())  # fmt: skip
+        msg = (
+            f"The system's wall clock jumped {way} by {size} (it now reads {now:%Y-%m-%d %H:%M:%S} UTC). "
+            "healer keeps its cadence on the monotonic clock; what it records from now on carries the new "
+            "wall-clock times."
+        )
+        title = f"the wall clock jumped {way} {size}"
+        await self._alert([Alert(META_CLOCK_STEP, Severity.WARNING, title, msg, bypass_dedup=True)], deploy, None,
+                          "watching")  # fmt: skip
+
+    async def _wait(self, stop: asyncio.Event, delay: timedelta) -> None:
+        """Sleep `delay` on the clock (the event loop's monotonic clock, for the real one), or
+        until `stop` is set."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+
     async def _watch_store(self) -> None:
         """Say once when the store stops taking writes, and once when it has taken the backlog.
 
@@ -596,7 +652,7 @@ class Watchdog:
         the loop goes on from the BufferedStore's memory and alerts go straight to the channels.
         """
         error = self.store.write_error or self._read_error
-        now = self.clock.now()
+        now = self.clock.monotonic()
         if error is not None:
             self.liveness.store_failed(error)
             if self._store_down is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from helpers import commit, config_from, make_repo
 
 from healer.backlog import BufferedStore
@@ -14,6 +16,7 @@ from healer.checks import probe_context
 from healer.clock import FakeClock
 from healer.config import Config
 from healer.loop import Watchdog
+from healer.model import Alert, Severity
 from healer.store import Store
 
 
@@ -351,3 +354,82 @@ async def test_a_rollback_that_loses_the_lock_race_says_and_holds_nothing(
     finally:
         alerts.close()
         store.close()
+
+
+class SteppedClock(FakeClock):
+    """A fake clock whose wall clock is stepped at given monotonic moments while the loop sleeps
+    on it, and that sets `stop` at the end: the loop's whole run, in simulated time."""
+
+    def __init__(self, steps: dict[timedelta, timedelta], end: timedelta, stop: object) -> None:
+        super().__init__()
+        self.steps = dict(steps)
+        self.end = end
+        self.stop = stop
+
+    async def sleep(self, delay: timedelta) -> None:
+        await super().sleep(delay)
+        for at, by in list(self.steps.items()):
+            if self.monotonic() >= at:
+                self.step(by)
+                del self.steps[at]
+        if self.monotonic() >= self.end:
+            self.stop.set()  # type: ignore[attr-defined]
+
+
+async def test_a_wall_clock_stepped_back_or_forward_an_hour_keeps_the_cadence_and_is_said_once(
+    tmp_path: Path, http_app: Callable[..., object], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stepped back 1 h, then forward 1 h between cycles: a cycle every 10 s of monotonic time
+    throughout, one meta.clock_step alert and one clock.stepped line per step, no "loop behind"."""
+    import asyncio
+
+    app = http_app("healthy")
+    repo = make_repo(tmp_path / "app")
+    config = config_from(
+        tmp_path,
+        f"""
+        state_dir = "state"
+        [app]
+        name = "shop"
+        repo = "{repo}"
+        [schedule]
+        phases = [{{ until = "72h", every = "10s" }}]
+        [[checks]]
+        name = "api"
+        type = "http"
+        url = "{app}/health"
+        timeout = "2s"
+        samples = 1
+    """,
+    )
+    stop = asyncio.Event()
+    S, H = timedelta(seconds=1), timedelta(hours=1)
+    clock = SteppedClock({65 * S: -H, 125 * S: H}, end=175 * S, stop=stop)
+    t0 = clock.now()
+    seen: list[Alert] = []
+
+    async def sink(items: list[Alert], *_: object) -> None:
+        seen.extend(items)
+
+    store = BufferedStore(config.db_path)
+    try:
+        async with probe_context(config) as ctx:
+            dog = Watchdog(config, store, ctx, clock=clock, alert_sink=sink)  # type: ignore[arg-type]
+            with caplog.at_level(logging.INFO, logger="healer"):
+                await asyncio.wait_for(dog.run(stop), timeout=60)
+        walls = [c.at for c in store.cycles()]
+    finally:
+        store.close()
+    # each cycle's monotonic time, from its wall time and the wall clock's offset then
+    monotonic = [at - t0 if at - t0 >= timedelta(0) else at - (t0 - H) for at in walls]
+    assert monotonic == [i * 10 * S for i in range(18)]  # 0 s ... 170 s, not one missed or early
+    assert walls[7] == t0 - H + 70 * S and walls[13] == t0 + 130 * S  # recorded in wall-clock time
+    steps = [a for a in seen if a.event == "meta.clock_step"]
+    assert [a.title for a in steps] == ["the wall clock jumped back 1h", "the wall clock jumped forward 1h"]
+    assert all(a.severity is Severity.WARNING and a.bypass_dedup for a in steps)
+    assert not [a for a in seen if a.event == "meta.loop_behind"]
+    lines = [r for r in caplog.records if r.getMessage() == "clock.stepped"]
+    assert [(r.levelno, r.healer_fields["way"]) for r in lines] == [
+        (logging.WARNING, "back"),
+        (logging.WARNING, "forward"),
+    ]  # type: ignore[attr-defined]

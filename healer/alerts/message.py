@@ -28,6 +28,7 @@ INCIDENT_FLAPPING = "incident.flapping"
 META_CHANNEL_FAILING = "meta.channel_failing"
 META_STORE_FAILED = "meta.store_failed"
 META_STORE_RECOVERED = "meta.store_recovered"
+META_CLOCK_STEP = "meta.clock_step"
 TEST = "test"
 
 # What a message sent while the state store could not be written says about itself: no row
@@ -57,6 +58,7 @@ LABELS: Mapping[str, str] = {
     "meta.loop_behind": "healer is behind",
     META_STORE_FAILED: "healer cannot write its state",
     META_STORE_RECOVERED: "healer writes its state again",
+    META_CLOCK_STEP: "The clock jumped",
     META_CHANNEL_FAILING: "Alert channel failing",
     TEST: "Test alert",
 }
@@ -456,6 +458,7 @@ def items_of(intents: Sequence[Alert]) -> tuple[AlertItem, ...]:
 
 __all__ = [
     "EVENTS",
+    "META_CLOCK_STEP",
     "META_EVENTS",
     "META_STORE_FAILED",
     "META_STORE_RECOVERED",
