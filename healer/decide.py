@@ -191,8 +191,9 @@ def decide(s: Situation, config: Config) -> Decision:
     skipped = f" ({'; '.join(choice.skipped)})" if choice.skipped else ""
     if not rungs.rollback:
         intents += choice.intents
-        what = "repairing" if any(isinstance(i, Repair) for i in choice.intents) else "telling people"
-        return done(f"likely cause {att.label}: not rolling back, {what}{skipped}", failures)
+        names = ", ".join(att.dependencies) or "the dependency"
+        what = "running its playbooks" if any(isinstance(i, Repair) for i in choice.intents) else "telling people"
+        return done(f"no rollback or restart loop while {names} fails: {what}{skipped}", failures)
 
     repairing = any(isinstance(i, Repair) for i in choice.intents)
     emergency = streak >= esc.emergency.confirm_cycles and not repairing and not choice.restart_pending

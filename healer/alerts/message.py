@@ -275,7 +275,7 @@ def _since_line(msg: AlertMessage) -> str | None:
 
 
 def _next_line(msg: AlertMessage) -> str | None:
-    """ "Likely cause: dependency redis. Next: not rolling back, telling people" """
+    """ "Likely cause: dependency redis. Next: no rollback or restart loop while redis fails: telling people" """
     cause = f"Likely cause: {msg.cause}." if msg.cause and "likely cause" not in msg.title else ""
     step = f"Next: {_clip(msg.next_step, 300)}" if msg.next_step else ""
     return " ".join(x for x in (cause, step) if x) or None
