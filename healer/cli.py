@@ -28,7 +28,7 @@ from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
 from healer.model import CheckResult, Outcome, Verdict, Who
-from healer.schedule import next_due, phase_at
+from healer.views import history_rows, status_data
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -169,8 +169,7 @@ async def _check_once(config: Config) -> tuple[Verdict, bool, Attribution | None
     deploy = Deploy(id=0, commit=commit or "unversioned", first_seen=now)  # a deploy healer has not seen
     previous: bool | None = None
     if config.db_path.exists():
-        store = Store(config.db_path)
-        try:
+        with Store(config.db_path) as store:
             d = store.current_deploy()
             if d is not None and (commit is None or d.commit == commit):
                 deploy = d
@@ -178,8 +177,6 @@ async def _check_once(config: Config) -> tuple[Verdict, bool, Attribution | None
                 previous = None if before is None else before.last_ok
             elif d is not None:
                 previous = d.last_ok  # HEAD moved since healer last looked: d is the release before
-        finally:
-            store.close()
     async with probe_context(config) as ctx:
         results = await run_checks(ctx)
     verdict = judge(results, deploy.baseline, config.checks, SystemClock().now())
@@ -227,80 +224,6 @@ def check(ctx: click.Context, as_json: bool) -> None:
 
 
 # ---- status --------------------------------------------------------------------------------------
-
-
-def status_data(config: Config) -> dict[str, Any]:
-    """What `healer status --json` and `/status` show."""
-    from healer.loop import RunLock
-    from healer.store import Store
-
-    now = SystemClock().now()
-    out: dict[str, Any] = {"app": config.app.name, "now": now.isoformat(), "state_dir": str(config.state_dir)}
-    pid = RunLock.holder(config.lock_path)
-    out["loop"] = {
-        "running": pid is not None,
-        "pid": pid if pid and pid > 0 else None,
-        "alive": False,
-        "last_seen": None,
-    }
-    if not config.db_path.exists():
-        out["deploy"] = None
-        out["loop"].update(alive=False, note="healer has not run here yet")
-        return out
-    store = Store(config.db_path)
-    try:
-        d = store.current_deploy()
-        meta = store.meta()
-        pause = store.active_pause(now)
-        out["pause"] = None if pause is None else {"until": pause.until.isoformat(), "reason": pause.reason}
-        if d is None:
-            out["deploy"] = None
-            return out
-        phase = phase_at(d.first_seen, now, config.schedule)
-        due = next_due(
-            deploy_at=d.first_seen, last_cycle_at=d.last_cycle_at, failing=d.last_ok is False,
-            schedule=config.schedule,
-        )  # fmt: skip
-        bad = store.bad_commits()
-        out["deploy"] = {
-            "id": d.id, "commit": d.commit, "first_seen": d.first_seen.isoformat(),
-            "age": format_duration(timedelta(seconds=max(0, int((now - d.first_seen).total_seconds())))),
-            "phase": phase.label, "phase_index": phase.index, "in_window": phase.in_window,
-            "via_rollback": d.via_rollback, "held": d.held, "known_bad": bad.get(d.commit),
-            "stable_tag": d.stable_tag,
-        }  # fmt: skip
-        out["next_check"] = due.isoformat()
-        last = store.last_loop_cycle(d.id)
-        out["last_cycle"] = None if last is None else {
-            "at": last.at.isoformat(), "ok": last.ok, "summary": last.summary,
-            "cause": last.cause, "next_step": last.next_step,
-        }  # fmt: skip
-        out["deploy_begun_until"] = meta.get("deploy_begun_until")
-        out["consecutive_failures"] = d.consecutive_failures
-        out["rollback_after"] = config.escalation.rollback_after
-        out["baseline"] = None if d.baseline is None else {
-            "taken_at": d.baseline.taken_at.isoformat(),
-            "metrics": {k: dict(v) for k, v in d.baseline.metrics.items()},
-        }  # fmt: skip
-        inc = None if d.open_incident is None else store.incident(d.open_incident)
-        out["open_incident"] = None if inc is None else inc.to_json()
-        out["last_actions"] = [a.to_json() for a in store.recent_actions(5)]
-        # alive: the lock is held and the loop touched the store within twice its cadence
-        seen = meta.get("loop_seen")
-        alive = pid is not None and seen is not None
-        if alive and seen:
-            every = config.schedule.incident_every if d.last_ok is False else phase.every
-            late = now - datetime.fromisoformat(seen) > max(2 * every, timedelta(seconds=30))
-            alive = not late
-        out["loop"].update(alive=alive, last_seen=seen)
-        if alive and meta.get("next_due"):
-            # the running loop's own: it counts the wait on the monotonic clock, so after the
-            # wall clock was stepped it knows better than next_due() on the stored times
-            out["next_check"] = meta["next_due"]
-        out["mode"] = config.escalation.mode
-    finally:
-        store.close()
-    return out
 
 
 @cli.command()
@@ -385,8 +308,7 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
     config = _config(ctx)
     if not config.db_path.exists():
         raise UsageError(f"{config.db_path}: no state yet; `healer run` takes the baseline at the first healthy cycle")
-    store = Store(config.db_path)
-    try:
+    with Store(config.db_path) as store:
         d = store.current_deploy()
         if d is None:
             raise UsageError("no deploy seen yet; `healer run` takes the baseline at the first healthy cycle")
@@ -409,66 +331,9 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
         for name, vals in d.baseline.metrics.items():
             table.add_row(name, ", ".join(f"{k}={_num(v)}" for k, v in vals.items()))
         _console().print(table)
-    finally:
-        store.close()
 
 
 # ---- history -------------------------------------------------------------------------------------
-
-
-def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
-    """Checks, incidents, repairs, rollbacks and alerts since `since` ago, oldest first."""
-    from healer.store import Store
-
-    if not config.db_path.exists():
-        return []
-    now = SystemClock().now()
-    start = now - since
-    store = Store(config.db_path)
-    rows: list[dict[str, Any]] = []
-    try:
-        for c in store.cycles(since=start):
-            rows.append(
-                {
-                    "at": c.at.isoformat(),
-                    "type": "check",
-                    "who": c.who,
-                    "ok": c.ok,
-                    "what": c.summary,
-                    "cause": c.cause,
-                    "next": c.next_step,
-                    "deploy": c.deploy_id,
-                }
-            )
-        for i in store.incidents(since=start):
-            rows.append({"at": i.opened_at.isoformat(), "type": "incident.opened", "what": i.cause, "incident": i.id})
-            if i.resolved_at is not None:
-                rows.append(
-                    {
-                        "at": i.resolved_at.isoformat(),
-                        "type": "incident.resolved",
-                        "what": f"incident #{i.id}",
-                        "incident": i.id,
-                    }
-                )
-        for a in store.actions(since=start):
-            rows.append({"at": a.at.isoformat(), "type": a.kind, "who": a.who, "what": a.name, "why": a.reason,
-                         "outcome": a.outcome, "detail": a.detail})  # fmt: skip
-    finally:
-        store.close()
-    from healer.alerts.outbox import Outbox
-
-    outbox = Outbox(config.db_path)
-    try:
-        for rec in outbox.history(start):
-            sent = ", ".join(f"{d.channel}: {d.state.value}" for d in rec.deliveries)
-            rows.append({"at": rec.created_at.isoformat(), "type": "alert", "who": "", "what": rec.title,
-                         "outcome": sent, "detail": ", ".join(i.event for i in rec.message.items),
-                         "severity": rec.severity.name.lower(), "incident": rec.incident_id})  # fmt: skip
-    finally:
-        outbox.close()
-    rows.sort(key=lambda r: r["at"])
-    return rows
 
 
 @cli.command()
@@ -536,8 +401,7 @@ async def _repair(config: Config, kind: str, reason: str) -> int:
     from healer.checks import probe_context
     from healer.store import Store
 
-    store = Store(config.db_path)
-    try:
+    with Store(config.db_path) as store:
         d = store.current_deploy()
         async with probe_context(config) as pctx:
             result = await rp.run_repair(
@@ -548,8 +412,6 @@ async def _repair(config: Config, kind: str, reason: str) -> int:
         if d is not None and d.held and result.ok:
             # a person fixed it: healer is armed again for this deploy
             store.set_held(d.id, None)
-    finally:
-        store.close()
     click.echo(f"{kind}: {'fixed' if result.ok else 'NOT fixed'}: {result.detail}")
     event = "repair.succeeded" if result.ok else "repair.failed"
     _announce(config, event, f"{'Repaired' if result.ok else 'Repair failed'}: {kind} (by {_person()})", result.detail)
@@ -582,8 +444,7 @@ def rollback(
         raise UsageError(f"{config.path}: app.repo: expected the git work tree of the app to roll back")
     # --list and --dry-run change nothing, not even by creating the state database
     read_only = (list_ or dry_run) and not config.db_path.exists()
-    store = Store(Path(":memory:")) if read_only else Store(config.db_path)
-    try:
+    with Store(Path(":memory:")) if read_only else Store(config.db_path) as store:
         if list_:
             tags = rb.candidates(config, store)
             if not tags:
@@ -597,8 +458,6 @@ def rollback(
                 raise UsageError("--reason: expected a few words saying why (it is recorded and announced)")
             reason = "dry run"
         exit_code = _run(_rollback(config, store, reason, to, dry_run=dry_run, yes=yes, force=force))
-    finally:
-        store.close()
     sys.exit(exit_code)
 
 
@@ -687,16 +546,13 @@ def pause(ctx: click.Context, reason: str, for_: str) -> None:
     config = _config(ctx)
     now = SystemClock().now()
     until = now + span
-    store = Store(config.db_path)
-    try:
+    with Store(config.db_path) as store:
         d = store.current_deploy()
         store.add_pause(until, reason, _person(), now)
         store.start_action(
             kind="pause", name=format_duration(span), who=Who.PERSON, reason=reason, now=now,
             deploy_id=None if d is None else d.id, outcome=Outcome.OK, detail=f"until {until.isoformat()}",
         )  # fmt: skip
-    finally:
-        store.close()
     _announce(
         config,
         "pause.started",
@@ -718,8 +574,7 @@ def resume(ctx: click.Context) -> None:
     if not config.db_path.exists():
         click.echo("not paused")
         return
-    store = Store(config.db_path)
-    try:
+    with Store(config.db_path) as store:
         ended = store.end_pause(now)
         if ended:
             d = store.current_deploy()
@@ -727,8 +582,6 @@ def resume(ctx: click.Context) -> None:
                 kind="resume", name="pause", who=Who.PERSON, reason="healer resume", now=now,
                 deploy_id=None if d is None else d.id, outcome=Outcome.OK,
             )  # fmt: skip
-    finally:
-        store.close()
     if ended:
         _announce(config, "pause.ended", "Resumed", f"by {_person()}: repairs and rollbacks are armed again")
     click.echo("resumed: repairs and rollbacks are armed again" if ended else "not paused")
@@ -754,16 +607,13 @@ def deploy_begin(ctx: click.Context, for_: str, reason: str) -> None:
     config = _config(ctx)
     now = SystemClock().now()
     until = now + span
-    store = Store(config.db_path)
-    try:
+    with Store(config.db_path) as store:
         store.set_meta(**{DEPLOY_BEGUN_KEY: until.isoformat()})
         d = store.current_deploy()
         store.start_action(
             kind="deploy.begin", name=format_duration(span), who=Who.PERSON, reason=reason, now=now,
             deploy_id=None if d is None else d.id, outcome=Outcome.OK, detail=f"until {until.isoformat()}",
         )  # fmt: skip
-    finally:
-        store.close()
     click.echo(f"deploy in progress until {_when(until)}: healer records but acts on nothing (`healer deploy end`)")
 
 
@@ -779,16 +629,13 @@ def deploy_end(ctx: click.Context) -> None:
     config = _config(ctx)
     commit = gitrepo.head_commit(config.app.repo) if config.app.repo else None
     now = SystemClock().now()
-    store = Store(config.db_path)
-    try:
+    with Store(config.db_path) as store:
         store.set_meta(**{DEPLOY_BEGUN_KEY: None, DEPLOY_ENDED_KEY: commit})
         d = store.current_deploy()
         store.start_action(
             kind="deploy.end", name=(commit or "unversioned")[:12], who=Who.PERSON, reason="healer deploy end",
             now=now, deploy_id=None if d is None else d.id, outcome=Outcome.OK,
         )  # fmt: skip
-    finally:
-        store.close()
     at = f" {commit[:12]}" if commit else ""
     click.echo(f"deploy done: healer judges{at} from its next cycle on")
 
@@ -849,11 +696,8 @@ def report(ctx: click.Context, since: str, sla: float | None, as_json: bool) -> 
         raise UsageError(f"--sla: expected a percentage above 0 and at most 100, got {sla}")
     now = SystemClock().now()
     if config.db_path.exists():
-        store = Store(config.db_path)
-        try:
+        with Store(config.db_path) as store:
             rep = reports.load_report(store, start=now - span, now=now, sla_target=target)
-        finally:
-            store.close()
     else:  # nothing recorded yet: an empty report ("no data"), and no file created
         rep = reports.build_report([], [], [], start=now - span, now=now, sla_target=target)
     title = f"{config.app.name}: the last {since}"

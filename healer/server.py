@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from healer import __version__
 from healer.logging import log_event, redact
 from healer.metrics import CONTENT_TYPE, build_registry, render
+from healer.views import status_data
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -183,12 +184,7 @@ class OpsServer:
 
     def status(self) -> tuple[int, str, bytes]:
         """What `healer status --json` prints."""
-        if self._status is not None:
-            data = self._status()
-        else:
-            from healer.cli import status_data  # here: cli imports the loop, which imports us
-
-            data = status_data(self.config)
+        data = self._status() if self._status is not None else status_data(self.config)
         return 200, "application/json", (json.dumps(data, indent=2) + "\n").encode()
 
     def metrics(self) -> tuple[int, str, bytes]:

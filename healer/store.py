@@ -298,6 +298,12 @@ class Store:
         with self._lock:
             self._db.close()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _ensure_columns(self) -> None:
         """Add the columns a database from an older healer lacks (ALTER TABLE ... ADD COLUMN)."""
         for table, column in _ADDED_COLUMNS:
