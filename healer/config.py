@@ -222,11 +222,20 @@ class CommandCheck(_Check):
     cwd: RelPath | None = None
 
 
+class TcpCheck(_Check):
+    """A TCP connection to `address` opens within the timeout (a port the app or a dependency
+    listens on). A dependency by default (healer/ladder.py): give it `role = "app"` for the
+    app's own port."""
+
+    type: Literal["tcp"]
+    address: Annotated[str, Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[\w.\-]+):\d{1,5}$")]
+
+
 CheckConfig = Annotated[
-    HttpCheck | ProcessCheck | SystemCheck | RedisCheck | PostgresCheck | CommandCheck,
+    HttpCheck | ProcessCheck | SystemCheck | RedisCheck | PostgresCheck | CommandCheck | TcpCheck,
     Field(discriminator="type"),
 ]
-CHECK_TYPES = ("http", "process", "system", "redis", "postgres", "command")
+CHECK_TYPES = ("http", "process", "system", "redis", "postgres", "command", "tcp")
 
 
 # ---- sections --------------------------------------------------------------------------------
@@ -677,6 +686,7 @@ def _pattern_hint(loc: str, hints: Mapping[str, str]) -> str:
         "url": 'expected a URL like "http://127.0.0.1:8000/health" (or redis://...)',
         "name": "expected a name of letters, digits, '.', '_' or '-'",
         "listen": 'expected HOST:PORT like "127.0.0.1:8001"',
+        "address": 'expected HOST:PORT like "127.0.0.1:6379"',
         **hints,
     }
     if last in known:

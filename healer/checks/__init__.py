@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from healer.config import CheckConfig, Config, format_duration
+from healer.config import CHECK_TYPES, CheckConfig, Config, format_duration
 from healer.model import CheckResult
 from healer.redact import MASK
 from healer.redact import redact as process_redact
@@ -150,7 +150,7 @@ def _lazy(module: str) -> Probe:
     return probe
 
 
-PROBES: dict[str, Probe] = {kind: _lazy(kind) for kind in ("http", "process", "system", "redis", "postgres", "command")}
+PROBES: dict[str, Probe] = {kind: _lazy(kind) for kind in CHECK_TYPES}
 
 # Probes abandoned after their timeout that did not unwind within _CANCEL_GRACE; held so they
 # are not garbage-collected mid-flight, dropped when they finally end.
