@@ -64,9 +64,7 @@ async def test_refused_connection_is_down(run_probe: RunProbe) -> None:
     assert r.error and "cannot connect" in r.error
 
 
-async def test_hanging_app_times_out_within_the_check_timeout(
-    run_probe: RunProbe, http_app: StartApp
-) -> None:
+async def test_hanging_app_times_out_within_the_check_timeout(run_probe: RunProbe, http_app: StartApp) -> None:
     """An app that never answers fails with `http.timeout` within the check's timeout."""
     app = http_app("hang")
     start = time.monotonic()
@@ -79,9 +77,7 @@ async def test_hanging_app_times_out_within_the_check_timeout(
     assert r.error and "3 of 3 samples failed" in r.error
 
 
-async def test_slow_answers_over_the_ceiling_fail_with_latency(
-    run_probe: RunProbe, http_app: StartApp
-) -> None:
+async def test_slow_answers_over_the_ceiling_fail_with_latency(run_probe: RunProbe, http_app: StartApp) -> None:
     """Good answers whose median latency is over max_latency fail the check with `http.latency`."""
     app = http_app("slow", delay=0.25)
     r = await run_probe(http(f"{app.url}/", samples=1, max_latency="100ms"))
@@ -100,9 +96,7 @@ async def test_slow_answers_under_the_ceiling_pass(run_probe: RunProbe, http_app
     assert r.values["latency_ms"] >= 100
 
 
-async def test_one_failed_sample_in_three_still_passes(
-    run_probe: RunProbe, http_app: StartApp
-) -> None:
+async def test_one_failed_sample_in_three_still_passes(run_probe: RunProbe, http_app: StartApp) -> None:
     """A flaky app failing one request in three passes: most samples passed."""
     app = http_app("flaky", fail_ratio=1 / 3)
     r = await run_probe(http(app.url))
@@ -129,16 +123,12 @@ async def test_two_failed_samples_in_three_fail(run_probe: RunProbe, http_app: S
         pytest.param({"json_field": "db.ok", "json_value": True}, True, id="json-nested-bool"),
         pytest.param({"json_field": "db.ok", "json_value": 1}, False, id="json-true-is-not-1"),
         pytest.param({"json_field": "db.pool.0", "json_value": 5}, True, id="json-list-index"),
-        pytest.param(
-            {"json_field": "db.pool.0", "json_value": "5"}, True, id="json-string-spelling"
-        ),
+        pytest.param({"json_field": "db.pool.0", "json_value": "5"}, True, id="json-string-spelling"),
         pytest.param({"json_field": "db.missing"}, False, id="json-missing-field"),
         pytest.param({"json_field": "status"}, True, id="json-field-present"),
     ],
 )
-async def test_body_expectations(
-    run_probe: RunProbe, http_app: StartApp, options: dict[str, Any], ok: bool
-) -> None:
+async def test_body_expectations(run_probe: RunProbe, http_app: StartApp, options: dict[str, Any], ok: bool) -> None:
     """body_contains and json_field (a dotted path, equal to json_value if given) judge the body."""
     app = http_app("healthy", body={"status": "ok", "db": {"ok": True, "pool": [5, 10]}})
     r = await run_probe(http(app.url, **options))
@@ -146,9 +136,7 @@ async def test_body_expectations(
     assert r.symptoms == (() if ok else ("http.body",))
 
 
-async def test_non_json_body_fails_a_json_field_check(
-    run_probe: RunProbe, http_app: StartApp
-) -> None:
+async def test_non_json_body_fails_a_json_field_check(run_probe: RunProbe, http_app: StartApp) -> None:
     """A body that is not JSON fails a json_field check with `http.body`."""
     app = http_app("healthy", body="<html>ok</html>")
     r = await run_probe(http(app.url, json_field="status", json_value="ok"))
@@ -172,9 +160,7 @@ async def test_other_methods(run_probe: RunProbe, http_app: StartApp, method: st
     assert app.requests == [f"{method} /h"]
 
 
-async def test_behaviour_switched_at_runtime_is_seen(
-    run_probe: RunProbe, http_app: StartApp
-) -> None:
+async def test_behaviour_switched_at_runtime_is_seen(run_probe: RunProbe, http_app: StartApp) -> None:
     """The same app, healthy then failing then healthy again, is judged each time afresh."""
     app = http_app("healthy")
     assert (await run_probe(http(app.url))).ok

@@ -12,9 +12,7 @@ from healer.model import CheckResult
 RunProbe = Callable[..., Awaitable[CheckResult]]
 
 
-async def test_live_postgres_passes_with_values(
-    run_probe: RunProbe, postgres_server: PostgresServer
-) -> None:
+async def test_live_postgres_passes_with_values(run_probe: RunProbe, postgres_server: PostgresServer) -> None:
     """A live PostgreSQL passes with latency and connections in use out of max_connections."""
     os.environ["DATABASE_URL"] = postgres_server.dsn
     r = await run_probe({"type": "postgres"}, postgres={})
@@ -26,14 +24,10 @@ async def test_live_postgres_passes_with_values(
     assert r.latency is not None
 
 
-async def test_connections_over_the_ceiling_is_a_symptom(
-    run_probe: RunProbe, postgres_server: PostgresServer
-) -> None:
+async def test_connections_over_the_ceiling_is_a_symptom(run_probe: RunProbe, postgres_server: PostgresServer) -> None:
     """Connections in use over max_connections_percent fail with `postgres.connections`."""
     os.environ["HEALER_TEST_DSN"] = postgres_server.dsn
-    r = await run_probe(
-        {"type": "postgres", "dsn_env": "HEALER_TEST_DSN", "max_connections_percent": 0.1}
-    )
+    r = await run_probe({"type": "postgres", "dsn_env": "HEALER_TEST_DSN", "max_connections_percent": 0.1})
     assert not r.ok
     assert r.symptoms == ("postgres.connections",)
     assert r.error and "connections in use" in r.error
@@ -62,9 +56,7 @@ async def test_bad_database_fails_without_leaking_the_password(
     run_probe: RunProbe, postgres_server: PostgresServer
 ) -> None:
     """A refused connection (no such database) names the reason but never the password."""
-    os.environ["DATABASE_URL"] = (
-        f"postgresql://postgres:hunter2-pw@127.0.0.1:{postgres_server.port}/no_such_db"
-    )
+    os.environ["DATABASE_URL"] = f"postgresql://postgres:hunter2-pw@127.0.0.1:{postgres_server.port}/no_such_db"
     r = await run_probe({"type": "postgres"}, postgres={})
     assert r.symptoms == ("postgres.down",)
     assert r.error and "no_such_db" in r.error and "hunter2-pw" not in r.error

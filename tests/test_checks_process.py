@@ -41,9 +41,7 @@ def marker() -> str:
     return f"healer-test-{uuid.uuid4().hex}"
 
 
-def sleeper(
-    spawn: Spawn, mark: str, code: str = "import time; time.sleep(60)"
-) -> subprocess.Popen[bytes]:
+def sleeper(spawn: Spawn, mark: str, code: str = "import time; time.sleep(60)") -> subprocess.Popen[bytes]:
     return spawn(sys.executable, "-c", code, mark)  # Popen returns once exec has succeeded
 
 
@@ -123,9 +121,7 @@ def test_healer_and_its_ancestors_never_match(tmp_path: Path) -> None:
     assert out.stdout.strip() == "0", out.stderr
 
 
-async def test_pidfile_of_a_live_process_passes(
-    run_probe: RunProbe, spawn: Spawn, tmp_path: Path
-) -> None:
+async def test_pidfile_of_a_live_process_passes(run_probe: RunProbe, spawn: Spawn, tmp_path: Path) -> None:
     """A pidfile naming a live process that started before the file was written passes."""
     p = sleeper(spawn, marker())
     pidfile = tmp_path / "app.pid"
@@ -135,9 +131,7 @@ async def test_pidfile_of_a_live_process_passes(
     assert r.values["count"] == 1
 
 
-async def test_pidfile_includes_the_processes_children(
-    run_probe: RunProbe, spawn: Spawn, tmp_path: Path
-) -> None:
+async def test_pidfile_includes_the_processes_children(run_probe: RunProbe, spawn: Spawn, tmp_path: Path) -> None:
     """The process from a pidfile is counted with its children (a master and its workers)."""
     code = "import subprocess, sys, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
     p = sleeper(spawn, marker(), code)
@@ -163,9 +157,7 @@ async def test_pidfile_includes_the_processes_children(
         pytest.param("garbage", id="not-a-pid"),
     ],
 )
-async def test_stale_pidfile_is_down(
-    run_probe: RunProbe, spawn: Spawn, tmp_path: Path, case: str
-) -> None:
+async def test_stale_pidfile_is_down(run_probe: RunProbe, spawn: Spawn, tmp_path: Path, case: str) -> None:
     """A pidfile whose PID is gone, reused by a newer process, or unreadable means down."""
     pidfile = tmp_path / "app.pid"
     if case == "reused":
@@ -185,9 +177,7 @@ async def test_stale_pidfile_is_down(
     assert r.error and "pidfile" in r.error
 
 
-async def test_process_name_matches_the_executable(
-    run_probe: RunProbe, spawn: Spawn, tmp_path: Path
-) -> None:
+async def test_process_name_matches_the_executable(run_probe: RunProbe, spawn: Spawn, tmp_path: Path) -> None:
     """process_name finds a process by its executable's name."""
     name = f"hs{uuid.uuid4().hex[:8]}"
     exe = tmp_path / name

@@ -18,16 +18,12 @@ RunProbe = Callable[..., Awaitable[CheckResult]]
 @pytest.fixture
 def locked_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own that requires a password and has a maxmemory."""
-    server = start_redis(
-        tmp_path / "redis", args=("--requirepass", "pw-s3cret", "--maxmemory", "4mb")
-    )
+    server = start_redis(tmp_path / "redis", args=("--requirepass", "pw-s3cret", "--maxmemory", "4mb"))
     yield server
     server.stop()
 
 
-async def test_live_redis_passes_with_values(
-    run_probe: RunProbe, redis_server: RedisServer
-) -> None:
+async def test_live_redis_passes_with_values(run_probe: RunProbe, redis_server: RedisServer) -> None:
     """A live Redis passes with PING latency, used memory and clients in the values."""
     r = await run_probe({"type": "redis"}, redis={"url": redis_server.url})
     assert r.ok, r.error
@@ -38,9 +34,7 @@ async def test_live_redis_passes_with_values(
     assert r.latency is not None
 
 
-async def test_check_url_overrides_the_section(
-    run_probe: RunProbe, redis_server: RedisServer
-) -> None:
+async def test_check_url_overrides_the_section(run_probe: RunProbe, redis_server: RedisServer) -> None:
     """The check's own url wins over `[redis] url`."""
     dead = f"redis://127.0.0.1:{free_port()}/0"
     r = await run_probe({"type": "redis", "url": redis_server.url}, redis={"url": dead})
@@ -49,9 +43,7 @@ async def test_check_url_overrides_the_section(
 
 async def test_dead_port_is_down(run_probe: RunProbe) -> None:
     """Nothing listening is `redis.down`, quickly (no client-side retries)."""
-    r = await run_probe(
-        {"type": "redis", "url": f"redis://127.0.0.1:{free_port()}/0", "timeout": "5s"}
-    )
+    r = await run_probe({"type": "redis", "url": f"redis://127.0.0.1:{free_port()}/0", "timeout": "5s"})
     assert not r.ok
     assert r.symptoms == ("redis.down",)
     assert r.error and "cannot connect" in r.error
@@ -67,9 +59,7 @@ async def test_ceilings_give_symptoms(run_probe: RunProbe, redis_server: RedisSe
     assert r.values["clients"] >= 2
 
 
-async def test_password_from_the_environment(
-    run_probe: RunProbe, locked_redis: RedisServer
-) -> None:
+async def test_password_from_the_environment(run_probe: RunProbe, locked_redis: RedisServer) -> None:
     """The password comes from the variable named by password_env; memory % uses maxmemory."""
     os.environ["HEALER_TEST_REDIS_PW"] = "pw-s3cret"
     section = {"url": locked_redis.url, "password_env": "HEALER_TEST_REDIS_PW"}
@@ -78,9 +68,7 @@ async def test_password_from_the_environment(
     assert 0 < r.values["memory_percent"] < 100
 
 
-async def test_wrong_password_fails_without_showing_it(
-    run_probe: RunProbe, locked_redis: RedisServer
-) -> None:
+async def test_wrong_password_fails_without_showing_it(run_probe: RunProbe, locked_redis: RedisServer) -> None:
     """A refused password is `redis.error`, and the password is not in the error."""
     os.environ["HEALER_TEST_REDIS_PW"] = "wrong-pw-123"
     section = {"url": locked_redis.url, "password_env": "HEALER_TEST_REDIS_PW"}
