@@ -58,8 +58,13 @@ module.exports = {
       // and `pm2 delete` are never restarted whatever the code: PM2 asked for that stop.
       stop_exit_codes: [2],
       // PM2 stops with SIGINT, which healer handles like SIGTERM; it then has 15 s to record
-      // the cycle in progress and say "stopped watching" before SIGKILL
+      // the cycle in progress and say "stopped watching" before SIGKILL. A repair or rollback in
+      // flight gets 10 s of those to finish (a restart waiting for the app to stop, a rollback's
+      // `after` command); past them healer stops it itself and the next start takes it up.
       kill_timeout: 15000,
+      // The stop signal goes to healer alone: by default PM2 signals its whole process tree,
+      // which would stop a rollback's `after` command half way while healer waits for it.
+      treekill: false,
       env: {
         PYTHONUNBUFFERED: "1",
         PYTHONFAULTHANDLER: "1",

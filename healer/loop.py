@@ -70,6 +70,18 @@ HEAD_POLL = timedelta(seconds=1)
 # ... but tell the store "the loop is alive" only this often (status allows 30 s), not every poll
 SEEN_EVERY = timedelta(seconds=10)
 
+# What stops healer. SIGHUP (a closed terminal, or `kill -HUP` meant as a reload) stops it like
+# SIGTERM: healer.toml is read once, at start, so a reload would be a restart anyway.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# On a stop signal, a repair or rollback in flight (a restart waiting for the app to stop, a
+# rollback's `after` command) gets this long to finish: the shipped systemd unit, PM2 and
+# supervisor files give healer 15 s before SIGKILL, and recording, "stopped watching" and the
+# alerts take about 1.5 s more. Past it, the action is cancelled: a repair is recorded as
+# interrupted and a rollback stays journaled; the next `healer run` takes both up.
+STOP_ACTION_WAIT = timedelta(seconds=10)
+# ... and a cycle that is only probing or recording, this long.
+STOP_CYCLE_WAIT = timedelta(milliseconds=800)
+
 
 def event(name: str, **fields: Any) -> None:
     """Log one event: a dotted name plus fields (`repair.started kind=redis-flush`)."""
@@ -206,6 +218,8 @@ class Watchdog:
         self._last_repair_at: datetime | None = None
         self._incident: tuple[int, datetime] | None = None
         self._cause: str | None = None  # the likely cause of the latest failing cycle, for alerts
+        self.acting: str | None = None  # the repair or rollback in flight, for serve()'s stop bound
+        self._stop: asyncio.Event | None = None  # run()'s: once set, no new action starts
         self._policies = repair.policies(config)  # validates the playbook files once, at start
         self.liveness = liveness or Liveness(stall_limit(config))
         self.heartbeat = heartbeat
@@ -353,14 +367,26 @@ class Watchdog:
     async def _guarded(
         self, action: Awaitable[list[Alert]], intent: Repair | Rollback, incident: int | None
     ) -> list[Alert]:
-        """An action that fails in a way nobody foresaw is told, not lost with the cycle's alerts."""
+        """An action that fails in a way nobody foresaw is told, not lost with the cycle's alerts.
+        While it runs, `acting` names it: a stop signal then lets it finish (STOP_ACTION_WAIT)."""
+        what = intent.kind if isinstance(intent, Repair) else "rollback"
+        self.acting = what
         try:
             return await action
         except Exception as e:
-            what = intent.kind if isinstance(intent, Repair) else "rollback"
             log_event(log, "action.crashed", level=logging.ERROR, action=what, error=f"{type(e).__name__}: {e}")
             kind = "repair.failed" if isinstance(intent, Repair) else "rollback.failed"
             return [Alert(kind, Severity.CRITICAL, f"{what} crashed", f"{type(e).__name__}: {e}", incident)]
+        finally:
+            self.acting = None
+
+    def _stopping(self, report: CycleReport, what: str) -> bool:
+        """A stop was asked for: start no action now (the next start decides again)."""
+        if self._stop is None or not self._stop.is_set():
+            return False
+        event("action.not_started", action=what, why="healer is stopping")
+        report.actions.append(f"{what}: not started, healer is stopping")
+        return True
 
     async def _repair(self, intent: Repair, deploy: Deploy, incident: int | None, report: CycleReport) -> list[Alert]:
         now = self.clock.now()
@@ -374,6 +400,8 @@ class Watchdog:
             event("repair.would_run", kind=intent.kind, reason=intent.reason)
             return [Alert("repair.started", Severity.WARNING, f"{intent.kind} (would run)",
                           f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
+        if self._stopping(report, f"repair {intent.kind}"):
+            return []
         event("repair.started", kind=intent.kind, reason=intent.reason)
         try:
             with self.liveness.busy(action_budget(self.config)):
@@ -412,6 +440,8 @@ class Watchdog:
             event("rollback.would_run", reason=intent.reason)
             return [Alert("rollback.started", Severity.CRITICAL, "would roll back to the last stable tag",
                           f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
+        if self._stopping(report, "rollback"):
+            return []
 
         async def started(p: rollback.Plan) -> None:
             # said under the rollback lock, once the plan is accepted: never for a lost race
@@ -516,7 +546,10 @@ class Watchdog:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Cycle until `stop` is set. Each wait is cut short by `stop` or a new HEAD."""
+        """Cycle until `stop` is set. Each wait is cut short by `stop` or a new HEAD. First, take
+        up what a stop or a kill cut short: a rollback, then the repairs."""
+        self._stop = stop
+        self.acting = "the interrupted rollback"
         try:
             with self.liveness.busy(action_budget(self.config)):
                 resumed = await rollback.resume_unfinished(
@@ -525,12 +558,16 @@ class Watchdog:
         except Exception as e:
             resumed = []
             log_event(log, "rollback.resume_error", level=logging.ERROR, error=f"{type(e).__name__}: {e}")
+        finally:
+            self.acting = None
         for r in resumed:
             event("rollback.resumed", ok=r.ok, detail=r.detail)
             title = "Interrupted rollback finished" if r.ok else "Interrupted rollback"
             what = "rollback.succeeded" if r.ok else "rollback.failed"
             await self._alert([Alert(what, Severity.CRITICAL, title, r.detail)],
                               None, None, "watching" if r.ok else "waiting for a person")  # fmt: skip
+        if not stop.is_set():
+            await self._resume_repairs()
         # Waits, "every 10 s" and "every hour" are counted on the monotonic clock: a wall clock
         # set back an hour must not stop the cycles for an hour, nor one set forward rush them.
         pruned_at: timedelta | None = None
@@ -682,6 +719,34 @@ class Watchdog:
         alert = Alert(META_STORE_RECOVERED, Severity.WARNING, "the state store works again", msg, bypass_dedup=True)
         await self._alert([alert], None, None, "watching")
 
+    async def _resume_repairs(self) -> None:
+        """Run again, once, the loop's repairs a stop or a kill cut short (repair.resume_interrupted),
+        and say what became of each."""
+        self.acting = "an interrupted repair"
+        try:
+            with self.liveness.busy(action_budget(self.config)):
+                again = await repair.resume_interrupted(
+                    config=self.config, ctx=self.ctx, store=self.store, clock=self.clock, observe=self.observe
+                )
+        except Exception as e:
+            log_event(log, "repair.resume_error", level=logging.ERROR, error=f"{type(e).__name__}: {e}")
+            return
+        finally:
+            self.acting = None
+        for r in again:
+            row = r.interrupted
+            event("repair.resumed", kind=row.name, interrupted=row.id, what=r.why)
+            title = f"{row.name}, interrupted when healer stopped"
+            if r.result is not None:
+                self._last_repair_at = self.clock.now()
+                kind = "repair.succeeded" if r.result.ok else "repair.failed"
+                alert = Alert(kind, Severity.WARNING, f"{title}, run again", r.why, row.incident_id)
+            elif r.why.endswith(" pass now"):
+                alert = Alert("repair.succeeded", Severity.INFO, title, r.why, row.incident_id)
+            else:
+                alert = Alert("repair.failed", Severity.WARNING, title, r.why, row.incident_id)
+            await self._alert([alert], await self._db(self.store.current_deploy), None, "watching")
+
 
 def _with_incident(a: Alert, incident: int | None) -> Alert:
     if a.incident_id is not None or incident is None:
@@ -697,7 +762,8 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
 
     1. Take the run lock (a second `healer run` on this state dir exits 2 naming our PID).
     2. Open the store and the shared HTTP client; announce the start.
-    3. Loop; on a signal, finish the step in progress at the next await and stop.
+    3. Loop until SIGTERM, SIGINT or SIGHUP. Then start no new action; let one in flight finish
+       within STOP_ACTION_WAIT (a cycle without one, STOP_CYCLE_WAIT), then cancel it.
     4. Announce the stop, release everything.
     """
     repair.known_playbooks(config)  # a bad playbook file is a config error: exit 2, nothing started
@@ -707,8 +773,14 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     store = BufferedStore(config.db_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    received: list[str] = []  # the signal that stopped healer, for the log and the alert
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
     clock = clock or SystemClock()
     server = None
     try:
@@ -749,9 +821,20 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             if runner.done() and not runner.cancelled():
                 crashed = runner.exception()  # the loop ended without being asked to: a bug
             if not runner.done():
-                # give the cycle in progress a moment to finish recording, then cancel it
+                # a repair or rollback in flight may finish (a restart left half done, a deploy step
+                # killed half way, are worse than a slower stop); a cycle only probing or recording
+                # gets a moment. Then it is cancelled (step 3).
+                acting = dog.acting
+                wait = STOP_ACTION_WAIT if acting else STOP_CYCLE_WAIT
+                if acting:
+                    event("healer.stopping", signal=received[0] if received else None, waiting_for=acting,
+                          up_to_s=int(wait.total_seconds()))  # fmt: skip
+                    notify(f"STATUS=stopping: letting {acting} finish (up to {int(wait.total_seconds())}s)")
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(runner), 0.8)
+                    await asyncio.wait_for(asyncio.shield(runner), wait.total_seconds())
+                if not runner.done() and dog.acting:
+                    log_event(log, "healer.interrupted", level=logging.WARNING, action=dog.acting,
+                              then="the next start takes it up")  # fmt: skip
                 runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
@@ -763,9 +846,11 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                            f"{type(crashed).__name__}: {crashed}", bypass_dedup=True)],
                     None, None, "restart healer",
                 )  # fmt: skip
-            event("healer.stopped", app=config.app.name, pid=os.getpid())
+            by = received[0] if received else None
+            event("healer.stopped", app=config.app.name, pid=os.getpid(), signal=by)
+            detail = f"PID {os.getpid()}" + (f", on {by}" if by else "")
             await dog._alert(
-                [Alert("healer.stopped", Severity.INFO, "healer stopped", f"PID {os.getpid()}")],
+                [Alert("healer.stopped", Severity.INFO, "healer stopped", detail)],
                 None, None, "not watching",
             )  # fmt: skip
             # Deliver what is pending for a moment: SIGTERM must end healer within two seconds,
@@ -793,5 +878,5 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             store.set_meta(pid=None)
         store.close()
         lock.release()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)

@@ -34,6 +34,17 @@ class Outcome(enum.StrEnum):
     ERROR = "error"  # could not run at all
 
 
+class ActionNote(enum.StrEnum):
+    """What sets an action row apart (its `note`); most rows have none."""
+
+    CAP = "cap"  # the record that announced a playbook's cap for the window
+    OBSERVE = "observe"  # observe mode: decided, not done
+    # A stop (SIGTERM past its bound) or a kill cut it short (outcome error). Not a run for
+    # spacing and caps: the next `healer run` looks at it once, and runs it again if needed.
+    INTERRUPTED = "interrupted"
+    LOOKED_AT = "interrupted, looked at"  # ... and the next start did (run again, or said why not)
+
+
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     """What one check saw in one cycle."""

@@ -15,7 +15,7 @@ import importlib.resources
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -26,10 +26,10 @@ from healer.actions.command import StepTimedOut
 from healer.checks import describe_error, run_checks
 from healer.config import format_duration
 from healer.decide import PlaybookPolicy
-from healer.errors import ActionError, ConfigError, LockedError, UsageError
+from healer.errors import ActionError, ConfigError, LockedError, StoreError, UsageError
 from healer.files import open_private, private_dir
 from healer.logging import log_event
-from healer.model import CheckResult, Outcome, Who
+from healer.model import ActionNote, CheckResult, Outcome, Who
 from healer.playbook import (
     Playbook,
     check_references,
@@ -43,7 +43,9 @@ if TYPE_CHECKING:
     from healer.checks import ProbeContext
     from healer.clock import Clock
     from healer.config import Config
-    from healer.store import Store
+    from healer.decide import Pause
+    from healer.model import Deploy
+    from healer.store import ActionRow, Store
 
 log = logging.getLogger("healer.repair")
 
@@ -248,7 +250,13 @@ async def run_repair(
         try:
             outcome, detail, results = await _steps_and_verify(playbook, config, ctx, clock)
         except asyncio.CancelledError:
+            # healer is stopping past its bound (or a person pressed Ctrl-C): written at once,
+            # from the event loop, since nothing will await a worker thread any more
             store.finish_action(action_id, Outcome.ERROR, clock.now(), "interrupted: healer stopped during the repair")
+            # a store that cannot be written loses the note (the next start then leaves this
+            # repair alone): the cancellation must go on all the same
+            with suppress(StoreError):
+                store.set_note(action_id, ActionNote.INTERRUPTED)
             raise
         except Exception as e:  # a bug: close the journal row, keep the traceback
             store.finish_action(action_id, Outcome.ERROR, clock.now(), f"bug: {describe_error(e)}")
@@ -304,3 +312,103 @@ async def _steps_and_verify(
 
 def _join(done: list[str], last: str) -> str:
     return "; ".join([*done, last])
+
+
+# ---- after a stop or a kill --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A repair a stop or a kill cut short, looked at by the next start."""
+
+    interrupted: ActionRow  # its journal row (outcome error, note interrupted)
+    result: RepairResult | None  # the run again; None when it was not run again
+    why: str  # for people: what was done about it, and why
+
+
+def why_not_again(row: ActionRow, current: Deploy | None, pause: Pause | None, observe: bool) -> str | None:
+    """Why an interrupted repair is not run again at the start (None: it may be).
+
+    1. Only the loop's repairs: a person's is theirs to run again.
+    2. Only on the deploy it was for: a new deploy (or a rollback) is judged afresh.
+    3. Not while healer is held for a person, paused, or in observe mode.
+    The caller then runs the playbook's target checks: when they pass, there is nothing to finish.
+    """
+    if row.who != Who.LOOP:
+        return "a person's repair: not run again by healer"
+    if current is None or row.deploy_id != current.id:
+        return "the deploy changed since: the new one is judged afresh"
+    if current.held:
+        return f"healer is held: {current.held}"
+    if pause is not None:
+        return f"paused ({pause.reason})"
+    if observe:
+        return "observe mode"
+    return None
+
+
+async def resume_interrupted(
+    *, config: Config, ctx: ProbeContext, store: Store, clock: Clock, observe: bool
+) -> list[Resumed]:
+    """At the start of `healer run`: finish what a stop or a kill left of the loop's repairs.
+
+    1. A repair still journaled `started` whose playbook lock is free was cut short by a kill
+       (-9, OOM): it is closed as error, note interrupted. One whose lock is held is running
+       in another process right now (a person's `healer repair`) and is left alone.
+    2. For each playbook, its newest interrupted repair is looked at once (older ones are
+       superseded) and noted so: not run again when `why_not_again` says so, nor when its
+       target checks pass now; else it is run again at once, journaled as a new repair of the
+       loop ("run again: repair #N was interrupted"), spaced and capped as any run.
+    Returns what was done about each, for the loop to announce.
+    """
+    now = clock.now()
+    for row in await asyncio.to_thread(store.interrupted_repairs):
+        if row.outcome != Outcome.STARTED:
+            continue
+        try:
+            with playbook_lock(config.state_dir, row.name):
+                detail = "interrupted: healer ended (killed?) before the repair finished"
+                await asyncio.to_thread(store.finish_action, row.id, Outcome.ERROR, now, detail)
+                await asyncio.to_thread(store.set_note, row.id, ActionNote.INTERRUPTED)
+        except LockedError:
+            continue  # running in another process
+    pending = [r for r in await asyncio.to_thread(store.interrupted_repairs) if r.outcome != Outcome.STARTED]
+    newest = {r.name: r for r in pending}
+    for row in pending:
+        if newest[row.name] is not row:
+            await asyncio.to_thread(store.set_note, row.id, ActionNote.LOOKED_AT)
+    current = await asyncio.to_thread(store.current_deploy)
+    pause = await asyncio.to_thread(store.active_pause, now)
+    out: list[Resumed] = []
+    for row in newest.values():
+        await asyncio.to_thread(store.set_note, row.id, ActionNote.LOOKED_AT)  # once, even if killed again
+        out.append(await _resume_one(row, current, pause, observe, config=config, ctx=ctx, store=store, clock=clock))
+    return out
+
+
+async def _resume_one(
+    row: ActionRow, current: Deploy | None, pause: Pause | None, observe: bool, *,
+    config: Config, ctx: ProbeContext, store: Store, clock: Clock,
+) -> Resumed:  # fmt: skip
+    why = why_not_again(row, current, pause, observe)
+    if why is not None:
+        return Resumed(row, None, f"not run again: {why}")
+    assert current is not None  # why_not_again says so without a deploy
+    playbooks = known_playbooks(config)
+    if row.name not in playbooks:
+        return Resumed(row, None, "not run again: the playbook is no longer known")
+    checks = targets(playbooks[row.name], config.checks)
+    results = await run_checks(ctx, checks)
+    if all(r.ok for r in results):
+        names = ", ".join(r.name for r in results)
+        return Resumed(row, None, f"not run again: {names} pass now")
+    log_event(log, "repair.resuming", kind=row.name, interrupted=row.id)
+    try:
+        result = await run_repair(
+            row.name, config=config, ctx=ctx, store=store, clock=clock, who=Who.LOOP,
+            reason=f"run again: repair #{row.id} was interrupted ({row.reason})", deploy_id=current.id,
+            incident_id=current.open_incident,
+        )  # fmt: skip
+    except (ActionError, ConfigError, LockedError, UsageError) as e:
+        return Resumed(row, None, f"could not run it again: {e}")
+    return Resumed(row, result, f"run again: {'fixed' if result.ok else 'not fixed'}: {result.detail}")

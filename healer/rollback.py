@@ -14,16 +14,20 @@ import contextlib
 import enum
 import fcntl
 import fnmatch
+import hashlib
 import json
 import logging
 import os
 import shlex
+import shutil
 import signal
+import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from healer import gitrepo, runner
 from healer.config import Config, format_duration
@@ -46,6 +50,34 @@ _MIN_VERIFY_PAUSE = timedelta(seconds=1)
 _TAIL = 4096  # bytes of a failed command's output read back for its one-line reason
 _LINE_MAX = 200
 _FILES_SHOWN = 5
+_POLL = 0.1  # seconds between looks at what an interrupted run left running
+_KILL_WAIT = 5.0  # seconds for a killed process group to be gone
+
+# Runs one `after` command (argv[2:]) as its child and leads its process group, so that how
+# the command ended is known even when healer is gone (kill -9): it writes the exit status
+# (negative: the signal) to the file argv[1], then ends the same way. A signal to the group
+# reaches the command itself; the wrapper only waits for it.
+_AFTER_WRAPPER = """\
+import os, signal, subprocess, sys
+status, argv = sys.argv[1], sys.argv[2:]
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, lambda *_: None)
+try:
+    rc = subprocess.Popen(argv).wait()
+except OSError as e:
+    print(f"cannot run {argv[0]!r}: {e.strerror}", file=sys.stderr, flush=True)
+    rc = 127
+with open(status + ".tmp", "w") as f:
+    f.write(f"{rc}\\n")
+os.replace(status + ".tmp", status)
+if rc < 0:
+    try:
+        signal.signal(-rc, signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass
+    os.kill(os.getpid(), -rc)
+sys.exit(rc if rc >= 0 else 128 - rc)
+"""
 
 
 class Refusal(enum.StrEnum):
@@ -404,7 +436,9 @@ async def run_rollback(
        loop): done at once after the checkout, so that a kill later never leaves a moved HEAD
        that the loop would take for a fresh deploy and roll back again.
     7. Run the `[rollback] after` commands in order in the work tree, each within
-       `command_timeout`; the first that fails stops the rollback.
+       `command_timeout`; the first that fails stops the rollback. The journal follows them
+       (which one runs, in which process group; how many are done). healer's stop signal
+       is not passed on to them: the stop waits for them (loop.STOP_ACTION_WAIT).
     8. After `verify_grace`, re-run all checks, up to VERIFY_TRIES times, until they pass.
     9. Record the outcome; when the loop's rollback left the app unhealthy, hold the new
        deploy: healer stops acting until a person does.
@@ -459,12 +493,34 @@ async def _refused(
     )  # fmt: skip
 
 
-def _journal(p: Plan) -> str:
-    return json.dumps(
-        {"from": p.from_commit, "to": p.to_ref, "to_commit": p.to_commit,
-         "from_branch": p.from_branch, "mark_bad": p.mark_bad},
-        sort_keys=True,
-    )  # fmt: skip
+def _journal(p: Plan, *, done: int = 0, running: tuple[int, int] | None = None) -> str:
+    """The journal row's detail while the rollback runs: what it does, and how far the `after`
+    commands got (`done` of them finished; `running` = (n, process group) of the one running),
+    so that a resume never runs a command again beside what an interrupted run left running."""
+    data: dict[str, object] = {
+        "from": p.from_commit, "to": p.to_ref, "to_commit": p.to_commit,
+        "from_branch": p.from_branch, "mark_bad": p.mark_bad, "commands": _digest(p.commands),
+    }  # fmt: skip
+    if done:
+        data["done"] = done
+    if running is not None:
+        data["running"] = {"n": running[0], "pgid": running[1]}
+    return json.dumps(data, sort_keys=True)
+
+
+def _digest(commands: Sequence[Sequence[str]]) -> str:
+    """A fingerprint of the `after` commands: a resume goes on where they left off only when
+    healer.toml still has the same ones."""
+    return hashlib.sha256(json.dumps([list(a) for a in commands]).encode()).hexdigest()[:16]
+
+
+async def _write_journal(store: Store, action_id: int, detail: str) -> None:
+    """Best effort: a journal that cannot be written only costs a resume its precision (it
+    then runs the commands again from the first), never the rollback in progress."""
+    try:
+        await asyncio.to_thread(store.journal, action_id, detail)
+    except StoreError as e:
+        log.warning("rollback.journal_error action=%d error=%s", action_id, e)
 
 
 async def _execute(p: Plan, *, config: Config, ctx: ProbeContext, store: Store, clock: Clock) -> RollbackResult:
@@ -546,8 +602,10 @@ async def _after_checkout(
     clock: Clock,
     action_id: int,
     prefix: str,
+    first: int = 0,
 ) -> RollbackResult:
-    """Steps 6 to 9: HEAD is at the target."""
+    """Steps 6 to 9: HEAD is at the target. The `after` commands start after the `first` ones
+    (done by an interrupted run)."""
     repo = p.repo
     assert repo is not None
     now = clock.now()
@@ -557,7 +615,8 @@ async def _after_checkout(
             store.mark_bad, p.from_commit, _line(f"rolled back {by} to {p.to_ref}: {p.reason}"), now
         )
     deploy, _ = await asyncio.to_thread(lambda: store.ensure_deploy(p.to_commit, now, via_rollback=p.who is Who.LOOP))
-    ok, why = await _run_commands(p, repo, config.state_dir / f"rollback-{action_id}.log", config)
+    log_path = config.state_dir / f"rollback-{action_id}.log"
+    ok, why = await _run_commands(p, repo, log_path, config, store=store, action_id=action_id, first=first)
     results: tuple[CheckResult, ...] = ()
     if ok:
         ran = why if p.restart else ""  # say that healer restarted the app itself
@@ -583,11 +642,14 @@ async def _after_checkout(
     )  # fmt: skip
 
 
-async def _run_commands(p: Plan, repo: Path, log_path: Path, config: Config) -> tuple[bool, str]:
-    """Run the `after` commands in order in the work tree; the first failure stops them.
-    Their output goes to `log_path` (a file, not a pipe: a restart that leaves a daemon holding
-    its stdout must not keep healer waiting). With none, restart the app through [process]
-    (the rolled-back code is not running until something starts it)."""
+async def _run_commands(
+    p: Plan, repo: Path, log_path: Path, config: Config, *, store: Store, action_id: int, first: int = 0
+) -> tuple[bool, str]:
+    """Run the `after` commands in order in the work tree, from the one after `first`; the
+    first failure stops them. Their output goes to `log_path` (a file, not a pipe: a restart
+    that leaves a daemon holding its stdout must not keep healer waiting). The journal says
+    which command runs, with its process group, and how many are done. With none, restart the
+    app through [process] (the rolled-back code is not running until something starts it)."""
     if not p.commands:
         return await _restart_app(config) if p.restart else (True, "no after commands")
     env = {
@@ -600,27 +662,49 @@ async def _run_commands(p: Plan, repo: Path, log_path: Path, config: Config) -> 
     private_dir(log_path.parent)
     with open_private(log_path, "ab") as out:
         for i, argv in enumerate(p.commands, 1):
+            if i <= first:
+                continue
             shown = shlex.join(argv)
             out.write(f"$ {shown}\n".encode())
             out.flush()
             start = out.tell()
-            failure = await _run_command(argv, repo, p.command_timeout, env, out)
+
+            async def running(pgid: int, n: int = i) -> None:
+                await _write_journal(store, action_id, _journal(p, done=n - 1, running=(n, pgid)))
+
+            status = _status_path(config.state_dir, action_id, i)
+            failure = await _run_command(argv, repo, p.command_timeout, env, out, status=status, on_start=running)
+            status.unlink(missing_ok=True)
             if failure is not None:
                 tail = _tail(log_path, start)
                 msg = f"after command {i} `{shown}` {failure}" + (f": {tail}" if tail else "")
                 return False, f"{msg} (output in {log_path})"
+            await _write_journal(store, action_id, _journal(p, done=i))
             log.info("rollback.command_ok n=%d argv=%s", i, shown)
+    if first:
+        return True, f"after commands {first + 1}-{len(p.commands)} of {len(p.commands)} ok"
     return True, f"{len(p.commands)} after command(s) ok"
 
 
+def _status_path(state_dir: Path, action_id: int, n: int) -> Path:
+    """Where the wrapper of rollback `action_id`'s after command `n` writes its exit status."""
+    return state_dir / f"rollback-{action_id}.{n}.status"
+
+
 async def _run_command(
-    argv: Sequence[str], cwd: Path, timeout: timedelta, env: Mapping[str, str], out: BinaryIO
-) -> str | None:
-    """Run one command through healer's runner; None when it exits 0, else what went wrong.
-    On a timeout (or when the rollback is cancelled) its whole process group is killed. The
-    tail of its output (the last 64 KiB, redacted) is written to `out` when it ends."""
+    argv: Sequence[str], cwd: Path, timeout: timedelta, env: Mapping[str, str], out: BinaryIO, *,
+    status: Path, on_start: Callable[[int], Awaitable[None]],
+) -> str | None:  # fmt: skip
+    """Run one command through healer's runner, under the wrapper that writes its exit status
+    to `status`; None when it exits 0, else what went wrong. `on_start(pgid)` is awaited once
+    it runs. On a timeout (or when the rollback is cancelled) its whole process group is
+    killed. The tail of its output (the last 64 KiB, redacted) is written to `out` when it ends."""
+    cannot = _cannot_run(argv[0], cwd, env)
+    if cannot is not None:
+        return cannot
+    wrapped = [sys.executable, "-I", "-c", _AFTER_WRAPPER, str(status), *argv]
     try:
-        done = await runner.run(argv, timeout=timeout, cwd=cwd, env=env)
+        done = await _run_tracked(wrapped, timeout=timeout, cwd=cwd, env=env, on_start=on_start)
     except FileNotFoundError:
         return f"cannot run: {argv[0]!r} not found"
     except PermissionError:
@@ -655,9 +739,83 @@ async def _restart_app(config: Config) -> tuple[bool, str]:
     return True, f"restarted the app: {line}"
 
 
+def _cannot_run(exe: str, cwd: Path, env: Mapping[str, str]) -> str | None:
+    """Why `exe` cannot be started from `cwd`, as the runner would say it (None: it can). Asked
+    before the wrapper starts it, which would otherwise only report exit 127."""
+    if "/" in exe:
+        path = cwd / exe
+        if not path.exists():
+            return f"cannot run: {exe!r} not found"
+        if path.is_dir() or not os.access(path, os.X_OK):
+            return f"cannot run: {exe!r} is not executable"
+        return None
+    if shutil.which(exe, path=env.get("PATH", os.defpath)) is None:
+        return f"cannot run: {exe!r} not found"
+    return None
+
+
+async def _run_tracked(
+    argv: Sequence[str], *, timeout: timedelta, cwd: Path, env: Mapping[str, str],
+    on_start: Callable[[int], Awaitable[None]],
+) -> runner.Finished:  # fmt: skip
+    """runner.run(), with `on_start(pid)` awaited while the command runs (the journal is written
+    in a worker thread, never from the runner's synchronous hook)."""
+    began: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    run = asyncio.ensure_future(runner.run(argv, timeout=timeout, cwd=cwd, env=env, on_start=began.set_result))
+    try:
+        either: set[asyncio.Future[Any]] = {began, run}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if began.done():
+            await on_start(began.result())
+        return await run
+    finally:
+        if not run.done():  # we are cancelled: cancelling the runner kills the command's group
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run
+
+
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`, read from /proc (proc(5): after
+    the command name in `stat` come the state, the parent's PID and the process group)."""
+    if pgid <= 1:
+        return []
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+async def _end_left_behind(pgid: int, timeout: timedelta) -> str:
+    """Wait up to `timeout` for process group `pgid`, which an interrupted run left running, to
+    end; then SIGKILL what is left of it. Returns what happened ("" when nothing was left)."""
+    if not await asyncio.to_thread(_group_members, pgid):
+        return ""
+    began = time.monotonic()
+    while await asyncio.to_thread(_group_members, pgid):
+        if time.monotonic() - began >= timeout.total_seconds():
+            _kill_group(pgid)
+            deadline = time.monotonic() + _KILL_WAIT
+            while await asyncio.to_thread(_group_members, pgid) and time.monotonic() < deadline:
+                await asyncio.sleep(_POLL)
+            return (
+                f"killed process group {pgid}, which the interrupted run left running, after waiting "
+                f"{format_duration(timeout)} for it"
+            )
+        await asyncio.sleep(_POLL)
+    return f"waited {time.monotonic() - began:.1f}s for process group {pgid}, which the interrupted run left running"
 
 
 def _tail(path: Path, start: int) -> str:
@@ -701,9 +859,10 @@ async def resume_unfinished(*, config: Config, ctx: ProbeContext, store: Store, 
     Under the rollback lock: when another process holds it, its rollback is alive, not
     interrupted, and nothing is done here. For the newest interrupted rollback:
     - HEAD at the target: the checkout happened. The remaining steps run: the from-commit is
-      marked bad, the new window started, the after commands run again from the first (they
-      are meant to be repeatable: install, migrate, restart), the checks verify, the outcome
-      is recorded ("interrupted after checkout; resumed ...").
+      marked bad, the new window started, the after commands run from the first one the
+      journal does not show finished (they are meant to be repeatable: install, migrate,
+      restart; a command an interrupted run left running is waited for first, see _take_up),
+      the checks verify, the outcome is recorded ("interrupted after checkout; resumed ...").
     - HEAD still at the from-commit: recorded as failed, "interrupted before checkout"; not
       retried here (the loop decides again from fresh cycles; a person can re-run it).
     - HEAD elsewhere: someone moved it since; recorded as an error and left alone.
@@ -739,7 +898,9 @@ async def _resume_one(
     except (ValueError, KeyError, TypeError):
         why = "interrupted; the journal entry is unreadable"
         return await _close(row, store, clock, Outcome.ERROR, why)
-    head_line = f"{to_ref} ({short(to_commit)}) from {short(from_commit)}"
+    # whatever happens next, what the interrupted run left running ends first
+    first, found = await _take_up(row.id, j, config)
+    head_line = "; ".join([f"{to_ref} ({short(to_commit)}) from {short(from_commit)}", *found])
     repo = config.app.repo
     if repo is None:
         why = f"{head_line}: interrupted; [app] repo is no longer set"
@@ -769,11 +930,47 @@ async def _resume_one(
         checks=tuple(c.name for c in config.checks), mark_bad=mark_bad,
         restart=not config.rollback.after and config.process is not None,
     )  # fmt: skip
-    log.warning("rollback.resuming action=%d to=%s", row.id, to_ref)
+    log.warning("rollback.resuming action=%d to=%s first=%d", row.id, to_ref, first)
+    again = f"after commands from {first + 1} on" if first else "after commands re-run"
     return await _after_checkout(
         p, config=config, ctx=ctx, store=store, clock=clock, action_id=row.id,
-        prefix=f"{head_line}: interrupted after checkout; resumed, after commands re-run",
+        prefix=f"{head_line}: interrupted after checkout; resumed, {again}", first=first,
     )  # fmt: skip
+
+
+async def _take_up(action_id: int, j: dict[str, Any], config: Config) -> tuple[int, list[str]]:
+    """How many `after` commands an interrupted rollback finished, once what it left running has
+    ended; and what was found, for the detail.
+
+    1. The command journaled as running (with its process group) may still run: healer was
+       killed, not the command. Wait for the group up to `command_timeout`, then kill it.
+    2. Its wrapper's status file says how it ended: exit 0 counts it done; anything else, or no
+       status (killed with its wrapper), has it run again.
+    3. A journal from other `after` commands than healer.toml's now (or from an older healer)
+       counts nothing done: the resume runs them all, from the first.
+    """
+    found: list[str] = []
+    done = int(j.get("done", 0))
+    running = j.get("running")
+    if isinstance(running, dict):
+        n, pgid = int(running.get("n", 0)), int(running.get("pgid", 0))
+        left = await _end_left_behind(pgid, config.rollback.command_timeout)
+        found += [left] if left else []
+        status = _status_path(config.state_dir, action_id, n)
+        try:
+            code: int | None = int(status.read_text().strip())
+        except (OSError, ValueError):
+            code = None
+        status.unlink(missing_ok=True)
+        if code == 0:
+            done = n
+            found.append(f"after command {n} finished on its own (exit 0): not run again")
+        else:
+            how = "did not finish" if code is None else f"ended with {code}"
+            found.append(f"after command {n} {how}: run again")
+    if j.get("commands") != _digest(config.rollback.after):
+        return 0, found
+    return done, found
 
 
 async def _close(

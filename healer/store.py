@@ -22,7 +22,7 @@ from typing import Any
 from healer.decide import PastRepair, Pause
 from healer.errors import StoreError
 from healer.files import FILE_MODE, make_private, private_dir
-from healer.model import Baseline, CheckResult, Deploy, Outcome, Verdict, Who
+from healer.model import ActionNote, Baseline, CheckResult, Deploy, Outcome, Verdict, Who
 from healer.redact import redact
 
 SCHEMA_VERSION = 1
@@ -567,9 +567,36 @@ class Store:
     def unfinished_actions(self) -> list[ActionRow]:
         return [_action(r) for r in self._query("SELECT * FROM actions WHERE outcome = 'started' ORDER BY id")]
 
+    def journal(self, action_id: int, detail: str) -> None:
+        """Rewrite a started action's journal (its detail) as it goes; a finished one is left alone."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE actions SET detail = ? WHERE id = ? AND outcome = 'started'", (_scrub(detail), action_id)
+            )
+
+    def set_note(self, action_id: int, note: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE actions SET note = ? WHERE id = ?", (note, action_id))
+
+    def interrupted_repairs(self) -> list[ActionRow]:
+        """Repairs a stop or a kill cut short that the next start has not looked at yet: still
+        `started` (a kill, or one running in another process right now) or noted interrupted."""
+        rows = self._query(
+            "SELECT * FROM actions WHERE kind = 'repair' AND (outcome = 'started' OR note = ?) ORDER BY id",
+            (str(ActionNote.INTERRUPTED),),
+        )
+        return [_action(r) for r in rows]
+
     def past_repairs(self, deploy_id: int) -> tuple[PastRepair, ...]:
+        """The loop's repairs of this deploy, for spacing, caps and the ladder. An interrupted one
+        is not a run: the next start runs it again if needed, and that run counts."""
         rows = self.actions(kind="repair", deploy_id=deploy_id)
-        return tuple(PastRepair(r.name, r.at, Outcome(r.outcome), r.note) for r in rows if r.who == Who.LOOP)
+        cut_short = {ActionNote.INTERRUPTED, ActionNote.LOOKED_AT}
+        return tuple(
+            PastRepair(r.name, r.at, Outcome(r.outcome), r.note)
+            for r in rows
+            if r.who == Who.LOOP and r.note not in cut_short
+        )
 
     # ---- bad commits ----------------------------------------------------------------------
 

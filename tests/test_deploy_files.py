@@ -59,10 +59,10 @@ def healer_argv(config: Path) -> list[str]:
 # ---- PM2 -------------------------------------------------------------------------------------
 
 
-def start_under_pm2(pm2: Pm2, config: Path, cwd: Path) -> None:
+def start_under_pm2(pm2: Pm2, config: Path, cwd: Path, argv: list[str] | None = None) -> None:
     """`pm2 start` a wrapper ecosystem file that requires the shipped one and replaces only the
-    command and its directory."""
-    argv = healer_argv(config)
+    command (healer on `config`, or `argv`) and its directory."""
+    argv = argv or healer_argv(config)
     wrapper = pm2.home / "healer.config.js"
     wrapper.write_text(
         f"""
@@ -137,6 +137,33 @@ def test_pm2_stop_is_not_undone(pm2: Pm2, tmp_path: Path, http_app: Callable[...
     time.sleep(RESTART_WAIT)
     env = pm2_env(pm2)
     assert (env["status"], env["restart_time"]) == ("stopped", 0)
+
+
+def test_pm2_stop_signals_healer_alone(pm2: Pm2, tmp_path: Path) -> None:
+    """`pm2 stop` sends its SIGINT to healer only: a child healer waits for (a rollback's `after`
+    command, in its own session as healer's runner starts it) is not signalled and runs on."""
+    hit, child_pid = tmp_path / "child-got-sigint", tmp_path / "child.pid"
+    child = (
+        "import signal, sys, time; "
+        "signal.signal(signal.SIGINT, lambda *_: open(sys.argv[1], 'w').write('INT')); time.sleep(60)"
+    )
+    parent = (
+        "import subprocess, sys, time; "
+        f"c = subprocess.Popen([sys.executable, '-c', {child!r}, {str(hit)!r}], start_new_session=True); "
+        f"open({str(child_pid)!r}, 'w').write(str(c.pid)); time.sleep(60)"
+    )
+    start_under_pm2(pm2, tmp_path / "unused.toml", tmp_path, argv=[sys.executable, "-c", parent])
+    assert pm2_env(pm2)["treekill"] is False
+    assert wait_until(lambda: child_pid.exists() and child_pid.read_text(), 20)
+    pid, kid = pm2.pid("healer"), int(child_pid.read_text())
+    assert pid is not None
+    try:
+        pm2.run("stop", "healer")
+        assert wait_until(lambda: not pid_alive(pid), 20)
+        time.sleep(0.3)
+        assert pid_alive(kid) and not hit.exists()
+    finally:
+        os.kill(kid, signal.SIGKILL)
 
 
 # ---- supervisord -----------------------------------------------------------------------------
@@ -225,3 +252,18 @@ def test_systemd_unit_restarts_after_a_kill_not_after_exit_2_and_keeps_files_pri
     prevent = " ".join(keys["Service.RestartPreventExitStatus"]).split()
     assert not {"SIGKILL", "KILL", "9"} & {*success, *prevent}
     assert keys["Service.UMask"] == ["0077"]
+
+
+def test_the_managers_stop_signal_reaches_healer_alone() -> None:
+    """systemd (KillMode=mixed) and supervisor (stopasgroup=false) signal healer, not what it waits
+    for, and give it more time to stop than a repair or rollback in flight gets."""
+    from healer.loop import STOP_ACTION_WAIT
+
+    keys = unit_keys(DEPLOY / "healer.service")
+    assert keys["Service.KillMode"] == ["mixed"]
+    assert int(keys["Service.TimeoutStopSec"][0]) > STOP_ACTION_WAIT.total_seconds() + 2
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    parser.read(DEPLOY / "supervisor.conf")
+    program = parser["program:healer"]
+    assert program["stopasgroup"] == "false"
+    assert int(program["stopwaitsecs"]) > STOP_ACTION_WAIT.total_seconds() + 2

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,11 @@ from services import HttpApp, RedisServer
 from healer.checks import probe_context
 from healer.clock import FakeClock
 from healer.config import Config, parse_config
+from healer.decide import Pause
 from healer.errors import ActionError, LockedError, UsageError
-from healer.model import Outcome, Who
-from healer.repair import RepairResult, playbook_lock, run_repair
-from healer.store import Store
+from healer.model import ActionNote, Deploy, Outcome, Who
+from healer.repair import RepairResult, Resumed, playbook_lock, resume_interrupted, run_repair, why_not_again
+from healer.store import ActionRow, Store
 
 
 def make_config(tmp_path: Path, url: str, **sections: Any) -> Config:
@@ -315,3 +318,151 @@ async def test_a_refused_broad_pattern_is_journaled_as_an_error_and_deletes_noth
     finally:
         await r.flushdb()
         await r.aclose()
+
+
+# ---- interrupted by a stop or a kill -------------------------------------------------------------
+
+
+def flag_fix(tmp_path: Path) -> tuple[Config, Path, Path]:
+    """A playbook `fix` that mends what the check `flag` looks at, and counts its runs."""
+    flag, runs = tmp_path / "flag", tmp_path / "runs"
+    pb = playbook(
+        tmp_path,
+        "fix",
+        f"""
+        description = "mend it"
+        verify = ["flag"]
+        verify_within = "1s"
+        [[steps]]
+        action = "command"
+        argv = ["sh", "-c", "echo ran >> {runs}; touch {flag}"]
+        """,
+    )
+    config = parse_config(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "checks": [{"name": "flag", "type": "command", "argv": ["test", "-f", str(flag)]}],
+            "playbooks": {"dir": str(pb)},
+        },
+        tmp_path / "healer.toml",
+    )
+    return config, flag, runs
+
+
+def interrupted_row(store: Store, deploy_id: int, who: Who = Who.LOOP) -> int:
+    """A repair of `fix` that a stop cut short, as run_repair records it."""
+    row = store.start_action(
+        kind="repair", name="fix", who=who, reason="symptoms: flag", now=FakeClock().now(), deploy_id=deploy_id
+    )
+    store.finish_action(row, Outcome.ERROR, FakeClock().now(), "interrupted: healer stopped during the repair")
+    store.set_note(row, ActionNote.INTERRUPTED)
+    return row
+
+
+async def resume(config: Config, store: Store, observe: bool = False) -> list[Resumed]:
+    async with probe_context(config) as ctx:
+        return await resume_interrupted(config=config, ctx=ctx, store=store, clock=FakeClock(), observe=observe)
+
+
+async def test_a_cancelled_repair_is_recorded_interrupted_and_is_not_a_run(tmp_path: Path, store: Store) -> None:
+    """Cancelled mid-step (healer's stop past its bound): error, note interrupted, and not among
+    the past repairs that space and cap the next ones."""
+    running = tmp_path / "running"
+    argv = json.dumps(["sh", "-c", f"touch {running}; sleep 30"])
+    pb = playbook(tmp_path, "slow", f'description = "x"\n[[steps]]\naction = "command"\nargv = {argv}\n')
+    config = make_config(tmp_path, "http://127.0.0.1:9/", playbooks={"dir": str(pb)})
+    d, _ = store.ensure_deploy("a" * 40, FakeClock().now())
+    task = asyncio.create_task(repair("slow", config, store, who=Who.LOOP, deploy_id=d.id))
+    while not running.exists():
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (row,) = store.actions()
+    assert (row.outcome, row.note) == ("error", ActionNote.INTERRUPTED)
+    assert row.detail == "interrupted: healer stopped during the repair"
+    assert store.past_repairs(d.id) == ()
+
+
+async def test_the_next_start_runs_an_interrupted_repair_again_once(tmp_path: Path, store: Store) -> None:
+    """Its checks still fail: it is run again, as a new repair of the loop, and only once."""
+    config, flag, runs = flag_fix(tmp_path)
+    d, _ = store.ensure_deploy("a" * 40, FakeClock().now())
+    cut = interrupted_row(store, d.id)
+    (done,) = await resume(config, store)
+    assert done.result is not None and done.result.ok, done.why
+    assert runs.read_text() == "ran\n" and flag.exists()
+    first, again = store.actions()
+    assert (first.id, first.note) == (cut, ActionNote.LOOKED_AT)
+    assert (again.who, again.outcome) == ("loop", "ok")
+    assert again.reason == f"run again: repair #{cut} was interrupted (symptoms: flag)"
+    assert [r.outcome for r in store.past_repairs(d.id)] == [Outcome.OK]
+    assert await resume(config, store) == []
+    assert runs.read_text() == "ran\n"
+
+
+async def test_a_repair_killed_mid_run_is_closed_interrupted_and_run_again(tmp_path: Path, store: Store) -> None:
+    """Still `started` and its lock free (healer was killed -9): closed as interrupted, run again."""
+    config, _, runs = flag_fix(tmp_path)
+    d, _ = store.ensure_deploy("a" * 40, FakeClock().now())
+    killed = store.start_action(
+        kind="repair", name="fix", who=Who.LOOP, reason="r", now=FakeClock().now(), deploy_id=d.id
+    )
+    (done,) = await resume(config, store)
+    assert done.interrupted.id == killed and done.result is not None and done.result.ok
+    first = store.actions()[0]
+    assert (first.outcome, first.note) == ("error", ActionNote.LOOKED_AT)
+    assert first.detail.startswith("interrupted: ")
+    assert runs.read_text() == "ran\n"
+
+
+async def test_a_repair_running_in_another_process_is_left_alone(tmp_path: Path, store: Store) -> None:
+    """`started` with its playbook lock held: it is alive (a person's `healer repair`), not interrupted."""
+    config, _, runs = flag_fix(tmp_path)
+    d, _ = store.ensure_deploy("a" * 40, FakeClock().now())
+    store.start_action(kind="repair", name="fix", who=Who.PERSON, reason="r", now=FakeClock().now(), deploy_id=d.id)
+    with playbook_lock(config.state_dir, "fix"):
+        assert await resume(config, store) == []
+    assert [a.outcome for a in store.actions()] == ["started"] and not runs.exists()
+
+
+async def test_an_interrupted_repair_whose_checks_pass_now_is_not_run_again(tmp_path: Path, store: Store) -> None:
+    """It got far enough: its target checks pass at the start, so nothing is run."""
+    config, flag, runs = flag_fix(tmp_path)
+    flag.touch()
+    d, _ = store.ensure_deploy("a" * 40, FakeClock().now())
+    interrupted_row(store, d.id)
+    (done,) = await resume(config, store)
+    assert done.result is None and done.why == "not run again: flag pass now"
+    assert not runs.exists() and len(store.actions()) == 1
+
+
+NOW = FakeClock().now()
+DEPLOY = Deploy(id=1, commit="a" * 40, first_seen=NOW)
+
+
+def row_for(who: Who = Who.LOOP, deploy_id: int = 1) -> ActionRow:
+    return ActionRow(7, NOW, NOW, deploy_id, None, "repair", "process-restart", str(who), "r", "error", "", "")
+
+
+@pytest.mark.parametrize(
+    ("row", "current", "pause", "observe", "expected"),
+    [
+        pytest.param(row_for(), DEPLOY, None, False, None, id="run-again"),
+        pytest.param(row_for(Who.PERSON), DEPLOY, None, False, "a person's repair: not run again by healer",
+                     id="a-persons"),
+        pytest.param(row_for(deploy_id=2), DEPLOY, None, False,
+                     "the deploy changed since: the new one is judged afresh", id="new-deploy"),
+        pytest.param(row_for(), None, None, False, "the deploy changed since: the new one is judged afresh",
+                     id="no-deploy"),
+        pytest.param(row_for(), replace(DEPLOY, held="rolled back"), None, False, "healer is held: rolled back",
+                     id="held"),
+        pytest.param(row_for(), DEPLOY, Pause(NOW, "migrating"), False, "paused (migrating)", id="paused"),
+        pytest.param(row_for(), DEPLOY, None, True, "observe mode", id="observe"),
+    ],
+)  # fmt: skip
+def test_why_not_again_runs_only_the_loops_repair_of_the_deploy_still_watched(
+    row: ActionRow, current: Deploy | None, pause: Pause | None, observe: bool, expected: str | None
+) -> None:
+    """A person's repair, a new deploy, a hold, a pause and observe mode each keep it from running again."""
+    assert why_not_again(row, current, pause, observe) == expected
