@@ -741,7 +741,7 @@ class Watchdog:
                 self._last_repair_at = self.clock.now()
                 kind = "repair.succeeded" if r.result.ok else "repair.failed"
                 alert = Alert(kind, Severity.WARNING, f"{title}, run again", r.why, row.incident_id)
-            elif r.why.endswith(" pass now"):
+            elif r.healthy:
                 alert = Alert("repair.succeeded", Severity.INFO, title, r.why, row.incident_id)
             else:
                 alert = Alert("repair.failed", Severity.WARNING, title, r.why, row.incident_id)

@@ -324,6 +324,7 @@ class Resumed:
     interrupted: ActionRow  # its journal row (outcome error, note interrupted)
     result: RepairResult | None  # the run again; None when it was not run again
     why: str  # for people: what was done about it, and why
+    healthy: bool = False  # not run again because its target checks pass now: nothing to finish
 
 
 def why_not_again(row: ActionRow, current: Deploy | None, pause: Pause | None, observe: bool) -> str | None:
@@ -401,7 +402,7 @@ async def _resume_one(
     results = await run_checks(ctx, checks)
     if all(r.ok for r in results):
         names = ", ".join(r.name for r in results)
-        return Resumed(row, None, f"not run again: {names} pass now")
+        return Resumed(row, None, f"not run again: {names} pass now", healthy=True)
     log_event(log, "repair.resuming", kind=row.name, interrupted=row.id)
     try:
         result = await run_repair(

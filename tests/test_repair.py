@@ -433,7 +433,7 @@ async def test_an_interrupted_repair_whose_checks_pass_now_is_not_run_again(tmp_
     d, _ = store.ensure_deploy("a" * 40, FakeClock().now())
     interrupted_row(store, d.id)
     (done,) = await resume(config, store)
-    assert done.result is None and done.why == "not run again: flag pass now"
+    assert done.result is None and done.healthy and done.why == "not run again: flag pass now"
     assert not runs.exists() and len(store.actions()) == 1
 
 
