@@ -179,6 +179,26 @@ def test_a_warning_does_not_reach_a_critical_only_channel() -> None:
     assert run(Memory(), [opened()], T0).entries[0].channels == ("log", "slack")
 
 
+def test_the_resolution_reaches_every_channel_that_was_told_of_the_incident() -> None:
+    """A channel at min_severity = "warning" that heard "opened" hears "resolved" (an INFO item)
+    too; a critical-only channel that heard nothing of the incident is not told it is over."""
+    routes = (Route("log"), Route("slack", Severity.WARNING), Route("telegram", Severity.CRITICAL))
+    mem = Memory()
+    run(mem, [opened()], T0, failing(), routes)
+    plan = run(mem, [resolved()], T0 + timedelta(minutes=2), CTX, routes)
+    assert {c for p in plan.entries for c in p.channels if "incident.resolved" in events(plan, c)} == {"log", "slack"}
+    mem = Memory()
+    run(
+        mem,
+        [opened(), Alert("rollback.started", Severity.CRITICAL, "to stable-3", incident_id=1)],
+        T0,
+        failing(),
+        routes,
+    )
+    plan = run(mem, [resolved()], T0 + timedelta(minutes=2), CTX, routes)
+    assert "incident.resolved" in events(plan, "telegram")
+
+
 def test_meta_alerts_bypass_dedup() -> None:
     """A meta alert about healer itself goes out every time it is raised."""
     mem = Memory()

@@ -203,7 +203,7 @@ def plan_alerts(
     if reminder is not None:
         keep(reminder)
 
-    entries = _route(kept, context, routes, now)
+    entries = _route(kept, context, routes, now, st.incidents)
     return AlertPlan(entries=entries, remember=tuple(remember), dropped=tuple(dropped))
 
 
@@ -273,10 +273,28 @@ def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: ti
     )
 
 
-def _route(kept: Sequence[AlertItem], ctx: CycleContext, routes: Sequence[Route], now: datetime) -> tuple[Planned, ...]:
+def _route(
+    kept: Sequence[AlertItem],
+    ctx: CycleContext,
+    routes: Sequence[Route],
+    now: datetime,
+    incidents: Mapping[int, IncidentMemory] | None = None,
+) -> tuple[Planned, ...]:
+    """Each channel gets the items at or above its `min_severity`; an incident's resolution goes
+    to every channel that was told of the incident (at its most severe message), whatever the
+    resolution's own severity: people told that something broke are told that it recovered."""
+    told = incidents or {}
+
+    def reaches(i: AlertItem, r: Route) -> bool:
+        if i.severity >= r.min_severity:
+            return True
+        if i.event == INCIDENT_RESOLVED and i.incident_id is not None and i.incident_id in told:
+            return told[i.incident_id].severity >= r.min_severity
+        return False
+
     groups: dict[tuple[AlertItem, ...], list[str]] = {}
     for r in routes:
-        items = tuple(i for i in kept if i.severity >= r.min_severity)
+        items = tuple(i for i in kept if reaches(i, r))
         if items:
             groups.setdefault(items, []).append(r.channel)
     out = []
