@@ -38,7 +38,6 @@ from healer.errors import HealerError, LockedError, StoreError
 from healer.files import open_private, private_dir
 from healer.heartbeat import Heartbeat
 from healer.judge import baseline_of, judge
-from healer.ladder import settled
 from healer.logging import log_event
 from healer.model import (
     Alert,
@@ -262,20 +261,16 @@ class Watchdog:
         decision = decide(situation, self.config)
         self._cause = None if decision.attribution is None else decision.attribution.label
         phase = phase_at(deploy.first_seen, now, self.config.schedule)
-        is_settled = settled(
-            deploy, now, self.config, head_moved=situation.head_moved, ended_commit=situation.deploy_ended_commit
-        )
         update = CycleUpdate(
             consecutive_failures=decision.consecutive_failures,
             consecutive_passes=decision.consecutive_passes,
             emergency_streak=decision.emergency_streak,
-            baseline=baseline_of(verdict) if deploy.baseline is None and is_settled else None,
+            baseline=baseline_of(verdict) if deploy.baseline is None else None,
             open_incident_cause=next((i.cause for i in decision.intents if isinstance(i, OpenIncident)), None),
             resolve_incident=any(isinstance(i, ResolveIncident) for i in decision.intents),
             phase_index=phase.index,
             cause=self._cause,
             next_step=decision.next_step,
-            settled=is_settled,
         )
         previous_phase = await self._db(self.store.phase_index, deploy.id)
         opened = await self._db(self.store.record_cycle, deploy.id, verdict, Who.LOOP, update)
