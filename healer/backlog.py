@@ -353,7 +353,7 @@ class BufferedStore(Store):
             last_cycle_at=verdict.at,
             last_ok=verdict.ok,
             baseline=update.baseline if update.baseline is not None else d.baseline,
-            healthy_at=d.healthy_at if d.healthy_at is not None or not verdict.ok else verdict.at,
+            healthy_at=d.healthy_at if d.healthy_at is not None or not (verdict.ok and update.settled) else verdict.at,
             open_incident=open_incident,
         )
         if update.phase_index is not None:

@@ -119,6 +119,21 @@ def answered(verdict: Verdict, config: Config) -> bool:
     return False
 
 
+def settled(deploy: Deploy, now: datetime, config: Config, *, head_moved: bool, ended_commit: str | None) -> bool:
+    """Is what answers now surely the new release? Not within `deploy_grace` of HEAD moving:
+    the old process may still be serving the checks while the deploy has yet to restart it, and
+    a healthy cycle then says nothing of the new code — it must not become the release's
+    baseline, nor make a release that fails from its first real request look "once healthy".
+    A rollback's result, the first release healer watches and one `healer deploy end` named
+    are settled at once."""
+    return (
+        deploy.via_rollback
+        or not head_moved
+        or ended_commit == deploy.commit
+        or now - deploy.first_seen >= config.escalation.deploy_grace
+    )
+
+
 def deploy_grace(
     deploy: Deploy,
     verdict: Verdict,

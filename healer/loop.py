@@ -38,6 +38,7 @@ from healer.errors import HealerError, LockedError, StoreError
 from healer.files import open_private, private_dir
 from healer.heartbeat import Heartbeat
 from healer.judge import baseline_of, judge
+from healer.ladder import settled
 from healer.logging import log_event
 from healer.model import (
     Alert,
@@ -261,6 +262,9 @@ class Watchdog:
         decision = decide(situation, self.config)
         self._cause = None if decision.attribution is None else decision.attribution.label
         phase = phase_at(deploy.first_seen, now, self.config.schedule)
+        is_settled = settled(
+            deploy, now, self.config, head_moved=situation.head_moved, ended_commit=situation.deploy_ended_commit
+        )
         update = CycleUpdate(
             consecutive_failures=decision.consecutive_failures,
             consecutive_passes=decision.consecutive_passes,
@@ -271,6 +275,7 @@ class Watchdog:
             phase_index=phase.index,
             cause=self._cause,
             next_step=decision.next_step,
+            settled=is_settled,
         )
         previous_phase = await self._db(self.store.phase_index, deploy.id)
         opened = await self._db(self.store.record_cycle, deploy.id, verdict, Who.LOOP, update)

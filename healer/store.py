@@ -220,6 +220,7 @@ class CycleUpdate:
     phase_index: int | None = None
     cause: str | None = None  # a failing cycle's likely cause (Attribution.label)
     next_step: str | None = None  # what healer does next, skipped remedies included
+    settled: bool = True  # a healthy cycle counts as the release's own (ladder.settled)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -452,7 +453,7 @@ class Store:
             }
             if update.baseline is not None:
                 sets["baseline"] = _baseline_json(update.baseline)
-            if verdict.ok:
+            if verdict.ok and update.settled:
                 db.execute("UPDATE deploys SET healthy_at = ? WHERE id = ? AND healthy_at IS NULL", (at, deploy_id))
             if update.phase_index is not None:
                 sets["phase_index"] = update.phase_index

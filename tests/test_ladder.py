@@ -18,7 +18,7 @@ import pytest
 
 from healer.config import Config, parse_config
 from healer.decide import PastRepair, Situation, decide
-from healer.ladder import Cause, answered, attribute, deploy_grace
+from healer.ladder import Cause, answered, attribute, deploy_grace, settled
 from healer.model import (
     Alert,
     CheckResult,
@@ -349,3 +349,14 @@ def test_answered_and_grace_helpers() -> None:
     text = deploy_grace(deploy, verdict(T0 + 20 * SEC, CRASHED), T0 + 20 * SEC, CONFIG)
     assert text is not None and "40s" in text
     assert deploy_grace(deploy, verdict(T0 + 61 * SEC, CRASHED), T0 + 61 * SEC, CONFIG) is None
+
+
+def test_a_healthy_cycle_right_after_head_moved_is_not_the_new_releases() -> None:
+    """Within deploy_grace of HEAD moving the old process may still answer: not settled; the
+    first release healer watches, a rollback's result and `healer deploy end` are."""
+    deploy = Deploy(id=2, commit="b" * 40, first_seen=T0)
+    assert not settled(deploy, T0 + 5 * SEC, CONFIG, head_moved=True, ended_commit=None)
+    assert settled(deploy, T0 + 61 * SEC, CONFIG, head_moved=True, ended_commit=None)
+    assert settled(deploy, T0 + 5 * SEC, CONFIG, head_moved=False, ended_commit=None)
+    assert settled(deploy, T0 + 5 * SEC, CONFIG, head_moved=True, ended_commit="b" * 40)
+    assert settled(replace(deploy, via_rollback=True), T0, CONFIG, head_moved=True, ended_commit=None)
