@@ -1,6 +1,6 @@
 """`python -m bench [NAME ...]` (or `bench/run`): run healer's benchmarks and write bench/results.json.
 
-NAME is any of fanout, redis, rollback, footprint, growth (default: all, about 4-5 minutes on 2 cores).
+NAME is any of fanout, redis, rollback, footprint, growth, judgement (default: all, about 6 minutes on 2 cores).
 A partial run updates its own figures in an existing results file and keeps the others.
 Nothing here asserts a time: each figure is a ratio against a reference measured in the same run, or a size
 (report_s, the one absolute time the issue asks for, is reported as measured).
@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import common, fanout, footprint, growth, redis_clear, rollback
+from bench import common, fanout, footprint, growth, judgement, redis_clear, rollback
 
 BENCHMARKS = {
     "fanout": fanout.run,
@@ -26,6 +26,7 @@ BENCHMARKS = {
     "rollback": rollback.run,
     "footprint": footprint.run,
     "growth": growth.run,
+    "judgement": judgement.run,
 }
 FIGURES = (
     "fanout_ratio",
@@ -38,6 +39,10 @@ FIGURES = (
     "status_growth_ratio",
     "report_s",
     "db_mb_per_million_results",
+    "judgement_false_rollbacks_per_1000",
+    "judgement_false_restarts_per_1000",
+    "judgement_missed_slow_x2_per_1000",
+    "judgement_missed_bad_deploy_per_1000",
 )
 RESULTS = common.ROOT / "bench" / "results.json"
 
