@@ -207,7 +207,7 @@ def test_verify_must_name_a_check_or_a_check_type(tmp_path: Path) -> None:
         known_playbooks(make_config(tmp_path, playbooks={"dir": "pb"}))
     assert err.value.lines() == [
         f"{path}: verify[0]: expected a check name (api) or type "
-        "(http, process, system, redis, postgres, command), got 'apii'"
+        "(http, process, system, redis, postgres, command, tcp), got 'apii'"
     ]
 
 
