@@ -293,11 +293,12 @@ async def _steps_and_verify(
 
     checks = targets(playbook, config.checks)
     names = ", ".join(c.name for c in checks)
-    began = clock.now()
+    # on the monotonic clock: a wall clock stepped back an hour must not verify for an hour
+    began = clock.monotonic()
     deadline = began + playbook.verify_within
     while True:
         results = await run_checks(ctx, checks)
-        now = clock.now()
+        now = clock.monotonic()
         if all(r.ok for r in results):
             took = (now - began).total_seconds()
             return Outcome.OK, _join(done, f"{names} healthy after {took:.1f}s"), results

@@ -98,9 +98,21 @@ def test_ignore_schedule_for_flush(db: Path) -> None:
     """A flush at shutdown tries the head even while it waits for its retry time."""
     ob = Outbox(db)
     a = ob.enqueue(msg("a"), ["slack"])
-    ob.mark_failed(a, "slack", "down", retry_at=T0 + timedelta(hours=1))
+    ob.mark_failed(a, "slack", "down", retry_at=T0 + timedelta(minutes=30))
     assert ob.due("slack", T0) == []
     assert [d.alert_id for d in ob.due("slack", T0, ignore_schedule=True)] == [a]
+    ob.close()
+
+
+def test_a_retry_planned_before_the_clock_was_stepped_back_does_not_sit_on_alerts(db: Path) -> None:
+    """A retry 15 min ahead waits; one 2 h ahead (the wall clock went back an hour or more since it
+    was planned) is due now: no retry is ever planned that far."""
+    ob = Outbox(db)
+    a = ob.enqueue(msg("a"), ["slack"])
+    ob.mark_failed(a, "slack", "down", retry_at=T0 + timedelta(minutes=15))
+    assert ob.due("slack", T0) == []
+    ob.mark_failed(a, "slack", "down", retry_at=T0 + timedelta(hours=2))
+    assert [d.alert_id for d in ob.due("slack", T0)] == [a]
     ob.close()
 
 

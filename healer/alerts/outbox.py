@@ -53,6 +53,8 @@ log = logging.getLogger("healer.alerts")
 DEFAULT_TIMEOUT = timedelta(seconds=10)
 DEFAULT_RETRY_BASE = timedelta(seconds=30)  # first pause after a failed batch, doubled each time
 DEFAULT_RETRY_MAX = timedelta(minutes=15)  # ... up to this
+# No retry (Retry-After included) is planned further ahead than this; see Outbox.due.
+SCHEDULE_HORIZON = timedelta(hours=1)
 DEFAULT_TRIES = 3  # sends per batch (tenacity), for errors that are not permanent
 DEFAULT_MAX_INLINE_WAIT = timedelta(seconds=10)  # a longer Retry-After reschedules the row instead
 DEFAULT_FAILING_AFTER = 3  # failed batches in a row before "channel failing" goes out elsewhere
@@ -367,7 +369,12 @@ class Outbox:
             " ORDER BY d.alert_id LIMIT ?",
             (channel, DeliveryState.PENDING.value, limit),
         )
-        if not rows or (not ignore_schedule and _dt(rows[0][2]) > now):
+        if not rows:
+            return []
+        at = _dt(rows[0][2])
+        # a retry is never planned further ahead than SCHEDULE_HORIZON: one that far away was
+        # planned before the wall clock was stepped back, and waiting for it would sit on alerts
+        if not ignore_schedule and at is not None and now < at <= now + SCHEDULE_HORIZON:
             return []
         return [Due(r[0], channel, AlertMessage.from_json(json.loads(r[3])), r[1]) for r in rows]
 
@@ -707,7 +714,7 @@ class Sender:
             else:
                 pause = retry_delay(row.attempts + 1, self.retry_base, self.retry_max)
                 if e.retry_after is not None:
-                    pause = max(pause, timedelta(seconds=e.retry_after))
+                    pause = min(max(pause, timedelta(seconds=e.retry_after)), SCHEDULE_HORIZON)
                 await asyncio.to_thread(self.outbox.mark_failed, row.alert_id, ch.name, error, retry_at=now + pause)
                 result = _Result.RETRY
             log_event(
