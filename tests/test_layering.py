@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-CORE = ["schedule", "judge", "decide", "ladder", "model", "errors", "clock", "playbook", "alerts/message"]
+CORE = ["schedule", "judge", "decide", "ladder", "model", "errors", "clock", "playbook", "alerts/message", "stats"]
 ALLOWED = {
     "healer.model", "healer.errors", "healer.config", "healer.clock",
-    "healer.decide", "healer.ladder", "healer.schedule",
+    "healer.decide", "healer.ladder", "healer.schedule", "healer.stats",
 }  # fmt: skip
 # playbook.py holds the frozen types of playbook files, validated like healer.toml
 CONFIG_TYPES = {"playbook": {"pydantic", "pydantic_core"}}
