@@ -56,9 +56,13 @@ class CheckResult:
     values: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
     symptoms: tuple[str, ...] = ()
+    # the raw samples, for the statistical judge: each answered request's latency, and how
+    # many requests failed (refused, timed out or answered wrongly); empty for one-shot checks
+    samples_ms: tuple[float, ...] = ()
+    sample_errors: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "type": self.type,
             "ok": self.ok,
@@ -67,6 +71,10 @@ class CheckResult:
             "error": self.error,
             "symptoms": list(self.symptoms),
         }
+        if self.samples_ms or self.sample_errors:
+            d["samples_ms"] = list(self.samples_ms)
+            d["sample_errors"] = self.sample_errors
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> CheckResult:
@@ -79,6 +87,8 @@ class CheckResult:
             values={str(k): float(v) for k, v in dict(d.get("values") or {}).items()},
             error=d.get("error"),
             symptoms=tuple(d.get("symptoms") or ()),
+            samples_ms=tuple(float(v) for v in d.get("samples_ms") or ()),
+            sample_errors=int(d.get("sample_errors") or 0),
         )
 
 

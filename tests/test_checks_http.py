@@ -113,6 +113,21 @@ async def test_two_failed_samples_in_three_fail(run_probe: RunProbe, http_app: S
     assert r.values["samples_ok"] == 1 and r.values["status"] == 500
 
 
+async def test_raw_samples_are_kept_and_survive_json(run_probe: RunProbe, http_app: StartApp) -> None:
+    """Each answered sample's latency and the failed count are kept, through to_json and back."""
+    app = http_app("flaky", fail_ratio=2 / 3)
+    r = await run_probe(http(app.url))
+    assert len(r.samples_ms) == 3 and all(ms > 0 for ms in r.samples_ms)
+    assert r.sample_errors == 2
+    assert CheckResult.from_json(r.to_json()) == r
+
+
+async def test_refused_samples_have_no_latency_but_count_as_failed(run_probe: RunProbe) -> None:
+    """A refused request has no latency to keep, and counts as a failed sample."""
+    r = await run_probe(http(f"http://127.0.0.1:{free_port()}/health"))
+    assert r.samples_ms == () and r.sample_errors == 3
+
+
 @pytest.mark.parametrize(
     ("options", "ok"),
     [

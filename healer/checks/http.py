@@ -1,7 +1,8 @@
 """The http check: request a URL `samples` times within the check's timeout (I/O).
 
 The check passes when a strict majority of samples pass (status, body_contains, json_field);
-its latency is the median of the samples that got an answer. Samples run one after the other,
+its latency is the median of the samples that got an answer. The result keeps each answered
+sample's latency and the count of failed samples, for the statistical judge. Samples run one after the other,
 which is gentler on the app; each gets a fair share of what is left of the check's budget, so
 a sample that hangs never pushes the check past its timeout.
 """
@@ -201,4 +202,6 @@ def _judge(check: HttpCheck, samples: list[_Sample]) -> CheckResult:
         values=values,
         error=redact("; ".join(errors)) or None,  # details quote the app's and proxies' answers
         symptoms=tuple(symptoms),
+        samples_ms=tuple(round(s.latency * 1000, 3) for s in samples if s.latency is not None),
+        sample_errors=len(failures),
     )
