@@ -430,10 +430,18 @@ async def _repair(config: Config, kind: str, reason: str) -> int:
 @click.option(
     "--force", is_flag=True, help="Roll back a dirty work tree (changes are stashed) or to a known-bad commit."
 )
+@click.option("--mark-bad", is_flag=True, help="Remember the commit checked out as bad: never a rollback target again.")
 @click.pass_context
 @handles_errors
 def rollback(
-    ctx: click.Context, reason: str | None, to: str | None, list_: bool, dry_run: bool, yes: bool, force: bool
+    ctx: click.Context,
+    reason: str | None,
+    to: str | None,
+    list_: bool,
+    dry_run: bool,
+    yes: bool,
+    force: bool,
+    mark_bad: bool,
 ) -> None:
     """Roll back by hand to the last stable tag (or REF). Exit 0 done and healthy, 1 not."""
     from healer import rollback as rb
@@ -457,12 +465,12 @@ def rollback(
             if not dry_run:
                 raise UsageError("--reason: expected a few words saying why (it is recorded and announced)")
             reason = "dry run"
-        exit_code = _run(_rollback(config, store, reason, to, dry_run=dry_run, yes=yes, force=force))
+        exit_code = _run(_rollback(config, store, reason, to, dry_run=dry_run, yes=yes, force=force, mark_bad=mark_bad))
     sys.exit(exit_code)
 
 
 async def _rollback(
-    config: Config, store: Any, reason: str, to: str | None, *, dry_run: bool, yes: bool, force: bool
+    config: Config, store: Any, reason: str, to: str | None, *, dry_run: bool, yes: bool, force: bool, mark_bad: bool
 ) -> int:
     from healer import rollback as rb
     from healer.checks import probe_context
@@ -470,8 +478,9 @@ async def _rollback(
     clock = SystemClock()
     async with probe_context(config) as pctx:
         kw: dict[str, Any] = dict(
-            config=config, ctx=pctx, store=store, clock=clock, who=Who.PERSON, reason=reason, to=to, force=force
-        )
+            config=config, ctx=pctx, store=store, clock=clock, who=Who.PERSON, reason=reason, to=to, force=force,
+            mark_bad=mark_bad,
+        )  # fmt: skip
         if dry_run or not yes:
             # the plan is shown for --dry-run and for the confirmation; with --yes the rollback
             # plans (and refuses) under its own lock, so a second plan here is only lost time

@@ -2,9 +2,10 @@
 stable tags (plan, describe and eligible are pure; the rest does I/O).
 
 A rollback is one at a time (a lock file), journaled before it touches anything, and verified by
-re-running every check. The commit it leaves is remembered as bad, and the rolled-back commit
-starts its own launch window, so an automatic rollback happens at most once per deploy: when
-the rolled-back version is not healthy either, the new deploy is held for a person.
+re-running every check. The commit it leaves is remembered as bad when the loop suspects the
+deploy, or when a person passes --mark-bad. The rolled-back commit starts its own launch window,
+so an automatic rollback happens at most once per deploy: when the rolled-back version is not
+healthy either, the new deploy is held for a person.
 """
 
 from __future__ import annotations
@@ -104,7 +105,6 @@ class RepoState:
     to: str | None = None  # the ref a person asked for
     to_commit: str | None = None  # ... and the commit it names
     subjects: Mapping[str, str] = field(default_factory=dict)  # commit -> first message line
-    descendants: frozenset[str] = frozenset()  # commits known to descend from HEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +175,9 @@ def pick_target(state: RepoState) -> tuple[str, str] | None:
     return None
 
 
-def plan(state: RepoState, config: Config, *, who: Who, reason: str, force: bool = False, suspect: bool = True) -> Plan:
+def plan(
+    state: RepoState, config: Config, *, who: Who, reason: str, force: bool = False, mark_bad: bool = False
+) -> Plan:
     """Work out a rollback from `state`, or why it is refused.
 
     1. The target is the ref asked for, else the newest stable tag whose commit is neither
@@ -184,16 +186,14 @@ def plan(state: RepoState, config: Config, *, who: Who, reason: str, force: bool
     3. A known-bad target is refused; a person's --force overrides this for an explicit --to
        (an undo of a rollback goes back to the commit it left, which is marked bad).
     4. Local changes to tracked files are refused; --force stashes them first.
-    5. The from-commit is marked bad when the loop rolls back because the deploy is the
-       suspect (`suspect`), and when a person moves back (the target is an ancestor of HEAD, or
-       unrelated to it). A person moving forward to a descendant of HEAD, as an undo does,
-       condemns nothing.
+    5. The from-commit is marked bad only when asked (`mark_bad`): by the loop when the deploy
+       is the suspect, by a person with --mark-bad. A person's rollback condemns nothing by
+       default: they may be moving back for a reason that is not the release's fault.
     6. With no `[rollback] after` commands, the app is restarted through `[process]`, so that
        it runs the rolled-back code.
     """
     target = pick_target(state) if state.repo is not None else None
     to_ref, to_commit = target or (state.to or "", state.to_commit or "")
-    mark_bad = suspect if who is Who.LOOP else to_commit not in state.descendants
     base = Plan(
         who=who,
         reason=reason,
@@ -276,6 +276,8 @@ def describe(p: Plan) -> str:
     steps.append(f"check out {short(p.to_commit)} (detached HEAD)")
     if p.mark_bad:
         steps.append(f"mark {short(p.from_commit)} bad: never a rollback target again")
+    elif p.who is Who.PERSON:
+        steps.append(f"leave {short(p.from_commit)} unmarked (--mark-bad: never a rollback target again)")
     once = " (an automatic rollback: never rolled back again)" if p.who is Who.LOOP else ""
     steps.append(f"start a new launch window for {short(p.to_commit)}{once}")
     if p.commands:
@@ -329,14 +331,11 @@ def _read_state(config: Config, store: Store, to: str | None) -> RepoState:
         to_commit=to_commit,
     )
     subjects = {state.head: gitrepo.subject(repo, state.head)}
-    descendants: set[str] = set()
     target = pick_target(state)
     if target is not None:
         _, commit = target
         subjects[commit] = gitrepo.subject(repo, commit)
-        if commit != state.head and gitrepo.is_ancestor(repo, state.head, commit):
-            descendants.add(commit)
-    return replace(state, subjects=subjects, descendants=frozenset(descendants))
+    return replace(state, subjects=subjects)
 
 
 def candidates(config: Config, store: Store) -> list[TagInfo]:
@@ -417,7 +416,7 @@ async def run_rollback(
     to: str | None = None,
     force: bool = False,
     dry_run: bool = False,
-    mark_bad: bool = True,
+    mark_bad: bool = False,
     on_start: Callable[[Plan], Awaitable[None]] | None = None,
 ) -> RollbackResult:
     """Roll back to `to` or the newest stable tag; one at a time, journaled, verified.
@@ -432,7 +431,7 @@ async def run_rollback(
        happening. Then journal the intent (outcome started) before touching anything.
     4. With --force, stash the local changes to tracked files.
     5. Check out the target, detached.
-    6. Mark the from-commit bad and start the new HEAD's launch window (via_rollback for the
+    6. Mark the from-commit bad (when asked: `mark_bad`) and start the new HEAD's launch window (via_rollback for the
        loop): done at once after the checkout, so that a kill later never leaves a moved HEAD
        that the loop would take for a fresh deploy and roll back again.
     7. Run the `[rollback] after` commands in order in the work tree, each within
@@ -448,7 +447,7 @@ async def run_rollback(
     """
     if dry_run:
         state = await asyncio.to_thread(_read_state, config, store, to)
-        p = plan(state, config, who=who, reason=reason, force=force, suspect=mark_bad)
+        p = plan(state, config, who=who, reason=reason, force=force, mark_bad=mark_bad)
         return RollbackResult(
             ok=p.ok, from_commit=p.from_commit, to_ref=p.to_ref, to_commit=p.to_commit,
             detail=describe(p), changed=False, refused=p.refused or None, plan=p,
@@ -460,7 +459,7 @@ async def run_rollback(
             if who is not Who.LOOP or to is not None:
                 raise  # a person sees git's reason at once (exit 2)
             return await _refused(store, clock, who, reason, f"cannot read the repository: {e}")
-        p = plan(state, config, who=who, reason=reason, force=force, suspect=mark_bad)
+        p = plan(state, config, who=who, reason=reason, force=force, mark_bad=mark_bad)
         if not p.ok:
             return await _refused(store, clock, who, reason, p.refused, p)
         if on_start is not None:

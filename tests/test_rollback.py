@@ -189,35 +189,40 @@ def state(**kw: Any) -> RepoState:
 
 
 @pytest.mark.parametrize(
-    ("st", "who", "force", "refusal", "to_ref", "mark_bad"),
+    ("st", "who", "force", "asked", "refusal", "to_ref", "mark_bad"),
     [
-        pytest.param(state(), Who.LOOP, False, None, "stable-2", True, id="newest-tag-not-head"),
-        pytest.param(state(bad={B: "x"}), Who.LOOP, False, None, "stable-1", True, id="skips-bad"),
-        pytest.param(state(deployed=B), Who.LOOP, False, None, "stable-1", True,
+        pytest.param(state(), Who.LOOP, False, True, None, "stable-2", True, id="newest-tag-not-head"),
+        pytest.param(state(), Who.LOOP, False, False, None, "stable-2", False, id="loop-not-suspect"),
+        pytest.param(state(bad={B: "x"}), Who.LOOP, False, True, None, "stable-1", True, id="skips-bad"),
+        pytest.param(state(deployed=B), Who.LOOP, False, True, None, "stable-1", True,
                      id="skips-deployed"),
-        pytest.param(state(tags=()), Who.LOOP, False, Refusal.NO_TARGET, "", True, id="no-tags"),
-        pytest.param(state(bad={A: "x", B: "y"}), Who.LOOP, False, Refusal.NO_TARGET, "", True,
+        pytest.param(state(tags=()), Who.LOOP, False, True, Refusal.NO_TARGET, "", True, id="no-tags"),
+        pytest.param(state(bad={A: "x", B: "y"}), Who.LOOP, False, True, Refusal.NO_TARGET, "", True,
                      id="only-bad-tags"),
-        pytest.param(state(to="stable-3", to_commit=H), Who.PERSON, True, Refusal.SAME_COMMIT,
-                     "stable-3", True, id="to-is-head"),
-        pytest.param(state(to=C, to_commit=C, bad={C: "x"}), Who.PERSON, False, Refusal.KNOWN_BAD,
-                     C, True, id="to-known-bad"),
-        pytest.param(state(to=C, to_commit=C, bad={C: "x"}, descendants=frozenset({C})),
-                     Who.PERSON, True, None, C, False, id="undo-forced-forward-marks-nothing"),
-        pytest.param(state(changed=("app.py",)), Who.LOOP, False, Refusal.DIRTY, "stable-2", True,
+        pytest.param(state(to="stable-3", to_commit=H), Who.PERSON, True, False, Refusal.SAME_COMMIT,
+                     "stable-3", False, id="to-is-head"),
+        pytest.param(state(to=C, to_commit=C, bad={C: "x"}), Who.PERSON, False, False, Refusal.KNOWN_BAD,
+                     C, False, id="to-known-bad"),
+        pytest.param(state(to=C, to_commit=C, bad={C: "x"}), Who.PERSON, True, False, None, C, False,
+                     id="undo-forced-forward-marks-nothing"),
+        pytest.param(state(), Who.PERSON, False, False, None, "stable-2", False,
+                     id="person-back-marks-nothing-by-default"),
+        pytest.param(state(), Who.PERSON, False, True, None, "stable-2", True, id="person-mark-bad"),
+        pytest.param(state(changed=("app.py",)), Who.LOOP, False, True, Refusal.DIRTY, "stable-2", True,
                      id="dirty"),
-        pytest.param(state(changed=("app.py",)), Who.PERSON, True, None, "stable-2", True,
+        pytest.param(state(changed=("app.py",)), Who.PERSON, True, False, None, "stable-2", False,
                      id="dirty-forced"),
-        pytest.param(state(repo=None), Who.PERSON, False, Refusal.NO_REPO, "", True, id="no-repo"),
+        pytest.param(state(repo=None), Who.PERSON, False, False, Refusal.NO_REPO, "", False, id="no-repo"),
     ],
 )  # fmt: skip
 def test_plan_picks_a_target_or_says_why_not(
-    tmp_path: Path, st: RepoState, who: Who, force: bool, refusal: Refusal | None, to_ref: str,
+    tmp_path: Path, st: RepoState, who: Who, force: bool, asked: bool, refusal: Refusal | None, to_ref: str,
     mark_bad: bool,
 ) -> None:  # fmt: skip
-    """The newest eligible tag, or the ref asked for; refusals name the reason."""
+    """The newest eligible tag, or the ref asked for; refusals name the reason; the from-commit
+    is marked bad only when asked (the loop's suspect deploy, a person's --mark-bad)."""
     config = make_config(tmp_path, None, after=[["systemctl", "restart", "shop"]])
-    p = rollback.plan(st, config, who=who, reason="r", force=force)
+    p = rollback.plan(st, config, who=who, reason="r", force=force, mark_bad=asked)
     assert p.refusal is refusal
     assert p.ok is (refusal is None)
     assert bool(p.refused) is (refusal is not None)
@@ -231,13 +236,17 @@ def test_describe_shows_from_to_every_command_and_the_undo(tmp_path: Path) -> No
     """What a person confirms: the commits, the steps in order, the commands, how to undo."""
     config = make_config(tmp_path, None, after=[["npm", "ci"], ["systemctl", "restart", "my shop"]])
     st = state(subjects={H: "bad release", B: "release 2"}, branch="main")
-    text = rollback.describe(rollback.plan(st, config, who=Who.PERSON, reason="login broken"))
+    text = rollback.describe(rollback.plan(st, config, who=Who.PERSON, reason="login broken", mark_bad=True))
     assert "a person: login broken" in text
     assert 'from  fffffff  "bad release"  (HEAD, branch main)' in text
     assert 'to    stable-2  bbbbbbb  "release 2"' in text
     assert "$ npm ci" in text and "$ systemctl restart 'my shop'" in text
     assert text.index("check out") < text.index("mark fffffff bad") < text.index("$ npm ci")
     assert "undo: healer rollback --to fffffff" in text
+    assert "undo: healer rollback --to fffffff --reason ... --force" in text
+    unmarked = rollback.describe(rollback.plan(st, config, who=Who.PERSON, reason="login broken"))
+    assert "leave fffffff unmarked (--mark-bad: never a rollback target again)" in unmarked
+    assert "mark fffffff bad" not in unmarked and "--force" not in unmarked
     refused = rollback.describe(rollback.plan(state(tags=()), config, who=Who.LOOP, reason="x"))
     assert "Refused: no stable tag to roll back to: no tag matches 'stable-*'" in refused
 
@@ -288,7 +297,7 @@ async def test_loop_rollback_checks_out_the_newest_stable_tag_and_runs_the_after
     clock = FakeClock(T0 + timedelta(hours=3))
 
     result = await rollback.run_rollback(
-        config=config, ctx=await ctx_for(config), store=store, clock=clock, who=Who.LOOP,
+        config=config, ctx=await ctx_for(config), store=store, clock=clock, who=Who.LOOP, mark_bad=True,
         reason="5 consecutive failing cycles",
     )  # fmt: skip
 
@@ -324,15 +333,15 @@ async def test_loop_rollback_checks_out_the_newest_stable_tag_and_runs_the_after
     ]
 
 
-async def test_a_persons_rollback_marks_the_commit_bad_but_is_not_once_per_deploy(
+async def test_a_persons_rollback_marks_the_commit_bad_when_asked_but_is_not_once_per_deploy(
     repo: Repo, store: Store, tmp_path: Path, ctx_for: Any
 ) -> None:
-    """The loop may still roll back from a target a person chose."""
+    """--mark-bad condemns the commit left; the loop may still roll back from a person's target."""
     config = make_config(tmp_path, repo.path)
     deploy_bad(store, repo)
     result = await rollback.run_rollback(
         config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.PERSON,
-        reason="login broken",
+        reason="login broken", mark_bad=True,
     )  # fmt: skip
     assert result.ok
     assert rows(store) == [("rollback", "stable-2", "person", "ok")]
@@ -344,14 +353,14 @@ async def test_a_persons_rollback_marks_the_commit_bad_but_is_not_once_per_deplo
 async def test_to_a_commit_sha_and_the_undo_back_to_where_it_came_from(
     repo: Repo, store: Store, tmp_path: Path, ctx_for: Any
 ) -> None:
-    """--to takes a commit; undoing goes forward again, needs --force for the bad commit, and
-    condemns nothing."""
+    """--to takes a commit; undoing a --mark-bad rollback goes forward again, needs --force for
+    the bad commit, and condemns nothing."""
     config = make_config(tmp_path, repo.path)
     ctx = await ctx_for(config)
     deploy_bad(store, repo)
     run = rollback.run_rollback
     first = await run(config=config, ctx=ctx, store=store, clock=FakeClock(T0), who=Who.PERSON,
-                      reason="r", to=repo.c1[:10])  # fmt: skip
+                      reason="r", to=repo.c1[:10], mark_bad=True)  # fmt: skip
     assert first.ok and repo.head == repo.c1 and first.to_ref == repo.c1[:10]
 
     refused = await run(config=config, ctx=ctx, store=store, clock=FakeClock(T0), who=Who.PERSON,
@@ -396,7 +405,7 @@ async def test_a_dirty_work_tree_is_refused_unless_forced(
     (repo.path / "app.txt").write_text("hotfix\n")
 
     result = await rollback.run_rollback(
-        config=config, ctx=ctx, store=store, clock=FakeClock(T0), who=Who.LOOP, reason="r"
+        config=config, ctx=ctx, store=store, clock=FakeClock(T0), who=Who.LOOP, mark_bad=True, reason="r"
     )
     assert not result.ok and not result.changed
     assert result.refused is not None
@@ -445,8 +454,9 @@ async def test_a_rollback_that_leaves_the_tree_unclean_fails_saying_what(
     config = make_config(tmp_path, app.path, after=[recorder(out, "ran")])
     deploy, _ = store.ensure_deploy(app.bad, T0)
     result = await rollback.run_rollback(
-        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP, reason="r"
-    )
+        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP, reason="r",
+        mark_bad=True,
+    )  # fmt: skip
     assert not result.ok
     assert "but the work tree is not clean: lib (submodule not at its recorded commit); HEAD moved" in result.detail
     assert rows(store) == [("rollback", "stable-1", "loop", "failed")]
@@ -484,7 +494,7 @@ async def test_a_failing_after_command_stops_and_fails_the_rollback(
     config = make_config(tmp_path, repo.path, after=after)
     deploy_bad(store, repo)
     result = await rollback.run_rollback(
-        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP,
+        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP, mark_bad=True,
         reason="r",
     )  # fmt: skip
     assert not result.ok and result.changed and result.held
@@ -644,6 +654,46 @@ def test_a_persons_second_rollback_that_loses_the_lock_race_announces_nothing(re
     assert repo.head == repo.bad
 
 
+def test_a_persons_rollback_marks_the_commit_bad_only_with_mark_bad(repo: Repo, tmp_path: Path) -> None:
+    """`--dry-run` says whether the commit left is marked bad; `--yes` without `--mark-bad` leaves
+    it a possible target, `--mark-bad` condemns it."""
+    config = write_config(
+        tmp_path,
+        f"""
+        state_dir = "state"
+        [app]
+        name = "shop"
+        repo = "{repo.path}"
+        [[checks]]
+        name = "ok"
+        type = "command"
+        argv = ["true"]
+        """,
+    )
+    bad = repo.bad[:7]
+    plain = healer("--config", str(config), "rollback", "--dry-run")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert f"leave {bad} unmarked (--mark-bad: never a rollback target again)" in plain.stdout
+    marked = healer("--config", str(config), "rollback", "--dry-run", "--mark-bad")
+    assert f"mark {bad} bad: never a rollback target again" in marked.stdout
+    assert "unmarked" not in marked.stdout
+
+    done = healer("--config", str(config), "rollback", "--yes", "--reason", "looking into it")
+    assert done.returncode == 0, done.stdout + done.stderr
+    s = Store(tmp_path / "state" / "healer.db")
+    try:
+        assert s.bad_commits() == {}
+    finally:
+        s.close()
+    again = healer("--config", str(config), "rollback", "--yes", "--mark-bad", "--reason", "broken too")
+    assert again.returncode == 0, again.stdout + again.stderr
+    s = Store(tmp_path / "state" / "healer.db")
+    try:
+        assert list(s.bad_commits()) == [repo.c2]
+    finally:
+        s.close()
+
+
 # ---- verification --------------------------------------------------------------------------------
 
 
@@ -656,7 +706,7 @@ async def test_verification_against_a_healthy_app_is_ok(
     config = make_config(tmp_path, repo.path, checks=checks)
     deploy_bad(store, repo)
     result = await rollback.run_rollback(
-        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP,
+        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP, mark_bad=True,
         reason="r",
     )  # fmt: skip
     assert result.ok, result.detail
@@ -679,7 +729,7 @@ async def test_an_automatic_rollback_to_a_broken_version_holds_for_a_person(
     deploy_bad(store, repo)
     clock = FakeClock(T0)
     result = await rollback.run_rollback(
-        config=config, ctx=await ctx_for(config), store=store, clock=clock, who=Who.LOOP, reason="r"
+        config=config, ctx=await ctx_for(config), store=store, clock=clock, who=Who.LOOP, mark_bad=True, reason="r"
     )
     assert not result.ok and result.changed and result.held
     assert f"still unhealthy after {rollback.VERIFY_TRIES} tries" in result.detail
@@ -709,7 +759,7 @@ async def test_a_refused_automatic_rollback_with_no_target_holds_the_deploy(
     store.mark_bad(repo.c2, "x", T0)
     old = deploy_bad(store, repo)
     result = await rollback.run_rollback(
-        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP,
+        config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP, mark_bad=True,
         reason="r",
     )  # fmt: skip
     assert not result.ok and result.held and result.refused is not None
@@ -806,7 +856,7 @@ async def test_killed_between_checkout_and_the_after_commands_then_resumed(
             store = Store(Path({str(store.path)!r}))
             async with probe_context(config) as ctx:
                 await rollback.run_rollback(config=config, ctx=ctx, store=store,
-                                            clock=SystemClock(), who=Who.LOOP, reason="failing")
+                                            clock=SystemClock(), who=Who.LOOP, mark_bad=True, reason="failing")
 
         asyncio.run(main())
     """)
