@@ -424,7 +424,7 @@ async def _repair(config: Config, kind: str, reason: str) -> int:
 @cli.command()
 @click.option("--reason", help="Why (required to roll back): recorded and announced.")
 @click.option("--to", "to", metavar="REF", help="A tag or commit (default: the newest stable tag).")
-@click.option("--list", "list_", is_flag=True, help="List the candidate stable tags, newest first.")
+@click.option("--list", "list_", is_flag=True, help="List the stable tags it may go to, and why others are hidden.")
 @click.option("--dry-run", is_flag=True, help="Print exactly what would be done; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
@@ -454,12 +454,17 @@ def rollback(
     read_only = (list_ or dry_run) and not config.db_path.exists()
     with Store(Path(":memory:")) if read_only else Store(config.db_path) as store:
         if list_:
-            tags = rb.candidates(config, store)
-            if not tags:
-                click.echo(f"no stable tags matching {config.app.stable_tags!r} besides the deployed commit")
-                return
+            tags, hidden = rb.listing(config, store)
+            pattern = config.app.stable_tags
+            if tags:
+                click.echo(f"stable tags matching {pattern!r} a rollback may go to, newest first:")
+                click.echo("tag\tcommit\ttagged (UTC)")
+            else:
+                click.echo(f"no stable tag matching {pattern!r} a rollback may go to")
             for t in tags:
-                click.echo(f"{t.name}\t{t.commit[:12]}\t{t.date:%Y-%m-%d %H:%M} UTC")
+                click.echo(f"{t.name}\t{t.commit[:12]}\t{t.date:%Y-%m-%d %H:%M}")
+            for line in hidden:
+                click.echo(f"hidden: {line}")
             return
         if not reason or not reason.strip():
             if not dry_run:

@@ -166,6 +166,24 @@ def eligible(tags: Sequence[TagInfo], *, head: str, deployed: str | None, bad: M
     return [t for t in tags if t.commit not in here and t.commit not in bad]
 
 
+def hidden(tags: Sequence[TagInfo], *, head: str, deployed: str | None, bad: Mapping[str, str]) -> list[str]:
+    """Why each stable tag that eligible() leaves out is not a target, one line each, newest
+    first: the commit checked out, the deployed commit, or a known-bad one (which --force
+    reaches through an explicit --to)."""
+    lines = []
+    for t in tags:
+        if t.commit == head:
+            lines.append(f"{t.name} is the commit checked out: not a target")
+        elif t.commit == deployed:
+            lines.append(f"{t.name} is the deployed commit: not a target")
+        elif t.commit in bad:
+            lines.append(
+                f"{t.name} ({short(t.commit)}) is known bad: {bad[t.commit]}; not a target "
+                f"(`healer rollback --to {t.name} --force` goes there anyway)"
+            )
+    return lines
+
+
 def pick_target(state: RepoState) -> tuple[str, str] | None:
     """(ref, commit) to roll back to: the ref asked for, else the newest eligible stable tag."""
     if state.to is not None:
@@ -339,19 +357,21 @@ def _read_state(config: Config, store: Store, to: str | None) -> RepoState:
 
 
 def candidates(config: Config, store: Store) -> list[TagInfo]:
-    """The stable tags a rollback may go to, newest first (for `healer rollback --list`): never
-    the commit checked out or deployed, never a known-bad one. Blocking: the loop calls it
-    through `asyncio.to_thread`."""
+    """The stable tags a rollback may go to, newest first: never the commit checked out or
+    deployed, never a known-bad one. Blocking: the loop calls it through `asyncio.to_thread`."""
+    return listing(config, store)[0]
+
+
+def listing(config: Config, store: Store) -> tuple[list[TagInfo], list[str]]:
+    """For `healer rollback --list`: the candidates, and why each other stable tag is hidden
+    (see hidden()). Blocking."""
     repo = config.app.repo
     if repo is None:
-        return []
+        return [], []
     current = store.current_deploy()
-    return eligible(
-        gitrepo.stable_tags(repo, config.app.stable_tags),
-        head=gitrepo.head_commit(repo),
-        deployed=current.commit if current else None,
-        bad=store.bad_commits(),
-    )
+    tags = gitrepo.stable_tags(repo, config.app.stable_tags)
+    head, deployed, bad = gitrepo.head_commit(repo), current.commit if current else None, store.bad_commits()
+    return eligible(tags, head=head, deployed=deployed, bad=bad), hidden(tags, head=head, deployed=deployed, bad=bad)
 
 
 def has_target(config: Config, store: Store) -> bool:

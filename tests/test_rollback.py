@@ -269,6 +269,27 @@ def test_stable_tag_name_follows_the_glob(pattern: str, expected: str | None) ->
 # ---- candidates --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("head", "deployed", "bad", "expected"),
+    [
+        pytest.param(H, H, {}, ["stable-3 is the commit checked out: not a target"], id="head"),
+        pytest.param(H, B, {}, ["stable-3 is the commit checked out: not a target",
+                                "stable-2 is the deployed commit: not a target"], id="head-and-deployed"),
+        pytest.param(C, None, {A: "rolled back from"}, [
+            "stable-1 (aaaaaaa) is known bad: rolled back from; not a target "
+            "(`healer rollback --to stable-1 --force` goes there anyway)"], id="known-bad"),
+        pytest.param(C, None, {}, [], id="nothing-hidden"),
+    ],
+)  # fmt: skip
+def test_hidden_says_why_each_tag_is_not_a_target(
+    head: str, deployed: str | None, bad: dict[str, str], expected: list[str]
+) -> None:
+    """The tag of the commit checked out, of the deployed one and known-bad ones, each with why."""
+    assert rollback.hidden(TAGS, head=head, deployed=deployed, bad=bad) == expected
+    shown = rollback.eligible(TAGS, head=head, deployed=deployed, bad=bad)
+    assert len(shown) + len(expected) == len(TAGS)
+
+
 def test_candidates_are_newest_first_without_head_or_bad_commits(repo: Repo, store: Store, tmp_path: Path) -> None:
     """HEAD's own tag and known-bad commits are never offered."""
     config = make_config(tmp_path, repo.path)
@@ -692,6 +713,33 @@ def test_a_persons_rollback_marks_the_commit_bad_only_with_mark_bad(repo: Repo, 
         assert list(s.bad_commits()) == [repo.c2]
     finally:
         s.close()
+
+
+def test_rollback_list_has_a_header_and_says_what_it_hides(repo: Repo, tmp_path: Path) -> None:
+    """`healer rollback --list`: a header, the targets, then each hidden tag and why."""
+    git(repo.path, "tag", "-a", "-m", "x", "stable-3", at=T0 + timedelta(hours=3))  # on HEAD
+    config = write_config(
+        tmp_path,
+        f"""
+        state_dir = "state"
+        [app]
+        name = "shop"
+        repo = "{repo.path}"
+        [[checks]]
+        name = "ok"
+        type = "command"
+        argv = ["true"]
+        """,
+    )
+    out = healer("--config", str(config), "rollback", "--list")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines() == [
+        "stable tags matching 'stable-*' a rollback may go to, newest first:",
+        "tag\tcommit\ttagged (UTC)",
+        f"stable-2\t{repo.c2[:12]}\t2026-01-01 13:00",
+        f"stable-1\t{repo.c1[:12]}\t2026-01-01 12:00",
+        "hidden: stable-3 is the commit checked out: not a target",
+    ]
 
 
 # ---- verification --------------------------------------------------------------------------------
