@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from healer import gitrepo, runner
+from healer import gitrepo, runner, stable
 from healer.config import Config, format_duration
 from healer.errors import GitError, HealerError, LockedError, StoreError
 from healer.files import open_private, private_dir, private_fd
@@ -1024,10 +1024,11 @@ async def maybe_tag_stable(*, config: Config, store: Store, clock: Clock) -> str
     """Tag HEAD stable once the deploy has been healthy for `tag_stable_after`; returns the tag.
 
     The deploy qualifies when it is the commit at HEAD, is not known bad, not held, has no
-    open incident and no stable tag yet, and every cycle recorded for it passed, the last one
-    at least `tag_stable_after` after it was first seen. A commit that already carries a tag
-    matching the pattern is not tagged again (that tag is remembered instead). Git errors
-    propagate as GitError.
+    stable tag yet, and has been healthy by the judge's standard (stable.is_stable: watched for
+    `tag_stable_after`, no open incident, the last `recover_after` cycles passing; a blip that
+    resolved does not count against it). A commit that already carries a tag matching the
+    pattern is not tagged again (that tag is remembered instead). Git errors propagate as
+    GitError.
     """
     repo = config.app.repo
     pattern = config.app.stable_tags
@@ -1043,7 +1044,12 @@ async def maybe_tag_stable(*, config: Config, store: Store, clock: Clock) -> str
     if d.commit in await asyncio.to_thread(store.bad_commits):
         return None
     cycles = await asyncio.to_thread(lambda: store.cycles(deploy_id=d.id))
-    if not cycles or not all(c.ok for c in cycles) or cycles[-1].at - d.first_seen < after:
+    window = [stable.Cycle(at=c.at, ok=c.ok) for c in cycles]
+    recover_after = config.escalation.recover_after
+    if not stable.is_stable(
+        window, first_seen=d.first_seen, has_open_incident=d.open_incident is not None, now=now,
+        after=after, recover_after=recover_after,
+    ):  # fmt: skip
         return None
     if await asyncio.to_thread(gitrepo.head_commit, repo) != d.commit:
         return None  # HEAD moved; the loop starts a new window first
@@ -1055,11 +1061,13 @@ async def maybe_tag_stable(*, config: Config, store: Store, clock: Clock) -> str
     if name is None:
         log.warning("rollback.tag_skipped pattern=%s reason=no tag name matches it", pattern)
         return None
+    failing = sum(not c.ok for c in cycles)
     message = (
         f"healer: {config.app.name} at {short(d.commit)} has been healthy for "
         f"{format_duration(now - d.first_seen)} since it was deployed at "
-        f"{d.first_seen:%Y-%m-%d %H:%M} UTC ({len(cycles)} checks, none failing; "
-        f"tag_stable_after = {format_duration(after)}). A rollback target for healer."
+        f"{d.first_seen:%Y-%m-%d %H:%M} UTC ({_cycles(len(cycles))}, {failing or 'none'} failing, "
+        f"no incident open, the last {recover_after} passing; tag_stable_after = "
+        f"{format_duration(after)}). A rollback target for healer."
     )
     await asyncio.to_thread(lambda: gitrepo.create_tag(repo, name, d.commit, message, date=now))
     await asyncio.to_thread(store.set_stable_tag, d.id, name)
@@ -1071,3 +1079,7 @@ async def maybe_tag_stable(*, config: Config, store: Store, clock: Clock) -> str
     )  # fmt: skip
     log.info("rollback.tagged tag=%s commit=%s", name, short(d.commit))
     return name
+
+
+def _cycles(n: int) -> str:
+    return f"{n} cycle" if n == 1 else f"{n} cycles"

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-CORE = ["schedule", "judge", "decide", "ladder", "model", "errors", "clock", "playbook", "alerts/message", "stats"]
+CORE = [
+    "schedule", "judge", "decide", "ladder", "stable", "model", "errors", "clock", "playbook", "alerts/message",
+    "stats",
+]  # fmt: skip
 ALLOWED = {
     "healer.model", "healer.errors", "healer.config", "healer.clock",
     "healer.decide", "healer.ladder", "healer.schedule", "healer.stats",

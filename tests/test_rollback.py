@@ -976,10 +976,25 @@ async def test_maybe_tag_stable_tags_after_tag_stable_after_and_never_twice(
     assert len(store.actions()) == 1
 
 
+async def test_maybe_tag_stable_tags_a_deploy_whose_blip_resolved(repo: Repo, store: Store, tmp_path: Path) -> None:
+    """A failing cycle while the deploy restarted the app, then passing ones: tagged all the same."""
+    config = make_config(tmp_path, repo.path)
+    clock = FakeClock(T0)
+    d, _ = store.ensure_deploy(repo.bad, clock.now())
+    healthy_cycle(store, d.id, T0, ok=False)
+    for hours in (1, 6):
+        healthy_cycle(store, d.id, T0 + timedelta(hours=hours))
+    clock.advance(timedelta(hours=6))
+    name = await rollback.maybe_tag_stable(config=config, store=store, clock=clock)
+    assert name == f"stable-healer-20260101-180000-{repo.bad[:7]}"
+    message = git(repo.path, "tag", "-l", "--format=%(contents)", name)
+    assert "3 cycles, 1 failing, no incident open, the last 2 passing" in message
+
+
 @pytest.mark.parametrize(
     "spoil",
     [
-        pytest.param("failing-cycle", id="a-failing-cycle"),
+        pytest.param("failing-cycle", id="failing-now"),
         pytest.param("bad", id="known-bad"),
         pytest.param("held", id="held"),
         pytest.param("no-cycles", id="never-watched"),
@@ -990,14 +1005,14 @@ async def test_maybe_tag_stable_tags_after_tag_stable_after_and_never_twice(
 async def test_maybe_tag_stable_leaves_alone_a_deploy_that_does_not_qualify(
     repo: Repo, store: Store, tmp_path: Path, spoil: str
 ) -> None:
-    """No tag for a deploy that failed once, is known bad, is held, unwatched, or tagged."""
+    """No tag for a deploy failing now, known bad, held, unwatched, or tagged."""
     config = make_config(tmp_path, repo.path)
     clock = FakeClock(T0)
     d, _ = store.ensure_deploy(repo.bad, clock.now())
     clock.advance(timedelta(hours=7))
     if spoil != "no-cycles":
-        healthy_cycle(store, d.id, T0 + timedelta(hours=1), ok=spoil != "failing-cycle")
-        healthy_cycle(store, d.id, clock.now())
+        healthy_cycle(store, d.id, T0 + timedelta(hours=1))
+        healthy_cycle(store, d.id, clock.now(), ok=spoil != "failing-cycle")
     if spoil == "bad":
         store.mark_bad(repo.bad, "x", T0)
     if spoil == "held":
