@@ -159,6 +159,9 @@ class HttpCheck(_Check):
     samples: Annotated[int, Field(ge=1, le=25)] = 3
     max_latency_factor: Factor = 3.0
     min_latency_increase: Duration = timedelta(milliseconds=100)
+    # vs the release before (its pooled samples): a rank test (p < 0.02) must agree as well,
+    # so the factor only says what is worth a rollback, not what is beyond noise
+    max_latency_factor_vs_previous: Factor = 1.5
     max_latency: PositiveDuration = timedelta(seconds=10)  # absolute ceiling (seed 002: 10 s)
 
     def expected_statuses(self) -> tuple[int, ...]:

@@ -4,6 +4,15 @@ A check fails on its own absolute terms (wrong status, process gone, over a ceil
 judge() adds the baseline-relative symptoms: latency worse than `max_latency_factor` times
 the baseline *and* at least `min_latency_increase` slower (no alarm on 2 ms -> 7 ms), and
 memory over `max_memory_factor` times the baseline *and* `min_memory_increase` more.
+
+With a reference (the pooled samples of the release before this deploy, issue 15), an http
+check's latency also fails when it is worse than that release's, which its own baseline
+cannot see when the deploy is slow from its first request. Three things must agree (Kayenta's
+judge, with floors): a one-sided Mann-Whitney U test of this cycle's samples against the
+reference's (outliers removed) at p < REFERENCE_ALPHA, a median at least
+`max_latency_factor_vs_previous` times the reference's, and at least `min_latency_increase`
+slower. With fewer than MIN_REFERENCE_SAMPLES reference samples, or no sample answered this
+cycle, the rule is inconclusive: it fails nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +28,16 @@ from healer.config import (
     ProcessCheck,
     RedisCheck,
 )
-from healer.model import Baseline, CheckResult, Verdict
+from healer.model import Baseline, CheckResult, Reference, Verdict
+from healer.stats import mann_whitney_greater, median, remove_outliers
+
+# Kayenta's default confidence (0.98): at one test per cycle, a release no slower than the one
+# before fails this test in about 2 cycles of 100; the factor and the floor stop the rest.
+REFERENCE_ALPHA = 0.02
+# Fewer pooled samples than this (a release before watched for under 7 cycles) decide nothing.
+MIN_REFERENCE_SAMPLES = 20
+# The healthy cycles of the release before pooled into its reference (the loop reads them).
+REFERENCE_CYCLES = 20
 
 
 def judge(
@@ -27,16 +45,69 @@ def judge(
     baseline: Baseline | None,
     checks: Sequence[CheckConfig],
     at: datetime,
+    reference: Reference | None = None,
 ) -> Verdict:
-    """The verdict of a cycle: each result, with baseline symptoms added where it drifted."""
+    """The verdict of a cycle: each result, with baseline symptoms added where it drifted from
+    the deploy's own baseline or, for an http check, from the release before (`reference`)."""
     by_name: Mapping[str, CheckConfig] = {c.name: c for c in checks}
     judged = []
     for r in results:
         check = by_name.get(r.name)
         if check is not None and baseline is not None:
             r = _against_baseline(r, check, baseline)
+        if isinstance(check, HttpCheck) and reference is not None:
+            r = _against_reference(r, check, reference)
         judged.append(r)
     return Verdict(at=at, results=tuple(judged))
+
+
+def _against_reference(r: CheckResult, check: HttpCheck, reference: Reference) -> CheckResult:
+    """The result, failed with `http.latency` when rank test, factor and floor all say slower."""
+    pooled = reference.samples_ms.get(r.name, ())
+    if len(pooled) < MIN_REFERENCE_SAMPLES or not r.samples_ms or "http.latency" in r.symptoms:
+        return r  # inconclusive, or already failed for latency (own baseline, ceiling)
+    ref = remove_outliers(pooled)
+    now, before = median(r.samples_ms), median(ref)
+    floor = check.min_latency_increase / timedelta(milliseconds=1)
+    if now < before * check.max_latency_factor_vs_previous or now - before < floor:
+        return r
+    test = mann_whitney_greater(r.samples_ms, ref)
+    if test.p >= REFERENCE_ALPHA:
+        return r
+    p = "p < 0.001" if test.p < 0.001 else f"p = {test.p:.3f}"
+    problem = (
+        f"median {_ms(now)} ms vs {_ms(before)} ms in {reference.label} "
+        f"({_times(now, before)}, {p}, {len(r.samples_ms)} vs {len(ref)} samples)"
+    )
+    error = "; ".join(([r.error] if r.error else []) + [problem])
+    return replace(r, ok=False, error=error, symptoms=(*r.symptoms, "http.latency"))
+
+
+def _ms(v: float) -> str:
+    return f"{v:.1f}" if v < 10 else f"{v:.0f}"
+
+
+def _times(now: float, before: float) -> str:
+    if before <= 0:
+        return "from 0"
+    ratio = now / before
+    return f"{ratio:.0f}×" if ratio >= 10 else f"{ratio:.1f}×"
+
+
+def reference_of(verdicts: Sequence[Verdict], label: str, cycles: int = REFERENCE_CYCLES) -> Reference:
+    """The reference a release's cycles give: the raw samples of its first `cycles` fully
+    healthy ones, pooled per check (requests sent and failed counted alongside)."""
+    samples: dict[str, list[float]] = {}
+    requests: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for v in [v for v in verdicts if v.ok][:cycles]:
+        for r in v.results:
+            if not r.samples_ms and not r.sample_errors:
+                continue
+            samples.setdefault(r.name, []).extend(r.samples_ms)
+            requests[r.name] = requests.get(r.name, 0) + int(r.values.get("samples", len(r.samples_ms)))
+            errors[r.name] = errors.get(r.name, 0) + r.sample_errors
+    return Reference(label, {k: tuple(v) for k, v in samples.items()}, requests, errors)
 
 
 def _against_baseline(r: CheckResult, check: CheckConfig, baseline: Baseline) -> CheckResult:

@@ -37,7 +37,7 @@ from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
 from healer.files import open_private, private_dir
 from healer.heartbeat import Heartbeat
-from healer.judge import baseline_of, judge
+from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
 from healer.ladder import settled
 from healer.logging import log_event
 from healer.model import (
@@ -46,6 +46,7 @@ from healer.model import (
     Hold,
     OpenIncident,
     Outcome,
+    Reference,
     Repair,
     ResolveIncident,
     Rollback,
@@ -229,6 +230,8 @@ class Watchdog:
         # (deploy id, wall, monotonic) of the last cycle this process ran: its next one is counted
         # on the monotonic clock, whatever the wall clock does meanwhile
         self._last_cycle: tuple[int, datetime, timedelta] | None = None
+        # (deploy id, its reference): the release before's pooled samples, read once per deploy
+        self._reference_of: tuple[int, Reference | None] | None = None
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -250,6 +253,22 @@ class Watchdog:
             await self._alert(alerts, deploy, None, "watching the new deploy")
         return deploy
 
+    async def _reference(self, deploy: Deploy) -> Reference | None:
+        """The release before this deploy, to judge it against (read once per deploy; a store
+        that cannot be read gives none this cycle and is asked again the next)."""
+        if self._reference_of is not None and self._reference_of[0] == deploy.id:
+            return self._reference_of[1]
+        try:
+            found = await self._db(self.store.reference_cycles, deploy.id, REFERENCE_CYCLES)
+        except StoreError:
+            return None
+        reference = None
+        if found is not None:
+            before, verdicts = found
+            reference = reference_of(verdicts, before.stable_tag or before.commit[:12])
+        self._reference_of = (deploy.id, reference)
+        return reference
+
     # -- one cycle ---------------------------------------------------------------------------
 
     async def step(self) -> CycleReport:
@@ -257,7 +276,8 @@ class Watchdog:
         deploy = await self.current_deploy()
         now, mono = self.clock.now(), self.clock.monotonic()
         results = await run_checks(self.ctx)
-        verdict = judge(results, deploy.baseline, self.config.checks, now)
+        reference = await self._reference(deploy)
+        verdict = judge(results, deploy.baseline, self.config.checks, now, reference=reference)
         situation = await self._situation(deploy, verdict, now)
         decision = decide(situation, self.config)
         self._cause = None if decision.attribution is None else decision.attribution.label

@@ -104,6 +104,16 @@ class Baseline:
 
 
 @dataclass(frozen=True, slots=True)
+class Reference:
+    """The release before this deploy: per check, the pooled raw samples of its healthy cycles."""
+
+    label: str  # how verdicts name it: its stable tag, else its short commit
+    samples_ms: Mapping[str, tuple[float, ...]]  # check name -> every answered request's latency
+    requests: Mapping[str, int]  # check name -> requests sent
+    errors: Mapping[str, int]  # check name -> requests that failed
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """A judged cycle: the results, with the baseline's symptoms added."""
 

@@ -678,6 +678,26 @@ class Store:
         rows = self._query("SELECT * FROM deploys WHERE id < ? ORDER BY id DESC LIMIT 1", (deploy_id,))
         return _deploy(rows[0]) if rows else None
 
+    def reference_cycles(self, deploy_id: int, limit: int) -> tuple[Deploy, list[Verdict]] | None:
+        """The release to judge `deploy_id` against and its first `limit` healthy loop cycles:
+        the latest deploy before it that had healthy loop cycles and whose commit is not marked
+        bad (None: there is none, e.g. the first deploy healer watches)."""
+        rows = self._query(
+            "SELECT d.* FROM deploys d WHERE d.id < ?"
+            " AND d.commit_sha NOT IN (SELECT commit_sha FROM bad_commits)"
+            " AND EXISTS (SELECT 1 FROM cycles c WHERE c.deploy_id = d.id AND c.who = 'loop' AND c.ok = 1)"
+            " ORDER BY d.id DESC LIMIT 1",
+            (deploy_id,),
+        )
+        if not rows:
+            return None
+        before = _deploy(rows[0])
+        cycles = self._query(
+            "SELECT * FROM cycles WHERE deploy_id = ? AND who = 'loop' AND ok = 1 ORDER BY id LIMIT ?",
+            (before.id, int(limit)),
+        )
+        return before, [Verdict(c.at, c.results) for c in map(_cycle, cycles)]
+
     def last_cause(self, deploy_id: int) -> str | None:
         """The likely cause recorded with the deploy's latest failing loop cycle."""
         rows = self._query(
