@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -29,6 +29,9 @@ from healer.judge import judge
 from healer.ladder import Attribution
 from healer.model import CheckResult, Outcome, Verdict, Who
 from healer.views import history_rows, status_data
+
+if TYPE_CHECKING:
+    from healer.checks.process import Match as ProcessMatch
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -208,19 +211,54 @@ def check(ctx: click.Context, as_json: bool) -> None:
     """Run one cycle now, judged against the baseline; changes nothing. Exit 0 healthy, 1 not."""
     config = _config(ctx)
     verdict, has_baseline, att = _run(_check_once(config))
+    matches, warnings = _process_matches(config)
     if as_json:
+        results = [r.to_json() for r in verdict.results]
+        for r in results:
+            if r["name"] in matches:
+                r["matched"] = [m.to_json() for m in matches[r["name"]]]
         click.echo(json.dumps({
             "ok": verdict.ok, "at": verdict.at.isoformat(), "baseline": has_baseline,
             "cause": None if att is None else att.label, "cause_why": None if att is None else att.why,
-            "symptoms": list(verdict.symptoms), "results": [r.to_json() for r in verdict.results],
+            "symptoms": list(verdict.symptoms), "results": results, "warnings": warnings,
         }, indent=2))  # fmt: skip
     else:
         con = _console()
         base = "against the baseline" if has_baseline else "no baseline yet"
         con.print(_results_table(verdict.results, f"{config.app.name}: {verdict.summary()} ({base})"))
+        for name, found in matches.items():
+            for m in found:
+                con.print(f"{name} matched: pid {m.pid} (group {m.pgid}): {m.cmdline}", markup=False, highlight=False)
         if att is not None:
             con.print(f"likely cause: {att.label} ({att.why})", markup=False, highlight=False)
+        for w in warnings:
+            con.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
     sys.exit(0 if verdict.ok else 1)
+
+
+def _process_matches(config: Config) -> tuple[dict[str, list[ProcessMatch]], list[str]]:
+    """What each process check finds (by check name), and a warning for each match string
+    that finds more than one process group, `[process] match` included (a restart acts on
+    it). Blocking."""
+    from healer.checks import process as pc
+    from healer.config import ProcessCheck
+
+    matches: dict[str, list[ProcessMatch]] = {}
+    warnings: dict[str, str | None] = {}
+    for i, c in enumerate(config.checks):
+        if not isinstance(c, ProcessCheck):
+            continue
+        match, pidfile, name = pc.target(c, config)
+        matches[c.name] = found = pc.matched(match, pidfile, name)
+        if match and pidfile is None:
+            where = f"checks[{i}] ({c.name}) match {match!r}" if c.match else f"[process] match {match!r}"
+            warnings.setdefault(where, pc.split_groups(where, found))
+    p = config.process
+    if p is not None and p.match and p.pidfile is None:
+        where = f"[process] match {p.match!r}"
+        if where not in warnings:
+            warnings[where] = pc.split_groups(where, pc.matched(p.match, None, None))
+    return matches, [w for w in warnings.values() if w]
 
 
 # ---- status --------------------------------------------------------------------------------------

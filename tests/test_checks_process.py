@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 import pytest
+from helpers import healer, write_config
 
+from healer.checks.process import Match, split_groups
 from healer.model import CheckResult
 
 RunProbe = Callable[..., Awaitable[CheckResult]]
@@ -205,3 +208,67 @@ async def test_cpu_over_max_cpu_percent_is_a_symptom(run_probe: RunProbe, spawn:
     assert not r.ok
     assert r.symptoms == ("process.cpu",)
     assert r.values["cpu_percent"] > 5
+
+
+# ---- what a match finds --------------------------------------------------------------------------
+
+
+def found(pid: int, pgid: int | None) -> Match:
+    return Match(pid=pid, cmdline=f"gunicorn shop {pid}", pgid=pgid, sid=pgid)
+
+
+@pytest.mark.parametrize(
+    ("matches", "expected"),
+    [
+        pytest.param([], None, id="nothing"),
+        pytest.param([found(101, 101)], None, id="one-process"),
+        pytest.param([found(101, 101), found(102, 101), found(103, 101)], None, id="master-and-workers"),
+        pytest.param([found(101, 101), found(102, 101), found(201, 201)],
+                     "match 'shop' finds 2 separate process groups (pids 101, 102; 201): make it more specific",
+                     id="two-copies"),
+    ],
+)  # fmt: skip
+def test_split_groups_warns_when_a_match_finds_two_copies(matches: list[Match], expected: str | None) -> None:
+    """More than one process group behind one match string is a warning naming the PIDs."""
+    assert split_groups("match 'shop'", matches) == expected
+
+
+def test_healer_check_shows_what_a_process_check_matched_and_warns_of_two_groups(tmp_path: Path) -> None:
+    """`healer check` lists each matched PID and command line, and two copies of the app (two
+    process groups) under one match string are a warning, in the table's output and in --json."""
+    mark = marker()
+    copies = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", mark], start_new_session=True)
+        for _ in range(2)
+    ]
+    try:
+        config = write_config(
+            tmp_path,
+            f"""
+            state_dir = "state"
+            [app]
+            name = "shop"
+            [[checks]]
+            name = "app"
+            type = "process"
+            match = "{mark}"
+            min_count = 1
+            """,
+        )
+        text = healer("--config", str(config), "check")
+        assert text.returncode == 0, text.stdout + text.stderr
+        for p in copies:
+            assert f"app matched: pid {p.pid} (group {p.pid}): {sys.executable} -c" in text.stdout
+        pids = "; ".join(str(p.pid) for p in sorted(copies, key=lambda p: p.pid))
+        warning = f"checks[0] (app) match '{mark}' finds 2 separate process groups (pids {pids}): make it more specific"
+        assert f"warning: {warning}" in " ".join(text.stdout.split())
+
+        data = json.loads(healer("--config", str(config), "check", "--json").stdout)
+        (result,) = data["results"]
+        assert sorted(m["pid"] for m in result["matched"]) == sorted(p.pid for p in copies)
+        assert all(mark in m["cmdline"] for m in result["matched"])
+        assert data["warnings"] == [warning]
+    finally:
+        for p in copies:
+            p.kill()
+            p.wait(timeout=5)

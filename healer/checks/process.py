@@ -2,9 +2,11 @@
 
 Processes are found by `match` (a substring of the command line), `pidfile` (the PID in the
 file, plus its descendants) or `process_name`; the check falls back on `[process] match` /
-`pidfile`. healer's own process and its ancestors never match, so a match string that
-happens to sit in healer's (or pytest's) command line does not find healer itself.
-psutil blocks, so the scan runs in a worker thread.
+`pidfile`. healer's own process and its ancestors never match, nor does any healer process
+(actions.process.is_healer, as for a restart), so a match string that happens to sit in
+healer's (or pytest's) command line does not find healer itself. `matched()` shows people
+what a check finds, and `split_groups()` warns when a match finds more than one process group
+(two copies of the app). psutil blocks, so the scan runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
+from healer.actions.process import is_healer
 from healer.checks import format_size, measured
-from healer.config import ProcessCheck
+from healer.config import Config, ProcessCheck
 from healer.model import CheckResult
 
 if TYPE_CHECKING:
@@ -43,12 +47,63 @@ class _Scan:
     problem: str | None = None  # why nothing was found, when that is known (pidfile)
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One process a check found."""
+
+    pid: int
+    cmdline: str
+    pgid: int | None  # None when it ended before it could be read
+    sid: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "cmdline": self.cmdline, "pgid": self.pgid, "sid": self.sid}
+
+
+def target(check: ProcessCheck, config: Config) -> tuple[str | None, Path | None, str | None]:
+    """(match, pidfile, process_name) the check looks for: its own, else `[process]`'s."""
+    if not (check.match or check.pidfile or check.process_name) and config.process is not None:
+        return config.process.match, config.process.pidfile, None
+    return check.match, check.pidfile, check.process_name
+
+
+def matched(match: str | None, pidfile: Path | None, name: str | None) -> list[Match]:
+    """The processes a check with this target() finds now, with their command lines and
+    groups (blocking)."""
+    procs, _ = _find(match, pidfile, name)
+    return [m for m in map(_match, procs) if m is not None]
+
+
+def split_groups(where: str, found: Sequence[Match]) -> str | None:
+    """A warning when a match finds processes in more than one process group: two copies of
+    the app (a master and its workers share one group), whose RSS the check adds up and both
+    of which a restart would stop."""
+    groups: dict[int | None, list[int]] = {}
+    for m in found:
+        groups.setdefault(m.pgid, []).append(m.pid)
+    if len(groups) < 2:
+        return None
+    pids = "; ".join(", ".join(map(str, g)) for g in groups.values())
+    return f"{where} finds {len(groups)} separate process groups (pids {pids}): make it more specific"
+
+
+def _match(p: psutil.Process) -> Match | None:
+    try:
+        cmdline = " ".join(p.cmdline())
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        cmdline = "?"
+    try:
+        return Match(p.pid, cmdline, os.getpgid(p.pid), os.getsid(p.pid))
+    except OSError:
+        return Match(p.pid, cmdline, None, None)
+
+
 async def probe(check: ProcessCheck, ctx: ProbeContext) -> CheckResult:
     """Find the processes, then compare count, RSS and CPU with the check's ceilings."""
-    match, pidfile = check.match, check.pidfile
-    if not (match or pidfile or check.process_name) and ctx.config.process is not None:
-        match, pidfile = ctx.config.process.match, ctx.config.process.pidfile
-    scan = await asyncio.to_thread(_scan, match, pidfile, check.process_name)
+    match, pidfile, name = target(check, ctx.config)
+    scan = await asyncio.to_thread(_scan, match, pidfile, name)
 
     values: dict[str, float] = {"count": scan.count}
     if scan.count:
@@ -58,7 +113,7 @@ async def probe(check: ProcessCheck, ctx: ProbeContext) -> CheckResult:
     errors: list[str] = []
     if scan.count < check.min_count:
         symptoms.append("process.down")
-        what = _describe_target(match, pidfile, check.process_name)
+        what = _describe_target(match, pidfile, name)
         found = scan.problem or f"{scan.count} running"
         errors.append(f"expected at least {check.min_count} process(es) {what}, {found}")
     if check.max_rss is not None and scan.count and scan.rss > check.max_rss:
@@ -80,15 +135,19 @@ def _describe_target(match: str | None, pidfile: Path | None, name: str | None) 
 
 def _scan(match: str | None, pidfile: Path | None, name: str | None) -> _Scan:
     """Find the processes (blocking), then measure them."""
-    me = psutil.Process()
-    excluded = {me.pid, *(p.pid for p in me.parents())}
-    if pidfile is not None:
-        procs, problem = _from_pidfile(pidfile, match, excluded)
-    else:
-        procs, problem = _by_cmdline(match, name, excluded), None
+    procs, problem = _find(match, pidfile, name)
     if not procs:
         return _Scan(0, 0, 0.0, problem)
     return _measure(procs)
+
+
+def _find(match: str | None, pidfile: Path | None, name: str | None) -> tuple[list[psutil.Process], str | None]:
+    """The processes, or why none were found when that is known (blocking)."""
+    me = psutil.Process()
+    excluded = {me.pid, *(p.pid for p in me.parents())}
+    if pidfile is not None:
+        return _from_pidfile(pidfile, match, excluded)
+    return _by_cmdline(match, name, excluded), None
 
 
 def _by_cmdline(match: str | None, name: str | None, excluded: set[int]) -> list[psutil.Process]:
@@ -98,6 +157,8 @@ def _by_cmdline(match: str | None, name: str | None, excluded: set[int]) -> list
         if info["pid"] in excluded or info["status"] == psutil.STATUS_ZOMBIE:
             continue
         cmdline = info["cmdline"] or []
+        if is_healer(cmdline):
+            continue
         if (match and match in " ".join(cmdline)) or (
             not match and name and (info["name"] == name or (cmdline and os.path.basename(cmdline[0]) == name))
         ):
