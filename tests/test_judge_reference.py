@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import commit, config_from, make_repo
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from services import HttpApp
 
+from healer.backlog import BufferedStore
+from healer.checks import probe_context
+from healer.clock import FakeClock
 from healer.config import Config, parse_config
 from healer.judge import REFERENCE_ALPHA, judge, reference_of
+from healer.loop import Watchdog
 from healer.model import CheckResult, Reference, Verdict, Who
 from healer.store import CycleUpdate, Store
 
@@ -156,3 +163,44 @@ def test_the_store_finds_the_last_good_release_before_and_its_healthy_cycles(tmp
         before, verdicts = found
         assert before.id == a.id
         assert [v.results[0].samples_ms for v in verdicts] == [(10.0,), (11.0,), (12.0,)]
+
+
+async def test_the_loop_judges_a_new_deploy_against_the_release_before(
+    tmp_path: Path, http_app: Callable[..., HttpApp]
+) -> None:
+    """A release far slower than the one before fails its first cycle with http.latency naming
+    that release, although it never had a fast cycle of its own."""
+    app = http_app("healthy")
+    repo = make_repo(tmp_path / "app")
+    cfg = config_from(
+        tmp_path,
+        f"""
+        state_dir = "state"
+        [app]
+        name = "shop"
+        repo = "{repo}"
+        [[checks]]
+        name = "api"
+        type = "http"
+        url = "{app.url}/health"
+        timeout = "5s"
+        """,
+    )
+    clock = FakeClock()
+    store = BufferedStore(cfg.db_path)
+    try:
+        async with probe_context(cfg) as ctx:
+            dog = Watchdog(cfg, store, ctx, clock=clock)
+            for _ in range(7):  # 21 samples: enough to judge against
+                assert (await dog.step()).verdict.ok
+                clock.advance(timedelta(minutes=15))
+            before = store.current_deploy()
+            commit(repo, "v2")
+            app.behaviour, app.delay = "slow", 0.3
+            report = await dog.step()
+    finally:
+        store.close()
+    assert before is not None and report.deploy.id != before.id
+    (api,) = report.verdict.results
+    assert not api.ok and api.symptoms == ("http.latency",)
+    assert api.error is not None and f"in {before.commit[:12]} (" in api.error and "3 vs 21 samples" in api.error
