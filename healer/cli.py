@@ -23,11 +23,11 @@ from rich.table import Table
 
 from healer import __version__, redact
 from healer.clock import SystemClock
-from healer.config import Config, config_path, format_duration, load_config, parse_duration
+from healer.config import Config, config_path, format_duration, format_elapsed, load_config, parse_duration
 from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
-from healer.model import CheckResult, Outcome, Verdict, Who
+from healer.model import CheckResult, Outcome, Severity, Verdict, Who
 from healer.views import history_rows, status_data
 
 if TYPE_CHECKING:
@@ -88,9 +88,9 @@ def _ago(t: datetime | None, now: datetime) -> str:
         return "never"
     d = now - t
     if d < timedelta(0):
-        return "in " + format_duration(timedelta(seconds=round(-d.total_seconds())) or timedelta(seconds=0))
+        return "in " + format_elapsed(timedelta(seconds=round(-d.total_seconds())))
     secs = round(d.total_seconds())
-    return "just now" if secs < 1 else f"{format_duration(timedelta(seconds=secs))} ago"
+    return "just now" if secs < 1 else f"{format_elapsed(timedelta(seconds=secs))} ago"
 
 
 def _when(t: datetime) -> str:
@@ -320,7 +320,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         i = data["open_incident"]
         con.print(f"incident #{i['id']} open since {_when(datetime.fromisoformat(i['opened_at']))}: {i['cause']}")
     if data.get("pause"):
-        con.print(f"[yellow]paused[/] until {data['pause']['until']}: {data['pause']['reason']}")
+        until = datetime.fromisoformat(data["pause"]["until"])
+        con.print(f"[yellow]paused[/] until {_when(until)} ({_ago(until, now)}): {data['pause']['reason']}")
     if d.get("held"):
         con.print(f"[red]held[/]: {d['held']}")
     if d.get("known_bad"):
@@ -536,7 +537,7 @@ async def _rollback(
         async def started(p: rb.Plan) -> None:
             # under the rollback lock, the plan accepted: a lost race or a refusal announces nothing
             title = f"Rolling back to {p.to_ref} ({p.to_commit[:12]}) (by {_person()})"
-            await asyncio.to_thread(_announce, config, "rollback.started", title, reason, critical=True)
+            await asyncio.to_thread(_announce, config, "rollback.started", title, reason, Severity.CRITICAL)
 
         result = await rb.run_rollback(**kw, on_start=started)
     click.echo(result.detail)
@@ -546,11 +547,14 @@ async def _rollback(
             "rollback.succeeded",
             f"Rolled back to {result.to_ref} (by {_person()})",
             result.detail,
-            critical=True,
         )
         return 0
     _announce(
-        config, "rollback.failed", f"Rollback to {result.to_ref} failed (by {_person()})", result.detail, critical=True
+        config,
+        "rollback.failed",
+        f"Rollback to {result.to_ref} failed (by {_person()})",
+        result.detail,
+        Severity.CRITICAL,
     )
     return 1
 
@@ -603,7 +607,7 @@ def pause(ctx: click.Context, reason: str, for_: str) -> None:
         store.add_pause(until, reason, _person(), now)
         store.start_action(
             kind="pause", name=format_duration(span), who=Who.PERSON, reason=reason, now=now,
-            deploy_id=None if d is None else d.id, outcome=Outcome.OK, detail=f"until {until.isoformat()}",
+            deploy_id=None if d is None else d.id, outcome=Outcome.OK, detail=f"until {_when(until)}",
         )  # fmt: skip
     _announce(
         config,
@@ -635,7 +639,9 @@ def resume(ctx: click.Context) -> None:
                 deploy_id=None if d is None else d.id, outcome=Outcome.OK,
             )  # fmt: skip
     if ended:
-        _announce(config, "pause.ended", "Resumed", f"by {_person()}: repairs and rollbacks are armed again")
+        _announce(
+            config, "pause.ended", "Resumed", f"by {_person()}: repairs and rollbacks are armed again", Severity.INFO
+        )
     click.echo("resumed: repairs and rollbacks are armed again" if ended else "not paused")
 
 
@@ -696,14 +702,13 @@ def _person() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "a person"
 
 
-def _announce(config: Config, event: str, title: str, detail: str, *, critical: bool = False) -> None:
+def _announce(config: Config, event: str, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
     """Queue a chat announcement in the outbox; the running loop's sender delivers it."""
     from healer.alerts import Alerts, CycleContext
-    from healer.model import Alert, Severity
+    from healer.model import Alert
 
     alerts = Alerts(config)
     try:
-        severity = Severity.CRITICAL if critical else Severity.WARNING
         alerts.submit_sync(
             [Alert(event, severity, title, detail, bypass_dedup=True)],
             CycleContext(app=config.app.name),

@@ -70,6 +70,20 @@ def format_duration(d: timedelta) -> str:
     return f"{ms}ms"
 
 
+def format_elapsed(d: timedelta) -> str:
+    """A measured duration for people, rounded: 20.307s -> "20.3s", 4h 2m 7s -> "4h 2m"."""
+    secs = max(0.0, d.total_seconds())
+    if secs < 60:
+        return f"{secs:.1f}".removesuffix(".0") + "s"
+    parts: list[str] = []
+    rest = round(secs)
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, rest = divmod(rest, size)
+        if n or parts:
+            parts.append(f"{n}{unit}")
+    return " ".join(p for p in parts[:2] if not p.startswith("0"))
+
+
 def parse_size(value: object) -> int:
     """`512MB`, `1GiB` -> bytes; a bare whole number is bytes."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:

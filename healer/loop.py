@@ -28,7 +28,14 @@ from typing import IO, Any, TypeVar
 
 from healer import gitrepo, repair, rollback
 from healer import report as reports
-from healer.alerts.message import META_CLOCK_STEP, META_STORE_FAILED, META_STORE_RECOVERED, format_age
+from healer.alerts.message import (
+    META_CLOCK_STEP,
+    META_STORE_FAILED,
+    META_STORE_RECOVERED,
+    format_age,
+    rollback_failure_title,
+    watching_after_repair,
+)
 from healer.backlog import BufferedStore
 from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock, stepped
@@ -342,6 +349,8 @@ class Watchdog:
                 event("healer.held", reason=intent.reason)
         report.alerts = alerts
         next_step = decision.next_step
+        if any(a.event == "repair.succeeded" for a in alerts):
+            next_step = watching_after_repair(self.config.escalation.recover_after)
         if not superseded and any(isinstance(i, Rollback) and not i.observe for i in decision.intents):
             # the rollback started a new deploy window: speak of it, not of the one rolled back from
             after: Deploy | None = await self._db(self.store.current_deploy)
@@ -504,12 +513,13 @@ class Watchdog:
         event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
         if result.ok:
             return [
-                Alert("rollback.succeeded", Severity.CRITICAL, f"to {result.to_ref}", result.detail, incident),
+                Alert("rollback.succeeded", Severity.WARNING, f"to {result.to_ref}", result.detail, incident),
                 Alert("incident.resolved", Severity.INFO, "closed by the rollback", result.detail, incident),
             ]
         then = "waiting for a person" if result.held else "one restart of it, then healer holds if it still fails"
-        return [Alert("rollback.failed", Severity.CRITICAL, f"{result.to_ref} is not healthy either",
-                      f"{result.detail}; {then}", incident)]  # fmt: skip
+        restart = result.plan is not None and result.plan.restart
+        title = rollback_failure_title(result.to_ref, commands_failed=result.commands_failed, restart=restart)
+        return [Alert("rollback.failed", Severity.CRITICAL, title, f"{result.detail}; {then}", incident)]
 
     async def _alert(
         self, alerts: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
@@ -535,7 +545,7 @@ class Watchdog:
         for pause_id, reason in await self._db(self.store.expired_unannounced_pauses, now):
             event("pause.expired", reason=reason)
             msg = f"the pause ({reason}) expired: repairs and rollbacks are armed again"
-            await self._alert([Alert("pause.ended", Severity.WARNING, "pause expired", msg)], deploy, None, "watching")
+            await self._alert([Alert("pause.ended", Severity.INFO, "pause expired", msg)], deploy, None, "watching")
             await self._db(self.store.mark_pause_announced, pause_id)
 
     async def _summaries(self, deploy: Deploy, now: datetime) -> None:
@@ -589,7 +599,8 @@ class Watchdog:
             event("rollback.resumed", ok=r.ok, detail=r.detail)
             title = "Interrupted rollback finished" if r.ok else "Interrupted rollback"
             what = "rollback.succeeded" if r.ok else "rollback.failed"
-            await self._alert([Alert(what, Severity.CRITICAL, title, r.detail)],
+            severity = Severity.WARNING if r.ok else Severity.CRITICAL
+            await self._alert([Alert(what, severity, title, r.detail)],
                               None, None, "watching" if r.ok else "waiting for a person")  # fmt: skip
         if not stop.is_set():
             await self._resume_repairs()

@@ -138,7 +138,7 @@ class Verdict:
 
     def summary(self) -> str:
         if self.ok:
-            return f"healthy ({len(self.results)} checks)"
+            return f"healthy ({len(self.results)} check{'' if len(self.results) == 1 else 's'})"
         parts = [f"{r.name}: {', '.join(r.symptoms) or 'failed'}" for r in self.failing]
         return "failing: " + "; ".join(parts)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from healer import gitrepo, runner, stable
-from healer.config import Config, format_duration
+from healer.config import Config, format_duration, format_elapsed
 from healer.errors import GitError, HealerError, LockedError, StoreError
 from healer.files import open_private, private_dir, private_fd
 from healer.gitrepo import TagInfo, short
@@ -154,6 +154,7 @@ class RollbackResult:
     held: bool = False  # the loop stopped acting and waits for a person
     results: tuple[CheckResult, ...] = ()  # the last verification
     plan: Plan | None = None
+    commands_failed: bool = False  # an `after` command (or the restart) failed: never verified
 
 
 # ---- the pure part ---------------------------------------------------------------------------
@@ -636,6 +637,7 @@ async def _after_checkout(
     deploy, _ = await asyncio.to_thread(lambda: store.ensure_deploy(p.to_commit, now, via_rollback=p.who is Who.LOOP))
     log_path = config.state_dir / f"rollback-{action_id}.log"
     ok, why = await _run_commands(p, repo, log_path, config, store=store, action_id=action_id, first=first)
+    commands_failed = not ok
     results: tuple[CheckResult, ...] = ()
     if ok:
         ran = why if p.restart else ""  # say that healer restarted the app itself
@@ -658,6 +660,7 @@ async def _after_checkout(
     return RollbackResult(
         ok=ok, from_commit=p.from_commit, to_ref=p.to_ref, to_commit=p.to_commit, detail=detail,
         changed=True, action_id=action_id, deploy_id=deploy.id, held=held, results=results, plan=p,
+        commands_failed=commands_failed,
     )  # fmt: skip
 
 
@@ -859,7 +862,7 @@ async def _verify(ctx: ProbeContext, clock: Clock, grace: timedelta) -> tuple[bo
         await clock.sleep(grace if attempt == 1 else pause)
         results = await run_checks(ctx)
         if all(r.ok for r in results):
-            return True, results, f"healthy ({len(results)} checks, try {attempt})"
+            return True, results, f"healthy ({len(results)} check{'' if len(results) == 1 else 's'}, try {attempt})"
     verdict = Verdict(at=clock.now(), results=results)
     return False, results, f"still unhealthy after {VERIFY_TRIES} tries: {verdict.summary()}"
 
@@ -1064,7 +1067,7 @@ async def maybe_tag_stable(*, config: Config, store: Store, clock: Clock) -> str
     failing = sum(not c.ok for c in cycles)
     message = (
         f"healer: {config.app.name} at {short(d.commit)} has been healthy for "
-        f"{format_duration(now - d.first_seen)} since it was deployed at "
+        f"{format_elapsed(now - d.first_seen)} since it was deployed at "
         f"{d.first_seen:%Y-%m-%d %H:%M} UTC ({_cycles(len(cycles))}, {failing or 'none'} failing, "
         f"no incident open, the last {recover_after} passing; tag_stable_after = "
         f"{format_duration(after)}). A rollback target for healer."

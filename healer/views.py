@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from healer.clock import SystemClock
-from healer.config import Config, format_duration
+from healer.config import Config, format_elapsed
 from healer.schedule import next_due, phase_at
 
 
@@ -49,7 +49,7 @@ def status_data(config: Config) -> dict[str, Any]:
         bad = store.bad_commits()
         out["deploy"] = {
             "id": d.id, "commit": d.commit, "first_seen": d.first_seen.isoformat(),
-            "age": format_duration(timedelta(seconds=max(0, int((now - d.first_seen).total_seconds())))),
+            "age": format_elapsed(timedelta(seconds=max(0, int((now - d.first_seen).total_seconds())))),
             "phase": phase.label, "phase_index": phase.index, "in_window": phase.in_window,
             "via_rollback": d.via_rollback, "held": d.held, "known_bad": bad.get(d.commit),
             "stable_tag": d.stable_tag,

@@ -15,9 +15,11 @@ from healer.alerts.message import (
     delay_of,
     render_text,
     rollback_countdown,
+    rollback_failure_title,
     slack_payload,
     telegram_length,
     telegram_text,
+    watching_after_repair,
 )
 from healer.model import Severity
 
@@ -203,6 +205,32 @@ def test_message_round_trips_through_json() -> None:
 def test_rollback_countdown(failures: int, after: int, observe: bool, expected: str) -> None:
     """The next step while failing counts down to the rollback."""
     assert rollback_countdown(failures, after, observe=observe) == expected
+
+
+@pytest.mark.parametrize(
+    ("recover_after", "expected"),
+    [
+        pytest.param(2, "watching: the incident resolves after 2 passing cycles", id="two"),
+        pytest.param(1, "watching: the incident resolves after 1 passing cycle", id="one"),
+    ],
+)
+def test_after_a_repair_that_worked_the_next_step_is_watching(recover_after: int, expected: str) -> None:
+    """No rollback countdown right after "Repaired": the incident resolves on passing cycles."""
+    assert watching_after_repair(recover_after) == expected
+    assert "rollback" not in expected
+
+
+@pytest.mark.parametrize(
+    ("commands_failed", "restart", "expected"),
+    [
+        pytest.param(True, False, "Rollback to stable-2: after command failed", id="after-command"),
+        pytest.param(True, True, "Rollback to stable-2: the restart through [process] failed", id="restart"),
+        pytest.param(False, False, "stable-2 is not healthy either", id="target-unhealthy"),
+    ],
+)
+def test_a_failed_rollback_says_what_failed(commands_failed: bool, restart: bool, expected: str) -> None:
+    """An `after` command that failed is not the target failing its checks."""
+    assert rollback_failure_title("stable-2", commands_failed=commands_failed, restart=restart) == expected
 
 
 def test_a_message_needs_an_item() -> None:

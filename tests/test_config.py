@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import healer, write_config
 
-from healer.config import Secret, format_duration, load_config, parse_duration, read_secret
+from healer.config import Secret, format_duration, format_elapsed, load_config, parse_duration, read_secret
 from healer.errors import ConfigError
 
 GOOD = """
@@ -42,6 +42,22 @@ def test_format_duration_round_trips() -> None:
     """Durations print in their shortest exact spelling."""
     for text in ("500ms", "30s", "15m", "6h", "3d", "90s"):
         assert format_duration(parse_duration(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        pytest.param(20.307, "20.3s", id="seconds-to-a-tenth"),
+        pytest.param(5, "5s", id="whole-seconds"),
+        pytest.param(125, "2m 5s", id="minutes"),
+        pytest.param(4 * 3600 + 127, "4h 2m", id="two-units-at-most"),
+        pytest.param(3601, "1h", id="no-zero-units"),
+        pytest.param(3 * 86400 + 4 * 3600, "3d 4h", id="days"),
+    ],
+)
+def test_format_elapsed_is_for_people(seconds: float, expected: str) -> None:
+    """A measured duration reads "20.3s" or "4h 2m", never "20307ms"."""
+    assert format_elapsed(timedelta(seconds=seconds)) == expected
 
 
 def test_good_config_loads_with_defaults_and_paths_relative_to_the_file(tmp_path: Path) -> None:

@@ -518,7 +518,7 @@ async def test_a_failing_after_command_stops_and_fails_the_rollback(
         config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP, mark_bad=True,
         reason="r",
     )  # fmt: skip
-    assert not result.ok and result.changed and result.held
+    assert not result.ok and result.changed and result.held and result.commands_failed
     assert out.read_text().splitlines() == [f"one {repo.path} stable-2"]
     assert "after command 2" in result.detail and "exited 3: migration 42 failed" in result.detail
     assert rows(store) == [("rollback", "stable-2", "loop", "failed")]

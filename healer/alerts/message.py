@@ -230,6 +230,22 @@ def alert_test_message(app: str, now: datetime) -> AlertMessage:
     return AlertMessage(items=(item,), app=app, created_at=now)
 
 
+def watching_after_repair(recover_after: int) -> str:
+    """The next step after a repair that worked: the incident resolves once the checks pass
+    `recover_after` cycles in a row (a rollback countdown would contradict "Repaired")."""
+    return f"watching: the incident resolves after {recover_after} passing cycle{'' if recover_after == 1 else 's'}"
+
+
+def rollback_failure_title(to_ref: str, *, commands_failed: bool, restart: bool = False) -> str:
+    """What failed in a rollback that moved HEAD: its `after` commands, or the restart through
+    [process] that stands in for them (the target was never tried), or the target itself,
+    which the checks found unhealthy."""
+    if commands_failed:
+        what = "the restart through [process]" if restart else "after command"
+        return f"Rollback to {to_ref}: {what} failed"
+    return f"{to_ref} is not healthy either"
+
+
 # ---- shared pieces ---------------------------------------------------------------------------
 
 
@@ -472,6 +488,8 @@ __all__ = [
     "label",
     "render_text",
     "rollback_countdown",
+    "rollback_failure_title",
     "slack_payload",
     "telegram_text",
+    "watching_after_repair",
 ]
