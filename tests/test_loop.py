@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 import pytest
 from helpers import commit, config_from, make_repo
 
@@ -433,3 +438,108 @@ async def test_a_wall_clock_stepped_back_or_forward_an_hour_keeps_the_cadence_an
         (logging.WARNING, "back"),
         (logging.WARNING, "forward"),
     ]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("after", "event", "severity", "title"),
+    [
+        pytest.param("[]", "rollback.succeeded", Severity.WARNING, "to stable-1", id="healthy-again-is-a-warning"),
+        pytest.param('[["false"]]', "rollback.failed", Severity.CRITICAL, "Rollback to stable-1: after command failed",
+                     id="after-command-failed"),
+    ],
+)  # fmt: skip
+async def test_the_loops_rollback_says_what_happened_at_the_right_severity(
+    tmp_path: Path, after: str, event: str, severity: Severity, title: str
+) -> None:
+    """A rollback that left the app healthy is a warning, not critical; one whose `after`
+    command failed says so instead of blaming the target."""
+    from helpers import git
+
+    repo = make_repo(tmp_path / "app")
+    (repo / "good").write_text("ok\n")
+    git(repo, "add", "good")
+    git(repo, "commit", "-q", "-m", "release 1")
+    git(repo, "tag", "stable-1")
+    git(repo, "rm", "-q", "good")
+    git(repo, "commit", "-q", "-m", "release 2 loses good")
+    config = config_from(
+        tmp_path,
+        f"""
+        state_dir = "state"
+        [app]
+        repo = "{repo}"
+        [escalation]
+        rollback_after = 1
+        [rollback]
+        after = {after}
+        verify_grace = "0s"
+        [[checks]]
+        name = "good"
+        type = "command"
+        argv = ["test", "-f", "{repo}/good"]
+    """,
+    )
+    seen: list[Alert] = []
+
+    async def sink(items: list[Alert], *_: object) -> None:
+        seen.extend(items)
+
+    clock = FakeClock()
+    store = BufferedStore(config.db_path)
+    try:
+        async with probe_context(config) as ctx:
+            dog = Watchdog(config, store, ctx, clock=clock, alert_sink=sink)  # type: ignore[arg-type]
+            for _ in range(3):
+                await dog.step()
+                if any(a.event.startswith("rollback.") and a.event != "rollback.started" for a in seen):
+                    break
+                clock.advance(timedelta(minutes=1))
+    finally:
+        store.close()
+    (said,) = [a for a in seen if a.event in ("rollback.succeeded", "rollback.failed")]
+    assert (said.event, said.severity, said.title) == (event, severity, title)
+
+
+async def test_after_a_repair_that_worked_the_next_step_is_watching_not_a_rollback_countdown(
+    tmp_path: Path,
+) -> None:
+    """ "Repaired" comes with "watching: the incident resolves after 2 passing cycles"."""
+    mark = f"healer-test-{uuid.uuid4().hex}"
+    repo = make_repo(tmp_path / "app")
+    config = config_from(
+        tmp_path,
+        f"""
+        state_dir = "state"
+        [app]
+        repo = "{repo}"
+        [process]
+        manager = "command"
+        start = ["{sys.executable}", "-c", "import time; time.sleep(60)", "{mark}"]
+        match = "{mark}"
+        [[checks]]
+        name = "app"
+        type = "process"
+    """,
+    )
+    steps: list[tuple[list[str], str]] = []
+
+    async def sink(items: list[Alert], _deploy: object, _verdict: object, next_step: str, *_: object) -> None:
+        steps.append(([a.event for a in items], next_step))
+
+    clock = FakeClock()
+    store = BufferedStore(config.db_path)
+    try:
+        async with probe_context(config) as ctx:
+            dog = Watchdog(config, store, ctx, clock=clock, alert_sink=sink)  # type: ignore[arg-type]
+            for _ in range(5):
+                await dog.step()
+                if any("repair.succeeded" in events for events, _ in steps):
+                    break
+                clock.advance(timedelta(minutes=1))
+    finally:
+        store.close()
+        for p in psutil.process_iter(["cmdline"]):
+            if mark in " ".join(p.info["cmdline"] or []):
+                os.kill(p.pid, signal.SIGKILL)
+    (next_step,) = [step for events, step in steps if "repair.succeeded" in events]
+    assert next_step == "watching: the incident resolves after 2 passing cycles"
