@@ -13,8 +13,9 @@ the app responds to what it did. A window ends after `CYCLES` cycles or at its f
 
 healer's policy is whatever `healer.judge.judge` and `healer.decide.decide` do now, driven the
 way `healer/loop.py` drives them: the store's counters, the incident, the repairs with their
-outcomes, the first healthy cycle's baseline, the playbooks' spacing from `healer.repair.policies`
-and the next cycle's time from `healer.schedule.next_due`. "healer-previous" replays the same
+outcomes, the first healthy cycle's baseline, the release before's pooled samples (judge's
+`reference`), the playbooks' spacing from `healer.repair.policies` and the next cycle's time
+from `healer.schedule.next_due`. "healer-previous" replays the same
 with the frozen copy in bench/frozen/ (the rules as of d27d8a3, before the statistical judge of
 issue 15: a deploy judged against its own first healthy cycle).
 
@@ -650,17 +651,20 @@ _JUDGE_PARAMS = ("results", "baseline", "checks", "at")
 def judge_extras(judge: Callable[..., Verdict], history: Sequence[Observation]) -> dict[str, Any]:
     """The hook for the release before's pooled samples: judge() is called with whatever it
     accepts beyond (results, baseline, checks, at), built from `history` (the release before's
-    last HISTORY_CYCLES cycles, as healer's probes would have reported them). Today it accepts
-    nothing more. A parameter the harness does not know yet is a bench error if it is required,
-    and left at its default (and named in results.json) if it is optional."""
+    last HISTORY_CYCLES cycles, as healer's probes would have reported them). `reference` is
+    fed as healer/loop.py feeds it: `healer.judge.reference_of` over those cycles, labelled as
+    the release before. A parameter the harness does not know yet is a bench error if it is
+    required, and left at its default (and named in results.json) if it is optional."""
     extras: dict[str, Any] = {}
     for name, p in inspect.signature(judge).parameters.items():
         if name in _JUDGE_PARAMS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
+        if name == "reference":
+            extras[name] = live_judge.reference_of(previous_verdicts(history), "a" * 12) if history else None
+            continue
         if p.default is p.empty:
             msg = f"bench/judgement.py: healer.judge.judge takes {name!r}, which the replay does not know how to feed"
             raise RuntimeError(msg)
-    del history
     return extras
 
 
@@ -986,13 +990,14 @@ def goals(r: Replay, policy: str = "healer") -> dict[str, dict[str, Any]]:
                 + ", ".join(f"{p} {headline(r, p)['false_rollbacks_per_1000']:g}" for p in cut_short)
                 + " per 1,000.)"
             )
-        if _as_previous(r, policy):
+        if _as_previous(r, policy, HEALTHY_NOISY):
             why += (
-                " Under the rules as of d27d8a3 (healer's figures equal healer-previous's), one failing cycle is "
-                "enough for a restart: 2 of 3 samples 5xx fail the http check (its majority rule), http.5xx names "
-                "process-restart, and nothing asks whether the error rate is above the release before's; random "
-                "5xx at 10 % fail a cycle 2.8 % of the time, about 1.1 times in 40 cycles. monit (3 of 5 cycles) and "
-                "the kubelet (3 failures in a row) demand persistence."
+                " As under the rules of d27d8a3 (healer's figures on these classes equal healer-previous's),"
+                " one failing cycle is enough for a restart: 2 of 3 samples 5xx fail the http check (its"
+                " majority rule), http.5xx names process-restart, and nothing asks whether the error rate is"
+                " above the release before's; random 5xx at 10 % fail a cycle 2.8 % of the time, about 1.1"
+                " times in 40 cycles. monit (3 of 5 cycles) and the kubelet (3 failures in a row) demand"
+                " persistence."
             )
         out["fewer_false_restarts"]["why"] = why
 
@@ -1033,20 +1038,34 @@ def goals(r: Replay, policy: str = "healer") -> dict[str, dict[str, Any]]:
     return out
 
 
-def _as_previous(r: Replay, policy: str) -> bool:
-    """Are `policy`'s figures those of healer-previous on every class (the old rules' mechanism holds)?"""
+def _as_previous(r: Replay, policy: str, classes: Sequence[str] | None = None) -> bool:
+    """Are `policy`'s figures those of healer-previous on `classes` (default: every class), so
+    that the old rules' mechanism holds there?"""
     if policy == "healer-previous":
         return True
     if "healer-previous" not in r.tallies:
         return False
     mine, old = r.tallies[policy], r.tallies["healer-previous"]
-    return all(c in old and t.figures(r.cycles) == old[c].figures(r.cycles) for c, t in mine.items())
+    return all(
+        c in old and t.figures(r.cycles) == old[c].figures(r.cycles)
+        for c, t in mine.items()
+        if classes is None or c in classes
+    )
 
 
 def _why_slow(r: Replay, policy: str) -> str:
     t = r.tallies[policy]["slow-x2"]
     text = f"{policy} rolled back {t.windows - t.missed} of {t.windows} releases 2× slower than the release before."
-    if _as_previous(r, policy):
+    if "reference" in judge_extras(LIVE.judge if policy == "healer" else PREVIOUS.judge, ()):
+        text += (
+            f" healer.judge compares each cycle with the release before's pooled samples ({HISTORY_CYCLES} cycles): "
+            "a one-sided Mann-Whitney U test (p < 0.02), the median ratio (max_latency_factor_vs_previous, "
+            f"{_API.max_latency_factor_vs_previous:g}) and the floor (min_latency_increase, "
+            f"{_API.min_latency_increase / timedelta(milliseconds=1):g} ms) must all agree; a ×2 release here is "
+            f"{2 * BASE_MS:g} ms against {BASE_MS:g} ms, {BASE_MS:g} ms more: under the floor, missed by choice "
+            "(a user who wants it caught lowers min_latency_increase)."
+        )
+    elif _as_previous(r, policy, ["slow-x2"]):
         text += (
             " Under the rules as of d27d8a3 (healer's figures equal healer-previous's), healer.judge compares a "
             "cycle only with the deploy's own first healthy cycle (baseline_of: one cycle's median); a release slow "
@@ -1065,9 +1084,9 @@ def _why_late(cls: str, v: Mapping[str, Any], r: Replay, policy: str) -> str:
     head = f"{cls}: {v['healer']} cycles vs {v['best_peer']} {v['best_peer_cycles']}"
     if cls.startswith("slow"):
         return f"{head} ({t.missed} of {t.windows} never rolled back)"
-    if cls == "bad-deploy" and _as_previous(r, policy):
+    if cls == "bad-deploy" and _as_previous(r, policy, [cls]):
         return f"{head} (the ladder restarts once before it rolls back: a deploy's failure may be a restart's to cure)"
-    if cls == "leak" and _as_previous(r, policy):
+    if cls == "leak" and _as_previous(r, policy, [cls]):
         return f"{head} (process.memory needs RSS over 2× the first healthy cycle's and 50 MiB more)"
     return head
 
