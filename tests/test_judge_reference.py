@@ -129,6 +129,17 @@ def test_forty_times_slower_with_20_samples_is_always_failed(seed: int, median_m
     assert not v.ok and "http.latency" in v.results[0].symptoms
 
 
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(st.floats(0.1, 5000), min_size=1, max_size=25),
+    st.lists(st.floats(0.1, 50), max_size=19),
+)
+def test_too_little_reference_is_inconclusive_and_fails_nothing(now: list[float], before: list[float]) -> None:
+    """With fewer than 20 reference samples the rule never fails a check, however slow it is."""
+    v = judge([http(*now)], None, CONFIG.checks, NOW, reference=reference(before))
+    assert v.ok
+
+
 def test_reference_of_pools_the_first_healthy_cycles() -> None:
     """Only fully healthy cycles are pooled, the first `cycles` of them, with request counts."""
     bad = Verdict(NOW, (CheckResult("api", "http", False, samples_ms=(999.0,), sample_errors=2),))
