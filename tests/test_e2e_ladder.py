@@ -117,6 +117,7 @@ class Story:
     # -- healer ------------------------------------------------------------------------------
 
     def write_config(self, extra: str = "") -> Path:
+        """healer.toml shaped like the README's; `extra` holds more [escalation] keys."""
         if self.manager == "pm2":
             assert self.pm2 is not None
             process = self.pm2.process_toml(APP)
@@ -140,6 +141,8 @@ stable_tags = "stable-*"
 [schedule]
 phases = [{{ until = "72h", every = "1s" }}]
 incident_every = "1s"
+[escalation]
+repair_grace = "2s"                 # the stories' time: a restart is verified before this ends anyway
 {extra}
 [[checks]]
 name = "api"
@@ -315,7 +318,7 @@ def test_a_release_that_crashes_at_start_is_rolled_back_and_started_on_the_stabl
 ) -> None:
     """The new release exits at start: after the deploy grace, a restart fails, healer rolls
     back and starts the app on stable-1."""
-    s = story(extra='[escalation]\ndeploy_grace = "3s"')
+    s = story(extra='deploy_grace = "3s"')
     s.release("2.0", crash=True)
     s.stop_app()
     s.start_app()  # crashes at once
