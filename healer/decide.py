@@ -6,7 +6,7 @@ decide() returns intents and never carries them out; the loop does, and records 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -14,6 +14,7 @@ from healer.config import Config, HttpCheck, SystemCheck
 from healer.ladder import Attribution, Cause, Spacing, attribute, deploy_grace, next_run_at, restart_failed
 from healer.model import (
     Alert,
+    CheckResult,
     Deploy,
     Hold,
     Intent,
@@ -260,9 +261,16 @@ def choose_repairs(s: Situation, config: Config, att: Attribution | None = None)
     out: list[Intent] = []
     skipped: list[str] = []
     pending = False
+    partial = _partial_errors(results)
     for name, why in wanted.items():
         policy = s.playbooks.get(name)
         if policy is None or not policy.runnable:
+            continue
+        if policy.restarts_app and partial and set(why.split(", ")) <= {"http.5xx"} and s.deploy.last_ok is not False:
+            # some requests answered 5xx, others fine: noise as often as not (one in ten failing
+            # fails a cycle of three samples 3 % of the time); restart when the next cycle agrees.
+            # A process gone, a wedge or every request failing is acted on at once.
+            skipped.append(f"{name} waits for a second failing cycle (only some requests failed)")
             continue
         runs = [r for r in s.repairs if r.name == name and r.note != "cap"]
         counted = [r for r in runs if r.outcome is not Outcome.SKIPPED or s.observe]
@@ -289,6 +297,11 @@ def choose_repairs(s: Situation, config: Config, att: Attribution | None = None)
         if sum(isinstance(i, Repair) for i in out) >= config.playbooks.max_per_cycle:
             break
     return RepairChoice(out, skipped, pending)
+
+
+def _partial_errors(results: Sequence[CheckResult]) -> bool:
+    """Did an http check fail on 5xx while some of its requests still passed?"""
+    return any("http.5xx" in r.symptoms and r.values.get("samples_ok", 0) > 0 for r in results if not r.ok)
 
 
 def emergency_reasons(v: Verdict, config: Config) -> list[str]:

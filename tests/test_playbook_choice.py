@@ -210,3 +210,20 @@ def test_a_restart_is_never_chosen_without_a_process_section() -> None:
     s = situation(("http.down",))
     s = Situation(s.deploy, s.verdict, s.now, playbooks=policies(bare))
     assert names(choose_repairs(s, bare).intents) == []
+
+
+def test_some_requests_answering_5xx_restart_only_when_a_second_cycle_agrees() -> None:
+    """2 of 3 requests 5xx is as often noise as not: no restart on that cycle alone; the next
+    failing cycle restarts; every request failing restarts at once."""
+    shipped = policies(DEFAULT)
+
+    def choose(samples_ok: float, last_ok: bool | None) -> list[str]:
+        r = CheckResult("api", "http", False, None, {"samples_ok": samples_ok, "status": 500.0}, "500",
+                        ("http.status", "http.5xx"))  # fmt: skip
+        deploy = Deploy(id=1, commit="a" * 40, first_seen=NOW - timedelta(hours=1), last_ok=last_ok)
+        s = Situation(deploy=deploy, verdict=Verdict(NOW, (r,)), now=NOW, playbooks=shipped)
+        return names(choose_repairs(s, DEFAULT).intents)
+
+    assert choose(1, last_ok=True) == []
+    assert choose(1, last_ok=False) == ["process-restart"]
+    assert choose(0, last_ok=True) == ["process-restart"]
