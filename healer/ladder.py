@@ -122,8 +122,9 @@ def answered(verdict: Verdict, config: Config) -> bool:
 def settled(deploy: Deploy, now: datetime, config: Config, *, head_moved: bool, ended_commit: str | None) -> bool:
     """Is what answers now surely the new release? Not within `deploy_grace` of HEAD moving:
     the old process may still be serving the checks while the deploy has yet to restart it, and
-    a healthy cycle then says nothing of the new code — it must not become the release's
-    baseline, nor make a release that fails from its first real request look "once healthy".
+    a healthy cycle then says nothing of the new code — it must not make a release that fails
+    from its first real request look "once healthy" (the baseline is still taken from the first
+    healthy cycle: judging against the release before is issue 15's reference).
     A rollback's result, the first release healer watches and one `healer deploy end` named
     are settled at once."""
     return (
