@@ -108,7 +108,7 @@ class Timeline:
 _W, _H = 1000, 236
 _LEFT, _RIGHT = 64, 16
 _LABEL_ROWS = (14, 28, 42)  # y of the marker labels, staggered so close markers stay readable
-_LABEL_ROOM = 88  # user units a label needs before the next one on its row
+_CHAR_WIDTH = 6.5  # about how wide a character of an 11-unit label is, to keep labels apart
 _CYCLES = (54, 84)  # y range of the cycle lane
 _MARK_Y = 96  # where the marker symbols sit
 _LAT = (110, 200)  # y range of the latency chart
@@ -478,18 +478,27 @@ def markers(t: Timeline) -> list[_Marker]:
 
 
 def _markers(t: Timeline, scale: _Scale) -> list[str]:
+    """Each marker: a dashed line, its symbol, and a short label on the first of the label rows
+    where it overlaps no other (near the right edge it reads leftwards)."""
     out = []
-    row_end = [float("-inf")] * len(_LABEL_ROWS)
+    taken: list[list[tuple[float, float]]] = [[] for _ in _LABEL_ROWS]
     for m in markers(t):
         x = scale.x(m.at)
-        row = next((i for i, end in enumerate(row_end) if x >= end), len(_LABEL_ROWS) - 1)
-        row_end[row] = x + _LABEL_ROOM
+        width = _CHAR_WIDTH * len(m.text) + 6
+        leftwards = x + 3 + width > _W
+        span = (x - 3 - width, x) if leftwards else (x, x + 3 + width)
+        row = next(
+            (i for i, spans in enumerate(taken) if all(span[1] <= a or span[0] >= b for a, b in spans)),
+            len(_LABEL_ROWS) - 1,
+        )
+        taken[row].append(span)
         ly = _LABEL_ROWS[row]
+        anchor = f'x="{x - 3}" text-anchor="end"' if leftwards else f'x="{x + 3}"'
         out.append(
             f'<g class="marker {m.css}" aria-label="{_e(m.label)}"><title>{_e(m.label)}</title>'
             f'<line x1="{x}" y1="{ly + 3}" x2="{x}" y2="{_LAT[1]}" stroke="{m.colour}" stroke-width="1.2" '
             f'stroke-dasharray="3 2"/>{_symbol(m.css, x, m.colour)}'
-            f'<text x="{x + 3}" y="{ly}" font-size="11" fill="{m.colour}">{_e(m.text)}</text></g>'
+            f'<text {anchor} y="{ly}" font-size="11" fill="{m.colour}">{_e(m.text)}</text></g>'
         )
     return out
 
