@@ -225,7 +225,7 @@ def start_server(config: Config, liveness: Liveness, *, clock: Clock | None = No
     if not is_loopback(host):
         log_event(
             log, "server.exposed", level=logging.WARNING, listen=listen,
-            note="/status shows commits and incident causes; keep it behind a firewall or on loopback",
+            note="/ and /status show commits and incident causes; keep it behind a firewall or on loopback",
         )  # fmt: skip
     log_event(log, "server.started", url=server.url)
     return server
