@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from healer.config import format_elapsed
+from healer.model import Outcome
 
 # ---- the read model (built by healer.views.timeline_data) -----------------------------------
 
@@ -150,7 +151,7 @@ svg{width:100%;height:auto;display:block}.legend{font-size:12px;color:#57606a;ma
 margin-right:4px;vertical-align:middle;border-radius:2px}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:13px}
 th,td{border-bottom:1px solid #e1e4e8;padding:4px 8px;text-align:left;vertical-align:top}
-th{color:#57606a;font-weight:600}td.ok{color:#2e7d32}td.failed,td.error{color:#c62828}
+th{color:#57606a;font-weight:600}span.ok{color:#2e7d32}span.failed,span.error{color:#c62828}
 h2.sec{font-size:15px;margin:16px 0 6px}.muted{color:#57606a}
 """
 
@@ -261,36 +262,34 @@ def _legend() -> str:
 
 
 def _actions_table(actions: Sequence[ActionMark]) -> str:
-    if not actions:
-        return '<h2 class="sec">Last actions</h2><p class="muted" id="last-actions">none in this period</p>'
     rows = [
-        '<h2 class="sec">Last actions</h2><table id="last-actions">',
-        "<tr><th>when</th><th>what</th><th>name</th><th>who</th><th>outcome</th><th>why</th></tr>",
-    ]
-    for a in reversed(actions):
-        rows.append(
-            f"<tr><td>{_when(a.at)}</td><td>{_e(a.kind)}</td><td>{_e(a.name)}</td><td>{_e(a.who)}</td>"
-            f'<td class="{_e(a.outcome)}">{_e(a.outcome)}</td><td>{_e(a.reason)}</td></tr>'
-        )
-    rows.append("</table>")
-    return "\n".join(rows)
+        (_when(a.at), _e(a.kind), _e(a.name), _e(a.who), f'<span class="{_e(a.outcome)}">{_e(a.outcome)}</span>',
+         _e(a.reason))
+        for a in reversed(actions)
+    ]  # fmt: skip
+    return _table("Last actions", "last-actions", ("when", "what", "name", "who", "outcome", "why"), rows)
 
 
 def _incidents_table(incidents: Sequence[IncidentBand], end: datetime) -> str:
-    if not incidents:
-        return '<h2 class="sec">Incidents</h2><p class="muted">none in this period</p>'
     rows = [
-        '<h2 class="sec">Incidents</h2><table id="incidents">',
-        "<tr><th>#</th><th>opened</th><th>resolved</th><th>lasted</th><th>cause</th></tr>",
+        (str(i.id), _when(i.opened_at), "open" if i.resolved_at is None else _when(i.resolved_at),
+         format_elapsed((i.resolved_at or end) - i.opened_at), _e(i.cause))
+        for i in incidents
+    ]  # fmt: skip
+    return _table("Incidents", "incidents", ("#", "opened", "resolved", "lasted", "cause"), rows)
+
+
+def _table(title: str, id_: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A titled table of cells already escaped, or a line saying the period had none."""
+    if not rows:
+        return f'<h2 class="sec">{title}</h2><p class="muted" id="{id_}">none in this period</p>'
+    lines = [
+        f'<h2 class="sec">{title}</h2><table id="{id_}">',
+        "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
     ]
-    for i in incidents:
-        resolved = "open" if i.resolved_at is None else _when(i.resolved_at)
-        rows.append(
-            f"<tr><td>{i.id}</td><td>{_when(i.opened_at)}</td><td>{resolved}</td>"
-            f"<td>{format_elapsed((i.resolved_at or end) - i.opened_at)}</td><td>{_e(i.cause)}</td></tr>"
-        )
-    rows.append("</table>")
-    return "\n".join(rows)
+    lines += ["<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows]
+    lines.append("</table>")
+    return "\n".join(lines)
 
 
 # ---- the timeline -----------------------------------------------------------------------------
@@ -468,7 +467,7 @@ def markers(t: Timeline) -> list[_Marker]:
         if t.start <= d.first_seen <= t.end
     ]  # fmt: skip
     for a in t.actions:
-        if a.outcome == "skipped":
+        if a.outcome == Outcome.SKIPPED:
             continue
         css, colour = _MARKERS.get(a.kind, ("other", _OTHER_COLOUR))
         text = f"rollback → {a.name}" if a.kind == "rollback" else (a.name if a.kind == "repair" else a.kind)

@@ -199,10 +199,10 @@ def _watched(config: Config, store: Store, now: datetime) -> Watched | None:
     pause = store.active_pause(now)
     inc = None if d.open_incident is None else store.incident(d.open_incident)
     last = store.last_loop_cycle(d.id)
+    phase = phase_at(d.first_seen, now, config.schedule)
     return Watched(
         commit=d.commit, subject=_subject(config, d.commit), first_seen=d.first_seen,
-        phase=phase_at(d.first_seen, now, config.schedule).label,
-        in_window=phase_at(d.first_seen, now, config.schedule).in_window, via_rollback=d.via_rollback,
+        phase=phase.label, in_window=phase.in_window, via_rollback=d.via_rollback,
         held=d.held, paused=None if pause is None else f"until {pause.until:%Y-%m-%d %H:%M} UTC: {pause.reason}",
         stable_tag=d.stable_tag, last_ok=d.last_ok,
         open_incident=None if inc is None else IncidentBand(inc.id, inc.opened_at, inc.resolved_at, inc.cause),

@@ -74,8 +74,8 @@ def _timeline(
     )  # fmt: skip
 
 
-def _page(t: Timeline, **kw: object) -> str:
-    return render_page(t, "shop: the launch window", now=t.end, **kw)  # type: ignore[arg-type]
+def _page(t: Timeline, refresh: timedelta | None = None) -> str:
+    return render_page(t, "shop: the launch window", now=t.end, refresh=refresh)
 
 
 def test_the_page_shows_the_phase_the_incident_band_and_the_markers() -> None:
