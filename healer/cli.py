@@ -739,9 +739,16 @@ def demo(keep: bool) -> None:
 @click.option("--since", default="24h", show_default=True, help="How far back: 24h, 7d, 30d ...")
 @click.option("--sla", type=float, default=None, help="SLA target in percent (default: [report] sla_target, 99.9).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the picture of the period to this file: one self-contained HTML page (the timeline `/` shows).",
+)
 @click.pass_context
 @handles_errors
-def report(ctx: click.Context, since: str, sla: float | None, as_json: bool) -> None:
+def report(ctx: click.Context, since: str, sla: float | None, as_json: bool, html_file: Path | None) -> None:
     """Uptime, incidents, repairs, rollbacks, SLA and mean time to repair."""
     from healer import report as reports
     from healer.store import Store
@@ -758,10 +765,25 @@ def report(ctx: click.Context, since: str, sla: float | None, as_json: bool) -> 
     else:  # nothing recorded yet: an empty report ("no data"), and no file created
         rep = reports.build_report([], [], [], start=now - span, now=now, sla_target=target)
     title = f"{config.app.name}: the last {since}"
+    if html_file is not None:
+        _write_page(config, html_file, title, now - span, now)
     if as_json:
         click.echo(json.dumps(reports.to_json(rep), indent=2))
         return
     _console().print(reports.render(rep, title))
+
+
+def _write_page(config: Config, path: Path, title: str, start: datetime, now: datetime) -> None:
+    """`report --html`: the page for [start, now], written whole, said on stderr (stdout keeps the report)."""
+    from healer.page import render_page
+    from healer.views import timeline_data
+
+    page = render_page(timeline_data(config, start, now), title, now=now)
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"--html: cannot write {path}: {e.strerror or e}") from None
+    click.echo(f"healer: wrote the picture of {title} to {path}", err=True)
 
 
 def main() -> None:
