@@ -398,7 +398,9 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
         outcome = r.get("outcome") or ("ok" if r.get("ok") else ("FAIL" if r.get("ok") is False else ""))
         if r["type"] == "check":
             cause = f" — likely cause: {r['cause']}" if r.get("cause") and not r.get("ok") else ""
-            detail = r.get("what", "") + cause + (f"; then: {r['next']}" if r.get("next") and not r.get("ok") else "")
+            seen = f" ({r['detail']})" if r.get("detail") else ""
+            then = f"; then: {r['next']}" if r.get("next") and not r.get("ok") else ""
+            detail = r.get("what", "") + seen + cause + then
         else:
             detail = " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)

@@ -272,9 +272,18 @@ class Watchdog:
         reference = None
         if found is not None:
             before, verdicts = found
-            reference = reference_of(verdicts, before.stable_tag or before.commit[:12])
+            reference = reference_of(verdicts, before.stable_tag or await self._tag_of(before.commit))
         self._reference_of = (deploy.id, reference)
         return reference
+
+    async def _tag_of(self, commit: str) -> str:
+        """How a verdict names a release: the newest stable tag marking its commit ("stable-1"),
+        else its short commit (a repository git cannot read names it by its commit too)."""
+        repo, tags = self.config.app.repo, []
+        if repo is not None:
+            with contextlib.suppress(HealerError):
+                tags = await asyncio.to_thread(gitrepo.tags_at, repo, commit, self.config.app.stable_tags)
+        return tags[0] if tags else commit[:12]
 
     # -- one cycle ---------------------------------------------------------------------------
 

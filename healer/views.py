@@ -107,6 +107,9 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
                     "cause": c.cause,
                     "next": c.next_step,
                     "deploy": c.deploy_id,
+                    # what each failing check saw, the verdict's own words ("api: median 300 ms
+                    # vs 1.1 ms in stable-1 (…)"): a summary names the symptom, not the evidence
+                    "detail": "; ".join(f"{r.name}: {r.error}" for r in c.results if not r.ok and r.error),
                 }
             )
         for i in store.incidents(since=start):
