@@ -65,6 +65,7 @@ from healer.notify import Liveness, action_budget, notify, stall_limit, watchdog
 from healer.schedule import next_due, phase_at
 from healer.server import start_server
 from healer.store import CycleUpdate
+from healer.views import release_label
 
 log = logging.getLogger("healer")
 T = TypeVar("T")
@@ -275,18 +276,10 @@ class Watchdog:
         reference = None
         if found is not None:
             before, verdicts = found
-            reference = reference_of(verdicts, before.stable_tag or await self._tag_of(before.commit))
+            label = await asyncio.to_thread(release_label, self.config, before.commit, before.stable_tag)
+            reference = reference_of(verdicts, label)
         self._reference_of = (deploy.id, reference)
         return reference
-
-    async def _tag_of(self, commit: str) -> str:
-        """How a verdict names a release: the newest stable tag marking its commit ("stable-1"),
-        else its short commit (a repository git cannot read names it by its commit too)."""
-        repo, tags = self.config.app.repo, []
-        if repo is not None:
-            with contextlib.suppress(HealerError):
-                tags = await asyncio.to_thread(gitrepo.tags_at, repo, commit, self.config.app.stable_tags)
-        return tags[0] if tags else commit[:12]
 
     # -- one cycle ---------------------------------------------------------------------------
 

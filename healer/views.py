@@ -8,11 +8,14 @@ importing the command line (and the loop, which imports the server).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from healer.clock import SystemClock
 from healer.config import Config, format_elapsed
 from healer.schedule import next_due, phase_at
+
+if TYPE_CHECKING:
+    from healer.store import Store
 
 
 def status_data(config: Config) -> dict[str, Any]:
@@ -139,3 +142,44 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
         outbox.close()
     rows.sort(key=lambda r: r["at"])
     return rows
+
+
+def release_label(config: Config, commit: str, stable_tag: str | None = None) -> str:
+    """How verdicts and `healer baseline` name a release: its stable tag when healer tagged it,
+    else the newest tag matching `stable_tags` that marks its commit ("stable-1"), else its
+    short commit (also when git cannot read the repository)."""
+    from healer import gitrepo
+    from healer.errors import HealerError
+
+    if stable_tag:
+        return stable_tag
+    tags: list[str] = []
+    if config.app.repo is not None:
+        try:
+            tags = gitrepo.tags_at(config.app.repo, commit, config.app.stable_tags)
+        except HealerError:
+            tags = []
+    return tags[0] if tags else commit[:12]
+
+
+def reference_data(config: Config, store: Store, deploy_id: int) -> dict[str, Any] | None:
+    """The release a deploy is judged against (issue 15): per check, how many samples of its
+    healthy cycles are pooled and what they say (median, p90 latency; requests and failures)."""
+    from healer.judge import REFERENCE_CYCLES, reference_of
+    from healer.stats import median, percentile
+
+    found = store.reference_cycles(deploy_id, REFERENCE_CYCLES)
+    if found is None:
+        return None
+    before, verdicts = found
+    ref = reference_of(verdicts, release_label(config, before.commit, before.stable_tag))
+    checks = {}
+    for name, samples in ref.samples_ms.items():
+        checks[name] = {
+            "samples": len(samples),
+            "median_ms": round(median(samples), 3) if samples else None,
+            "p90_ms": round(percentile(samples, 90), 3) if samples else None,
+            "requests": ref.requests.get(name, 0),
+            "failed": ref.errors.get(name, 0),
+        }
+    return {"release": ref.label, "commit": before.commit, "cycles": len(verdicts), "checks": checks}

@@ -340,6 +340,11 @@ def test_a_release_many_times_slower_than_the_one_before_is_rolled_back_and_hist
     table = healer("--config", str(s.config), "history", "--since", "1h").stdout
     assert "in stable-1" in table, table
     assert slow in s.bad_commits()
+    # `healer baseline` shows what the release now serving is judged against besides itself
+    shown = healer("--config", str(s.config), "baseline")
+    assert shown.returncode == 0 and "release before: stable-1" in shown.stdout, shown.stdout + shown.stderr
+    ref = json.loads(healer("--config", str(s.config), "baseline", "--json").stdout)["reference"]
+    assert ref["release"] == "stable-1" and ref["checks"]["api"]["samples"] >= 20, ref
 
 
 def test_a_release_that_crashes_at_start_is_rolled_back_and_started_on_the_stable_tag(
