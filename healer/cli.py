@@ -28,7 +28,7 @@ from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
 from healer.model import CheckResult, Outcome, Severity, Verdict, Who
-from healer.views import history_rows, status_data
+from healer.views import history_rows, reference_data, status_data
 
 if TYPE_CHECKING:
     from healer.checks.process import Match as ProcessMatch
@@ -341,7 +341,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 @handles_errors
 def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
-    """Show, or forget, the baseline of the current deploy."""
+    """Show, or forget, the baseline of the current deploy (and the release before it, which
+    the deploy is judged against too)."""
     from healer.store import Store
 
     config = _config(ctx)
@@ -355,21 +356,39 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
             store.reset_baseline(d.id, Who.PERSON, SystemClock().now())
             click.echo(f"baseline of {d.commit[:12]} forgotten; the next healthy cycle sets a new one")
             return
-        if as_json:
-            click.echo(json.dumps(None if d.baseline is None else {
-                "commit": d.commit, "taken_at": d.baseline.taken_at.isoformat(),
-                "metrics": {k: dict(v) for k, v in d.baseline.metrics.items()},
-            }, indent=2))  # fmt: skip
-            return
-        if d.baseline is None:
-            click.echo(f"{d.commit[:12]}: no baseline yet (taken at the first fully healthy cycle)")
-            return
+        ref = reference_data(config, store, d.id)
+    if as_json:
+        click.echo(json.dumps({
+            "commit": d.commit,
+            "taken_at": None if d.baseline is None else d.baseline.taken_at.isoformat(),
+            "metrics": {} if d.baseline is None else {k: dict(v) for k, v in d.baseline.metrics.items()},
+            "reference": ref,
+        }, indent=2))  # fmt: skip
+        return
+    con = _console()
+    if d.baseline is None:
+        click.echo(f"{d.commit[:12]}: no baseline yet (taken at the first fully healthy cycle)")
+    else:
         table = Table(title=f"baseline of {d.commit[:12]}, taken {_when(d.baseline.taken_at)}", title_justify="left")
         table.add_column("check")
         table.add_column("measured")
         for name, vals in d.baseline.metrics.items():
             table.add_row(name, ", ".join(f"{k}={_num(v)}" for k, v in vals.items()))
-        _console().print(table)
+        con.print(table)
+    if ref is None:
+        click.echo("release before: none with healthy cycles yet (this deploy is judged against its own baseline only)")
+        return
+    title = f"release before: {ref['release']}, {ref['cycles']} healthy cycles pooled"
+    table = Table(title=title, title_justify="left")
+    for col in ("check", "samples", "median", "p90", "failed requests"):
+        table.add_column(col)
+    for name, c in ref["checks"].items():
+        median, p90 = c["median_ms"], c["p90_ms"]
+        table.add_row(
+            name, str(c["samples"]), "" if median is None else f"{_num(median)} ms",
+            "" if p90 is None else f"{_num(p90)} ms", f"{c['failed']} of {c['requests']}",
+        )  # fmt: skip
+    con.print(table)
 
 
 # ---- history -------------------------------------------------------------------------------------
@@ -398,7 +417,9 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
         outcome = r.get("outcome") or ("ok" if r.get("ok") else ("FAIL" if r.get("ok") is False else ""))
         if r["type"] == "check":
             cause = f" — likely cause: {r['cause']}" if r.get("cause") and not r.get("ok") else ""
-            detail = r.get("what", "") + cause + (f"; then: {r['next']}" if r.get("next") and not r.get("ok") else "")
+            seen = f" ({r['detail']})" if r.get("detail") else ""
+            then = f"; then: {r['next']}" if r.get("next") and not r.get("ok") else ""
+            detail = r.get("what", "") + seen + cause + then
         else:
             detail = " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)

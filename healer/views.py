@@ -114,6 +114,9 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
                     "cause": c.cause,
                     "next": c.next_step,
                     "deploy": c.deploy_id,
+                    # what each failing check saw, the verdict's own words ("api: median 300 ms
+                    # vs 1.1 ms in stable-1 (…)"): a summary names the symptom, not the evidence
+                    "detail": "; ".join(f"{r.name}: {r.error}" for r in c.results if not r.ok and r.error),
                 }
             )
         for i in store.incidents(since=start):
@@ -240,3 +243,44 @@ def _latency_ms(results: Iterable[CheckResult]) -> dict[str, float]:
         elif r.latency is not None:
             out[r.name] = r.latency / timedelta(milliseconds=1)
     return out
+
+
+def release_label(config: Config, commit: str, stable_tag: str | None = None) -> str:
+    """How verdicts and `healer baseline` name a release: its stable tag when healer tagged it,
+    else the newest tag matching `stable_tags` that marks its commit ("stable-1"), else its
+    short commit (also when git cannot read the repository)."""
+    from healer import gitrepo
+    from healer.errors import HealerError
+
+    if stable_tag:
+        return stable_tag
+    tags: list[str] = []
+    if config.app.repo is not None:
+        try:
+            tags = gitrepo.tags_at(config.app.repo, commit, config.app.stable_tags)
+        except HealerError:
+            tags = []
+    return tags[0] if tags else commit[:12]
+
+
+def reference_data(config: Config, store: Store, deploy_id: int) -> dict[str, Any] | None:
+    """The release a deploy is judged against (issue 15): per check, how many samples of its
+    healthy cycles are pooled and what they say (median, p90 latency; requests and failures)."""
+    from healer.judge import REFERENCE_CYCLES, reference_of
+    from healer.stats import median, percentile
+
+    found = store.reference_cycles(deploy_id, REFERENCE_CYCLES)
+    if found is None:
+        return None
+    before, verdicts = found
+    ref = reference_of(verdicts, release_label(config, before.commit, before.stable_tag))
+    checks = {}
+    for name, samples in ref.samples_ms.items():
+        checks[name] = {
+            "samples": len(samples),
+            "median_ms": round(median(samples), 3) if samples else None,
+            "p90_ms": round(percentile(samples, 90), 3) if samples else None,
+            "requests": ref.requests.get(name, 0),
+            "failed": ref.errors.get(name, 0),
+        }
+    return {"release": ref.label, "commit": before.commit, "cycles": len(verdicts), "checks": checks}
