@@ -430,6 +430,9 @@ class SlackConfig(_Model):
     channel: str | None = None
     api_url: str | None = None  # Web API base URL; default the public one
     min_severity: SeverityName = "info"
+    # Socket Mode (chat-ops: buttons, /healer): an app-level token with connections:write,
+    # beside token_env + channel (the bot token posts the alerts that carry the buttons)
+    app_token_env: EnvName | None = None
 
     @model_validator(mode="after")
     def _one_way(self) -> SlackConfig:
@@ -437,6 +440,10 @@ class SlackConfig(_Model):
             raise PydanticCustomError("slack", "webhook_url_env: expected webhook_url_env or token_env (+ channel)", {})
         if self.token_env and not self.channel and not self.webhook_url_env:
             raise PydanticCustomError("slack", "channel: expected the channel to post to with token_env", {})
+        if self.app_token_env and not (self.token_env and self.channel):
+            raise PydanticCustomError(
+                "slack", "app_token_env: expected token_env and channel beside it (Socket Mode posts with the bot)", {}
+            )
         return self
 
 
@@ -457,6 +464,38 @@ class AlertsConfig(_Model):
     log: LogChannelConfig = LogChannelConfig()
     repeat_every: PositiveDuration = timedelta(minutes=30)
     timeout: PositiveDuration = timedelta(seconds=10)
+
+
+_CHAT_USER = re.compile(r"^(telegram:-?\d+|slack:[A-Z0-9]+)$")
+_CHAT_PLACE = re.compile(r"^(telegram:-?\d+|slack:[A-Za-z0-9_\-]+)$")
+
+
+def _chat_user(v: str) -> str:
+    if not _CHAT_USER.match(v):
+        msg = 'expected a user as "telegram:<numeric id>" or "slack:<member id like U024BE7LH>", got {got}'
+        raise PydanticCustomError("chat_user", msg, {"got": _show(v)})
+    return v
+
+
+def _chat_place(v: str) -> str:
+    if not _CHAT_PLACE.match(v):
+        msg = 'expected a chat as "telegram:<chat id>" or "slack:<channel id like C0123>", got {got}'
+        raise PydanticCustomError("chat_place", msg, {"got": _show(v)})
+    return v
+
+
+ChatUser = Annotated[str, AfterValidator(_chat_user)]
+ChatPlace = Annotated[str, AfterValidator(_chat_place)]
+
+
+class ChatopsConfig(_Model):
+    """Who may do what from chat, deny by default: user ids as "telegram:123456" or "slack:U024BE7LH"."""
+
+    read: tuple[ChatUser, ...] = ()  # /status, /history
+    operate: tuple[ChatUser, ...] = ()  # /ack, /pause, /resume (and read)
+    act: tuple[ChatUser, ...] = ()  # /repair, /rollback, confirmed (and operate, read)
+    chats: tuple[ChatPlace, ...] | None = None  # listened to; None: where the alerts go
+    ack_expires: PositiveDuration = timedelta(hours=4)
 
 
 class ReportConfig(_Model):
@@ -482,6 +521,7 @@ class Config(_Model):
     server: ServerConfig = ServerConfig()
     report: ReportConfig = ReportConfig()
     alerts: AlertsConfig = AlertsConfig()
+    chatops: ChatopsConfig = ChatopsConfig()
 
     # where the file was read from (set by load_config, not by the user)
     path: Path = Field(default=Path(DEFAULT_CONFIG_NAME), exclude=True)
