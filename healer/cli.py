@@ -27,7 +27,9 @@ from healer.config import Config, config_path, format_duration, format_elapsed, 
 from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
-from healer.model import CheckResult, Outcome, Severity, Verdict, Who
+from healer.model import CheckResult, Outcome, Verdict, Who
+from healer.operations import Actor
+from healer.operations import when as _when
 from healer.views import history_rows, reference_data, status_data
 
 if TYPE_CHECKING:
@@ -91,10 +93,6 @@ def _ago(t: datetime | None, now: datetime) -> str:
         return "in " + format_elapsed(timedelta(seconds=round(-d.total_seconds())))
     secs = round(d.total_seconds())
     return "just now" if secs < 1 else f"{format_elapsed(timedelta(seconds=secs))} ago"
-
-
-def _when(t: datetime) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _confirm(what: str, yes: bool) -> None:
@@ -319,6 +317,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if data.get("open_incident"):
         i = data["open_incident"]
         con.print(f"incident #{i['id']} open since {_when(datetime.fromisoformat(i['opened_at']))}: {i['cause']}")
+        if data.get("ack"):
+            a = data["ack"]
+            note = f": {a['note']}" if a["note"] else ""
+            con.print(f"acked    by {a['who']} {_ago(datetime.fromisoformat(a['at']), now)}{note}", markup=False)
     if data.get("pause"):
         until = datetime.fromisoformat(data["pause"]["until"])
         con.print(f"[yellow]paused[/] until {_when(until)} ({_ago(until, now)}): {data['pause']['reason']}")
@@ -457,24 +459,10 @@ def repair(ctx: click.Context, kind: str, dry_run: bool, yes: bool, reason: str)
 
 
 async def _repair(config: Config, kind: str, reason: str) -> int:
-    from healer import repair as rp
-    from healer.checks import probe_context
-    from healer.store import Store
+    from healer import operations
 
-    with Store(config.db_path) as store:
-        d = store.current_deploy()
-        async with probe_context(config) as pctx:
-            result = await rp.run_repair(
-                kind, config=config, ctx=pctx, store=store, clock=SystemClock(), who=Who.PERSON,
-                reason=f"{reason} (by {_person()})", deploy_id=None if d is None else d.id,
-                incident_id=None if d is None else d.open_incident,
-            )  # fmt: skip
-        if d is not None and d.held and result.ok:
-            # a person fixed it: healer is armed again for this deploy
-            store.set_held(d.id, None)
+    result = await operations.repair(config, _actor(), kind, reason)
     click.echo(f"{kind}: {'fixed' if result.ok else 'NOT fixed'}: {result.detail}")
-    event = "repair.succeeded" if result.ok else "repair.failed"
-    _announce(config, event, f"{'Repaired' if result.ok else 'Repair failed'}: {kind} (by {_person()})", result.detail)
     return 0 if result.ok else 1
 
 
@@ -537,6 +525,7 @@ def rollback(
 async def _rollback(
     config: Config, store: Any, reason: str, to: str | None, *, dry_run: bool, yes: bool, force: bool, mark_bad: bool
 ) -> int:
+    from healer import operations
     from healer import rollback as rb
     from healer.checks import probe_context
 
@@ -555,29 +544,9 @@ async def _rollback(
                 return 0 if plan.ok else 1
             await asyncio.to_thread(_confirm, f"roll back {plan.from_commit[:12]} -> {plan.to_ref}", yes)
 
-        async def started(p: rb.Plan) -> None:
-            # under the rollback lock, the plan accepted: a lost race or a refusal announces nothing
-            title = f"Rolling back to {p.to_ref} ({p.to_commit[:12]}) (by {_person()})"
-            await asyncio.to_thread(_announce, config, "rollback.started", title, reason, Severity.CRITICAL)
-
-        result = await rb.run_rollback(**kw, on_start=started)
+        result = await operations.rollback(config, store, pctx, _actor(), reason, to, force=force, mark_bad=mark_bad)
     click.echo(result.detail)
-    if result.ok:
-        _announce(
-            config,
-            "rollback.succeeded",
-            f"Rolled back to {result.to_ref} (by {_person()})",
-            result.detail,
-        )
-        return 0
-    _announce(
-        config,
-        "rollback.failed",
-        f"Rollback to {result.to_ref} failed (by {_person()})",
-        result.detail,
-        Severity.CRITICAL,
-    )
-    return 1
+    return 0 if result.ok else 1
 
 
 # ---- alert test ----------------------------------------------------------------------------------
@@ -615,27 +584,13 @@ def alert_test(ctx: click.Context, channel: str | None) -> None:
 @handles_errors
 def pause(ctx: click.Context, reason: str, for_: str) -> None:
     """A person is working on the app: keep checking, repair and roll back nothing."""
-    from healer.store import Store
+    from healer import operations
 
     span = _duration(for_, "--for")
     if not reason.strip():
         raise UsageError("--reason: expected a few words saying why")
     config = _config(ctx)
-    now = SystemClock().now()
-    until = now + span
-    with Store(config.db_path) as store:
-        d = store.current_deploy()
-        store.add_pause(until, reason, _person(), now)
-        store.start_action(
-            kind="pause", name=format_duration(span), who=Who.PERSON, reason=reason, now=now,
-            deploy_id=None if d is None else d.id, outcome=Outcome.OK, detail=f"until {_when(until)}",
-        )  # fmt: skip
-    _announce(
-        config,
-        "pause.started",
-        f"Paused for {format_duration(span)}",
-        f"{reason} (by {_person()}); checks go on, no repair or rollback until {_when(until)}",
-    )
+    until = operations.pause(config, _actor(), span, reason)
     click.echo(f"paused until {_when(until)}: checks go on, repairs and rollbacks wait (`healer resume` ends it)")
 
 
@@ -644,25 +599,9 @@ def pause(ctx: click.Context, reason: str, for_: str) -> None:
 @handles_errors
 def resume(ctx: click.Context) -> None:
     """End a pause now."""
-    from healer.store import Store
+    from healer import operations
 
-    config = _config(ctx)
-    now = SystemClock().now()
-    if not config.db_path.exists():
-        click.echo("not paused")
-        return
-    with Store(config.db_path) as store:
-        ended = store.end_pause(now)
-        if ended:
-            d = store.current_deploy()
-            store.start_action(
-                kind="resume", name="pause", who=Who.PERSON, reason="healer resume", now=now,
-                deploy_id=None if d is None else d.id, outcome=Outcome.OK,
-            )  # fmt: skip
-    if ended:
-        _announce(
-            config, "pause.ended", "Resumed", f"by {_person()}: repairs and rollbacks are armed again", Severity.INFO
-        )
+    ended = operations.resume(_config(ctx), _actor())
     click.echo("resumed: repairs and rollbacks are armed again" if ended else "not paused")
 
 
@@ -719,24 +658,10 @@ def deploy_end(ctx: click.Context) -> None:
     click.echo(f"deploy done: healer judges{at} from its next cycle on")
 
 
-def _person() -> str:
-    return os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "a person"
-
-
-def _announce(config: Config, event: str, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
-    """Queue a chat announcement in the outbox; the running loop's sender delivers it."""
-    from healer.alerts import Alerts, CycleContext
-    from healer.model import Alert
-
-    alerts = Alerts(config)
-    try:
-        alerts.submit_sync(
-            [Alert(event, severity, title, detail, bypass_dedup=True)],
-            CycleContext(app=config.app.name),
-            SystemClock().now(),
-        )
-    finally:
-        alerts.close()
+def _actor() -> Actor:
+    """The person at the terminal: recorded as `person`, announced by login name."""
+    name = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "a person"
+    return Actor(Who.PERSON, name)
 
 
 # ---- demo ----------------------------------------------------------------------------------------

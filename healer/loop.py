@@ -64,7 +64,7 @@ from healer.model import (
 from healer.notify import Liveness, action_budget, notify, stall_limit, watchdog_pinger
 from healer.schedule import next_due, phase_at
 from healer.server import start_server
-from healer.store import CycleUpdate
+from healer.store import CycleUpdate, Store
 from healer.views import release_label
 
 log = logging.getLogger("healer")
@@ -165,10 +165,11 @@ class RunLock:
 class AlertSink:
     """Hands each cycle's alerts to the alert pipeline (dedup, grouping, routing, outbox)."""
 
-    def __init__(self, alerts: Any, config: Config, observe: bool) -> None:
+    def __init__(self, alerts: Any, config: Config, observe: bool, store: Store | None = None) -> None:
         self.alerts = alerts
         self.config = config
         self.observe = observe
+        self.store = store  # to read whether a person acknowledged the open incident
 
     async def __call__(
         self, items: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
@@ -189,8 +190,20 @@ class AlertSink:
             next_step=next_step,
             cause=cause,
             observe=self.observe,
+            acked=await self._acked(incident, now),
         )
         await self.alerts.submit(items, context, now)
+
+    async def _acked(self, incident: tuple[int, datetime] | None, now: datetime) -> bool:
+        from healer.operations import acked
+
+        if incident is None or self.store is None:
+            return False
+        store = self.store
+        try:
+            return await asyncio.to_thread(lambda: acked(self.config, store, incident[0], now) is not None)
+        except StoreError:
+            return False  # unreadable: remind, rather than stay silent
 
 
 @dataclass
@@ -839,7 +852,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
         async with probe_context(config) as ctx:
             heartbeat = Heartbeat.from_config(config, ctx.http)
             is_observe = observe or config.escalation.mode == "observe"
-            sink = AlertSink(alerts, config, is_observe)
+            sink = AlertSink(alerts, config, is_observe, store)
             dog = Watchdog(
                 config,
                 store,

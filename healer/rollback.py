@@ -111,7 +111,7 @@ class RepoState:
 class Plan:
     """A rollback worked out in advance: what it moves, what it runs, or why it will not."""
 
-    who: Who
+    who: Who | str  # Who.PERSON from the CLI, "telegram:123456" from chat
     reason: str
     repo: Path | None
     from_commit: str
@@ -195,7 +195,7 @@ def pick_target(state: RepoState) -> tuple[str, str] | None:
 
 
 def plan(
-    state: RepoState, config: Config, *, who: Who, reason: str, force: bool = False, mark_bad: bool = False
+    state: RepoState, config: Config, *, who: Who | str, reason: str, force: bool = False, mark_bad: bool = False
 ) -> Plan:
     """Work out a rollback from `state`, or why it is refused.
 
@@ -295,7 +295,7 @@ def describe(p: Plan) -> str:
     steps.append(f"check out {short(p.to_commit)} (detached HEAD)")
     if p.mark_bad:
         steps.append(f"mark {short(p.from_commit)} bad: never a rollback target again")
-    elif p.who is Who.PERSON:
+    elif p.who is not Who.LOOP:
         steps.append(f"leave {short(p.from_commit)} unmarked (--mark-bad: never a rollback target again)")
     once = " (an automatic rollback: never rolled back again)" if p.who is Who.LOOP else ""
     steps.append(f"start a new launch window for {short(p.to_commit)}{once}")
@@ -432,7 +432,7 @@ async def run_rollback(
     ctx: ProbeContext,
     store: Store,
     clock: Clock,
-    who: Who,
+    who: Who | str,
     reason: str,
     to: str | None = None,
     force: bool = False,
@@ -489,7 +489,7 @@ async def run_rollback(
 
 
 async def _refused(
-    store: Store, clock: Clock, who: Who, reason: str, why: str, p: Plan | None = None
+    store: Store, clock: Clock, who: Who | str, reason: str, why: str, p: Plan | None = None
 ) -> RollbackResult:
     """Record a rollback that did not run; the loop's deploy is held for a person."""
     log.warning("rollback.refused who=%s reason=%s", who, why)

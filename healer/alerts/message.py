@@ -55,6 +55,7 @@ LABELS: Mapping[str, str] = {
     "phase.changed": "Phase changed",
     "pause.started": "Paused",
     "pause.ended": "Resumed",
+    "incident.acked": "Acknowledged",
     "deploy.bad": "Known-bad commit deployed",
     "meta.loop_behind": "healer is behind",
     META_STORE_FAILED: "healer cannot write its state",
