@@ -176,6 +176,12 @@ class Refused:
     reply: str
 
 
+def button_key(secret: str) -> bytes:
+    """The key a platform signs its buttons with, derived from its own secret (the bot token):
+    nothing to store, and a rotated token retires the old buttons."""
+    return hashlib.sha256(b"healer chat-ops buttons\0" + secret.encode()).digest()
+
+
 def button_data(button: Button, incident_id: int | None, issued: datetime, key: bytes) -> str:
     """The callback data of `button` on a message sent (or turned to a confirmation) at `issued`."""
     body = f"{button.verb}{button.stage}:{incident_id or 0}:{_b36(int(issued.timestamp()))}"

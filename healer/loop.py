@@ -37,6 +37,7 @@ from healer.alerts.message import (
     watching_after_repair,
 )
 from healer.backlog import BufferedStore
+from healer.chat import listen
 from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock, stepped
 from healer.config import Config
@@ -872,6 +873,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             notify("READY=1")
             pinger = asyncio.create_task(watchdog_pinger(stop, liveness.is_alive))
             sender = asyncio.create_task(alerts.run(stop))
+            chat = asyncio.create_task(listen(config))  # chat-ops: beside the loop, never in its way
             runner = asyncio.create_task(dog.run(stop))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -898,6 +900,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
             stopper.cancel()
+            chat.cancel()
             if crashed is not None:
                 log_event(log, "loop.died", level=logging.CRITICAL, error=f"{type(crashed).__name__}: {crashed}")
                 await dog._alert(

@@ -5,11 +5,16 @@ One ThreadingHTTPServer on 127.0.0.1 serves:
     POST /services/T.../B.../...     a Slack incoming webhook: `ok` (200)
     POST /api/chat.postMessage       the Slack Web API: {"ok": true, "channel": ..., "ts": ...}
     POST /bot<TOKEN>/getMe           the Telegram Bot API: {"ok": true, "result": {...}}
-    POST /bot<TOKEN>/sendMessage
+    POST /bot<TOKEN>/sendMessage     (with reply_markup: the message keeps its buttons)
+    POST /bot<TOKEN>/getUpdates      long polling: the updates a test injected (`say`, `press`)
+                                     from `offset` on, waiting up to `timeout` for one
+    POST /bot<TOKEN>/answerCallbackQuery, editMessageText, editMessageReplyMarkup
 
 Every request is recorded (service, path, parsed body, monotonic time, the status answered).
 Each service has a switchable mode: "ok", "500", "429" (Retry-After / retry_after), "4xx"
-(permanent), "slow" (answers after `delay` seconds), "reset" (closes without answering); a mode
+(permanent), "slow" (answers after `delay` seconds), "reset" (closes without answering),
+"garbage" (200 with a body that is not JSON), "conflict" (getUpdates only: 409, as when a
+second poller uses the token); a mode
 can last `times` requests, then "ok" again. With `echo=True` an error answer quotes the request's
 path, as some proxies do (the webhook's secret path, `/bot<TOKEN>/...`). `stop()` and `start()`
 make the port refuse connections and come back on the same port.
@@ -76,6 +81,11 @@ class ChatFake:
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _message_id: int = 0
+    _updates: list[dict[str, Any]] = field(default_factory=list)
+    _update_id: int = 100
+    _arrived: threading.Condition = field(default_factory=threading.Condition)
+    # Telegram messages as they stand now, by message id: text and buttons (after edits)
+    messages: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     # -- control --
 
@@ -138,6 +148,69 @@ class ChatFake:
     def telegram_messages(self) -> list[dict[str, Any]]:
         return [r.body for r in self.accepted(TELEGRAM, "sendMessage")]
 
+    def calls(self, method: str) -> list[dict[str, Any]]:
+        """The bodies of the Telegram calls of `method` that were accepted, in order."""
+        return [r.body for r in self.accepted(TELEGRAM, method)]
+
+    def buttons(self, message_id: int) -> list[tuple[str, str]]:
+        """(label, callback data) of the message's buttons as they stand now."""
+        with self._lock:
+            markup = self.messages[message_id].get("reply_markup") or {}
+        return [(b["text"], b["callback_data"]) for row in markup.get("inline_keyboard", []) for b in row]
+
+    def say(self, user: int, chat: int, text: str) -> None:
+        """A person writes `text` in `chat` (a command): served by the next getUpdates."""
+        self._inject({"message": {
+            "message_id": self._next_message_id(), "date": int(time.time()), "text": text,
+            "chat": {"id": chat, "type": "group" if chat < 0 else "private"},
+            "from": {"id": user, "is_bot": False, "first_name": f"user{user}"},
+            "entities": [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}],
+        }})  # fmt: skip
+
+    def press(self, user: int, message_id: int, label: str) -> str:
+        """A person presses the button labelled `label` on a message; returns the query id."""
+        with self._lock:
+            message = dict(self.messages[message_id])
+        data = dict(self.buttons(message_id))[label]
+        return self.press_data(user, message_id, data, message)
+
+    def press_data(self, user: int, message_id: int, data: str, message: dict[str, Any] | None = None) -> str:
+        """A press with any callback data (an old or forged button)."""
+        with self._lock:
+            message = message or dict(self.messages[message_id])
+            self._update_id += 1
+            qid = f"q{self._update_id}"
+        self._inject({"callback_query": {
+            "id": qid, "data": data, "chat_instance": "1",
+            "from": {"id": user, "is_bot": False, "first_name": f"user{user}"},
+            "message": {
+                "message_id": message_id, "date": int(time.time()), "text": message["text"],
+                "chat": {"id": message["chat_id"], "type": "private"},
+            },
+        }})  # fmt: skip
+        return qid
+
+    def _inject(self, update: dict[str, Any]) -> None:
+        with self._arrived:
+            self._update_id += 1
+            self._updates.append({"update_id": self._update_id, **update})
+            self._arrived.notify_all()
+
+    def _next_message_id(self) -> int:
+        with self._lock:
+            self._message_id += 1
+            return self._message_id
+
+    def _get_updates(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        offset = int(body.get("offset") or 0)
+        wait = float(body.get("timeout") or 0)
+        deadline = time.monotonic() + wait
+        with self._arrived:
+            self._updates = [u for u in self._updates if u["update_id"] >= offset]  # confirmed ones go
+            while not self._updates and time.monotonic() < deadline and self._server is not None:
+                self._arrived.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            return list(self._updates)
+
     def all_text(self) -> str:
         """Everything clients sent, paths, headers and bodies: for "no secret leaked" checks."""
         with self._lock:
@@ -176,7 +249,12 @@ class ChatFake:
             return
         if mode.name == "slow":
             time.sleep(mode.delay)
-        if service == TELEGRAM:
+        if mode.name == "garbage":
+            status, headers, payload = 200, {"Content-Type": "application/json"}, b"<html>not json"
+        elif mode.name == "conflict" and method == "getUpdates":
+            desc = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
+            status, headers, payload = 409, {}, _json({"ok": False, "error_code": 409, "description": desc})
+        elif service == TELEGRAM:
             status, headers, payload = self._telegram(path, method, body, mode)
         elif service == SLACK_API:
             status, headers, payload = self._slack_api(h, method, body, mode)
@@ -286,22 +364,35 @@ class ChatFake:
                     }
                 ),
             )
-        if method == "sendMessage":
-            with self._lock:
-                self._message_id += 1
-                mid = self._message_id
+        if method in ("sendMessage", "editMessageText", "editMessageReplyMarkup"):
             chat = body.get("chat_id")
+            chat_id = int(str(chat)) if str(chat).lstrip("-").isdigit() else 1
+            with self._lock:
+                if method == "sendMessage":
+                    self._message_id += 1
+                    mid = self._message_id
+                    self.messages[mid] = {"chat_id": chat_id, "text": body.get("text")}
+                else:
+                    mid = int(body.get("message_id") or 0)
+                    if mid not in self.messages:
+                        return 400, js, _json({"ok": False, "error_code": 400,
+                                               "description": "Bad Request: message to edit not found"})  # fmt: skip
+                    if method == "editMessageText":
+                        self.messages[mid]["text"] = body.get("text")
+                self.messages[mid]["reply_markup"] = body.get("reply_markup")
+                text = self.messages[mid]["text"]
             result = {
                 "message_id": mid,
                 "date": int(time.time()),
-                "chat": {
-                    "id": int(str(chat)) if str(chat).lstrip("-").isdigit() else 1,
-                    "type": "private",
-                },
+                "chat": {"id": chat_id, "type": "private"},
                 "from": {"id": bot_id, "is_bot": True, "first_name": "healer"},
-                "text": body.get("text"),
+                "text": text,
             }
             return 200, js, _json({"ok": True, "result": result})
+        if method == "getUpdates":
+            return 200, js, _json({"ok": True, "result": self._get_updates(body)})
+        if method == "answerCallbackQuery":
+            return 200, js, _json({"ok": True, "result": True})
         return 404, js, _json({"ok": False, "error_code": 404, "description": "Not Found"})
 
 

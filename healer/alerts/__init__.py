@@ -81,8 +81,9 @@ def configured_channels(config: Config) -> list[Channel]:
         out.append(slack_channel(a.slack, timeout=a.timeout))
     if a.telegram is not None:
         from healer.alerts.telegram import telegram_channels
+        from healer.chatops import is_enabled
 
-        out.extend(telegram_channels(a.telegram, timeout=a.timeout))
+        out.extend(telegram_channels(a.telegram, timeout=a.timeout, buttons=is_enabled(config.chatops)))
     return out
 
 

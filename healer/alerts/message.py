@@ -56,6 +56,7 @@ LABELS: Mapping[str, str] = {
     "pause.started": "Paused",
     "pause.ended": "Resumed",
     "incident.acked": "Acknowledged",
+    "chatops.stopped": "Chat commands off",
     "deploy.bad": "Known-bad commit deployed",
     "meta.loop_behind": "healer is behind",
     META_STORE_FAILED: "healer cannot write its state",
