@@ -4,6 +4,10 @@ One ThreadingHTTPServer on 127.0.0.1 serves:
 
     POST /services/T.../B.../...     a Slack incoming webhook: `ok` (200)
     POST /api/chat.postMessage       the Slack Web API: {"ok": true, "channel": ..., "ts": ...}
+    POST /api/chat.update, chat.postEphemeral
+    POST /api/apps.connections.open  (app token) the URL of a loopback Socket Mode WebSocket
+                                     server, which sends envelopes (`slash`, `click`) and
+                                     records the acks it reads (`socket_acks`)
     POST /bot<TOKEN>/getMe           the Telegram Bot API: {"ok": true, "result": {...}}
     POST /bot<TOKEN>/sendMessage     (with reply_markup: the message keeps its buttons)
     POST /bot<TOKEN>/getUpdates      long polling: the updates a test injected (`say`, `press`)
@@ -22,9 +26,12 @@ make the port refuse connections and come back on the same port.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +49,8 @@ TELEGRAM = "telegram"
 DEFAULT_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 DEFAULT_WEBHOOK_PATH = "/services/T00000000/B00000000/XXXXXXXXXXXXsecretXXXX"
 DEFAULT_SLACK_TOKEN = "xoxb-1234-5678-secretbottoken"
+DEFAULT_APP_TOKEN = "xapp-1-A111-222-secretapptoken"
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
 @dataclass
@@ -75,6 +84,13 @@ class ChatFake:
     token: str = DEFAULT_TOKEN
     webhook_path: str = DEFAULT_WEBHOOK_PATH
     slack_token: str = DEFAULT_SLACK_TOKEN
+    app_token: str = DEFAULT_APP_TOKEN
+    # Slack messages as they stand now, by ts: channel, text, blocks (after chat.update)
+    slack_posts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    socket_acks: list[dict[str, Any]] = field(default_factory=list)  # what the client answered envelopes
+    _sockets: list[socket.socket] = field(default_factory=list)
+    _ws_server: socket.socket | None = None
+    _envelope: int = 0
     requests: list[Recorded] = field(default_factory=list)
     modes: dict[str, Mode] = field(default_factory=dict)
     port: int = 0
@@ -112,6 +128,15 @@ class ChatFake:
 
     def stop(self) -> None:
         """Close the port: clients get "connection refused" until `start()`."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if self._ws_server is not None:
+            with contextlib.suppress(OSError):
+                self._ws_server.close()
+            self._ws_server = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -211,6 +236,112 @@ class ChatFake:
                 self._arrived.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             return list(self._updates)
 
+    # -- Slack Socket Mode --
+
+    def socket_connected(self) -> bool:
+        with self._lock:
+            return bool(self._sockets)
+
+    def slash(self, user: str, channel: str, text: str) -> str:
+        """A person types `/healer <text>` in `channel`; returns the envelope id."""
+        return self._send_envelope("slash_commands", {
+            "command": "/healer", "text": text, "user_id": user, "user_name": user.lower(),
+            "channel_id": channel, "channel_name": channel.lower(), "trigger_id": "1.2.3",
+            "response_url": f"{self.url}/commands/response",
+        })  # fmt: skip
+
+    def slack_buttons(self, ts: str) -> list[tuple[str, str]]:
+        """(label, value) of the buttons of a Slack message as it stands now."""
+        with self._lock:
+            blocks = self.slack_posts[ts].get("blocks") or []
+        return [
+            (e["text"]["text"], e["value"]) for b in blocks if b.get("type") == "actions" for e in b.get("elements", [])
+        ]
+
+    def click(self, user: str, ts: str, label: str) -> str:
+        """A person clicks the button labelled `label` on a Slack message; returns the envelope id."""
+        return self.click_value(user, ts, dict(self.slack_buttons(ts))[label])
+
+    def click_value(self, user: str, ts: str, value: str) -> str:
+        with self._lock:
+            post = dict(self.slack_posts[ts])
+        return self._send_envelope("interactive", {
+            "type": "block_actions", "user": {"id": user, "username": user.lower()},
+            "channel": {"id": post["channel"], "name": str(post["channel"]).lower()},
+            "container": {"type": "message", "message_ts": ts, "channel_id": post["channel"]},
+            "message": {"ts": ts, "text": post.get("text"), "blocks": post.get("blocks")},
+            "actions": [{"type": "button", "action_id": "healer", "value": value, "block_id": "b"}],
+            "trigger_id": "1.2.3",
+        })  # fmt: skip
+
+    def acked(self, envelope_id: str) -> bool:
+        with self._lock:
+            return any(a.get("envelope_id") == envelope_id for a in self.socket_acks)
+
+    def slack_calls(self, method: str) -> list[dict[str, Any]]:
+        return [r.body for r in self.accepted(SLACK_API, method)]
+
+    def _send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
+        with self._lock:
+            self._envelope += 1
+            eid = f"env-{self._envelope}"
+            sockets = list(self._sockets)
+        frame = _ws_frame(0x1, _json({"envelope_id": eid, "type": kind, "payload": payload,
+                                      "accepts_response_payload": kind == "slash_commands"}))  # fmt: skip
+        assert sockets, "no Socket Mode client is connected"
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.sendall(frame)
+        return eid
+
+    def _ws_url(self) -> str:
+        if self._ws_server is None:
+            srv = socket.create_server(("127.0.0.1", 0))
+            self._ws_server = srv
+            threading.Thread(target=self._ws_accept, args=(srv,), daemon=True).start()
+        return f"ws://127.0.0.1:{self._ws_server.getsockname()[1]}/link?ticket=t"
+
+    def _ws_accept(self, srv: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._ws_serve, args=(sock,), daemon=True).start()
+
+    def _ws_serve(self, sock: socket.socket) -> None:
+        """RFC 6455, as much as a Socket Mode client needs: the handshake, then text frames
+        (the acks), pings answered with pongs, and a close."""
+        with contextlib.suppress(OSError, ConnectionError):
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            key = next(
+                line.split(":", 1)[1].strip()
+                for line in request.decode().split("\r\n")
+                if line.lower().startswith("sec-websocket-key:")
+            )
+            accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+            sock.sendall(
+                f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+            )
+            with self._lock:
+                self._sockets.append(sock)
+            sock.sendall(_ws_frame(0x1, _json({"type": "hello", "num_connections": 1})))
+            while True:
+                opcode, data = _ws_read(sock)
+                if opcode == 0x8:
+                    return
+                if opcode == 0x9:
+                    sock.sendall(_ws_frame(0xA, data))
+                elif opcode == 0x1:
+                    with self._lock:
+                        self.socket_acks.append(json.loads(data))
+
     def all_text(self) -> str:
         """Everything clients sent, paths, headers and bodies: for "no secret leaked" checks."""
         with self._lock:
@@ -292,6 +423,10 @@ class ChatFake:
         self, h: BaseHTTPRequestHandler, method: str, body: dict[str, Any], mode: Mode
     ) -> tuple[int, dict[str, str], bytes]:
         js = {"Content-Type": "application/json; charset=utf-8"}
+        if method == "apps.connections.open":
+            if h.headers.get("Authorization") != f"Bearer {self.app_token}":
+                return 200, js, _json({"ok": False, "error": "invalid_auth"})
+            return 200, js, _json({"ok": True, "url": self._ws_url()})
         if h.headers.get("Authorization") != f"Bearer {self.slack_token}":
             return 200, js, _json({"ok": False, "error": "invalid_auth"})
         if mode.name == "500":
@@ -305,8 +440,16 @@ class ChatFake:
         if mode.name == "4xx":
             return 200, js, _json({"ok": False, "error": "channel_not_found"})
         with self._lock:
-            self._message_id += 1
-            ts = f"1700000000.{self._message_id:06d}"
+            if method == "chat.update":
+                ts = str(body.get("ts"))
+                if ts not in self.slack_posts:
+                    return 200, js, _json({"ok": False, "error": "message_not_found"})
+                self.slack_posts[ts].update(text=body.get("text"), blocks=body.get("blocks"))
+            else:
+                self._message_id += 1
+                ts = f"1700000000.{self._message_id:06d}"
+                if method == "chat.postMessage":
+                    self.slack_posts[ts] = {k: body.get(k) for k in ("channel", "text", "blocks")}
         return (
             200,
             js,
@@ -394,6 +537,42 @@ class ChatFake:
         if method == "answerCallbackQuery":
             return 200, js, _json({"ok": True, "result": True})
         return 404, js, _json({"ok": False, "error_code": 404, "description": "Not Found"})
+
+
+def _ws_frame(opcode: int, data: bytes) -> bytes:
+    """A server's frame: final, unmasked."""
+    n = len(data)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([n])
+    elif n < 65536:
+        head += bytes([126]) + struct.pack(">H", n)
+    else:
+        head += bytes([127]) + struct.pack(">Q", n)
+    return head + data
+
+
+def _ws_read(sock: socket.socket) -> tuple[int, bytes]:
+    """One client frame (masked, as RFC 6455 requires of clients)."""
+
+    def exactly(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    b0, b1 = exactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", exactly(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", exactly(8))[0]
+    mask = exactly(4) if b1 & 0x80 else b"\0\0\0\0"
+    data = bytes(c ^ mask[i % 4] for i, c in enumerate(exactly(n)))
+    return b0 & 0x0F, data
 
 
 def _json(d: Any) -> bytes:

@@ -42,6 +42,7 @@ from healer.alerts.message import (
 )
 from healer.alerts.outbox import AlertRecord, Channel, DeliveryRecord, DeliveryState, Outbox, Sender
 from healer.alerts.pipeline import AlertPlan, CycleContext, Route, plan_alerts, with_remembered
+from healer.chatops import is_enabled
 from healer.clock import Clock, SystemClock
 from healer.config import Config
 from healer.errors import DeliveryError, StoreError, UsageError
@@ -74,16 +75,16 @@ def configured_channels(config: Config) -> list[Channel]:
     # imported here, and only for a configured channel: the chat SDKs take ~0.1 s to import
     # (and memory), which every `healer rollback` or `healer pause` would pay for nothing
     a = config.alerts
+    buttons = is_enabled(config.chatops)  # incident alerts carry chat-ops buttons
     out: list[Channel] = [LogChannel(config.severity(a.log.min_severity))]
     if a.slack is not None:
         from healer.alerts.slack import slack_channel
 
-        out.append(slack_channel(a.slack, timeout=a.timeout))
+        out.append(slack_channel(a.slack, timeout=a.timeout, buttons=buttons))
     if a.telegram is not None:
         from healer.alerts.telegram import telegram_channels
-        from healer.chatops import is_enabled
 
-        out.extend(telegram_channels(a.telegram, timeout=a.timeout, buttons=is_enabled(config.chatops)))
+        out.extend(telegram_channels(a.telegram, timeout=a.timeout, buttons=buttons))
     return out
 
 

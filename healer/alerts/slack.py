@@ -16,7 +16,7 @@ import math
 import socket
 import urllib.error
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
@@ -24,6 +24,7 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient
 
 from healer.alerts.message import AlertMessage, slack_payload
+from healer.chatops import Button, Verb, alert_buttons, button_data, button_key
 from healer.config import Secret, SlackConfig, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
@@ -51,11 +52,16 @@ class SlackChannel:
     missing: str | None = None
     name: str = "slack"
     kind: str = "slack"
+    buttons: bool = False  # Socket Mode chat-ops: incident alerts carry Ack, Pause 1h, Roll back now
 
     def payload(self, message: AlertMessage, *, delayed: timedelta | None = None) -> dict[str, Any]:
         """The JSON body: blocks and a plain-text fallback, redacted (the last edge before Slack,
         whichever way the message came: the outbox, or sent directly while the store is down)."""
         body: dict[str, Any] = REDACTOR.value(slack_payload(message, delayed=delayed))
+        wanted = alert_buttons(message.event, message.incident_id) if self.buttons else ()
+        if wanted and self.token is not None and self.webhook_url is None:
+            key = button_key(self.token.reveal())
+            body["blocks"] = [*body["blocks"], actions_block(wanted, message.incident_id, datetime.now(UTC), key)]
         return body
 
     async def notify(self, payload: dict[str, Any]) -> None:
@@ -140,6 +146,22 @@ class SlackChannel:
             raise self._fail(f"refused: {code or status}", permanent=True) from None
 
 
+def actions_block(buttons: tuple[Button, ...], incident: int | None, issued: datetime, key: bytes) -> dict[str, Any]:
+    """Buttons as a Block Kit actions block; each value is its signed data (chatops.button_data)."""
+    elements = []
+    for b in buttons:
+        e: dict[str, Any] = {
+            "type": "button",
+            "text": {"type": "plain_text", "text": b.label},
+            "action_id": f"healer-{b.verb}{b.stage}",
+            "value": button_data(b, incident, issued, key),
+        }
+        if b.verb is Verb.ROLLBACK and b.label != "Cancel":
+            e["style"] = "danger"
+        elements.append(e)
+    return {"type": "actions", "block_id": "healer-actions", "elements": elements}
+
+
 def _retry_after(headers: Any) -> float:
     """Seconds from a Retry-After header (either spelling); a default when absent or unreadable."""
     raw: Any = None
@@ -153,7 +175,7 @@ def _retry_after(headers: Any) -> float:
         return DEFAULT_RETRY_AFTER
 
 
-def slack_channel(cfg: SlackConfig, *, timeout: timedelta) -> SlackChannel:
+def slack_channel(cfg: SlackConfig, *, timeout: timedelta, buttons: bool = False) -> SlackChannel:
     """The Slack channel for `[alerts.slack]`, secrets read from the environment now.
 
     A webhook is used when `webhook_url_env` is configured, else the bot token and `channel`.
@@ -165,4 +187,7 @@ def slack_channel(cfg: SlackConfig, *, timeout: timedelta) -> SlackChannel:
         return SlackChannel(sev, webhook_url=url, timeout=timeout, missing=missing)
     token = read_secret(cfg.token_env)
     missing = None if token else f"{cfg.token_env} is not set"
-    return SlackChannel(sev, token=token, channel=cfg.channel, api_url=cfg.api_url, timeout=timeout, missing=missing)
+    return SlackChannel(
+        sev, token=token, channel=cfg.channel, api_url=cfg.api_url, timeout=timeout, missing=missing,
+        buttons=buttons and cfg.app_token_env is not None,
+    )  # fmt: skip

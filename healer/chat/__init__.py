@@ -67,6 +67,7 @@ class Step:
     answer: str
     buttons: tuple[Button, ...] | None = None
     issued: datetime | None = None
+    incident: int | None = None  # the incident the new buttons name
     run: Callable[[], Awaitable[str]] | None = None
 
 
@@ -166,9 +167,11 @@ class Dispatcher:
             return Step("already under way")
         if press.stage is Stage.CANCEL:
             self._pending.pop((user, press.verb), None)
-            return Step("cancelled", alert_buttons("incident.opened", press.incident_id), now)
+            return Step("cancelled", alert_buttons("incident.opened", press.incident_id), now, press.incident_id)
         if press.stage is Stage.ASK and press.verb in DESTRUCTIVE:
-            return Step("press again to confirm (within 2 minutes)", confirm_buttons(press.verb), now)
+            return Step(
+                "press again to confirm (within 2 minutes)", confirm_buttons(press.verb), now, press.incident_id
+            )
         action = self._pressed_action(user, press, now)
         if isinstance(action, str):
             return Step(action)
@@ -342,4 +345,10 @@ async def listen(config: Config) -> None:
         tg = telegram_listener(config, dispatcher)
         if tg is not None:
             runs.append(tg.run())
+    if config.alerts.slack is not None and config.alerts.slack.app_token_env is not None:
+        from healer.chat.slack import slack_listener
+
+        sl = slack_listener(config, dispatcher)
+        if sl is not None:
+            runs.append(sl.run())
     await asyncio.gather(*runs)

@@ -167,8 +167,7 @@ class TelegramListener:
         if step.buttons is not None:
             markup = None
             if step.buttons and step.issued is not None:
-                incident = _incident(query.data or "")
-                markup = keyboard(step.buttons, incident, step.issued, self.key)
+                markup = keyboard(step.buttons, step.incident, step.issued, self.key)
             await bot.edit_message_reply_markup(chat_id=message.chat.id, message_id=message.message_id,
                                                 reply_markup=markup)  # fmt: skip
         if step.run is None:
@@ -178,11 +177,6 @@ class TelegramListener:
             text=f"{message.text_html}\n\n<b>{_escape(redact(what))}</b>", chat_id=message.chat.id,
             message_id=message.message_id, parse_mode=ParseMode.HTML, reply_markup=None,
         )  # fmt: skip
-
-
-def _incident(data: str) -> int | None:
-    parts = data.split(":")
-    return int(parts[1]) or None if len(parts) > 1 and parts[1].isdigit() else None
 
 
 def _escape(text: str) -> str:
