@@ -176,6 +176,14 @@ def test_telegram_buttons_and_commands_act_for_allowed_users_only(tmp_path: Path
         assert wait_for(lambda: _reply(fake, CHATS[2], n), "a reply").startswith("paused until")
         assert cli_json(config, "status")["pause"]["reason"] == "testing"
 
+        # the pause's announcement carries Resume
+        def resume_button() -> int | None:
+            found = [mid for mid, m in fake.messages.items() if m["chat_id"] == CHATS[2] and "testing" in m["text"]]
+            return next((mid for mid in reversed(found) if dict(fake.buttons(mid)).get("Resume")), None)
+
+        fake.press(BOB, wait_for(resume_button, "the pause announcement"), "Resume")
+        wait_for(lambda: cli_json(config, "status")["pause"] is None, "the resume")
+
         # Roll back now: a first press asks, the second does it
         qid = fake.press(BOB, c, "Roll back now")
         assert "confirm" in wait_for(lambda: _answer(fake, qid), "an answer")
@@ -216,3 +224,26 @@ def test_a_second_poller_is_said_once_and_the_loop_goes_on(tmp_path: Path, fake:
     assert len(polls) == 1, log[-2000:]
     assert log.count('"event": "chatops.stopped"') == 1
     assert later > cycles
+
+
+def test_a_garbled_chat_api_never_delays_a_cycle_and_polling_backs_off(tmp_path: Path, fake: ChatFake) -> None:
+    """The Bot API answering garbage: cycles keep their cadence, polls back off and the outage is
+    logged once; when Telegram answers again a command is answered."""
+    fake.set_mode("telegram", "garbage")
+    run = Running(tmp_path, fake)
+    try:
+        wait_for(lambda: cli_json(run.config, "status").get("last_cycle"), "a first cycle")
+        time.sleep(6)
+        polls = [r for r in fake.requests if r.method == "getUpdates"]
+        checks = [r for r in cli_json(run.config, "history") if r["type"] == "check"]
+        assert 2 <= len(polls) <= 4  # 1 s, 2 s, 4 s apart: not a busy loop
+        assert len(checks) >= 3  # the first cycle, then one every 2 s (incident_every)
+        fake.set_mode("telegram", "ok")
+        n = len(_replies(fake, CHATS[0]))
+        fake.say(BOB, CHATS[0], "/status")
+        reply = wait_for(lambda: _reply(fake, CHATS[0], n), "the answer once Telegram is back", timeout=30)
+        assert reply.startswith("shop: loop") and "FAILING" in reply
+    finally:
+        log = run.stop()
+    assert log.count('"event": "chatops.poll_failed"') == 1
+    assert log.count('"event": "chatops.poll_recovered"') == 1
