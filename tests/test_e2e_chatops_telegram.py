@@ -80,11 +80,19 @@ class Running:
             """,
         )
         self.log = tmp_path / "run.log"
-        with self.log.open("w") as sink:
+        self.start()
+
+    def start(self) -> None:
+        with self.log.open("a") as sink:
             self.proc = subprocess.Popen(
                 [*HEALER, "--config", str(self.config), "run"],
                 stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
             )  # fmt: skip
+
+    def kill(self) -> None:
+        """kill -9: nothing runs on the way out."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=20)
 
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGTERM)
@@ -247,3 +255,28 @@ def test_a_garbled_chat_api_never_delays_a_cycle_and_polling_backs_off(tmp_path:
         log = run.stop()
     assert log.count('"event": "chatops.poll_failed"') == 1
     assert log.count('"event": "chatops.poll_recovered"') == 1
+
+
+def test_a_press_while_healer_is_killed_is_done_once_after_the_restart(tmp_path: Path, fake: ChatFake) -> None:
+    """kill -9 before a press is fetched: the next healer does it, once; another kill -9 and
+    restart do not do it again (the next update id is kept before acting)."""
+    run = Running(tmp_path, fake)
+    try:
+        message = wait_for(lambda: _incident_messages(fake), "the incident alert")[CHATS[0]]
+        run.kill()
+        fake.press(BOB, message, "Pause 1h")
+        run.start()
+        wait_for(lambda: "Paused until" in (fake.messages[message]["text"] or ""), "the pause, after the restart")
+        run.kill()
+
+        def polls() -> int:
+            return len([r for r in fake.requests if r.method == "getUpdates"])
+
+        before = polls()
+        run.start()
+        wait_for(lambda: polls() > before, "the third healer polling")
+        time.sleep(1)
+    finally:
+        log = run.stop()
+    pauses = [r for r in cli_json(run.config, "history") if r["type"] == "pause"]
+    assert [p["who"] for p in pauses] == [f"telegram:{BOB}"], log[-3000:]
