@@ -605,6 +605,21 @@ def resume(ctx: click.Context) -> None:
     click.echo("resumed: repairs and rollbacks are armed again" if ended else "not paused")
 
 
+@cli.command()
+@click.option("--note", default="", help="What you are doing about it: recorded and announced.")
+@click.option("--incident", type=int, default=None, help="The incident (default: the open one).")
+@click.pass_context
+@handles_errors
+def ack(ctx: click.Context, note: str, incident: int | None) -> None:
+    """Acknowledge the open incident: its reminders stop until it resolves, worsens (a rollback,
+    a hold) or [chatops] ack_expires passes. Exit 0 acknowledged, 1 not (none open, or already)."""
+    from healer import operations
+
+    result = operations.ack(_config(ctx), _actor(), note, incident)
+    click.echo(result.reply)
+    sys.exit(0 if result.done else 1)
+
+
 @cli.group()
 def deploy() -> None:
     """Tell healer when a deploy script runs: `healer deploy begin` ... `healer deploy end`."""

@@ -118,23 +118,33 @@ def acked(config: Config, store: Store, incident_id: int, now: datetime) -> Ack 
     return ack if in_force else None
 
 
-def ack(config: Config, actor: Actor, note: str, incident_id: int | None = None) -> str:
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    """What an ack did: `done` when this call acknowledged the incident; `reply` says it."""
+
+    done: bool
+    reply: str
+
+
+def ack(config: Config, actor: Actor, note: str, incident_id: int | None = None) -> AckResult:
     """Acknowledge the open incident (or `incident_id`): its reminders stop until it resolves,
-    worsens or the ack expires. Recorded and announced; returns the reply."""
+    worsens or the ack expires. Recorded and announced."""
     from healer.store import Store
 
     now = SystemClock().now()
     if not config.db_path.exists():
-        return "no incident is open"
+        return AckResult(False, "no incident is open")
     with Store(config.db_path) as store:
         d = store.current_deploy()
         target = incident_id if incident_id is not None else (None if d is None else d.open_incident)
         inc = None if target is None else store.incident(target)
         if inc is None or inc.resolved_at is not None:
-            return "no incident is open" if incident_id is None else f"incident #{incident_id} is resolved"
+            return AckResult(
+                False, "no incident is open" if incident_id is None else f"incident #{incident_id} is resolved"
+            )
         before = acked(config, store, inc.id, now)
         if before is not None:
-            return f"incident #{inc.id} is already acknowledged by {before.who} ({when(before.at)})"
+            return AckResult(False, f"incident #{inc.id} is already acknowledged by {before.who} ({when(before.at)})")
         store.set_ack(Ack(inc.id, now, actor.name, note))
         store.start_action(
             kind="ack", name=f"incident #{inc.id}", who=actor.who, reason=note or "acknowledged", now=now,
@@ -148,7 +158,9 @@ def ack(config: Config, actor: Actor, note: str, incident_id: int | None = None)
         f"by {actor.name}" + (f": {note}" if note else "") + f"; reminders stop until it worsens or {when(until)}",
         Severity.INFO,
     )
-    return f"incident #{inc.id} acknowledged: reminders stop until it resolves, worsens or {when(until)}"
+    return AckResult(
+        True, f"incident #{inc.id} acknowledged: reminders stop until it resolves, worsens or {when(until)}"
+    )
 
 
 # ---- repair, rollback (async: they probe) --------------------------------------------------------

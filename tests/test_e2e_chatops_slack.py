@@ -3,18 +3,15 @@ alerts' Block Kit buttons, allowed and unknown users, every envelope acknowledge
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from chatfakes import ChatFake
-from helpers import HEALER, commit, git, make_repo, write_config
-from test_e2e_chatops_telegram import cli_json, wait_for
+from chatops_run import Running, cli_json, wait_for
+from helpers import git
 
 pytestmark = pytest.mark.e2e
 
@@ -57,33 +54,8 @@ def test_slack_socket_mode_buttons_and_commands(tmp_path: Path, fake: ChatFake) 
     """Through Socket Mode: an unknown user changes nothing and is told "not allowed"; an allowed
     one pauses with /healer, presses Pause 1h and Ack on the alerts, and rolls back with /healer
     plus a confirming press; messages are updated with who did what; every envelope is acked."""
-    repo = make_repo(tmp_path / "app")
-    git(repo, "tag", "stable-1")
-    commit(repo, "v2")
     os.environ.update({"SLACK_BOT_TOKEN": fake.slack_token, "SLACK_APP_TOKEN": fake.app_token})
-    at_stable = ["sh", "-c", f"git -C {repo} tag --points-at HEAD | grep -q stable"]
-    config = write_config(
-        tmp_path,
-        f"""
-        state_dir = "state"
-        [app]
-        name = "shop"
-        repo = "{repo}"
-        [schedule]
-        phases = [{{ until = "1h", every = "300ms" }}]
-        incident_every = "2s"
-        [escalation]
-        rollback_after = 100
-        deploy_grace = "0s"
-        [[checks]]
-        name = "release"
-        type = "command"
-        argv = {json.dumps(at_stable)}
-        [rollback]
-        verify_grace = "0s"
-        [alerts]
-        timeout = "2s"
-        repeat_every = "3s"
+    chat = f"""
         [alerts.slack]
         token_env = "SLACK_BOT_TOKEN"
         channel = "{CHANNEL}"
@@ -91,13 +63,9 @@ def test_slack_socket_mode_buttons_and_commands(tmp_path: Path, fake: ChatFake) 
         app_token_env = "SLACK_APP_TOKEN"
         [chatops]
         act = ["slack:{BOB}"]
-        """,
-    )
-    log = tmp_path / "run.log"
-    with log.open("w") as sink:
-        run = subprocess.Popen(
-            [*HEALER, "--config", str(config), "run"], stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
-        )
+        """
+    run = Running(tmp_path, chat, repeat_every="3s")
+    config, repo = run.config, run.repo
     envelopes: list[str] = []
     try:
         wait_for(fake.socket_connected, "the Socket Mode connection")
@@ -139,13 +107,12 @@ def test_slack_socket_mode_buttons_and_commands(tmp_path: Path, fake: ChatFake) 
         assert git(repo, "tag", "--points-at", "HEAD").strip() == "stable-1"
         assert all(fake.acked(e) for e in envelopes)
     finally:
-        run.send_signal(signal.SIGTERM)
-        run.wait(timeout=20)
+        log = run.stop()
     rows: list[dict[str, Any]] = cli_json(config, "history")
     who = {(r["type"], r["who"]) for r in rows if r["type"] in ("pause", "ack", "rollback", "chat.denied")}
     assert who == {
         ("pause", f"slack:{BOB}"), ("ack", f"slack:{BOB}"), ("rollback", f"slack:{BOB}"),
         ("chat.denied", f"slack:{EVE}"),
-    }, log.read_text()[-3000:]  # fmt: skip
+    }, log[-3000:]  # fmt: skip
     rollback = next(r for r in rows if r["type"] == "rollback")
     assert rollback["why"] == "bad release"

@@ -3,19 +3,16 @@ unknown users, confirmation, double presses, expired buttons, and a second polle
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from chatfakes import ChatFake
-from helpers import HEALER, commit, git, healer, make_repo, write_config
+from chatops_run import Running, cli_json, wait_for
+from helpers import git
 
 from healer.chatops import Button, Verb, button_data, button_key
 
@@ -26,78 +23,16 @@ EVE = 999  # in no list
 CHATS = (4242, 4243, 4244)
 
 
-def wait_for(pred: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def cli_json(config: Path, *args: str) -> Any:
-    proc = healer("--config", str(config), *args, "--json")
-    assert proc.returncode in (0, 1), proc.stderr
-    return json.loads(proc.stdout)
-
-
-class Running:
-    """A `healer run` watching a repo whose HEAD (v2) fails its check and whose stable-1 passes."""
-
-    def __init__(self, tmp_path: Path, fake: ChatFake) -> None:
-        repo = make_repo(tmp_path / "app")
-        git(repo, "tag", "stable-1")
-        commit(repo, "v2")
-        os.environ.update({"TELEGRAM_BOT_TOKEN": fake.token, "TELEGRAM_CHAT_ID": ",".join(map(str, CHATS))})
-        at_stable = ["sh", "-c", f"git -C {repo} tag --points-at HEAD | grep -q stable"]
-        self.repo = repo
-        self.config = write_config(
-            tmp_path,
-            f"""
-            state_dir = "state"
-            [app]
-            name = "shop"
-            repo = "{repo}"
-            [schedule]
-            phases = [{{ until = "1h", every = "300ms" }}]
-            incident_every = "2s"
-            [escalation]
-            rollback_after = 100
-            deploy_grace = "0s"
-            [[checks]]
-            name = "release"
-            type = "command"
-            argv = {json.dumps(at_stable)}
-            [rollback]
-            verify_grace = "0s"
-            [alerts]
-            timeout = "2s"
-            [alerts.telegram]
-            api_url = "{fake.url}"
-            [chatops]
-            act = ["telegram:{BOB}"]
-            """,
-        )
-        self.log = tmp_path / "run.log"
-        self.start()
-
-    def start(self) -> None:
-        with self.log.open("a") as sink:
-            self.proc = subprocess.Popen(
-                [*HEALER, "--config", str(self.config), "run"],
-                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def kill(self) -> None:
-        """kill -9: nothing runs on the way out."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=20)
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=20)
-        return self.log.read_text()
+def running(tmp_path: Path, fake: ChatFake) -> Running:
+    """healer run with Telegram alerts to three chats and telegram:BOB allowed everything."""
+    os.environ.update({"TELEGRAM_BOT_TOKEN": fake.token, "TELEGRAM_CHAT_ID": ",".join(map(str, CHATS))})
+    chat = f"""
+        [alerts.telegram]
+        api_url = "{fake.url}"
+        [chatops]
+        act = ["telegram:{BOB}"]
+        """
+    return Running(tmp_path, chat)
 
 
 @pytest.fixture
@@ -138,7 +73,7 @@ def test_telegram_buttons_and_commands_act_for_allowed_users_only(tmp_path: Path
     """Ack, Pause 1h and Roll back now + confirm do their work for an allowed user, record who and
     edit the message; an unknown user changes nothing and is told "not allowed"; a double press
     and an expired button do nothing but say so; /pause from chat pauses."""
-    run = Running(tmp_path, fake)
+    run = running(tmp_path, fake)
     config = run.config
     try:
         msgs = wait_for(lambda: _incident_messages(fake), "the incident alert in every chat")
@@ -220,7 +155,7 @@ def test_a_second_poller_is_said_once_and_the_loop_goes_on(tmp_path: Path, fake:
     """Telegram's 409 (another poller on the token) stops polling with one log line and one
     alert; healer keeps checking."""
     fake.set_mode("telegram", "conflict")
-    run = Running(tmp_path, fake)
+    run = running(tmp_path, fake)
     try:
         wait_for(lambda: any("Chat commands off" in (m["text"] or "") for m in fake.telegram_messages()), "the alert")
         cycles = len([r for r in cli_json(run.config, "history") if r["type"] == "check"])
@@ -238,7 +173,7 @@ def test_a_garbled_chat_api_never_delays_a_cycle_and_polling_backs_off(tmp_path:
     """The Bot API answering garbage: cycles keep their cadence, polls back off and the outage is
     logged once; when Telegram answers again a command is answered."""
     fake.set_mode("telegram", "garbage")
-    run = Running(tmp_path, fake)
+    run = running(tmp_path, fake)
     try:
         wait_for(lambda: cli_json(run.config, "status").get("last_cycle"), "a first cycle")
         time.sleep(6)
@@ -260,7 +195,7 @@ def test_a_garbled_chat_api_never_delays_a_cycle_and_polling_backs_off(tmp_path:
 def test_a_press_while_healer_is_killed_is_done_once_after_the_restart(tmp_path: Path, fake: ChatFake) -> None:
     """kill -9 before a press is fetched: the next healer does it, once; another kill -9 and
     restart do not do it again (the next update id is kept before acting)."""
-    run = Running(tmp_path, fake)
+    run = running(tmp_path, fake)
     try:
         message = wait_for(lambda: _incident_messages(fake), "the incident alert")[CHATS[0]]
         run.kill()

@@ -6,13 +6,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from helpers import config_from, healer
 
 from healer import operations
 from healer.alerts import AlertRecord, CycleContext, Outbox, plan_alerts
 from healer.alerts.pipeline import AlertMemory, IncidentMemory, Route
+from healer.chat import Dispatcher
+from healer.chatops import button_data
 from healer.clock import SystemClock
-from healer.config import Config
+from healer.config import ChatopsConfig, Config
 from healer.model import CheckResult, Outcome, Verdict, Who
 from healer.operations import Actor
 from healer.store import CycleUpdate, Store
@@ -43,11 +46,10 @@ def _failing(tmp_path: Path) -> tuple[Config, int]:
 def test_ack_is_recorded_announced_and_shown_in_status(tmp_path: Path) -> None:
     """An ack from chat is an action row by telegram:2, an announcement, and a line in `healer status`."""
     config, incident = _failing(tmp_path)
-    reply = operations.ack(config, BOB, "looking")
-    assert reply.startswith(f"incident #{incident} acknowledged")
-    assert operations.ack(config, BOB, "again").startswith(
-        f"incident #{incident} is already acknowledged by telegram:2"
-    )
+    result = operations.ack(config, BOB, "looking")
+    assert result.done and result.reply.startswith(f"incident #{incident} acknowledged")
+    again = operations.ack(config, BOB, "again")
+    assert not again.done and again.reply.startswith(f"incident #{incident} is already acknowledged by telegram:2")
     with Store(config.db_path) as store:
         rows = store.actions(kind="ack")
     assert [(r.who, r.reason, r.incident_id, r.outcome) for r in rows] == [("telegram:2", "looking", incident, "ok")]
@@ -69,7 +71,7 @@ def test_a_rollback_after_the_ack_re_arms_the_reminders(tmp_path: Path) -> None:
             deploy_id=None, incident_id=incident,
         )  # fmt: skip
         assert operations.acked(config, store, incident, later + timedelta(seconds=1)) is None
-    assert "acknowledged" in operations.ack(config, BOB, "again")
+    assert operations.ack(config, BOB, "again").done
 
 
 def test_an_ack_expires_and_ends_with_the_incident(tmp_path: Path) -> None:
@@ -88,7 +90,7 @@ def test_an_ack_expires_and_ends_with_the_incident(tmp_path: Path) -> None:
         )  # fmt: skip
         store.record_cycle(d.id, Verdict(now, (CheckResult("api", "http", True),)), Who.LOOP, update)
         assert operations.acked(config, store, incident, now) is None
-    assert operations.ack(config, BOB, "") == "no incident is open"
+    assert operations.ack(config, BOB, "") == operations.AckResult(False, "no incident is open")
 
 
 def test_an_acked_incident_gets_no_reminders() -> None:
@@ -132,3 +134,45 @@ def test_a_chat_pause_records_who(tmp_path: Path) -> None:
         "Paused for 10m",
         f"testing (by telegram:2); checks go on, no repair or rollback until {operations.when(until)}",
     ) in said
+
+
+def test_healer_ack_from_the_command_line(tmp_path: Path) -> None:
+    """`healer ack` runs the same operation: 0 and the reply when it acknowledged, 1 when not."""
+    config, incident = _failing(tmp_path)
+    first = healer("--config", str(config.path), "ack", "--note", "on it")
+    assert first.returncode == 0 and first.stdout.startswith(f"incident #{incident} acknowledged"), first.stderr
+    second = healer("--config", str(config.path), "ack")
+    assert second.returncode == 1 and "already acknowledged by" in second.stdout
+    with Store(config.db_path) as store:
+        assert [(r.who, r.reason) for r in store.actions(kind="ack")] == [("person", "on it")]
+
+
+@pytest.mark.parametrize("text", ["/status", "/history", "/ack", "/pause 10m x", "/resume", "/repair redis-flush",
+                                  "/rollback bad release"])  # fmt: skip
+async def test_every_verb_is_refused_to_a_user_in_no_list(tmp_path: Path, text: str) -> None:
+    """Deny by default: whatever the verb, an unlisted user gets "not allowed", a chat.denied
+    row, and nothing else changes; a user allowed to read may not operate."""
+    config, _ = _failing(tmp_path)
+    dispatcher = Dispatcher(config)
+    for user in ("telegram:9", "slack:U9"):
+        reply = await dispatcher.command(user, text)
+        assert (reply.text, reply.buttons) == ("not allowed", ())
+    with Store(config.db_path) as store:
+        rows = store.actions()
+        assert store.active_pause(SystemClock().now()) is None
+    assert [(r.kind, r.who) for r in rows] == [("chat.denied", "telegram:9"), ("chat.denied", "slack:U9")]
+
+
+async def test_a_destructive_command_waits_for_the_confirming_press(tmp_path: Path) -> None:
+    """/rollback from an allowed user only asks; the confirmation names no incident and, once
+    its words are lost (a restart), does nothing but say so."""
+    config, _ = _failing(tmp_path)
+    config = config.model_copy(update={"chatops": ChatopsConfig(act=("telegram:2",))})
+    reply = await Dispatcher(config).command("telegram:2", "/rollback bad release")
+    assert reply.text.startswith("roll back?") and [b.label for b in reply.buttons] == ["Yes, roll back now", "Cancel"]
+    assert reply.issued is not None
+    data = button_data(reply.buttons[0], None, reply.issued, b"k")
+    step = await Dispatcher(config).press("telegram:2", data, b"k")  # a new process: the words are gone
+    assert step.answer == "nothing to confirm: send /rollback REASON [REF] again" and step.run is None
+    with Store(config.db_path) as store:
+        assert store.actions(kind="rollback") == []

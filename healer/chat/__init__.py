@@ -75,7 +75,7 @@ class Step:
 class Dispatcher:
     """Commands and presses from every chat, checked against [chatops] and run as operations.
 
-    `key` signs the buttons (chatops.button_data); each platform passes its own.
+    A press is checked with the platform's button key (chatops.button_key of its bot token).
     """
 
     config: Config
@@ -105,6 +105,12 @@ class Dispatcher:
         """A destructive command waits for a confirming press (chatops.CONFIRM_LIFETIME)."""
         if not cmd.args:
             return Reply(f"usage: /{USAGE[cmd.verb]}")
+        if cmd.verb is Verb.REPAIR:
+            from healer.repair import known_playbooks
+
+            kinds = known_playbooks(self.config)
+            if cmd.args[0] not in kinds:
+                return Reply(f"unknown repair kind {cmd.args[0]!r}; expected one of: {', '.join(kinds)}")
         now = self.clock.now()
         self._pending[(user, cmd.verb)] = (cmd.args, now)
         what = f"run {cmd.args[0]}" if cmd.verb is Verb.REPAIR else "roll back"
@@ -118,7 +124,7 @@ class Dispatcher:
         if cmd.verb is Verb.HISTORY:
             return await asyncio.to_thread(history_text, self.config)
         if cmd.verb is Verb.ACK:
-            return await asyncio.to_thread(operations.ack, self.config, actor, " ".join(args))
+            return (await asyncio.to_thread(operations.ack, self.config, actor, " ".join(args))).reply
         if cmd.verb is Verb.PAUSE:
             span = _duration(args[0]) if args else None
             if span is None or len(args) < 2:
@@ -131,9 +137,7 @@ class Dispatcher:
         if cmd.verb is Verb.REPAIR:
             result = await operations.repair(self.config, actor, args[0], "run from chat")
             return f"{args[0]}: {'fixed' if result.ok else 'NOT fixed'}: {result.detail}"
-        reason, to = (
-            (" ".join(args[:-1]), args[-1]) if len(args) > 1 and _looks_like_ref(args[-1]) else (" ".join(args), None)
-        )
+        reason, to = await asyncio.to_thread(_rollback_args, self.config, args)
         return await self._rollback(actor, reason, to)
 
     async def _rollback(self, actor: Actor, reason: str, to: str | None) -> str:
@@ -212,12 +216,12 @@ class Dispatcher:
             return resume
         pending = self._pending.pop((user, press.verb), None)
         args = pending[0] if pending is not None and now - pending[1] <= CONFIRM_LIFETIME else None
+        if args is None and (press.verb is Verb.REPAIR or press.incident_id is None):
+            # a command's confirmation: its words were lost (a restart) or asked for by another user
+            return f"nothing to confirm: send /{USAGE[press.verb]} again"
+        cmd = Command(press.verb, args or (f"Roll back now pressed on {on}",))
         if press.verb is Verb.REPAIR:
-            if args is None:
-                return "nothing to confirm: send /repair KIND again"
-            cmd = Command(Verb.REPAIR, args)
             return lambda: self._run(user, cmd)
-        cmd = Command(Verb.ROLLBACK, args or (f"Roll back now pressed on {on}",))
 
         async def rollback() -> str:
             return f"{await self._run(user, cmd)} (by {user})"
@@ -238,14 +242,25 @@ def _duration(text: str) -> timedelta | None:
     return span if span > timedelta(0) else None
 
 
-def _looks_like_ref(word: str) -> bool:
-    """`/rollback bad deploy stable-3`: the last word is a ref when it looks like a tag or a sha."""
-    return "-" in word or (len(word) >= 7 and all(c in "0123456789abcdef" for c in word))
+def _rollback_args(config: Config, args: tuple[str, ...]) -> tuple[str, str | None]:
+    """`/rollback bad deploy stable-3`: the reason, and the last word as the target when the
+    app's repo knows it as a ref (blocking: asks git)."""
+    from healer import gitrepo
+    from healer.errors import GitError
+
+    if len(args) > 1 and config.app.repo is not None:
+        try:
+            gitrepo.resolve(config.app.repo, args[-1])
+        except GitError:
+            pass
+        else:
+            return " ".join(args[:-1]), args[-1]
+    return " ".join(args), None
 
 
 def _ack_line(config: Config, actor: Actor, incident: int | None) -> str:
-    reply = operations.ack(config, actor, "", incident)
-    return f"Acknowledged by {actor.name}" if " acknowledged:" in reply else reply
+    result = operations.ack(config, actor, "", incident)
+    return f"Acknowledged by {actor.name}" if result.done else result.reply
 
 
 def _earlier_press(config: Config, data: str) -> str | None:
