@@ -166,6 +166,7 @@ def test_a_second_poller_is_said_once_and_the_loop_goes_on(tmp_path: Path, fake:
     polls = [r for r in fake.requests if r.method == "getUpdates"]
     assert len(polls) == 1, log[-2000:]
     assert log.count('"event": "chatops.stopped"') == 1
+    assert fake.token.split(":", 1)[1] not in log
     assert later > cycles
 
 
@@ -189,6 +190,7 @@ def test_a_garbled_chat_api_never_delays_a_cycle_and_polling_backs_off(tmp_path:
     finally:
         log = run.stop()
     assert log.count('"event": "chatops.poll_failed"') == 1
+    assert fake.token not in log and fake.token.split(":", 1)[1] not in log
     assert log.count('"event": "chatops.poll_recovered"') == 1
 
 
