@@ -399,6 +399,7 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
         if r["type"] == "check":
             cause = f" — likely cause: {r['cause']}" if r.get("cause") and not r.get("ok") else ""
             detail = r.get("what", "") + cause + (f"; then: {r['next']}" if r.get("next") and not r.get("ok") else "")
+            detail = (f"woken: {r['woken']}; " if r.get("woken") else "") + detail
         else:
             detail = " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)

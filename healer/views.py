@@ -106,6 +106,7 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
                     "what": c.summary,
                     "cause": c.cause,
                     "next": c.next_step,
+                    "woken": c.woken,
                     "deploy": c.deploy_id,
                 }
             )
