@@ -18,6 +18,8 @@ Which processes (`discover`):
    pidfd tells the same exit as soon as they do, and asks the manager only when the PIDs
    change (at start, after an exit, after a repair), then every DISCOVER_EVERY.
 
+A look that finds no process of an app that ran at the previous one wakes the loop too (a
+manager that gave up restarting it, a process that started and died between two looks).
 A process that exits while a repair or rollback runs — healer's own, or a person's through
 `healer repair` / `healer rollback`, seen by their lock files — is that action's doing: it
 wakes nothing (healer must not fight itself), and the PIDs are looked up again afterwards.
@@ -230,6 +232,7 @@ class Watcher:
         self._fds: dict[int, int] = {}  # pid -> its pidfd
         self._polled: dict[int, Pid] = {}  # pid -> the process (no pidfd)
         self._timer: asyncio.TimerHandle | None = None  # the look after the latest exit
+        self._seen_running = False  # the last look found the app running (or an exit since)
 
     @property
     def watched(self) -> list[int]:
@@ -290,8 +293,16 @@ class Watcher:
         except Exception as e:  # the watcher must never take the loop down
             log_event(log, "watch.error", level=logging.WARNING, error=f"{type(e).__name__}: {e}")
             return
-        if self._acting():  # the action's new PIDs may not be there yet: look again soon
+        acting = self._acting()
+        if acting:  # the action's new PIDs may not be there yet: look again soon
             self._look_soon()
+        if found:
+            self._seen_running = True
+        elif self._seen_running and not acting and not self.watched:
+            # it ran at the last look and has not come back (a manager that gave up, or a
+            # process that started and died between two looks)
+            self._seen_running = False
+            self._wake("no process of the app is running")
         new = [p for p in found if p.pid not in self._fds and p.pid not in self._polled]
         for p in new:
             self._watch(p)
@@ -334,10 +345,13 @@ class Watcher:
         if self._acting():
             log_event(log, "watch.exit_expected", pid=pid, why="a repair or rollback is running")
         else:
-            log_event(log, "watch.exited", pid=pid)
-            self.pending.append(Wake(self.clock.now(), f"app pid {pid} exited"))
-            self.changed.set()
+            self._wake(f"app pid {pid} exited", pid)
         self._look_soon()
+
+    def _wake(self, why: str, pid: int | None = None) -> None:
+        log_event(log, "watch.woke", why=why, pid=pid)
+        self.pending.append(Wake(self.clock.now(), why))
+        self.changed.set()
 
     def _look_soon(self) -> None:
         """Look up the PIDs again AFTER_EXIT from now."""

@@ -191,6 +191,22 @@ async def test_an_exit_while_a_repair_runs_wakes_nothing_and_the_new_pid_is_watc
             successor.wait(5)
 
 
+async def test_an_app_not_back_after_a_repair_is_one_wake(
+    tmp_path: Path, app: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    """The app stopped during an action and nothing running once it is over: one wake saying so."""
+    token, proc = app
+    acting = [True]
+    watcher = Watcher(process_config(tmp_path, token), SystemClock(), acting=lambda: acting[0])
+    async with watching(watcher):
+        await until(lambda: watcher.watched == [proc.pid], "the app watched")
+        proc.send_signal(signal.SIGKILL)
+        await until(lambda: watcher.watched == [], "the exit seen")
+        acting[0] = False
+        await asyncio.wait_for(watcher.changed.wait(), 15)
+        assert [w.why for w in watcher.take()] == ["no process of the app is running"]
+
+
 async def test_a_repair_or_rollback_lock_held_means_an_action_runs(tmp_path: Path) -> None:
     """A repair's or a rollback's lock held (here, by this process) counts as an action running."""
     state = tmp_path / "state"
