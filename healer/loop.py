@@ -66,7 +66,15 @@ from healer.schedule import next_due, phase_at
 from healer.server import start_server
 from healer.store import CycleUpdate
 from healer.views import release_label
-from healer.watch import EARLY_SPACING, Watcher, actions_running, early_cycle_at, settle_for, woken_why
+from healer.watch import (
+    EARLY_SPACING,
+    Watcher,
+    actions_running,
+    early_cycle_at,
+    first_done,
+    settle_for,
+    woken_why,
+)
 
 log = logging.getLogger("healer")
 T = TypeVar("T")
@@ -759,15 +767,7 @@ class Watchdog:
     async def _wait(self, stop: asyncio.Event, delay: timedelta, wake: asyncio.Event | None = None) -> None:
         """Sleep `delay` on the clock (the event loop's monotonic clock, for the real one), or
         until `stop` (or `wake`) is set."""
-        waits = [asyncio.ensure_future(self.clock.sleep(delay)), asyncio.ensure_future(stop.wait())]
-        if wake is not None:
-            waits.append(asyncio.ensure_future(wake.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+        await first_done(self.clock.sleep(delay), stop.wait(), *(() if wake is None else (wake.wait(),)))
 
     async def _watch_store(self) -> None:
         """Say once when the store stops taking writes, and once when it has taken the backlog.

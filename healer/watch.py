@@ -36,7 +36,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -272,7 +272,7 @@ class Watcher:
                 if self._polled:
                     wait = min(wait, FALLBACK_POLL.total_seconds())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_first(self._refresh, stop), max(wait, 0.0))
+                    await asyncio.wait_for(first_done(self._refresh.wait(), stop.wait()), max(wait, 0.0))
         finally:
             self.close()
 
@@ -360,12 +360,12 @@ class Watcher:
         self._timer = asyncio.get_running_loop().call_later(AFTER_EXIT.total_seconds(), self._refresh.set)
 
 
-async def _first(*events: asyncio.Event) -> None:
-    """Return when any of `events` is set."""
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
+async def first_done(*waits: Awaitable[object]) -> None:
+    """Return when the first of `waits` is done (a sleep, an event set); cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for w in waits:
-            w.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -169,11 +169,12 @@ async def test_an_exit_of_the_app_is_a_wake_naming_its_pid(
         assert not watcher.changed.is_set() and watcher.watched == []
 
 
-async def test_an_exit_while_a_repair_runs_wakes_nothing_and_the_new_pid_is_watched(
+@asynccontextmanager
+async def killed_while_acting(
     tmp_path: Path, app: tuple[str, subprocess.Popen[bytes]]
-) -> None:
-    """An exit while acting() says a repair or rollback runs is its doing: no wake; the process
-    that replaced it is found and watched."""
+) -> AsyncIterator[tuple[Watcher, list[bool]]]:
+    """A watcher whose acting() says True (until the test sets acting[0] False), once it has seen
+    the app, killed, exit."""
     token, proc = app
     acting = [True]
     watcher = Watcher(process_config(tmp_path, token), SystemClock(), acting=lambda: acting[0])
@@ -181,6 +182,16 @@ async def test_an_exit_while_a_repair_runs_wakes_nothing_and_the_new_pid_is_watc
         await until(lambda: watcher.watched == [proc.pid], "the app watched")
         proc.send_signal(signal.SIGKILL)
         await until(lambda: watcher.watched == [], "the exit seen")
+        yield watcher, acting
+
+
+async def test_an_exit_while_a_repair_runs_wakes_nothing_and_the_new_pid_is_watched(
+    tmp_path: Path, app: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    """An exit while acting() says a repair or rollback runs is its doing: no wake; the process
+    that replaced it is found and watched."""
+    token, _ = app
+    async with killed_while_acting(tmp_path, app) as (watcher, acting):
         successor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", token])
         try:
             acting[0] = False
@@ -195,13 +206,7 @@ async def test_an_app_not_back_after_a_repair_is_one_wake(
     tmp_path: Path, app: tuple[str, subprocess.Popen[bytes]]
 ) -> None:
     """The app stopped during an action and nothing running once it is over: one wake saying so."""
-    token, proc = app
-    acting = [True]
-    watcher = Watcher(process_config(tmp_path, token), SystemClock(), acting=lambda: acting[0])
-    async with watching(watcher):
-        await until(lambda: watcher.watched == [proc.pid], "the app watched")
-        proc.send_signal(signal.SIGKILL)
-        await until(lambda: watcher.watched == [], "the exit seen")
+    async with killed_while_acting(tmp_path, app) as (watcher, acting):
         acting[0] = False
         await asyncio.wait_for(watcher.changed.wait(), 15)
         assert [w.why for w in watcher.take()] == ["no process of the app is running"]
