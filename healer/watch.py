@@ -257,24 +257,29 @@ class Watcher:
         and watch them."""
         if not self.is_active():
             return
-        loop = asyncio.get_running_loop()
         try:
-            due = loop.time()
-            while not stop.is_set():
-                if self._refresh.is_set() or loop.time() >= due:
-                    self._refresh.clear()
-                    await self._discover()
-                    due = loop.time() + (DISCOVER_EVERY if self.watched else DISCOVER_EMPTY).total_seconds()
-                if self._polled:
-                    for pid in await asyncio.to_thread(self._gone):
-                        self._exited(pid)
-                wait = due - loop.time()
-                if self._polled:
-                    wait = min(wait, FALLBACK_POLL.total_seconds())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(first_done(self._refresh.wait(), stop.wait()), max(wait, 0.0))
+            await self._watch_until(stop)
+        except Exception as e:  # a bug here must not take the loop down: its cycles go on as before
+            log_event(log, "watch.crashed", level=logging.ERROR, error=f"{type(e).__name__}: {e}")
         finally:
             self.close()
+
+    async def _watch_until(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while not stop.is_set():
+            if self._refresh.is_set() or loop.time() >= due:
+                self._refresh.clear()
+                await self._discover()
+                due = loop.time() + (DISCOVER_EVERY if self.watched else DISCOVER_EMPTY).total_seconds()
+            if self._polled:
+                for pid in await asyncio.to_thread(self._gone):
+                    self._exited(pid)
+            wait = due - loop.time()
+            if self._polled:
+                wait = min(wait, FALLBACK_POLL.total_seconds())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first_done(self._refresh.wait(), stop.wait()), max(wait, 0.0))
 
     def close(self) -> None:
         """Stop watching: the pidfds closed, the timer cancelled."""
@@ -318,6 +323,11 @@ class Watcher:
             fd = os.pidfd_open(p.pid)
         except ProcessLookupError:
             self._exited(p.pid)  # gone between the scan and now
+            return
+        except OSError as e:  # ENOSYS: Python has pidfd_open, the kernel (before 5.3) does not
+            log_event(log, "watch.no_pidfd", error=e.strerror, then=f"polling every {FALLBACK_POLL.seconds}s")
+            self.use_pidfd = False
+            self._polled[p.pid] = p
             return
         if not _same(p):  # the PID was reused, or the process ended, since the scan
             os.close(fd)
