@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers import config_from
-from services import Supervisord
+from services import Pm2, Supervisord
 
 from healer import repair
 from healer.clock import FakeClock, SystemClock
@@ -240,3 +241,20 @@ async def test_under_supervisor_the_pid_is_asked_of_supervisorctl(tmp_path: Path
             assert [w.why for w in watcher.take()] == [f"app pid {pid} exited"]
     finally:
         sv.stop()
+
+
+async def test_under_pm2_the_pid_is_asked_of_pm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no `match`, the PID comes from `pm2 pid NAME`; a crash of it wakes the loop."""
+    pm2 = Pm2()
+    try:
+        pid = pm2.start("shop", [sys.executable, "-c", "import time; time.sleep(60)"])
+        for key, value in pm2.env.items():
+            monkeypatch.setenv(key, value)  # healer's `pm2` reaches this daemon, as under `healer run`
+        watcher = Watcher(config_from(tmp_path, BASE + pm2.process_toml("shop")), SystemClock(), acting=lambda: False)
+        async with watching(watcher):
+            await until(lambda: watcher.watched == [pid], "the PM2 app watched", timeout=30)
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.wait_for(watcher.changed.wait(), 15)
+            assert [w.why for w in watcher.take()] == [f"app pid {pid} exited"]
+    finally:
+        pm2.kill()
