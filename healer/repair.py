@@ -16,13 +16,14 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from healer import actions
 from healer.actions.command import StepTimedOut
+from healer.aftermath import RepairResult
 from healer.checks import describe_error, run_checks
 from healer.config import format_duration
 from healer.decide import PlaybookPolicy
@@ -52,25 +53,6 @@ log = logging.getLogger("healer.repair")
 SHIPPED_PACKAGE = "healer.playbooks"
 # How often the target checks are re-run while waiting for them to pass.
 VERIFY_EVERY = timedelta(seconds=1)
-
-
-@dataclass(frozen=True, slots=True)
-class RepairResult:
-    """How a repair ended; `ok` means its target checks pass afterwards.
-
-    `outcome` is what the action log holds: ok (fixed), failed (ran, or timed out, and the
-    checks still fail), error (a step could not run). A dry run is `skipped`, `ok` says
-    whether it could run, and `detail` says exactly what it would do.
-    """
-
-    name: str
-    ok: bool
-    detail: str
-    action_id: int | None = None
-    results: tuple[CheckResult, ...] = field(default=())
-    outcome: Outcome = Outcome.OK
-    duration: timedelta = timedelta(0)
-    dry_run: bool = False
 
 
 # ---- finding playbooks -------------------------------------------------------------------------

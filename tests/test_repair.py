@@ -17,13 +17,14 @@ import pytest
 import redis.asyncio
 from services import HttpApp, RedisServer
 
+from healer.aftermath import RepairResult
 from healer.checks import probe_context
 from healer.clock import FakeClock
 from healer.config import Config, parse_config
 from healer.decide import Pause
 from healer.errors import ActionError, LockedError, UsageError
 from healer.model import ActionNote, Deploy, Outcome, Who
-from healer.repair import RepairResult, Resumed, playbook_lock, resume_interrupted, run_repair, why_not_again
+from healer.repair import Resumed, playbook_lock, resume_interrupted, run_repair, why_not_again
 from healer.store import ActionRow, Store
 
 
