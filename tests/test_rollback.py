@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from helpers import healer, make_repo_with_submodule, write_config
 
-from healer import gitrepo, rollback, rollback_plan, stable
+from healer import gitrepo, rollback, rollback_plan
 from healer.aftermath import RollbackResult, follow_up
 from healer.checks import ProbeContext, probe_context
 from healer.clock import FakeClock
@@ -255,21 +255,6 @@ def test_describe_shows_from_to_every_command_and_the_undo(tmp_path: Path) -> No
     assert "mark fffffff bad" not in unmarked and "--force" not in unmarked
     refused = rollback_plan.describe(rollback_plan.plan(state(tags=()), config, who=Who.LOOP, reason="x"))
     assert "Refused: no stable tag to roll back to: no tag matches 'stable-*'" in refused
-
-
-@pytest.mark.parametrize(
-    ("pattern", "expected"),
-    [
-        pytest.param("stable-*", "stable-healer-20260101-180000-abcdef1", id="prefix"),
-        pytest.param("release/*-ok", "release/healer-20260101-180000-abcdef1-ok", id="suffix"),
-        pytest.param("stable", None, id="no-star"),
-        pytest.param("v[0-9]*", None, id="cannot-match"),
-    ],
-)
-def test_stable_tag_name_follows_the_glob(pattern: str, expected: str | None) -> None:
-    """The glob's part before `*`, then healer-<UTC time>-<short sha>."""
-    when = T0 + timedelta(hours=6)
-    assert stable.stable_tag_name(pattern, "abcdef1234" + "0" * 30, when) == expected
 
 
 # ---- candidates --------------------------------------------------------------------------------
