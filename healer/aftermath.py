@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol
 
 from healer.alerts.message import rollback_failure_title
 from healer.config import Config
@@ -90,13 +91,36 @@ class Crashed:
 
 
 @dataclass(frozen=True, slots=True)
-class Resumed:
+class ResumedRollback:
     """A rollback a stop or a kill cut short, finished or recorded by the next start."""
 
     result: RollbackResult
 
 
-ActionOutcome = RepairResult | RollbackResult | NotRun | Crashed | Resumed
+class JournalRow(Protocol):
+    """The journal row of an interrupted action, as what follows it reads the row (store.ActionRow)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def who(self) -> str: ...
+    @property
+    def incident_id(self) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ResumedRepair:
+    """A repair a stop or a kill cut short, looked at by the next start."""
+
+    interrupted: JournalRow  # its journal row (outcome error, note interrupted)
+    result: RepairResult | None  # the run again; None when it was not run again
+    why: str  # for people: what was done about it, and why
+    healthy: bool = False  # not run again because its target checks pass now: nothing to finish
+
+
+ActionOutcome = RepairResult | RollbackResult | NotRun | Crashed | ResumedRollback | ResumedRepair
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +151,8 @@ def follow_up(
     3. The loop's rollback: a success resolves the incident. One that ended otherwise holds
        the deploy (see _hold_after) or, when [process] can restart the app, leaves it one
        restart first; the alert says which.
-    4. A rollback the next start took up is announced as interrupted, and held by the same rule.
+    4. What the next start took up is announced as interrupted: the loop's repair (run again, or
+       why not; a person's was theirs to see end), any rollback, held by the same rule.
     5. An action that could not run says why; a rollback that could not run holds the deploy.
        One that crashed is told, not lost with the cycle's alerts.
     """
@@ -136,7 +161,9 @@ def follow_up(
             return _after_repair(outcome, deploy=deploy, incident=incident, by=by)
         case RollbackResult():
             return _after_rollback(outcome, config=config, incident=incident, by=by)
-        case Resumed(result=r):
+        case ResumedRepair():
+            return _after_resumed_repair(outcome)
+        case ResumedRollback(result=r):
             hold = _hold_after(r, config)
             title = "Interrupted rollback finished" if r.ok else "Interrupted rollback"
             alert = Alert(
@@ -178,6 +205,21 @@ def _after_repair(r: RepairResult, *, deploy: Deploy | None, incident: int | Non
     alert = Alert(event, Severity.WARNING, title, r.detail, bypass_dedup=True)
     release = r.ok and deploy is not None and deploy.held is not None
     return Followup((alert,), release=release, deploy_id=deploy.id if release and deploy else None)
+
+
+def _after_resumed_repair(r: ResumedRepair) -> Followup:
+    row = r.interrupted
+    if row.who != Who.LOOP:
+        return Followup()  # a person's repair, cut short in their own command: they saw it end
+    title = f"{row.name}, interrupted when healer stopped"
+    if r.result is not None:
+        event = "repair.succeeded" if r.result.ok else "repair.failed"
+        alert = Alert(event, Severity.WARNING, f"{title}, run again", r.why, row.incident_id)
+    elif r.healthy:
+        alert = Alert("repair.succeeded", Severity.INFO, title, r.why, row.incident_id)
+    else:
+        alert = Alert("repair.failed", Severity.WARNING, title, r.why, row.incident_id)
+    return Followup((alert,), next_step="watching")
 
 
 def _after_rollback(r: RollbackResult, *, config: Config, incident: int | None, by: str | None) -> Followup:

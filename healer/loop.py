@@ -28,7 +28,15 @@ from typing import IO, Any, TypeVar
 
 from healer import gitrepo, repair, rollback
 from healer import report as reports
-from healer.aftermath import ActionOutcome, Crashed, Followup, NotRun, Resumed, follow_up, rollback_started
+from healer.aftermath import (
+    ActionOutcome,
+    Crashed,
+    Followup,
+    NotRun,
+    ResumedRollback,
+    follow_up,
+    rollback_started,
+)
 from healer.alerts.message import (
     META_CLOCK_STEP,
     META_STORE_FAILED,
@@ -592,7 +600,7 @@ class Watchdog:
             self.acting = None
         for r in resumed:
             event("rollback.resumed", ok=r.ok, detail=r.detail)
-            after = await self._carry_out(Resumed(r), None, None)
+            after = await self._carry_out(ResumedRollback(r), None, None)
             await self._alert(list(after.alerts), None, None, after.next_step or "watching")
         if not stop.is_set():
             await self._resume_repairs()
@@ -764,18 +772,12 @@ class Watchdog:
         for r in again:
             row = r.interrupted
             event("repair.resumed", kind=row.name, interrupted=row.id, what=r.why)
-            if row.who != Who.LOOP:
-                continue  # a person's repair, cut short in their own command: they saw it end
-            title = f"{row.name}, interrupted when healer stopped"
-            if r.result is not None:
+            if r.result is not None:  # run again: only ever the loop's (repair.why_not_again)
                 self._last_repair_at = self.clock.now()
-                kind = "repair.succeeded" if r.result.ok else "repair.failed"
-                alert = Alert(kind, Severity.WARNING, f"{title}, run again", r.why, row.incident_id)
-            elif r.healthy:
-                alert = Alert("repair.succeeded", Severity.INFO, title, r.why, row.incident_id)
-            else:
-                alert = Alert("repair.failed", Severity.WARNING, title, r.why, row.incident_id)
-            await self._alert([alert], await self._db(self.store.current_deploy), None, "watching")
+            after = follow_up(r, config=self.config)
+            if after.alerts:
+                deploy = await self._db(self.store.current_deploy)
+                await self._alert(list(after.alerts), deploy, None, after.next_step or "watching")
 
 
 def _with_incident(a: Alert, incident: int | None) -> Alert:

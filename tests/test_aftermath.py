@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from healer.aftermath import (
     Ending,
     NotRun,
     RepairResult,
-    Resumed,
+    ResumedRepair,
+    ResumedRollback,
     RollbackResult,
     follow_up,
     rollback_started,
@@ -180,10 +182,49 @@ def test_an_interrupted_rollback_is_told_and_held_by_the_same_rule(
     result: RollbackResult, expected: tuple[str, Severity, str], next_step: str, hold: int | None
 ) -> None:
     """What the next start finished or recorded is announced; the loop's that still fails is held."""
-    then = follow_up(Resumed(result), config=config())
+    then = follow_up(ResumedRollback(result), config=config())
     assert said(then.alerts) == [(*expected, result.detail, None, False)]
     assert then.next_step == next_step
     assert (None if then.hold is None else then.deploy_id) == hold
+
+
+@dataclass(frozen=True)
+class Row:
+    """An interrupted repair's journal row, as follow_up reads it."""
+
+    id: int
+    name: str
+    who: str
+    incident_id: int | None
+
+
+LOOPS, PERSONS = Row(9, "redis-flush", "loop", 4), Row(9, "redis-flush", "person", 4)
+TAKEN_UP = "redis-flush, interrupted when healer stopped"
+
+
+@pytest.mark.parametrize(
+    ("resumed", "expected"),
+    [
+        pytest.param(ResumedRepair(LOOPS, RepairResult("redis-flush", True, "flushed"), "run again: fixed"),
+                     [("repair.succeeded", W, f"{TAKEN_UP}, run again", "run again: fixed", 4, False)],
+                     id="run-again-fixed"),
+        pytest.param(ResumedRepair(LOOPS, RepairResult("redis-flush", False, "no"), "run again: not fixed"),
+                     [("repair.failed", W, f"{TAKEN_UP}, run again", "run again: not fixed", 4, False)],
+                     id="run-again-not-fixed"),
+        pytest.param(ResumedRepair(LOOPS, None, "not run again: cache passes now", healthy=True),
+                     [("repair.succeeded", INFO, TAKEN_UP, "not run again: cache passes now", 4, False)],
+                     id="healthy-now"),
+        pytest.param(ResumedRepair(LOOPS, None, "not run again: paused (deploy)"),
+                     [("repair.failed", W, TAKEN_UP, "not run again: paused (deploy)", 4, False)], id="not-run-again"),
+        pytest.param(ResumedRepair(PERSONS, None, "a person's repair: not run again by healer"), [],
+                     id="a-persons-says-nothing"),
+    ],
+)  # fmt: skip
+def test_an_interrupted_repair_is_told_with_what_the_start_did(resumed: ResumedRepair, expected: list[Any]) -> None:
+    """The loop's: run again or why not, within its incident; a person's saw it end in their command."""
+    then = follow_up(resumed, config=config())
+    assert said(then.alerts) == expected
+    assert then.hold is None
 
 
 # ---- actions that did not run --------------------------------------------------------------------
