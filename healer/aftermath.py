@@ -83,6 +83,13 @@ class NotRun:
 
 
 @dataclass(frozen=True, slots=True)
+class Observed:
+    """A repair or rollback observe mode decided, recorded and did not carry out."""
+
+    intent: Repair | Rollback
+
+
+@dataclass(frozen=True, slots=True)
 class Crashed:
     """A repair or rollback of the loop that failed in a way nobody foresaw (a bug)."""
 
@@ -120,7 +127,7 @@ class ResumedRepair:
     healthy: bool = False  # not run again because its target checks pass now: nothing to finish
 
 
-ActionOutcome = RepairResult | RollbackResult | NotRun | Crashed | ResumedRollback | ResumedRepair
+ActionOutcome = RepairResult | RollbackResult | Observed | NotRun | Crashed | ResumedRollback | ResumedRepair
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +160,8 @@ def follow_up(
        restart first; the alert says which.
     4. What the next start took up is announced as interrupted: the loop's repair (run again, or
        why not; a person's was theirs to see end), any rollback, held by the same rule.
-    5. An action that could not run says why; a rollback that could not run holds the deploy.
+    5. Observe mode says what it would have done, within the incident (the pipeline drops repeats).
+    6. An action that could not run says why; a rollback that could not run holds the deploy.
        One that crashed is told, not lost with the cycle's alerts.
     """
     match outcome:
@@ -164,16 +172,16 @@ def follow_up(
         case ResumedRepair():
             return _after_resumed_repair(outcome)
         case ResumedRollback(result=r):
-            hold = _hold_after(r, config)
-            title = "Interrupted rollback finished" if r.ok else "Interrupted rollback"
+            return _after_resumed_rollback(r, config)
+        case Observed(intent=Repair(kind=kind, reason=reason)):
+            nothing = f"observe mode, nothing done ({reason})"
+            return Followup((Alert("repair.started", Severity.WARNING, f"{kind} (would run)", nothing, incident),))
+        case Observed(intent=intent):
+            nothing = f"observe mode, nothing done ({intent.reason})"
             alert = Alert(
-                "rollback.succeeded" if r.ok else "rollback.failed",
-                Severity.WARNING if r.ok else Severity.CRITICAL,
-                title,
-                r.detail,
+                "rollback.started", Severity.CRITICAL, "would roll back to the last stable tag", nothing, incident
             )
-            next_step = "watching" if r.ok else _WAITING
-            return Followup((alert,), hold, deploy_id=r.deploy_id if hold else None, next_step=next_step)
+            return Followup((alert,))
         case NotRun(intent=Repair(kind=kind), error=error):
             return Followup((Alert("repair.failed", Severity.WARNING, f"{kind} could not run", error, incident),))
         case NotRun(error=error):
@@ -220,6 +228,16 @@ def _after_resumed_repair(r: ResumedRepair) -> Followup:
     else:
         alert = Alert("repair.failed", Severity.WARNING, title, r.why, row.incident_id)
     return Followup((alert,), next_step="watching")
+
+
+def _after_resumed_rollback(r: RollbackResult, config: Config) -> Followup:
+    hold = _hold_after(r, config)
+    if r.ok:
+        alert = Alert("rollback.succeeded", Severity.WARNING, "Interrupted rollback finished", r.detail)
+    else:
+        alert = Alert("rollback.failed", Severity.CRITICAL, "Interrupted rollback", r.detail)
+    next_step = "watching" if r.ok else _WAITING
+    return Followup((alert,), hold, deploy_id=r.deploy_id if hold else None, next_step=next_step)
 
 
 def _after_rollback(r: RollbackResult, *, config: Config, incident: int | None, by: str | None) -> Followup:

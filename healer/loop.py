@@ -33,6 +33,7 @@ from healer.aftermath import (
     Crashed,
     Followup,
     NotRun,
+    Observed,
     ResumedRollback,
     follow_up,
     rollback_started,
@@ -440,8 +441,7 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append(f"would repair {intent.kind}")
             event("repair.would_run", kind=intent.kind, reason=intent.reason)
-            return [Alert("repair.started", Severity.WARNING, f"{intent.kind} (would run)",
-                          f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
+            return await self._follow_up(Observed(intent), deploy, incident)
         if self._stopping(report, f"repair {intent.kind}"):
             return []
         event("repair.started", kind=intent.kind, reason=intent.reason)
@@ -478,8 +478,7 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append("would roll back")
             event("rollback.would_run", reason=intent.reason)
-            return [Alert("rollback.started", Severity.CRITICAL, "would roll back to the last stable tag",
-                          f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
+            return await self._follow_up(Observed(intent), deploy, incident)
         if self._stopping(report, "rollback"):
             return []
 

@@ -14,6 +14,7 @@ from healer.aftermath import (
     Crashed,
     Ending,
     NotRun,
+    Observed,
     RepairResult,
     ResumedRepair,
     ResumedRollback,
@@ -227,7 +228,7 @@ def test_an_interrupted_repair_is_told_with_what_the_start_did(resumed: ResumedR
     assert then.hold is None
 
 
-# ---- actions that did not run --------------------------------------------------------------------
+# ---- actions not carried out --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -238,16 +239,22 @@ def test_an_interrupted_repair_is_told_with_what_the_start_did(resumed: ResumedR
         pytest.param(NotRun(Rollback("r"), "no git"),
                      ("rollback.failed", C, "could not run", f"rollback could not run: no git; {WAITING}"),
                      f"rollback could not run: no git; {WAITING}", id="rollback-not-run-holds"),
+        pytest.param(Observed(Repair("redis-flush", "cache: memory")),
+                     ("repair.started", W, "redis-flush (would run)", "observe mode, nothing done (cache: memory)"),
+                     None, id="repair-observed"),
+        pytest.param(Observed(Rollback("5 failing cycles")),
+                     ("rollback.started", C, "would roll back to the last stable tag",
+                      "observe mode, nothing done (5 failing cycles)"), None, id="rollback-observed"),
         pytest.param(Crashed(Repair("redis-flush", "r"), "KeyError: 'x'"),
                      ("repair.failed", C, "redis-flush crashed", "KeyError: 'x'"), None, id="repair-crashed"),
         pytest.param(Crashed(Rollback("r"), "KeyError: 'x'"),
                      ("rollback.failed", C, "rollback crashed", "KeyError: 'x'"), None, id="rollback-crashed"),
     ],
 )  # fmt: skip
-def test_an_action_that_did_not_run_says_why(
+def test_an_action_not_carried_out_says_why(
     outcome: ActionOutcome, expected: tuple[str, Severity, str, str], hold: str | None
 ) -> None:
-    """Told within the incident; a rollback that could not run holds the deploy judged."""
+    """Observed, not run or crashed: told within the incident; a rollback that could not run holds the deploy."""
     then = follow_up(outcome, config=config(), deploy=deploy(), incident=4)
     assert said(then.alerts) == [(*expected, 4, False)]
     assert (None if then.hold is None else (then.deploy_id, then.hold.reason)) == (None if hold is None else (7, hold))
