@@ -10,7 +10,7 @@ import pytest
 
 CORE = [
     "schedule", "judge", "decide", "ladder", "stable", "model", "errors", "clock", "playbook", "alerts/message",
-    "stats", "rollback_plan", "aftermath", "alerts/pipeline",
+    "stats", "page", "rollback_plan", "aftermath", "alerts/pipeline",
 ]  # fmt: skip
 ALLOWED = {
     "healer.model", "healer.errors", "healer.config", "healer.clock",
