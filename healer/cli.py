@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from functools import wraps
 from pathlib import Path
@@ -27,7 +27,7 @@ from healer.config import Config, config_path, format_duration, format_elapsed, 
 from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
-from healer.model import CheckResult, Outcome, Severity, Verdict, Who
+from healer.model import Alert, CheckResult, Outcome, Severity, Verdict, Who
 from healer.views import history_rows, reference_data, status_data
 
 if TYPE_CHECKING:
@@ -459,6 +459,7 @@ def repair(ctx: click.Context, kind: str, dry_run: bool, yes: bool, reason: str)
 
 async def _repair(config: Config, kind: str, reason: str) -> int:
     from healer import repair as rp
+    from healer.aftermath import follow_up
     from healer.checks import probe_context
     from healer.store import Store
 
@@ -470,12 +471,11 @@ async def _repair(config: Config, kind: str, reason: str) -> int:
                 reason=f"{reason} (by {_person()})", deploy_id=None if d is None else d.id,
                 incident_id=None if d is None else d.open_incident,
             )  # fmt: skip
-        if d is not None and d.held and result.ok:
-            # a person fixed it: healer is armed again for this deploy
-            store.set_held(d.id, None)
+        then = follow_up(result, config=config, deploy=d, by=_person())
+        if then.release and then.deploy_id is not None:
+            store.set_held(then.deploy_id, None)
     click.echo(f"{kind}: {'fixed' if result.ok else 'NOT fixed'}: {result.detail}")
-    event = "repair.succeeded" if result.ok else "repair.failed"
-    _announce(config, event, f"{'Repaired' if result.ok else 'Repair failed'}: {kind} (by {_person()})", result.detail)
+    _send(config, then.alerts)
     return 0 if result.ok else 1
 
 
@@ -539,7 +539,9 @@ async def _rollback(
     config: Config, store: Any, reason: str, to: str | None, *, dry_run: bool, yes: bool, force: bool, mark_bad: bool
 ) -> int:
     from healer import rollback as rb
+    from healer.aftermath import follow_up, rollback_started
     from healer.checks import probe_context
+    from healer.rollback_plan import Plan
 
     clock = SystemClock()
     async with probe_context(config) as pctx:
@@ -556,29 +558,14 @@ async def _rollback(
                 return 0 if plan.ok else 1
             await asyncio.to_thread(_confirm, f"roll back {plan.from_commit[:12]} -> {plan.to_ref}", yes)
 
-        async def started(p: rb.Plan) -> None:
+        async def started(p: Plan) -> None:
             # under the rollback lock, the plan accepted: a lost race or a refusal announces nothing
-            title = f"Rolling back to {p.to_ref} ({p.to_commit[:12]}) (by {_person()})"
-            await asyncio.to_thread(_announce, config, "rollback.started", title, reason, Severity.CRITICAL)
+            await asyncio.to_thread(_send, config, (rollback_started(p, by=_person()),))
 
         result = await rb.run_rollback(**kw, on_start=started)
     click.echo(result.detail)
-    if result.ok:
-        _announce(
-            config,
-            "rollback.succeeded",
-            f"Rolled back to {result.to_ref} (by {_person()})",
-            result.detail,
-        )
-        return 0
-    _announce(
-        config,
-        "rollback.failed",
-        f"Rollback to {result.to_ref} failed (by {_person()})",
-        result.detail,
-        Severity.CRITICAL,
-    )
-    return 1
+    _send(config, follow_up(result, config=config, by=_person()).alerts)
+    return 0 if result.ok else 1
 
 
 # ---- alert test ----------------------------------------------------------------------------------
@@ -725,19 +712,19 @@ def _person() -> str:
 
 
 def _announce(config: Config, event: str, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
-    """Queue a chat announcement in the outbox; the running loop's sender delivers it."""
-    from healer.alerts import Alerts, CycleContext
-    from healer.model import Alert
+    """Queue a chat announcement of a person's command in the outbox (see _send)."""
+    _send(config, (Alert(event, severity, title, detail, bypass_dedup=True),))
 
-    alerts = Alerts(config)
+
+def _send(config: Config, alerts: Sequence[Alert]) -> None:
+    """Queue alerts in the outbox; the running loop's sender delivers them."""
+    from healer.alerts import Alerts, CycleContext
+
+    outbox = Alerts(config)
     try:
-        alerts.submit_sync(
-            [Alert(event, severity, title, detail, bypass_dedup=True)],
-            CycleContext(app=config.app.name),
-            SystemClock().now(),
-        )
+        outbox.submit_sync(alerts, CycleContext(app=config.app.name), SystemClock().now())
     finally:
-        alerts.close()
+        outbox.close()
 
 
 # ---- demo ----------------------------------------------------------------------------------------

@@ -174,6 +174,28 @@ class Deploy:
     healthy_at: datetime | None = None  # its first healthy cycle (None: never healthy yet)
 
 
+SHORT_SHA = 7  # characters of a SHA shown to people
+
+
+def short(sha: str) -> str:
+    """The abbreviated SHA people see."""
+    return sha[:SHORT_SHA]
+
+
+@dataclass(frozen=True, slots=True)
+class TagInfo:
+    """A tag and the commit it marks; `date` is the tagger date of an annotated tag, else the
+    commit date (UTC)."""
+
+    name: str
+    commit: str
+    date: datetime
+
+    @property
+    def short(self) -> str:
+        return short(self.commit)
+
+
 # ---- intents: what decide() asks the loop to do -------------------------------------------
 
 
