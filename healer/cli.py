@@ -419,7 +419,8 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
             cause = f" — likely cause: {r['cause']}" if r.get("cause") and not r.get("ok") else ""
             seen = f" ({r['detail']})" if r.get("detail") else ""
             then = f"; then: {r['next']}" if r.get("next") and not r.get("ok") else ""
-            detail = r.get("what", "") + seen + cause + then
+            woken = f"woken: {r['woken']}; " if r.get("woken") else ""
+            detail = woken + r.get("what", "") + seen + cause + then
         else:
             detail = " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)

@@ -76,6 +76,15 @@ from healer.schedule import next_due, phase_at
 from healer.server import start_server
 from healer.store import CycleUpdate
 from healer.views import release_label
+from healer.watch import (
+    EARLY_SPACING,
+    Watcher,
+    actions_running,
+    early_cycle_at,
+    first_done,
+    settle_for,
+    woken_why,
+)
 
 log = logging.getLogger("healer")
 T = TypeVar("T")
@@ -212,6 +221,7 @@ class CycleReport:
     decision: Decision
     alerts: list[Alert] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    woken: str | None = None  # why the cycle ran before it was due (the watcher saw the app exit)
 
 
 class Watchdog:
@@ -253,6 +263,14 @@ class Watchdog:
         # cycles in a row healer could not probe (in memory: a restart of healer only delays
         # the "can't tell" alert by a few cycles)
         self._unprobed_streak = 0
+        # between cycles, the app's processes: an exit runs a cycle early (healer.watch)
+        self.watcher = Watcher(config, self.clock, acting=self._is_acting)
+        self._early_runs: list[datetime] = []  # when early cycles ran, for early_cycle_at's bound
+
+    def _is_acting(self) -> bool:
+        """A repair or rollback runs (this loop's, or a person's through healer): an exit of the
+        app now is its doing, not a crash."""
+        return self.acting is not None or actions_running(self.config.state_dir)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -293,8 +311,8 @@ class Watchdog:
 
     # -- one cycle ---------------------------------------------------------------------------
 
-    async def step(self) -> CycleReport:
-        """Run one cycle now: probe, judge, decide, act, record."""
+    async def step(self, woken: str | None = None) -> CycleReport:
+        """Run one cycle now: probe, judge, decide, act, record (`woken`: why it runs early)."""
         deploy = await self.current_deploy()
         now, mono = self.clock.now(), self.clock.monotonic()
         results = await run_checks(self.ctx)
@@ -320,6 +338,7 @@ class Watchdog:
             cause=self._cause,
             next_step=decision.next_step,
             settled=is_settled,
+            woken=woken,
         )
         previous_phase = await self._db(self.store.phase_index, deploy.id)
         opened = await self._db(self.store.record_cycle, deploy.id, verdict, Who.LOOP, update)
@@ -335,7 +354,7 @@ class Watchdog:
         )
         if update.baseline is not None:
             event("baseline.taken", deploy=deploy.id, commit=deploy.commit[:12])
-        report = CycleReport(deploy=deploy, verdict=verdict, decision=decision)
+        report = CycleReport(deploy=deploy, verdict=verdict, decision=decision, woken=woken)
         alerts: list[Alert] = []
         if previous_phase is not None and previous_phase != phase.index:
             alerts.append(Alert("phase.changed", Severity.INFO, phase.label, f"now in {phase.label}"))
@@ -591,8 +610,20 @@ class Watchdog:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Cycle until `stop` is set. Each wait is cut short by `stop` or a new HEAD. First, take
-        up what a stop or a kill cut short: a rollback, then the repairs."""
+        """Cycle until `stop` is set, the watcher beside (healer.watch): an exit of the app
+        between cycles runs one early."""
+        watching = asyncio.create_task(self.watcher.run(stop))
+        try:
+            await self._cycles(stop)
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+
+    async def _cycles(self, stop: asyncio.Event) -> None:
+        """Cycle until `stop` is set. Each wait is cut short by `stop`, a new HEAD or a wake
+        from the watcher. First, take up what a stop or a kill cut short: a rollback, then the
+        repairs."""
         self._stop = stop
         self.acting = "the interrupted rollback"
         try:
@@ -636,8 +667,12 @@ class Watchdog:
                     seen = (mono, due)
                 self.liveness.beat()
                 await self._announce_expired_pauses(deploy, now)
-                if left > timedelta(0):
-                    await self._wait(stop, min(left, HEAD_POLL))
+                early = early_cycle_at(self.watcher.pending, self._early_runs, now, settle=settle_for(self.config))
+                if left > timedelta(0) and (early is None or early > now):
+                    # only a new wake can bring an early cycle nearer: pending ones set `early`
+                    wake = None if self.watcher.pending else self.watcher.changed
+                    delay = min(left, HEAD_POLL) if early is None else min(left, HEAD_POLL, early - now)
+                    await self._wait(stop, delay, wake)
                     continue
                 late = -left
                 if started and late > max(2 * (due - (deploy.last_cycle_at or due)), timedelta(seconds=30)):
@@ -649,7 +684,10 @@ class Watchdog:
                         deploy, None, "catching up",
                     )  # fmt: skip
                 started = True
-                cycle = await self.step()
+                woken = self._woken(now, early=left > timedelta(0))
+                cycle = await self.step(woken)
+                if cycle.actions:
+                    self.watcher.refresh()  # a restart or rollback left new PIDs to watch
                 self.liveness.beat()
                 if self.heartbeat is not None:
                     self.heartbeat.ping_soon(cycle.verdict.ok)
@@ -713,17 +751,22 @@ class Watchdog:
         await self._alert([Alert(META_CLOCK_STEP, Severity.WARNING, title, msg, bypass_dedup=True)], deploy, None,
                           "watching")  # fmt: skip
 
-    async def _wait(self, stop: asyncio.Event, delay: timedelta) -> None:
+    def _woken(self, now: datetime, *, early: bool) -> str | None:
+        """Hand the watcher's wakes to the cycle about to run; for one run before it was due,
+        say why and count it toward early_cycle_at's bound."""
+        wakes = self.watcher.take()
+        if not early or not wakes:
+            return None
+        # the bound counts at most as many runs as EARLY_SPACING has steps: keep no more
+        self._early_runs = [*self._early_runs[-len(EARLY_SPACING.backoff) :], now]
+        why = woken_why(wakes)
+        event("cycle.woken", why=why)
+        return why
+
+    async def _wait(self, stop: asyncio.Event, delay: timedelta, wake: asyncio.Event | None = None) -> None:
         """Sleep `delay` on the clock (the event loop's monotonic clock, for the real one), or
-        until `stop` is set."""
-        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, stopper):
-                task.cancel()
-            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+        until `stop` (or `wake`) is set."""
+        await first_done(self.clock.sleep(delay), stop.wait(), *(() if wake is None else (wake.wait(),)))
 
     async def _watch_store(self) -> None:
         """Say once when the store stops taking writes, and once when it has taken the backlog.

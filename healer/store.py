@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS cycles (
     summary TEXT NOT NULL,
     results TEXT NOT NULL,               -- JSON list of CheckResult
     cause TEXT,                          -- a failing loop cycle's likely cause: deploy, dependency redis, ...
-    next_step TEXT                       -- what healer did or will do next, skipped remedies included
+    next_step TEXT,                      -- what healer did or will do next, skipped remedies included
+    woken TEXT                           -- why a cycle ran before it was due: "app pid 1234 exited"
 );
 -- (at, ok) covers counting a period's cycles and passes without reading the rows (report)
 CREATE INDEX IF NOT EXISTS cycles_at_ok ON cycles(at, ok);
@@ -101,7 +102,7 @@ CREATE TABLE IF NOT EXISTS pauses (
 
 
 # Columns added after the first release: (table, column), all TEXT and NULL by default.
-_ADDED_COLUMNS = (("deploys", "healthy_at"), ("cycles", "cause"), ("cycles", "next_step"))
+_ADDED_COLUMNS = (("deploys", "healthy_at"), ("cycles", "cause"), ("cycles", "next_step"), ("cycles", "woken"))
 
 # Per UTC hour and check: how many results, how many passed. record_cycle keeps it up to date in
 # the cycle's transaction, so a report over 30 days sums 720 rows per check instead of parsing the
@@ -198,12 +199,13 @@ class CycleRow:
     results: tuple[CheckResult, ...]
     cause: str | None = None  # a failing loop cycle's likely cause
     next_step: str | None = None
+    woken: str | None = None  # why it ran before it was due (healer.watch)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "deploy_id": self.deploy_id, "at": _ts(self.at), "ok": self.ok,
             "who": self.who, "summary": self.summary, "cause": self.cause, "next_step": self.next_step,
-            "results": [r.to_json() for r in self.results],
+            "woken": self.woken, "results": [r.to_json() for r in self.results],
         }  # fmt: skip
 
 
@@ -221,6 +223,7 @@ class CycleUpdate:
     cause: str | None = None  # a failing cycle's likely cause (Attribution.label)
     next_step: str | None = None  # what healer does next, skipped remedies included
     settled: bool = True  # a healthy cycle counts as the release's own (ladder.settled)
+    woken: str | None = None  # why the cycle ran before it was due (healer.watch)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -430,10 +433,11 @@ class Store:
         with self._tx() as db:
             cause = None if update is None else update.cause
             step = None if update is None else update.next_step
+            woken = None if update is None else update.woken
             cur = db.execute(
-                "INSERT INTO cycles(deploy_id, at, ok, who, summary, results, cause, next_step) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (deploy_id, at, int(verdict.ok), str(who), verdict.summary(), results, cause, step),
+                "INSERT INTO cycles(deploy_id, at, ok, who, summary, results, cause, next_step, woken) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (deploy_id, at, int(verdict.ok), str(who), verdict.summary(), results, cause, step, woken),
             )
             base = int(cur.lastrowid or 0) * _POSITIONS
             db.executemany(
@@ -813,7 +817,7 @@ def _cycle(r: sqlite3.Row) -> CycleRow:
     results = tuple(CheckResult.from_json(x) for x in json.loads(r["results"]))
     return CycleRow(
         r["id"], r["deploy_id"], datetime.fromisoformat(r["at"]), bool(r["ok"]), r["who"], r["summary"], results,
-        r["cause"], r["next_step"],
+        r["cause"], r["next_step"], r["woken"],
     )  # fmt: skip
 
 
