@@ -176,6 +176,9 @@ class HttpCheck(_Check):
     # vs the release before (its pooled samples): a rank test (p < 0.02) must agree as well,
     # so the factor only says what is worth a rollback, not what is beyond noise
     max_latency_factor_vs_previous: Factor = 1.5
+    # ... and at least this much slower than the release before: lower than min_latency_increase,
+    # as the pooled reference (20 cycles' samples) and the rank test already stand against noise
+    min_latency_increase_vs_previous: Duration = timedelta(milliseconds=20)
     max_latency: PositiveDuration = timedelta(seconds=10)  # absolute ceiling (seed 002: 10 s)
 
     def expected_statuses(self) -> tuple[int, ...]:
@@ -307,6 +310,10 @@ class EmergencyConfig(_Model):
     all_endpoints_down: bool = True
     max_avg_latency: PositiveDuration | None = timedelta(seconds=10)
     memory_critical_percent: Percent | None = 95.0
+    # an http check this many times slower than the release before (its rank test failed, and
+    # every request of the cycle was slower than the reference's slowest): strong evidence of a
+    # bad release, rolled back after confirm_cycles instead of rollback_after (0: off)
+    regression_factor: Annotated[float, Field(ge=0)] = 3.0
     confirm_cycles: Annotated[int, Field(ge=2)] = 2
 
 

@@ -356,6 +356,15 @@ def emergency_reasons(v: Verdict, config: Config) -> list[str]:
         limit = em.max_avg_latency / timedelta(milliseconds=1)
         if lat and sum(lat) / len(lat) > limit:
             out.append(f"average latency {sum(lat) / len(lat):.0f}ms over {limit:.0f}ms")
+    if em.regression_factor:
+        # strong evidence of a slow release: the judge's rank test said slower, the median is
+        # regression_factor × the release before's, and every request was slower than its slowest
+        for r in http:
+            ratio = r.values.get("vs_previous_ratio")
+            if ratio is not None and ratio >= em.regression_factor and r.values.get("vs_previous_all_slower"):
+                out.append(
+                    f"{r.name} {ratio:.1f}× slower than the release before, every request slower than its slowest"
+                )
     if em.memory_critical_percent is not None:
         for r in v.results:
             mem = r.values.get("memory_percent")
