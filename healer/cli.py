@@ -27,7 +27,7 @@ from healer.config import Config, config_path, format_duration, format_elapsed, 
 from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
-from healer.model import CheckResult, Outcome, Severity, Verdict, Who
+from healer.model import CheckResult, Event, Outcome, Severity, Verdict, Who
 from healer.views import history_rows, status_data
 
 if TYPE_CHECKING:
@@ -452,7 +452,7 @@ async def _repair(config: Config, kind: str, reason: str) -> int:
             # a person fixed it: healer is armed again for this deploy
             store.set_held(d.id, None)
     click.echo(f"{kind}: {'fixed' if result.ok else 'NOT fixed'}: {result.detail}")
-    event = "repair.succeeded" if result.ok else "repair.failed"
+    event = Event.REPAIR_SUCCEEDED if result.ok else Event.REPAIR_FAILED
     _announce(config, event, f"{'Repaired' if result.ok else 'Repair failed'}: {kind} (by {_person()})", result.detail)
     return 0 if result.ok else 1
 
@@ -537,21 +537,21 @@ async def _rollback(
         async def started(p: rb.Plan) -> None:
             # under the rollback lock, the plan accepted: a lost race or a refusal announces nothing
             title = f"Rolling back to {p.to_ref} ({p.to_commit[:12]}) (by {_person()})"
-            await asyncio.to_thread(_announce, config, "rollback.started", title, reason, Severity.CRITICAL)
+            await asyncio.to_thread(_announce, config, Event.ROLLBACK_STARTED, title, reason, Severity.CRITICAL)
 
         result = await rb.run_rollback(**kw, on_start=started)
     click.echo(result.detail)
     if result.ok:
         _announce(
             config,
-            "rollback.succeeded",
+            Event.ROLLBACK_SUCCEEDED,
             f"Rolled back to {result.to_ref} (by {_person()})",
             result.detail,
         )
         return 0
     _announce(
         config,
-        "rollback.failed",
+        Event.ROLLBACK_FAILED,
         f"Rollback to {result.to_ref} failed (by {_person()})",
         result.detail,
         Severity.CRITICAL,
@@ -611,7 +611,7 @@ def pause(ctx: click.Context, reason: str, for_: str) -> None:
         )  # fmt: skip
     _announce(
         config,
-        "pause.started",
+        Event.PAUSE_STARTED,
         f"Paused for {format_duration(span)}",
         f"{reason} (by {_person()}); checks go on, no repair or rollback until {_when(until)}",
     )
@@ -640,7 +640,11 @@ def resume(ctx: click.Context) -> None:
             )  # fmt: skip
     if ended:
         _announce(
-            config, "pause.ended", "Resumed", f"by {_person()}: repairs and rollbacks are armed again", Severity.INFO
+            config,
+            Event.PAUSE_ENDED,
+            "Resumed",
+            f"by {_person()}: repairs and rollbacks are armed again",
+            Severity.INFO,
         )
     click.echo("resumed: repairs and rollbacks are armed again" if ended else "not paused")
 
@@ -702,7 +706,7 @@ def _person() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "a person"
 
 
-def _announce(config: Config, event: str, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
+def _announce(config: Config, event: Event, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
     """Queue a chat announcement in the outbox; the running loop's sender delivers it."""
     from healer.alerts import Alerts, CycleContext
     from healer.model import Alert

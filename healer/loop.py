@@ -29,9 +29,6 @@ from typing import IO, Any, TypeVar
 from healer import gitrepo, repair, rollback
 from healer import report as reports
 from healer.alerts.message import (
-    META_CLOCK_STEP,
-    META_STORE_FAILED,
-    META_STORE_RECOVERED,
     format_age,
     rollback_failure_title,
     watching_after_repair,
@@ -50,6 +47,7 @@ from healer.logging import log_event
 from healer.model import (
     Alert,
     Deploy,
+    Event,
     Hold,
     OpenIncident,
     Outcome,
@@ -256,7 +254,7 @@ class Watchdog:
             alerts = []
             if bad is not None:
                 msg = f"commit {commit[:12]} was rolled back from before ({bad}); it is deployed again"
-                alerts.append(Alert("deploy.bad", Severity.CRITICAL, commit[:12], msg))
+                alerts.append(Alert(Event.DEPLOY_BAD, Severity.CRITICAL, commit[:12], msg))
             await self._alert(alerts, deploy, None, "watching the new deploy")
         return deploy
 
@@ -321,7 +319,7 @@ class Watchdog:
         report = CycleReport(deploy=deploy, verdict=verdict, decision=decision)
         alerts: list[Alert] = []
         if previous_phase is not None and previous_phase != phase.index:
-            alerts.append(Alert("phase.changed", Severity.INFO, phase.label, f"now in {phase.label}"))
+            alerts.append(Alert(Event.PHASE_CHANGED, Severity.INFO, phase.label, f"now in {phase.label}"))
         acting = [i for i in decision.intents if isinstance(i, Repair | Rollback) and not i.observe]
         superseded = False
         if acting:
@@ -349,7 +347,7 @@ class Watchdog:
                 event("healer.held", reason=intent.reason)
         report.alerts = alerts
         next_step = decision.next_step
-        if any(a.event == "repair.succeeded" for a in alerts):
+        if any(a.event == Event.REPAIR_SUCCEEDED for a in alerts):
             next_step = watching_after_repair(self.config.escalation.recover_after)
         if not superseded and any(isinstance(i, Rollback) and not i.observe for i in decision.intents):
             # the rollback started a new deploy window: speak of it, not of the one rolled back from
@@ -369,7 +367,7 @@ class Watchdog:
                 if tag:
                     event("deploy.tagged_stable", tag=tag)
                     await self._alert(
-                        [Alert("deploy.tagged", Severity.INFO, tag, f"{deploy.commit[:12]} tagged {tag}")],
+                        [Alert(Event.DEPLOY_TAGGED, Severity.INFO, tag, f"{deploy.commit[:12]} tagged {tag}")],
                         deploy, verdict, decision.next_step,
                     )  # fmt: skip
         return report
@@ -409,7 +407,7 @@ class Watchdog:
             return await action
         except Exception as e:
             log_event(log, "action.crashed", level=logging.ERROR, action=what, error=f"{type(e).__name__}: {e}")
-            kind = "repair.failed" if isinstance(intent, Repair) else "rollback.failed"
+            kind = Event.REPAIR_FAILED if isinstance(intent, Repair) else Event.ROLLBACK_FAILED
             return [Alert(kind, Severity.CRITICAL, f"{what} crashed", f"{type(e).__name__}: {e}", incident)]
         finally:
             self.acting = None
@@ -432,7 +430,7 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append(f"would repair {intent.kind}")
             event("repair.would_run", kind=intent.kind, reason=intent.reason)
-            return [Alert("repair.started", Severity.WARNING, f"{intent.kind} (would run)",
+            return [Alert(Event.REPAIR_STARTED, Severity.WARNING, f"{intent.kind} (would run)",
                           f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
         if self._stopping(report, f"repair {intent.kind}"):
             return []
@@ -450,15 +448,15 @@ class Watchdog:
             )  # fmt: skip
             event("repair.error", kind=intent.kind, error=str(e))
             report.actions.append(f"repair {intent.kind}: error")
-            return [Alert("repair.failed", Severity.WARNING, f"{intent.kind} could not run", str(e), incident)]
+            return [Alert(Event.REPAIR_FAILED, Severity.WARNING, f"{intent.kind} could not run", str(e), incident)]
         # `repair_grace` counts from the repair's start: its own verification (`verify_within`)
         # has usually used it up, so a failed restart is followed by the next rung at once
         self._last_repair_at = now
         report.actions.append(f"repair {intent.kind}: {'ok' if result.ok else 'failed'}")
         event("repair.finished", kind=intent.kind, ok=result.ok, detail=result.detail)
         if result.ok:
-            return [Alert("repair.succeeded", Severity.WARNING, intent.kind, result.detail, incident)]
-        return [Alert("repair.failed", Severity.WARNING, intent.kind, result.detail, incident)]
+            return [Alert(Event.REPAIR_SUCCEEDED, Severity.WARNING, intent.kind, result.detail, incident)]
+        return [Alert(Event.REPAIR_FAILED, Severity.WARNING, intent.kind, result.detail, incident)]
 
     async def _rollback(
         self, intent: Rollback, deploy: Deploy, incident: int | None, report: CycleReport
@@ -472,7 +470,7 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append("would roll back")
             event("rollback.would_run", reason=intent.reason)
-            return [Alert("rollback.started", Severity.CRITICAL, "would roll back to the last stable tag",
+            return [Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, "would roll back to the last stable tag",
                           f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
         if self._stopping(report, "rollback"):
             return []
@@ -481,7 +479,7 @@ class Watchdog:
             # said under the rollback lock, once the plan is accepted: never for a lost race
             event("rollback.started", reason=intent.reason, to=p.to_ref)
             await self._alert(
-                [Alert("rollback.started", Severity.CRITICAL, f"to {p.to_ref} ({p.to_commit[:12]})",
+                [Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, f"to {p.to_ref} ({p.to_commit[:12]})",
                        intent.reason, incident)],
                 deploy, None, "rolling back",
             )  # fmt: skip
@@ -503,23 +501,23 @@ class Watchdog:
             await self._db(self.store.set_held, deploy.id, msg)
             event("rollback.error", error=str(e))
             report.actions.append("rollback: error")
-            return [Alert("rollback.failed", Severity.CRITICAL, "could not run", msg, incident)]
+            return [Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, "could not run", msg, incident)]
         if result.refused:
             report.actions.append("rollback: refused")
             event("rollback.refused", why=result.refused)
-            return [Alert("rollback.failed", Severity.CRITICAL, "refused",
+            return [Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, "refused",
                           f"{result.refused}; waiting for a person", incident)]  # fmt: skip
         report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
         event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
         if result.ok:
             return [
-                Alert("rollback.succeeded", Severity.WARNING, f"to {result.to_ref}", result.detail, incident),
-                Alert("incident.resolved", Severity.INFO, "closed by the rollback", result.detail, incident),
+                Alert(Event.ROLLBACK_SUCCEEDED, Severity.WARNING, f"to {result.to_ref}", result.detail, incident),
+                Alert(Event.INCIDENT_RESOLVED, Severity.INFO, "closed by the rollback", result.detail, incident),
             ]
         then = "waiting for a person" if result.held else "one restart of it, then healer holds if it still fails"
         restart = result.plan is not None and result.plan.restart
         title = rollback_failure_title(result.to_ref, commands_failed=result.commands_failed, restart=restart)
-        return [Alert("rollback.failed", Severity.CRITICAL, title, f"{result.detail}; {then}", incident)]
+        return [Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, title, f"{result.detail}; {then}", incident)]
 
     async def _alert(
         self, alerts: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
@@ -545,7 +543,7 @@ class Watchdog:
         for pause_id, reason in await self._db(self.store.expired_unannounced_pauses, now):
             event("pause.expired", reason=reason)
             msg = f"the pause ({reason}) expired: repairs and rollbacks are armed again"
-            await self._alert([Alert("pause.ended", Severity.INFO, "pause expired", msg)], deploy, None, "watching")
+            await self._alert([Alert(Event.PAUSE_ENDED, Severity.INFO, "pause expired", msg)], deploy, None, "watching")
             await self._db(self.store.mark_pause_announced, pause_id)
 
     async def _summaries(self, deploy: Deploy, now: datetime) -> None:
@@ -565,7 +563,7 @@ class Watchdog:
             final = label == reports.FINAL
             name = self.config.app.name
             title = f"{name}: launch window over" if final else f"{name}: day {label[4:]} of the launch window"
-            kind = "report.final" if final else "report.daily"
+            kind = Event.REPORT_FINAL if final else Event.REPORT_DAILY
             text = reports.render_text(rep, title)
             await self._alert([Alert(kind, Severity.INFO, title, text, bypass_dedup=True)], deploy, None, "watching")
             await self._db(self.store.set_meta, summary_sent=f"{deploy.id} {now.isoformat()}")
@@ -598,7 +596,7 @@ class Watchdog:
         for r in resumed:
             event("rollback.resumed", ok=r.ok, detail=r.detail)
             title = "Interrupted rollback finished" if r.ok else "Interrupted rollback"
-            what = "rollback.succeeded" if r.ok else "rollback.failed"
+            what = Event.ROLLBACK_SUCCEEDED if r.ok else Event.ROLLBACK_FAILED
             severity = Severity.WARNING if r.ok else Severity.CRITICAL
             await self._alert([Alert(what, severity, title, r.detail)],
                               None, None, "watching" if r.ok else "waiting for a person")  # fmt: skip
@@ -638,7 +636,7 @@ class Watchdog:
                     msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
                     event("meta.loop_behind", late_s=int(late.total_seconds()))
                     await self._alert(
-                        [Alert("meta.loop_behind", Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
+                        [Alert(Event.META_LOOP_BEHIND, Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
                         deploy, None, "catching up",
                     )  # fmt: skip
                 started = True
@@ -703,7 +701,7 @@ class Watchdog:
             "wall-clock times."
         )
         title = f"the wall clock jumped {way} {size}"
-        await self._alert([Alert(META_CLOCK_STEP, Severity.WARNING, title, msg, bypass_dedup=True)], deploy, None,
+        await self._alert([Alert(Event.META_CLOCK_STEP, Severity.WARNING, title, msg, bypass_dedup=True)], deploy, None,
                           "watching")  # fmt: skip
 
     async def _wait(self, stop: asyncio.Event, delay: timedelta) -> None:
@@ -739,7 +737,7 @@ class Watchdog:
                 f"{error}. healer goes on judging and acting from memory and sends alerts straight to the "
                 "channels; what happens is written once the store can be written again (free some space)."
             )
-            alert = Alert(META_STORE_FAILED, Severity.CRITICAL, "the state store cannot be written", msg,
+            alert = Alert(Event.META_STORE_FAILED, Severity.CRITICAL, "the state store cannot be written", msg,
                           bypass_dedup=True)  # fmt: skip
             await self._alert([alert], None, None, "working from memory")
             return
@@ -752,7 +750,9 @@ class Watchdog:
         log_event(log, "store.recovered", level=logging.WARNING, down=down, written=written, forgotten=dropped)
         lost = f"; {dropped} routine cycles were forgotten (too many to keep)" if dropped else ""
         msg = f"After {down}, {written} writes kept in memory were written{lost}."
-        alert = Alert(META_STORE_RECOVERED, Severity.WARNING, "the state store works again", msg, bypass_dedup=True)
+        alert = Alert(
+            Event.META_STORE_RECOVERED, Severity.WARNING, "the state store works again", msg, bypass_dedup=True
+        )
         await self._alert([alert], None, None, "watching")
 
     async def _resume_repairs(self) -> None:
@@ -777,12 +777,12 @@ class Watchdog:
             title = f"{row.name}, interrupted when healer stopped"
             if r.result is not None:
                 self._last_repair_at = self.clock.now()
-                kind = "repair.succeeded" if r.result.ok else "repair.failed"
+                kind = Event.REPAIR_SUCCEEDED if r.result.ok else Event.REPAIR_FAILED
                 alert = Alert(kind, Severity.WARNING, f"{title}, run again", r.why, row.incident_id)
             elif r.healthy:
-                alert = Alert("repair.succeeded", Severity.INFO, title, r.why, row.incident_id)
+                alert = Alert(Event.REPAIR_SUCCEEDED, Severity.INFO, title, r.why, row.incident_id)
             else:
-                alert = Alert("repair.failed", Severity.WARNING, title, r.why, row.incident_id)
+                alert = Alert(Event.REPAIR_FAILED, Severity.WARNING, title, r.why, row.incident_id)
             await self._alert([alert], await self._db(self.store.current_deploy), None, "watching")
 
 
@@ -845,7 +845,8 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             mode = "observe" if dog.observe else "act"
             event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
             await dog._alert(
-                [Alert("healer.started", Severity.INFO, f"{mode} mode", f"started (PID {os.getpid()}, {mode} mode)")],
+                [Alert(Event.HEALER_STARTED, Severity.INFO, f"{mode} mode",
+                       f"started (PID {os.getpid()}, {mode} mode)")],
                 store.current_deploy(), None, "watching",
             )  # fmt: skip
             notify("READY=1")
@@ -880,7 +881,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             if crashed is not None:
                 log_event(log, "loop.died", level=logging.CRITICAL, error=f"{type(crashed).__name__}: {crashed}")
                 await dog._alert(
-                    [Alert("healer.held", Severity.CRITICAL, "healer's loop died",
+                    [Alert(Event.HEALER_HELD, Severity.CRITICAL, "healer's loop died",
                            f"{type(crashed).__name__}: {crashed}", bypass_dedup=True)],
                     None, None, "restart healer",
                 )  # fmt: skip
@@ -888,7 +889,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             event("healer.stopped", app=config.app.name, pid=os.getpid(), signal=by)
             detail = f"PID {os.getpid()}" + (f", on {by}" if by else "")
             await dog._alert(
-                [Alert("healer.stopped", Severity.INFO, "healer stopped", detail)],
+                [Alert(Event.HEALER_STOPPED, Severity.INFO, "healer stopped", detail)],
                 None, None, "not watching",
             )  # fmt: skip
             # Deliver what is pending for a moment: SIGTERM must end healer within two seconds,

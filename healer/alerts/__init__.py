@@ -29,10 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 from healer.alerts.console import LogChannel
 from healer.alerts.message import (
-    EVENTS,
-    META_EVENTS,
     NOT_RECORDED,
-    AlertItem,
     AlertMessage,
     alert_test_message,
     render_text,
@@ -147,7 +144,7 @@ class Alerts:
         self._unrecorded: deque[_Unrecorded] = deque()
         self._forgotten = 0  # unrecorded plans dropped because there were too many
 
-    def _plan(self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime) -> AlertPlan:
+    def _plan(self, intents: Sequence[Alert], context: CycleContext, now: datetime) -> AlertPlan:
         """Plan one cycle's alerts against what was said before, stored or only sent."""
         clean = [_scrubbed(i) for i in intents]
         memory = self.outbox.memory(now, self.repeat_every)
@@ -175,7 +172,7 @@ class Alerts:
                 self._forgotten = 0
         self.outbox.commit_plan(plan, now)
 
-    def submit_sync(self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime) -> AlertPlan:
+    def submit_sync(self, intents: Sequence[Alert], context: CycleContext, now: datetime) -> AlertPlan:
         """Plan one cycle's alerts and store them in one transaction (commands with no event loop).
 
         A running `healer run` picks the rows up at its next poll (a few seconds).
@@ -196,7 +193,7 @@ class Alerts:
                 why=why,
             )
 
-    async def submit(self, intents: Sequence[Alert | AlertItem], context: CycleContext, now: datetime) -> AlertPlan:
+    async def submit(self, intents: Sequence[Alert], context: CycleContext, now: datetime) -> AlertPlan:
         """Plan and store one cycle's alerts off the event loop, then wake the sender.
 
         When the outbox cannot be written, the messages go straight to their channels instead,
@@ -241,19 +238,15 @@ class Alerts:
         self.outbox.close()
 
 
-def _scrubbed(i: Alert | AlertItem) -> AlertItem:
-    item = i if isinstance(i, AlertItem) else AlertItem.from_intent(i)
+def _scrubbed(item: Alert) -> Alert:
     title, detail = redact(item.title), redact(item.detail)
     if (title, detail) == (item.title, item.detail):
         return item
-    return AlertItem(item.event, item.severity, title, detail, item.incident_id, item.bypass_dedup)
+    return replace(item, title=title, detail=detail)
 
 
 __all__ = [
     "CHANNEL_KINDS",
-    "EVENTS",
-    "META_EVENTS",
-    "AlertItem",
     "AlertMessage",
     "AlertPlan",
     "AlertRecord",

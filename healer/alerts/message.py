@@ -12,59 +12,51 @@ what healer will do next). Rendering happens at send time, so a late delivery ca
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from healer.model import Alert, Severity
+from healer.model import Alert, Event, Severity
 
 # ---- events ----------------------------------------------------------------------------------
-
-INCIDENT_OPENED = "incident.opened"
-INCIDENT_REMINDER = "incident.reminder"
-INCIDENT_RESOLVED = "incident.resolved"
-INCIDENT_FLAPPING = "incident.flapping"
-META_CHANNEL_FAILING = "meta.channel_failing"
-META_STORE_FAILED = "meta.store_failed"
-META_STORE_RECOVERED = "meta.store_recovered"
-META_CLOCK_STEP = "meta.clock_step"
-TEST = "test"
 
 # What a message sent while the state store could not be written says about itself: no row
 # in the outbox, no history, no dedup memory beyond this process (it is written later).
 NOT_RECORDED = "[not recorded: the state store cannot be written]"
 
-# event -> the words a reader sees first
-LABELS: Mapping[str, str] = {
-    INCIDENT_OPENED: "Incident opened",
-    INCIDENT_REMINDER: "Still failing",
-    INCIDENT_RESOLVED: "Resolved",
-    INCIDENT_FLAPPING: "Flapping",
-    "repair.started": "Repairing",
-    "repair.succeeded": "Repaired",
-    "repair.failed": "Repair failed",
-    "repair.capped": "Repair cap reached",
-    "rollback.started": "Rolling back",
-    "rollback.succeeded": "Rolled back",
-    "rollback.failed": "Rollback failed",
-    "healer.started": "Watching",
-    "healer.stopped": "Stopped watching",
-    "healer.held": "Waiting for a person",
-    "phase.changed": "Phase changed",
-    "pause.started": "Paused",
-    "pause.ended": "Resumed",
-    "deploy.bad": "Known-bad commit deployed",
-    "meta.loop_behind": "healer is behind",
-    META_STORE_FAILED: "healer cannot write its state",
-    META_STORE_RECOVERED: "healer writes its state again",
-    META_CLOCK_STEP: "The clock jumped",
-    META_CHANNEL_FAILING: "Alert channel failing",
-    TEST: "Test alert",
+# event -> the words a reader sees first (every Event has them: tests/test_alerts_message.py)
+LABELS: Mapping[Event, str] = {
+    Event.INCIDENT_OPENED: "Incident opened",
+    Event.INCIDENT_CAUSE: "Likely cause",
+    Event.INCIDENT_REMINDER: "Still failing",
+    Event.INCIDENT_RESOLVED: "Resolved",
+    Event.INCIDENT_FLAPPING: "Flapping",
+    Event.REPAIR_STARTED: "Repairing",
+    Event.REPAIR_SUCCEEDED: "Repaired",
+    Event.REPAIR_FAILED: "Repair failed",
+    Event.REPAIR_CAPPED: "Repair cap reached",
+    Event.ROLLBACK_STARTED: "Rolling back",
+    Event.ROLLBACK_SUCCEEDED: "Rolled back",
+    Event.ROLLBACK_FAILED: "Rollback failed",
+    Event.HEALER_STARTED: "Watching",
+    Event.HEALER_STOPPED: "Stopped watching",
+    Event.HEALER_HELD: "Waiting for a person",
+    Event.PHASE_CHANGED: "Phase changed",
+    Event.PAUSE_STARTED: "Paused",
+    Event.PAUSE_ENDED: "Resumed",
+    Event.DEPLOY_BAD: "Known-bad commit deployed",
+    Event.DEPLOY_TAGGED: "Tagged stable",
+    Event.REPORT_DAILY: "Daily report",
+    Event.REPORT_FINAL: "Launch window report",
+    Event.META_LOOP_BEHIND: "healer is behind",
+    Event.META_STORE_FAILED: "healer cannot write its state",
+    Event.META_STORE_RECOVERED: "healer writes its state again",
+    Event.META_CLOCK_STEP: "The clock jumped",
+    Event.META_CHANNEL_FAILING: "Alert channel failing",
+    Event.TEST: "Test alert",
 }
-EVENTS = frozenset(LABELS)
-META_EVENTS = frozenset(e for e in EVENTS if e.startswith("meta."))
-_GOOD_EVENTS = frozenset({INCIDENT_RESOLVED, "repair.succeeded", "rollback.succeeded", "pause.ended"})
+_GOOD_EVENTS = frozenset({Event.INCIDENT_RESOLVED, Event.REPAIR_SUCCEEDED, Event.ROLLBACK_SUCCEEDED, Event.PAUSE_ENDED})
 _ICONS = {Severity.CRITICAL: "🔴", Severity.WARNING: "🟠", Severity.INFO: "🔵"}
 _GOOD_ICON = "✅"
 
@@ -80,50 +72,12 @@ TRUNCATED = "… [truncated]"
 SHORT_COMMIT = 7
 
 
-def label(event: str) -> str:
-    """The reader's words for an event; unknown events show as written."""
-    return LABELS.get(event, event)
+def label(event: Event) -> str:
+    """The reader's words for an event."""
+    return LABELS[event]
 
 
 # ---- the message -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AlertItem:
-    """One event of a cycle, as the pipeline kept it."""
-
-    event: str
-    severity: Severity
-    title: str
-    detail: str = ""
-    incident_id: int | None = None
-    bypass_dedup: bool = False
-
-    @classmethod
-    def from_intent(cls, a: Alert) -> AlertItem:
-        return cls(a.event, a.severity, a.title, a.detail, a.incident_id, a.bypass_dedup)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "event": self.event,
-            "severity": self.severity.name.lower(),
-            "title": self.title,
-            "detail": self.detail,
-            "incident_id": self.incident_id,
-            "bypass_dedup": self.bypass_dedup,
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> AlertItem:
-        inc = d.get("incident_id")
-        return cls(
-            event=str(d["event"]),
-            severity=Severity[str(d["severity"]).upper()],
-            title=str(d["title"]),
-            detail=str(d.get("detail") or ""),
-            incident_id=None if inc is None else int(inc),
-            bypass_dedup=bool(d.get("bypass_dedup", False)),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +87,7 @@ class AlertMessage:
     The headline is the most severe item (the first of equals); the others follow in cycle order.
     """
 
-    items: tuple[AlertItem, ...]
+    items: tuple[Alert, ...]
     app: str
     created_at: datetime
     commit: str | None = None
@@ -150,12 +104,12 @@ class AlertMessage:
             raise ValueError(msg)
 
     @property
-    def headline(self) -> AlertItem:
+    def headline(self) -> Alert:
         top = max(i.severity for i in self.items)
         return next(i for i in self.items if i.severity == top)
 
     @property
-    def event(self) -> str:
+    def event(self) -> Event:
         return self.headline.event
 
     @property
@@ -180,7 +134,7 @@ class AlertMessage:
         return all(i.bypass_dedup for i in self.items)
 
     @property
-    def others(self) -> tuple[AlertItem, ...]:
+    def others(self) -> tuple[Alert, ...]:
         h = self.headline
         return tuple(i for i in self.items if i is not h)
 
@@ -202,7 +156,7 @@ class AlertMessage:
     def from_json(cls, d: Mapping[str, Any]) -> AlertMessage:
         since = d.get("since")
         return cls(
-            items=tuple(AlertItem.from_json(i) for i in d["items"]),
+            items=tuple(Alert.from_json(i) for i in d["items"]),
             app=str(d["app"]),
             created_at=datetime.fromisoformat(str(d["created_at"])),
             commit=d.get("commit"),
@@ -226,7 +180,7 @@ def rollback_countdown(consecutive_failures: int, rollback_after: int, *, observ
 
 def alert_test_message(app: str, now: datetime) -> AlertMessage:
     """The message `healer alert test` sends."""
-    item = AlertItem(TEST, Severity.INFO, "healer can reach this channel", "No action needed.", bypass_dedup=True)
+    item = Alert(Event.TEST, Severity.INFO, "healer can reach this channel", "No action needed.", bypass_dedup=True)
     return AlertMessage(items=(item,), app=app, created_at=now)
 
 
@@ -317,7 +271,7 @@ def _clip(text: str, limit: int) -> str:
     return text[: max(0, limit - len(TRUNCATED))] + TRUNCATED
 
 
-def _item_line(i: AlertItem) -> str:
+def _item_line(i: Alert) -> str:
     first = i.detail.strip().splitlines()[0] if i.detail.strip() else ""
     tail = f" — {_clip(first, 200)}" if first else ""
     return f"• {label(i.event)}: {i.title}{tail}"
@@ -464,23 +418,10 @@ def telegram_text(msg: AlertMessage, *, delayed: timedelta | None = None) -> str
     return "\n".join([*(x.html() for x in head), text_body, *(x.html() for x in tail_lines)])
 
 
-# ---- helpers for the shell -------------------------------------------------------------------
-
-
-def items_of(intents: Sequence[Alert]) -> tuple[AlertItem, ...]:
-    """The pipeline's items for a cycle's Alert intents, in order."""
-    return tuple(AlertItem.from_intent(a) for a in intents)
-
-
 __all__ = [
-    "EVENTS",
-    "META_CLOCK_STEP",
-    "META_EVENTS",
-    "META_STORE_FAILED",
-    "META_STORE_RECOVERED",
+    "LABELS",
     "NOT_RECORDED",
     "TELEGRAM_MAX_TEXT",
-    "AlertItem",
     "AlertMessage",
     "alert_test_message",
     "delay_of",
