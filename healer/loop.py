@@ -47,6 +47,7 @@ from healer.logging import log_event
 from healer.model import (
     Alert,
     Deploy,
+    DeployState,
     Event,
     Hold,
     OpenIncident,
@@ -250,10 +251,9 @@ class Watchdog:
         deploy, is_new = await self._db(self.store.ensure_deploy, commit, now)
         if is_new:
             event("deploy.new", commit=commit[:12], deploy=deploy.id)
-            bad = (await self._db(self.store.bad_commits)).get(commit)
             alerts = []
-            if bad is not None:
-                msg = f"commit {commit[:12]} was rolled back from before ({bad}); it is deployed again"
+            if deploy.state is DeployState.BAD:
+                msg = f"commit {commit[:12]} was rolled back from before ({deploy.bad}); it is deployed again"
                 alerts.append(Alert(Event.DEPLOY_BAD, Severity.CRITICAL, commit[:12], msg))
             await self._alert(alerts, deploy, None, "watching the new deploy")
         return deploy

@@ -181,6 +181,22 @@ class Verdict:
         return "failing: " + "; ".join(parts)
 
 
+class DeployState(enum.StrEnum):
+    """Where a deploy stands, derived from what is stored about it (`Deploy.state`).
+
+    A deploy starts NEW, becomes HEALTHY at its first settled healthy cycle and STABLE when
+    healer tags it. HELD and BAD can come at any point and win over those (BAD over HELD): they
+    say what healer will not do with it. How it came (a person's deploy or a rollback's result,
+    `via_rollback`) is not a state: a rollback's result goes through the same ones.
+    """
+
+    NEW = "new"  # no settled healthy cycle yet: a failure now points at the deploy itself
+    HEALTHY = "healthy"  # it has had one (healthy_at): it worked, so a failure is the app's or a dependency's
+    STABLE = "stable"  # healer tagged it stable (stable_tag): a rollback target; never tagged again
+    HELD = "held"  # healer stopped acting on it and waits for a person (held says why); not tagged
+    BAD = "bad"  # healer rolled back from this commit (bad says why): never a rollback target, never tagged
+
+
 @dataclass(frozen=True, slots=True)
 class Deploy:
     """One deployed commit and its launch window, as stored."""
@@ -199,6 +215,17 @@ class Deploy:
     held: str | None = None  # healer stopped acting and waits for a person: why
     stable_tag: str | None = None  # the stable tag healer put on this commit, once
     healthy_at: datetime | None = None  # its first healthy cycle (None: never healthy yet)
+    bad: str | None = None  # why healer rolled back from this commit (None: not known bad)
+
+    @property
+    def state(self) -> DeployState:
+        if self.bad is not None:
+            return DeployState.BAD
+        if self.held is not None:
+            return DeployState.HELD
+        if self.stable_tag is not None:
+            return DeployState.STABLE
+        return DeployState.NEW if self.healthy_at is None else DeployState.HEALTHY
 
 
 # ---- intents: what decide() asks the loop to do -------------------------------------------

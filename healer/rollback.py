@@ -35,7 +35,7 @@ from healer.config import Config, format_duration, format_elapsed
 from healer.errors import GitError, HealerError, LockedError, StoreError
 from healer.files import open_private, private_dir, private_fd
 from healer.gitrepo import TagInfo, short
-from healer.model import CheckResult, Outcome, Verdict, Who
+from healer.model import CheckResult, DeployState, Outcome, Verdict, Who
 from healer.redact import redact
 
 if TYPE_CHECKING:
@@ -1026,10 +1026,10 @@ def stable_tag_name(pattern: str, commit: str, when: datetime) -> str | None:
 async def maybe_tag_stable(*, config: Config, store: Store, clock: Clock) -> str | None:
     """Tag HEAD stable once the deploy has been healthy for `tag_stable_after`; returns the tag.
 
-    The deploy qualifies when it is the commit at HEAD, is not known bad, not held, has no
-    stable tag yet, and has been healthy by the judge's standard (stable.is_stable: watched for
-    `tag_stable_after`, no open incident, the last `recover_after` cycles passing; a blip that
-    resolved does not count against it). A commit that already carries a tag matching the
+    The deploy qualifies when it is the commit at HEAD, is NEW or HEALTHY (not known bad, not
+    held, no stable tag yet), and has been healthy by the judge's standard (stable.is_stable:
+    watched for `tag_stable_after`, no open incident, the last `recover_after` cycles passing; a
+    blip that resolved does not count against it). A commit that already carries a tag matching the
     pattern is not tagged again (that tag is remembered instead). Git errors propagate as
     GitError.
     """
@@ -1039,12 +1039,10 @@ async def maybe_tag_stable(*, config: Config, store: Store, clock: Clock) -> str
         return None
     now = clock.now()
     d = await asyncio.to_thread(store.current_deploy)
-    if d is None or d.stable_tag or d.held or d.open_incident is not None:
+    if d is None or d.state not in (DeployState.NEW, DeployState.HEALTHY) or d.open_incident is not None:
         return None
     after = config.app.tag_stable_after
     if now - d.first_seen < after:
-        return None
-    if d.commit in await asyncio.to_thread(store.bad_commits):
         return None
     cycles = await asyncio.to_thread(lambda: store.cycles(deploy_id=d.id))
     window = [stable.Cycle(at=c.at, ok=c.ok) for c in cycles]
