@@ -573,7 +573,7 @@ def alert() -> None:
 @handles_errors
 def alert_test(ctx: click.Context, channel: str | None) -> None:
     """Send a test alert through each configured channel. Exit 0 when all were delivered."""
-    from healer.alerts import send_test
+    from healer.alerts.shell import send_test
     from healer.logging import known_secrets, setup_logging
 
     config = _config(ctx)
@@ -708,7 +708,7 @@ def _person() -> str:
 
 def _announce(config: Config, event: Event, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
     """Queue a chat announcement in the outbox; the running loop's sender delivers it."""
-    from healer.alerts import Alerts, CycleContext
+    from healer.alerts.shell import Alerts, CycleContext
     from healer.model import Alert
 
     alerts = Alerts(config)

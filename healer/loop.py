@@ -172,7 +172,7 @@ class AlertSink:
         self, items: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
         incident: tuple[int, datetime] | None, now: datetime, cause: str | None = None,
     ) -> None:  # fmt: skip
-        from healer.alerts import CycleContext
+        from healer.alerts.shell import CycleContext
 
         # the message footer says "phase ...": pass the label without its own "phase " word
         phase = None if deploy is None else phase_at(deploy.first_seen, now, self.config.schedule).label
@@ -825,7 +825,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
         store.set_meta(pid=str(os.getpid()), started_at=clock.now().isoformat())
         liveness = Liveness(stall_limit(config))
         server = start_server(config, liveness, clock=clock)
-        from healer.alerts import Alerts
+        from healer.alerts.shell import Alerts
 
         alerts = Alerts(config, clock=clock)
         async with probe_context(config) as ctx:

@@ -19,9 +19,9 @@ import pytest
 from chatfakes import SLACK, SLACK_API, TELEGRAM, ChatFake, healer_config
 
 import healer.logging as hlog
-from healer.alerts import Alerts, CycleContext, configured_channels, send_test
 from healer.alerts.message import AlertMessage
 from healer.alerts.outbox import DeliveryState, Outbox, Sender
+from healer.alerts.shell import Alerts, CycleContext, configured_channels, send_test
 from healer.alerts.slack import SlackChannel
 from healer.alerts.telegram import TelegramChannel
 from healer.clock import FakeClock

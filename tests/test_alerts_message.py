@@ -10,17 +10,15 @@ import pytest
 
 from healer.alerts.message import (
     LABELS,
-    TELEGRAM_MAX_TEXT,
     AlertMessage,
     delay_of,
     render_text,
     rollback_countdown,
     rollback_failure_title,
-    slack_payload,
-    telegram_length,
-    telegram_text,
     watching_after_repair,
 )
+from healer.alerts.slack import slack_payload
+from healer.alerts.telegram import TELEGRAM_MAX_TEXT, telegram_length, telegram_text
 from healer.model import Alert, Event, Severity
 
 NOW = datetime(2026, 3, 1, 14, 15, tzinfo=UTC)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from chatfakes import healer_config
 
-from healer.alerts import Alerts, CycleContext, LogChannel
 from healer.alerts.message import AlertMessage
 from healer.alerts.outbox import DeliveryState, Outbox, retry_delay
+from healer.alerts.shell import Alerts, CycleContext, LogChannel
 from healer.clock import FakeClock
 from healer.model import Alert, Event, Severity
 
