@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -197,6 +199,21 @@ def test_every_event_has_the_words_a_reader_sees_first() -> None:
     for event in Event:
         heading = render_text(message(Alert(event, Severity.INFO, "t"))).splitlines()[0]
         assert heading.endswith(f"shop-api: {LABELS[event]}")
+
+
+def test_healer_emits_no_event_as_a_bare_string() -> None:
+    """Every Alert healer builds names an Event member (mypy checks the type; this, the spelling)."""
+    root = Path(__file__).parent.parent / "healer"
+    bare = [
+        f"{path.relative_to(root)}:{node.lineno}"
+        for path in sorted(root.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("Alert", "_announce")
+        and any(isinstance(a, ast.Constant) and isinstance(a.value, str) and "." in a.value for a in node.args[:2])
+    ]
+    assert bare == []
 
 
 def test_stored_event_names_read_back_as_events() -> None:
