@@ -24,8 +24,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -475,8 +478,11 @@ class AlertsConfig(_Model):
 
     repeat_every: PositiveDuration = timedelta(minutes=30)
     timeout: PositiveDuration = timedelta(seconds=10)
-    # kind -> its table, validated: log first, then the channels healer.toml names, in its order
-    channels: Mapping[str, Annotated[ChannelSection, PlainValidator(_channel)]] = Field(default_factory=dict)
+    # kind -> its table, validated: log first, then the channels healer.toml names, in its order;
+    # dumped as healer.toml writes them (_as_written)
+    channels: Mapping[str, Annotated[ChannelSection, PlainValidator(_channel)]] = Field(
+        default_factory=dict, exclude=True
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -488,6 +494,13 @@ class AlertsConfig(_Model):
         own = {k: v for k, v in data.items() if k in ("repeat_every", "timeout")}
         tables = {"log": {}, **{k: v for k, v in data.items() if k not in own}}
         return {**own, "channels": {k: (k, v) for k, v in tables.items()}}
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """Dumped as healer.toml writes it, so that a dump validates again: one table per channel."""
+        tables = {k: s.model_dump(mode=info.mode) for k, s in self.channels.items()}
+        own: dict[str, Any] = handler(self)
+        return {**own, **tables}
 
 
 class ReportConfig(_Model):

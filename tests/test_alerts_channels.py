@@ -83,3 +83,11 @@ def test_validating_the_config_imports_no_chat_sdk(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_dumped_config_writes_each_channel_as_its_table_and_validates_again() -> None:
+    """model_dump gives `[alerts.<kind>]` tables back, as healer.toml has them (tests edit configs so)."""
+    config = parse_config({"checks": CHECKS, "alerts": {"slack": TABLES["slack"]}}, Path("healer.toml"))
+    dumped = config.model_dump(exclude={"path"})
+    assert set(dumped["alerts"]) == {"repeat_every", "timeout", "log", "slack"}
+    assert parse_config(dumped, Path("healer.toml")).alerts == config.alerts

@@ -50,11 +50,11 @@ def _fields() -> list[tuple[str, str]]:
 
     def walk(model: type[BaseModel], section: str) -> None:
         for name, field in model.model_fields.items():
-            if name == "path" or field.exclude:
-                continue
             if name == "channels" and section == "alerts":  # [alerts.<kind>]: each channel's own model
                 for kind in CHANNELS:
                     walk(channel_section(kind), f"alerts.{kind}")
+                continue
+            if name == "path" or field.exclude:
                 continue
             sub = _submodel(field.annotation)
             if sub is not None and name != CHECKS:
