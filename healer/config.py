@@ -432,9 +432,11 @@ SeverityName = Literal["info", "warning", "critical"]
 # ---- alert channels --------------------------------------------------------------------------
 
 # The alert channels, one line each: kind -> its module in healer/alerts/. The module holds the
-# model of its `[alerts.<kind>]` table (`Section`), the renderer and the sender (`channels()`
-# builds them: healer/alerts/__init__.py). The log channel is always there, with or without its
-# table. A module is imported when healer.toml has its table; its chat SDK only when it sends.
+# model of its `[alerts.<kind>]` table (`Section`), its rendering, its sender and `channels()`,
+# which builds them (alerts/shell.py: configured_channels). Looked up by name, as the checks'
+# probes are: config.py imports no channel, and no channel's import reaches back here. The log
+# channel is always there, with or without its table. A module is imported when healer.toml is
+# validated; its chat SDK only when it sends.
 CHANNELS: Mapping[str, str] = {"log": "console", "slack": "slack", "telegram": "telegram"}
 
 
@@ -525,7 +527,8 @@ class Config(_Model):
     playbooks: PlaybooksConfig = PlaybooksConfig()
     server: ServerConfig = ServerConfig()
     report: ReportConfig = ReportConfig()
-    alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # built when used: its channels import modules
+    # a factory: a default built now would import the channel modules while this one loads
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     # where the file was read from (set by load_config, not by the user)
     path: Path = Field(default=Path(DEFAULT_CONFIG_NAME), exclude=True)
