@@ -28,9 +28,18 @@ from typing import IO, Any, TypeVar
 
 from healer import gitrepo, repair, rollback
 from healer import report as reports
+from healer.aftermath import (
+    ActionOutcome,
+    Crashed,
+    Followup,
+    NotRun,
+    Observed,
+    ResumedRollback,
+    follow_up,
+    rollback_started,
+)
 from healer.alerts.message import (
     format_age,
-    rollback_failure_title,
     watching_after_repair,
 )
 from healer.backlog import BufferedStore
@@ -42,7 +51,7 @@ from healer.errors import HealerError, LockedError, StoreError
 from healer.files import open_private, private_dir
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
-from healer.ladder import settled
+from healer.ladder import Cause, settled
 from healer.logging import log_event
 from healer.model import (
     Alert,
@@ -61,9 +70,11 @@ from healer.model import (
     Who,
 )
 from healer.notify import Liveness, action_budget, notify, stall_limit, watchdog_pinger
+from healer.rollback_plan import Plan
 from healer.schedule import next_due, phase_at
 from healer.server import start_server
 from healer.store import CycleUpdate
+from healer.views import release_label
 
 log = logging.getLogger("healer")
 T = TypeVar("T")
@@ -238,6 +249,9 @@ class Watchdog:
         self._last_cycle: tuple[int, datetime, timedelta] | None = None
         # (deploy id, its reference): the release before's pooled samples, read once per deploy
         self._reference_of: tuple[int, Reference | None] | None = None
+        # cycles in a row healer could not probe (in memory: a restart of healer only delays
+        # the "can't tell" alert by a few cycles)
+        self._unprobed_streak = 0
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -270,7 +284,8 @@ class Watchdog:
         reference = None
         if found is not None:
             before, verdicts = found
-            reference = reference_of(verdicts, before.stable_tag or before.commit[:12])
+            label = await asyncio.to_thread(release_label, self.config, before.commit, before.stable_tag)
+            reference = reference_of(verdicts, label)
         self._reference_of = (deploy.id, reference)
         return reference
 
@@ -285,6 +300,8 @@ class Watchdog:
         verdict = judge(results, deploy.baseline, self.config.checks, now, reference=reference)
         situation = await self._situation(deploy, verdict, now)
         decision = decide(situation, self.config)
+        unprobed = decision.attribution is not None and decision.attribution.cause is Cause.UNPROBED
+        self._unprobed_streak = self._unprobed_streak + 1 if unprobed else 0
         self._cause = None if decision.attribution is None else decision.attribution.label
         phase = phase_at(deploy.first_seen, now, self.config.schedule)
         is_settled = settled(
@@ -394,6 +411,7 @@ class Watchdog:
             deploy_begun_until=datetime.fromisoformat(begun) if begun else None,
             deploy_ended_commit=meta.get(DEPLOY_ENDED_KEY),
             previous_cause=await self._db(self.store.last_cause, deploy.id) if failing else None,
+            unprobed_streak=self._unprobed_streak,
         )
 
     async def _guarded(
@@ -407,8 +425,7 @@ class Watchdog:
             return await action
         except Exception as e:
             log_event(log, "action.crashed", level=logging.ERROR, action=what, error=f"{type(e).__name__}: {e}")
-            kind = Event.REPAIR_FAILED if isinstance(intent, Repair) else Event.ROLLBACK_FAILED
-            return [Alert(kind, Severity.CRITICAL, f"{what} crashed", f"{type(e).__name__}: {e}", incident)]
+            return await self._follow_up(Crashed(intent, f"{type(e).__name__}: {e}"), None, incident)
         finally:
             self.acting = None
 
@@ -430,8 +447,7 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append(f"would repair {intent.kind}")
             event("repair.would_run", kind=intent.kind, reason=intent.reason)
-            return [Alert(Event.REPAIR_STARTED, Severity.WARNING, f"{intent.kind} (would run)",
-                          f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
+            return await self._follow_up(Observed(intent), deploy, incident)
         if self._stopping(report, f"repair {intent.kind}"):
             return []
         event("repair.started", kind=intent.kind, reason=intent.reason)
@@ -448,15 +464,13 @@ class Watchdog:
             )  # fmt: skip
             event("repair.error", kind=intent.kind, error=str(e))
             report.actions.append(f"repair {intent.kind}: error")
-            return [Alert(Event.REPAIR_FAILED, Severity.WARNING, f"{intent.kind} could not run", str(e), incident)]
+            return await self._follow_up(NotRun(intent, str(e)), deploy, incident)
         # `repair_grace` counts from the repair's start: its own verification (`verify_within`)
         # has usually used it up, so a failed restart is followed by the next rung at once
         self._last_repair_at = now
         report.actions.append(f"repair {intent.kind}: {'ok' if result.ok else 'failed'}")
         event("repair.finished", kind=intent.kind, ok=result.ok, detail=result.detail)
-        if result.ok:
-            return [Alert(Event.REPAIR_SUCCEEDED, Severity.WARNING, intent.kind, result.detail, incident)]
-        return [Alert(Event.REPAIR_FAILED, Severity.WARNING, intent.kind, result.detail, incident)]
+        return await self._follow_up(result, deploy, incident)
 
     async def _rollback(
         self, intent: Rollback, deploy: Deploy, incident: int | None, report: CycleReport
@@ -470,19 +484,14 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append("would roll back")
             event("rollback.would_run", reason=intent.reason)
-            return [Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, "would roll back to the last stable tag",
-                          f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
+            return await self._follow_up(Observed(intent), deploy, incident)
         if self._stopping(report, "rollback"):
             return []
 
-        async def started(p: rollback.Plan) -> None:
+        async def started(p: Plan) -> None:
             # said under the rollback lock, once the plan is accepted: never for a lost race
             event("rollback.started", reason=intent.reason, to=p.to_ref)
-            await self._alert(
-                [Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, f"to {p.to_ref} ({p.to_commit[:12]})",
-                       intent.reason, incident)],
-                deploy, None, "rolling back",
-            )  # fmt: skip
+            await self._alert([rollback_started(p, incident=incident)], deploy, None, "rolling back")
 
         try:
             with self.liveness.busy(action_budget(self.config)):
@@ -497,27 +506,28 @@ class Watchdog:
             report.actions.append("rollback: skipped, another rollback is running")
             return []
         except HealerError as e:
-            msg = f"rollback could not run: {e}; waiting for a person"
-            await self._db(self.store.set_held, deploy.id, msg)
             event("rollback.error", error=str(e))
             report.actions.append("rollback: error")
-            return [Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, "could not run", msg, incident)]
+            return await self._follow_up(NotRun(intent, str(e)), deploy, incident)
         if result.refused:
             report.actions.append("rollback: refused")
             event("rollback.refused", why=result.refused)
-            return [Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, "refused",
-                          f"{result.refused}; waiting for a person", incident)]  # fmt: skip
-        report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
-        event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
-        if result.ok:
-            return [
-                Alert(Event.ROLLBACK_SUCCEEDED, Severity.WARNING, f"to {result.to_ref}", result.detail, incident),
-                Alert(Event.INCIDENT_RESOLVED, Severity.INFO, "closed by the rollback", result.detail, incident),
-            ]
-        then = "waiting for a person" if result.held else "one restart of it, then healer holds if it still fails"
-        restart = result.plan is not None and result.plan.restart
-        title = rollback_failure_title(result.to_ref, commands_failed=result.commands_failed, restart=restart)
-        return [Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, title, f"{result.detail}; {then}", incident)]
+        else:
+            report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
+            event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
+        return await self._follow_up(result, deploy, incident)
+
+    async def _follow_up(self, outcome: ActionOutcome, deploy: Deploy | None, incident: int | None) -> list[Alert]:
+        """What follows an action of the loop: the hold carried out, the alerts for the cycle."""
+        return list((await self._carry_out(outcome, deploy, incident)).alerts)
+
+    async def _carry_out(self, outcome: ActionOutcome, deploy: Deploy | None, incident: int | None) -> Followup:
+        """Carry out what follows an action of the loop (aftermath.follow_up): hold the deploy it
+        names for a person. The alerts are the caller's to send."""
+        then = follow_up(outcome, config=self.config, deploy=deploy, incident=incident)
+        if then.hold is not None and then.deploy_id is not None:
+            await self._db(self.store.set_held, then.deploy_id, then.hold.reason)
+        return then
 
     async def _alert(
         self, alerts: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
@@ -595,11 +605,8 @@ class Watchdog:
             self.acting = None
         for r in resumed:
             event("rollback.resumed", ok=r.ok, detail=r.detail)
-            title = "Interrupted rollback finished" if r.ok else "Interrupted rollback"
-            what = Event.ROLLBACK_SUCCEEDED if r.ok else Event.ROLLBACK_FAILED
-            severity = Severity.WARNING if r.ok else Severity.CRITICAL
-            await self._alert([Alert(what, severity, title, r.detail)],
-                              None, None, "watching" if r.ok else "waiting for a person")  # fmt: skip
+            after = await self._carry_out(ResumedRollback(r), None, None)
+            await self._alert(list(after.alerts), None, None, after.next_step or "watching")
         if not stop.is_set():
             await self._resume_repairs()
         # Waits, "every 10 s" and "every hour" are counted on the monotonic clock: a wall clock
@@ -772,18 +779,12 @@ class Watchdog:
         for r in again:
             row = r.interrupted
             event("repair.resumed", kind=row.name, interrupted=row.id, what=r.why)
-            if row.who != Who.LOOP:
-                continue  # a person's repair, cut short in their own command: they saw it end
-            title = f"{row.name}, interrupted when healer stopped"
-            if r.result is not None:
+            if r.result is not None:  # run again: only ever the loop's (repair.why_not_again)
                 self._last_repair_at = self.clock.now()
-                kind = Event.REPAIR_SUCCEEDED if r.result.ok else Event.REPAIR_FAILED
-                alert = Alert(kind, Severity.WARNING, f"{title}, run again", r.why, row.incident_id)
-            elif r.healthy:
-                alert = Alert(Event.REPAIR_SUCCEEDED, Severity.INFO, title, r.why, row.incident_id)
-            else:
-                alert = Alert(Event.REPAIR_FAILED, Severity.WARNING, title, r.why, row.incident_id)
-            await self._alert([alert], await self._db(self.store.current_deploy), None, "watching")
+            after = follow_up(r, config=self.config)
+            if after.alerts:
+                deploy = await self._db(self.store.current_deploy)
+                await self._alert(list(after.alerts), deploy, None, after.next_step or "watching")
 
 
 def _with_incident(a: Alert, incident: int | None) -> Alert:

@@ -40,6 +40,7 @@ class Event(enum.StrEnum):
     HEALER_STARTED = "healer.started"  # `healer run` began watching
     HEALER_STOPPED = "healer.stopped"  # `healer run` stopped watching
     HEALER_HELD = "healer.held"  # healer stopped acting and waits for a person
+    HEALER_BLIND = "healer.blind"  # healer itself cannot probe (out of files, ports...): it cannot tell
     PHASE_CHANGED = "phase.changed"  # the launch window entered its next phase (a new cadence)
     PAUSE_STARTED = "pause.started"  # a person paused repairs and rollbacks
     PAUSE_ENDED = "pause.ended"  # a person resumed, or the pause expired
@@ -98,6 +99,9 @@ class CheckResult:
     # many requests failed (refused, timed out or answered wrongly); empty for one-shot checks
     samples_ms: tuple[float, ...] = ()
     sample_errors: int = 0
+    # healer could not probe (its own file descriptors or memory ran out, its connection pool
+    # was full): says nothing of the app, so it never counts toward a restart or a rollback
+    probe_error: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -112,6 +116,8 @@ class CheckResult:
         if self.samples_ms or self.sample_errors:
             d["samples_ms"] = list(self.samples_ms)
             d["sample_errors"] = self.sample_errors
+        if self.probe_error:
+            d["probe_error"] = True
         return d
 
     @classmethod
@@ -127,6 +133,7 @@ class CheckResult:
             symptoms=tuple(d.get("symptoms") or ()),
             samples_ms=tuple(float(v) for v in d.get("samples_ms") or ()),
             sample_errors=int(d.get("sample_errors") or 0),
+            probe_error=bool(d.get("probe_error", False)),
         )
 
 
@@ -165,6 +172,11 @@ class Verdict:
     @property
     def failing(self) -> tuple[CheckResult, ...]:
         return tuple(r for r in self.results if not r.ok)
+
+    @property
+    def unprobed(self) -> tuple[CheckResult, ...]:
+        """The checks healer could not probe this cycle (its own failure, not the app's)."""
+        return tuple(r for r in self.results if r.probe_error)
 
     @property
     def symptoms(self) -> tuple[str, ...]:
@@ -226,6 +238,28 @@ class Deploy:
         if self.stable_tag is not None:
             return DeployState.STABLE
         return DeployState.NEW if self.healthy_at is None else DeployState.HEALTHY
+
+
+SHORT_SHA = 7  # characters of a SHA shown to people
+
+
+def short(sha: str) -> str:
+    """The abbreviated SHA people see."""
+    return sha[:SHORT_SHA]
+
+
+@dataclass(frozen=True, slots=True)
+class TagInfo:
+    """A tag and the commit it marks; `date` is the tagger date of an annotated tag, else the
+    commit date (UTC)."""
+
+    name: str
+    commit: str
+    date: datetime
+
+    @property
+    def short(self) -> str:
+        return short(self.commit)
 
 
 # ---- intents: what decide() asks the loop to do -------------------------------------------

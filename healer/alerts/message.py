@@ -40,6 +40,7 @@ LABELS: Mapping[Event, str] = {
     Event.HEALER_STARTED: "Watching",
     Event.HEALER_STOPPED: "Stopped watching",
     Event.HEALER_HELD: "Waiting for a person",
+    Event.HEALER_BLIND: "healer cannot probe",
     Event.PHASE_CHANGED: "Phase changed",
     Event.PAUSE_STARTED: "Paused",
     Event.PAUSE_ENDED: "Resumed",

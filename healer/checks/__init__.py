@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -107,6 +108,36 @@ def format_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+# errno values that say healer itself ran out of something (descriptors, memory, buffers, local
+# ports): the probe never reached the app, so its failure says nothing about the app
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EADDRNOTAVAIL})
+
+
+def local_failure(exc: BaseException) -> OSError | None:
+    """The OSError in `exc`'s chain (a driver wraps it: httpx.ConnectError, redis'
+    ConnectionError) that says healer could not probe at all, or None."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _LOCAL_ERRNOS:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def unprobed(check: Any, why: str) -> CheckResult:
+    """A result for a check healer could not probe: `<type>.probe_error`, never the app's fault."""
+    return CheckResult(
+        name=check.name,
+        type=check.type,
+        ok=False,
+        error=f"healer could not probe: {why}",
+        symptoms=(f"{check.type}.probe_error",),
+        probe_error=True,
+    )
+
+
 def failed(check: Any, error: str, *symptoms: str, **values: float) -> CheckResult:
     """A failed result for `check` with an error line and symptoms (default `<type>.error`)."""
     return CheckResult(
@@ -177,6 +208,9 @@ async def run_check(ctx: ProbeContext, check: CheckConfig) -> CheckResult:
     if exc is not None:
         if isinstance(exc, TimeoutError):
             return failed(check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout")
+        local = local_failure(exc)
+        if local is not None:
+            return unprobed(check, describe_error(local))
         return failed(check, describe_error(exc))
     return _redacted(task.result())
 
@@ -221,8 +255,10 @@ __all__ = [
     "describe_error",
     "failed",
     "format_size",
+    "local_failure",
     "probe_context",
     "redact",
     "run_check",
     "run_checks",
+    "unprobed",
 ]

@@ -13,7 +13,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from healer.checks import budget, failed, measured
+from healer.checks import budget, describe_error, failed, local_failure, measured, unprobed
 from healer.config import TcpCheck
 from healer.model import CheckResult
 
@@ -41,6 +41,8 @@ async def probe(check: TcpCheck, ctx: ProbeContext) -> CheckResult:
     except ConnectionRefusedError:
         return failed(check, f"{check.address} refused the connection (nothing listens)", "tcp.down")
     except OSError as e:
+        if local_failure(e) is not None:
+            return unprobed(check, describe_error(e))
         return failed(check, f"cannot connect to {check.address}: {e.strerror or e}", "tcp.down")
     took = time.monotonic() - started
     writer.close()
