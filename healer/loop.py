@@ -39,9 +39,6 @@ from healer.aftermath import (
     rollback_started,
 )
 from healer.alerts.message import (
-    META_CLOCK_STEP,
-    META_STORE_FAILED,
-    META_STORE_RECOVERED,
     format_age,
     watching_after_repair,
 )
@@ -59,6 +56,8 @@ from healer.logging import log_event
 from healer.model import (
     Alert,
     Deploy,
+    DeployState,
+    Event,
     Hold,
     OpenIncident,
     Outcome,
@@ -193,7 +192,7 @@ class AlertSink:
         self, items: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
         incident: tuple[int, datetime] | None, now: datetime, cause: str | None = None,
     ) -> None:  # fmt: skip
-        from healer.alerts import CycleContext
+        from healer.alerts.shell import CycleContext
 
         # the message footer says "phase ...": pass the label without its own "phase " word
         phase = None if deploy is None else phase_at(deploy.first_seen, now, self.config.schedule).label
@@ -284,11 +283,10 @@ class Watchdog:
         deploy, is_new = await self._db(self.store.ensure_deploy, commit, now)
         if is_new:
             event("deploy.new", commit=commit[:12], deploy=deploy.id)
-            bad = (await self._db(self.store.bad_commits)).get(commit)
             alerts = []
-            if bad is not None:
-                msg = f"commit {commit[:12]} was rolled back from before ({bad}); it is deployed again"
-                alerts.append(Alert("deploy.bad", Severity.CRITICAL, commit[:12], msg))
+            if deploy.state is DeployState.BAD:
+                msg = f"commit {commit[:12]} was rolled back from before ({deploy.bad}); it is deployed again"
+                alerts.append(Alert(Event.DEPLOY_BAD, Severity.CRITICAL, commit[:12], msg))
             await self._alert(alerts, deploy, None, "watching the new deploy")
         return deploy
 
@@ -357,7 +355,7 @@ class Watchdog:
         report = CycleReport(deploy=deploy, verdict=verdict, decision=decision, woken=woken)
         alerts: list[Alert] = []
         if previous_phase is not None and previous_phase != phase.index:
-            alerts.append(Alert("phase.changed", Severity.INFO, phase.label, f"now in {phase.label}"))
+            alerts.append(Alert(Event.PHASE_CHANGED, Severity.INFO, phase.label, f"now in {phase.label}"))
         acting = [i for i in decision.intents if isinstance(i, Repair | Rollback) and not i.observe]
         superseded = False
         if acting:
@@ -385,7 +383,7 @@ class Watchdog:
                 event("healer.held", reason=intent.reason)
         report.alerts = alerts
         next_step = decision.next_step
-        if any(a.event == "repair.succeeded" for a in alerts):
+        if any(a.event == Event.REPAIR_SUCCEEDED for a in alerts):
             next_step = watching_after_repair(self.config.escalation.recover_after)
         if not superseded and any(isinstance(i, Rollback) and not i.observe for i in decision.intents):
             # the rollback started a new deploy window: speak of it, not of the one rolled back from
@@ -405,7 +403,7 @@ class Watchdog:
                 if tag:
                     event("deploy.tagged_stable", tag=tag)
                     await self._alert(
-                        [Alert("deploy.tagged", Severity.INFO, tag, f"{deploy.commit[:12]} tagged {tag}")],
+                        [Alert(Event.DEPLOY_TAGGED, Severity.INFO, tag, f"{deploy.commit[:12]} tagged {tag}")],
                         deploy, verdict, decision.next_step,
                     )  # fmt: skip
         return report
@@ -574,7 +572,7 @@ class Watchdog:
         for pause_id, reason in await self._db(self.store.expired_unannounced_pauses, now):
             event("pause.expired", reason=reason)
             msg = f"the pause ({reason}) expired: repairs and rollbacks are armed again"
-            await self._alert([Alert("pause.ended", Severity.INFO, "pause expired", msg)], deploy, None, "watching")
+            await self._alert([Alert(Event.PAUSE_ENDED, Severity.INFO, "pause expired", msg)], deploy, None, "watching")
             await self._db(self.store.mark_pause_announced, pause_id)
 
     async def _summaries(self, deploy: Deploy, now: datetime) -> None:
@@ -594,7 +592,7 @@ class Watchdog:
             final = label == reports.FINAL
             name = self.config.app.name
             title = f"{name}: launch window over" if final else f"{name}: day {label[4:]} of the launch window"
-            kind = "report.final" if final else "report.daily"
+            kind = Event.REPORT_FINAL if final else Event.REPORT_DAILY
             text = reports.render_text(rep, title)
             await self._alert([Alert(kind, Severity.INFO, title, text, bypass_dedup=True)], deploy, None, "watching")
             await self._db(self.store.set_meta, summary_sent=f"{deploy.id} {now.isoformat()}")
@@ -680,7 +678,7 @@ class Watchdog:
                     msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
                     event("meta.loop_behind", late_s=int(late.total_seconds()))
                     await self._alert(
-                        [Alert("meta.loop_behind", Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
+                        [Alert(Event.META_LOOP_BEHIND, Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
                         deploy, None, "catching up",
                     )  # fmt: skip
                 started = True
@@ -748,7 +746,7 @@ class Watchdog:
             "wall-clock times."
         )
         title = f"the wall clock jumped {way} {size}"
-        await self._alert([Alert(META_CLOCK_STEP, Severity.WARNING, title, msg, bypass_dedup=True)], deploy, None,
+        await self._alert([Alert(Event.META_CLOCK_STEP, Severity.WARNING, title, msg, bypass_dedup=True)], deploy, None,
                           "watching")  # fmt: skip
 
     def _woken(self, now: datetime, *, early: bool) -> str | None:
@@ -789,7 +787,7 @@ class Watchdog:
                 f"{error}. healer goes on judging and acting from memory and sends alerts straight to the "
                 "channels; what happens is written once the store can be written again (free some space)."
             )
-            alert = Alert(META_STORE_FAILED, Severity.CRITICAL, "the state store cannot be written", msg,
+            alert = Alert(Event.META_STORE_FAILED, Severity.CRITICAL, "the state store cannot be written", msg,
                           bypass_dedup=True)  # fmt: skip
             await self._alert([alert], None, None, "working from memory")
             return
@@ -802,7 +800,9 @@ class Watchdog:
         log_event(log, "store.recovered", level=logging.WARNING, down=down, written=written, forgotten=dropped)
         lost = f"; {dropped} routine cycles were forgotten (too many to keep)" if dropped else ""
         msg = f"After {down}, {written} writes kept in memory were written{lost}."
-        alert = Alert(META_STORE_RECOVERED, Severity.WARNING, "the state store works again", msg, bypass_dedup=True)
+        alert = Alert(
+            Event.META_STORE_RECOVERED, Severity.WARNING, "the state store works again", msg, bypass_dedup=True
+        )
         await self._alert([alert], None, None, "watching")
 
     async def _resume_repairs(self) -> None:
@@ -869,7 +869,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
         store.set_meta(pid=str(os.getpid()), started_at=clock.now().isoformat())
         liveness = Liveness(stall_limit(config))
         server = start_server(config, liveness, clock=clock)
-        from healer.alerts import Alerts
+        from healer.alerts.shell import Alerts
 
         alerts = Alerts(config, clock=clock)
         async with probe_context(config) as ctx:
@@ -889,7 +889,8 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             mode = "observe" if dog.observe else "act"
             event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
             await dog._alert(
-                [Alert("healer.started", Severity.INFO, f"{mode} mode", f"started (PID {os.getpid()}, {mode} mode)")],
+                [Alert(Event.HEALER_STARTED, Severity.INFO, f"{mode} mode",
+                       f"started (PID {os.getpid()}, {mode} mode)")],
                 store.current_deploy(), None, "watching",
             )  # fmt: skip
             notify("READY=1")
@@ -924,7 +925,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             if crashed is not None:
                 log_event(log, "loop.died", level=logging.CRITICAL, error=f"{type(crashed).__name__}: {crashed}")
                 await dog._alert(
-                    [Alert("healer.held", Severity.CRITICAL, "healer's loop died",
+                    [Alert(Event.HEALER_HELD, Severity.CRITICAL, "healer's loop died",
                            f"{type(crashed).__name__}: {crashed}", bypass_dedup=True)],
                     None, None, "restart healer",
                 )  # fmt: skip
@@ -932,7 +933,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             event("healer.stopped", app=config.app.name, pid=os.getpid(), signal=by)
             detail = f"PID {os.getpid()}" + (f", on {by}" if by else "")
             await dog._alert(
-                [Alert("healer.stopped", Severity.INFO, "healer stopped", detail)],
+                [Alert(Event.HEALER_STOPPED, Severity.INFO, "healer stopped", detail)],
                 None, None, "not watching",
             )  # fmt: skip
             # Deliver what is pending for a moment: SIGTERM must end healer within two seconds,

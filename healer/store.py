@@ -127,6 +127,10 @@ _ROLLUP_FROM_CYCLES = (
 )
 
 
+# A deploy's row with why its commit is known bad (bad_commits is keyed by commit: one row at most).
+_DEPLOYS = "SELECT d.*, b.reason AS bad FROM deploys d LEFT JOIN bad_commits b ON b.commit_sha = d.commit_sha"
+
+
 def _scrub(text: str) -> str:
     """The last safety net: free text is redacted before it is written, whoever forgot to."""
     return redact(text)
@@ -356,15 +360,15 @@ class Store:
     # ---- deploys --------------------------------------------------------------------------
 
     def current_deploy(self) -> Deploy | None:
-        rows = self._query("SELECT * FROM deploys ORDER BY id DESC LIMIT 1")
+        rows = self._query(f"{_DEPLOYS} ORDER BY d.id DESC LIMIT 1")
         return _deploy(rows[0]) if rows else None
 
     def deploy(self, deploy_id: int) -> Deploy | None:
-        rows = self._query("SELECT * FROM deploys WHERE id = ?", (deploy_id,))
+        rows = self._query(f"{_DEPLOYS} WHERE d.id = ?", (deploy_id,))
         return _deploy(rows[0]) if rows else None
 
     def deploys(self) -> list[Deploy]:
-        return [_deploy(r) for r in self._query("SELECT * FROM deploys ORDER BY id")]
+        return [_deploy(r) for r in self._query(f"{_DEPLOYS} ORDER BY d.id")]
 
     def ensure_deploy(self, commit: str, now: datetime, *, via_rollback: bool = False) -> tuple[Deploy, bool]:
         """The deploy of `commit` at HEAD: the current one, or a new window when HEAD moved.
@@ -679,7 +683,7 @@ class Store:
 
     def previous_deploy(self, deploy_id: int) -> Deploy | None:
         """The deploy that `deploy_id` replaced (None: healer watched nothing before it)."""
-        rows = self._query("SELECT * FROM deploys WHERE id < ? ORDER BY id DESC LIMIT 1", (deploy_id,))
+        rows = self._query(f"{_DEPLOYS} WHERE d.id < ? ORDER BY d.id DESC LIMIT 1", (deploy_id,))
         return _deploy(rows[0]) if rows else None
 
     def reference_cycles(self, deploy_id: int, limit: int) -> tuple[Deploy, list[Verdict]] | None:
@@ -687,8 +691,7 @@ class Store:
         the latest deploy before it that had healthy loop cycles and whose commit is not marked
         bad (None: there is none, e.g. the first deploy healer watches)."""
         rows = self._query(
-            "SELECT d.* FROM deploys d WHERE d.id < ?"
-            " AND d.commit_sha NOT IN (SELECT commit_sha FROM bad_commits)"
+            f"{_DEPLOYS} WHERE d.id < ? AND b.commit_sha IS NULL"
             " AND EXISTS (SELECT 1 FROM cycles c WHERE c.deploy_id = d.id AND c.who = 'loop' AND c.ok = 1)"
             " ORDER BY d.id DESC LIMIT 1",
             (deploy_id,),
@@ -810,6 +813,7 @@ def _deploy(r: sqlite3.Row) -> Deploy:
         held=r["held"],
         stable_tag=r["stable_tag"],
         healthy_at=_dt(r["healthy_at"]),
+        bad=r["bad"],
     )
 
 
