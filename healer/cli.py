@@ -421,7 +421,8 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
             cause = f" — likely cause: {r['cause']}" if r.get("cause") and not r.get("ok") else ""
             seen = f" ({r['detail']})" if r.get("detail") else ""
             then = f"; then: {r['next']}" if r.get("next") and not r.get("ok") else ""
-            detail = r.get("what", "") + seen + cause + then
+            woken = f"woken: {r['woken']}; " if r.get("woken") else ""
+            detail = woken + r.get("what", "") + seen + cause + then
         else:
             detail = " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)
@@ -563,7 +564,7 @@ def alert() -> None:
 @handles_errors
 def alert_test(ctx: click.Context, channel: str | None) -> None:
     """Send a test alert through each configured channel. Exit 0 when all were delivered."""
-    from healer.alerts import send_test
+    from healer.alerts.shell import send_test
     from healer.logging import known_secrets, setup_logging
 
     config = _config(ctx)

@@ -9,6 +9,7 @@ from chat.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -16,12 +17,12 @@ from typing import TYPE_CHECKING
 from healer.chatops import Ack, ack_in_force
 from healer.clock import SystemClock
 from healer.config import Config, format_duration
-from healer.model import Outcome, Severity, Who
+from healer.model import Alert, Event, Outcome, Severity, Who
 
 if TYPE_CHECKING:
+    from healer.aftermath import RepairResult, RollbackResult
     from healer.checks import ProbeContext
-    from healer.repair import RepairResult
-    from healer.rollback import Plan, RollbackResult
+    from healer.rollback_plan import Plan
     from healer.store import Store
 
 
@@ -41,20 +42,20 @@ def when(t: datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def announce(config: Config, event: str, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
-    """Queue a chat announcement in the outbox; the running loop's sender delivers it."""
-    from healer.alerts import Alerts, CycleContext
-    from healer.model import Alert
+def announce(config: Config, event: Event, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
+    """Queue a chat announcement of a person's command in the outbox (see send)."""
+    send(config, (Alert(event, severity, title, detail, bypass_dedup=True),))
 
-    alerts = Alerts(config)
+
+def send(config: Config, alerts: Sequence[Alert]) -> None:
+    """Queue alerts in the outbox; the running loop's sender delivers them."""
+    from healer.alerts.shell import Alerts, CycleContext
+
+    outbox = Alerts(config)
     try:
-        alerts.submit_sync(
-            [Alert(event, severity, title, detail, bypass_dedup=True)],
-            CycleContext(app=config.app.name),
-            SystemClock().now(),
-        )
+        outbox.submit_sync(alerts, CycleContext(app=config.app.name), SystemClock().now())
     finally:
-        alerts.close()
+        outbox.close()
 
 
 # ---- pause, resume, ack (blocking: call from a worker thread in the event loop) ----------------
@@ -75,7 +76,7 @@ def pause(config: Config, actor: Actor, span: timedelta, reason: str) -> datetim
         )  # fmt: skip
     announce(
         config,
-        "pause.started",
+        Event.PAUSE_STARTED,
         f"Paused for {format_duration(span)}",
         f"{reason} (by {actor.name}); checks go on, no repair or rollback until {when(until)}",
     )
@@ -99,7 +100,11 @@ def resume(config: Config, actor: Actor, reason: str = "healer resume") -> bool:
             )  # fmt: skip
     if ended:
         announce(
-            config, "pause.ended", "Resumed", f"by {actor.name}: repairs and rollbacks are armed again", Severity.INFO
+            config,
+            Event.PAUSE_ENDED,
+            "Resumed",
+            f"by {actor.name}: repairs and rollbacks are armed again",
+            Severity.INFO,
         )
     return ended
 
@@ -153,7 +158,7 @@ def ack(config: Config, actor: Actor, note: str, incident_id: int | None = None)
     until = now + config.chatops.ack_expires
     announce(
         config,
-        "incident.acked",
+        Event.INCIDENT_ACKED,
         f"Acknowledged: incident #{inc.id}",
         f"by {actor.name}" + (f": {note}" if note else "") + f"; reminders stop until it worsens or {when(until)}",
         Severity.INFO,
@@ -168,8 +173,9 @@ def ack(config: Config, actor: Actor, note: str, incident_id: int | None = None)
 
 async def repair(config: Config, actor: Actor, kind: str, reason: str) -> RepairResult:
     """Run playbook `kind` now, under its lock, verified, recorded and announced. A success
-    while healer holds the deploy arms healer again: a person fixed it."""
+    while healer holds the deploy arms healer again: a person fixed it (aftermath.follow_up)."""
     from healer import repair as rp
+    from healer.aftermath import follow_up
     from healer.checks import probe_context
     from healer.store import Store
 
@@ -181,10 +187,10 @@ async def repair(config: Config, actor: Actor, kind: str, reason: str) -> Repair
                 reason=f"{reason} (by {actor.name})", deploy_id=None if d is None else d.id,
                 incident_id=None if d is None else d.open_incident,
             )  # fmt: skip
-        if d is not None and d.held and result.ok:
-            store.set_held(d.id, None)
-    event = "repair.succeeded" if result.ok else "repair.failed"
-    announce(config, event, f"{'Repaired' if result.ok else 'Repair failed'}: {kind} (by {actor.name})", result.detail)
+        then = follow_up(result, config=config, deploy=d, by=actor.name)
+        if then.release and then.deploy_id is not None:
+            store.set_held(then.deploy_id, None)
+    send(config, then.alerts)
     return result
 
 
@@ -197,24 +203,15 @@ async def rollback(
     import asyncio
 
     from healer import rollback as rb
+    from healer.aftermath import follow_up, rollback_started
 
     async def started(p: Plan) -> None:
         # under the rollback lock, the plan accepted: a lost race or a refusal announces nothing
-        title = f"Rolling back to {p.to_ref} ({p.to_commit[:12]}) (by {actor.name})"
-        await asyncio.to_thread(announce, config, "rollback.started", title, reason, Severity.CRITICAL)
+        await asyncio.to_thread(send, config, (rollback_started(p, by=actor.name),))
 
     result = await rb.run_rollback(
         config=config, ctx=ctx, store=store, clock=SystemClock(), who=actor.who, reason=reason, to=to,
         force=force, mark_bad=mark_bad, on_start=started,
     )  # fmt: skip
-    if result.ok:
-        announce(config, "rollback.succeeded", f"Rolled back to {result.to_ref} (by {actor.name})", result.detail)
-    else:
-        announce(
-            config,
-            "rollback.failed",
-            f"Rollback to {result.to_ref} failed (by {actor.name})",
-            result.detail,
-            Severity.CRITICAL,
-        )
+    send(config, follow_up(result, config=config, by=actor.name).alerts)
     return result

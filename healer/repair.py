@@ -16,13 +16,13 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from healer import actions
 from healer.actions.command import StepTimedOut
+from healer.aftermath import RepairResult, ResumedRepair
 from healer.checks import describe_error, run_checks
 from healer.config import format_duration
 from healer.decide import PlaybookPolicy
@@ -52,25 +52,6 @@ log = logging.getLogger("healer.repair")
 SHIPPED_PACKAGE = "healer.playbooks"
 # How often the target checks are re-run while waiting for them to pass.
 VERIFY_EVERY = timedelta(seconds=1)
-
-
-@dataclass(frozen=True, slots=True)
-class RepairResult:
-    """How a repair ended; `ok` means its target checks pass afterwards.
-
-    `outcome` is what the action log holds: ok (fixed), failed (ran, or timed out, and the
-    checks still fail), error (a step could not run). A dry run is `skipped`, `ok` says
-    whether it could run, and `detail` says exactly what it would do.
-    """
-
-    name: str
-    ok: bool
-    detail: str
-    action_id: int | None = None
-    results: tuple[CheckResult, ...] = field(default=())
-    outcome: Outcome = Outcome.OK
-    duration: timedelta = timedelta(0)
-    dry_run: bool = False
 
 
 # ---- finding playbooks -------------------------------------------------------------------------
@@ -318,16 +299,6 @@ def _join(done: list[str], last: str) -> str:
 # ---- after a stop or a kill --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    """A repair a stop or a kill cut short, looked at by the next start."""
-
-    interrupted: ActionRow  # its journal row (outcome error, note interrupted)
-    result: RepairResult | None  # the run again; None when it was not run again
-    why: str  # for people: what was done about it, and why
-    healthy: bool = False  # not run again because its target checks pass now: nothing to finish
-
-
 def why_not_again(row: ActionRow, current: Deploy | None, pause: Pause | None, observe: bool) -> str | None:
     """Why an interrupted repair is not run again at the start (None: it may be).
 
@@ -351,7 +322,7 @@ def why_not_again(row: ActionRow, current: Deploy | None, pause: Pause | None, o
 
 async def resume_interrupted(
     *, config: Config, ctx: ProbeContext, store: Store, clock: Clock, observe: bool
-) -> list[Resumed]:
+) -> list[ResumedRepair]:
     """At the start of `healer run`: finish what a stop or a kill left of the loop's repairs.
 
     1. A repair still journaled `started` whose playbook lock is free was cut short by a kill
@@ -381,7 +352,7 @@ async def resume_interrupted(
             await asyncio.to_thread(store.set_note, row.id, ActionNote.LOOKED_AT)
     current = await asyncio.to_thread(store.current_deploy)
     pause = await asyncio.to_thread(store.active_pause, now)
-    out: list[Resumed] = []
+    out: list[ResumedRepair] = []
     for row in newest.values():
         await asyncio.to_thread(store.set_note, row.id, ActionNote.LOOKED_AT)  # once, even if killed again
         out.append(await _resume_one(row, current, pause, observe, config=config, ctx=ctx, store=store, clock=clock))
@@ -391,19 +362,19 @@ async def resume_interrupted(
 async def _resume_one(
     row: ActionRow, current: Deploy | None, pause: Pause | None, observe: bool, *,
     config: Config, ctx: ProbeContext, store: Store, clock: Clock,
-) -> Resumed:  # fmt: skip
+) -> ResumedRepair:  # fmt: skip
     why = why_not_again(row, current, pause, observe)
     if why is not None:
-        return Resumed(row, None, f"not run again: {why}")
+        return ResumedRepair(row, None, f"not run again: {why}")
     assert current is not None  # why_not_again says so without a deploy
     playbooks = known_playbooks(config)
     if row.name not in playbooks:
-        return Resumed(row, None, "not run again: the playbook is no longer known")
+        return ResumedRepair(row, None, "not run again: the playbook is no longer known")
     checks = targets(playbooks[row.name], config.checks)
     results = await run_checks(ctx, checks)
     if all(r.ok for r in results):
         names = ", ".join(r.name for r in results)
-        return Resumed(row, None, f"not run again: {names} pass now", healthy=True)
+        return ResumedRepair(row, None, f"not run again: {names} pass now", healthy=True)
     log_event(log, "repair.resuming", kind=row.name, interrupted=row.id)
     try:
         result = await run_repair(
@@ -412,5 +383,5 @@ async def _resume_one(
             incident_id=current.open_incident,
         )  # fmt: skip
     except (ActionError, ConfigError, LockedError, UsageError) as e:
-        return Resumed(row, None, f"could not run it again: {e}")
-    return Resumed(row, result, f"run again: {'fixed' if result.ok else 'not fixed'}: {result.detail}")
+        return ResumedRepair(row, None, f"could not run it again: {e}")
+    return ResumedRepair(row, result, f"run again: {'fixed' if result.ok else 'not fixed'}: {result.detail}")

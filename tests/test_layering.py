@@ -10,11 +10,12 @@ import pytest
 
 CORE = [
     "schedule", "judge", "decide", "ladder", "stable", "model", "errors", "clock", "playbook", "alerts/message",
-    "stats", "page", "chatops",
+    "stats", "page", "rollback_plan", "aftermath", "alerts/pipeline", "chatops",
 ]  # fmt: skip
 ALLOWED = {
     "healer.model", "healer.errors", "healer.config", "healer.clock",
     "healer.decide", "healer.ladder", "healer.schedule", "healer.stats",
+    "healer.stable", "healer.rollback_plan", "healer.aftermath",
 }  # fmt: skip
 # playbook.py holds the frozen types of playbook files, validated like healer.toml
 CONFIG_TYPES = {"playbook": {"pydantic", "pydantic_core"}}

@@ -10,8 +10,8 @@ import pytest
 from helpers import config_from, healer
 
 from healer import operations
-from healer.alerts import AlertRecord, CycleContext, Outbox, plan_alerts
-from healer.alerts.pipeline import AlertMemory, IncidentMemory, Route
+from healer.alerts.outbox import AlertRecord, Outbox
+from healer.alerts.pipeline import AlertMemory, CycleContext, IncidentMemory, Route, plan_alerts
 from healer.chat import Dispatcher
 from healer.chatops import button_data
 from healer.clock import SystemClock

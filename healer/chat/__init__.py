@@ -354,13 +354,13 @@ async def listen(config: Config) -> None:
         return
     dispatcher = Dispatcher(config)
     runs: list[Awaitable[None]] = []
-    if config.alerts.telegram is not None:
+    if "telegram" in config.alerts.channels:
         from healer.chat.telegram import telegram_listener
 
         tg = telegram_listener(config, dispatcher)
         if tg is not None:
             runs.append(tg.run())
-    if config.alerts.slack is not None and config.alerts.slack.app_token_env is not None:
+    if "slack" in config.alerts.channels:
         from healer.chat.slack import slack_listener
 
         sl = slack_listener(config, dispatcher)

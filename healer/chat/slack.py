@@ -25,7 +25,7 @@ from slack_sdk.socket_mode.client import BaseSocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
-from healer.alerts.slack import DEFAULT_API_URL, actions_block
+from healer.alerts.slack import DEFAULT_API_URL, Section, actions_block
 from healer.chat import Dispatcher, Step, listened_chats
 from healer.chatops import button_key
 from healer.config import Config, Secret, read_secret
@@ -140,8 +140,8 @@ class SlackListener:
 
 def slack_listener(config: Config, dispatcher: Dispatcher) -> SlackListener | None:
     """The listener for `[alerts.slack] app_token_env`, or None without Socket Mode or its tokens."""
-    cfg = config.alerts.slack
-    if cfg is None or cfg.app_token_env is None or cfg.token_env is None:
+    cfg = config.alerts.channels.get("slack")
+    if not isinstance(cfg, Section) or cfg.app_token_env is None or cfg.token_env is None:
         return None
     app_token, bot_token = read_secret(cfg.app_token_env), read_secret(cfg.token_env)
     if app_token is None or bot_token is None:

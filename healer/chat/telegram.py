@@ -29,7 +29,7 @@ from healer.chatops import button_key
 from healer.config import Config, Secret
 from healer.errors import HealerError
 from healer.logging import log_event
-from healer.model import Severity
+from healer.model import Event, Severity
 from healer.redact import add_secrets, redact
 
 log = logging.getLogger("healer.chat.telegram")
@@ -120,7 +120,7 @@ class TelegramListener:
         log_event(log, "chatops.stopped", level=logging.ERROR, platform="telegram", why=why, error=redact(str(e)))
         with contextlib.suppress(HealerError):
             await asyncio.to_thread(
-                operations.announce, self.config, "chatops.stopped", "Telegram commands off",
+                operations.announce, self.config, Event.CHATOPS_STOPPED, "Telegram commands off",
                 f"{why}; alerts still go out, buttons and commands do nothing here", Severity.WARNING,
             )  # fmt: skip
 
@@ -187,10 +187,11 @@ def _escape(text: str) -> str:
 
 def telegram_listener(config: Config, dispatcher: Dispatcher) -> TelegramListener | None:
     """The listener for `[alerts.telegram]`, or None when it has no token or no chat to listen to."""
-    from healer.alerts.telegram import telegram_channels
+    from healer.alerts.telegram import Section
+    from healer.alerts.telegram import channels as telegram_channels
 
-    cfg = config.alerts.telegram
-    if cfg is None:
+    cfg = config.alerts.channels.get("telegram")
+    if not isinstance(cfg, Section):
         return None
     channels = telegram_channels(cfg, timeout=config.alerts.timeout)
     token = channels[0].token
