@@ -20,14 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Protocol, runtime_checkable
 
-from healer.config import (
-    CheckConfig,
-    HttpCheck,
-    PostgresCheck,
-    ProcessCheck,
-    RedisCheck,
-)
+from healer.config import CheckConfig
 from healer.model import Baseline, CheckResult, Reference, Verdict
 from healer.stats import mann_whitney_greater, median, remove_outliers
 
@@ -38,6 +33,40 @@ REFERENCE_ALPHA = 0.02
 MIN_REFERENCE_SAMPLES = 20
 # The healthy cycles of the release before pooled into its reference (the loop reads them).
 REFERENCE_CYCLES = 20
+
+
+# What a check's model declares decides how it is judged, not its type: a check type added
+# with these keys is judged like the others that have them (healer/checks/registry.py).
+
+
+@runtime_checkable
+class LatencyBounded(Protocol):
+    """A check whose latency drifting from the baseline fails it (`<type>.latency`)."""
+
+    @property
+    def max_latency_factor(self) -> float: ...
+    @property
+    def min_latency_increase(self) -> timedelta: ...
+
+
+@runtime_checkable
+class MemoryBounded(Protocol):
+    """A check whose memory (`rss_mb`) drifting from the baseline fails it (`<type>.memory`)."""
+
+    @property
+    def max_memory_factor(self) -> float: ...
+    @property
+    def min_memory_increase(self) -> int: ...
+
+
+@runtime_checkable
+class ComparedToPrevious(Protocol):
+    """A check whose latency samples are compared with the release before's (`<type>.latency`)."""
+
+    @property
+    def max_latency_factor_vs_previous(self) -> float: ...
+    @property
+    def min_latency_increase(self) -> timedelta: ...
 
 
 def judge(
@@ -55,16 +84,17 @@ def judge(
         check = by_name.get(r.name)
         if check is not None and baseline is not None:
             r = _against_baseline(r, check, baseline)
-        if isinstance(check, HttpCheck) and reference is not None:
+        if isinstance(check, ComparedToPrevious) and reference is not None:
             r = _against_reference(r, check, reference)
         judged.append(r)
     return Verdict(at=at, results=tuple(judged))
 
 
-def _against_reference(r: CheckResult, check: HttpCheck, reference: Reference) -> CheckResult:
-    """The result, failed with `http.latency` when rank test, factor and floor all say slower."""
+def _against_reference(r: CheckResult, check: ComparedToPrevious, reference: Reference) -> CheckResult:
+    """The result, failed with `<type>.latency` when rank test, factor and floor all say slower."""
     pooled = reference.samples_ms.get(r.name, ())
-    if len(pooled) < MIN_REFERENCE_SAMPLES or not r.samples_ms or "http.latency" in r.symptoms:
+    slow = f"{r.type}.latency"
+    if len(pooled) < MIN_REFERENCE_SAMPLES or not r.samples_ms or slow in r.symptoms:
         return r  # inconclusive, or already failed for latency (own baseline, ceiling)
     ref = remove_outliers(pooled)
     now, before = median(r.samples_ms), median(ref)
@@ -80,7 +110,7 @@ def _against_reference(r: CheckResult, check: HttpCheck, reference: Reference) -
         f"({_times(now, before)}, {p}, {len(r.samples_ms)} vs {len(ref)} samples)"
     )
     error = "; ".join(([r.error] if r.error else []) + [problem])
-    return replace(r, ok=False, error=error, symptoms=(*r.symptoms, "http.latency"))
+    return replace(r, ok=False, error=error, symptoms=(*r.symptoms, slow))
 
 
 def _ms(v: float) -> str:
@@ -113,7 +143,7 @@ def reference_of(verdicts: Sequence[Verdict], label: str, cycles: int = REFERENC
 def _against_baseline(r: CheckResult, check: CheckConfig, baseline: Baseline) -> CheckResult:
     problems: list[str] = []
     symptoms = list(r.symptoms)
-    if isinstance(check, HttpCheck | RedisCheck | PostgresCheck):
+    if isinstance(check, LatencyBounded):
         slow = _drifted(
             r.values.get("latency_ms"),
             baseline.value(r.name, "latency_ms"),
@@ -123,7 +153,7 @@ def _against_baseline(r: CheckResult, check: CheckConfig, baseline: Baseline) ->
         if slow:
             problems.append(f"latency {slow[0]:.0f}ms vs baseline {slow[1]:.0f}ms")
             symptoms.append(f"{r.type}.latency")
-    if isinstance(check, ProcessCheck):
+    if isinstance(check, MemoryBounded):
         big = _drifted(
             r.values.get("rss_mb"),
             baseline.value(r.name, "rss_mb"),
@@ -132,7 +162,7 @@ def _against_baseline(r: CheckResult, check: CheckConfig, baseline: Baseline) ->
         )
         if big:
             problems.append(f"memory {big[0]:.0f}MB vs baseline {big[1]:.0f}MB")
-            symptoms.append("process.memory")
+            symptoms.append(f"{r.type}.memory")
     if not problems:
         return r
     error = "; ".join(([r.error] if r.error else []) + problems)

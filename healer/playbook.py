@@ -28,19 +28,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from healer.config import (
-    CHECK_TYPES,
-    Argv,
-    CheckConfig,
-    Config,
-    Duration,
-    Name,
-    PositiveDuration,
-    RelPath,
-    describe_error,
-    format_duration,
-)
+from healer.config import CHECK_TYPES, CheckConfig, Config, describe_error, format_duration
 from healer.errors import ConfigError
+from healer.schema import Argv, Duration, Name, PositiveDuration, RelPath
 
 DEFAULT_COOLDOWN = timedelta(minutes=10)
 DEFAULT_MAX_PER_WINDOW = 3
