@@ -138,6 +138,8 @@ class CheckBase(Model):
     default_role: ClassVar[RoleName] = "app"
     # What a key with a pattern expects, for the one-line error: {"address": 'expected HOST:PORT ...'}
     hints: ClassVar[Mapping[str, str]] = {}
+    # Its probe sends HTTP through `ctx.client_for(name)`: probe_context pools a client for it.
+    uses_http: ClassVar[bool] = False
 
     if TYPE_CHECKING:  # each subclass declares it as a Literal, the tag pydantic dispatches on
         type: str
@@ -147,6 +149,9 @@ class StepBase(Model):
     """What every playbook step has. An action's module subclasses it with
     `action: Literal["<name>"]`, `timeout: PositiveDuration = <its default>` and its own keys
     (healer/actions/registry.py)."""
+
+    # What a key with a pattern expects, for the one-line error: {"signal": 'expected a signal ...'}
+    hints: ClassVar[Mapping[str, str]] = {}
 
     if TYPE_CHECKING:  # each subclass declares them: the tag pydantic dispatches on, and its bound
         action: str

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -63,3 +65,20 @@ def test_a_tcp_check_is_a_dependency_unless_it_says_app() -> None:
         Path("healer.toml"),
     )  # fmt: skip
     assert [role_of(c) for c in cfg.checks] == [Role.DEPENDENCY, Role.APP]
+
+
+def test_the_tcp_check_is_one_module_one_registry_line_and_this_file() -> None:
+    """Adding the check touched nothing else but the docs: no generic module names it."""
+    root = Path(__file__).parent.parent
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    mention = re.compile(r"\btcp\b|Tcp")  # the check, not the protocol ("a TCP port")
+    named = {f for f in files if (root / f).is_file() and mention.search((root / f).read_text(errors="replace"))}
+    registry_lines = [ln for ln in (root / "healer/checks/registry.py").read_text().splitlines() if mention.search(ln)]
+    docs = {"README.md", "CONTRIBUTING.md", "healer.toml"}
+    # bench/frozen/: copies of older decision modules, the reference the live code is measured against
+    frozen = {f for f in named if f.startswith("bench/frozen/")}
+    assert named - docs - frozen == {"healer/checks/tcp.py", "healer/checks/registry.py", "tests/test_checks_tcp.py"}
+    assert registry_lines == ["import healer.checks.tcp as tcp", '    "tcp": CheckKind(tcp.TcpCheck, tcp.probe),']

@@ -48,7 +48,7 @@ POOL_SHARD = 32
 async def probe_context(config: Config) -> AsyncIterator[ProbeContext]:
     """Open the HTTP clients (no proxies or netrc from the environment) and close them after.
 
-    The http checks share one client per POOL_SHARD of them, so every check has a connection of
+    The http checks (`uses_http`) share one client per POOL_SHARD of them, so every check has a connection of
     its own when all are slow at once. One pool for hundreds of checks would not do: httpx's
     default of 100 connections makes the 101st slow check wait past its timeout, and httpcore
     scans every queued request against every connection each time one ends, which costs seconds
@@ -56,7 +56,7 @@ async def probe_context(config: Config) -> AsyncIterator[ProbeContext]:
     """
     import httpx
 
-    names = [c.name for c in config.checks if c.type == "http"]
+    names = [c.name for c in config.checks if c.uses_http]
     shards = max(1, math.ceil(len(names) / POOL_SHARD))
     # one TLS context for all of them: building one reads the CA bundle (~10 ms)
     tls = httpx.create_ssl_context(trust_env=False)

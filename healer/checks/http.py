@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -54,6 +54,8 @@ class HttpCheck(CheckBase):
     # so the factor only says what is worth a rollback, not what is beyond noise
     max_latency_factor_vs_previous: Factor = 1.5
     max_latency: PositiveDuration = timedelta(seconds=10)  # absolute ceiling (seed 002: 10 s)
+
+    uses_http: ClassVar[bool] = True
 
     def expected_statuses(self) -> tuple[int, ...]:
         return tuple(self.expect_status) if isinstance(self.expect_status, list) else (self.expect_status,)

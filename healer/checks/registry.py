@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from healer.checks import command, http, postgres, process, redis, system, tcp
+# one import per module (not `from healer.checks import ...`): the package imports this table
+import healer.checks.command as command
+import healer.checks.http as http
+import healer.checks.postgres as postgres
+import healer.checks.process as process
+import healer.checks.redis as redis
+import healer.checks.system as system
+import healer.checks.tcp as tcp
 from healer.schema import CheckBase
 
 if TYPE_CHECKING:
