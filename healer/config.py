@@ -7,13 +7,11 @@ Unknown keys are errors, so a typo never silently disables a check.
 
 from __future__ import annotations
 
-import operator
 import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -33,7 +31,9 @@ from healer.schema import (
     Percent,
     PositiveDuration,
     RelPath,
+    hints_of,
     show,
+    tagged_union,
 )
 
 # re-exported: the rest of healer reads them from here
@@ -68,9 +68,8 @@ CHECK_TYPES = tuple(CHECKS)
 if TYPE_CHECKING:
     CheckConfig = CheckBase
 else:
-    CheckConfig = Annotated[reduce(operator.or_, (k.model for k in CHECKS.values())), Field(discriminator="type")]
-# what a key with a pattern expects, as each check type says it ({"address": ...})
-_CHECK_HINTS = {key: hint for kind in CHECKS.values() for key, hint in kind.model.hints.items()}
+    CheckConfig = tagged_union((k.model for k in CHECKS.values()), "type")
+_CHECK_HINTS = hints_of(k.model for k in CHECKS.values())
 
 
 # ---- sections --------------------------------------------------------------------------------

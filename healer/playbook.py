@@ -19,11 +19,9 @@ line each, naming the file, the key path and what was expected, like healer.toml
 
 from __future__ import annotations
 
-import operator
 import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,7 +30,7 @@ from pydantic import Field, ValidationError
 from healer.actions.registry import ACTIONS
 from healer.config import CHECK_TYPES, CheckConfig, Config, describe_error, format_duration
 from healer.errors import ConfigError
-from healer.schema import Duration, Model, Name, PositiveDuration, StepBase
+from healer.schema import Duration, Model, Name, PositiveDuration, StepBase, hints_of, tagged_union
 
 DEFAULT_COOLDOWN = timedelta(minutes=10)
 DEFAULT_MAX_PER_WINDOW = 3
@@ -43,9 +41,8 @@ DEFAULT_VERIFY_WITHIN = timedelta(seconds=30)
 if TYPE_CHECKING:
     Step = StepBase
 else:
-    Step = Annotated[reduce(operator.or_, (k.model for k in ACTIONS.values())), Field(discriminator="action")]
-# what a key with a pattern expects, as each action says it ({"signal": ...})
-_STEP_HINTS = {key: hint for kind in ACTIONS.values() for key, hint in kind.model.hints.items()}
+    Step = tagged_union((k.model for k in ACTIONS.values()), "action")
+_STEP_HINTS = hints_of(k.model for k in ACTIONS.values())
 
 
 class Playbook(Model):

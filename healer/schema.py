@@ -9,10 +9,12 @@ imports the registries: no import circle.
 
 from __future__ import annotations
 
+import operator
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
@@ -156,6 +158,17 @@ class StepBase(Model):
     if TYPE_CHECKING:  # each subclass declares them: the tag pydantic dispatches on, and its bound
         action: str
         timeout: timedelta
+
+
+def tagged_union(models: Iterable[type[Model]], tag: str) -> object:
+    """The type of a table that is one of `models` (a registry's), chosen by its key `tag`:
+    pydantic reports an unknown or missing tag as such, not as a failure of every model."""
+    return Annotated[reduce(operator.or_, models), Field(discriminator=tag)]
+
+
+def hints_of(models: Iterable[type[CheckBase] | type[StepBase]]) -> dict[str, str]:
+    """What each key with a pattern expects, as the models of a registry say it."""
+    return {key: hint for model in models for key, hint in model.hints.items()}
 
 
 # ---- secrets ---------------------------------------------------------------------------------
