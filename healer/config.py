@@ -3,6 +3,9 @@
 Every problem is reported, one line each, naming the file, the key path and what was
 expected: `healer.toml: checks[2].timeout: expected a duration like "5s", got "5 sec"`.
 Unknown keys are errors, so a typo never silently disables a check.
+
+The building blocks (durations, sizes, paths, the frozen base model) are in healer/schema.py;
+each check type's model is in its own module, listed by healer/checks/registry.py.
 """
 
 from __future__ import annotations
