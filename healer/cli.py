@@ -28,7 +28,7 @@ from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
 from healer.model import CheckResult, Outcome, Severity, Verdict, Who
-from healer.views import history_rows, status_data
+from healer.views import history_rows, reference_data, status_data
 
 if TYPE_CHECKING:
     from healer.checks.process import Match as ProcessMatch
@@ -341,7 +341,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 @handles_errors
 def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
-    """Show, or forget, the baseline of the current deploy."""
+    """Show, or forget, the baseline of the current deploy (and the release before it, which
+    the deploy is judged against too)."""
     from healer.store import Store
 
     config = _config(ctx)
@@ -355,21 +356,39 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
             store.reset_baseline(d.id, Who.PERSON, SystemClock().now())
             click.echo(f"baseline of {d.commit[:12]} forgotten; the next healthy cycle sets a new one")
             return
-        if as_json:
-            click.echo(json.dumps(None if d.baseline is None else {
-                "commit": d.commit, "taken_at": d.baseline.taken_at.isoformat(),
-                "metrics": {k: dict(v) for k, v in d.baseline.metrics.items()},
-            }, indent=2))  # fmt: skip
-            return
-        if d.baseline is None:
-            click.echo(f"{d.commit[:12]}: no baseline yet (taken at the first fully healthy cycle)")
-            return
+        ref = reference_data(config, store, d.id)
+    if as_json:
+        click.echo(json.dumps({
+            "commit": d.commit,
+            "taken_at": None if d.baseline is None else d.baseline.taken_at.isoformat(),
+            "metrics": {} if d.baseline is None else {k: dict(v) for k, v in d.baseline.metrics.items()},
+            "reference": ref,
+        }, indent=2))  # fmt: skip
+        return
+    con = _console()
+    if d.baseline is None:
+        click.echo(f"{d.commit[:12]}: no baseline yet (taken at the first fully healthy cycle)")
+    else:
         table = Table(title=f"baseline of {d.commit[:12]}, taken {_when(d.baseline.taken_at)}", title_justify="left")
         table.add_column("check")
         table.add_column("measured")
         for name, vals in d.baseline.metrics.items():
             table.add_row(name, ", ".join(f"{k}={_num(v)}" for k, v in vals.items()))
-        _console().print(table)
+        con.print(table)
+    if ref is None:
+        click.echo("release before: none with healthy cycles yet (this deploy is judged against its own baseline only)")
+        return
+    title = f"release before: {ref['release']}, {ref['cycles']} healthy cycles pooled"
+    table = Table(title=title, title_justify="left")
+    for col in ("check", "samples", "median", "p90", "failed requests"):
+        table.add_column(col)
+    for name, c in ref["checks"].items():
+        median, p90 = c["median_ms"], c["p90_ms"]
+        table.add_row(
+            name, str(c["samples"]), "" if median is None else f"{_num(median)} ms",
+            "" if p90 is None else f"{_num(p90)} ms", f"{c['failed']} of {c['requests']}",
+        )  # fmt: skip
+    con.print(table)
 
 
 # ---- history -------------------------------------------------------------------------------------
@@ -398,7 +417,9 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
         outcome = r.get("outcome") or ("ok" if r.get("ok") else ("FAIL" if r.get("ok") is False else ""))
         if r["type"] == "check":
             cause = f" — likely cause: {r['cause']}" if r.get("cause") and not r.get("ok") else ""
-            detail = r.get("what", "") + cause + (f"; then: {r['next']}" if r.get("next") and not r.get("ok") else "")
+            seen = f" ({r['detail']})" if r.get("detail") else ""
+            then = f"; then: {r['next']}" if r.get("next") and not r.get("ok") else ""
+            detail = r.get("what", "") + seen + cause + then
         else:
             detail = " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)
@@ -739,9 +760,16 @@ def demo(keep: bool) -> None:
 @click.option("--since", default="24h", show_default=True, help="How far back: 24h, 7d, 30d ...")
 @click.option("--sla", type=float, default=None, help="SLA target in percent (default: [report] sla_target, 99.9).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the picture of the period to this file: one self-contained HTML page (the timeline `/` shows).",
+)
 @click.pass_context
 @handles_errors
-def report(ctx: click.Context, since: str, sla: float | None, as_json: bool) -> None:
+def report(ctx: click.Context, since: str, sla: float | None, as_json: bool, html_file: Path | None) -> None:
     """Uptime, incidents, repairs, rollbacks, SLA and mean time to repair."""
     from healer import report as reports
     from healer.store import Store
@@ -758,10 +786,25 @@ def report(ctx: click.Context, since: str, sla: float | None, as_json: bool) -> 
     else:  # nothing recorded yet: an empty report ("no data"), and no file created
         rep = reports.build_report([], [], [], start=now - span, now=now, sla_target=target)
     title = f"{config.app.name}: the last {since}"
+    if html_file is not None:
+        _write_page(config, html_file, title, now - span, now)
     if as_json:
         click.echo(json.dumps(reports.to_json(rep), indent=2))
         return
     _console().print(reports.render(rep, title))
+
+
+def _write_page(config: Config, path: Path, title: str, start: datetime, now: datetime) -> None:
+    """`report --html`: the page for [start, now], written whole, said on stderr (stdout keeps the report)."""
+    from healer.page import render_page
+    from healer.views import timeline_data
+
+    page = render_page(timeline_data(config, start, now), title, now=now)
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"--html: cannot write {path}: {e.strerror or e}") from None
+    click.echo(f"healer: wrote the picture of {title} to {path}", err=True)
 
 
 def main() -> None:

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from healer.config import Config
-from healer.ladder import Attribution, Cause, Spacing, attribute, deploy_grace, next_run_at, restart_failed
+from healer.ladder import (
+    PROBE_ERROR_LIMIT,
+    Attribution,
+    Cause,
+    Spacing,
+    attribute,
+    deploy_grace,
+    next_run_at,
+    restart_failed,
+)
 from healer.model import (
     Alert,
     CheckResult,
@@ -82,6 +91,7 @@ class Situation:
     deploy_begun_until: datetime | None = None  # `healer deploy begin` is in force until then
     deploy_ended_commit: str | None = None  # the commit `healer deploy end` named
     previous_cause: str | None = None  # the likely cause of this deploy's last failing cycle
+    unprobed_streak: int = 0  # cycles in a row before this one healer could not probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,13 @@ def decide(s: Situation, config: Config) -> Decision:
     """
     esc = config.escalation
     d, v = s.deploy, s.verdict
+    if v.unprobed:
+        seen = tuple(r for r in v.results if not r.probe_error)
+        if all(r.ok for r in seen):
+            return _unprobed(s)
+        # judge what healer did see: an unprobed check neither accuses nor excuses
+        v = replace(v, results=seen)
+        s = replace(s, verdict=v)
     if v.ok:
         passes = d.consecutive_passes + 1
         intents: list[Intent] = []
@@ -234,6 +251,26 @@ def decide(s: Situation, config: Config) -> Decision:
     if not counted and rungs.counts:
         step = f"restart pending; {step} once restarts are exhausted"
     return done(step + skipped, failures)
+
+
+def _unprobed(s: Situation) -> Decision:
+    """A cycle where healer could not probe (and nothing it did probe failed): it knows nothing
+    of the app, so it counts nothing, opens nothing and acts on nothing — and after
+    PROBE_ERROR_LIMIT such cycles in a row says once that it is blind."""
+    d, v = s.deploy, s.verdict
+    names = ", ".join(r.name for r in v.unprobed)
+    first = next((r.error for r in v.unprobed if r.error), "")
+    att = Attribution(Cause.UNPROBED, f"{names}: {first}" if first else names)
+    streak = s.unprobed_streak + 1
+    intents: list[Intent] = []
+    if streak == PROBE_ERROR_LIMIT:
+        body = (
+            f"{streak} cycles in a row healer could not probe {names} ({first}); it is acting on nothing "
+            "until it can. Look at healer's own host: open files (ulimit -n), memory."
+        )
+        intents.append(Alert("healer.blind", Severity.WARNING, "can't tell whether the app is healthy", body))
+    step = f"recording only until healer can probe {names} again"
+    return Decision(d.consecutive_failures, d.consecutive_passes, d.emergency_streak, tuple(intents), step, att)
 
 
 def choose_repairs(s: Situation, config: Config, att: Attribution | None = None) -> RepairChoice:

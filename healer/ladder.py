@@ -27,6 +27,7 @@ class Cause(enum.StrEnum):
     APP_PROCESS = "app process"  # the app died or wedged on a release that had been healthy
     UNKNOWN = "unknown"  # none of the above: restarts, then a rollback after `rollback_after`
     DEPLOYING = "deploy in progress"  # the new release does not answer yet: healer keeps its hands off
+    UNPROBED = "healer could not probe"  # healer's own failure (descriptors, memory): nothing is known
 
 
 class Role(enum.StrEnum):
@@ -68,7 +69,14 @@ LADDER: dict[Cause, Rungs] = {
     Cause.DEPENDENCY: Rungs(repairs=True, max_restarts=1, rollback=False, counts=False, mark_bad=False),
     # the deploy script is still at work: record, act on nothing
     Cause.DEPLOYING: Rungs(repairs=False, max_restarts=0, rollback=False, counts=False, mark_bad=False),
+    # healer could not probe: it knows nothing of the app, so it counts and does nothing (after
+    # PROBE_ERROR_LIMIT such cycles in a row a person is told healer is blind)
+    Cause.UNPROBED: Rungs(repairs=False, max_restarts=0, rollback=False, counts=False, mark_bad=False),
 }
+
+# Cycles in a row healer may be unable to probe before it tells a person (Argo Rollouts'
+# consecutiveErrorLimit default, 4).
+PROBE_ERROR_LIMIT = 4
 
 
 @dataclass(frozen=True, slots=True)

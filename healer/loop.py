@@ -45,7 +45,7 @@ from healer.errors import HealerError, LockedError, StoreError
 from healer.files import open_private, private_dir
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
-from healer.ladder import settled
+from healer.ladder import Cause, settled
 from healer.logging import log_event
 from healer.model import (
     Alert,
@@ -65,6 +65,7 @@ from healer.notify import Liveness, action_budget, notify, stall_limit, watchdog
 from healer.schedule import next_due, phase_at
 from healer.server import start_server
 from healer.store import CycleUpdate
+from healer.views import release_label
 
 log = logging.getLogger("healer")
 T = TypeVar("T")
@@ -239,6 +240,9 @@ class Watchdog:
         self._last_cycle: tuple[int, datetime, timedelta] | None = None
         # (deploy id, its reference): the release before's pooled samples, read once per deploy
         self._reference_of: tuple[int, Reference | None] | None = None
+        # cycles in a row healer could not probe (in memory: a restart of healer only delays
+        # the "can't tell" alert by a few cycles)
+        self._unprobed_streak = 0
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -272,7 +276,8 @@ class Watchdog:
         reference = None
         if found is not None:
             before, verdicts = found
-            reference = reference_of(verdicts, before.stable_tag or before.commit[:12])
+            label = await asyncio.to_thread(release_label, self.config, before.commit, before.stable_tag)
+            reference = reference_of(verdicts, label)
         self._reference_of = (deploy.id, reference)
         return reference
 
@@ -287,6 +292,8 @@ class Watchdog:
         verdict = judge(results, deploy.baseline, self.config.checks, now, reference=reference)
         situation = await self._situation(deploy, verdict, now)
         decision = decide(situation, self.config)
+        unprobed = decision.attribution is not None and decision.attribution.cause is Cause.UNPROBED
+        self._unprobed_streak = self._unprobed_streak + 1 if unprobed else 0
         self._cause = None if decision.attribution is None else decision.attribution.label
         phase = phase_at(deploy.first_seen, now, self.config.schedule)
         is_settled = settled(
@@ -396,6 +403,7 @@ class Watchdog:
             deploy_begun_until=datetime.fromisoformat(begun) if begun else None,
             deploy_ended_commit=meta.get(DEPLOY_ENDED_KEY),
             previous_cause=await self._db(self.store.last_cause, deploy.id) if failing else None,
+            unprobed_streak=self._unprobed_streak,
         )
 
     async def _guarded(

@@ -60,6 +60,9 @@ class CheckResult:
     # many requests failed (refused, timed out or answered wrongly); empty for one-shot checks
     samples_ms: tuple[float, ...] = ()
     sample_errors: int = 0
+    # healer could not probe (its own file descriptors or memory ran out, its connection pool
+    # was full): says nothing of the app, so it never counts toward a restart or a rollback
+    probe_error: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -74,6 +77,8 @@ class CheckResult:
         if self.samples_ms or self.sample_errors:
             d["samples_ms"] = list(self.samples_ms)
             d["sample_errors"] = self.sample_errors
+        if self.probe_error:
+            d["probe_error"] = True
         return d
 
     @classmethod
@@ -89,6 +94,7 @@ class CheckResult:
             symptoms=tuple(d.get("symptoms") or ()),
             samples_ms=tuple(float(v) for v in d.get("samples_ms") or ()),
             sample_errors=int(d.get("sample_errors") or 0),
+            probe_error=bool(d.get("probe_error", False)),
         )
 
 
@@ -127,6 +133,11 @@ class Verdict:
     @property
     def failing(self) -> tuple[CheckResult, ...]:
         return tuple(r for r in self.results if not r.ok)
+
+    @property
+    def unprobed(self) -> tuple[CheckResult, ...]:
+        """The checks healer could not probe this cycle (its own failure, not the app's)."""
+        return tuple(r for r in self.results if r.probe_error)
 
     @property
     def symptoms(self) -> tuple[str, ...]:

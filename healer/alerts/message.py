@@ -51,6 +51,7 @@ LABELS: Mapping[str, str] = {
     "healer.started": "Watching",
     "healer.stopped": "Stopped watching",
     "healer.held": "Waiting for a person",
+    "healer.blind": "healer cannot probe",
     "phase.changed": "Phase changed",
     "pause.started": "Paused",
     "pause.ended": "Resumed",

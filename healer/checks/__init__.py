@@ -25,8 +25,10 @@ from healer.checks.base import (
     describe_error,
     failed,
     format_size,
+    local_failure,
     measured,
     redact,
+    unprobed,
 )
 from healer.checks.registry import CHECKS
 from healer.model import CheckResult
@@ -98,6 +100,9 @@ async def run_check(ctx: ProbeContext, check: CheckConfig) -> CheckResult:
     if exc is not None:
         if isinstance(exc, TimeoutError):
             return failed(check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout")
+        local = local_failure(exc)
+        if local is not None:
+            return unprobed(check, describe_error(local))
         return failed(check, describe_error(exc))
     return _redacted(task.result())
 
@@ -142,9 +147,11 @@ __all__ = [
     "describe_error",
     "failed",
     "format_size",
+    "local_failure",
     "measured",
     "probe_context",
     "redact",
     "run_check",
     "run_checks",
+    "unprobed",
 ]

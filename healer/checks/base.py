@@ -8,6 +8,7 @@ healer/checks/registry.py), so a check module can import it freely.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -73,6 +74,36 @@ def format_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+# errno values that say healer itself ran out of something (descriptors, memory, buffers, local
+# ports): the probe never reached the app, so its failure says nothing about the app
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EADDRNOTAVAIL})
+
+
+def local_failure(exc: BaseException) -> OSError | None:
+    """The OSError in `exc`'s chain (a driver wraps it: httpx.ConnectError, redis'
+    ConnectionError) that says healer could not probe at all, or None."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _LOCAL_ERRNOS:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def unprobed(check: Any, why: str) -> CheckResult:
+    """A result for a check healer could not probe: `<type>.probe_error`, never the app's fault."""
+    return CheckResult(
+        name=check.name,
+        type=check.type,
+        ok=False,
+        error=f"healer could not probe: {why}",
+        symptoms=(f"{check.type}.probe_error",),
+        probe_error=True,
+    )
 
 
 def failed(check: Any, error: str, *symptoms: str, **values: float) -> CheckResult:

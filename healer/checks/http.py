@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from healer.checks.base import budget, describe_error
+from healer.checks.base import budget, describe_error, local_failure, unprobed
 from healer.model import CheckResult
 from healer.redact import redact
 from healer.schema import CheckBase, Duration, Factor, PositiveDuration, format_duration
@@ -63,7 +63,8 @@ class HttpCheck(CheckBase):
 
 @dataclass(frozen=True, slots=True)
 class _Sample:
-    """One request: `kind` is "ok" or the failure (down, timeout, status, body, error)."""
+    """One request: `kind` is "ok" or the failure (down, timeout, status, body, error), or
+    "probe" when healer could not send it at all."""
 
     kind: str
     status: int = 0  # 0 when nothing that parses as HTTP came back
@@ -83,6 +84,18 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> CheckResult:
 
 
 async def _sample(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -> _Sample:
+    """One request; healer's own failure to send it (out of descriptors, memory, local ports)
+    is a "probe" sample, which says nothing about the app."""
+    try:
+        return await _request(client, check, timeout)
+    except Exception as e:
+        local = local_failure(e)
+        if local is None:
+            raise
+        return _Sample("probe", detail=describe_error(local))
+
+
+async def _request(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -> _Sample:
     import httpx  # here, not at the top: loading the config must not load the driver (registry.py)
 
     if timeout <= 0.001:
@@ -94,9 +107,14 @@ async def _sample(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -
         async with asyncio.timeout(timeout):
             async with client.stream(check.method, check.url, headers=check.headers, timeout=timeout) as resp:
                 body = await _read(resp)
+    except httpx.PoolTimeout:
+        # every connection of healer's own pool was busy: the request never left healer
+        return _Sample("probe", detail="no free connection in healer's pool")
     except (TimeoutError, httpx.TimeoutException):
         return _Sample("timeout", detail=f"no answer within {round(timeout * 1000)} ms")
     except httpx.ConnectError as e:
+        if local_failure(e) is not None:
+            raise
         return _Sample("down", detail=f"cannot connect ({_reason(e)})")
     except httpx.RemoteProtocolError as e:
         if "without sending" in str(e) or "disconnected" in str(e).lower():
@@ -105,6 +123,8 @@ async def _sample(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -
     except (httpx.ReadError, httpx.WriteError) as e:
         return _Sample("down", detail=f"connection lost ({_reason(e)})")
     except Exception as e:  # a garbage answer is a failed sample, whatever the client raises
+        if local_failure(e) is not None:
+            raise
         return _Sample("error", detail=describe_error(e))
     latency = time.perf_counter() - start
     return _judge_response(check, resp.status_code, body, resp.encoding, latency)
@@ -188,7 +208,10 @@ def _show(value: object) -> str:
     return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 1] + "…"
 
 
-def _judge(check: HttpCheck, samples: list[_Sample]) -> CheckResult:
+def _judge(check: HttpCheck, taken: list[_Sample]) -> CheckResult:
+    samples = [s for s in taken if s.kind != "probe"]  # judged on the requests that left healer
+    if not samples:
+        return unprobed(check, taken[0].detail)
     n = len(samples)
     passed = [s for s in samples if s.kind == "ok"]
     failures = [s for s in samples if s.kind != "ok"]

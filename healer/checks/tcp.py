@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from healer.checks.base import budget, failed, measured
+from healer.checks.base import budget, describe_error, failed, local_failure, measured, unprobed
 from healer.model import CheckResult
 from healer.schema import CheckBase, RoleName
 
@@ -56,6 +56,8 @@ async def probe(check: TcpCheck, ctx: ProbeContext) -> CheckResult:
     except ConnectionRefusedError:
         return failed(check, f"{check.address} refused the connection (nothing listens)", "tcp.down")
     except OSError as e:
+        if local_failure(e) is not None:
+            return unprobed(check, describe_error(e))
         return failed(check, f"cannot connect to {check.address}: {e.strerror or e}", "tcp.down")
     took = time.monotonic() - started
     writer.close()
