@@ -37,10 +37,11 @@ from healer.alerts.message import (
     render_text,
 )
 from healer.chatops import Button, Verb, alert_buttons, button_data, button_key
-from healer.config import ChannelSection, EnvName, Secret, read_secret
+from healer.config import ChannelSection, Secret, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
 from healer.redact import REDACTOR, add_secrets, redact
+from healer.schema import EnvName
 
 # Block Kit limits: https://api.slack.com/reference/block-kit/blocks
 SLACK_HEADER_MAX = 150

@@ -28,10 +28,11 @@ from healer.alerts.message import (
     label,
 )
 from healer.chatops import Button, alert_buttons, button_data, button_key
-from healer.config import ChannelSection, EnvName, Secret, read_secret
+from healer.config import ChannelSection, Secret, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
 from healer.redact import add_secrets, redact
+from healer.schema import EnvName
 
 if TYPE_CHECKING:
     from telegram import InlineKeyboardMarkup
