@@ -15,7 +15,7 @@ from typing import Protocol
 
 from healer.alerts.message import rollback_failure_title
 from healer.config import Config
-from healer.model import Alert, CheckResult, Deploy, Hold, Outcome, Repair, Rollback, Severity, Who, short
+from healer.model import Alert, CheckResult, Deploy, Event, Hold, Outcome, Repair, Rollback, Severity, Who, short
 from healer.rollback_plan import Plan, one_line
 
 # Why a failed rollback of the loop leaves healer acting, when [process] can restart the app.
@@ -175,22 +175,24 @@ def follow_up(
             return _after_resumed_rollback(r, config)
         case Observed(intent=Repair(kind=kind, reason=reason)):
             nothing = f"observe mode, nothing done ({reason})"
-            return Followup((Alert("repair.started", Severity.WARNING, f"{kind} (would run)", nothing, incident),))
+            return Followup((Alert(Event.REPAIR_STARTED, Severity.WARNING, f"{kind} (would run)", nothing, incident),))
         case Observed(intent=intent):
             nothing = f"observe mode, nothing done ({intent.reason})"
             alert = Alert(
-                "rollback.started", Severity.CRITICAL, "would roll back to the last stable tag", nothing, incident
+                Event.ROLLBACK_STARTED, Severity.CRITICAL, "would roll back to the last stable tag", nothing, incident
             )
             return Followup((alert,))
         case NotRun(intent=Repair(kind=kind), error=error):
-            return Followup((Alert("repair.failed", Severity.WARNING, f"{kind} could not run", error, incident),))
+            return Followup((Alert(Event.REPAIR_FAILED, Severity.WARNING, f"{kind} could not run", error, incident),))
         case NotRun(error=error):
             msg = f"rollback could not run: {error}; {_WAITING}"
-            alert = Alert("rollback.failed", Severity.CRITICAL, "could not run", msg, incident)
+            alert = Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, "could not run", msg, incident)
             return Followup((alert,), Hold(msg), deploy_id=None if deploy is None else deploy.id)
         case Crashed(intent=intent, error=error):
             what, event = (
-                (intent.kind, "repair.failed") if isinstance(intent, Repair) else ("rollback", "rollback.failed")
+                (intent.kind, Event.REPAIR_FAILED)
+                if isinstance(intent, Repair)
+                else ("rollback", Event.ROLLBACK_FAILED)
             )
             return Followup((Alert(event, Severity.CRITICAL, f"{what} crashed", error, incident),))
 
@@ -200,13 +202,13 @@ def rollback_started(p: Plan, *, incident: int | None = None, by: str | None = N
     to = f"{p.to_ref} ({p.to_commit[:12]})"
     if by is not None:
         return Alert(
-            "rollback.started", Severity.CRITICAL, f"Rolling back to {to} (by {by})", p.reason, bypass_dedup=True
+            Event.ROLLBACK_STARTED, Severity.CRITICAL, f"Rolling back to {to} (by {by})", p.reason, bypass_dedup=True
         )
-    return Alert("rollback.started", Severity.CRITICAL, f"to {to}", p.reason, incident)
+    return Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, f"to {to}", p.reason, incident)
 
 
 def _after_repair(r: RepairResult, *, deploy: Deploy | None, incident: int | None, by: str | None) -> Followup:
-    event = "repair.succeeded" if r.ok else "repair.failed"
+    event = Event.REPAIR_SUCCEEDED if r.ok else Event.REPAIR_FAILED
     if by is None:
         return Followup((Alert(event, Severity.WARNING, r.name, r.detail, incident),))
     title = f"{'Repaired' if r.ok else 'Repair failed'}: {r.name} (by {by})"
@@ -221,21 +223,21 @@ def _after_resumed_repair(r: ResumedRepair) -> Followup:
         return Followup()  # a person's repair, cut short in their own command: they saw it end
     title = f"{row.name}, interrupted when healer stopped"
     if r.result is not None:
-        event = "repair.succeeded" if r.result.ok else "repair.failed"
+        event = Event.REPAIR_SUCCEEDED if r.result.ok else Event.REPAIR_FAILED
         alert = Alert(event, Severity.WARNING, f"{title}, run again", r.why, row.incident_id)
     elif r.healthy:
-        alert = Alert("repair.succeeded", Severity.INFO, title, r.why, row.incident_id)
+        alert = Alert(Event.REPAIR_SUCCEEDED, Severity.INFO, title, r.why, row.incident_id)
     else:
-        alert = Alert("repair.failed", Severity.WARNING, title, r.why, row.incident_id)
+        alert = Alert(Event.REPAIR_FAILED, Severity.WARNING, title, r.why, row.incident_id)
     return Followup((alert,), next_step="watching")
 
 
 def _after_resumed_rollback(r: RollbackResult, config: Config) -> Followup:
     hold = _hold_after(r, config)
     if r.ok:
-        alert = Alert("rollback.succeeded", Severity.WARNING, "Interrupted rollback finished", r.detail)
+        alert = Alert(Event.ROLLBACK_SUCCEEDED, Severity.WARNING, "Interrupted rollback finished", r.detail)
     else:
-        alert = Alert("rollback.failed", Severity.CRITICAL, "Interrupted rollback", r.detail)
+        alert = Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, "Interrupted rollback", r.detail)
     next_step = "watching" if r.ok else _WAITING
     return Followup((alert,), hold, deploy_id=r.deploy_id if hold else None, next_step=next_step)
 
@@ -243,24 +245,24 @@ def _after_resumed_rollback(r: RollbackResult, config: Config) -> Followup:
 def _after_rollback(r: RollbackResult, *, config: Config, incident: int | None, by: str | None) -> Followup:
     if by is not None:
         if r.ok:
-            said = ("rollback.succeeded", Severity.WARNING, f"Rolled back to {r.to_ref} (by {by})")
+            said = (Event.ROLLBACK_SUCCEEDED, Severity.WARNING, f"Rolled back to {r.to_ref} (by {by})")
         else:
-            said = ("rollback.failed", Severity.CRITICAL, f"Rollback to {r.to_ref} failed (by {by})")
+            said = (Event.ROLLBACK_FAILED, Severity.CRITICAL, f"Rollback to {r.to_ref} failed (by {by})")
         return Followup((Alert(*said, r.detail, bypass_dedup=True),))
     hold = _hold_after(r, config)
     deploy_id = r.deploy_id if hold else None
     if r.refused is not None:
-        alert = Alert("rollback.failed", Severity.CRITICAL, "refused", f"{r.refused}; {_WAITING}", incident)
+        alert = Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, "refused", f"{r.refused}; {_WAITING}", incident)
         return Followup((alert,), hold, deploy_id=deploy_id)
     if r.ok:
         return Followup((
-            Alert("rollback.succeeded", Severity.WARNING, f"to {r.to_ref}", r.detail, incident),
-            Alert("incident.resolved", Severity.INFO, "closed by the rollback", r.detail, incident),
+            Alert(Event.ROLLBACK_SUCCEEDED, Severity.WARNING, f"to {r.to_ref}", r.detail, incident),
+            Alert(Event.INCIDENT_RESOLVED, Severity.INFO, "closed by the rollback", r.detail, incident),
         ))  # fmt: skip
     restart = r.plan is not None and r.plan.restart
     title = rollback_failure_title(r.to_ref, commands_failed=r.commands_failed, restart=restart)
     then = _WAITING if hold else _THEN_RESTART
-    alert = Alert("rollback.failed", Severity.CRITICAL, title, f"{r.detail}; {then}", incident)
+    alert = Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, title, f"{r.detail}; {then}", incident)
     return Followup((alert,), hold, deploy_id=deploy_id)
 
 

@@ -27,7 +27,7 @@ from healer.config import Config, config_path, format_duration, format_elapsed, 
 from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
-from healer.model import Alert, CheckResult, Outcome, Severity, Verdict, Who
+from healer.model import Alert, CheckResult, Event, Outcome, Severity, Verdict, Who
 from healer.views import history_rows, reference_data, status_data
 
 if TYPE_CHECKING:
@@ -419,7 +419,8 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
             cause = f" — likely cause: {r['cause']}" if r.get("cause") and not r.get("ok") else ""
             seen = f" ({r['detail']})" if r.get("detail") else ""
             then = f"; then: {r['next']}" if r.get("next") and not r.get("ok") else ""
-            detail = r.get("what", "") + seen + cause + then
+            woken = f"woken: {r['woken']}; " if r.get("woken") else ""
+            detail = woken + r.get("what", "") + seen + cause + then
         else:
             detail = " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)
@@ -581,7 +582,7 @@ def alert() -> None:
 @handles_errors
 def alert_test(ctx: click.Context, channel: str | None) -> None:
     """Send a test alert through each configured channel. Exit 0 when all were delivered."""
-    from healer.alerts import send_test
+    from healer.alerts.shell import send_test
     from healer.logging import known_secrets, setup_logging
 
     config = _config(ctx)
@@ -619,7 +620,7 @@ def pause(ctx: click.Context, reason: str, for_: str) -> None:
         )  # fmt: skip
     _announce(
         config,
-        "pause.started",
+        Event.PAUSE_STARTED,
         f"Paused for {format_duration(span)}",
         f"{reason} (by {_person()}); checks go on, no repair or rollback until {_when(until)}",
     )
@@ -648,7 +649,11 @@ def resume(ctx: click.Context) -> None:
             )  # fmt: skip
     if ended:
         _announce(
-            config, "pause.ended", "Resumed", f"by {_person()}: repairs and rollbacks are armed again", Severity.INFO
+            config,
+            Event.PAUSE_ENDED,
+            "Resumed",
+            f"by {_person()}: repairs and rollbacks are armed again",
+            Severity.INFO,
         )
     click.echo("resumed: repairs and rollbacks are armed again" if ended else "not paused")
 
@@ -710,14 +715,14 @@ def _person() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "a person"
 
 
-def _announce(config: Config, event: str, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
+def _announce(config: Config, event: Event, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
     """Queue a chat announcement of a person's command in the outbox (see _send)."""
     _send(config, (Alert(event, severity, title, detail, bypass_dedup=True),))
 
 
 def _send(config: Config, alerts: Sequence[Alert]) -> None:
     """Queue alerts in the outbox; the running loop's sender delivers them."""
-    from healer.alerts import Alerts, CycleContext
+    from healer.alerts.shell import Alerts, CycleContext
 
     outbox = Alerts(config)
     try:

@@ -7,12 +7,14 @@ Unknown keys are errors, so a typo never silently disables a check.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,8 +23,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -176,6 +182,9 @@ class HttpCheck(_Check):
     # vs the release before (its pooled samples): a rank test (p < 0.02) must agree as well,
     # so the factor only says what is worth a rollback, not what is beyond noise
     max_latency_factor_vs_previous: Factor = 1.5
+    # ... and at least this much slower than the release before: lower than min_latency_increase,
+    # as the pooled reference (20 cycles' samples) and the rank test already stand against noise
+    min_latency_increase_vs_previous: Duration = timedelta(milliseconds=20)
     max_latency: PositiveDuration = timedelta(seconds=10)  # absolute ceiling (seed 002: 10 s)
 
     def expected_statuses(self) -> tuple[int, ...]:
@@ -307,6 +316,10 @@ class EmergencyConfig(_Model):
     all_endpoints_down: bool = True
     max_avg_latency: PositiveDuration | None = timedelta(seconds=10)
     memory_critical_percent: Percent | None = 95.0
+    # an http check this many times slower than the release before (its rank test failed, and
+    # every request of the cycle was slower than the reference's slowest): strong evidence of a
+    # bad release, rolled back after confirm_cycles instead of rollback_after (0: off)
+    regression_factor: Annotated[float, Field(ge=0)] = 3.0
     confirm_cycles: Annotated[int, Field(ge=2)] = 2
 
 
@@ -423,40 +436,80 @@ class ServerConfig(_Model):
 
 SeverityName = Literal["info", "warning", "critical"]
 
+# ---- alert channels --------------------------------------------------------------------------
 
-class SlackConfig(_Model):
-    webhook_url_env: EnvName | None = None
-    token_env: EnvName | None = None  # a bot token, posting to `channel`
-    channel: str | None = None
-    api_url: str | None = None  # Web API base URL; default the public one
+# The alert channels, one line each: kind -> its module in healer/alerts/. The module holds the
+# model of its `[alerts.<kind>]` table (`Section`), its rendering, its sender and `channels()`,
+# which builds them (alerts/shell.py: configured_channels). Looked up by name, as the checks'
+# probes are: config.py imports no channel, and no channel's import reaches back here. The log
+# channel is always there, with or without its table. A module is imported when healer.toml is
+# validated; its chat SDK only when it sends.
+CHANNELS: Mapping[str, str] = {"log": "console", "slack": "slack", "telegram": "telegram"}
+
+
+class ChannelSection(_Model):
+    """What every `[alerts.<kind>]` table holds; a channel's own `Section` adds the rest."""
+
     min_severity: SeverityName = "info"
 
-    @model_validator(mode="after")
-    def _one_way(self) -> SlackConfig:
-        if not (self.webhook_url_env or self.token_env):
-            raise PydanticCustomError("slack", "webhook_url_env: expected webhook_url_env or token_env (+ channel)", {})
-        if self.token_env and not self.channel and not self.webhook_url_env:
-            raise PydanticCustomError("slack", "channel: expected the channel to post to with token_env", {})
-        return self
+    @property
+    def severity(self) -> Severity:
+        return Severity[self.min_severity.upper()]
 
 
-class TelegramConfig(_Model):
-    token_env: EnvName = "TELEGRAM_BOT_TOKEN"
-    chat_id_env: EnvName = "TELEGRAM_CHAT_ID"  # one id, or several separated by commas
-    api_url: str | None = None
-    min_severity: SeverityName = "info"
+def channel_module(kind: str) -> ModuleType:
+    """The module of a channel kind: its `Section` model and its `channels(section, timeout=...)`."""
+    return importlib.import_module(f"healer.alerts.{CHANNELS[kind]}")
 
 
-class LogChannelConfig(_Model):
-    min_severity: SeverityName = "info"
+def channel_section(kind: str) -> type[ChannelSection]:
+    """The model of `[alerts.<kind>]`, from the channel's module."""
+    section: type[ChannelSection] = channel_module(kind).Section
+    return section
+
+
+def _channel(value: tuple[str, object], info: ValidationInfo) -> ChannelSection:
+    """One `[alerts.<kind>]` table, validated by its channel's model (AlertsConfig._tables
+    paired it with its kind)."""
+    kind, table = value
+    if kind not in CHANNELS:
+        raise PydanticCustomError(
+            "channel", "unknown key (check the spelling; channels: {known})", {"known": ", ".join(CHANNELS)}
+        )
+    if not isinstance(table, Mapping):
+        raise PydanticCustomError("channel", "expected a table, got {got}", {"got": _show(table)})
+    return channel_section(kind).model_validate(table, context=info.context)
 
 
 class AlertsConfig(_Model):
-    slack: SlackConfig | None = None
-    telegram: TelegramConfig | None = None
-    log: LogChannelConfig = LogChannelConfig()
+    """`[alerts]`: how often an incident is said again, how long a send may take, and one
+    `[alerts.<kind>]` table per channel (CHANNELS)."""
+
     repeat_every: PositiveDuration = timedelta(minutes=30)
     timeout: PositiveDuration = timedelta(seconds=10)
+    # kind -> its table, validated: log first, then the channels healer.toml names, in its order;
+    # dumped as healer.toml writes them (_as_written)
+    channels: Mapping[str, Annotated[ChannelSection, PlainValidator(_channel)]] = Field(
+        default_factory=dict, exclude=True
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tables(cls, data: object) -> object:
+        """healer.toml writes a channel as `[alerts.<kind>]`, beside the keys of [alerts]:
+        gather those tables under `channels`, each paired with its kind."""
+        if not isinstance(data, Mapping):
+            return data
+        own = {k: v for k, v in data.items() if k in ("repeat_every", "timeout")}
+        tables = {"log": {}, **{k: v for k, v in data.items() if k not in own}}
+        return {**own, "channels": {k: (k, v) for k, v in tables.items()}}
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """Dumped as healer.toml writes it, so that a dump validates again: one table per channel."""
+        tables = {k: s.model_dump(mode=info.mode) for k, s in self.channels.items()}
+        own: dict[str, Any] = handler(self)
+        return {**own, **tables}
 
 
 class ReportConfig(_Model):
@@ -481,7 +534,8 @@ class Config(_Model):
     playbooks: PlaybooksConfig = PlaybooksConfig()
     server: ServerConfig = ServerConfig()
     report: ReportConfig = ReportConfig()
-    alerts: AlertsConfig = AlertsConfig()
+    # a factory: a default built now would import the channel modules while this one loads
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     # where the file was read from (set by load_config, not by the user)
     path: Path = Field(default=Path(DEFAULT_CONFIG_NAME), exclude=True)
@@ -517,9 +571,6 @@ class Config(_Model):
     @property
     def db_path(self) -> Path:
         return self.state_dir / "healer.db"
-
-    def severity(self, name: str) -> Severity:
-        return Severity[name.upper()]
 
 
 # ---- secrets ---------------------------------------------------------------------------------
@@ -612,6 +663,8 @@ def _loc(loc: Sequence[int | str], tagged: str, tags: Sequence[str]) -> str:
             out += f"[{part}]"
         elif part in tags and out.startswith(f"{tagged}["):
             continue  # the discriminator tag pydantic inserts: not a key the user wrote
+        elif part == "channels" and out == "alerts":
+            continue  # where AlertsConfig gathers the [alerts.<kind>] tables: not a key either
         elif part.startswith(("function-", "tagged-union", "list[", "tuple[", "union[", "nullable[")) or part in (
             "int",
             "str",
@@ -642,7 +695,7 @@ _EXPECTED = {
     "model_attributes_type": "expected a table",
     "int_from_float": "expected a whole number",
 }
-_OWN_KINDS = ("duration", "size", "argv", "pattern", "process", "slack", "phases", "checks")
+_OWN_KINDS = ("duration", "size", "argv", "pattern", "process", "phases", "checks", "channel")
 
 
 def describe_error(

@@ -25,6 +25,7 @@ from healer.model import (
     Alert,
     CheckResult,
     Deploy,
+    Event,
     Hold,
     Intent,
     OpenIncident,
@@ -164,7 +165,7 @@ def decide(s: Situation, config: Config) -> Decision:
             if passes >= esc.recover_after:
                 intents.append(ResolveIncident(d.open_incident))
                 intents.append(
-                    Alert("incident.resolved", Severity.INFO, "all checks pass", v.summary(), d.open_incident)
+                    Alert(Event.INCIDENT_RESOLVED, Severity.INFO, "all checks pass", v.summary(), d.open_incident)
                 )
             else:
                 step = f"incident resolves after {esc.recover_after - passes} more passing cycle(s)"
@@ -183,10 +184,12 @@ def decide(s: Situation, config: Config) -> Decision:
     intents = []
     if d.open_incident is None:
         intents.append(OpenIncident(cause=f"{v.summary()} (likely cause: {att.label})"))
-        intents.append(Alert("incident.opened", Severity.WARNING, _failing_names(v, att), f"{v.summary()}; {att.why}"))
+        intents.append(
+            Alert(Event.INCIDENT_OPENED, Severity.WARNING, _failing_names(v, att), f"{v.summary()}; {att.why}")
+        )
     elif att.cause is Cause.DEPENDENCY and s.previous_cause != att.label:
         # the incident began as the app's; now a dependency explains it: say so, once
-        intents.append(Alert("incident.cause", Severity.WARNING, _failing_names(v, att), att.why, d.open_incident))
+        intents.append(Alert(Event.INCIDENT_CAUSE, Severity.WARNING, _failing_names(v, att), att.why, d.open_incident))
     reasons = emergency_reasons(v, config) if rungs.rollback else []
     streak = d.emergency_streak + 1 if reasons else 0
 
@@ -238,11 +241,11 @@ def decide(s: Situation, config: Config) -> Decision:
                 intents += choice.intents
                 return done(f"the rolled-back version fails: trying a restart before holding{skipped}", failures)
             msg = f"the rolled-back version is failing too ({why}); not rolling back again"
-            intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "not acting", msg)]
+            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, "not acting", msg)]
             return done("waiting for a person (healer rollback / healer repair / a new deploy)", failures)
         if not s.has_rollback_target:
             msg = f"no stable tag to roll back to ({why})"
-            intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "not acting", msg)]
+            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, "not acting", msg)]
             return done("waiting for a person (healer rollback --to REF / a new deploy)", failures)
         if s.observe:
             # announce the would-be rollback once: on the first cycle that warranted it
@@ -282,7 +285,7 @@ def _unprobed(s: Situation) -> Decision:
             f"{streak} cycles in a row healer could not probe {names} ({first}); it is acting on nothing "
             "until it can. Look at healer's own host: open files (ulimit -n), memory."
         )
-        intents.append(Alert("healer.blind", Severity.WARNING, "can't tell whether the app is healthy", body))
+        intents.append(Alert(Event.HEALER_BLIND, Severity.WARNING, "can't tell whether the app is healthy", body))
     step = f"recording only until healer can probe {names} again"
     return Decision(d.consecutive_failures, d.consecutive_passes, d.emergency_streak, tuple(intents), step, att)
 
@@ -338,7 +341,7 @@ def choose_repairs(s: Situation, config: Config, att: Attribution | None = None)
         if len(counted) >= policy.max_per_window:
             if not any(r.name == name and r.note == "cap" for r in s.repairs):
                 msg = f"{name} ran {len(counted)} times this window (cap {policy.max_per_window}); not again"
-                out.append(Alert("repair.capped", Severity.WARNING, name, msg))
+                out.append(Alert(Event.REPAIR_CAPPED, Severity.WARNING, name, msg))
             skipped.append(f"{name} capped: {len(counted)} of {policy.max_per_window} this window")
             continue
         due = next_run_at(policy.spacing, [r.at for r in counted])
@@ -375,6 +378,15 @@ def emergency_reasons(v: Verdict, config: Config) -> list[str]:
         limit = em.max_avg_latency / timedelta(milliseconds=1)
         if lat and sum(lat) / len(lat) > limit:
             out.append(f"average latency {sum(lat) / len(lat):.0f}ms over {limit:.0f}ms")
+    if em.regression_factor:
+        # strong evidence of a slow release: the judge's rank test said slower, the median is
+        # regression_factor × the release before's, and every request was slower than its slowest
+        for r in http:
+            ratio = r.values.get("vs_previous_ratio")
+            if ratio is not None and ratio >= em.regression_factor and r.values.get("vs_previous_all_slower"):
+                out.append(
+                    f"{r.name} {ratio:.1f}× slower than the release before, every request slower than its slowest"
+                )
     if em.memory_critical_percent is not None:
         for r in v.results:
             mem = r.values.get("memory_percent")

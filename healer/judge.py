@@ -10,13 +10,15 @@ check's latency also fails when it is worse than that release's, which its own b
 cannot see when the deploy is slow from its first request. Three things must agree (Kayenta's
 judge, with floors): a one-sided Mann-Whitney U test of this cycle's samples against the
 reference's (outliers removed) at p < REFERENCE_ALPHA, a median at least
-`max_latency_factor_vs_previous` times the reference's, and at least `min_latency_increase`
-slower. With fewer than MIN_REFERENCE_SAMPLES reference samples, or no sample answered this
-cycle, the rule is inconclusive: it fails nothing.
+`max_latency_factor_vs_previous` times the reference's, and at least
+`min_latency_increase_vs_previous` slower. With fewer than MIN_REFERENCE_SAMPLES reference
+samples, or no sample answered this cycle, the rule is inconclusive: it fails nothing. The
+evidence goes with the result (`vs_previous_*` values) for decide's emergency rule.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -68,7 +70,7 @@ def _against_reference(r: CheckResult, check: HttpCheck, reference: Reference) -
         return r  # inconclusive, or already failed for latency (own baseline, ceiling)
     ref = remove_outliers(pooled)
     now, before = median(r.samples_ms), median(ref)
-    floor = check.min_latency_increase / timedelta(milliseconds=1)
+    floor = check.min_latency_increase_vs_previous / timedelta(milliseconds=1)
     if now < before * check.max_latency_factor_vs_previous or now - before < floor:
         return r
     test = mann_whitney_greater(r.samples_ms, ref)
@@ -80,7 +82,15 @@ def _against_reference(r: CheckResult, check: HttpCheck, reference: Reference) -
         f"({_times(now, before)}, {p}, {len(r.samples_ms)} vs {len(ref)} samples)"
     )
     error = "; ".join(([r.error] if r.error else []) + [problem])
-    return replace(r, ok=False, error=error, symptoms=(*r.symptoms, "http.latency"))
+    # the evidence, for decide's emergency rule (strong evidence escalates faster): how many
+    # times slower, how sure, and whether every sample of the cycle was slower than the
+    # reference's slowest
+    values = {
+        **r.values,
+        "vs_previous_ratio": round(now / before, 3) if before > 0 else math.inf,
+        "vs_previous_all_slower": float(min(r.samples_ms) > max(ref)),
+    }
+    return replace(r, ok=False, error=error, symptoms=(*r.symptoms, "http.latency"), values=values)
 
 
 def _ms(v: float) -> str:

@@ -40,9 +40,6 @@ from healer.aftermath import (
     rollback_started,
 )
 from healer.alerts.message import (
-    META_CLOCK_STEP,
-    META_STORE_FAILED,
-    META_STORE_RECOVERED,
     format_age,
     watching_after_repair,
 )
@@ -60,6 +57,8 @@ from healer.logging import log_event
 from healer.model import (
     Alert,
     Deploy,
+    DeployState,
+    Event,
     Hold,
     OpenIncident,
     Outcome,
@@ -77,6 +76,15 @@ from healer.schedule import next_due, phase_at
 from healer.server import start_server
 from healer.store import CycleUpdate
 from healer.views import release_label
+from healer.watch import (
+    EARLY_SPACING,
+    Watcher,
+    actions_running,
+    early_cycle_at,
+    first_done,
+    settle_for,
+    woken_why,
+)
 
 log = logging.getLogger("healer")
 T = TypeVar("T")
@@ -188,7 +196,7 @@ class AlertSink:
         self, items: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
         incident: tuple[int, datetime] | None, now: datetime, cause: str | None = None,
     ) -> None:  # fmt: skip
-        from healer.alerts import CycleContext
+        from healer.alerts.shell import CycleContext
 
         # the message footer says "phase ...": pass the label without its own "phase " word
         phase = None if deploy is None else phase_at(deploy.first_seen, now, self.config.schedule).label
@@ -241,6 +249,7 @@ class CycleReport:
     decision: Decision
     alerts: list[Alert] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    woken: str | None = None  # why the cycle ran before it was due (the watcher saw the app exit)
 
 
 class Watchdog:
@@ -283,6 +292,14 @@ class Watchdog:
         # cycles in a row healer could not probe (in memory: a restart of healer only delays
         # the "can't tell" alert by a few cycles)
         self._unprobed_streak = 0
+        # between cycles, the app's processes: an exit runs a cycle early (healer.watch)
+        self.watcher = Watcher(config, self.clock, acting=self._is_acting)
+        self._early_runs: list[datetime] = []  # when early cycles ran, for early_cycle_at's bound
+
+    def _is_acting(self) -> bool:
+        """A repair or rollback runs (this loop's, or a person's through healer): an exit of the
+        app now is its doing, not a crash."""
+        return self.acting is not None or actions_running(self.config.state_dir)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -308,11 +325,10 @@ class Watchdog:
         deploy, is_new = await self._db(self.store.ensure_deploy, commit, now)
         if is_new:
             event("deploy.new", commit=commit[:12], deploy=deploy.id)
-            bad = (await self._db(self.store.bad_commits)).get(commit)
             alerts = []
-            if bad is not None:
-                msg = f"commit {commit[:12]} was rolled back from before ({bad}); it is deployed again"
-                alerts.append(Alert("deploy.bad", Severity.CRITICAL, commit[:12], msg))
+            if deploy.state is DeployState.BAD:
+                msg = f"commit {commit[:12]} was rolled back from before ({deploy.bad}); it is deployed again"
+                alerts.append(Alert(Event.DEPLOY_BAD, Severity.CRITICAL, commit[:12], msg))
             await self._alert(alerts, deploy, None, "watching the new deploy")
         return deploy
 
@@ -335,8 +351,8 @@ class Watchdog:
 
     # -- one cycle ---------------------------------------------------------------------------
 
-    async def step(self) -> CycleReport:
-        """Run one cycle now: probe, judge, decide, act, record."""
+    async def step(self, woken: str | None = None) -> CycleReport:
+        """Run one cycle now: probe, judge, decide, act, record (`woken`: why it runs early)."""
         await self._announce_verified()
         deploy = await self.current_deploy()
         now, mono = self.clock.now(), self.clock.monotonic()
@@ -363,6 +379,7 @@ class Watchdog:
             cause=self._cause,
             next_step=decision.next_step,
             settled=is_settled,
+            woken=woken,
         )
         previous_phase = await self._db(self.store.phase_index, deploy.id)
         opened = await self._db(self.store.record_cycle, deploy.id, verdict, Who.LOOP, update)
@@ -378,10 +395,10 @@ class Watchdog:
         )
         if update.baseline is not None:
             event("baseline.taken", deploy=deploy.id, commit=deploy.commit[:12])
-        report = CycleReport(deploy=deploy, verdict=verdict, decision=decision)
+        report = CycleReport(deploy=deploy, verdict=verdict, decision=decision, woken=woken)
         alerts: list[Alert] = []
         if previous_phase is not None and previous_phase != phase.index:
-            alerts.append(Alert("phase.changed", Severity.INFO, phase.label, f"now in {phase.label}"))
+            alerts.append(Alert(Event.PHASE_CHANGED, Severity.INFO, phase.label, f"now in {phase.label}"))
         acting = [i for i in decision.intents if isinstance(i, Repair | Rollback) and not i.observe]
         superseded = False
         if acting:
@@ -410,7 +427,7 @@ class Watchdog:
                 event("healer.held", reason=intent.reason)
         report.alerts = alerts
         next_step = decision.next_step
-        if any(a.event == "repair.succeeded" for a in alerts):
+        if any(a.event == Event.REPAIR_SUCCEEDED for a in alerts):
             next_step = watching_after_repair(self.config.escalation.recover_after)
         if not superseded and any(isinstance(i, Rollback) and not i.observe for i in decision.intents):
             # the rollback started a new deploy window: speak of it, not of the one rolled back from
@@ -430,7 +447,7 @@ class Watchdog:
                 if tag:
                     event("deploy.tagged_stable", tag=tag)
                     await self._alert(
-                        [Alert("deploy.tagged", Severity.INFO, tag, f"{deploy.commit[:12]} tagged {tag}")],
+                        [Alert(Event.DEPLOY_TAGGED, Severity.INFO, tag, f"{deploy.commit[:12]} tagged {tag}")],
                         deploy, verdict, decision.next_step,
                     )  # fmt: skip
         return report
@@ -545,7 +562,7 @@ class Watchdog:
                 continue
             del self._verifying[kind]
             alerts = await self._guarded(self._repaired(v.intent, v.task, v.deploy, v.incident), v.intent, v.incident)
-            ok = any(a.event == "repair.succeeded" for a in alerts)
+            ok = any(a.event == Event.REPAIR_SUCCEEDED for a in alerts)
             next_step = watching_after_repair(self.config.escalation.recover_after) if ok else VERIFY_FAILED_NEXT
             await self._alert(alerts, v.deploy, None, next_step)
 
@@ -649,7 +666,7 @@ class Watchdog:
         for pause_id, reason in await self._db(self.store.expired_unannounced_pauses, now):
             event("pause.expired", reason=reason)
             msg = f"the pause ({reason}) expired: repairs and rollbacks are armed again"
-            await self._alert([Alert("pause.ended", Severity.INFO, "pause expired", msg)], deploy, None, "watching")
+            await self._alert([Alert(Event.PAUSE_ENDED, Severity.INFO, "pause expired", msg)], deploy, None, "watching")
             await self._db(self.store.mark_pause_announced, pause_id)
 
     async def _summaries(self, deploy: Deploy, now: datetime) -> None:
@@ -669,7 +686,7 @@ class Watchdog:
             final = label == reports.FINAL
             name = self.config.app.name
             title = f"{name}: launch window over" if final else f"{name}: day {label[4:]} of the launch window"
-            kind = "report.final" if final else "report.daily"
+            kind = Event.REPORT_FINAL if final else Event.REPORT_DAILY
             text = reports.render_text(rep, title)
             await self._alert([Alert(kind, Severity.INFO, title, text, bypass_dedup=True)], deploy, None, "watching")
             await self._db(self.store.set_meta, summary_sent=f"{deploy.id} {now.isoformat()}")
@@ -685,8 +702,20 @@ class Watchdog:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Cycle until `stop` is set. Each wait is cut short by `stop` or a new HEAD. First, take
-        up what a stop or a kill cut short: a rollback, then the repairs."""
+        """Cycle until `stop` is set, the watcher beside (healer.watch): an exit of the app
+        between cycles runs one early."""
+        watching = asyncio.create_task(self.watcher.run(stop))
+        try:
+            await self._cycles(stop)
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+
+    async def _cycles(self, stop: asyncio.Event) -> None:
+        """Cycle until `stop` is set. Each wait is cut short by `stop`, a new HEAD or a wake
+        from the watcher. First, take up what a stop or a kill cut short: a rollback, then the
+        repairs."""
         self._stop = stop
         self.acting = "the interrupted rollback"
         try:
@@ -731,8 +760,12 @@ class Watchdog:
                     seen = (mono, due)
                 self.liveness.beat()
                 await self._announce_expired_pauses(deploy, now)
-                if left > timedelta(0):
-                    await self._wait(stop, min(left, HEAD_POLL))
+                early = early_cycle_at(self.watcher.pending, self._early_runs, now, settle=settle_for(self.config))
+                if left > timedelta(0) and (early is None or early > now):
+                    # only a new wake can bring an early cycle nearer: pending ones set `early`
+                    wake = None if self.watcher.pending else self.watcher.changed
+                    delay = min(left, HEAD_POLL) if early is None else min(left, HEAD_POLL, early - now)
+                    await self._wait(stop, delay, wake)
                     continue
                 late = -left
                 if started and late > max(2 * (due - (deploy.last_cycle_at or due)), timedelta(seconds=30)):
@@ -740,11 +773,14 @@ class Watchdog:
                     msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
                     event("meta.loop_behind", late_s=int(late.total_seconds()))
                     await self._alert(
-                        [Alert("meta.loop_behind", Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
+                        [Alert(Event.META_LOOP_BEHIND, Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
                         deploy, None, "catching up",
                     )  # fmt: skip
                 started = True
-                cycle = await self.step()
+                woken = self._woken(now, early=left > timedelta(0))
+                cycle = await self.step(woken)
+                if cycle.actions:
+                    self.watcher.refresh()  # a restart or rollback left new PIDs to watch
                 self.liveness.beat()
                 if self.heartbeat is not None:
                     self.heartbeat.ping_soon(cycle.verdict.ok)
@@ -806,20 +842,25 @@ class Watchdog:
             "wall-clock times."
         )
         title = f"the wall clock jumped {way} {size}"
-        await self._alert([Alert(META_CLOCK_STEP, Severity.WARNING, title, msg, bypass_dedup=True)], deploy, None,
+        await self._alert([Alert(Event.META_CLOCK_STEP, Severity.WARNING, title, msg, bypass_dedup=True)], deploy, None,
                           "watching")  # fmt: skip
 
-    async def _wait(self, stop: asyncio.Event, delay: timedelta) -> None:
+    def _woken(self, now: datetime, *, early: bool) -> str | None:
+        """Hand the watcher's wakes to the cycle about to run; for one run before it was due,
+        say why and count it toward early_cycle_at's bound."""
+        wakes = self.watcher.take()
+        if not early or not wakes:
+            return None
+        # the bound counts at most as many runs as EARLY_SPACING has steps: keep no more
+        self._early_runs = [*self._early_runs[-len(EARLY_SPACING.backoff) :], now]
+        why = woken_why(wakes)
+        event("cycle.woken", why=why)
+        return why
+
+    async def _wait(self, stop: asyncio.Event, delay: timedelta, wake: asyncio.Event | None = None) -> None:
         """Sleep `delay` on the clock (the event loop's monotonic clock, for the real one), or
-        until `stop` is set."""
-        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, stopper):
-                task.cancel()
-            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+        until `stop` (or `wake`) is set."""
+        await first_done(self.clock.sleep(delay), stop.wait(), *(() if wake is None else (wake.wait(),)))
 
     async def _watch_store(self) -> None:
         """Say once when the store stops taking writes, and once when it has taken the backlog.
@@ -842,7 +883,7 @@ class Watchdog:
                 f"{error}. healer goes on judging and acting from memory and sends alerts straight to the "
                 "channels; what happens is written once the store can be written again (free some space)."
             )
-            alert = Alert(META_STORE_FAILED, Severity.CRITICAL, "the state store cannot be written", msg,
+            alert = Alert(Event.META_STORE_FAILED, Severity.CRITICAL, "the state store cannot be written", msg,
                           bypass_dedup=True)  # fmt: skip
             await self._alert([alert], None, None, "working from memory")
             return
@@ -855,7 +896,9 @@ class Watchdog:
         log_event(log, "store.recovered", level=logging.WARNING, down=down, written=written, forgotten=dropped)
         lost = f"; {dropped} routine cycles were forgotten (too many to keep)" if dropped else ""
         msg = f"After {down}, {written} writes kept in memory were written{lost}."
-        alert = Alert(META_STORE_RECOVERED, Severity.WARNING, "the state store works again", msg, bypass_dedup=True)
+        alert = Alert(
+            Event.META_STORE_RECOVERED, Severity.WARNING, "the state store works again", msg, bypass_dedup=True
+        )
         await self._alert([alert], None, None, "watching")
 
     async def _resume_repairs(self) -> None:
@@ -922,7 +965,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
         store.set_meta(pid=str(os.getpid()), started_at=clock.now().isoformat())
         liveness = Liveness(stall_limit(config))
         server = start_server(config, liveness, clock=clock)
-        from healer.alerts import Alerts
+        from healer.alerts.shell import Alerts
 
         alerts = Alerts(config, clock=clock)
         async with probe_context(config) as ctx:
@@ -942,7 +985,8 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             mode = "observe" if dog.observe else "act"
             event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
             await dog._alert(
-                [Alert("healer.started", Severity.INFO, f"{mode} mode", f"started (PID {os.getpid()}, {mode} mode)")],
+                [Alert(Event.HEALER_STARTED, Severity.INFO, f"{mode} mode",
+                       f"started (PID {os.getpid()}, {mode} mode)")],
                 store.current_deploy(), None, "watching",
             )  # fmt: skip
             notify("READY=1")
@@ -977,7 +1021,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             if crashed is not None:
                 log_event(log, "loop.died", level=logging.CRITICAL, error=f"{type(crashed).__name__}: {crashed}")
                 await dog._alert(
-                    [Alert("healer.held", Severity.CRITICAL, "healer's loop died",
+                    [Alert(Event.HEALER_HELD, Severity.CRITICAL, "healer's loop died",
                            f"{type(crashed).__name__}: {crashed}", bypass_dedup=True)],
                     None, None, "restart healer",
                 )  # fmt: skip
@@ -985,7 +1029,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             event("healer.stopped", app=config.app.name, pid=os.getpid(), signal=by)
             detail = f"PID {os.getpid()}" + (f", on {by}" if by else "")
             await dog._alert(
-                [Alert("healer.stopped", Severity.INFO, "healer stopped", detail)],
+                [Alert(Event.HEALER_STOPPED, Severity.INFO, "healer stopped", detail)],
                 None, None, "not watching",
             )  # fmt: skip
             # Deliver what is pending for a moment: SIGTERM must end healer within two seconds,

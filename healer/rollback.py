@@ -768,7 +768,7 @@ async def maybe_tag_stable(*, config: Config, store: Store, clock: Clock) -> str
     d = await asyncio.to_thread(store.current_deploy)
     if repo is None or d is None:
         return None
-    if not stable.may_qualify(d, bad=await asyncio.to_thread(store.bad_commits), now=now, config=config):
+    if not stable.may_qualify(d, now=now, config=config):
         return None
     cycles = [stable.Cycle(at=c.at, ok=c.ok) for c in await asyncio.to_thread(lambda: store.cycles(deploy_id=d.id))]
     if not stable.has_earned(d, cycles, now=now, config=config):

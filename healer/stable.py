@@ -10,12 +10,12 @@ window watched, no incident open now, and the last cycles passing.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from healer.config import Config, format_duration, format_elapsed
-from healer.model import Deploy, short
+from healer.model import Deploy, DeployState, short
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,19 +35,19 @@ class StableTag:
     reason: str  # the action row's reason
 
 
-def may_qualify(deploy: Deploy, *, bad: Mapping[str, str], now: datetime, config: Config) -> bool:
+def may_qualify(deploy: Deploy, *, now: datetime, config: Config) -> bool:
     """Whether `deploy` may earn a stable tag at `now`, before its cycles are read (is_stable).
 
     1. healer.toml names an [app] repo, and a `stable_tags` glob with a `*` for healer's name.
-    2. The deploy has no stable tag yet, is not held for a person, and has no incident open.
+    2. The deploy is NEW or HEALTHY: not tagged yet, not held for a person, not a known-bad
+       commit (DeployState); and it has no incident open.
     3. It has been watched for `tag_stable_after`.
-    4. It is not a known-bad commit.
     """
     if config.app.repo is None or "*" not in config.app.stable_tags:
         return False
-    if deploy.stable_tag or deploy.held or deploy.open_incident is not None:
+    if deploy.state not in (DeployState.NEW, DeployState.HEALTHY) or deploy.open_incident is not None:
         return False
-    return now - deploy.first_seen >= config.app.tag_stable_after and deploy.commit not in bad
+    return now - deploy.first_seen >= config.app.tag_stable_after
 
 
 def has_earned(deploy: Deploy, cycles: Sequence[Cycle], *, now: datetime, config: Config) -> bool:

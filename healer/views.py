@@ -113,6 +113,7 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
                     "what": c.summary,
                     "cause": c.cause,
                     "next": c.next_step,
+                    "woken": c.woken,
                     "deploy": c.deploy_id,
                     # what each failing check saw, the verdict's own words ("api: median 300 ms
                     # vs 1.1 ms in stable-1 (…)"): a summary names the symptom, not the evidence

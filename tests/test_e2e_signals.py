@@ -385,7 +385,9 @@ def test_kill_9_during_an_after_command_then_the_resume_runs_it_exactly_once(
     """healer killed -9 while `after` runs: the command goes on alone; the next start waits for
     it, does not run it again, finishes the rollback, and leaves nothing running."""
     marker = tmp_path / f"marker-{uuid.uuid4().hex[:8]}"
-    config = rollback_config(tmp_path, ["sh", "-c", f"sleep 3; echo done >> {marker}"])
+    # long enough to outlive the next start even on a loaded machine (it must still be running
+    # when the second healer takes the rollback up)
+    config = rollback_config(tmp_path, ["sh", "-c", f"sleep 8; echo done >> {marker}"])
     state = tmp_path / "state"
     first = runs(config)
     wait_for(lambda: running_after(state), what="the after command is running")

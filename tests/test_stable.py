@@ -70,24 +70,22 @@ def config(*, repo: str | None = "/srv/shop", pattern: str = "stable-*") -> Conf
 
 
 @pytest.mark.parametrize(
-    ("cfg", "deploy", "bad", "now", "expected"),
+    ("cfg", "deploy", "now", "expected"),
     [
-        pytest.param(config(), Deploy(1, COMMIT, T0), {}, T0 + AFTER, True, id="watched-long-enough"),
-        pytest.param(config(), Deploy(1, COMMIT, T0), {}, T0 + AFTER - H, False, id="too-early"),
-        pytest.param(config(repo=None), Deploy(1, COMMIT, T0), {}, T0 + AFTER, False, id="no-repo"),
-        pytest.param(config(pattern="stable"), Deploy(1, COMMIT, T0), {}, T0 + AFTER, False, id="glob-without-star"),
-        pytest.param(config(), Deploy(1, COMMIT, T0, stable_tag="stable-1"), {}, T0 + AFTER, False,
+        pytest.param(config(), Deploy(1, COMMIT, T0), T0 + AFTER, True, id="watched-long-enough"),
+        pytest.param(config(), Deploy(1, COMMIT, T0), T0 + AFTER - H, False, id="too-early"),
+        pytest.param(config(repo=None), Deploy(1, COMMIT, T0), T0 + AFTER, False, id="no-repo"),
+        pytest.param(config(pattern="stable"), Deploy(1, COMMIT, T0), T0 + AFTER, False, id="glob-without-star"),
+        pytest.param(config(), Deploy(1, COMMIT, T0, stable_tag="stable-1"), T0 + AFTER, False,
                      id="already-tagged"),
-        pytest.param(config(), Deploy(1, COMMIT, T0, held="waiting"), {}, T0 + AFTER, False, id="held"),
-        pytest.param(config(), Deploy(1, COMMIT, T0, open_incident=3), {}, T0 + AFTER, False, id="incident-open"),
-        pytest.param(config(), Deploy(1, COMMIT, T0), {COMMIT: "rolled back"}, T0 + AFTER, False, id="known-bad"),
+        pytest.param(config(), Deploy(1, COMMIT, T0, held="waiting"), T0 + AFTER, False, id="held"),
+        pytest.param(config(), Deploy(1, COMMIT, T0, open_incident=3), T0 + AFTER, False, id="incident-open"),
+        pytest.param(config(), Deploy(1, COMMIT, T0, bad="rolled back"), T0 + AFTER, False, id="known-bad"),
     ],
 )  # fmt: skip
-def test_may_qualify_before_the_cycles_are_read(
-    cfg: Config, deploy: Deploy, bad: dict[str, str], now: datetime, expected: bool
-) -> None:
+def test_may_qualify_before_the_cycles_are_read(cfg: Config, deploy: Deploy, now: datetime, expected: bool) -> None:
     """A repo and a glob with `*`; untagged, not held, no incident, watched tag_stable_after, not known bad."""
-    assert may_qualify(deploy, bad=bad, now=now, config=cfg) is expected
+    assert may_qualify(deploy, now=now, config=cfg) is expected
 
 
 def test_new_tag_names_the_release_and_says_why_it_is_trusted() -> None:

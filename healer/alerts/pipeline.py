@@ -31,16 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from healer.alerts.message import (
-    INCIDENT_FLAPPING,
-    INCIDENT_OPENED,
-    INCIDENT_REMINDER,
-    INCIDENT_RESOLVED,
-    AlertItem,
-    AlertMessage,
-    format_age,
-)
-from healer.model import Alert, Severity
+from healer.alerts.message import AlertMessage, format_age
+from healer.model import Alert, Event, Severity
 
 FLAP_LIMIT = 3  # incident openings announced per repeat_every; more is flapping
 DEFAULT_REPEAT_EVERY = timedelta(minutes=30)
@@ -97,7 +89,7 @@ class AlertMemory:
 class Remembered:
     """One item to write to the memory (the outbox's item table)."""
 
-    item: AlertItem
+    item: Alert
     muted: bool = False  # not sent: folded into a flapping notice
     group: Group | None = None  # an opening's or a flapping notice's group
 
@@ -116,7 +108,7 @@ class AlertPlan:
 
     entries: tuple[Planned, ...]
     remember: tuple[Remembered, ...]
-    dropped: tuple[tuple[AlertItem, str], ...] = ()  # (item, why), for the log
+    dropped: tuple[tuple[Alert, str], ...] = ()  # (item, why), for the log
 
 
 @dataclass(slots=True)
@@ -127,18 +119,18 @@ class _State:
     flapping: dict[Group, datetime]
 
 
-def _key(i: AlertItem) -> DedupKey:
+def _key(i: Alert) -> DedupKey:
     return (i.event, i.incident_id, i.title)
 
 
-def flap_group(opening: AlertItem, context: CycleContext) -> Group:
+def flap_group(opening: Alert, context: CycleContext) -> Group:
     """What an incident's opening flaps with: the same failure (its title names what fails and
     the likely cause) on the same deploy."""
     return f"{context.commit or ''} {opening.title}"
 
 
 def plan_alerts(
-    intents: Sequence[Alert | AlertItem],
+    intents: Sequence[Alert],
     *,
     context: CycleContext,
     memory: AlertMemory,
@@ -148,29 +140,28 @@ def plan_alerts(
 ) -> AlertPlan:
     """Deduplicate, group and route one cycle's alerts (the rules are in the module docstring)."""
     st = _State(dict(memory.incidents), dict(memory.recent), list(memory.openings), dict(memory.flapping))
-    kept: list[AlertItem] = []
+    kept: list[Alert] = []
     remember: list[Remembered] = []
-    dropped: list[tuple[AlertItem, str]] = []
+    dropped: list[tuple[Alert, str]] = []
 
-    def keep(i: AlertItem, group: Group | None = None) -> None:
+    def keep(i: Alert, group: Group | None = None) -> None:
         kept.append(i)
         remember.append(Remembered(i, group=group))
         st.recent[_key(i)] = now
         if i.incident_id is not None:
             m = st.incidents.get(i.incident_id, IncidentMemory())
-            sev = m.severity if i.event == INCIDENT_RESOLVED else max(m.severity, i.severity)
+            sev = m.severity if i.event == Event.INCIDENT_RESOLVED else max(m.severity, i.severity)
             st.incidents[i.incident_id] = replace(m, last_at=now, severity=sev)
 
     def recently(at: datetime | None) -> bool:
         return at is not None and now - at < repeat_every
 
-    for raw in intents:
-        i = raw if isinstance(raw, AlertItem) else AlertItem.from_intent(raw)
+    for i in intents:
         inc = i.incident_id
         mem = st.incidents.get(inc, IncidentMemory()) if inc is not None else IncidentMemory()
         if i.bypass_dedup:
             keep(i)
-        elif i.event == INCIDENT_OPENED and inc is not None:
+        elif i.event == Event.INCIDENT_OPENED and inc is not None:
             if mem.opened or mem.muted:
                 dropped.append((i, "already announced"))
                 continue
@@ -187,7 +178,7 @@ def plan_alerts(
                 continue
             keep(i, group)
             st.incidents[inc] = replace(st.incidents[inc], opened=True)
-        elif i.event == INCIDENT_RESOLVED and inc is not None:
+        elif i.event == Event.INCIDENT_RESOLVED and inc is not None:
             if mem.resolved:
                 dropped.append((i, "already announced"))
                 continue
@@ -198,7 +189,7 @@ def plan_alerts(
                 continue
             keep(i)
             st.incidents[inc] = replace(st.incidents[inc], resolved=True)
-        elif i.event == INCIDENT_REMINDER and inc is not None:
+        elif i.event == Event.INCIDENT_REMINDER and inc is not None:
             if mem.resolved:
                 dropped.append((i, "resolved"))
             elif recently(mem.last_at):
@@ -237,27 +228,27 @@ def with_remembered(
         if i.incident_id is not None:
             m = incidents.get(i.incident_id, IncidentMemory())
             incidents[i.incident_id] = IncidentMemory(
-                opened=m.opened or (i.event == INCIDENT_OPENED and not r.muted),
-                muted=m.muted or (i.event == INCIDENT_OPENED and r.muted),
-                resolved=m.resolved or i.event == INCIDENT_RESOLVED,
+                opened=m.opened or (i.event == Event.INCIDENT_OPENED and not r.muted),
+                muted=m.muted or (i.event == Event.INCIDENT_OPENED and r.muted),
+                resolved=m.resolved or i.event == Event.INCIDENT_RESOLVED,
                 last_at=at,
-                severity=m.severity if i.event == INCIDENT_RESOLVED else max(m.severity, i.severity),
+                severity=m.severity if i.event == Event.INCIDENT_RESOLVED else max(m.severity, i.severity),
             )
         if now - at < repeat_every:
             if not r.muted:
                 recent[_key(i)] = max(at, recent.get(_key(i), at))
-            if i.event == INCIDENT_OPENED:
+            if i.event == Event.INCIDENT_OPENED:
                 openings.append((at, r.group or ""))
-        if i.event == INCIDENT_FLAPPING:
+        if i.event == Event.INCIDENT_FLAPPING:
             group = r.group or ""
             flapping[group] = max(at, flapping.get(group, at))
     return AlertMemory(incidents=incidents, recent=recent, openings=tuple(openings), flapping=flapping)
 
 
-def _flapping_item(opening: AlertItem, count: int, repeat_every: timedelta) -> AlertItem:
+def _flapping_item(opening: Alert, count: int, repeat_every: timedelta) -> Alert:
     """The notice that folds a group's openings: its title says what keeps failing."""
-    return AlertItem(
-        INCIDENT_FLAPPING,
+    return Alert(
+        Event.INCIDENT_FLAPPING,
         Severity.WARNING,
         f"{opening.title}: {count} incidents within {format_age(repeat_every)}",
         "The same checks keep failing and recovering for the same likely cause. Further openings "
@@ -266,7 +257,7 @@ def _flapping_item(opening: AlertItem, count: int, repeat_every: timedelta) -> A
     )
 
 
-def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: timedelta) -> AlertItem | None:
+def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: timedelta) -> Alert | None:
     """A reminder for the context's open incident when it has been quiet for `repeat_every`."""
     inc = ctx.incident_id
     if inc is None:
@@ -278,8 +269,8 @@ def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: ti
     title = ctx.summary or "the incident is still open"
     if ctx.cause:
         title += f" — likely cause: {ctx.cause}"
-    return AlertItem(
-        INCIDENT_REMINDER,
+    return Alert(
+        Event.INCIDENT_REMINDER,
         max(Severity.WARNING, mem.severity),
         title,
         detail,
@@ -288,7 +279,7 @@ def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: ti
 
 
 def _route(
-    kept: Sequence[AlertItem],
+    kept: Sequence[Alert],
     ctx: CycleContext,
     routes: Sequence[Route],
     now: datetime,
@@ -299,14 +290,14 @@ def _route(
     resolution's own severity: people told that something broke are told that it recovered."""
     told = incidents or {}
 
-    def reaches(i: AlertItem, r: Route) -> bool:
+    def reaches(i: Alert, r: Route) -> bool:
         if i.severity >= r.min_severity:
             return True
-        if i.event == INCIDENT_RESOLVED and i.incident_id is not None and i.incident_id in told:
+        if i.event == Event.INCIDENT_RESOLVED and i.incident_id is not None and i.incident_id in told:
             return told[i.incident_id].severity >= r.min_severity
         return False
 
-    groups: dict[tuple[AlertItem, ...], list[str]] = {}
+    groups: dict[tuple[Alert, ...], list[str]] = {}
     for r in routes:
         items = tuple(i for i in kept if reaches(i, r))
         if items:
