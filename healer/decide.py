@@ -241,11 +241,13 @@ def decide(s: Situation, config: Config) -> Decision:
                 intents += choice.intents
                 return done(f"the rolled-back version fails: trying a restart before holding{skipped}", failures)
             msg = f"the rolled-back version is failing too ({why}); not rolling back again"
-            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, "not acting", msg)]
+            title = f"{_names(v)} failing on the rolled-back version too"
+            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, title, msg)]
             return done("waiting for a person (healer rollback / healer repair / a new deploy)", failures)
         if not s.has_rollback_target:
             msg = f"no stable tag to roll back to ({why})"
-            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, "not acting", msg)]
+            title = f"{_names(v)} failing, and no stable tag to roll back to"
+            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, title, msg)]
             return done("waiting for a person (healer rollback --to REF / a new deploy)", failures)
         if s.observe:
             # announce the would-be rollback once: on the first cycle that warranted it
@@ -395,6 +397,11 @@ def emergency_reasons(v: Verdict, config: Config) -> list[str]:
     return out
 
 
+def _names(v: Verdict) -> str:
+    """ "api, web": the checks failing, for titles that say what failed"""
+    return ", ".join(r.name for r in v.failing)
+
+
 def _failing_names(v: Verdict, att: Attribution) -> str:
     """ "api failing — likely cause: redis" """
-    return ", ".join(r.name for r in v.failing) + f" failing — likely cause: {att.label}"
+    return f"{_names(v)} failing — likely cause: {att.label}"

@@ -250,6 +250,7 @@ class CycleReport:
     alerts: list[Alert] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     woken: str | None = None  # why the cycle ran before it was due (the watcher saw the app exit)
+    verifying: list[str] = field(default_factory=list)  # repairs it left verified beside the loop
 
 
 class Watchdog:
@@ -418,7 +419,7 @@ class Watchdog:
             elif isinstance(intent, Rollback):
                 alerts += await self._guarded(self._rollback(intent, deploy, incident, report), intent, incident)
             elif isinstance(intent, Hold):
-                await self._supersede_verifying("the hold")
+                await self._supersede_verifying("the hold", "waiting for a person")
                 await self._db(self.store.set_held, deploy.id, intent.reason)
                 await self._db(
                     self.store.start_action, kind="hold", name="loop", who=Who.LOOP, reason=intent.reason,
@@ -429,6 +430,8 @@ class Watchdog:
         next_step = decision.next_step
         if any(a.event == Event.REPAIR_SUCCEEDED for a in alerts):
             next_step = watching_after_repair(self.config.escalation.recover_after)
+        elif report.verifying:
+            next_step = f"checking that {', '.join(report.verifying)} worked, while cycles go on"
         if not superseded and any(isinstance(i, Rollback) and not i.observe for i in decision.intents):
             # the rollback started a new deploy window: speak of it, not of the one rolled back from
             after: Deploy | None = await self._db(self.store.current_deploy)
@@ -529,6 +532,7 @@ class Watchdog:
             # verified (decide sees it `started`, and does not start it again)
             self._verifying[intent.kind] = _Verifying(intent, task, handoff, deploy, incident)
             report.actions.append(f"repair {intent.kind}: verifying")
+            report.verifying.append(intent.kind)
             event("repair.verifying", kind=intent.kind)
             return []
         return await self._repaired(intent, task, deploy, incident, report)
@@ -555,27 +559,28 @@ class Watchdog:
         event("repair.finished", kind=intent.kind, ok=result.ok, detail=result.detail)
         return await self._follow_up(result, deploy, incident)
 
-    async def _announce_verified(self) -> None:
-        """Record and announce the repairs whose verification ended beside the loop."""
+    async def _announce_verified(self, then: str = VERIFY_FAILED_NEXT) -> None:
+        """Record and announce the repairs whose verification ended beside the loop; `then` is
+        what follows one that failed."""
         for kind, v in list(self._verifying.items()):
             if not v.task.done():
                 continue
             del self._verifying[kind]
             alerts = await self._guarded(self._repaired(v.intent, v.task, v.deploy, v.incident), v.intent, v.incident)
             ok = any(a.event == Event.REPAIR_SUCCEEDED for a in alerts)
-            next_step = watching_after_repair(self.config.escalation.recover_after) if ok else VERIFY_FAILED_NEXT
+            next_step = watching_after_repair(self.config.escalation.recover_after) if ok else then
             await self._alert(alerts, v.deploy, None, next_step)
 
-    async def _supersede_verifying(self, by: str) -> None:
+    async def _supersede_verifying(self, by: str, then: str) -> None:
         """Before a rollback (or a hold) acts, end the verifications going on beside the loop:
-        each is recorded failed, superseded by it, and announced before it."""
+        each is recorded failed, superseded by it, and announced before it (`then`: what follows)."""
         if not self._verifying:
             return
         for v in self._verifying.values():
             v.handoff.supersede(by)
             event("repair.superseded", kind=v.intent.kind, by=by)
         await asyncio.wait([v.task for v in self._verifying.values()])
-        await self._announce_verified()
+        await self._announce_verified(then)
 
     async def _end_verifying(self) -> None:
         """At a stop: let the verifications beside the loop end (serve() bounds the wait and then
@@ -599,7 +604,7 @@ class Watchdog:
             return await self._follow_up(Observed(intent), deploy, incident)
         if self._stopping(report, "rollback"):
             return []
-        await self._supersede_verifying("the rollback")
+        await self._supersede_verifying("the rollback", "rolling back")
 
         async def started(p: Plan) -> None:
             # said under the rollback lock, once the plan is accepted: never for a lost race

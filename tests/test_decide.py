@@ -302,3 +302,18 @@ def test_a_suspect_release_is_rolled_back_once_its_restarts_grace_is_over_withou
     (rollback,) = [i for i in after.intents if isinstance(i, Rollback)]
     assert rollback.reason.startswith("a restart did not cure it") and "likely cause: deploy" in rollback.reason
     assert not any(isinstance(i, Repair) for i in after.intents)
+
+
+def test_a_hold_says_what_failed_in_its_title() -> None:
+    """ "Waiting for a person: api failing on the rolled-back version too", not "not acting"."""
+    d = Driver()
+    d.deploy = replace(d.deploy, via_rollback=True)
+    for _ in range(5):
+        d.cycle(False)
+    (held,) = [i for i in d.log if isinstance(i, Alert) and i.event == "healer.held"]
+    assert held.title == "api failing on the rolled-back version too"
+    d = Driver(has_rollback_target=False)
+    for _ in range(5):
+        d.cycle(False)
+    (held,) = [i for i in d.log if isinstance(i, Alert) and i.event == "healer.held"]
+    assert held.title == "api failing, and no stable tag to roll back to"

@@ -29,6 +29,7 @@ from helpers import HEALER, commit, git, healer, make_repo
 from services import Pm2, Supervisord, free_port, start_redis, wait_for_port
 
 from healer import sampleapp
+from healer.alerts.outbox import Outbox
 from healer.store import Store
 
 pytestmark = pytest.mark.e2e
@@ -426,6 +427,12 @@ def test_a_restart_against_a_broken_release_is_verified_beside_the_loop_and_supe
     # the loop judged the release again while the restart was being verified
     during = [r for r in s.rows("check") if restart["at"] < r["at"] < rollback["at"]]
     assert during and not any(r["ok"] for r in during), during
+    outbox = Outbox(s.config.parent / "state" / "healer.db")
+    try:
+        said = [m.next_step for m in outbox.history()]
+    finally:
+        outbox.close()
+    assert "checking that process-restart worked, while cycles go on" in said, said
 
 
 CHAT = """\
