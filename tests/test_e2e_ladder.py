@@ -429,7 +429,7 @@ def test_a_restart_against_a_broken_release_is_verified_beside_the_loop_and_supe
     assert during and not any(r["ok"] for r in during), during
     outbox = Outbox(s.config.parent / "state" / "healer.db")
     try:
-        said = [m.next_step for m in outbox.history()]
+        said = [r.message.next_step for r in outbox.history()]
     finally:
         outbox.close()
     assert "checking that process-restart worked, while cycles go on" in said, said
