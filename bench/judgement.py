@@ -48,12 +48,15 @@ from healer import decide as live_decide
 from healer import judge as live_judge
 from healer import ladder as live_ladder
 from healer.checks import budget, failed, measured
+from healer.checks.http import HttpCheck
 
 # The real http probe's verdict over its samples (majority rule, 5xx, ceiling): the replay
 # feeds it simulated samples instead of requests, so healer sees exactly what its probe reports.
 from healer.checks.http import _judge as http_result
 from healer.checks.http import _Sample as HttpSample
-from healer.config import Config, HttpCheck, ProcessCheck, RedisCheck, parse_config
+from healer.checks.process import ProcessCheck
+from healer.checks.redis import RedisCheck
+from healer.config import Config, parse_config
 from healer.model import (
     Baseline,
     CheckResult,

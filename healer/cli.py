@@ -241,7 +241,7 @@ def _process_matches(config: Config) -> tuple[dict[str, list[ProcessMatch]], lis
     that finds more than one process group, `[process] match` included (a restart acts on
     it). Blocking."""
     from healer.checks import process as pc
-    from healer.config import ProcessCheck
+    from healer.checks.process import ProcessCheck
 
     matches: dict[str, list[ProcessMatch]] = {}
     warnings: dict[str, str | None] = {}

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from healer.config import Config, HttpCheck, SystemCheck
+from healer.config import Config
 from healer.ladder import (
     PROBE_ERROR_LIMIT,
     Attribution,
@@ -368,8 +368,8 @@ def _partial_errors(results: Sequence[CheckResult]) -> bool:
 def emergency_reasons(v: Verdict, config: Config) -> list[str]:
     """The seeds' emergency triggers seen in this cycle (each needs confirming by more cycles)."""
     em = config.escalation.emergency
-    by_type = {c.name: c for c in config.checks}
-    http = [r for r in v.results if isinstance(by_type.get(r.name), HttpCheck)]
+    type_of = {c.name: c.type for c in config.checks}
+    http = [r for r in v.results if type_of.get(r.name) == "http"]
     out: list[str] = []
     # "every endpoint" needs several: with one endpoint, a crash that a restart fixes would
     # otherwise roll back after two cycles; the ordinary `rollback_after` count covers it.
@@ -392,7 +392,7 @@ def emergency_reasons(v: Verdict, config: Config) -> list[str]:
     if em.memory_critical_percent is not None:
         for r in v.results:
             mem = r.values.get("memory_percent")
-            if isinstance(by_type.get(r.name), SystemCheck) and mem is not None and mem > em.memory_critical_percent:
+            if type_of.get(r.name) == "system" and mem is not None and mem > em.memory_critical_percent:
                 out.append(f"memory {mem:.0f}% critical")
     return out
 

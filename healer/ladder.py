@@ -34,12 +34,10 @@ class Role(enum.StrEnum):
     """What a check watches."""
 
     APP = "app"  # the app itself: http, process, command checks
-    DEPENDENCY = "dependency"  # something the app needs: redis, postgres, tcp, system (the host)
+    # something the app needs: a server it talks to, or the host (a full disk is not cured by
+    # rolling the deploy back); each check type's model says which is its default
+    DEPENDENCY = "dependency"
 
-
-# Check types whose failure is a dependency's by default (`role` in healer.toml overrides).
-# The host (system) is one too: a full disk is not cured by rolling the deploy back.
-DEPENDENCY_TYPES = frozenset({"redis", "postgres", "tcp", "system"})
 
 # Symptoms of an app process that died or wedged: nothing answers, or its process is gone,
 # bloated or spinning. On a release that was healthy, a restart is the cure.
@@ -102,10 +100,8 @@ class Attribution:
 
 
 def role_of(check: CheckConfig) -> Role:
-    """The check's `role`, or its type's default."""
-    if check.role is not None:
-        return Role(check.role)
-    return Role.DEPENDENCY if check.type in DEPENDENCY_TYPES else Role.APP
+    """The check's `role`, or its type's default (`default_role` in the type's model)."""
+    return Role(check.role or check.default_role)
 
 
 def roles(config: Config) -> dict[str, Role]:

@@ -494,7 +494,7 @@ async def _run_command(
 async def _restart_app(config: Config) -> tuple[bool, str]:
     """The process-restart playbook's action, as a step of the rollback: (ok, what happened)."""
     from healer.actions import process  # psutil and the managers: only when a rollback restarts
-    from healer.playbook import ProcessRestartStep
+    from healer.actions.process import ProcessRestartStep
 
     step = ProcessRestartStep(action="process.restart")
     try:

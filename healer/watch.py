@@ -45,9 +45,9 @@ import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
 from healer.actions.command import run_argv
 from healer.actions.process import find, manager_argv
-from healer.checks.process import matched, target
+from healer.checks.process import ProcessCheck, matched, target
 from healer.clock import Clock
-from healer.config import Config, ProcessCheck
+from healer.config import Config
 from healer.errors import HealerError
 from healer.ladder import Spacing, next_run_at
 from healer.logging import log_event

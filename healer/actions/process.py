@@ -25,18 +25,23 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+from pydantic import Field
 
 from healer.actions.command import resolve, run_argv, show_argv
-from healer.config import Config, ProcessConfig, format_duration
 from healer.errors import ActionError
 from healer.files import make_private, private_dir
-from healer.playbook import ProcessReloadStep, ProcessRestartStep
+from healer.schema import PositiveDuration, StepBase, format_duration
+
+if TYPE_CHECKING:
+    import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+
+    from healer.config import Config, ProcessConfig
 
 # A process started this long after its pidfile was written still counts as the one that
 # wrote it (mtime granularity); started later than that, its PID was reused.
@@ -61,6 +66,27 @@ p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out, stderr=
                      start_new_session=True, close_fds=True)
 print(p.pid, flush=True)
 """
+
+
+class ProcessRestartStep(StepBase):
+    """Restart the app through `[process] manager` (or stop and start it, manager = "command")."""
+
+    action: Literal["process.restart"]
+    timeout: PositiveDuration = timedelta(seconds=90)
+
+
+class ProcessReloadStep(StepBase):
+    """Ask the app to reload (reopen its pools) through the manager, or with a signal.
+
+    `signal` overrides `[process] reload_signal`. With neither a manager that can reload nor
+    a signal, the step is skipped and says so.
+    """
+
+    action: Literal["process.reload"]
+    timeout: PositiveDuration = timedelta(seconds=30)
+    signal: Annotated[str, Field(pattern=r"^(SIG)?[A-Z0-9]+$")] | None = None
+
+    hints: ClassVar[Mapping[str, str]] = {"signal": 'expected a signal name like "SIGHUP"'}
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +211,8 @@ def _protected(state_dir: Path | None) -> set[int]:
     run loop's PID, `rollback.lock` and `repair-*.lock` those of the processes acting). A
     `[process] match` can appear in healer's own command line (`healer --config
     /srv/shop/healer.toml run` with match = "shop"): a restart must never stop the loop."""
+    import psutil  # here, not with the playbooks (healer/actions/registry.py)
+
     me = psutil.Process()
     out = {me.pid, *(p.pid for p in me.parents())}
     if state_dir is not None:
@@ -234,6 +262,8 @@ def find(match: str | None, pidfile: Path | None, state_dir: Path | None = None)
     """The running (non-zombie) processes whose command line contains `match`, or the one
     named by `pidfile` (and matching `match`, when both are set); never a healer process (the
     lock files in `state_dir` name those run otherwise). Blocking: run in a thread."""
+    import psutil  # here, not with the playbooks (healer/actions/registry.py)
+
     protected = _protected(state_dir)
     if pidfile is not None:
         return _from_pidfile(pidfile, match, protected)
@@ -247,6 +277,8 @@ def find(match: str | None, pidfile: Path | None, state_dir: Path | None = None)
 
 
 def _from_pidfile(pidfile: Path, match: str | None, protected: set[int]) -> list[Found]:
+    import psutil  # here, not with the playbooks (healer/actions/registry.py)
+
     found = _named_by(pidfile)
     if found is None or found.pid in protected:
         return []
@@ -262,6 +294,8 @@ def _from_pidfile(pidfile: Path, match: str | None, protected: set[int]) -> list
 def _named_by(path: Path) -> Found | None:
     """The live process whose PID `path` holds (a pidfile, a lock file); None when there is
     none, or when it started after the file was written (the PID was reused)."""
+    import psutil  # here, not with the playbooks (healer/actions/registry.py)
+
     try:
         text = path.read_text().strip()
         written = path.stat().st_mtime
@@ -277,6 +311,8 @@ def _named_by(path: Path) -> Found | None:
 
 def _alive(f: Found) -> bool:
     """Still the same process (PID and start time) and not a zombie."""
+    import psutil  # here, not with the playbooks (healer/actions/registry.py)
+
     try:
         p = psutil.Process(f.pid)
         same = abs(p.create_time() - f.create_time) < 0.01
@@ -288,6 +324,8 @@ def _alive(f: Found) -> bool:
 def _signal_all(found: Sequence[Found], sig: signal.Signals, state_dir: Path) -> None:
     """Send `sig` to each process that is still the one found (psutil checks PID reuse) and
     is not healer (asked again: one may have started since it was found)."""
+    import psutil  # here, not with the playbooks (healer/actions/registry.py)
+
     protected = _protected(state_dir)
     for f in found:
         if f.pid in protected:
@@ -325,7 +363,7 @@ async def _wait_gone(found: Sequence[Found], timeout: float) -> list[Found]:
 # ---- the actions -------------------------------------------------------------------------------
 
 
-async def restart(step: ProcessRestartStep, config: Config) -> str:
+async def restart(step: ProcessRestartStep, config: Config, *, playbook: str = "") -> str:
     """Restart the app through its manager, or stop and start it (manager = "command")."""
     pc = _section(config, "process.restart")
     if pc.manager != "command":
@@ -405,6 +443,8 @@ async def _launch(config: Config, argv: Sequence[str], cwd: Path) -> int:
 
 async def _confirm(pc: ProcessConfig, old: Sequence[Found], started: int, config: Config) -> list[Found]:
     """Wait up to `start_timeout` for a new process of the app (one not among `old`)."""
+    import psutil  # here, not with the playbooks (healer/actions/registry.py)
+
     old_ids = set(old)
     deadline = time.monotonic() + pc.start_timeout.total_seconds()
     started_gone_at: float | None = None
@@ -440,7 +480,7 @@ async def _confirm(pc: ProcessConfig, old: Sequence[Found], started: int, config
         await asyncio.sleep(_POLL * 2)
 
 
-async def reload(step: ProcessReloadStep, config: Config) -> str:
+async def reload(step: ProcessReloadStep, config: Config, *, playbook: str = "") -> str:
     """Ask the app to reopen its pools: `[process] reload_signal` to its processes, or the
     manager's reload; skipped (and said so) when neither is configured."""
     how = _reload_how(step, config)

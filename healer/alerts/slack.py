@@ -36,10 +36,11 @@ from healer.alerts.message import (
     item_line,
     render_text,
 )
-from healer.config import ChannelSection, EnvName, Secret, read_secret
+from healer.config import ChannelSection, Secret, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
 from healer.redact import REDACTOR, add_secrets, redact
+from healer.schema import EnvName
 
 # Block Kit limits: https://api.slack.com/reference/block-kit/blocks
 SLACK_HEADER_MAX = 150

@@ -27,10 +27,11 @@ from healer.alerts.message import (
     item_tail,
     label,
 )
-from healer.config import ChannelSection, EnvName, Secret, read_secret
+from healer.config import ChannelSection, Secret, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
 from healer.redact import add_secrets, redact
+from healer.schema import EnvName
 
 if TYPE_CHECKING:
     from telegram.error import RetryAfter

@@ -16,22 +16,52 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-import httpx
+from pydantic import Field
 
-from healer.checks import budget, describe_error, local_failure, unprobed
-from healer.config import HttpCheck, format_duration
+from healer.checks.base import budget, describe_error, local_failure, unprobed
 from healer.model import CheckResult
 from healer.redact import redact
+from healer.schema import CheckBase, Duration, Factor, PositiveDuration, format_duration
 
 if TYPE_CHECKING:
-    from healer.checks import ProbeContext
+    import httpx
+
+    from healer.checks.base import ProbeContext
 
 # A health body is small; read no more than this of it.
 _BODY_MAX = 1 << 20
 _SHOW_MAX = 60
 _MISSING = object()
+
+
+class HttpCheck(CheckBase):
+    """GET a URL `samples` times; passes when most samples pass; latency is their median."""
+
+    type: Literal["http"]
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    expect_status: int | list[int] = 200
+    body_contains: str | None = None
+    json_field: str | None = None  # dotted path into a JSON body, e.g. "status" or "db.ok"
+    json_value: str | int | float | bool | None = None
+    samples: Annotated[int, Field(ge=1, le=25)] = 3
+    max_latency_factor: Factor = 3.0
+    min_latency_increase: Duration = timedelta(milliseconds=100)
+    # vs the release before (its pooled samples): a rank test (p < 0.02) must agree as well,
+    # so the factor only says what is worth a rollback, not what is beyond noise
+    max_latency_factor_vs_previous: Factor = 1.5
+    # ... and at least this much slower than the release before: lower than min_latency_increase,
+    # as the pooled reference (20 cycles' samples) and the rank test already stand against noise
+    min_latency_increase_vs_previous: Duration = timedelta(milliseconds=20)
+    max_latency: PositiveDuration = timedelta(seconds=10)  # absolute ceiling (seed 002: 10 s)
+
+    uses_http: ClassVar[bool] = True
+
+    def expected_statuses(self) -> tuple[int, ...]:
+        return tuple(self.expect_status) if isinstance(self.expect_status, list) else (self.expect_status,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +99,8 @@ async def _sample(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -
 
 
 async def _request(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -> _Sample:
+    import httpx  # here, not at the top: loading the config must not load the driver (registry.py)
+
     if timeout <= 0.001:
         return _Sample("timeout", detail="no time left for this sample")
     start = time.perf_counter()

@@ -11,23 +11,57 @@ import asyncio
 import math
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
-from healer.checks import budget, failed, measured, redact
-from healer.config import PostgresCheck, format_duration, read_secret
+from healer.checks.base import budget, failed, measured, redact
 from healer.model import CheckResult
+from healer.schema import (
+    CheckBase,
+    Duration,
+    EnvName,
+    Factor,
+    Percent,
+    PositiveDuration,
+    RoleName,
+    format_duration,
+    read_secret,
+)
 
 if TYPE_CHECKING:
-    from healer.checks import ProbeContext
+    import psycopg
+
+    from healer.checks.base import ProbeContext
+    from healer.config import Config
 
 _CONNECTIONS_SQL = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
 
 
+class PostgresCheck(CheckBase):
+    """Connect + query latency, connections in use vs max_connections."""
+
+    type: Literal["postgres"]
+    dsn_env: EnvName | None = None  # default: [postgres] dsn_env
+    max_connections_percent: Percent = 80.0  # seeds alert at 80 %
+    max_latency: PositiveDuration = timedelta(seconds=5)
+    max_latency_factor: Factor = 5.0
+    min_latency_increase: Duration = timedelta(milliseconds=100)
+
+    default_role: ClassVar[RoleName] = "dependency"
+
+
+def needs(check: PostgresCheck, config: Config) -> tuple[str, str] | None:
+    """A dsn_env of its own, or the [postgres] section's."""
+    if check.dsn_env or config.postgres:
+        return None
+    return "dsn_env", "expected dsn_env, or a [postgres] section"
+
+
 async def probe(check: PostgresCheck, ctx: ProbeContext) -> CheckResult:
     """1. read the DSN; 2. connect and `SELECT 1` (the latency); 3. count connections."""
+    # the driver is imported where it is used, not with the config (healer/checks/registry.py)
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
     env = check.dsn_env or (ctx.config.postgres.dsn_env if ctx.config.postgres else "DATABASE_URL")
     secret = read_secret(env)
     if secret is None:

@@ -17,17 +17,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+from pydantic import Field
 
-from healer.actions.process import is_healer
-from healer.checks import format_size, measured
-from healer.config import Config, ProcessCheck
+from healer.checks.base import format_size, measured
 from healer.model import CheckResult
+from healer.schema import CheckBase, Factor, RelPath, Size
 
 if TYPE_CHECKING:
-    from healer.checks import ProbeContext
+    import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+
+    from healer.checks.base import ProbeContext
+    from healer.config import Config
 
 # CPU use is the delta between two readings this far apart.
 _CPU_INTERVAL = 0.2
@@ -35,6 +37,28 @@ _CPU_INTERVAL = 0.2
 # wrote it (clock and mtime granularity); started later than that, its PID was reused.
 _PIDFILE_TOLERANCE = 1.0
 _MB = 2**20  # rss_mb is in MiB
+
+
+class ProcessCheck(CheckBase):
+    """The app's processes are alive; their memory stays near the baseline."""
+
+    type: Literal["process"]
+    match: str | None = None  # substring of the command line; default: [process] match
+    pidfile: RelPath | None = None
+    process_name: str | None = None
+    min_count: Annotated[int, Field(ge=1)] = 1
+    max_rss: Size | None = None  # absolute ceiling, all matched processes together
+    max_memory_factor: Factor = 2.0  # vs the baseline RSS
+    min_memory_increase: Size = 50 * 2**20  # ... and at least this much more (noise)
+    max_cpu_percent: Annotated[float, Field(gt=0)] | None = None
+
+
+def needs(check: ProcessCheck, config: Config) -> tuple[str, str] | None:
+    """Something to find the processes by: its own match, pidfile or process_name, or [process]'s."""
+    has_default = config.process is not None and bool(config.process.match or config.process.pidfile)
+    if check.match or check.pidfile or check.process_name or has_default:
+        return None
+    return "", "expected match, pidfile or process_name (or [process] match) for a process check"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +112,8 @@ def split_groups(where: str, found: Sequence[Match]) -> str | None:
 
 
 def _match(p: psutil.Process) -> Match | None:
+    import psutil  # here, not with the config (healer/checks/registry.py)
+
     try:
         cmdline = " ".join(p.cmdline())
     except psutil.NoSuchProcess:
@@ -143,6 +169,8 @@ def _scan(match: str | None, pidfile: Path | None, name: str | None) -> _Scan:
 
 def _find(match: str | None, pidfile: Path | None, name: str | None) -> tuple[list[psutil.Process], str | None]:
     """The processes, or why none were found when that is known (blocking)."""
+    import psutil  # here, not with the config (healer/checks/registry.py)
+
     me = psutil.Process()
     excluded = {me.pid, *(p.pid for p in me.parents())}
     if pidfile is not None:
@@ -151,6 +179,10 @@ def _find(match: str | None, pidfile: Path | None, name: str | None) -> tuple[li
 
 
 def _by_cmdline(match: str | None, name: str | None, excluded: set[int]) -> list[psutil.Process]:
+    import psutil  # here, not with the config (healer/checks/registry.py)
+
+    from healer.actions.process import is_healer
+
     found: list[psutil.Process] = []
     for p in psutil.process_iter(["pid", "name", "cmdline", "status"]):
         info = p.info
@@ -168,6 +200,8 @@ def _by_cmdline(match: str | None, name: str | None, excluded: set[int]) -> list
 
 def _from_pidfile(pidfile: Path, match: str | None, excluded: set[int]) -> tuple[list[psutil.Process], str | None]:
     """The process named by the pidfile (guarding against PID reuse) and its descendants."""
+    import psutil  # here, not with the config (healer/checks/registry.py)
+
     try:
         text = pidfile.read_text().strip()
         written = pidfile.stat().st_mtime
@@ -209,6 +243,8 @@ def _from_pidfile(pidfile: Path, match: str | None, excluded: set[int]) -> tuple
 
 def _measure(procs: list[psutil.Process]) -> _Scan:
     """RSS and CPU summed over the processes that are still alive after the CPU interval."""
+    import psutil  # here, not with the config (healer/checks/registry.py)
+
     alive: list[psutil.Process] = []
     for p in procs:
         try:
