@@ -327,6 +327,13 @@ class Watchdog:
         if is_new:
             event("deploy.new", commit=commit[:12], deploy=deploy.id)
             alerts = []
+            if self._incident is not None:
+                # the store closed the open incident with its deploy: say so to whoever was told it
+                # opened (a failure of the new release opens an incident of its own)
+                msg = "the release that failed was replaced; the new one is judged afresh"
+                title = f"closed: {commit[:12]} was deployed"
+                alerts.append(Alert(Event.INCIDENT_RESOLVED, Severity.INFO, title, msg, self._incident[0]))
+                self._incident = None
             if deploy.state is DeployState.BAD:
                 msg = f"commit {commit[:12]} was rolled back from before ({deploy.bad}); it is deployed again"
                 alerts.append(Alert(Event.DEPLOY_BAD, Severity.CRITICAL, commit[:12], msg))

@@ -543,3 +543,38 @@ async def test_after_a_repair_that_worked_the_next_step_is_watching_not_a_rollba
                 os.kill(p.pid, signal.SIGKILL)
     (next_step,) = [step for events, step in steps if "repair.succeeded" in events]
     assert next_step == "watching: the incident resolves after 2 passing cycles"
+
+
+async def test_an_incident_closed_by_a_new_commit_is_told_closed(
+    tmp_path: Path, http_app: Callable[..., object]
+) -> None:
+    """People told that an incident opened hear that it closed when a new commit replaced the
+    failing release, not silence."""
+    app = http_app("healthy")
+    config = make_config(tmp_path, str(app), rollback_after="50")
+    said: list[Alert] = []
+
+    async def sink(items: list[Alert], *_: object) -> None:
+        said.extend(items)
+
+    clock = FakeClock()
+    store = BufferedStore(config.db_path)
+    try:
+        async with probe_context(config) as ctx:
+            dog = Watchdog(config, store, ctx, clock=clock, alert_sink=sink)  # type: ignore[arg-type]
+            await dog.step()
+            app.behaviour = "error500"  # type: ignore[attr-defined]
+            clock.advance(timedelta(minutes=1))
+            await dog.step()
+            (opened,) = [a for a in said if a.event == "incident.opened"]
+            assert config.app.repo is not None
+            sha = commit(config.app.repo, "v2")
+            clock.advance(timedelta(minutes=1))
+            await dog.step()
+            incidents = store.incidents()
+    finally:
+        store.close()
+    (closed,) = [a for a in said if a.event == "incident.resolved"]
+    assert closed.incident_id == opened.incident_id == incidents[0].id
+    assert closed.title == f"closed: {sha[:12]} was deployed"
+    assert incidents[0].resolved_at is not None
