@@ -493,7 +493,7 @@ class Watchdog:
         """An action that fails in a way nobody foresaw is told, not lost with the cycle's alerts.
         While it runs, `acting` names it: a stop signal then lets it finish (STOP_ACTION_WAIT)."""
         what = intent.kind if isinstance(intent, Repair) else "rollback"
-        before, self.acting = self._acting, what  # a verification ended by a rollback: the rollback's
+        before, self.acting = self._acting, what  # nested (a verification announced in a rollback): restored
         try:
             return await action
         except Exception as e:
