@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -374,9 +375,12 @@ class PrometheusServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_prometheus(targets: Sequence[str], *, port: int | None = None) -> PrometheusServer:
+def start_prometheus(
+    targets: Sequence[str], *, port: int | None = None, users: Mapping[str, str] | None = None
+) -> PrometheusServer:
     """Start prometheus scraping `targets` (HOST:PORT serving /metrics) every second; wait until
-    it is ready. Never the system's service (Debian's package starts one on install)."""
+    it is ready. Never the system's service (Debian's package starts one on install). `users`
+    (name -> bcrypt hash) turns on basic auth for its API."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is not installed (apt-get install prometheus)")
@@ -387,10 +391,14 @@ def start_prometheus(targets: Sequence[str], *, port: int | None = None) -> Prom
         "scrape_configs": [{"job_name": "app", "static_configs": [{"targets": list(targets)}]}],
     }
     (directory / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    web = []
+    if users:
+        (directory / "web.yml").write_text(json.dumps({"basic_auth_users": dict(users)}))
+        web = [f"--web.config.file={directory / 'web.yml'}"]
     log = open(directory / "prometheus.log", "wb")  # noqa: SIM115  # the server writes it until it stops
     process = subprocess.Popen(
         [binary, f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",
-         f"--web.listen-address={LOCALHOST}:{port}", "--log.level=warn"],
+         f"--web.listen-address={LOCALHOST}:{port}", "--log.level=warn", *web],
         stdout=log, stderr=subprocess.STDOUT, cwd=directory,
     )  # fmt: skip
     log.close()
@@ -405,6 +413,9 @@ def start_prometheus(targets: Sequence[str], *, port: int | None = None) -> Prom
             with urllib.request.urlopen(f"{server.url}/-/ready", timeout=1) as r:
                 if r.status == 200:
                     return server
+        except urllib.error.HTTPError as e:
+            if e.code == 401:  # it answers, and asks who we are
+                return server
         except OSError:
             time.sleep(0.1)
     why = _tail(directory / "prometheus.log")

@@ -26,7 +26,9 @@ T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 # releases the metrics app serves: their share of requests answered 500, and their latency
 RATIOS = {"stable": 0.002, "healthy": 0.003, "bad": 0.12}
 LATENCIES = {"stable": 0.02, "slow": 0.4}
-WINDOW = "5s"  # five scrapes at scrape_interval 1s
+WINDOW = "5s"
+# bcrypt of "s3cr@t-pw" (Prometheus' web config takes only hashes)
+PASSWORD_HASH = "$2b$04$nycQXsV7scffU8q0TCYw0OLMXA6ZOe2sQvaXdGXbzo7kmV4DJUwxG"  # five scrapes at scrape_interval 1s
 
 
 def error_ratio(release: str) -> str:
@@ -209,6 +211,22 @@ async def test_a_password_in_the_url_never_shows(run_probe: RunProbe, prom: Prom
     assert not r.ok and r.error is not None
     assert f"Prometheus at http://{host}/" in r.error
     assert "s3cr" not in r.error and "healer:" not in r.error
+
+
+async def test_basic_auth_in_the_url_is_sent(run_probe: RunProbe) -> None:
+    """A Prometheus behind basic auth answers the URL's user; a wrong password is its refusal,
+    and neither password shows."""
+    server = start_prometheus([], users={"healer": PASSWORD_HASH})
+    try:
+        host = f"127.0.0.1:{server.port}"
+        r = await run_probe(check(f"http://healer:s3cr%40t-pw@{host}", "vector(0.5)"))
+        assert r.ok, r.error
+        assert r.values["value"] == 0.5
+        r = await run_probe(check(f"http://healer:wr0ng-pw@{host}", "vector(0.5)"))
+        assert r.symptoms == ("prometheus.error",)
+        assert r.error == f"Prometheus at http://{host} answered HTTP 401, not its API's JSON"
+    finally:
+        server.stop()
 
 
 def test_min_increase_is_required_and_the_previous_floor_defaults_to_it() -> None:
