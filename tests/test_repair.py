@@ -24,7 +24,7 @@ from healer.config import Config, parse_config
 from healer.decide import Pause
 from healer.errors import ActionError, LockedError, UsageError
 from healer.model import ActionNote, Deploy, Outcome, Who
-from healer.repair import playbook_lock, resume_interrupted, run_repair, why_not_again
+from healer.repair import Handoff, playbook_lock, resume_interrupted, run_repair, why_not_again
 from healer.store import ActionRow, Store
 
 
@@ -159,6 +159,41 @@ async def test_verification_waits_for_the_app_to_come_back(
     pb = playbook(tmp_path, "noop", 'description = "x"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
     result = await repair("noop", make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)}), store, clock)
     assert result.ok and result.detail == "ran `true` (exit 0); api healthy after 3.0s"
+
+
+async def test_a_handed_off_verification_says_so_and_a_supersede_ends_it_failed(
+    tmp_path: Path, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    """With a Handoff (the loop's repairs), the first failed check after the steps says the
+    verification goes on beside the loop, with the journal row still `started`; superseding it
+    ends it at once, failed, the row saying by what — not after verify_within."""
+    app = http_app("error500")
+    pb = playbook(
+        tmp_path, "noop", 'description = "x"\nverify_within = "1h"\n[[steps]]\naction = "command"\nargv = ["true"]\n'
+    )
+    config = make_config(tmp_path, f"{app.url}/health", playbooks={"dir": str(pb)})
+    handoff = Handoff()
+    task = asyncio.create_task(repair("noop", config, store, FakeClock(), who=Who.LOOP, handoff=handoff))
+    await asyncio.wait_for(handoff.verifying.wait(), 10)
+    assert [a.outcome for a in store.actions()] == ["started"]
+    handoff.supersede("the rollback")
+    result = await asyncio.wait_for(task, 10)
+    assert result.outcome is Outcome.FAILED
+    assert result.detail.startswith("ran `true` (exit 0); still failing after ")
+    assert result.detail.endswith("; superseded by the rollback")
+    (row,) = store.actions()
+    assert (row.outcome, row.detail) == ("failed", result.detail)
+
+
+async def test_a_verification_that_passes_at_once_is_never_handed_off(
+    tmp_path: Path, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    app = http_app("healthy")
+    pb = playbook(tmp_path, "noop", 'description = "x"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
+    handoff = Handoff()
+    config = make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)})
+    result = await repair("noop", config, store, FakeClock(), handoff=handoff)
+    assert result.ok and not handoff.verifying.is_set()
 
 
 async def test_the_intent_is_journaled_before_the_first_step_runs(

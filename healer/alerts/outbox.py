@@ -81,7 +81,8 @@ CREATE TABLE IF NOT EXISTS alert_items (
     severity TEXT NOT NULL,
     incident_id INTEGER,
     title TEXT NOT NULL,
-    muted INTEGER NOT NULL DEFAULT 0
+    muted INTEGER NOT NULL DEFAULT 0,
+    flap_group TEXT  -- an opening's or a flapping notice's group (pipeline.flap_group)
 );
 CREATE INDEX IF NOT EXISTS alert_items_at ON alert_items (at);
 CREATE INDEX IF NOT EXISTS alert_items_incident ON alert_items (incident_id);
@@ -198,6 +199,9 @@ class Outbox:
         try:
             self._db = connect(self.path)
             self._db.executescript(_SCHEMA)
+            # an outbox from a healer before flapping was grouped: its old rows are of no group
+            if "flap_group" not in {r[1] for r in self._db.execute("PRAGMA table_info(alert_items)")}:
+                self._db.execute("ALTER TABLE alert_items ADD COLUMN flap_group TEXT")
         except (sqlite3.Error, OSError) as e:
             msg = f"{self.path}: cannot open the alert outbox: {e}"
             raise StoreError(msg) from e
@@ -244,8 +248,8 @@ class Outbox:
             for r in plan.remember:
                 db.execute(
                     "INSERT INTO alert_items"
-                    " (alert_id, at, event, severity, incident_id, title, muted)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " (alert_id, at, event, severity, incident_id, title, muted, flap_group)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         None if r.muted else by_item.get(r.item),
                         _ts(now),
@@ -254,6 +258,7 @@ class Outbox:
                         r.item.incident_id,
                         redact(r.item.title),
                         int(r.muted),
+                        r.group,  # built from the redacted title (Alerts._plan scrubs it first)
                     ),
                 )
         return ids
@@ -457,19 +462,20 @@ class Outbox:
             )
         }
         openings = tuple(
-            _dt(r[0])
-            for r in self._read(
-                "SELECT at FROM alert_items WHERE at > ? AND event = ? ORDER BY id",
+            (_dt(at), group or "")
+            for at, group in self._read(
+                "SELECT at, flap_group FROM alert_items WHERE at > ? AND event = ? ORDER BY id",
                 (cut, Event.INCIDENT_OPENED),
             )
         )
-        flap = self._read("SELECT MAX(at) FROM alert_items WHERE event = ?", (Event.INCIDENT_FLAPPING,))
-        return AlertMemory(
-            incidents=incidents,
-            recent=recent,
-            openings=openings,
-            last_flapping_at=_dt(flap[0][0]) if flap and flap[0][0] else None,
-        )
+        flapping = {
+            group or "": _dt(at)
+            for group, at in self._read(
+                "SELECT flap_group, MAX(at) FROM alert_items WHERE event = ? GROUP BY flap_group",
+                (Event.INCIDENT_FLAPPING,),
+            )
+        }
+        return AlertMemory(incidents=incidents, recent=recent, openings=openings, flapping=flapping)
 
 
 # ---- channels and the sender -----------------------------------------------------------------
