@@ -332,7 +332,10 @@ def test_a_release_many_times_slower_than_the_one_before_is_rolled_back_and_hist
     wait_until(lambda: s.serving() == "1.0", 30, "the stable release serving")
     rollbacks = s.rows("rollback")
     assert len(rollbacks) == 1 and rollbacks[0]["outcome"] == "ok", rollbacks
-    assert "http.latency" in rollbacks[0]["why"], rollbacks[0]
+    # 300 ms against about a millisecond, every request slower than 1.0's slowest: strong
+    # evidence, rolled back as an emergency (or, on a machine too loaded for that, for latency)
+    why = rollbacks[0]["why"]
+    assert "slower than the release before" in why or "http.latency" in why, rollbacks[0]
     assert git(s.repo, "rev-parse", "HEAD") == git(s.repo, "rev-parse", "stable-1^{commit}")
     slow_checks = [r for r in s.rows("check") if not r["ok"] and "http.latency" in r["what"]]
     assert slow_checks, s.rows("check")
