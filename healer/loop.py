@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from healer import gitrepo, repair, rollback
 from healer import report as reports
@@ -42,10 +39,10 @@ from healer.clock import Clock, SystemClock, stepped
 from healer.config import Config
 from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
-from healer.files import open_private, private_dir
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
 from healer.ladder import settled
+from healer.locks import FileLock
 from healer.logging import log_event
 from healer.model import (
     Alert,
@@ -95,67 +92,6 @@ STOP_CYCLE_WAIT = timedelta(milliseconds=800)
 def event(name: str, **fields: Any) -> None:
     """Log one event: a dotted name plus fields (`repair.started kind=redis-flush`)."""
     log_event(log, name, **fields)
-
-
-# ---- the lock ------------------------------------------------------------------------------
-
-
-class RunLock:
-    """An exclusive flock on a file that holds the owner's PID."""
-
-    def __init__(self, path: Path, what: str) -> None:
-        self.path = path
-        self.what = what
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> None:
-        try:
-            private_dir(self.path.parent)
-            fh = open_private(self.path, "a+")  # held for the life of the process
-        except OSError as e:
-            msg = f"{self.path.parent}: cannot create the state directory (state_dir): {e.strerror}"
-            raise StoreError(msg) from None
-        # `healer status` peeks at the lock for an instant: retry briefly before calling it held
-        for attempt in range(5):
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt < 4:
-                    time.sleep(0.05)
-                    continue
-                fh.seek(0)
-                text = fh.read().strip()
-                fh.close()
-                raise LockedError(self.what, int(text) if text.isdigit() else None) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.seek(0)
-                self._fh.truncate()
-            self._fh.close()
-            self._fh = None
-
-    @staticmethod
-    def holder(path: Path) -> int | None:
-        """The PID holding the lock at `path`, or None when nobody does."""
-        if not path.exists():
-            return None
-        with open(path, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                text = fh.read().strip()
-                return int(text) if text.isdigit() else -1
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            return None
 
 
 # ---- the watchdog ------------------------------------------------------------------------------
@@ -806,7 +742,8 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     """
     repair.known_playbooks(config)  # a bad playbook file is a config error: exit 2, nothing started
     gitrepo.head_commit(config.app.repo)  # so is an [app] repo that is not a git work tree
-    lock = RunLock(config.lock_path, "healer run")
+    # `healer status` peeks at the lock (locks.holder) for an instant: wait that out
+    lock = FileLock(config.lock_path, "healer run", patience=timedelta(milliseconds=200))
     lock.acquire()
     store = BufferedStore(config.db_path)
     stop = asyncio.Event()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import fcntl
 import fnmatch
 import hashlib
 import json
@@ -24,7 +23,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,8 +32,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from healer import gitrepo, runner, stable
 from healer.config import Config, format_duration, format_elapsed
 from healer.errors import GitError, HealerError, LockedError, StoreError
-from healer.files import open_private, private_dir, private_fd
+from healer.files import open_private, private_dir
 from healer.gitrepo import TagInfo, short
+from healer.locks import FileLock
 from healer.model import CheckResult, Outcome, Verdict, Who
 from healer.redact import redact
 
@@ -391,36 +391,9 @@ def has_target(config: Config, store: Store) -> bool:
 # ---- the lock --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def rollback_lock(state_dir: Path) -> Iterator[None]:
-    """Hold `<state_dir>/rollback.lock` (flock, released by the kernel even on kill -9), with
-    our PID written in it; when another process holds it, LockedError names its PID."""
-    path = state_dir / LOCK_NAME
-    try:
-        private_dir(state_dir)
-        fd = private_fd(path)
-    except OSError as e:
-        raise StoreError(f"{path}: cannot open the rollback lock: {e.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError("rollback", _holder(fd)) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)
-
-
-def _holder(fd: int) -> int | None:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip())
-    except (OSError, ValueError):
-        return None
+def rollback_lock(state_dir: Path) -> FileLock:
+    """`<state_dir>/rollback.lock`: one rollback at a time; LockedError names the holder's PID."""
+    return FileLock(state_dir / LOCK_NAME, "rollback")
 
 
 # ---- carrying it out -------------------------------------------------------------------------

@@ -12,17 +12,17 @@ from typing import Any
 
 from healer.clock import SystemClock
 from healer.config import Config, format_elapsed
+from healer.locks import holder
 from healer.schedule import next_due, phase_at
 
 
 def status_data(config: Config) -> dict[str, Any]:
     """What `healer status --json` and `/status` show."""
-    from healer.loop import RunLock
     from healer.store import Store
 
     now = SystemClock().now()
     out: dict[str, Any] = {"app": config.app.name, "now": now.isoformat(), "state_dir": str(config.state_dir)}
-    pid = RunLock.holder(config.lock_path)
+    pid = holder(config.lock_path)
     out["loop"] = {
         "running": pid is not None,
         "pid": pid if pid and pid > 0 else None,
