@@ -58,7 +58,7 @@ from healer.model import (
     Verdict,
     Who,
 )
-from healer.notify import Liveness, action_budget, notify, stall_limit, watchdog_pinger
+from healer.notify import Liveness, action_budget, notify, overdue_after, stall_limit, watchdog_pinger
 from healer.schedule import next_due, phase_at
 from healer.server import start_server
 from healer.store import CycleUpdate
@@ -569,7 +569,7 @@ class Watchdog:
                     await self._wait(stop, min(left, HEAD_POLL))
                     continue
                 late = -left
-                if started and late > max(2 * (due - (deploy.last_cycle_at or due)), timedelta(seconds=30)):
+                if started and late > overdue_after(due - (deploy.last_cycle_at or due)):
                     # the cycle is later than twice its cadence: a stall healer must own up to
                     msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
                     event("meta.loop_behind", late_s=int(late.total_seconds()))

@@ -13,6 +13,7 @@ from typing import Any
 from healer.clock import SystemClock
 from healer.config import Config, format_elapsed
 from healer.locks import holder
+from healer.notify import overdue_after
 from healer.schedule import next_due, phase_at
 
 
@@ -75,7 +76,7 @@ def status_data(config: Config) -> dict[str, Any]:
         alive = pid is not None and seen is not None
         if alive and seen:
             every = config.schedule.incident_every if d.last_ok is False else phase.every
-            late = now - datetime.fromisoformat(seen) > max(2 * every, timedelta(seconds=30))
+            late = now - datetime.fromisoformat(seen) > overdue_after(every)
             alive = not late
         out["loop"].update(alive=alive, last_seen=seen)
         if alive and meta.get("next_due"):
