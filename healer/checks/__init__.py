@@ -22,8 +22,7 @@ import httpx
 
 from healer.config import CHECK_TYPES, CheckConfig, Config, format_duration
 from healer.model import CheckResult
-from healer.redact import MASK
-from healer.redact import redact as process_redact
+from healer.redact import redact
 
 # How long a probe that was cancelled at its timeout may take to unwind (close sockets,
 # kill a child) before run_check stops waiting for it and reports the timeout anyway.
@@ -78,15 +77,6 @@ def budget(timeout: timedelta) -> float:
     probe reports what it saw (a specific symptom) before run_check's hard bound cuts it off."""
     t = timeout.total_seconds()
     return t - min(0.25, t * 0.2)
-
-
-def redact(text: str, *secrets: str) -> str:
-    """`text` through the process-wide redactor (healer/redact.py), and without `secrets`: the
-    values a probe holds that healer.toml did not name (a DSN given to one check)."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, MASK)
-    return process_redact(text)
 
 
 def describe_error(exc: BaseException, *secrets: str) -> str:
@@ -186,7 +176,7 @@ def _redacted(result: CheckResult) -> CheckResult:
     message) may hold a secret, and every result is printed, stored and sent."""
     if result.error is None:
         return result
-    error = process_redact(result.error)
+    error = redact(result.error)
     return result if error == result.error else replace(result, error=error)
 
 
@@ -222,7 +212,6 @@ __all__ = [
     "failed",
     "format_size",
     "probe_context",
-    "redact",
     "run_check",
     "run_checks",
 ]
