@@ -8,6 +8,7 @@ to sit in healer's (or pytest's) command line does not find healer. `matched()` 
 what a check finds, and `split_groups()` warns when a match finds more than one process group
 (two copies of the app). psutil blocks, so the scan runs in a worker thread.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,9 +64,7 @@ def target(check: ProcessCheck, config: Config) -> tuple[str | None, Path | None
     return check.match, check.pidfile, check.process_name
 
 
-def matched(
-    match: str | None, pidfile: Path | None, name: str | None, state_dir: Path | None = None
-) -> list[Match]:
+def matched(match: str | None, pidfile: Path | None, name: str | None, state_dir: Path | None = None) -> list[Match]:
     """The processes a check with this target() finds now, with their command lines and
     groups (blocking)."""
     found, _ = processes.find(match, pidfile, name, state_dir)
