@@ -71,7 +71,9 @@ def format_duration(d: timedelta) -> str:
 
 
 def format_elapsed(d: timedelta) -> str:
-    """A measured duration for people, rounded: 20.307s -> "20.3s", 4h 2m 7s -> "4h 2m"."""
+    """A duration for people, rounded: 20.307s -> "20.3s", 4h 2m 7s -> "4h 2m". The one
+    spelling of a measured or elapsed time (took, waited, delayed, open for); a configured
+    duration is spelled exactly by format_duration."""
     secs = max(0.0, d.total_seconds())
     if secs < 60:
         return f"{secs:.1f}".removesuffix(".0") + "s"
@@ -93,6 +95,15 @@ def parse_size(value: object) -> int:
         if m:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
     raise PydanticCustomError("size", 'expected a size like "512MB" or "2GiB", got {got}', {"got": _show(value)})
+
+
+def format_size(n: float) -> str:
+    """Bytes for people: "800 B", "1.5 KB", "12.3 MB", "2.0 GB" (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def _show(value: object) -> str:

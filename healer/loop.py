@@ -29,14 +29,13 @@ from healer.alerts.message import (
     META_CLOCK_STEP,
     META_STORE_FAILED,
     META_STORE_RECOVERED,
-    format_age,
     rollback_failure_title,
     watching_after_repair,
 )
 from healer.backlog import BufferedStore
 from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock, stepped
-from healer.config import Config
+from healer.config import Config, format_elapsed
 from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
 from healer.heartbeat import Heartbeat
@@ -630,7 +629,7 @@ class Watchdog:
     async def _announce_clock_step(self, step: timedelta, deploy: Deploy, now: datetime) -> None:
         """Say once that the wall clock was stepped, which way and by how much."""
         way = "forward" if step > timedelta(0) else "back"
-        size = format_age(abs(step))
+        size = format_elapsed(abs(step))
         log_event(log, "clock.stepped", level=logging.WARNING, way=way, by_s=round(abs(step).total_seconds(), 1),
                   now=now.isoformat())  # fmt: skip
         msg = (
@@ -683,7 +682,7 @@ class Watchdog:
             return
         self.liveness.store_ok()
         written, dropped = await self._db(self.store.take_counts)
-        down = format_age(now - self._store_down)
+        down = format_elapsed(now - self._store_down)
         self._store_down = None
         log_event(log, "store.recovered", level=logging.WARNING, down=down, written=written, forgotten=dropped)
         lost = f"; {dropped} routine cycles were forgotten (too many to keep)" if dropped else ""

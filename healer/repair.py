@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from healer import actions
 from healer.actions.command import StepTimedOut
 from healer.checks import describe_error, run_checks
-from healer.config import format_duration
+from healer.config import format_duration, format_elapsed
 from healer.decide import PlaybookPolicy
 from healer.errors import ActionError, ConfigError, LockedError, StoreError, UsageError
 from healer.locks import FileLock
@@ -267,8 +267,7 @@ async def _steps_and_verify(
         results = await run_checks(ctx, checks)
         now = clock.monotonic()
         if all(r.ok for r in results):
-            took = (now - began).total_seconds()
-            return Outcome.OK, _join(done, f"{names} healthy after {took:.1f}s"), results
+            return Outcome.OK, _join(done, f"{names} healthy after {format_elapsed(now - began)}"), results
         if now >= deadline:
             failing = "; ".join(
                 f"{r.name}: {r.error or ', '.join(r.symptoms) or 'failed'}" for r in results if not r.ok

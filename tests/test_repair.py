@@ -85,7 +85,7 @@ async def test_redis_flush_is_journaled_run_and_verified(
     result = await repair("redis-flush", config, store, clock, who=Who.LOOP, reason="symptoms: redis.latency",
                           deploy_id=7, incident_id=3)  # fmt: skip
     assert result.ok and result.outcome is Outcome.OK
-    assert result.detail == "flushed 1,204 keys from db 10 (FLUSHDB ASYNC); api healthy after 0.0s"
+    assert result.detail == "flushed 1,204 keys from db 10 (FLUSHDB ASYNC); api healthy after 0s"
     assert [r.ok for r in result.results] == [True]
     (row,) = store.actions()
     assert (row.id, row.kind, row.name, row.who, row.reason, row.outcome, row.detail) == (
@@ -157,7 +157,7 @@ async def test_verification_waits_for_the_app_to_come_back(
     start = clock.now()
     pb = playbook(tmp_path, "noop", 'description = "x"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
     result = await repair("noop", make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)}), store, clock)
-    assert result.ok and result.detail == "ran `true` (exit 0); api healthy after 3.0s"
+    assert result.ok and result.detail == "ran `true` (exit 0); api healthy after 3s"
 
 
 async def test_the_intent_is_journaled_before_the_first_step_runs(
@@ -285,7 +285,7 @@ async def test_rate_limit_clear_end_to_end(
         config = make_config(tmp_path, f"{app.url}/", redis={"url": f"redis://127.0.0.1:{redis_server.port}/15"})
         result = await repair("rate-limit-clear", config, store, Limiter())
         assert result.ok, result.detail
-        assert result.detail.startswith("deleted 300 keys matching 'ratelimit:*' from db 15; api healthy after 1.0s")
+        assert result.detail.startswith("deleted 300 keys matching 'ratelimit:*' from db 15; api healthy after 1s")
         assert await r.get("user:1") == b"keep"
     finally:
         await r.flushdb()

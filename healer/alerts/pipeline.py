@@ -36,8 +36,8 @@ from healer.alerts.message import (
     INCIDENT_RESOLVED,
     AlertItem,
     AlertMessage,
-    format_age,
 )
+from healer.config import format_elapsed
 from healer.model import Alert, Severity
 
 FLAP_LIMIT = 3  # incident openings announced per repeat_every; more is flapping
@@ -246,7 +246,7 @@ def _flapping_item(count: int, repeat_every: timedelta) -> AlertItem:
     return AlertItem(
         INCIDENT_FLAPPING,
         Severity.WARNING,
-        f"{count} incidents opened within {format_age(repeat_every)}",
+        f"{count} incidents opened within {format_elapsed(repeat_every)}",
         "The checks keep failing and recovering. Further openings and resolutions are not "
         "announced until it settles; reminders continue.",
     )
@@ -260,7 +260,7 @@ def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: ti
     mem = st.incidents.get(inc, IncidentMemory())
     if mem.resolved or (mem.last_at is not None and now - mem.last_at < repeat_every):
         return None
-    detail = f"Open for {format_age(now - ctx.incident_since)}." if ctx.incident_since else ""
+    detail = f"Open for {format_elapsed(now - ctx.incident_since)}." if ctx.incident_since else ""
     title = ctx.summary or "the incident is still open"
     if ctx.cause:
         title += f" — likely cause: {ctx.cause}"

@@ -88,15 +88,6 @@ def describe_error(exc: BaseException, *secrets: str) -> str:
     return line if len(line) <= _ERROR_MAX else line[: _ERROR_MAX - 1] + "…"
 
 
-def format_size(n: float) -> str:
-    """Bytes for people: "800 B", "1.5 KB", "12.3 MB", "2.0 GB" (powers of 1024)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def failed(check: Any, error: str, *symptoms: str, **values: float) -> CheckResult:
     """A failed result for `check` with an error line and symptoms (default `<type>.error`)."""
     return CheckResult(
@@ -210,7 +201,6 @@ __all__ = [
     "budget",
     "describe_error",
     "failed",
-    "format_size",
     "probe_context",
     "run_check",
     "run_checks",

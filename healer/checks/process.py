@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
 from healer import processes
-from healer.checks import format_size, measured
-from healer.config import Config, ProcessCheck
+from healer.checks import measured
+from healer.config import Config, ProcessCheck, format_size
 from healer.model import CheckResult
 
 if TYPE_CHECKING:

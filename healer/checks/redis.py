@@ -17,8 +17,8 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from healer.checks import budget, describe_error, failed, format_size, measured
-from healer.config import RedisCheck, format_duration, read_secret
+from healer.checks import budget, describe_error, failed, measured
+from healer.config import RedisCheck, format_duration, format_size, read_secret
 from healer.model import CheckResult
 from healer.redact import redact
 
