@@ -50,7 +50,6 @@ from healer.model import Alert
 
 log = logging.getLogger("healer.alerts")
 
-CHANNEL_KINDS = ("log", "slack", "telegram")
 # Cycles of alerts sent while the outbox could not be written, kept to be written later: the
 # oldest are forgotten beyond this (they were sent; only their record is lost, and logged).
 MAX_UNRECORDED = 1000
@@ -250,7 +249,6 @@ def _scrubbed(i: Alert | AlertItem) -> AlertItem:
 
 
 __all__ = [
-    "CHANNEL_KINDS",
     "EVENTS",
     "META_EVENTS",
     "AlertItem",

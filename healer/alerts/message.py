@@ -12,7 +12,7 @@ what healer will do next). Rendering happens at send time, so a late delivery ca
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -448,14 +448,6 @@ def telegram_text(msg: AlertMessage, *, delayed: timedelta | None = None) -> str
         break
     text_body = "\n".join(kept) + marker
     return "\n".join([*(x.html() for x in head), text_body, *(x.html() for x in tail_lines)])
-
-
-# ---- helpers for the shell -------------------------------------------------------------------
-
-
-def items_of(intents: Sequence[Alert]) -> tuple[AlertItem, ...]:
-    """The pipeline's items for a cycle's Alert intents, in order."""
-    return tuple(AlertItem.from_intent(a) for a in intents)
 
 
 __all__ = [

@@ -312,8 +312,3 @@ def _route(
         )
         out.append(Planned(msg, tuple(channels)))
     return tuple(out)
-
-
-def route_channels(severity: Severity, routes: Sequence[Route], *, exclude: str | None = None) -> tuple[str, ...]:
-    """The channels that take an alert of `severity`, minus `exclude`."""
-    return tuple(r.channel for r in routes if severity >= r.min_severity and r.channel != exclude)
