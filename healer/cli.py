@@ -727,7 +727,7 @@ def _announce(config: Config, event: str, title: str, detail: str, severity: Sev
 )
 def demo(keep: bool) -> None:
     """The whole story on this machine, no setup: a sample app is deployed, broken, repaired, rolled back."""
-    from healer.demo import run_demo
+    from healer.demo.story import run_demo
 
     sys.exit(run_demo(keep=keep))
 

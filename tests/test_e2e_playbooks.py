@@ -18,7 +18,7 @@ import redis
 from helpers import HEALER, healer, make_repo, write_config
 from services import PostgresServer, RedisServer, free_port, start_redis, wait_for_port
 
-from healer import sampleapp
+from healer.demo import sampleapp
 
 pytestmark = pytest.mark.e2e
 
