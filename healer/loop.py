@@ -35,7 +35,7 @@ from healer.alerts.message import (
 from healer.backlog import BufferedStore
 from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock, stepped
-from healer.config import Config, format_elapsed
+from healer.config import Config, format_duration, format_elapsed
 from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
 from healer.heartbeat import Heartbeat
@@ -570,7 +570,7 @@ class Watchdog:
                 late = -left
                 if started and late > overdue_after(due - (deploy.last_cycle_at or due)):
                     # the cycle is later than twice its cadence: a stall healer must own up to
-                    msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
+                    msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {format_elapsed(late)} late"
                     event("meta.loop_behind", late_s=int(late.total_seconds()))
                     await self._alert(
                         [Alert("meta.loop_behind", Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
@@ -803,7 +803,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                 if acting:
                     event("healer.stopping", signal=received[0] if received else None, waiting_for=acting,
                           up_to_s=int(wait.total_seconds()))  # fmt: skip
-                    notify(f"STATUS=stopping: letting {acting} finish (up to {int(wait.total_seconds())}s)")
+                    notify(f"STATUS=stopping: letting {acting} finish (up to {format_duration(wait)})")
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(runner), wait.total_seconds())
                 if not runner.done() and dog.acting:
