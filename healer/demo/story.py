@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -64,7 +64,7 @@ from healer import runner
 from healer.alerts.message import render_text
 from healer.alerts.outbox import AlertRecord, Outbox
 from healer.clock import SystemClock
-from healer.config import Config, load_config
+from healer.config import Config, format_elapsed, load_config
 from healer.demo import sampleapp
 from healer.errors import HealerError
 from healer.model import CheckResult, Deploy, Severity
@@ -677,10 +677,10 @@ class _Demo:
 
     def report_files(self, code: int) -> None:
         c = self.con
-        took = time.monotonic() - self.t0
+        took = format_elapsed(timedelta(seconds=time.monotonic() - self.t0))
         c.print()
         word = {0: "[green]done[/]", 130: "[yellow]interrupted[/]"}.get(code, "[red]failed[/]")
-        c.print(f"{word} in {took:.0f}s (exit {code}); every process the demo started is stopped.")
+        c.print(f"{word} in {took} (exit {code}); every process the demo started is stopped.")
         if self.keep:
             c.print(f"The files are kept in [bold]{self.p.root}[/]:")
             for name, path in (
