@@ -1,6 +1,6 @@
 """`python -m bench [NAME ...]` (or `bench/run`): run healer's benchmarks and write bench/results.json.
 
-NAME is any of fanout, redis, rollback, footprint, growth, judgement (default: all, about 6 minutes on 2 cores).
+NAME is any of fanout, redis, rollback, footprint, growth, judgement, crash (default: all, about 8 minutes on 2 cores).
 A partial run updates its own figures in an existing results file and keeps the others.
 Nothing here asserts a time: each figure is a ratio against a reference measured in the same run, or a size
 (report_s, the one absolute time the issue asks for, is reported as measured).
@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import common, fanout, footprint, growth, judgement, redis_clear, rollback
+from bench import common, crash, fanout, footprint, growth, judgement, redis_clear, rollback
 
 BENCHMARKS = {
     "fanout": fanout.run,
@@ -27,6 +27,7 @@ BENCHMARKS = {
     "footprint": footprint.run,
     "growth": growth.run,
     "judgement": judgement.run,
+    "crash": crash.run,
 }
 FIGURES = (
     "fanout_ratio",
@@ -43,6 +44,10 @@ FIGURES = (
     "judgement_false_restarts_per_1000",
     "judgement_missed_slow_x2_per_1000",
     "judgement_missed_bad_deploy_per_1000",
+    "crash_detect_ms",
+    "crash_to_healthy_s",
+    "crash_healthy_ratio_vs_supervisor",
+    "crash_detect_ratio_vs_httpok",
 )
 RESULTS = common.ROOT / "bench" / "results.json"
 

@@ -48,12 +48,15 @@ from healer import decide as live_decide
 from healer import judge as live_judge
 from healer import ladder as live_ladder
 from healer.checks import budget, failed, measured
+from healer.checks.http import HttpCheck
 
 # The real http probe's verdict over its samples (majority rule, 5xx, ceiling): the replay
 # feeds it simulated samples instead of requests, so healer sees exactly what its probe reports.
 from healer.checks.http import _judge as http_result
 from healer.checks.http import _Sample as HttpSample
-from healer.config import Config, HttpCheck, ProcessCheck, RedisCheck, parse_config
+from healer.checks.process import ProcessCheck
+from healer.checks.redis import RedisCheck
+from healer.config import Config, parse_config
 from healer.model import (
     Baseline,
     CheckResult,
@@ -1060,10 +1063,11 @@ def _why_slow(r: Replay, policy: str) -> str:
         text += (
             f" healer.judge compares each cycle with the release before's pooled samples ({HISTORY_CYCLES} cycles): "
             "a one-sided Mann-Whitney U test (p < 0.02), the median ratio (max_latency_factor_vs_previous, "
-            f"{_API.max_latency_factor_vs_previous:g}) and the floor (min_latency_increase, "
-            f"{_API.min_latency_increase / timedelta(milliseconds=1):g} ms) must all agree; a ×2 release here is "
-            f"{2 * BASE_MS:g} ms against {BASE_MS:g} ms, {BASE_MS:g} ms more: under the floor, missed by choice "
-            "(a user who wants it caught lowers min_latency_increase)."
+            f"{_API.max_latency_factor_vs_previous:g}) and the floor (min_latency_increase_vs_previous, "
+            f"{_API.min_latency_increase_vs_previous / timedelta(milliseconds=1):g} ms) must all agree; a ×2 release "
+            f"here is {2 * BASE_MS:g} ms against {BASE_MS:g} ms. Failing cycles count toward rollback_after "
+            f"({CONFIG.escalation.rollback_after}); {CONFIG.escalation.emergency.regression_factor:g}× slower with "
+            "every request slower than the reference's slowest is an emergency, rolled back after confirm_cycles."
         )
     elif _as_previous(r, policy, ["slow-x2"]):
         text += (
@@ -1083,7 +1087,15 @@ def _why_late(cls: str, v: Mapping[str, Any], r: Replay, policy: str) -> str:
     t = r.tallies[policy][cls]
     head = f"{cls}: {v['healer']} cycles vs {v['best_peer']} {v['best_peer_cycles']}"
     if cls.startswith("slow"):
-        return f"{head} ({t.missed} of {t.windows} never rolled back)"
+        why = f"{head} ({t.missed} of {t.windows} never rolled back)"
+        if v["best_peer"] == "kayenta" and "kayenta" in r.tallies:
+            noisy = headline(r, "kayenta")["false_rollbacks_per_1000"]
+            why += (
+                f"; the Kayenta-like judge has no floors and needs no second cycle, and rolls back {noisy:g} of "
+                "1,000 healthy noisy windows for it: healer waits for rollback_after (or confirm_cycles on "
+                "strong evidence) and a 20 ms floor, so noise never rolls it back"
+            )
+        return why
     if cls == "bad-deploy" and _as_previous(r, policy, [cls]):
         return f"{head} (the ladder restarts once before it rolls back: a deploy's failure may be a restart's to cure)"
     if cls == "leak" and _as_previous(r, policy, [cls]):

@@ -271,7 +271,8 @@ class BufferedStore(Store):
                     )
                 self._change_deploy(current.id, lambda d: replace(d, open_incident=None))
             pid = self._new_id()
-            self._deploys[pid] = Deploy(id=pid, commit=commit, first_seen=now, via_rollback=via_rollback)
+            bad = self.bad_commits().get(commit)
+            self._deploys[pid] = Deploy(id=pid, commit=commit, first_seen=now, via_rollback=via_rollback, bad=bad)
             self._previous[pid] = None if current is None else self._id(current.id)
             self._current = pid
             self._keep("deploy", lambda: self._write_deploy(commit, now, via_rollback, pid))
@@ -452,6 +453,9 @@ class BufferedStore(Store):
                 return
             self._enter_memory()
             self._bad[commit] = reason
+            for key, d in self._deploys.items():
+                if d.commit == commit:
+                    self._deploys[key] = replace(d, bad=reason)
             self._keep("bad commit", lambda: super(BufferedStore, self).mark_bad(commit, reason, now))
 
     def bad_commits(self) -> dict[str, str]:

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from functools import wraps
 from pathlib import Path
@@ -27,8 +27,8 @@ from healer.config import Config, config_path, format_duration, format_elapsed, 
 from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
-from healer.model import CheckResult, Outcome, Severity, Verdict, Who
-from healer.views import history_rows, status_data
+from healer.model import Alert, CheckResult, Event, Outcome, Severity, Verdict, Who
+from healer.views import history_rows, reference_data, status_data
 
 if TYPE_CHECKING:
     from healer.checks.process import Match as ProcessMatch
@@ -241,7 +241,7 @@ def _process_matches(config: Config) -> tuple[dict[str, list[ProcessMatch]], lis
     that finds more than one process group, `[process] match` included (a restart acts on
     it). Blocking."""
     from healer.checks import process as pc
-    from healer.config import ProcessCheck
+    from healer.checks.process import ProcessCheck
 
     matches: dict[str, list[ProcessMatch]] = {}
     warnings: dict[str, str | None] = {}
@@ -341,7 +341,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 @handles_errors
 def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
-    """Show, or forget, the baseline of the current deploy."""
+    """Show, or forget, the baseline of the current deploy (and the release before it, which
+    the deploy is judged against too)."""
     from healer.store import Store
 
     config = _config(ctx)
@@ -355,21 +356,39 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
             store.reset_baseline(d.id, Who.PERSON, SystemClock().now())
             click.echo(f"baseline of {d.commit[:12]} forgotten; the next healthy cycle sets a new one")
             return
-        if as_json:
-            click.echo(json.dumps(None if d.baseline is None else {
-                "commit": d.commit, "taken_at": d.baseline.taken_at.isoformat(),
-                "metrics": {k: dict(v) for k, v in d.baseline.metrics.items()},
-            }, indent=2))  # fmt: skip
-            return
-        if d.baseline is None:
-            click.echo(f"{d.commit[:12]}: no baseline yet (taken at the first fully healthy cycle)")
-            return
+        ref = reference_data(config, store, d.id)
+    if as_json:
+        click.echo(json.dumps({
+            "commit": d.commit,
+            "taken_at": None if d.baseline is None else d.baseline.taken_at.isoformat(),
+            "metrics": {} if d.baseline is None else {k: dict(v) for k, v in d.baseline.metrics.items()},
+            "reference": ref,
+        }, indent=2))  # fmt: skip
+        return
+    con = _console()
+    if d.baseline is None:
+        click.echo(f"{d.commit[:12]}: no baseline yet (taken at the first fully healthy cycle)")
+    else:
         table = Table(title=f"baseline of {d.commit[:12]}, taken {_when(d.baseline.taken_at)}", title_justify="left")
         table.add_column("check")
         table.add_column("measured")
         for name, vals in d.baseline.metrics.items():
             table.add_row(name, ", ".join(f"{k}={_num(v)}" for k, v in vals.items()))
-        _console().print(table)
+        con.print(table)
+    if ref is None:
+        click.echo("release before: none with healthy cycles yet (this deploy is judged against its own baseline only)")
+        return
+    title = f"release before: {ref['release']}, {ref['cycles']} healthy cycles pooled"
+    table = Table(title=title, title_justify="left")
+    for col in ("check", "samples", "median", "p90", "failed requests"):
+        table.add_column(col)
+    for name, c in ref["checks"].items():
+        median, p90 = c["median_ms"], c["p90_ms"]
+        table.add_row(
+            name, str(c["samples"]), "" if median is None else f"{_num(median)} ms",
+            "" if p90 is None else f"{_num(p90)} ms", f"{c['failed']} of {c['requests']}",
+        )  # fmt: skip
+    con.print(table)
 
 
 # ---- history -------------------------------------------------------------------------------------
@@ -398,7 +417,10 @@ def history(ctx: click.Context, since: str, as_json: bool) -> None:
         outcome = r.get("outcome") or ("ok" if r.get("ok") else ("FAIL" if r.get("ok") is False else ""))
         if r["type"] == "check":
             cause = f" — likely cause: {r['cause']}" if r.get("cause") and not r.get("ok") else ""
-            detail = r.get("what", "") + cause + (f"; then: {r['next']}" if r.get("next") and not r.get("ok") else "")
+            seen = f" ({r['detail']})" if r.get("detail") else ""
+            then = f"; then: {r['next']}" if r.get("next") and not r.get("ok") else ""
+            woken = f"woken: {r['woken']}; " if r.get("woken") else ""
+            detail = woken + r.get("what", "") + seen + cause + then
         else:
             detail = " ".join(x for x in (r.get("what", ""), r.get("why", ""), r.get("detail", "")) if x)
         table.add_row(r["at"][:19].replace("T", " "), r["type"], r.get("who", ""), outcome, detail)
@@ -437,6 +459,7 @@ def repair(ctx: click.Context, kind: str, dry_run: bool, yes: bool, reason: str)
 
 async def _repair(config: Config, kind: str, reason: str) -> int:
     from healer import repair as rp
+    from healer.aftermath import follow_up
     from healer.checks import probe_context
     from healer.store import Store
 
@@ -448,12 +471,11 @@ async def _repair(config: Config, kind: str, reason: str) -> int:
                 reason=f"{reason} (by {_person()})", deploy_id=None if d is None else d.id,
                 incident_id=None if d is None else d.open_incident,
             )  # fmt: skip
-        if d is not None and d.held and result.ok:
-            # a person fixed it: healer is armed again for this deploy
-            store.set_held(d.id, None)
+        then = follow_up(result, config=config, deploy=d, by=_person())
+        if then.release and then.deploy_id is not None:
+            store.set_held(then.deploy_id, None)
     click.echo(f"{kind}: {'fixed' if result.ok else 'NOT fixed'}: {result.detail}")
-    event = "repair.succeeded" if result.ok else "repair.failed"
-    _announce(config, event, f"{'Repaired' if result.ok else 'Repair failed'}: {kind} (by {_person()})", result.detail)
+    _send(config, then.alerts)
     return 0 if result.ok else 1
 
 
@@ -517,7 +539,9 @@ async def _rollback(
     config: Config, store: Any, reason: str, to: str | None, *, dry_run: bool, yes: bool, force: bool, mark_bad: bool
 ) -> int:
     from healer import rollback as rb
+    from healer.aftermath import follow_up, rollback_started
     from healer.checks import probe_context
+    from healer.rollback_plan import Plan
 
     clock = SystemClock()
     async with probe_context(config) as pctx:
@@ -534,29 +558,14 @@ async def _rollback(
                 return 0 if plan.ok else 1
             await asyncio.to_thread(_confirm, f"roll back {plan.from_commit[:12]} -> {plan.to_ref}", yes)
 
-        async def started(p: rb.Plan) -> None:
+        async def started(p: Plan) -> None:
             # under the rollback lock, the plan accepted: a lost race or a refusal announces nothing
-            title = f"Rolling back to {p.to_ref} ({p.to_commit[:12]}) (by {_person()})"
-            await asyncio.to_thread(_announce, config, "rollback.started", title, reason, Severity.CRITICAL)
+            await asyncio.to_thread(_send, config, (rollback_started(p, by=_person()),))
 
         result = await rb.run_rollback(**kw, on_start=started)
     click.echo(result.detail)
-    if result.ok:
-        _announce(
-            config,
-            "rollback.succeeded",
-            f"Rolled back to {result.to_ref} (by {_person()})",
-            result.detail,
-        )
-        return 0
-    _announce(
-        config,
-        "rollback.failed",
-        f"Rollback to {result.to_ref} failed (by {_person()})",
-        result.detail,
-        Severity.CRITICAL,
-    )
-    return 1
+    _send(config, follow_up(result, config=config, by=_person()).alerts)
+    return 0 if result.ok else 1
 
 
 # ---- alert test ----------------------------------------------------------------------------------
@@ -573,7 +582,7 @@ def alert() -> None:
 @handles_errors
 def alert_test(ctx: click.Context, channel: str | None) -> None:
     """Send a test alert through each configured channel. Exit 0 when all were delivered."""
-    from healer.alerts import send_test
+    from healer.alerts.shell import send_test
     from healer.logging import known_secrets, setup_logging
 
     config = _config(ctx)
@@ -611,7 +620,7 @@ def pause(ctx: click.Context, reason: str, for_: str) -> None:
         )  # fmt: skip
     _announce(
         config,
-        "pause.started",
+        Event.PAUSE_STARTED,
         f"Paused for {format_duration(span)}",
         f"{reason} (by {_person()}); checks go on, no repair or rollback until {_when(until)}",
     )
@@ -640,7 +649,11 @@ def resume(ctx: click.Context) -> None:
             )  # fmt: skip
     if ended:
         _announce(
-            config, "pause.ended", "Resumed", f"by {_person()}: repairs and rollbacks are armed again", Severity.INFO
+            config,
+            Event.PAUSE_ENDED,
+            "Resumed",
+            f"by {_person()}: repairs and rollbacks are armed again",
+            Severity.INFO,
         )
     click.echo("resumed: repairs and rollbacks are armed again" if ended else "not paused")
 
@@ -702,20 +715,20 @@ def _person() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "a person"
 
 
-def _announce(config: Config, event: str, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
-    """Queue a chat announcement in the outbox; the running loop's sender delivers it."""
-    from healer.alerts import Alerts, CycleContext
-    from healer.model import Alert
+def _announce(config: Config, event: Event, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
+    """Queue a chat announcement of a person's command in the outbox (see _send)."""
+    _send(config, (Alert(event, severity, title, detail, bypass_dedup=True),))
 
-    alerts = Alerts(config)
+
+def _send(config: Config, alerts: Sequence[Alert]) -> None:
+    """Queue alerts in the outbox; the running loop's sender delivers them."""
+    from healer.alerts.shell import Alerts, CycleContext
+
+    outbox = Alerts(config)
     try:
-        alerts.submit_sync(
-            [Alert(event, severity, title, detail, bypass_dedup=True)],
-            CycleContext(app=config.app.name),
-            SystemClock().now(),
-        )
+        outbox.submit_sync(alerts, CycleContext(app=config.app.name), SystemClock().now())
     finally:
-        alerts.close()
+        outbox.close()
 
 
 # ---- demo ----------------------------------------------------------------------------------------
@@ -739,9 +752,16 @@ def demo(keep: bool) -> None:
 @click.option("--since", default="24h", show_default=True, help="How far back: 24h, 7d, 30d ...")
 @click.option("--sla", type=float, default=None, help="SLA target in percent (default: [report] sla_target, 99.9).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the picture of the period to this file: one self-contained HTML page (the timeline `/` shows).",
+)
 @click.pass_context
 @handles_errors
-def report(ctx: click.Context, since: str, sla: float | None, as_json: bool) -> None:
+def report(ctx: click.Context, since: str, sla: float | None, as_json: bool, html_file: Path | None) -> None:
     """Uptime, incidents, repairs, rollbacks, SLA and mean time to repair."""
     from healer import report as reports
     from healer.store import Store
@@ -758,10 +778,25 @@ def report(ctx: click.Context, since: str, sla: float | None, as_json: bool) -> 
     else:  # nothing recorded yet: an empty report ("no data"), and no file created
         rep = reports.build_report([], [], [], start=now - span, now=now, sla_target=target)
     title = f"{config.app.name}: the last {since}"
+    if html_file is not None:
+        _write_page(config, html_file, title, now - span, now)
     if as_json:
         click.echo(json.dumps(reports.to_json(rep), indent=2))
         return
     _console().print(reports.render(rep, title))
+
+
+def _write_page(config: Config, path: Path, title: str, start: datetime, now: datetime) -> None:
+    """`report --html`: the page for [start, now], written whole, said on stderr (stdout keeps the report)."""
+    from healer.page import render_page
+    from healer.views import timeline_data
+
+    page = render_page(timeline_data(config, start, now), title, now=now)
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"--html: cannot write {path}: {e.strerror or e}") from None
+    click.echo(f"healer: wrote the picture of {title} to {path}", err=True)
 
 
 def main() -> None:

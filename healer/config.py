@@ -3,280 +3,88 @@
 Every problem is reported, one line each, naming the file, the key path and what was
 expected: `healer.toml: checks[2].timeout: expected a duration like "5s", got "5 sec"`.
 Unknown keys are errors, so a typo never silently disables a check.
+
+The building blocks (durations, sizes, paths, the frozen base model) are in healer/schema.py;
+each check type's model is in its own module, listed by healer/checks/registry.py.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
+    PlainValidator,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from healer.checks.registry import CHECKS
 from healer.errors import ConfigError
 from healer.model import Severity
+from healer.schema import (
+    Argv,
+    CheckBase,
+    Duration,
+    EnvName,
+    Model,
+    Name,
+    Percent,
+    PositiveDuration,
+    RelPath,
+    hints_of,
+    show,
+    tagged_union,
+)
+
+# re-exported: the rest of healer reads them from here
+from healer.schema import Secret as Secret
+from healer.schema import format_duration as format_duration
+from healer.schema import format_elapsed as format_elapsed
+from healer.schema import format_size as format_size
+from healer.schema import parse_duration as parse_duration
+from healer.schema import read_secret as read_secret
 
 DEFAULT_CONFIG_NAME = "healer.toml"
 CONFIG_ENV = "HEALER_CONFIG"
 
-MAX_DURATION = timedelta(days=3650)  # longer is a typo, and would overflow date arithmetic
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
-_SIZE_UNITS = {
-    "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
-}  # fmt: skip
-
-
-def parse_duration(value: object) -> timedelta:
-    """`500ms`, `30s`, `15m`, `6h`, `3d` -> timedelta; anything else is an error."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m:
-            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-            if seconds > MAX_DURATION.total_seconds():
-                raise PydanticCustomError(
-                    "duration", "expected a duration of at most 10 years, got {got}", {"got": _show(value)}
-                )
-            return timedelta(seconds=seconds)
-    raise PydanticCustomError(
-        "duration", 'expected a duration like "5s", "15m" or "6h", got {got}', {"got": _show(value)}
-    )
-
-
-def format_duration(d: timedelta) -> str:
-    """The shortest exact spelling of a duration: 90s -> "90s", 1h -> "1h"."""
-    ms = round(d.total_seconds() * 1000)
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms and ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
-
-
-def format_elapsed(d: timedelta) -> str:
-    """A duration for people, rounded: 20.307s -> "20.3s", 4h 2m 7s -> "4h 2m". The one
-    spelling of a measured or elapsed time (took, waited, delayed, open for); a configured
-    duration is spelled exactly by format_duration."""
-    secs = max(0.0, d.total_seconds())
-    if secs < 60:
-        return f"{secs:.1f}".removesuffix(".0") + "s"
-    parts: list[str] = []
-    rest = round(secs)
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
-        n, rest = divmod(rest, size)
-        if n or parts:
-            parts.append(f"{n}{unit}")
-    return " ".join(p for p in parts[:2] if not p.startswith("0"))
-
-
-def parse_size(value: object) -> int:
-    """`512MB`, `1GiB` -> bytes; a bare whole number is bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-    raise PydanticCustomError("size", 'expected a size like "512MB" or "2GiB", got {got}', {"got": _show(value)})
-
-
-def format_size(n: float) -> str:
-    """Bytes for people: "800 B", "1.5 KB", "12.3 MB", "2.0 GB" (powers of 1024)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _show(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
-def _positive(d: timedelta) -> timedelta:
-    if d <= timedelta(0):
-        raise PydanticCustomError("duration", "expected a duration above zero, got {got}", {"got": format_duration(d)})
-    return d
-
-
-def _resolve_path(p: Path, info: ValidationInfo) -> Path:
-    """Relative paths are relative to the directory of the config file."""
-    base = (info.context or {}).get("base")
-    p = p.expanduser()
-    if not p.is_absolute() and base is not None:
-        p = Path(base) / p
-    return p
-
-
-def _argv(v: list[str]) -> list[str]:
-    if not v or not v[0]:
-        raise PydanticCustomError(
-            "argv", 'expected an argv list like ["systemctl", "restart", "shop"], got an empty list', {}
-        )
-    return v
-
-
-def _not_shell_string(v: object) -> object:
-    if isinstance(v, str):
-        raise PydanticCustomError(
-            "argv",
-            'expected an argv list like ["systemctl", "restart", "shop"] (never a shell string), got {got}',
-            {"got": _show(v)},
-        )
-    return v
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-RelPath = Annotated[Path, AfterValidator(_resolve_path)]
-Argv = Annotated[list[str], BeforeValidator(_not_shell_string), AfterValidator(_argv)]
-Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
-Percent = Annotated[float, Field(gt=0, le=100)]
-Factor = Annotated[float, Field(ge=1.0)]
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
 
 # ---- checks ----------------------------------------------------------------------------------
 
-
-class _Check(_Model):
-    name: Name
-    timeout: PositiveDuration = timedelta(seconds=5)
-    # "dependency": its failure explains the app's (no rollback, no restart loop); default by
-    # type: redis and postgres checks are dependencies, a system check is the host's (never a
-    # rollback, but no excuse for a crash), the others watch the app (healer/ladder.py)
-    role: Literal["app", "dependency"] | None = None
-
-
-class HttpCheck(_Check):
-    """GET a URL `samples` times; passes when most samples pass; latency is their median."""
-
-    type: Literal["http"]
-    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
-    method: Literal["GET", "HEAD", "POST"] = "GET"
-    headers: dict[str, str] = Field(default_factory=dict)
-    expect_status: int | list[int] = 200
-    body_contains: str | None = None
-    json_field: str | None = None  # dotted path into a JSON body, e.g. "status" or "db.ok"
-    json_value: str | int | float | bool | None = None
-    samples: Annotated[int, Field(ge=1, le=25)] = 3
-    max_latency_factor: Factor = 3.0
-    min_latency_increase: Duration = timedelta(milliseconds=100)
-    # vs the release before (its pooled samples): a rank test (p < 0.02) must agree as well,
-    # so the factor only says what is worth a rollback, not what is beyond noise
-    max_latency_factor_vs_previous: Factor = 1.5
-    max_latency: PositiveDuration = timedelta(seconds=10)  # absolute ceiling (seed 002: 10 s)
-
-    def expected_statuses(self) -> tuple[int, ...]:
-        return tuple(self.expect_status) if isinstance(self.expect_status, list) else (self.expect_status,)
-
-
-class ProcessCheck(_Check):
-    """The app's processes are alive; their memory stays near the baseline."""
-
-    type: Literal["process"]
-    match: str | None = None  # substring of the command line; default: [process] match
-    pidfile: RelPath | None = None
-    process_name: str | None = None
-    min_count: Annotated[int, Field(ge=1)] = 1
-    max_rss: Size | None = None  # absolute ceiling, all matched processes together
-    max_memory_factor: Factor = 2.0  # vs the baseline RSS
-    min_memory_increase: Size = 50 * 2**20  # ... and at least this much more (noise)
-    max_cpu_percent: Annotated[float, Field(gt=0)] | None = None
-
-
-class SystemCheck(_Check):
-    """The machine: memory %, disk % of a path, load per CPU."""
-
-    type: Literal["system"]
-    memory_max_percent: Percent = 90.0
-    disk_path: RelPath = Path("/")
-    disk_max_percent: Percent = 85.0
-    load_max: Annotated[float, Field(gt=0)] | None = None  # 1-minute load average per CPU
-
-
-class RedisCheck(_Check):
-    """PING latency, used memory, connected clients."""
-
-    type: Literal["redis"]
-    url: str | None = None  # default: [redis] url
-    max_latency: PositiveDuration = timedelta(seconds=1)
-    max_latency_factor: Factor = 5.0
-    min_latency_increase: Duration = timedelta(milliseconds=50)
-    max_memory: Size | None = None
-    max_memory_percent: Percent = 90.0  # of maxmemory, when Redis has one
-    max_clients: Annotated[int, Field(ge=1)] | None = None
-
-
-class PostgresCheck(_Check):
-    """Connect + query latency, connections in use vs max_connections."""
-
-    type: Literal["postgres"]
-    dsn_env: EnvName | None = None  # default: [postgres] dsn_env
-    max_connections_percent: Percent = 80.0  # seeds alert at 80 %
-    max_latency: PositiveDuration = timedelta(seconds=5)
-    max_latency_factor: Factor = 5.0
-    min_latency_increase: Duration = timedelta(milliseconds=100)
-
-
-class CommandCheck(_Check):
-    """Runs an argv (never a shell string); exit status `expect_exit` is ok."""
-
-    type: Literal["command"]
-    argv: Argv
-    expect_exit: int = 0
-    cwd: RelPath | None = None
-
-
-class TcpCheck(_Check):
-    """A TCP connection to `address` opens within the timeout (a port the app or a dependency
-    listens on). A dependency by default (healer/ladder.py): give it `role = "app"` for the
-    app's own port."""
-
-    type: Literal["tcp"]
-    address: Annotated[str, Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[\w.\-]+):\d{1,5}$")]
-
-
-CheckConfig = Annotated[
-    HttpCheck | ProcessCheck | SystemCheck | RedisCheck | PostgresCheck | CommandCheck | TcpCheck,
-    Field(discriminator="type"),
-]
-CHECK_TYPES = ("http", "process", "system", "redis", "postgres", "command", "tcp")
+# Each check type's model lives in its own module, listed by healer/checks/registry.py; this
+# union of them is what a `[[checks]]` table is validated against, dispatched on `type`.
+CHECK_TYPES = tuple(CHECKS)
+if TYPE_CHECKING:
+    CheckConfig = CheckBase
+else:
+    CheckConfig = tagged_union((k.model for k in CHECKS.values()), "type")
+_CHECK_HINTS = hints_of(k.model for k in CHECKS.values())
 
 
 # ---- sections --------------------------------------------------------------------------------
 
 
-class AppConfig(_Model):
+class AppConfig(Model):
     name: Name = "app"
     repo: RelPath | None = None
     stable_tags: str = "stable-*"
     tag_stable_after: PositiveDuration = timedelta(hours=6)
 
 
-class Phase(_Model):
+class Phase(Model):
     until: PositiveDuration
     every: PositiveDuration
 
@@ -288,7 +96,7 @@ DEFAULT_PHASES = (
 )
 
 
-class ScheduleConfig(_Model):
+class ScheduleConfig(Model):
     phases: Annotated[tuple[Phase, ...], Field(min_length=1)] = DEFAULT_PHASES
     incident_every: PositiveDuration = timedelta(minutes=1)
 
@@ -312,16 +120,20 @@ class ScheduleConfig(_Model):
         return self.phases[-1].until
 
 
-class EmergencyConfig(_Model):
+class EmergencyConfig(Model):
     """Triggers that roll back before `rollback_after`, each confirmed by `confirm_cycles`."""
 
     all_endpoints_down: bool = True
     max_avg_latency: PositiveDuration | None = timedelta(seconds=10)
     memory_critical_percent: Percent | None = 95.0
+    # an http check this many times slower than the release before (its rank test failed, and
+    # every request of the cycle was slower than the reference's slowest): strong evidence of a
+    # bad release, rolled back after confirm_cycles instead of rollback_after (0: off)
+    regression_factor: Annotated[float, Field(ge=0)] = 3.0
     confirm_cycles: Annotated[int, Field(ge=2)] = 2
 
 
-class EscalationConfig(_Model):
+class EscalationConfig(Model):
     rollback_after: Annotated[int, Field(ge=1, le=100)] = 5
     recover_after: Annotated[int, Field(ge=1, le=100)] = 2
     repair_grace: Duration = timedelta(seconds=30)
@@ -332,7 +144,7 @@ class EscalationConfig(_Model):
     emergency: EmergencyConfig = EmergencyConfig()
 
 
-class ProcessConfig(_Model):
+class ProcessConfig(Model):
     manager: Literal["systemd", "pm2", "supervisor", "command"] = "systemd"
     name: str | None = None
     control: Argv | None = None
@@ -360,7 +172,7 @@ class ProcessConfig(_Model):
         return self
 
 
-class RedisConfig(_Model):
+class RedisConfig(Model):
     url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://\S+$")] = "redis://127.0.0.1:6379/0"
     password_env: EnvName | None = None
     cache_db: Annotated[int, Field(ge=0, le=15)] | None = None
@@ -373,7 +185,7 @@ class RedisConfig(_Model):
     allow_flush_app_db: bool = False
 
 
-class PostgresConfig(_Model):
+class PostgresConfig(Model):
     dsn_env: EnvName = "DATABASE_URL"
     application_name: str | None = None
     database: str | None = None
@@ -383,18 +195,18 @@ class PostgresConfig(_Model):
     timeout: PositiveDuration = timedelta(seconds=5)
 
 
-class RollbackConfig(_Model):
+class RollbackConfig(Model):
     after: tuple[Argv, ...] = ()
     command_timeout: PositiveDuration = timedelta(minutes=5)
     verify_grace: Duration = timedelta(seconds=5)
 
 
-class HeartbeatConfig(_Model):
+class HeartbeatConfig(Model):
     url_env: EnvName | None = None
     timeout: PositiveDuration = timedelta(seconds=5)
 
 
-class DispatchRule(_Model):
+class DispatchRule(Model):
     """When the verdict shows any of `when`, run `run`."""
 
     when: Annotated[tuple[str, ...], Field(min_length=1)]
@@ -422,59 +234,100 @@ DEFAULT_RULES = (
 )
 
 
-class PlaybooksConfig(_Model):
+class PlaybooksConfig(Model):
     dir: RelPath | None = None
     rules: tuple[DispatchRule, ...] = DEFAULT_RULES
     max_per_cycle: Annotated[int, Field(ge=1)] = 2
 
 
-class ServerConfig(_Model):
+class ServerConfig(Model):
     listen: Annotated[str, Field(pattern=r"^[\w.\-\[\]:]+:\d{1,5}$")] | None = None
 
 
 SeverityName = Literal["info", "warning", "critical"]
 
 
-class SlackConfig(_Model):
-    webhook_url_env: EnvName | None = None
-    token_env: EnvName | None = None  # a bot token, posting to `channel`
-    channel: str | None = None
-    api_url: str | None = None  # Web API base URL; default the public one
+# ---- alert channels --------------------------------------------------------------------------
+
+# The alert channels, one line each: kind -> its module in healer/alerts/. The module holds the
+# model of its `[alerts.<kind>]` table (`Section`), its rendering, its sender and `channels()`,
+# which builds them (alerts/shell.py: configured_channels). Looked up by name, as the checks'
+# probes are: config.py imports no channel, and no channel's import reaches back here. The log
+# channel is always there, with or without its table. A module is imported when healer.toml is
+# validated; its chat SDK only when it sends.
+CHANNELS: Mapping[str, str] = {"log": "console", "slack": "slack", "telegram": "telegram"}
+
+
+class ChannelSection(Model):
+    """What every `[alerts.<kind>]` table holds; a channel's own `Section` adds the rest."""
+
     min_severity: SeverityName = "info"
 
-    @model_validator(mode="after")
-    def _one_way(self) -> SlackConfig:
-        if not (self.webhook_url_env or self.token_env):
-            raise PydanticCustomError("slack", "webhook_url_env: expected webhook_url_env or token_env (+ channel)", {})
-        if self.token_env and not self.channel and not self.webhook_url_env:
-            raise PydanticCustomError("slack", "channel: expected the channel to post to with token_env", {})
-        return self
+    @property
+    def severity(self) -> Severity:
+        return Severity[self.min_severity.upper()]
 
 
-class TelegramConfig(_Model):
-    token_env: EnvName = "TELEGRAM_BOT_TOKEN"
-    chat_id_env: EnvName = "TELEGRAM_CHAT_ID"  # one id, or several separated by commas
-    api_url: str | None = None
-    min_severity: SeverityName = "info"
+def channel_module(kind: str) -> ModuleType:
+    """The module of a channel kind: its `Section` model and its `channels(section, timeout=...)`."""
+    return importlib.import_module(f"healer.alerts.{CHANNELS[kind]}")
 
 
-class LogChannelConfig(_Model):
-    min_severity: SeverityName = "info"
+def channel_section(kind: str) -> type[ChannelSection]:
+    """The model of `[alerts.<kind>]`, from the channel's module."""
+    section: type[ChannelSection] = channel_module(kind).Section
+    return section
 
 
-class AlertsConfig(_Model):
-    slack: SlackConfig | None = None
-    telegram: TelegramConfig | None = None
-    log: LogChannelConfig = LogChannelConfig()
+def _channel(value: tuple[str, object], info: ValidationInfo) -> ChannelSection:
+    """One `[alerts.<kind>]` table, validated by its channel's model (AlertsConfig._tables
+    paired it with its kind)."""
+    kind, table = value
+    if kind not in CHANNELS:
+        raise PydanticCustomError(
+            "channel", "unknown key (check the spelling; channels: {known})", {"known": ", ".join(CHANNELS)}
+        )
+    if not isinstance(table, Mapping):
+        raise PydanticCustomError("channel", "expected a table, got {got}", {"got": show(table)})
+    return channel_section(kind).model_validate(table, context=info.context)
+
+
+class AlertsConfig(Model):
+    """`[alerts]`: how often an incident is said again, how long a send may take, and one
+    `[alerts.<kind>]` table per channel (CHANNELS)."""
+
     repeat_every: PositiveDuration = timedelta(minutes=30)
     timeout: PositiveDuration = timedelta(seconds=10)
+    # kind -> its table, validated: log first, then the channels healer.toml names, in its order;
+    # dumped as healer.toml writes them (_as_written)
+    channels: Mapping[str, Annotated[ChannelSection, PlainValidator(_channel)]] = Field(
+        default_factory=dict, exclude=True
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tables(cls, data: object) -> object:
+        """healer.toml writes a channel as `[alerts.<kind>]`, beside the keys of [alerts]:
+        gather those tables under `channels`, each paired with its kind."""
+        if not isinstance(data, Mapping):
+            return data
+        own = {k: v for k, v in data.items() if k in ("repeat_every", "timeout")}
+        tables = {"log": {}, **{k: v for k, v in data.items() if k not in own}}
+        return {**own, "channels": {k: (k, v) for k, v in tables.items()}}
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """Dumped as healer.toml writes it, so that a dump validates again: one table per channel."""
+        tables = {k: s.model_dump(mode=info.mode) for k, s in self.channels.items()}
+        own: dict[str, Any] = handler(self)
+        return {**own, **tables}
 
 
-class ReportConfig(_Model):
+class ReportConfig(Model):
     sla_target: Percent = 99.9  # percent of the observed time with no open incident
 
 
-class Config(_Model):
+class Config(Model):
     """The whole of healer.toml."""
 
     # validate_default: the default, too, is relative to the config file, not to the cwd
@@ -492,7 +345,8 @@ class Config(_Model):
     playbooks: PlaybooksConfig = PlaybooksConfig()
     server: ServerConfig = ServerConfig()
     report: ReportConfig = ReportConfig()
-    alerts: AlertsConfig = AlertsConfig()
+    # a factory: a default built now would import the channel modules while this one loads
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     # where the file was read from (set by load_config, not by the user)
     path: Path = Field(default=Path(DEFAULT_CONFIG_NAME), exclude=True)
@@ -503,21 +357,17 @@ class Config(_Model):
         for i, c in enumerate(self.checks):
             if c.name in seen:
                 raise PydanticCustomError(
-                    "checks", "checks[{i}].name: expected a unique name, got {n} twice", {"i": i, "n": _show(c.name)}
+                    "checks", "checks[{i}].name: expected a unique name, got {n} twice", {"i": i, "n": show(c.name)}
                 )
             seen.add(c.name)
-            has_default = self.process is not None and bool(self.process.match or self.process.pidfile)
-            if isinstance(c, ProcessCheck) and not (c.match or c.pidfile or c.process_name or has_default):
+            needs = CHECKS[c.type].needs
+            lack = needs(c, self) if needs is not None else None
+            if lack is not None:
+                key, expected = lack
                 raise PydanticCustomError(
                     "checks",
-                    "checks[{i}]: expected match, pidfile or process_name (or [process] match) for a process check",
-                    {"i": i},
-                )
-            if isinstance(c, RedisCheck) and not (c.url or self.redis):
-                raise PydanticCustomError("checks", "checks[{i}].url: expected url, or a [redis] section", {"i": i})
-            if isinstance(c, PostgresCheck) and not (c.dsn_env or self.postgres):
-                raise PydanticCustomError(
-                    "checks", "checks[{i}].dsn_env: expected dsn_env, or a [postgres] section", {"i": i}
+                    "checks[{i}]{key}: {expected}",
+                    {"i": i, "key": f".{key}" if key else "", "expected": expected},
                 )
         return self
 
@@ -528,43 +378,6 @@ class Config(_Model):
     @property
     def db_path(self) -> Path:
         return self.state_dir / "healer.db"
-
-    def severity(self, name: str) -> Severity:
-        return Severity[name.upper()]
-
-
-# ---- secrets ---------------------------------------------------------------------------------
-
-
-class Secret:
-    """A value read from the environment whose repr and str never show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-def read_secret(env_name: str | None) -> Secret | None:
-    """The secret held by the environment variable `env_name`, or None when unset or empty."""
-    if not env_name:
-        return None
-    value = os.environ.get(env_name, "").strip()
-    return Secret(value) if value else None
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -623,6 +436,8 @@ def _loc(loc: Sequence[int | str], tagged: str, tags: Sequence[str]) -> str:
             out += f"[{part}]"
         elif part in tags and out.startswith(f"{tagged}["):
             continue  # the discriminator tag pydantic inserts: not a key the user wrote
+        elif part == "channels" and out == "alerts":
+            continue  # where AlertsConfig gathers the [alerts.<kind>] tables: not a key either
         elif part.startswith(("function-", "tagged-union", "list[", "tuple[", "union[", "nullable[")) or part in (
             "int",
             "str",
@@ -653,7 +468,7 @@ _EXPECTED = {
     "model_attributes_type": "expected a table",
     "int_from_float": "expected a whole number",
 }
-_OWN_KINDS = ("duration", "size", "argv", "pattern", "process", "slack", "phases", "checks")
+_OWN_KINDS = ("duration", "size", "argv", "pattern", "process", "phases", "checks", "channel")
 
 
 def describe_error(
@@ -680,13 +495,13 @@ def describe_error(
             return f"{loc}.{msg}" if loc else msg
         return f"{loc}: {msg}" if loc else msg
     if kind == "union_tag_invalid":
-        return f"{loc}.{tag_key}: expected one of {', '.join(tags)}, got {_show(e['ctx']['tag'])}"
+        return f"{loc}.{tag_key}: expected one of {', '.join(tags)}, got {show(e['ctx']['tag'])}"
     if kind == "union_tag_not_found":
         return f"{loc}.{tag_key}: missing required key (one of {', '.join(tags)})"
     if kind == "literal_error":
-        return f"{loc}: expected {e['ctx']['expected']}, got {_show(got)}"
+        return f"{loc}: expected {e['ctx']['expected']}, got {show(got)}"
     if kind == "string_pattern_mismatch":
-        return f"{loc}: {_pattern_hint(loc, hints or {})}, got {_show(got)}"
+        return f"{loc}: {_pattern_hint(loc, hints or {})}, got {show(got)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bound = next(iter(e["ctx"].values()))
         word = {
@@ -695,7 +510,7 @@ def describe_error(
             "less_than": "below",
             "less_than_equal": "at most",
         }[kind]
-        return f"{loc}: expected a number {word} {bound}, got {_show(got)}"
+        return f"{loc}: expected a number {word} {bound}, got {show(got)}"
     if kind in ("too_short", "string_too_short"):
         return f"{loc}: expected at least one entry" if kind == "too_short" else f"{loc}: expected a non-empty string"
     if kind == "missing" and loc == tagged:
@@ -704,7 +519,7 @@ def describe_error(
         text = _EXPECTED[kind]
         if kind in ("missing", "extra_forbidden"):
             return f"{loc}: {text}"
-        return f"{loc}: {text}, got {_show(got)}"
+        return f"{loc}: {text}, got {show(got)}"
     return f"{loc}: {e['msg']}"
 
 
@@ -714,7 +529,7 @@ def _pattern_hint(loc: str, hints: Mapping[str, str]) -> str:
         "url": 'expected a URL like "http://127.0.0.1:8000/health" (or redis://...)',
         "name": "expected a name of letters, digits, '.', '_' or '-'",
         "listen": 'expected HOST:PORT like "127.0.0.1:8001"',
-        "address": 'expected HOST:PORT like "127.0.0.1:6379"',
+        **_CHECK_HINTS,
         **hints,
     }
     if last in known:

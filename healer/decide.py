@@ -10,12 +10,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from healer.config import Config, HttpCheck, SystemCheck
-from healer.ladder import Attribution, Cause, Spacing, attribute, deploy_grace, next_run_at, restart_failed
+from healer.config import Config
+from healer.ladder import (
+    PROBE_ERROR_LIMIT,
+    Attribution,
+    Cause,
+    Spacing,
+    attribute,
+    deploy_grace,
+    next_run_at,
+    restart_failed,
+)
 from healer.model import (
     Alert,
     CheckResult,
     Deploy,
+    Event,
     Hold,
     Intent,
     OpenIncident,
@@ -82,6 +92,7 @@ class Situation:
     deploy_begun_until: datetime | None = None  # `healer deploy begin` is in force until then
     deploy_ended_commit: str | None = None  # the commit `healer deploy end` named
     previous_cause: str | None = None  # the likely cause of this deploy's last failing cycle
+    unprobed_streak: int = 0  # cycles in a row before this one healer could not probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +142,13 @@ def decide(s: Situation, config: Config) -> Decision:
     """
     esc = config.escalation
     d, v = s.deploy, s.verdict
+    if v.unprobed:
+        seen = tuple(r for r in v.results if not r.probe_error)
+        if all(r.ok for r in seen):
+            return _unprobed(s)
+        # judge what healer did see: an unprobed check neither accuses nor excuses
+        v = replace(v, results=seen)
+        s = replace(s, verdict=v)
     if v.ok:
         passes = d.consecutive_passes + 1
         intents: list[Intent] = []
@@ -139,7 +157,7 @@ def decide(s: Situation, config: Config) -> Decision:
             if passes >= esc.recover_after:
                 intents.append(ResolveIncident(d.open_incident))
                 intents.append(
-                    Alert("incident.resolved", Severity.INFO, "all checks pass", v.summary(), d.open_incident)
+                    Alert(Event.INCIDENT_RESOLVED, Severity.INFO, "all checks pass", v.summary(), d.open_incident)
                 )
             else:
                 step = f"incident resolves after {esc.recover_after - passes} more passing cycle(s)"
@@ -158,10 +176,12 @@ def decide(s: Situation, config: Config) -> Decision:
     intents = []
     if d.open_incident is None:
         intents.append(OpenIncident(cause=f"{v.summary()} (likely cause: {att.label})"))
-        intents.append(Alert("incident.opened", Severity.WARNING, _failing_names(v, att), f"{v.summary()}; {att.why}"))
+        intents.append(
+            Alert(Event.INCIDENT_OPENED, Severity.WARNING, _failing_names(v, att), f"{v.summary()}; {att.why}")
+        )
     elif att.cause is Cause.DEPENDENCY and s.previous_cause != att.label:
         # the incident began as the app's; now a dependency explains it: say so, once
-        intents.append(Alert("incident.cause", Severity.WARNING, _failing_names(v, att), att.why, d.open_incident))
+        intents.append(Alert(Event.INCIDENT_CAUSE, Severity.WARNING, _failing_names(v, att), att.why, d.open_incident))
     reasons = emergency_reasons(v, config) if rungs.rollback else []
     streak = d.emergency_streak + 1 if reasons else 0
 
@@ -213,11 +233,11 @@ def decide(s: Situation, config: Config) -> Decision:
                 intents += choice.intents
                 return done(f"the rolled-back version fails: trying a restart before holding{skipped}", failures)
             msg = f"the rolled-back version is failing too ({why}); not rolling back again"
-            intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "not acting", msg)]
+            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, "not acting", msg)]
             return done("waiting for a person (healer rollback / healer repair / a new deploy)", failures)
         if not s.has_rollback_target:
             msg = f"no stable tag to roll back to ({why})"
-            intents += [Hold(msg), Alert("healer.held", Severity.CRITICAL, "not acting", msg)]
+            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, "not acting", msg)]
             return done("waiting for a person (healer rollback --to REF / a new deploy)", failures)
         if s.observe:
             # announce the would-be rollback once: on the first cycle that warranted it
@@ -234,6 +254,26 @@ def decide(s: Situation, config: Config) -> Decision:
     if not counted and rungs.counts:
         step = f"restart pending; {step} once restarts are exhausted"
     return done(step + skipped, failures)
+
+
+def _unprobed(s: Situation) -> Decision:
+    """A cycle where healer could not probe (and nothing it did probe failed): it knows nothing
+    of the app, so it counts nothing, opens nothing and acts on nothing — and after
+    PROBE_ERROR_LIMIT such cycles in a row says once that it is blind."""
+    d, v = s.deploy, s.verdict
+    names = ", ".join(r.name for r in v.unprobed)
+    first = next((r.error for r in v.unprobed if r.error), "")
+    att = Attribution(Cause.UNPROBED, f"{names}: {first}" if first else names)
+    streak = s.unprobed_streak + 1
+    intents: list[Intent] = []
+    if streak == PROBE_ERROR_LIMIT:
+        body = (
+            f"{streak} cycles in a row healer could not probe {names} ({first}); it is acting on nothing "
+            "until it can. Look at healer's own host: open files (ulimit -n), memory."
+        )
+        intents.append(Alert(Event.HEALER_BLIND, Severity.WARNING, "can't tell whether the app is healthy", body))
+    step = f"recording only until healer can probe {names} again"
+    return Decision(d.consecutive_failures, d.consecutive_passes, d.emergency_streak, tuple(intents), step, att)
 
 
 def choose_repairs(s: Situation, config: Config, att: Attribution | None = None) -> RepairChoice:
@@ -282,7 +322,7 @@ def choose_repairs(s: Situation, config: Config, att: Attribution | None = None)
         if len(counted) >= policy.max_per_window:
             if not any(r.name == name and r.note == "cap" for r in s.repairs):
                 msg = f"{name} ran {len(counted)} times this window (cap {policy.max_per_window}); not again"
-                out.append(Alert("repair.capped", Severity.WARNING, name, msg))
+                out.append(Alert(Event.REPAIR_CAPPED, Severity.WARNING, name, msg))
             skipped.append(f"{name} capped: {len(counted)} of {policy.max_per_window} this window")
             continue
         due = next_run_at(policy.spacing, [r.at for r in counted])
@@ -307,8 +347,8 @@ def _partial_errors(results: Sequence[CheckResult]) -> bool:
 def emergency_reasons(v: Verdict, config: Config) -> list[str]:
     """The seeds' emergency triggers seen in this cycle (each needs confirming by more cycles)."""
     em = config.escalation.emergency
-    by_type = {c.name: c for c in config.checks}
-    http = [r for r in v.results if isinstance(by_type.get(r.name), HttpCheck)]
+    type_of = {c.name: c.type for c in config.checks}
+    http = [r for r in v.results if type_of.get(r.name) == "http"]
     out: list[str] = []
     # "every endpoint" needs several: with one endpoint, a crash that a restart fixes would
     # otherwise roll back after two cycles; the ordinary `rollback_after` count covers it.
@@ -319,10 +359,19 @@ def emergency_reasons(v: Verdict, config: Config) -> list[str]:
         limit = em.max_avg_latency / timedelta(milliseconds=1)
         if lat and sum(lat) / len(lat) > limit:
             out.append(f"average latency {sum(lat) / len(lat):.0f}ms over {limit:.0f}ms")
+    if em.regression_factor:
+        # strong evidence of a slow release: the judge's rank test said slower, the median is
+        # regression_factor × the release before's, and every request was slower than its slowest
+        for r in http:
+            ratio = r.values.get("vs_previous_ratio")
+            if ratio is not None and ratio >= em.regression_factor and r.values.get("vs_previous_all_slower"):
+                out.append(
+                    f"{r.name} {ratio:.1f}× slower than the release before, every request slower than its slowest"
+                )
     if em.memory_critical_percent is not None:
         for r in v.results:
             mem = r.values.get("memory_percent")
-            if isinstance(by_type.get(r.name), SystemCheck) and mem is not None and mem > em.memory_critical_percent:
+            if type_of.get(r.name) == "system" and mem is not None and mem > em.memory_critical_percent:
                 out.append(f"memory {mem:.0f}% critical")
     return out
 

@@ -11,16 +11,15 @@ import re
 import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import git
 
 from healer.errors import GitError
+from healer.model import TagInfo, short
 
 NO_REPO = "unversioned"  # the deploy key when [app] repo is not set
-SHORT = 7  # characters of a SHA shown to people
 
 # The identity healer signs its own tags and stashes with when the repository has none
 # (a deploy user on a server often has no user.name / user.email).
@@ -31,25 +30,6 @@ _READ_ONLY = {"GIT_OPTIONAL_LOCKS": "0"}  # no opportunistic index refresh: a dr
 # git's advice after its reason ("Aborting", what to do next): it says nothing about this tree
 _ADVICE = ("Aborting", "Please commit your changes", "Please move or remove them", "hint:")
 _SHOWN = 5  # files named in one message; the rest are counted
-
-
-@dataclass(frozen=True, slots=True)
-class TagInfo:
-    """A tag and the commit it marks; `date` is the tagger date of an annotated tag, else the
-    commit date (UTC)."""
-
-    name: str
-    commit: str
-    date: datetime
-
-    @property
-    def short(self) -> str:
-        return self.commit[:SHORT]
-
-
-def short(sha: str) -> str:
-    """The abbreviated SHA people see."""
-    return sha[:SHORT]
 
 
 @contextmanager

@@ -3,31 +3,30 @@
 A check fails on its own absolute terms (wrong status, process gone, over a ceiling);
 judge() adds the baseline-relative symptoms: latency worse than `max_latency_factor` times
 the baseline *and* at least `min_latency_increase` slower (no alarm on 2 ms -> 7 ms), and
-memory over `max_memory_factor` times the baseline *and* `min_memory_increase` more.
+memory over `max_memory_factor` times the baseline *and* `min_memory_increase` more. Which
+rules apply to a check is decided by the keys its model has, never by its type.
 
-With a reference (the pooled samples of the release before this deploy, issue 15), an http
-check's latency also fails when it is worse than that release's, which its own baseline
-cannot see when the deploy is slow from its first request. Three things must agree (Kayenta's
-judge, with floors): a one-sided Mann-Whitney U test of this cycle's samples against the
-reference's (outliers removed) at p < REFERENCE_ALPHA, a median at least
-`max_latency_factor_vs_previous` times the reference's, and at least `min_latency_increase`
-slower. With fewer than MIN_REFERENCE_SAMPLES reference samples, or no sample answered this
-cycle, the rule is inconclusive: it fails nothing.
+With a reference (the pooled samples of the release before this deploy, issue 15), the
+latency of a check with `max_latency_factor_vs_previous` also fails when it is worse than that
+release's, which its own baseline cannot see when the deploy is slow from its first request.
+Three things must agree (Kayenta's judge, with floors): a one-sided Mann-Whitney U test of this
+cycle's samples against the reference's (outliers removed) at p < REFERENCE_ALPHA, a median at least
+`max_latency_factor_vs_previous` times the reference's, and at least
+`min_latency_increase_vs_previous` slower. With fewer than MIN_REFERENCE_SAMPLES reference
+samples, or no sample answered this cycle, the rule is inconclusive: it fails nothing. The
+evidence goes with the result (`vs_previous_*` values) for decide's emergency rule.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import cache
+from typing import Protocol, TypeGuard
 
-from healer.config import (
-    CheckConfig,
-    HttpCheck,
-    PostgresCheck,
-    ProcessCheck,
-    RedisCheck,
-)
+from healer.config import CheckConfig
 from healer.model import Baseline, CheckResult, Reference, Verdict
 from healer.stats import mann_whitney_greater, median, remove_outliers
 
@@ -40,6 +39,60 @@ MIN_REFERENCE_SAMPLES = 20
 REFERENCE_CYCLES = 20
 
 
+# What a check's model declares decides how it is judged, not its type: a check type added
+# with these keys is judged like the others that have them (healer/checks/registry.py).
+
+
+class LatencyBounded(Protocol):
+    """A check whose latency drifting from the baseline fails it (`<type>.latency`)."""
+
+    @property
+    def max_latency_factor(self) -> float: ...
+    @property
+    def min_latency_increase(self) -> timedelta: ...
+
+
+class MemoryBounded(Protocol):
+    """A check whose memory (`rss_mb`) drifting from the baseline fails it (`<type>.memory`)."""
+
+    @property
+    def max_memory_factor(self) -> float: ...
+    @property
+    def min_memory_increase(self) -> int: ...
+
+
+class ComparedToPrevious(Protocol):
+    """A check whose latency samples are compared with the release before's (`<type>.latency`)."""
+
+    @property
+    def max_latency_factor_vs_previous(self) -> float: ...
+    @property
+    def min_latency_increase_vs_previous(self) -> timedelta: ...
+
+
+@cache
+def _keys(model: type[CheckConfig]) -> frozenset[str]:
+    """The keys a check type's model has (cached: judged every cycle, for every check)."""
+    return frozenset(model.model_fields)
+
+
+_LATENCY_KEYS = frozenset({"max_latency_factor", "min_latency_increase"})
+_MEMORY_KEYS = frozenset({"max_memory_factor", "min_memory_increase"})
+_PREVIOUS_KEYS = frozenset({"max_latency_factor_vs_previous", "min_latency_increase_vs_previous"})
+
+
+def _is_latency_bounded(check: CheckConfig) -> TypeGuard[LatencyBounded]:
+    return _keys(type(check)) >= _LATENCY_KEYS
+
+
+def _is_memory_bounded(check: CheckConfig) -> TypeGuard[MemoryBounded]:
+    return _keys(type(check)) >= _MEMORY_KEYS
+
+
+def _is_compared_to_previous(check: CheckConfig) -> TypeGuard[ComparedToPrevious]:
+    return _keys(type(check)) >= _PREVIOUS_KEYS
+
+
 def judge(
     results: Sequence[CheckResult],
     baseline: Baseline | None,
@@ -48,27 +101,29 @@ def judge(
     reference: Reference | None = None,
 ) -> Verdict:
     """The verdict of a cycle: each result, with baseline symptoms added where it drifted from
-    the deploy's own baseline or, for an http check, from the release before (`reference`)."""
+    the deploy's own baseline or, for a check with `max_latency_factor_vs_previous`, from the
+    release before (`reference`)."""
     by_name: Mapping[str, CheckConfig] = {c.name: c for c in checks}
     judged = []
     for r in results:
         check = by_name.get(r.name)
         if check is not None and baseline is not None:
             r = _against_baseline(r, check, baseline)
-        if isinstance(check, HttpCheck) and reference is not None:
+        if check is not None and reference is not None and _is_compared_to_previous(check):
             r = _against_reference(r, check, reference)
         judged.append(r)
     return Verdict(at=at, results=tuple(judged))
 
 
-def _against_reference(r: CheckResult, check: HttpCheck, reference: Reference) -> CheckResult:
-    """The result, failed with `http.latency` when rank test, factor and floor all say slower."""
+def _against_reference(r: CheckResult, check: ComparedToPrevious, reference: Reference) -> CheckResult:
+    """The result, failed with `<type>.latency` when rank test, factor and floor all say slower."""
     pooled = reference.samples_ms.get(r.name, ())
-    if len(pooled) < MIN_REFERENCE_SAMPLES or not r.samples_ms or "http.latency" in r.symptoms:
+    slow = f"{r.type}.latency"
+    if len(pooled) < MIN_REFERENCE_SAMPLES or not r.samples_ms or slow in r.symptoms:
         return r  # inconclusive, or already failed for latency (own baseline, ceiling)
     ref = remove_outliers(pooled)
     now, before = median(r.samples_ms), median(ref)
-    floor = check.min_latency_increase / timedelta(milliseconds=1)
+    floor = check.min_latency_increase_vs_previous / timedelta(milliseconds=1)
     if now < before * check.max_latency_factor_vs_previous or now - before < floor:
         return r
     test = mann_whitney_greater(r.samples_ms, ref)
@@ -80,7 +135,14 @@ def _against_reference(r: CheckResult, check: HttpCheck, reference: Reference) -
         f"({_times(now, before)}, {p}, {len(r.samples_ms)} vs {len(ref)} samples)"
     )
     error = "; ".join(([r.error] if r.error else []) + [problem])
-    return replace(r, ok=False, error=error, symptoms=(*r.symptoms, "http.latency"))
+    # the evidence, for decide's emergency rule (strong evidence escalates faster): how many
+    # times slower, and whether every sample of the cycle was slower than the reference's slowest
+    values = {
+        **r.values,
+        "vs_previous_ratio": round(now / before, 3) if before > 0 else math.inf,
+        "vs_previous_all_slower": float(min(r.samples_ms) > max(ref)),
+    }
+    return replace(r, ok=False, error=error, symptoms=(*r.symptoms, slow), values=values)
 
 
 def _ms(v: float) -> str:
@@ -113,7 +175,7 @@ def reference_of(verdicts: Sequence[Verdict], label: str, cycles: int = REFERENC
 def _against_baseline(r: CheckResult, check: CheckConfig, baseline: Baseline) -> CheckResult:
     problems: list[str] = []
     symptoms = list(r.symptoms)
-    if isinstance(check, HttpCheck | RedisCheck | PostgresCheck):
+    if _is_latency_bounded(check):
         slow = _drifted(
             r.values.get("latency_ms"),
             baseline.value(r.name, "latency_ms"),
@@ -123,7 +185,7 @@ def _against_baseline(r: CheckResult, check: CheckConfig, baseline: Baseline) ->
         if slow:
             problems.append(f"latency {slow[0]:.0f}ms vs baseline {slow[1]:.0f}ms")
             symptoms.append(f"{r.type}.latency")
-    if isinstance(check, ProcessCheck):
+    if _is_memory_bounded(check):
         big = _drifted(
             r.values.get("rss_mb"),
             baseline.value(r.name, "rss_mb"),
@@ -132,7 +194,7 @@ def _against_baseline(r: CheckResult, check: CheckConfig, baseline: Baseline) ->
         )
         if big:
             problems.append(f"memory {big[0]:.0f}MB vs baseline {big[1]:.0f}MB")
-            symptoms.append("process.memory")
+            symptoms.append(f"{r.type}.memory")
     if not problems:
         return r
     error = "; ".join(([r.error] if r.error else []) + problems)

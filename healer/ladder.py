@@ -27,18 +27,17 @@ class Cause(enum.StrEnum):
     APP_PROCESS = "app process"  # the app died or wedged on a release that had been healthy
     UNKNOWN = "unknown"  # none of the above: restarts, then a rollback after `rollback_after`
     DEPLOYING = "deploy in progress"  # the new release does not answer yet: healer keeps its hands off
+    UNPROBED = "healer could not probe"  # healer's own failure (descriptors, memory): nothing is known
 
 
 class Role(enum.StrEnum):
     """What a check watches."""
 
     APP = "app"  # the app itself: http, process, command checks
-    DEPENDENCY = "dependency"  # something the app needs: redis, postgres, tcp, system (the host)
+    # something the app needs: a server it talks to, or the host (a full disk is not cured by
+    # rolling the deploy back); each check type's model says which is its default
+    DEPENDENCY = "dependency"
 
-
-# Check types whose failure is a dependency's by default (`role` in healer.toml overrides).
-# The host (system) is one too: a full disk is not cured by rolling the deploy back.
-DEPENDENCY_TYPES = frozenset({"redis", "postgres", "tcp", "system"})
 
 # Symptoms of an app process that died or wedged: nothing answers, or its process is gone,
 # bloated or spinning. On a release that was healthy, a restart is the cure.
@@ -70,7 +69,14 @@ LADDER: dict[Cause, Rungs] = {
     Cause.DEPENDENCY: Rungs(repairs=True, max_restarts=1, rollback=False, counts=False, mark_bad=False),
     # the deploy script is still at work: record, act on nothing
     Cause.DEPLOYING: Rungs(repairs=False, max_restarts=0, rollback=False, counts=False, mark_bad=False),
+    # healer could not probe: it knows nothing of the app, so it counts and does nothing (after
+    # PROBE_ERROR_LIMIT such cycles in a row a person is told healer is blind)
+    Cause.UNPROBED: Rungs(repairs=False, max_restarts=0, rollback=False, counts=False, mark_bad=False),
 }
+
+# Cycles in a row healer may be unable to probe before it tells a person (Argo Rollouts'
+# consecutiveErrorLimit default, 4).
+PROBE_ERROR_LIMIT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +100,8 @@ class Attribution:
 
 
 def role_of(check: CheckConfig) -> Role:
-    """The check's `role`, or its type's default."""
-    if check.role is not None:
-        return Role(check.role)
-    return Role.DEPENDENCY if check.type in DEPENDENCY_TYPES else Role.APP
+    """The check's `role`, or its type's default (`default_role` in the type's model)."""
+    return Role(check.role or check.default_role)
 
 
 def roles(config: Config) -> dict[str, Role]:

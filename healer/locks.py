@@ -25,6 +25,9 @@ from healer.errors import LockedError, StoreError
 from healer.files import private_dir, private_fd
 
 _RETRY_EVERY = 0.05  # seconds between tries while a lock is held for an instant
+# holder() takes a lock for an instant (`healer status` peeks at the run lock, the watcher at the
+# rollback and repair locks): a lock that is peeked at waits this long before calling it held
+PEEKED = timedelta(milliseconds=200)
 
 
 class FileLock:

@@ -25,11 +25,17 @@ from typing import Any, TypeVar
 
 from healer import gitrepo, repair, rollback
 from healer import report as reports
+from healer.aftermath import (
+    ActionOutcome,
+    Crashed,
+    Followup,
+    NotRun,
+    Observed,
+    ResumedRollback,
+    follow_up,
+    rollback_started,
+)
 from healer.alerts.message import (
-    META_CLOCK_STEP,
-    META_STORE_FAILED,
-    META_STORE_RECOVERED,
-    rollback_failure_title,
     watching_after_repair,
 )
 from healer.backlog import BufferedStore
@@ -40,12 +46,14 @@ from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
-from healer.ladder import settled
-from healer.locks import FileLock
+from healer.ladder import Cause, settled
+from healer.locks import PEEKED, FileLock
 from healer.logging import log_event
 from healer.model import (
     Alert,
     Deploy,
+    DeployState,
+    Event,
     Hold,
     OpenIncident,
     Outcome,
@@ -58,9 +66,20 @@ from healer.model import (
     Who,
 )
 from healer.notify import Liveness, action_budget, notify, overdue_after, stall_limit, watchdog_pinger
+from healer.rollback_plan import Plan
 from healer.schedule import next_due, phase_at
 from healer.server import start_server
 from healer.store import CycleUpdate
+from healer.views import release_label
+from healer.watch import (
+    EARLY_SPACING,
+    Watcher,
+    actions_running,
+    early_cycle_at,
+    first_done,
+    settle_for,
+    woken_why,
+)
 
 log = logging.getLogger("healer")
 T = TypeVar("T")
@@ -108,7 +127,7 @@ class AlertSink:
         self, items: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
         incident: tuple[int, datetime] | None, now: datetime, cause: str | None = None,
     ) -> None:  # fmt: skip
-        from healer.alerts import CycleContext
+        from healer.alerts.shell import CycleContext
 
         # the message footer says "phase ...": pass the label without its own "phase " word
         phase = None if deploy is None else phase_at(deploy.first_seen, now, self.config.schedule).label
@@ -136,6 +155,7 @@ class CycleReport:
     decision: Decision
     alerts: list[Alert] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    woken: str | None = None  # why the cycle ran before it was due (the watcher saw the app exit)
 
 
 class Watchdog:
@@ -174,6 +194,17 @@ class Watchdog:
         self._last_cycle: tuple[int, datetime, timedelta] | None = None
         # (deploy id, its reference): the release before's pooled samples, read once per deploy
         self._reference_of: tuple[int, Reference | None] | None = None
+        # cycles in a row healer could not probe (in memory: a restart of healer only delays
+        # the "can't tell" alert by a few cycles)
+        self._unprobed_streak = 0
+        # between cycles, the app's processes: an exit runs a cycle early (healer.watch)
+        self.watcher = Watcher(config, self.clock, acting=self._is_acting)
+        self._early_runs: list[datetime] = []  # when early cycles ran, for early_cycle_at's bound
+
+    def _is_acting(self) -> bool:
+        """A repair or rollback runs (this loop's, or a person's through healer): an exit of the
+        app now is its doing, not a crash."""
+        return self.acting is not None or actions_running(self.config.state_dir)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -187,11 +218,10 @@ class Watchdog:
         deploy, is_new = await self._db(self.store.ensure_deploy, commit, now)
         if is_new:
             event("deploy.new", commit=commit[:12], deploy=deploy.id)
-            bad = (await self._db(self.store.bad_commits)).get(commit)
             alerts = []
-            if bad is not None:
-                msg = f"commit {commit[:12]} was rolled back from before ({bad}); it is deployed again"
-                alerts.append(Alert("deploy.bad", Severity.CRITICAL, commit[:12], msg))
+            if deploy.state is DeployState.BAD:
+                msg = f"commit {commit[:12]} was rolled back from before ({deploy.bad}); it is deployed again"
+                alerts.append(Alert(Event.DEPLOY_BAD, Severity.CRITICAL, commit[:12], msg))
             await self._alert(alerts, deploy, None, "watching the new deploy")
         return deploy
 
@@ -207,14 +237,15 @@ class Watchdog:
         reference = None
         if found is not None:
             before, verdicts = found
-            reference = reference_of(verdicts, before.stable_tag or before.commit[:12])
+            label = await asyncio.to_thread(release_label, self.config, before.commit, before.stable_tag)
+            reference = reference_of(verdicts, label)
         self._reference_of = (deploy.id, reference)
         return reference
 
     # -- one cycle ---------------------------------------------------------------------------
 
-    async def step(self) -> CycleReport:
-        """Run one cycle now: probe, judge, decide, act, record."""
+    async def step(self, woken: str | None = None) -> CycleReport:
+        """Run one cycle now: probe, judge, decide, act, record (`woken`: why it runs early)."""
         deploy = await self.current_deploy()
         now, mono = self.clock.now(), self.clock.monotonic()
         results = await run_checks(self.ctx)
@@ -222,6 +253,8 @@ class Watchdog:
         verdict = judge(results, deploy.baseline, self.config.checks, now, reference=reference)
         situation = await self._situation(deploy, verdict, now)
         decision = decide(situation, self.config)
+        unprobed = decision.attribution is not None and decision.attribution.cause is Cause.UNPROBED
+        self._unprobed_streak = self._unprobed_streak + 1 if unprobed else 0
         self._cause = None if decision.attribution is None else decision.attribution.label
         phase = phase_at(deploy.first_seen, now, self.config.schedule)
         is_settled = settled(
@@ -238,6 +271,7 @@ class Watchdog:
             cause=self._cause,
             next_step=decision.next_step,
             settled=is_settled,
+            woken=woken,
         )
         previous_phase = await self._db(self.store.phase_index, deploy.id)
         opened = await self._db(self.store.record_cycle, deploy.id, verdict, Who.LOOP, update)
@@ -253,10 +287,10 @@ class Watchdog:
         )
         if update.baseline is not None:
             event("baseline.taken", deploy=deploy.id, commit=deploy.commit[:12])
-        report = CycleReport(deploy=deploy, verdict=verdict, decision=decision)
+        report = CycleReport(deploy=deploy, verdict=verdict, decision=decision, woken=woken)
         alerts: list[Alert] = []
         if previous_phase is not None and previous_phase != phase.index:
-            alerts.append(Alert("phase.changed", Severity.INFO, phase.label, f"now in {phase.label}"))
+            alerts.append(Alert(Event.PHASE_CHANGED, Severity.INFO, phase.label, f"now in {phase.label}"))
         acting = [i for i in decision.intents if isinstance(i, Repair | Rollback) and not i.observe]
         superseded = False
         if acting:
@@ -284,7 +318,7 @@ class Watchdog:
                 event("healer.held", reason=intent.reason)
         report.alerts = alerts
         next_step = decision.next_step
-        if any(a.event == "repair.succeeded" for a in alerts):
+        if any(a.event == Event.REPAIR_SUCCEEDED for a in alerts):
             next_step = watching_after_repair(self.config.escalation.recover_after)
         if not superseded and any(isinstance(i, Rollback) and not i.observe for i in decision.intents):
             # the rollback started a new deploy window: speak of it, not of the one rolled back from
@@ -304,7 +338,7 @@ class Watchdog:
                 if tag:
                     event("deploy.tagged_stable", tag=tag)
                     await self._alert(
-                        [Alert("deploy.tagged", Severity.INFO, tag, f"{deploy.commit[:12]} tagged {tag}")],
+                        [Alert(Event.DEPLOY_TAGGED, Severity.INFO, tag, f"{deploy.commit[:12]} tagged {tag}")],
                         deploy, verdict, decision.next_step,
                     )  # fmt: skip
         return report
@@ -331,6 +365,7 @@ class Watchdog:
             deploy_begun_until=datetime.fromisoformat(begun) if begun else None,
             deploy_ended_commit=meta.get(DEPLOY_ENDED_KEY),
             previous_cause=await self._db(self.store.last_cause, deploy.id) if failing else None,
+            unprobed_streak=self._unprobed_streak,
         )
 
     async def _guarded(
@@ -344,8 +379,7 @@ class Watchdog:
             return await action
         except Exception as e:
             log_event(log, "action.crashed", level=logging.ERROR, action=what, error=f"{type(e).__name__}: {e}")
-            kind = "repair.failed" if isinstance(intent, Repair) else "rollback.failed"
-            return [Alert(kind, Severity.CRITICAL, f"{what} crashed", f"{type(e).__name__}: {e}", incident)]
+            return await self._follow_up(Crashed(intent, f"{type(e).__name__}: {e}"), None, incident)
         finally:
             self.acting = None
 
@@ -367,8 +401,7 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append(f"would repair {intent.kind}")
             event("repair.would_run", kind=intent.kind, reason=intent.reason)
-            return [Alert("repair.started", Severity.WARNING, f"{intent.kind} (would run)",
-                          f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
+            return await self._follow_up(Observed(intent), deploy, incident)
         if self._stopping(report, f"repair {intent.kind}"):
             return []
         event("repair.started", kind=intent.kind, reason=intent.reason)
@@ -385,15 +418,13 @@ class Watchdog:
             )  # fmt: skip
             event("repair.error", kind=intent.kind, error=str(e))
             report.actions.append(f"repair {intent.kind}: error")
-            return [Alert("repair.failed", Severity.WARNING, f"{intent.kind} could not run", str(e), incident)]
+            return await self._follow_up(NotRun(intent, str(e)), deploy, incident)
         # `repair_grace` counts from the repair's start: its own verification (`verify_within`)
         # has usually used it up, so a failed restart is followed by the next rung at once
         self._last_repair_at = now
         report.actions.append(f"repair {intent.kind}: {'ok' if result.ok else 'failed'}")
         event("repair.finished", kind=intent.kind, ok=result.ok, detail=result.detail)
-        if result.ok:
-            return [Alert("repair.succeeded", Severity.WARNING, intent.kind, result.detail, incident)]
-        return [Alert("repair.failed", Severity.WARNING, intent.kind, result.detail, incident)]
+        return await self._follow_up(result, deploy, incident)
 
     async def _rollback(
         self, intent: Rollback, deploy: Deploy, incident: int | None, report: CycleReport
@@ -407,19 +438,14 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append("would roll back")
             event("rollback.would_run", reason=intent.reason)
-            return [Alert("rollback.started", Severity.CRITICAL, "would roll back to the last stable tag",
-                          f"observe mode, nothing done ({intent.reason})", incident)]  # fmt: skip
+            return await self._follow_up(Observed(intent), deploy, incident)
         if self._stopping(report, "rollback"):
             return []
 
-        async def started(p: rollback.Plan) -> None:
+        async def started(p: Plan) -> None:
             # said under the rollback lock, once the plan is accepted: never for a lost race
             event("rollback.started", reason=intent.reason, to=p.to_ref)
-            await self._alert(
-                [Alert("rollback.started", Severity.CRITICAL, f"to {p.to_ref} ({p.to_commit[:12]})",
-                       intent.reason, incident)],
-                deploy, None, "rolling back",
-            )  # fmt: skip
+            await self._alert([rollback_started(p, incident=incident)], deploy, None, "rolling back")
 
         try:
             with self.liveness.busy(action_budget(self.config)):
@@ -434,27 +460,28 @@ class Watchdog:
             report.actions.append("rollback: skipped, another rollback is running")
             return []
         except HealerError as e:
-            msg = f"rollback could not run: {e}; waiting for a person"
-            await self._db(self.store.set_held, deploy.id, msg)
             event("rollback.error", error=str(e))
             report.actions.append("rollback: error")
-            return [Alert("rollback.failed", Severity.CRITICAL, "could not run", msg, incident)]
+            return await self._follow_up(NotRun(intent, str(e)), deploy, incident)
         if result.refused:
             report.actions.append("rollback: refused")
             event("rollback.refused", why=result.refused)
-            return [Alert("rollback.failed", Severity.CRITICAL, "refused",
-                          f"{result.refused}; waiting for a person", incident)]  # fmt: skip
-        report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
-        event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
-        if result.ok:
-            return [
-                Alert("rollback.succeeded", Severity.WARNING, f"to {result.to_ref}", result.detail, incident),
-                Alert("incident.resolved", Severity.INFO, "closed by the rollback", result.detail, incident),
-            ]
-        then = "waiting for a person" if result.held else "one restart of it, then healer holds if it still fails"
-        restart = result.plan is not None and result.plan.restart
-        title = rollback_failure_title(result.to_ref, commands_failed=result.commands_failed, restart=restart)
-        return [Alert("rollback.failed", Severity.CRITICAL, title, f"{result.detail}; {then}", incident)]
+        else:
+            report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
+            event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
+        return await self._follow_up(result, deploy, incident)
+
+    async def _follow_up(self, outcome: ActionOutcome, deploy: Deploy | None, incident: int | None) -> list[Alert]:
+        """What follows an action of the loop: the hold carried out, the alerts for the cycle."""
+        return list((await self._carry_out(outcome, deploy, incident)).alerts)
+
+    async def _carry_out(self, outcome: ActionOutcome, deploy: Deploy | None, incident: int | None) -> Followup:
+        """Carry out what follows an action of the loop (aftermath.follow_up): hold the deploy it
+        names for a person. The alerts are the caller's to send."""
+        then = follow_up(outcome, config=self.config, deploy=deploy, incident=incident)
+        if then.hold is not None and then.deploy_id is not None:
+            await self._db(self.store.set_held, then.deploy_id, then.hold.reason)
+        return then
 
     async def _alert(
         self, alerts: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
@@ -480,7 +507,7 @@ class Watchdog:
         for pause_id, reason in await self._db(self.store.expired_unannounced_pauses, now):
             event("pause.expired", reason=reason)
             msg = f"the pause ({reason}) expired: repairs and rollbacks are armed again"
-            await self._alert([Alert("pause.ended", Severity.INFO, "pause expired", msg)], deploy, None, "watching")
+            await self._alert([Alert(Event.PAUSE_ENDED, Severity.INFO, "pause expired", msg)], deploy, None, "watching")
             await self._db(self.store.mark_pause_announced, pause_id)
 
     async def _summaries(self, deploy: Deploy, now: datetime) -> None:
@@ -500,7 +527,7 @@ class Watchdog:
             final = label == reports.FINAL
             name = self.config.app.name
             title = f"{name}: launch window over" if final else f"{name}: day {label[4:]} of the launch window"
-            kind = "report.final" if final else "report.daily"
+            kind = Event.REPORT_FINAL if final else Event.REPORT_DAILY
             text = reports.render_text(rep, title)
             await self._alert([Alert(kind, Severity.INFO, title, text, bypass_dedup=True)], deploy, None, "watching")
             await self._db(self.store.set_meta, summary_sent=f"{deploy.id} {now.isoformat()}")
@@ -516,8 +543,20 @@ class Watchdog:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Cycle until `stop` is set. Each wait is cut short by `stop` or a new HEAD. First, take
-        up what a stop or a kill cut short: a rollback, then the repairs."""
+        """Cycle until `stop` is set, the watcher beside (healer.watch): an exit of the app
+        between cycles runs one early."""
+        watching = asyncio.create_task(self.watcher.run(stop))
+        try:
+            await self._cycles(stop)
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+
+    async def _cycles(self, stop: asyncio.Event) -> None:
+        """Cycle until `stop` is set. Each wait is cut short by `stop`, a new HEAD or a wake
+        from the watcher. First, take up what a stop or a kill cut short: a rollback, then the
+        repairs."""
         self._stop = stop
         self.acting = "the interrupted rollback"
         try:
@@ -532,11 +571,8 @@ class Watchdog:
             self.acting = None
         for r in resumed:
             event("rollback.resumed", ok=r.ok, detail=r.detail)
-            title = "Interrupted rollback finished" if r.ok else "Interrupted rollback"
-            what = "rollback.succeeded" if r.ok else "rollback.failed"
-            severity = Severity.WARNING if r.ok else Severity.CRITICAL
-            await self._alert([Alert(what, severity, title, r.detail)],
-                              None, None, "watching" if r.ok else "waiting for a person")  # fmt: skip
+            after = await self._carry_out(ResumedRollback(r), None, None)
+            await self._alert(list(after.alerts), None, None, after.next_step or "watching")
         if not stop.is_set():
             await self._resume_repairs()
         # Waits, "every 10 s" and "every hour" are counted on the monotonic clock: a wall clock
@@ -564,8 +600,12 @@ class Watchdog:
                     seen = (mono, due)
                 self.liveness.beat()
                 await self._announce_expired_pauses(deploy, now)
-                if left > timedelta(0):
-                    await self._wait(stop, min(left, HEAD_POLL))
+                early = early_cycle_at(self.watcher.pending, self._early_runs, now, settle=settle_for(self.config))
+                if left > timedelta(0) and (early is None or early > now):
+                    # only a new wake can bring an early cycle nearer: pending ones set `early`
+                    wake = None if self.watcher.pending else self.watcher.changed
+                    delay = min(left, HEAD_POLL) if early is None else min(left, HEAD_POLL, early - now)
+                    await self._wait(stop, delay, wake)
                     continue
                 late = -left
                 if started and late > overdue_after(due - (deploy.last_cycle_at or due)):
@@ -573,11 +613,14 @@ class Watchdog:
                     msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {format_elapsed(late)} late"
                     event("meta.loop_behind", late_s=int(late.total_seconds()))
                     await self._alert(
-                        [Alert("meta.loop_behind", Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
+                        [Alert(Event.META_LOOP_BEHIND, Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
                         deploy, None, "catching up",
                     )  # fmt: skip
                 started = True
-                cycle = await self.step()
+                woken = self._woken(now, early=left > timedelta(0))
+                cycle = await self.step(woken)
+                if cycle.actions:
+                    self.watcher.refresh()  # a restart or rollback left new PIDs to watch
                 self.liveness.beat()
                 if self.heartbeat is not None:
                     self.heartbeat.ping_soon(cycle.verdict.ok)
@@ -638,20 +681,25 @@ class Watchdog:
             "wall-clock times."
         )
         title = f"the wall clock jumped {way} {size}"
-        await self._alert([Alert(META_CLOCK_STEP, Severity.WARNING, title, msg, bypass_dedup=True)], deploy, None,
+        await self._alert([Alert(Event.META_CLOCK_STEP, Severity.WARNING, title, msg, bypass_dedup=True)], deploy, None,
                           "watching")  # fmt: skip
 
-    async def _wait(self, stop: asyncio.Event, delay: timedelta) -> None:
+    def _woken(self, now: datetime, *, early: bool) -> str | None:
+        """Hand the watcher's wakes to the cycle about to run; for one run before it was due,
+        say why and count it toward early_cycle_at's bound."""
+        wakes = self.watcher.take()
+        if not early or not wakes:
+            return None
+        # the bound counts at most as many runs as EARLY_SPACING has steps: keep no more
+        self._early_runs = [*self._early_runs[-len(EARLY_SPACING.backoff) :], now]
+        why = woken_why(wakes)
+        event("cycle.woken", why=why)
+        return why
+
+    async def _wait(self, stop: asyncio.Event, delay: timedelta, wake: asyncio.Event | None = None) -> None:
         """Sleep `delay` on the clock (the event loop's monotonic clock, for the real one), or
-        until `stop` is set."""
-        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, stopper):
-                task.cancel()
-            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+        until `stop` (or `wake`) is set."""
+        await first_done(self.clock.sleep(delay), stop.wait(), *(() if wake is None else (wake.wait(),)))
 
     async def _watch_store(self) -> None:
         """Say once when the store stops taking writes, and once when it has taken the backlog.
@@ -674,7 +722,7 @@ class Watchdog:
                 f"{error}. healer goes on judging and acting from memory and sends alerts straight to the "
                 "channels; what happens is written once the store can be written again (free some space)."
             )
-            alert = Alert(META_STORE_FAILED, Severity.CRITICAL, "the state store cannot be written", msg,
+            alert = Alert(Event.META_STORE_FAILED, Severity.CRITICAL, "the state store cannot be written", msg,
                           bypass_dedup=True)  # fmt: skip
             await self._alert([alert], None, None, "working from memory")
             return
@@ -687,7 +735,9 @@ class Watchdog:
         log_event(log, "store.recovered", level=logging.WARNING, down=down, written=written, forgotten=dropped)
         lost = f"; {dropped} routine cycles were forgotten (too many to keep)" if dropped else ""
         msg = f"After {down}, {written} writes kept in memory were written{lost}."
-        alert = Alert(META_STORE_RECOVERED, Severity.WARNING, "the state store works again", msg, bypass_dedup=True)
+        alert = Alert(
+            Event.META_STORE_RECOVERED, Severity.WARNING, "the state store works again", msg, bypass_dedup=True
+        )
         await self._alert([alert], None, None, "watching")
 
     async def _resume_repairs(self) -> None:
@@ -707,18 +757,12 @@ class Watchdog:
         for r in again:
             row = r.interrupted
             event("repair.resumed", kind=row.name, interrupted=row.id, what=r.why)
-            if row.who != Who.LOOP:
-                continue  # a person's repair, cut short in their own command: they saw it end
-            title = f"{row.name}, interrupted when healer stopped"
-            if r.result is not None:
+            if r.result is not None:  # run again: only ever the loop's (repair.why_not_again)
                 self._last_repair_at = self.clock.now()
-                kind = "repair.succeeded" if r.result.ok else "repair.failed"
-                alert = Alert(kind, Severity.WARNING, f"{title}, run again", r.why, row.incident_id)
-            elif r.healthy:
-                alert = Alert("repair.succeeded", Severity.INFO, title, r.why, row.incident_id)
-            else:
-                alert = Alert("repair.failed", Severity.WARNING, title, r.why, row.incident_id)
-            await self._alert([alert], await self._db(self.store.current_deploy), None, "watching")
+            after = follow_up(r, config=self.config)
+            if after.alerts:
+                deploy = await self._db(self.store.current_deploy)
+                await self._alert(list(after.alerts), deploy, None, after.next_step or "watching")
 
 
 def _with_incident(a: Alert, incident: int | None) -> Alert:
@@ -742,7 +786,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     repair.known_playbooks(config)  # a bad playbook file is a config error: exit 2, nothing started
     gitrepo.head_commit(config.app.repo)  # so is an [app] repo that is not a git work tree
     # `healer status` peeks at the lock (locks.holder) for an instant: wait that out
-    lock = FileLock(config.lock_path, "healer run", patience=timedelta(milliseconds=200))
+    lock = FileLock(config.lock_path, "healer run", patience=PEEKED)
     lock.acquire()
     store = BufferedStore(config.db_path)
     stop = asyncio.Event()
@@ -761,7 +805,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
         store.set_meta(pid=str(os.getpid()), started_at=clock.now().isoformat())
         liveness = Liveness(stall_limit(config))
         server = start_server(config, liveness, clock=clock)
-        from healer.alerts import Alerts
+        from healer.alerts.shell import Alerts
 
         alerts = Alerts(config, clock=clock)
         async with probe_context(config) as ctx:
@@ -781,7 +825,8 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             mode = "observe" if dog.observe else "act"
             event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
             await dog._alert(
-                [Alert("healer.started", Severity.INFO, f"{mode} mode", f"started (PID {os.getpid()}, {mode} mode)")],
+                [Alert(Event.HEALER_STARTED, Severity.INFO, f"{mode} mode",
+                       f"started (PID {os.getpid()}, {mode} mode)")],
                 store.current_deploy(), None, "watching",
             )  # fmt: skip
             notify("READY=1")
@@ -816,7 +861,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             if crashed is not None:
                 log_event(log, "loop.died", level=logging.CRITICAL, error=f"{type(crashed).__name__}: {crashed}")
                 await dog._alert(
-                    [Alert("healer.held", Severity.CRITICAL, "healer's loop died",
+                    [Alert(Event.HEALER_HELD, Severity.CRITICAL, "healer's loop died",
                            f"{type(crashed).__name__}: {crashed}", bypass_dedup=True)],
                     None, None, "restart healer",
                 )  # fmt: skip
@@ -824,7 +869,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             event("healer.stopped", app=config.app.name, pid=os.getpid(), signal=by)
             detail = f"PID {os.getpid()}" + (f", on {by}" if by else "")
             await dog._alert(
-                [Alert("healer.stopped", Severity.INFO, "healer stopped", detail)],
+                [Alert(Event.HEALER_STOPPED, Severity.INFO, "healer stopped", detail)],
                 None, None, "not watching",
             )  # fmt: skip
             # Deliver what is pending for a moment: SIGTERM must end healer within two seconds,

@@ -17,6 +17,45 @@ class Severity(enum.IntEnum):
     CRITICAL = 30  # a person is needed, or a rollback happened
 
 
+class Event(enum.StrEnum):
+    """What healer announces in chat and records in the alert outbox and `healer history`.
+
+    The values are the dotted names stored in the outbox's rows and payloads: renaming one
+    would leave old rows unreadable. Every member has the words a reader sees first
+    (`alerts/message.py: LABELS`).
+    """
+
+    INCIDENT_OPENED = "incident.opened"  # the first failing cycle opened an incident
+    INCIDENT_CAUSE = "incident.cause"  # a dependency now explains an incident that began as the app's
+    INCIDENT_REMINDER = "incident.reminder"  # the incident still lasts: said again every repeat_every
+    INCIDENT_RESOLVED = "incident.resolved"  # recover_after passing cycles (or a rollback) closed it
+    INCIDENT_FLAPPING = "incident.flapping"  # incidents open and close too often: openings muted
+    REPAIR_STARTED = "repair.started"  # a playbook runs (or would run, in observe mode)
+    REPAIR_SUCCEEDED = "repair.succeeded"  # a playbook ran and the checks it targets pass
+    REPAIR_FAILED = "repair.failed"  # a playbook ran, could not run, or the checks still fail
+    REPAIR_CAPPED = "repair.capped"  # a playbook reached its cap for the window: not run again
+    ROLLBACK_STARTED = "rollback.started"  # rolling back to a stable tag (or would, in observe mode)
+    ROLLBACK_SUCCEEDED = "rollback.succeeded"  # rolled back, and the target is healthy
+    ROLLBACK_FAILED = "rollback.failed"  # refused, crashed, or the target is not healthy either
+    HEALER_STARTED = "healer.started"  # `healer run` began watching
+    HEALER_STOPPED = "healer.stopped"  # `healer run` stopped watching
+    HEALER_HELD = "healer.held"  # healer stopped acting and waits for a person
+    HEALER_BLIND = "healer.blind"  # healer itself cannot probe (out of files, ports...): it cannot tell
+    PHASE_CHANGED = "phase.changed"  # the launch window entered its next phase (a new cadence)
+    PAUSE_STARTED = "pause.started"  # a person paused repairs and rollbacks
+    PAUSE_ENDED = "pause.ended"  # a person resumed, or the pause expired
+    DEPLOY_BAD = "deploy.bad"  # a commit healer rolled back from is deployed again
+    DEPLOY_TAGGED = "deploy.tagged"  # healer tagged the deploy stable: a rollback target
+    REPORT_DAILY = "report.daily"  # a day of the launch window is over: its report
+    REPORT_FINAL = "report.final"  # the launch window is over: its report
+    META_LOOP_BEHIND = "meta.loop_behind"  # a cycle ran late: healer itself is slow or was stopped
+    META_STORE_FAILED = "meta.store_failed"  # the state store cannot be written (a full disk)
+    META_STORE_RECOVERED = "meta.store_recovered"  # ... and can be again
+    META_CLOCK_STEP = "meta.clock_step"  # the wall clock jumped
+    META_CHANNEL_FAILING = "meta.channel_failing"  # an alert channel keeps refusing: told through the others
+    TEST = "test"  # `healer alert test`
+
+
 class Who(enum.StrEnum):
     """Who caused an action."""
 
@@ -60,6 +99,9 @@ class CheckResult:
     # many requests failed (refused, timed out or answered wrongly); empty for one-shot checks
     samples_ms: tuple[float, ...] = ()
     sample_errors: int = 0
+    # healer could not probe (its own file descriptors or memory ran out, its connection pool
+    # was full): says nothing of the app, so it never counts toward a restart or a rollback
+    probe_error: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -74,6 +116,8 @@ class CheckResult:
         if self.samples_ms or self.sample_errors:
             d["samples_ms"] = list(self.samples_ms)
             d["sample_errors"] = self.sample_errors
+        if self.probe_error:
+            d["probe_error"] = True
         return d
 
     @classmethod
@@ -89,6 +133,7 @@ class CheckResult:
             symptoms=tuple(d.get("symptoms") or ()),
             samples_ms=tuple(float(v) for v in d.get("samples_ms") or ()),
             sample_errors=int(d.get("sample_errors") or 0),
+            probe_error=bool(d.get("probe_error", False)),
         )
 
 
@@ -129,6 +174,11 @@ class Verdict:
         return tuple(r for r in self.results if not r.ok)
 
     @property
+    def unprobed(self) -> tuple[CheckResult, ...]:
+        """The checks healer could not probe this cycle (its own failure, not the app's)."""
+        return tuple(r for r in self.results if r.probe_error)
+
+    @property
     def symptoms(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
         for r in self.results:
@@ -141,6 +191,22 @@ class Verdict:
             return f"healthy ({len(self.results)} check{'' if len(self.results) == 1 else 's'})"
         parts = [f"{r.name}: {', '.join(r.symptoms) or 'failed'}" for r in self.failing]
         return "failing: " + "; ".join(parts)
+
+
+class DeployState(enum.StrEnum):
+    """Where a deploy stands, derived from what is stored about it (`Deploy.state`).
+
+    A deploy starts NEW, becomes HEALTHY at its first settled healthy cycle and STABLE when
+    healer tags it. HELD and BAD can come at any point and win over those (BAD over HELD): they
+    say what healer will not do with it. How it came (a person's deploy or a rollback's result,
+    `via_rollback`) is not a state: a rollback's result goes through the same ones.
+    """
+
+    NEW = "new"  # no settled healthy cycle yet: a failure now points at the deploy itself
+    HEALTHY = "healthy"  # it has had one (healthy_at): it worked, so a failure is the app's or a dependency's
+    STABLE = "stable"  # healer tagged it stable (stable_tag): a rollback target; never tagged again
+    HELD = "held"  # healer stopped acting on it and waits for a person (held says why); not tagged
+    BAD = "bad"  # healer rolled back from this commit (bad says why): never a rollback target, never tagged
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +227,39 @@ class Deploy:
     held: str | None = None  # healer stopped acting and waits for a person: why
     stable_tag: str | None = None  # the stable tag healer put on this commit, once
     healthy_at: datetime | None = None  # its first healthy cycle (None: never healthy yet)
+    bad: str | None = None  # why healer rolled back from this commit (None: not known bad)
+
+    @property
+    def state(self) -> DeployState:
+        if self.bad is not None:
+            return DeployState.BAD
+        if self.held is not None:
+            return DeployState.HELD
+        if self.stable_tag is not None:
+            return DeployState.STABLE
+        return DeployState.NEW if self.healthy_at is None else DeployState.HEALTHY
+
+
+SHORT_SHA = 7  # characters of a SHA shown to people
+
+
+def short(sha: str) -> str:
+    """The abbreviated SHA people see."""
+    return sha[:SHORT_SHA]
+
+
+@dataclass(frozen=True, slots=True)
+class TagInfo:
+    """A tag and the commit it marks; `date` is the tagger date of an annotated tag, else the
+    commit date (UTC)."""
+
+    name: str
+    commit: str
+    date: datetime
+
+    @property
+    def short(self) -> str:
+        return short(self.commit)
 
 
 # ---- intents: what decide() asks the loop to do -------------------------------------------
@@ -207,14 +306,37 @@ class Hold:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """Tell people something."""
+    """Tell people something: an intent of decide(), and one event of a cycle's alert message
+    as the pipeline plans it and the outbox stores it (`to_json`)."""
 
-    event: str  # dotted: incident.opened, repair.failed, rollback.succeeded, ...
+    event: Event
     severity: Severity
     title: str
     detail: str = ""
     incident_id: int | None = None
     bypass_dedup: bool = False  # meta alerts about healer itself
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": str(self.event),
+            "severity": self.severity.name.lower(),
+            "title": self.title,
+            "detail": self.detail,
+            "incident_id": self.incident_id,
+            "bypass_dedup": self.bypass_dedup,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Alert:
+        inc = d.get("incident_id")
+        return cls(
+            event=Event(str(d["event"])),
+            severity=Severity[str(d["severity"]).upper()],
+            title=str(d["title"]),
+            detail=str(d.get("detail") or ""),
+            incident_id=None if inc is None else int(inc),
+            bypass_dedup=bool(d.get("bypass_dedup", False)),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -245,7 +245,7 @@ def action_budget(config: Config) -> timedelta:
     bounds. A rollback: the git steps and every `after` command at `command_timeout`, then up
     to three verifications (`verify_grace` plus the slowest check). A repair: a fixed budget.
     """
-    from healer.rollback import VERIFY_TRIES  # git behind it: only the loop, which has it, asks
+    from healer.rollback_plan import VERIFY_TRIES  # with the config: only the loop, which has it, asks
 
     slowest = max(c.timeout for c in config.checks)
     rb = config.rollback

@@ -1,5 +1,6 @@
 """PostgreSQL for the postgres check and the postgres action: the only module that imports
-psycopg (I/O).
+psycopg (I/O). They import this module inside their functions, so reading the config loads no
+driver (healer/checks/registry.py).
 
 The DSN is a secret read from an environment variable. Messages name the server by host, port
 and database only (`Server.where`), and psycopg's own text is scrubbed of the DSN and its
@@ -22,9 +23,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
-from healer.config import read_secret
 from healer.errors import HealerError
 from healer.redact import redact
+from healer.schema import read_secret
 
 # What callers catch, without importing psycopg: any driver error, and a lost connection.
 Error = psycopg.Error

@@ -23,125 +23,29 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import Field, ValidationError
 
-from healer.config import (
-    CHECK_TYPES,
-    Argv,
-    CheckConfig,
-    Config,
-    Duration,
-    Name,
-    PositiveDuration,
-    RelPath,
-    describe_error,
-    format_duration,
-)
+from healer.actions.registry import ACTIONS
+from healer.config import CHECK_TYPES, CheckConfig, Config, describe_error, format_duration
 from healer.errors import ConfigError
+from healer.schema import Duration, Model, Name, PositiveDuration, StepBase, hints_of, tagged_union
 
 DEFAULT_COOLDOWN = timedelta(minutes=10)
 DEFAULT_MAX_PER_WINDOW = 3
 DEFAULT_VERIFY_WITHIN = timedelta(seconds=30)
 
-ACTIONS = (
-    "process.restart",
-    "process.reload",
-    "redis.flush_cache",
-    "redis.delete_pattern",
-    "postgres.terminate_backends",
-    "command",
-)
+# Each action's step model lives in its own module, listed by healer/actions/registry.py; a
+# `[[steps]]` table is validated against their union, dispatched on `action`.
+if TYPE_CHECKING:
+    Step = StepBase
+else:
+    Step = tagged_union((k.model for k in ACTIONS.values()), "action")
+_STEP_HINTS = hints_of(k.model for k in ACTIONS.values())
 
 
-def _not_everything(p: str) -> str:
-    """A pattern that is nothing but wildcards would clear the whole database."""
-    if not p.strip("*?"):
-        raise PydanticCustomError(
-            "pattern", 'expected a key pattern with a fixed part like "ratelimit:*", got {got} (it matches every key)',
-            {"got": f'"{p}"'},
-        )  # fmt: skip
-    return p
-
-
-KeyPattern = Annotated[str, Field(min_length=1), AfterValidator(_not_everything)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProcessRestartStep(_Model):
-    """Restart the app through `[process] manager` (or stop and start it, manager = "command")."""
-
-    action: Literal["process.restart"]
-    timeout: PositiveDuration = timedelta(seconds=90)
-
-
-class ProcessReloadStep(_Model):
-    """Ask the app to reload (reopen its pools) through the manager, or with a signal.
-
-    `signal` overrides `[process] reload_signal`. With neither a manager that can reload nor
-    a signal, the step is skipped and says so.
-    """
-
-    action: Literal["process.reload"]
-    timeout: PositiveDuration = timedelta(seconds=30)
-    signal: Annotated[str, Field(pattern=r"^(SIG)?[A-Z0-9]+$")] | None = None
-
-
-class RedisFlushStep(_Model):
-    """`FLUSHDB ASYNC` on `[redis] cache_db`, or SCAN + UNLINK of `[redis] cache_patterns`."""
-
-    action: Literal["redis.flush_cache"]
-    timeout: PositiveDuration = timedelta(seconds=60)
-
-
-class RedisDeletePatternStep(_Model):
-    """SCAN + UNLINK of the keys matching `patterns` (default `[redis] rate_limit_patterns`)
-    in database `db` (default the one in `[redis] url`)."""
-
-    action: Literal["redis.delete_pattern"]
-    timeout: PositiveDuration = timedelta(seconds=60)
-    patterns: Annotated[tuple[KeyPattern, ...], Field(min_length=1)] | None = None
-    db: Annotated[int, Field(ge=0, le=15)] | None = None
-
-
-class PostgresTerminateStep(_Model):
-    """Terminate the app's backends (never other applications', superusers' or healer's own).
-
-    `terminate` and `idle_in_transaction` override the `[postgres]` settings.
-    """
-
-    action: Literal["postgres.terminate_backends"]
-    timeout: PositiveDuration = timedelta(seconds=30)
-    terminate: Literal["stuck", "all"] | None = None
-    idle_in_transaction: Duration | None = None
-
-
-class CommandStep(_Model):
-    """Run an argv (never a shell string); a non-zero exit is an error."""
-
-    action: Literal["command"]
-    timeout: PositiveDuration = timedelta(seconds=60)
-    argv: Argv
-    cwd: RelPath | None = None  # relative to the playbook file; default the directory of healer.toml
-
-
-Step = Annotated[
-    ProcessRestartStep
-    | ProcessReloadStep
-    | RedisFlushStep
-    | RedisDeletePatternStep
-    | PostgresTerminateStep
-    | CommandStep,
-    Field(discriminator="action"),
-]
-
-
-class Playbook(_Model):
+class Playbook(Model):
     """One playbook: its steps, its rate limits and the checks that say it worked."""
 
     name: Name
@@ -236,8 +140,7 @@ def targets(playbook: Playbook, checks: Sequence[CheckConfig]) -> tuple[CheckCon
 
 
 def _describe(e: Any) -> str:
-    hints = {"signal": 'expected a signal name like "SIGHUP"'}
-    return describe_error(e, tagged="steps", tags=ACTIONS, tag_key="action", hints=hints)
+    return describe_error(e, tagged="steps", tags=tuple(ACTIONS), tag_key="action", hints=_STEP_HINTS)
 
 
 def summary(playbook: Playbook) -> str:

@@ -12,18 +12,18 @@ import asyncio
 import importlib.resources
 import logging
 from contextlib import suppress
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from healer import actions
 from healer.actions.command import StepTimedOut
+from healer.aftermath import RepairResult, ResumedRepair
 from healer.checks import describe_error, run_checks
 from healer.config import format_duration, format_elapsed
 from healer.decide import PlaybookPolicy
 from healer.errors import ActionError, ConfigError, LockedError, StoreError, UsageError
-from healer.locks import FileLock
+from healer.locks import PEEKED, FileLock
 from healer.logging import log_event
 from healer.model import ActionNote, CheckResult, Outcome, Who
 from healer.playbook import (
@@ -48,25 +48,6 @@ log = logging.getLogger("healer.repair")
 SHIPPED_PACKAGE = "healer.playbooks"
 # How often the target checks are re-run while waiting for them to pass.
 VERIFY_EVERY = timedelta(seconds=1)
-
-
-@dataclass(frozen=True, slots=True)
-class RepairResult:
-    """How a repair ended; `ok` means its target checks pass afterwards.
-
-    `outcome` is what the action log holds: ok (fixed), failed (ran, or timed out, and the
-    checks still fail), error (a step could not run). A dry run is `skipped`, `ok` says
-    whether it could run, and `detail` says exactly what it would do.
-    """
-
-    name: str
-    ok: bool
-    detail: str
-    action_id: int | None = None
-    results: tuple[CheckResult, ...] = field(default=())
-    outcome: Outcome = Outcome.OK
-    duration: timedelta = timedelta(0)
-    dry_run: bool = False
 
 
 # ---- finding playbooks -------------------------------------------------------------------------
@@ -165,8 +146,9 @@ def _lookup(name: str, config: Config) -> Playbook:
 
 def playbook_lock(state_dir: Path, name: str) -> FileLock:
     """`<state_dir>/repair-<name>.lock`, so a person and the loop never run the same playbook at
-    once; LockedError names the holder."""
-    return FileLock(state_dir / f"repair-{name}.lock", f"repair {name}")
+    once; LockedError names the holder. The watcher peeks at it (healer/watch.py): that instant
+    is waited out."""
+    return FileLock(state_dir / f"repair-{name}.lock", f"repair {name}", patience=PEEKED)
 
 
 # ---- running -----------------------------------------------------------------------------------
@@ -284,16 +266,6 @@ def _join(done: list[str], last: str) -> str:
 # ---- after a stop or a kill --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    """A repair a stop or a kill cut short, looked at by the next start."""
-
-    interrupted: ActionRow  # its journal row (outcome error, note interrupted)
-    result: RepairResult | None  # the run again; None when it was not run again
-    why: str  # for people: what was done about it, and why
-    healthy: bool = False  # not run again because its target checks pass now: nothing to finish
-
-
 def why_not_again(row: ActionRow, current: Deploy | None, pause: Pause | None, observe: bool) -> str | None:
     """Why an interrupted repair is not run again at the start (None: it may be).
 
@@ -317,7 +289,7 @@ def why_not_again(row: ActionRow, current: Deploy | None, pause: Pause | None, o
 
 async def resume_interrupted(
     *, config: Config, ctx: ProbeContext, store: Store, clock: Clock, observe: bool
-) -> list[Resumed]:
+) -> list[ResumedRepair]:
     """At the start of `healer run`: finish what a stop or a kill left of the loop's repairs.
 
     1. A repair still journaled `started` whose playbook lock is free was cut short by a kill
@@ -347,7 +319,7 @@ async def resume_interrupted(
             await asyncio.to_thread(store.set_note, row.id, ActionNote.LOOKED_AT)
     current = await asyncio.to_thread(store.current_deploy)
     pause = await asyncio.to_thread(store.active_pause, now)
-    out: list[Resumed] = []
+    out: list[ResumedRepair] = []
     for row in newest.values():
         await asyncio.to_thread(store.set_note, row.id, ActionNote.LOOKED_AT)  # once, even if killed again
         out.append(await _resume_one(row, current, pause, observe, config=config, ctx=ctx, store=store, clock=clock))
@@ -357,19 +329,19 @@ async def resume_interrupted(
 async def _resume_one(
     row: ActionRow, current: Deploy | None, pause: Pause | None, observe: bool, *,
     config: Config, ctx: ProbeContext, store: Store, clock: Clock,
-) -> Resumed:  # fmt: skip
+) -> ResumedRepair:  # fmt: skip
     why = why_not_again(row, current, pause, observe)
     if why is not None:
-        return Resumed(row, None, f"not run again: {why}")
+        return ResumedRepair(row, None, f"not run again: {why}")
     assert current is not None  # why_not_again says so without a deploy
     playbooks = known_playbooks(config)
     if row.name not in playbooks:
-        return Resumed(row, None, "not run again: the playbook is no longer known")
+        return ResumedRepair(row, None, "not run again: the playbook is no longer known")
     checks = targets(playbooks[row.name], config.checks)
     results = await run_checks(ctx, checks)
     if all(r.ok for r in results):
         names = ", ".join(r.name for r in results)
-        return Resumed(row, None, f"not run again: {names} pass now", healthy=True)
+        return ResumedRepair(row, None, f"not run again: {names} pass now", healthy=True)
     log_event(log, "repair.resuming", kind=row.name, interrupted=row.id)
     try:
         result = await run_repair(
@@ -378,5 +350,5 @@ async def _resume_one(
             incident_id=current.open_incident,
         )  # fmt: skip
     except (ActionError, ConfigError, LockedError, UsageError) as e:
-        return Resumed(row, None, f"could not run it again: {e}")
-    return Resumed(row, result, f"run again: {'fixed' if result.ok else 'not fixed'}: {result.detail}")
+        return ResumedRepair(row, None, f"could not run it again: {e}")
+    return ResumedRepair(row, result, f"run again: {'fixed' if result.ok else 'not fixed'}: {result.detail}")

@@ -1,19 +1,19 @@
-"""Rolling back to a stable git tag: a pure plan(), its execution via gitrepo, and healer's own
-stable tags (plan, describe and eligible are pure; the rest does I/O).
+"""Carrying out a rollback to a stable git tag, and healer's own stable tags (I/O).
+
+What to do is decided elsewhere, purely: the plan by rollback_plan.plan(), what follows the
+outcome (alerts, a hold) by aftermath.follow_up(), when to tag by stable. This module reads the
+work tree and the store, locks, journals, runs the commands and verifies.
 
 A rollback is one at a time (a lock file), journaled before it touches anything, and verified by
 re-running every check. The commit it leaves is remembered as bad when the loop suspects the
 deploy, or when a person passes --mark-bad. The rolled-back commit starts its own launch window,
-so an automatic rollback happens at most once per deploy: when the rolled-back version is not
-healthy either, the new deploy is held for a person.
+so an automatic rollback happens at most once per deploy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import fnmatch
 import hashlib
 import json
 import logging
@@ -22,18 +22,30 @@ import shlex
 import shutil
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from healer import gitrepo, runner, stable
+from healer.aftermath import Ending, RollbackResult
 from healer.config import Config, format_duration, format_elapsed
 from healer.errors import GitError, HealerError, LockedError, StoreError
 from healer.files import open_private, private_dir
-from healer.gitrepo import TagInfo, short
-from healer.locks import FileLock
-from healer.model import CheckResult, Outcome, Verdict, Who
+from healer.locks import PEEKED, FileLock
+from healer.model import CheckResult, Outcome, TagInfo, Verdict, Who, short
+from healer.rollback_plan import (
+    VERIFY_TRIES,
+    Plan,
+    RepoState,
+    describe,
+    eligible,
+    hidden,
+    one_line,
+    pick_target,
+    plan,
+    plan_from,
+)
 
 if TYPE_CHECKING:
     from healer.checks import ProbeContext
@@ -43,10 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "rollback.lock"  # in the state dir; holds the PID of the process rolling back
-VERIFY_TRIES = 3  # checks re-run after a rollback until they pass, `verify_grace` apart
 _MIN_VERIFY_PAUSE = timedelta(seconds=1)
-_LINE_MAX = 200
-_FILES_SHOWN = 5
 
 # Runs one `after` command (argv[2:]) as its child and leads its process group, so that how
 # the command ended is known even when healer is gone (kill -9): it writes the exit status
@@ -73,250 +82,6 @@ if rc < 0:
     os.kill(os.getpid(), -rc)
 sys.exit(rc if rc >= 0 else 128 - rc)
 """
-
-
-class Refusal(enum.StrEnum):
-    """Why a rollback will not run."""
-
-    NO_REPO = "no-repo"  # [app] repo is not set: no work tree to roll back
-    NO_TARGET = "no-target"  # no stable tag other than the deployed commit and known-bad ones
-    SAME_COMMIT = "same-commit"  # the target is the commit already checked out
-    KNOWN_BAD = "known-bad"  # the target is a known-bad commit (--force overrides an explicit --to)
-    DIRTY = "dirty"  # tracked files have local changes (--force stashes them first)
-
-
-@dataclass(frozen=True, slots=True)
-class RepoState:
-    """What plan() looks at, read from the work tree and the store."""
-
-    repo: Path | None
-    head: str
-    branch: str | None = None  # the branch HEAD is on, None when detached
-    changed: tuple[str, ...] = ()  # tracked files with local changes
-    tags: tuple[TagInfo, ...] = ()  # the stable tags, newest first
-    bad: Mapping[str, str] = field(default_factory=dict)  # known-bad commit -> why
-    deployed: str | None = None  # the commit of the deploy the store is watching
-    to: str | None = None  # the ref a person asked for
-    to_commit: str | None = None  # ... and the commit it names
-    subjects: Mapping[str, str] = field(default_factory=dict)  # commit -> first message line
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A rollback worked out in advance: what it moves, what it runs, or why it will not."""
-
-    who: Who
-    reason: str
-    repo: Path | None
-    from_commit: str
-    from_branch: str | None
-    to_ref: str  # the tag, or the ref a person gave; "" when there is no target
-    to_commit: str  # "" when there is no target
-    commands: tuple[tuple[str, ...], ...]
-    command_timeout: timedelta
-    verify_grace: timedelta
-    checks: tuple[str, ...]  # the checks that verify it: all of them
-    mark_bad: bool  # the from-commit becomes known bad
-    restart: bool = False  # no `after` commands: restart the app through [process] instead
-    stash: tuple[str, ...] = ()  # files with local changes that --force stashes first
-    refusal: Refusal | None = None
-    refused: str = ""  # one line for people when refused
-    warnings: tuple[str, ...] = ()
-    from_subject: str = ""
-    to_subject: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Whether the rollback may go ahead."""
-        return self.refusal is None
-
-
-@dataclass(frozen=True, slots=True)
-class RollbackResult:
-    """How a rollback ended; `ok` means the target is checked out and healthy (for a dry run:
-    that it would go ahead)."""
-
-    ok: bool
-    from_commit: str
-    to_ref: str
-    to_commit: str
-    detail: str
-    changed: bool  # HEAD moved
-    refused: str | None = None  # why it did not run at all
-    action_id: int | None = None  # the journal row
-    deploy_id: int | None = None  # the deploy window of the new HEAD
-    held: bool = False  # the loop stopped acting and waits for a person
-    results: tuple[CheckResult, ...] = ()  # the last verification
-    plan: Plan | None = None
-    commands_failed: bool = False  # an `after` command (or the restart) failed: never verified
-
-
-# ---- the pure part ---------------------------------------------------------------------------
-
-
-def eligible(tags: Sequence[TagInfo], *, head: str, deployed: str | None, bad: Mapping[str, str]) -> list[TagInfo]:
-    """The stable tags a rollback may go to, newest first: never the commit checked out or
-    deployed, never a known-bad one."""
-    here = {head, deployed}
-    return [t for t in tags if t.commit not in here and t.commit not in bad]
-
-
-def hidden(tags: Sequence[TagInfo], *, head: str, deployed: str | None, bad: Mapping[str, str]) -> list[str]:
-    """Why each stable tag that eligible() leaves out is not a target, one line each, newest
-    first: the commit checked out, the deployed commit, or a known-bad one (which --force
-    reaches through an explicit --to)."""
-    lines = []
-    for t in tags:
-        if t.commit == head:
-            lines.append(f"{t.name} is the commit checked out: not a target")
-        elif t.commit == deployed:
-            lines.append(f"{t.name} is the deployed commit: not a target")
-        elif t.commit in bad:
-            lines.append(
-                f"{t.name} ({short(t.commit)}) is known bad: {bad[t.commit]}; not a target "
-                f"(`healer rollback --to {t.name} --force` goes there anyway)"
-            )
-    return lines
-
-
-def pick_target(state: RepoState) -> tuple[str, str] | None:
-    """(ref, commit) to roll back to: the ref asked for, else the newest eligible stable tag."""
-    if state.to is not None:
-        return (state.to, state.to_commit) if state.to_commit else None
-    for t in eligible(state.tags, head=state.head, deployed=state.deployed, bad=state.bad):
-        return t.name, t.commit
-    return None
-
-
-def plan(
-    state: RepoState, config: Config, *, who: Who, reason: str, force: bool = False, mark_bad: bool = False
-) -> Plan:
-    """Work out a rollback from `state`, or why it is refused.
-
-    1. The target is the ref asked for, else the newest stable tag whose commit is neither
-       checked out, nor deployed, nor known bad. None: refused.
-    2. A target that is the commit already checked out is refused: there is nothing to undo.
-    3. A known-bad target is refused; a person's --force overrides this for an explicit --to
-       (an undo of a rollback goes back to the commit it left, which is marked bad).
-    4. Local changes to tracked files are refused; --force stashes them first.
-    5. The from-commit is marked bad only when asked (`mark_bad`): by the loop when the deploy
-       is the suspect, by a person with --mark-bad. A person's rollback condemns nothing by
-       default: they may be moving back for a reason that is not the release's fault.
-    6. With no `[rollback] after` commands, the app is restarted through `[process]`, so that
-       it runs the rolled-back code.
-    """
-    target = pick_target(state) if state.repo is not None else None
-    to_ref, to_commit = target or (state.to or "", state.to_commit or "")
-    base = Plan(
-        who=who,
-        reason=reason,
-        repo=state.repo,
-        from_commit=state.head,
-        from_branch=state.branch,
-        to_ref=to_ref,
-        to_commit=to_commit,
-        commands=tuple(tuple(argv) for argv in config.rollback.after),
-        command_timeout=config.rollback.command_timeout,
-        verify_grace=config.rollback.verify_grace,
-        checks=tuple(c.name for c in config.checks),
-        mark_bad=mark_bad,
-        restart=not config.rollback.after and config.process is not None,
-        from_subject=state.subjects.get(state.head, ""),
-        to_subject=state.subjects.get(to_commit, "") if to_commit else "",
-    )
-
-    def refuse(why: Refusal, msg: str) -> Plan:
-        return replace(base, refusal=why, refused=msg)
-
-    if state.repo is None:
-        return refuse(
-            Refusal.NO_REPO,
-            "no [app] repo in healer.toml: healer does not know which git work tree to roll back",
-        )
-    if target is None:
-        return refuse(Refusal.NO_TARGET, _no_target(state, config.app.stable_tags))
-    if to_commit == state.head:
-        return refuse(
-            Refusal.SAME_COMMIT,
-            f"{to_ref} is {short(to_commit)}, the commit already checked out: nothing to roll back",
-        )
-    warnings: list[str] = []
-    if to_commit in state.bad:
-        msg = f"{to_ref} ({short(to_commit)}) is known bad: {state.bad[to_commit]}"
-        if not (force and state.to is not None):
-            return refuse(Refusal.KNOWN_BAD, f"{msg}; pass --force to check it out anyway")
-        warnings.append(msg)
-    if state.changed and not force:
-        return refuse(
-            Refusal.DIRTY,
-            f"the work tree {state.repo} has local changes to {_files(state.changed)}; commit "
-            "or stash them, or pass --force to have healer stash them (git stash pop brings them "
-            "back)",
-        )
-    return replace(base, stash=state.changed if force else (), warnings=tuple(warnings))
-
-
-def _no_target(state: RepoState, pattern: str) -> str:
-    if not state.tags:
-        return f"no stable tag to roll back to: no tag matches {pattern!r}"
-    return (
-        f"no stable tag to roll back to: the {len(state.tags)} tag(s) matching {pattern!r} mark "
-        f"the deployed commit {short(state.head)} or known-bad ones"
-    )
-
-
-def _files(files: Sequence[str]) -> str:
-    shown = ", ".join(files[:_FILES_SHOWN])
-    more = f" and {len(files) - _FILES_SHOWN} more" if len(files) > _FILES_SHOWN else ""
-    return f"{len(files)} tracked file(s) ({shown}{more})"
-
-
-def describe(p: Plan) -> str:
-    """The plan for people, one step a line: for the confirmation prompt and --dry-run."""
-    by = "the loop" if p.who is Who.LOOP else "a person"
-    lines = [f"Roll back {p.repo or '(no [app] repo)'} ({by}: {p.reason})"]
-    branch = f", branch {p.from_branch}" if p.from_branch else ", detached"
-    lines.append(f"  from  {short(p.from_commit)}  {_quote(p.from_subject)}(HEAD{branch})")
-    if p.to_commit:
-        lines.append(f"  to    {p.to_ref}  {short(p.to_commit)}  {_quote(p.to_subject)}".rstrip())
-    lines += [f"  warning: {w}" for w in p.warnings]
-    if not p.ok:
-        lines.append(f"Refused: {p.refused}")
-        return "\n".join(lines)
-    steps: list[str] = []
-    if p.stash:
-        steps.append(f"stash the local changes to {_files(p.stash)} (git stash pop restores them)")
-    steps.append(f"check out {short(p.to_commit)} (detached HEAD)")
-    if p.mark_bad:
-        steps.append(f"mark {short(p.from_commit)} bad: never a rollback target again")
-    elif p.who is Who.PERSON:
-        steps.append(f"leave {short(p.from_commit)} unmarked (--mark-bad: never a rollback target again)")
-    once = " (an automatic rollback: never rolled back again)" if p.who is Who.LOOP else ""
-    steps.append(f"start a new launch window for {short(p.to_commit)}{once}")
-    if p.commands:
-        within = format_duration(p.command_timeout)
-        steps.append(f"run in {p.repo}, in order, each within {within}:")
-    elif p.restart:
-        steps.append("restart the app through [process] ([rollback] after is empty), as process-restart does")
-    else:
-        steps.append("run no commands ([rollback] after is empty, and there is no [process] to restart the app)")
-    out = [f"  {i}. {s}" for i, s in enumerate(steps, 1)]
-    out += [f"       $ {shlex.join(argv)}" for argv in p.commands]
-    checks = ", ".join(p.checks)
-    out.append(
-        f"  {len(steps) + 1}. after {format_duration(p.verify_grace)}, re-run all {len(p.checks)} "
-        f"check(s) ({checks}) up to {VERIFY_TRIES} times until they pass"
-    )
-    if p.who is Who.LOOP:
-        out.append(f"  {len(steps) + 2}. if they still fail: one restart, then hold and wait for a person")
-    undo = f"  undo: healer rollback --to {short(p.from_commit)} --reason ..."
-    if p.mark_bad:
-        undo += " --force"
-    return "\n".join([*lines, *out, undo])
-
-
-def _quote(subject: str) -> str:
-    return f'"{subject}"  ' if subject else ""
 
 
 # ---- reading the world -----------------------------------------------------------------------
@@ -386,8 +151,9 @@ def has_target(config: Config, store: Store) -> bool:
 
 
 def rollback_lock(state_dir: Path) -> FileLock:
-    """`<state_dir>/rollback.lock`: one rollback at a time; LockedError names the holder's PID."""
-    return FileLock(state_dir / LOCK_NAME, "rollback")
+    """`<state_dir>/rollback.lock`: one rollback at a time; LockedError names the holder's PID.
+    The watcher peeks at it (healer/watch.py): that instant is waited out."""
+    return FileLock(state_dir / LOCK_NAME, "rollback", patience=PEEKED)
 
 
 # ---- carrying it out -------------------------------------------------------------------------
@@ -412,8 +178,7 @@ async def run_rollback(
     1. Take the rollback lock, so the loop and a person never roll back at once (LockedError
        names the holder, and nothing has been said or done).
     2. Read HEAD, the work tree, the stable tags and the known-bad commits, and plan. A refused
-       plan is recorded (outcome error); for the loop it also holds the deploy, so healer waits
-       for a person instead of trying again every cycle. An unknown `to` raises GitError.
+       plan is recorded (outcome error). An unknown `to` raises GitError.
     3. `on_start(plan)` announces the rollback: only now, under the lock, so that the loser of
        a race for the lock, or a refused plan, never tells chat of a rollback that is not
        happening. Then journal the intent (outcome started) before touching anything.
@@ -427,8 +192,8 @@ async def run_rollback(
        (which one runs, in which process group; how many are done). healer's stop signal
        is not passed on to them: the stop waits for them (loop.STOP_ACTION_WAIT).
     8. After `verify_grace`, re-run all checks, up to VERIFY_TRIES times, until they pass.
-    9. Record the outcome; when the loop's rollback left the app unhealthy, hold the new
-       deploy: healer stops acting until a person does.
+    9. Record the outcome. What follows it (the alerts, a hold for a person) is the caller's:
+       aftermath.follow_up(result).
 
     A dry run does step 2 only: nothing is locked, changed or recorded, and the result's detail
     is describe(plan).
@@ -438,7 +203,7 @@ async def run_rollback(
         p = plan(state, config, who=who, reason=reason, force=force, mark_bad=mark_bad)
         return RollbackResult(
             ok=p.ok, from_commit=p.from_commit, to_ref=p.to_ref, to_commit=p.to_commit,
-            detail=describe(p), changed=False, refused=p.refused or None, plan=p,
+            detail=describe(p), changed=False, who=who, ending=Ending.PLANNED, refused=p.refused or None, plan=p,
         )  # fmt: skip
     with rollback_lock(config.state_dir):
         try:
@@ -458,7 +223,7 @@ async def run_rollback(
 async def _refused(
     store: Store, clock: Clock, who: Who, reason: str, why: str, p: Plan | None = None
 ) -> RollbackResult:
-    """Record a rollback that did not run; the loop's deploy is held for a person."""
+    """Record a rollback that did not run."""
     log.warning("rollback.refused who=%s reason=%s", who, why)
     current = await asyncio.to_thread(store.current_deploy)
     action_id = await asyncio.to_thread(
@@ -469,14 +234,11 @@ async def _refused(
             detail=f"refused: {why}",
         )
     )  # fmt: skip
-    held = False
-    if who is Who.LOOP and current is not None:
-        await asyncio.to_thread(store.set_held, current.id, f"automatic rollback refused: {why}; waiting for a person")
-        held = True
     return RollbackResult(
         ok=False, from_commit=p.from_commit if p else "", to_ref=p.to_ref if p else "",
-        to_commit=p.to_commit if p else "", detail=f"refused: {why}", changed=False, refused=why,
-        action_id=action_id, deploy_id=current.id if current else None, held=held, plan=p,
+        to_commit=p.to_commit if p else "", detail=f"refused: {why}", changed=False, who=who,
+        ending=Ending.REFUSED, why=why, refused=why, action_id=action_id,
+        deploy_id=current.id if current else None, plan=p,
     )  # fmt: skip
 
 
@@ -551,7 +313,7 @@ async def _execute(p: Plan, *, config: Config, ctx: ProbeContext, store: Store, 
             prefix="; ".join([head, *notes]),
         )  # fmt: skip
     except (HealerError, OSError) as e:
-        await asyncio.to_thread(store.finish_action, action_id, Outcome.ERROR, clock.now(), _line(f"{head}: {e}"))
+        await asyncio.to_thread(store.finish_action, action_id, Outcome.ERROR, clock.now(), one_line(f"{head}: {e}"))
         raise
 
 
@@ -565,18 +327,14 @@ def _head_or_none(repo: Path) -> str | None:
 async def _finish_unmoved(
     p: Plan, store: Store, clock: Clock, action_id: int, deploy_id: int | None, detail: str
 ) -> RollbackResult:
-    """The rollback failed before HEAD moved: record it; the loop holds the deploy."""
-    detail = _line(detail)
+    """The rollback failed before HEAD moved: record it."""
+    detail = one_line(detail)
     await asyncio.to_thread(store.finish_action, action_id, Outcome.FAILED, clock.now(), detail)
-    held = False
-    if p.who is Who.LOOP and deploy_id is not None:
-        hold = _line(f"automatic rollback failed: {detail}; waiting for a person")
-        await asyncio.to_thread(store.set_held, deploy_id, hold)
-        held = True
     log.error("rollback.failed detail=%s", detail)
     return RollbackResult(
-        ok=False, from_commit=p.from_commit, to_ref=p.to_ref, to_commit=p.to_commit,
-        detail=detail, changed=False, action_id=action_id, deploy_id=deploy_id, held=held, plan=p,
+        ok=False, from_commit=p.from_commit, to_ref=p.to_ref, to_commit=p.to_commit, detail=detail,
+        changed=False, who=p.who, ending=Ending.NOT_CHECKED_OUT, why=detail, action_id=action_id,
+        deploy_id=deploy_id, plan=p,
     )  # fmt: skip
 
 
@@ -599,7 +357,7 @@ async def _after_checkout(
     if p.mark_bad:
         by = "automatically" if p.who is Who.LOOP else "by a person"
         await asyncio.to_thread(
-            store.mark_bad, p.from_commit, _line(f"rolled back {by} to {p.to_ref}: {p.reason}"), now
+            store.mark_bad, p.from_commit, one_line(f"rolled back {by} to {p.to_ref}: {p.reason}"), now
         )
     deploy, _ = await asyncio.to_thread(lambda: store.ensure_deploy(p.to_commit, now, via_rollback=p.who is Who.LOOP))
     log_path = config.state_dir / f"rollback-{action_id}.log"
@@ -611,23 +369,13 @@ async def _after_checkout(
         ok, results, why = await _verify(ctx, clock, p.verify_grace)
         why = f"{ran}; {why}" if ran else why
         await asyncio.to_thread(store.record_cycle, deploy.id, Verdict(at=clock.now(), results=results), p.who, None)
-    detail = _line(f"{prefix}: {why}")
+    detail = one_line(f"{prefix}: {why}")
     await asyncio.to_thread(store.finish_action, action_id, Outcome.OK if ok else Outcome.FAILED, clock.now(), detail)
-    held = False
-    # the loop's rolled-back release that still fails gets the ladder again (a restart, where
-    # [process] says how) before healer holds: decide() holds it if that does not cure it
-    if not ok and p.who is Who.LOOP and config.process is None:
-        hold = (
-            f"rolled back to {p.to_ref} ({short(p.to_commit)}) but {why}; not rolling back again: "
-            "waiting for a person (healer rollback --to REF, healer repair, or a new deploy)"
-        )
-        await asyncio.to_thread(store.set_held, deploy.id, _line(hold))
-        held = True
     (log.info if ok else log.error)("rollback.%s detail=%s", "ok" if ok else "failed", detail)
     return RollbackResult(
         ok=ok, from_commit=p.from_commit, to_ref=p.to_ref, to_commit=p.to_commit, detail=detail,
-        changed=True, action_id=action_id, deploy_id=deploy.id, held=held, results=results, plan=p,
-        commands_failed=commands_failed,
+        changed=True, who=p.who, ending=Ending.CHECKED_OUT, why=why, action_id=action_id,
+        deploy_id=deploy.id, results=results, plan=p, commands_failed=commands_failed,
     )  # fmt: skip
 
 
@@ -714,7 +462,7 @@ async def _run_command(
 async def _restart_app(config: Config) -> tuple[bool, str]:
     """The process-restart playbook's action, as a step of the rollback: (ok, what happened)."""
     from healer.actions import process  # psutil and the managers: only when a rollback restarts
-    from healer.playbook import ProcessRestartStep
+    from healer.actions.process import ProcessRestartStep
 
     step = ProcessRestartStep(action="process.restart")
     try:
@@ -772,11 +520,6 @@ async def _verify(ctx: ProbeContext, clock: Clock, grace: timedelta) -> tuple[bo
     return False, results, f"still unhealthy after {VERIFY_TRIES} tries: {verdict.summary()}"
 
 
-def _line(text: str) -> str:
-    one = " ".join(text.split())
-    return one if len(one) <= 2 * _LINE_MAX else one[: 2 * _LINE_MAX - 1] + "…"
-
-
 # ---- after a kill ----------------------------------------------------------------------------
 
 
@@ -816,7 +559,6 @@ async def resume_unfinished(*, config: Config, ctx: ProbeContext, store: Store, 
 async def _resume_one(
     row: ActionRow, *, config: Config, ctx: ProbeContext, store: Store, clock: Clock
 ) -> RollbackResult:
-    who = Who(row.who) if row.who in {w.value for w in Who} else Who.PERSON
     try:
         j = json.loads(row.detail)
         from_commit, to_ref, to_commit = str(j["from"]), str(j["to"]), str(j["to_commit"])
@@ -849,13 +591,9 @@ async def _resume_one(
             f"{head_line}: interrupted; HEAD is now {short(head)}, neither; left alone",
             from_commit=from_commit, to_ref=to_ref, to_commit=to_commit, changed=True,
         )  # fmt: skip
-    p = Plan(
-        who=who, reason=row.reason, repo=repo, from_commit=from_commit, from_branch=from_branch,
-        to_ref=to_ref, to_commit=to_commit,
-        commands=tuple(tuple(a) for a in config.rollback.after),
-        command_timeout=config.rollback.command_timeout, verify_grace=config.rollback.verify_grace,
-        checks=tuple(c.name for c in config.checks), mark_bad=mark_bad,
-        restart=not config.rollback.after and config.process is not None,
+    p = plan_from(
+        config, who=_who(row), reason=row.reason, repo=repo, from_commit=from_commit, from_branch=from_branch,
+        to_ref=to_ref, to_commit=to_commit, mark_bad=mark_bad,
     )  # fmt: skip
     log.warning("rollback.resuming action=%d to=%s first=%d", row.id, to_ref, first)
     again = f"after commands from {first + 1} on" if first else "after commands re-run"
@@ -904,90 +642,60 @@ async def _close(
     row: ActionRow, store: Store, clock: Clock, outcome: Outcome, detail: str, *,
     from_commit: str = "", to_ref: str = "", to_commit: str = "", changed: bool = False,
 ) -> RollbackResult:  # fmt: skip
-    await asyncio.to_thread(store.finish_action, row.id, outcome, clock.now(), _line(detail))
+    await asyncio.to_thread(store.finish_action, row.id, outcome, clock.now(), one_line(detail))
     log.warning("rollback.interrupted action=%d detail=%s", row.id, detail)
     return RollbackResult(
         ok=False, from_commit=from_commit, to_ref=to_ref, to_commit=to_commit,
-        detail=_line(detail), changed=changed, action_id=row.id,
+        detail=one_line(detail), changed=changed, who=_who(row), ending=Ending.RECORDED, action_id=row.id,
     )  # fmt: skip
+
+
+def _who(row: ActionRow) -> Who:
+    """Who asked for the interrupted rollback (a person, when the journal does not say)."""
+    return Who(row.who) if row.who in {w.value for w in Who} else Who.PERSON
 
 
 # ---- healer's own stable tags ----------------------------------------------------------------
 
 
-def stable_tag_name(pattern: str, commit: str, when: datetime) -> str | None:
-    """The name of healer's tag for `commit`: the glob's part before its first `*`, then
-    `healer-<UTC yyyymmdd-HHMMSS>-<short sha>`, then the rest ("stable-*" ->
-    "stable-healer-20260101-060000-abc1234"). None when the glob has no `*` or the name would
-    not match it."""
-    head, star, rest = pattern.partition("*")
-    if not star:
-        return None
-    core = f"healer-{when.astimezone(UTC):%Y%m%d-%H%M%S}-{short(commit)}"
-    name = head + core + rest.replace("*", "")
-    return name if fnmatch.fnmatchcase(name, pattern) else None
-
-
 async def maybe_tag_stable(*, config: Config, store: Store, clock: Clock) -> str | None:
-    """Tag HEAD stable once the deploy has been healthy for `tag_stable_after`; returns the tag.
+    """Tag HEAD stable once the deploy has earned it (the rules: stable.may_qualify, then
+    stable.has_earned over its cycles); returns the tag.
 
-    The deploy qualifies when it is the commit at HEAD, is not known bad, not held, has no
-    stable tag yet, and has been healthy by the judge's standard (stable.is_stable: watched for
-    `tag_stable_after`, no open incident, the last `recover_after` cycles passing; a blip that
-    resolved does not count against it). A commit that already carries a tag matching the
-    pattern is not tagged again (that tag is remembered instead). Git errors propagate as
-    GitError.
+    1. Read the deploy and the known-bad commits; read its cycles only when it may qualify.
+    2. HEAD moved since: nothing (the loop starts a new window first).
+    3. A commit that already carries a tag matching the pattern is not tagged again: that tag
+       is remembered instead.
+    4. Create the annotated tag (stable.new_tag), remember it, and record it as the loop's action.
+    Git errors propagate as GitError.
     """
     repo = config.app.repo
-    pattern = config.app.stable_tags
-    if repo is None or "*" not in pattern:
-        return None
     now = clock.now()
     d = await asyncio.to_thread(store.current_deploy)
-    if d is None or d.stable_tag or d.held or d.open_incident is not None:
+    if repo is None or d is None:
         return None
-    after = config.app.tag_stable_after
-    if now - d.first_seen < after:
+    if not stable.may_qualify(d, now=now, config=config):
         return None
-    if d.commit in await asyncio.to_thread(store.bad_commits):
-        return None
-    cycles = await asyncio.to_thread(lambda: store.cycles(deploy_id=d.id))
-    window = [stable.Cycle(at=c.at, ok=c.ok) for c in cycles]
-    recover_after = config.escalation.recover_after
-    if not stable.is_stable(
-        window, first_seen=d.first_seen, has_open_incident=d.open_incident is not None, now=now,
-        after=after, recover_after=recover_after,
-    ):  # fmt: skip
+    cycles = [stable.Cycle(at=c.at, ok=c.ok) for c in await asyncio.to_thread(lambda: store.cycles(deploy_id=d.id))]
+    if not stable.has_earned(d, cycles, now=now, config=config):
         return None
     if await asyncio.to_thread(gitrepo.head_commit, repo) != d.commit:
         return None  # HEAD moved; the loop starts a new window first
-    existing = await asyncio.to_thread(gitrepo.tags_at, repo, d.commit, pattern)
+    existing = await asyncio.to_thread(gitrepo.tags_at, repo, d.commit, config.app.stable_tags)
     if existing:
         await asyncio.to_thread(store.set_stable_tag, d.id, existing[0])
         return None
-    name = stable_tag_name(pattern, d.commit, now)
-    if name is None:
-        log.warning("rollback.tag_skipped pattern=%s reason=no tag name matches it", pattern)
+    tag = stable.new_tag(d, cycles, now=now, config=config)
+    if tag is None:
+        log.warning("rollback.tag_skipped pattern=%s reason=no tag name matches it", config.app.stable_tags)
         return None
-    failing = sum(not c.ok for c in cycles)
-    message = (
-        f"healer: {config.app.name} at {short(d.commit)} has been healthy for "
-        f"{format_elapsed(now - d.first_seen)} since it was deployed at "
-        f"{d.first_seen:%Y-%m-%d %H:%M} UTC ({_cycles(len(cycles))}, {failing or 'none'} failing, "
-        f"no incident open, the last {recover_after} passing; tag_stable_after = "
-        f"{format_duration(after)}). A rollback target for healer."
-    )
-    await asyncio.to_thread(lambda: gitrepo.create_tag(repo, name, d.commit, message, date=now))
-    await asyncio.to_thread(store.set_stable_tag, d.id, name)
+    await asyncio.to_thread(lambda: gitrepo.create_tag(repo, tag.name, d.commit, tag.message, date=now))
+    await asyncio.to_thread(store.set_stable_tag, d.id, tag.name)
     await asyncio.to_thread(
         lambda: store.start_action(
-            kind="tag", name=name, who=Who.LOOP, now=now, deploy_id=d.id, outcome=Outcome.OK,
-            reason=f"healthy for {format_duration(after)}", detail=_line(message),
+            kind="tag", name=tag.name, who=Who.LOOP, now=now, deploy_id=d.id, outcome=Outcome.OK,
+            reason=tag.reason, detail=one_line(tag.message),
         )
     )  # fmt: skip
-    log.info("rollback.tagged tag=%s commit=%s", name, short(d.commit))
-    return name
-
-
-def _cycles(n: int) -> str:
-    return f"{n} cycle" if n == 1 else f"{n} cycles"
+    log.info("rollback.tagged tag=%s commit=%s", tag.name, short(d.commit))
+    return tag.name

@@ -1,9 +1,9 @@
-"""The optional HTTP endpoint: /healthz, /status (JSON), /metrics (Prometheus) (I/O).
+"""The optional HTTP endpoint: / (the page), /healthz, /status (JSON), /metrics (Prometheus) (I/O).
 
 Off unless `[server] listen` is set. It runs in a daemon thread (stdlib ThreadingHTTPServer),
 never on the loop's event loop: a slow scrape cannot delay a cycle, and a hung event loop is
-still reported, as a 503 on /healthz. /status and /metrics open the state store per request
-and close it at once (WAL: readers never block the loop's writes).
+still reported, as a 503 on /healthz. /, /status and /metrics open the state store per request
+and close it at once (WAL: readers never block the loop's writes). Everything is read-only.
 
     server = start_server(config, liveness)    # None when off, or when the port is taken
     ...
@@ -24,9 +24,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 
 from healer import __version__
+from healer.clock import SystemClock
 from healer.logging import log_event, redact
 from healer.metrics import CONTENT_TYPE, build_registry, render
-from healer.views import status_data
+from healer.page import render_page
+from healer.views import launch_window_start, status_data, timeline_data
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -44,6 +46,9 @@ REQUEST_TIMEOUT = timedelta(seconds=10)
 _POLL = 0.2  # seconds between checks for shutdown in serve_forever
 
 StatusFn = Callable[[], dict[str, Any]]
+# how often the page reloads itself: a cycle's news is on screen within seconds, and a
+# forgotten browser tab costs one small read of the store this often
+PAGE_REFRESH = timedelta(seconds=10)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -88,7 +93,9 @@ class _Handler(BaseHTTPRequestHandler):
         ops = cast(_Server, self.server).ops
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         try:
-            if path == "/healthz":
+            if path == "/":
+                status, ctype, payload = ops.page()
+            elif path == "/healthz":
                 status, ctype, payload = ops.healthz()
             elif path == "/status":
                 status, ctype, payload = ops.status()
@@ -96,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, ctype, payload = ops.metrics()
             else:
                 status, ctype = 404, "text/plain; charset=utf-8"
-                payload = b"not found: try /healthz, /status or /metrics\n"
+                payload = b"not found: try /, /healthz, /status or /metrics\n"
         except Exception as e:  # one bad request must not take the endpoint down
             log_event(log, "server.error", level=logging.ERROR, path=path, error=redact(f"{type(e).__name__}: {e}"))
             status, ctype = 500, "application/json"
@@ -115,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class OpsServer:
-    """/healthz, /status and /metrics on one address, served from a daemon thread."""
+    """/, /healthz, /status and /metrics on one address, served from a daemon thread."""
 
     def __init__(
         self,
@@ -131,6 +138,7 @@ class OpsServer:
         self.config = config
         self.liveness = liveness
         self._status = status
+        self._clock: Clock = clock or SystemClock()
         self.registry = registry or build_registry(config, liveness, clock=clock)
         cls = _V6Server if ":" in host else _Server
         self._httpd = cls((host, port), _Handler)  # binds now: OSError when the port is taken
@@ -187,6 +195,13 @@ class OpsServer:
         data = self._status() if self._status is not None else status_data(self.config)
         return 200, "application/json", (json.dumps(data, indent=2) + "\n").encode()
 
+    def page(self) -> tuple[int, str, bytes]:
+        """The picture of the launch window (healer/page.py), reloading itself."""
+        now = self._clock.now()
+        timeline = timeline_data(self.config, launch_window_start(self.config, now), now)
+        html = render_page(timeline, f"{self.config.app.name}: the launch window", now=now, refresh=PAGE_REFRESH)
+        return 200, "text/html; charset=utf-8", html.encode()
+
     def metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE, render(self.registry)
 
@@ -210,7 +225,7 @@ def start_server(config: Config, liveness: Liveness, *, clock: Clock | None = No
     if not is_loopback(host):
         log_event(
             log, "server.exposed", level=logging.WARNING, listen=listen,
-            note="/status shows commits and incident causes; keep it behind a firewall or on loopback",
+            note="/ and /status show commits and incident causes; keep it behind a firewall or on loopback",
         )  # fmt: skip
     log_event(log, "server.started", url=server.url)
     return server

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS cycles (
     summary TEXT NOT NULL,
     results TEXT NOT NULL,               -- JSON list of CheckResult
     cause TEXT,                          -- a failing loop cycle's likely cause: deploy, dependency redis, ...
-    next_step TEXT                       -- what healer did or will do next, skipped remedies included
+    next_step TEXT,                      -- what healer did or will do next, skipped remedies included
+    woken TEXT                           -- why a cycle ran before it was due: "app pid 1234 exited"
 );
 -- (at, ok) covers counting a period's cycles and passes without reading the rows (report)
 CREATE INDEX IF NOT EXISTS cycles_at_ok ON cycles(at, ok);
@@ -101,7 +102,7 @@ CREATE TABLE IF NOT EXISTS pauses (
 
 
 # Columns added after the first release: (table, column), all TEXT and NULL by default.
-_ADDED_COLUMNS = (("deploys", "healthy_at"), ("cycles", "cause"), ("cycles", "next_step"))
+_ADDED_COLUMNS = (("deploys", "healthy_at"), ("cycles", "cause"), ("cycles", "next_step"), ("cycles", "woken"))
 
 # Per UTC hour and check: how many results, how many passed. record_cycle keeps it up to date in
 # the cycle's transaction, so a report over 30 days sums 720 rows per check instead of parsing the
@@ -124,6 +125,10 @@ _ROLLUP_FROM_CYCLES = (
     "SELECT substr(c.at, 1, 13), json_extract(j.value, '$.name'), SUM(json_extract(j.value, '$.ok')), COUNT(*), "
     f"MIN(c.id * {_POSITIONS} + j.key) FROM cycles c, json_each(c.results) j"
 )
+
+
+# A deploy's row with why its commit is known bad (bad_commits is keyed by commit: one row at most).
+_DEPLOYS = "SELECT d.*, b.reason AS bad FROM deploys d LEFT JOIN bad_commits b ON b.commit_sha = d.commit_sha"
 
 
 def _scrub(text: str) -> str:
@@ -198,12 +203,13 @@ class CycleRow:
     results: tuple[CheckResult, ...]
     cause: str | None = None  # a failing loop cycle's likely cause
     next_step: str | None = None
+    woken: str | None = None  # why it ran before it was due (healer.watch)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "deploy_id": self.deploy_id, "at": _ts(self.at), "ok": self.ok,
             "who": self.who, "summary": self.summary, "cause": self.cause, "next_step": self.next_step,
-            "results": [r.to_json() for r in self.results],
+            "woken": self.woken, "results": [r.to_json() for r in self.results],
         }  # fmt: skip
 
 
@@ -221,6 +227,7 @@ class CycleUpdate:
     cause: str | None = None  # a failing cycle's likely cause (Attribution.label)
     next_step: str | None = None  # what healer does next, skipped remedies included
     settled: bool = True  # a healthy cycle counts as the release's own (ladder.settled)
+    woken: str | None = None  # why the cycle ran before it was due (healer.watch)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -353,15 +360,15 @@ class Store:
     # ---- deploys --------------------------------------------------------------------------
 
     def current_deploy(self) -> Deploy | None:
-        rows = self._query("SELECT * FROM deploys ORDER BY id DESC LIMIT 1")
+        rows = self._query(f"{_DEPLOYS} ORDER BY d.id DESC LIMIT 1")
         return _deploy(rows[0]) if rows else None
 
     def deploy(self, deploy_id: int) -> Deploy | None:
-        rows = self._query("SELECT * FROM deploys WHERE id = ?", (deploy_id,))
+        rows = self._query(f"{_DEPLOYS} WHERE d.id = ?", (deploy_id,))
         return _deploy(rows[0]) if rows else None
 
     def deploys(self) -> list[Deploy]:
-        return [_deploy(r) for r in self._query("SELECT * FROM deploys ORDER BY id")]
+        return [_deploy(r) for r in self._query(f"{_DEPLOYS} ORDER BY d.id")]
 
     def ensure_deploy(self, commit: str, now: datetime, *, via_rollback: bool = False) -> tuple[Deploy, bool]:
         """The deploy of `commit` at HEAD: the current one, or a new window when HEAD moved.
@@ -426,10 +433,11 @@ class Store:
         with self._tx() as db:
             cause = None if update is None else update.cause
             step = None if update is None else update.next_step
+            woken = None if update is None else update.woken
             cur = db.execute(
-                "INSERT INTO cycles(deploy_id, at, ok, who, summary, results, cause, next_step) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (deploy_id, at, int(verdict.ok), str(who), verdict.summary(), results, cause, step),
+                "INSERT INTO cycles(deploy_id, at, ok, who, summary, results, cause, next_step, woken) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (deploy_id, at, int(verdict.ok), str(who), verdict.summary(), results, cause, step, woken),
             )
             base = int(cur.lastrowid or 0) * _POSITIONS
             db.executemany(
@@ -667,7 +675,7 @@ class Store:
 
     def previous_deploy(self, deploy_id: int) -> Deploy | None:
         """The deploy that `deploy_id` replaced (None: healer watched nothing before it)."""
-        rows = self._query("SELECT * FROM deploys WHERE id < ? ORDER BY id DESC LIMIT 1", (deploy_id,))
+        rows = self._query(f"{_DEPLOYS} WHERE d.id < ? ORDER BY d.id DESC LIMIT 1", (deploy_id,))
         return _deploy(rows[0]) if rows else None
 
     def reference_cycles(self, deploy_id: int, limit: int) -> tuple[Deploy, list[Verdict]] | None:
@@ -675,8 +683,7 @@ class Store:
         the latest deploy before it that had healthy loop cycles and whose commit is not marked
         bad (None: there is none, e.g. the first deploy healer watches)."""
         rows = self._query(
-            "SELECT d.* FROM deploys d WHERE d.id < ?"
-            " AND d.commit_sha NOT IN (SELECT commit_sha FROM bad_commits)"
+            f"{_DEPLOYS} WHERE d.id < ? AND b.commit_sha IS NULL"
             " AND EXISTS (SELECT 1 FROM cycles c WHERE c.deploy_id = d.id AND c.who = 'loop' AND c.ok = 1)"
             " ORDER BY d.id DESC LIMIT 1",
             (deploy_id,),
@@ -798,6 +805,7 @@ def _deploy(r: sqlite3.Row) -> Deploy:
         held=r["held"],
         stable_tag=r["stable_tag"],
         healthy_at=_dt(r["healthy_at"]),
+        bad=r["bad"],
     )
 
 
@@ -805,7 +813,7 @@ def _cycle(r: sqlite3.Row) -> CycleRow:
     results = tuple(CheckResult.from_json(x) for x in json.loads(r["results"]))
     return CycleRow(
         r["id"], r["deploy_id"], datetime.fromisoformat(r["at"]), bool(r["ok"]), r["who"], r["summary"], results,
-        r["cause"], r["next_step"],
+        r["cause"], r["next_step"], r["woken"],
     )  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """What people see: the read models behind `healer status`, `healer history`, `/status` and the
-demo (I/O: reads the store, the outbox and the run lock; changes nothing).
+demo, and the page's timeline (`/`, `healer report --html`) (I/O: reads the store, the outbox
+and the run lock; changes nothing).
 
 They live below the CLI so that the server and the demo can show the same thing without
 importing the command line (and the loop, which imports the server).
@@ -7,14 +8,20 @@ importing the command line (and the loop, which imports the server).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from healer.clock import SystemClock
 from healer.config import Config, format_elapsed
 from healer.locks import holder
+from healer.model import CheckResult, Deploy
 from healer.notify import overdue_after
+from healer.page import ActionMark, CyclePoint, DeploySpan, IncidentBand, Timeline, Watched
 from healer.schedule import next_due, phase_at
+
+if TYPE_CHECKING:
+    from healer.store import Store
 
 
 def status_data(config: Config) -> dict[str, Any]:
@@ -107,7 +114,11 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
                     "what": c.summary,
                     "cause": c.cause,
                     "next": c.next_step,
+                    "woken": c.woken,
                     "deploy": c.deploy_id,
+                    # what each failing check saw, the verdict's own words ("api: median 300 ms
+                    # vs 1.1 ms in stable-1 (…)"): a summary names the symptom, not the evidence
+                    "detail": "; ".join(f"{r.name}: {r.error}" for r in c.results if not r.ok and r.error),
                 }
             )
         for i in store.incidents(since=start):
@@ -137,3 +148,141 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
         outbox.close()
     rows.sort(key=lambda r: r["at"])
     return rows
+
+
+def launch_window_start(config: Config, now: datetime) -> datetime:
+    """Where `/`'s timeline starts: the first deploy of the launch being watched. A deploy made
+    by a rollback belongs to the launch it undid, so the picture still shows the bad release,
+    its incident and the rollback. Never more than one window back; `now` with nothing seen."""
+    from healer.store import Store
+
+    if not config.db_path.exists():
+        return now
+    with Store(config.db_path) as store:
+        deploys = store.deploys()
+    if not deploys:
+        return now
+    i = len(deploys) - 1
+    while i > 0 and deploys[i].via_rollback:
+        i -= 1
+    return max(deploys[i].first_seen, now - config.schedule.window)
+
+
+def timeline_data(config: Config, since: datetime, until: datetime) -> Timeline:
+    """What the page (`/`, `healer report --html`) shows for [since, until]: the deploys, every
+    cycle with its verdict, likely cause and latency, the incidents and the actions, and the
+    deploy watched now with its phase (read from the store; nothing is changed)."""
+    from healer.store import Store
+
+    empty = Timeline(config.app.name, since, until, None, (), (), (), ())
+    if not config.db_path.exists():
+        return empty
+    with Store(config.db_path) as store:
+        deploys = store.deploys()
+        cycles = [c for c in store.cycles(since=since) if c.at <= until]
+        incidents = [i for i in store.incidents(since=since) if i.opened_at <= until]
+        actions = [a for a in store.actions(since=since) if a.at <= until]
+        watched = _watched(config, store, until)
+    # the deploys whose time overlaps the period: the one in force at its start and those after
+    shown = [d for i, d in enumerate(deploys) if d.first_seen <= until and (
+        i + 1 == len(deploys) or deploys[i + 1].first_seen >= since)]  # fmt: skip
+    return Timeline(
+        app=config.app.name, start=since, end=until, watched=watched,
+        deploys=tuple(DeploySpan(d.id, d.commit, d.first_seen, d.via_rollback, _baseline_ms(d)) for d in shown),
+        cycles=tuple(CyclePoint(c.at, c.ok, c.who, c.summary, c.cause, _latency_ms(c.results)) for c in cycles),
+        incidents=tuple(IncidentBand(i.id, i.opened_at, i.resolved_at, i.cause) for i in incidents),
+        actions=tuple(ActionMark(a.at, a.kind, a.name, a.who, a.outcome, a.reason) for a in actions),
+        max_gap=2 * max(max(p.every for p in config.schedule.phases), config.schedule.incident_every),
+    )  # fmt: skip
+
+
+def _watched(config: Config, store: Store, now: datetime) -> Watched | None:
+    """The deploy healer watches at `now`, its phase, pause, hold and open incident."""
+    d = store.current_deploy()
+    if d is None:
+        return None
+    pause = store.active_pause(now)
+    inc = None if d.open_incident is None else store.incident(d.open_incident)
+    last = store.last_loop_cycle(d.id)
+    phase = phase_at(d.first_seen, now, config.schedule)
+    return Watched(
+        commit=d.commit, subject=_subject(config, d.commit), first_seen=d.first_seen,
+        phase=phase.label, in_window=phase.in_window, via_rollback=d.via_rollback,
+        held=d.held, paused=None if pause is None else f"until {pause.until:%Y-%m-%d %H:%M} UTC: {pause.reason}",
+        stable_tag=d.stable_tag, last_ok=d.last_ok,
+        open_incident=None if inc is None else IncidentBand(inc.id, inc.opened_at, inc.resolved_at, inc.cause),
+        likely_cause=store.last_cause(d.id) if inc is not None else None,
+        next_step=None if last is None else last.next_step,
+    )  # fmt: skip
+
+
+def _subject(config: Config, commit: str) -> str | None:
+    """The commit's subject line, when the app's repository can tell."""
+    from healer import gitrepo
+    from healer.errors import GitError
+
+    if config.app.repo is None or not commit:
+        return None
+    try:
+        return gitrepo.subject(config.app.repo, commit)
+    except GitError:
+        return None
+
+
+def _baseline_ms(d: Deploy) -> dict[str, float]:
+    """Per check, the latency the deploy's baseline took (as the judge compares it)."""
+    if d.baseline is None:
+        return {}
+    return {name: v["latency_ms"] for name, v in d.baseline.metrics.items() if "latency_ms" in v}
+
+
+def _latency_ms(results: Iterable[CheckResult]) -> dict[str, float]:
+    """Per check, the latency it measured (as judge.baseline_of takes it)."""
+    out: dict[str, float] = {}
+    for r in results:
+        if "latency_ms" in r.values:
+            out[r.name] = r.values["latency_ms"]
+        elif r.latency is not None:
+            out[r.name] = r.latency / timedelta(milliseconds=1)
+    return out
+
+
+def release_label(config: Config, commit: str, stable_tag: str | None = None) -> str:
+    """How verdicts and `healer baseline` name a release: its stable tag when healer tagged it,
+    else the newest tag matching `stable_tags` that marks its commit ("stable-1"), else its
+    short commit (also when git cannot read the repository)."""
+    from healer import gitrepo
+    from healer.errors import HealerError
+
+    if stable_tag:
+        return stable_tag
+    tags: list[str] = []
+    if config.app.repo is not None:
+        try:
+            tags = gitrepo.tags_at(config.app.repo, commit, config.app.stable_tags)
+        except HealerError:
+            tags = []
+    return tags[0] if tags else commit[:12]
+
+
+def reference_data(config: Config, store: Store, deploy_id: int) -> dict[str, Any] | None:
+    """The release a deploy is judged against (issue 15): per check, how many samples of its
+    healthy cycles are pooled and what they say (median, p90 latency; requests and failures)."""
+    from healer.judge import REFERENCE_CYCLES, reference_of
+    from healer.stats import median, percentile
+
+    found = store.reference_cycles(deploy_id, REFERENCE_CYCLES)
+    if found is None:
+        return None
+    before, verdicts = found
+    ref = reference_of(verdicts, release_label(config, before.commit, before.stable_tag))
+    checks = {}
+    for name, samples in ref.samples_ms.items():
+        checks[name] = {
+            "samples": len(samples),
+            "median_ms": round(median(samples), 3) if samples else None,
+            "p90_ms": round(percentile(samples, 90), 3) if samples else None,
+            "requests": ref.requests.get(name, 0),
+            "failed": ref.errors.get(name, 0),
+        }
+    return {"release": ref.label, "commit": before.commit, "cycles": len(verdicts), "checks": checks}

@@ -11,10 +11,9 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 import pytest
 
-from healer.actions.command import StepTimedOut, run, run_argv
+from healer.actions.command import CommandStep, StepTimedOut, run, run_argv
 from healer.config import parse_config
 from healer.errors import ActionError
-from healer.playbook import CommandStep
 
 
 async def test_a_command_step_runs_in_its_cwd_and_knows_its_playbook(tmp_path: Path) -> None:

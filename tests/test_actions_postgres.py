@@ -13,9 +13,9 @@ import pytest
 from services import PostgresServer
 
 from healer.actions import postgres as pg_actions
+from healer.actions.postgres import PostgresTerminateStep
 from healer.config import Config, parse_config
 from healer.errors import ActionError
-from healer.playbook import PostgresTerminateStep
 
 STEP = PostgresTerminateStep(action="postgres.terminate_backends")
 APP_ROLE = "shop_app"

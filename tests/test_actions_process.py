@@ -22,12 +22,12 @@ from helpers import HEALER, healer, make_repo, write_config
 from services import free_port, wait_for_port
 
 from healer.actions import process as proc_actions
+from healer.actions.process import ProcessReloadStep, ProcessRestartStep
 from healer.checks import probe_context
 from healer.clock import SystemClock
 from healer.config import Config, parse_config
 from healer.errors import ActionError
 from healer.model import Outcome, Who
-from healer.playbook import ProcessReloadStep, ProcessRestartStep
 from healer.repair import run_repair
 from healer.store import Store
 

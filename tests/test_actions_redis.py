@@ -13,9 +13,9 @@ from helpers import healer, write_config
 from services import RedisServer
 
 from healer.actions import redis as redis_actions
+from healer.actions.redis import RedisDeletePatternStep, RedisFlushStep
 from healer.config import Config, parse_config
 from healer.errors import ActionError
-from healer.playbook import RedisDeletePatternStep, RedisFlushStep
 
 FLUSH = RedisFlushStep(action="redis.flush_cache")
 RATE_LIMIT = RedisDeletePatternStep(action="redis.delete_pattern")

@@ -19,16 +19,16 @@ import pytest
 from chatfakes import SLACK, SLACK_API, TELEGRAM, ChatFake, healer_config
 
 import healer.logging as hlog
-from healer.alerts import Alerts, CycleContext, configured_channels, send_test
-from healer.alerts.message import AlertItem, AlertMessage
+from healer.alerts.message import AlertMessage
 from healer.alerts.outbox import DeliveryState, Outbox, Sender
+from healer.alerts.shell import Alerts, CycleContext, configured_channels, send_test
 from healer.alerts.slack import SlackChannel
 from healer.alerts.telegram import TelegramChannel
 from healer.clock import FakeClock
 from healer.config import Config, Secret
 from healer.errors import DeliveryError, UsageError
 from healer.logging import RedactingFilter
-from healer.model import Alert, Severity
+from healer.model import Alert, Event, Severity
 from healer.redact import MASK, add_secrets
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -90,7 +90,7 @@ def failing(inc: int = 1) -> CycleContext:
 
 
 def opened(inc: int = 1, title: str = "api is failing: HTTP 503") -> Alert:
-    return Alert("incident.opened", Severity.WARNING, title, "GET /health -> 503", incident_id=inc)
+    return Alert(Event.INCIDENT_OPENED, Severity.WARNING, title, "GET /health -> 503", incident_id=inc)
 
 
 def heads(messages: list[dict[str, object]]) -> list[str]:
@@ -143,7 +143,7 @@ async def test_huge_failure_text_reaches_telegram_under_the_limit(tmp_path: Path
     """A 10,000-character failure reaches Telegram cut below 4096 characters, Slack below 3000."""
     use_env(fake)
     alerts = make_alerts(config(tmp_path, fake), FakeClock(T0))
-    big = Alert("incident.opened", Severity.WARNING, "api <down>", "<trace>&" * 1250, incident_id=1)
+    big = Alert(Event.INCIDENT_OPENED, Severity.WARNING, "api <down>", "<trace>&" * 1250, incident_id=1)
     await alerts.submit([big], failing(), T0)
     await alerts.sender.deliver_due()
     [t] = fake.telegram_messages()
@@ -178,7 +178,7 @@ async def test_routing_keeps_warnings_out_of_a_critical_channel(tmp_path: Path, 
     alerts = make_alerts(config(tmp_path, fake, telegram={"min_severity": "critical"}), FakeClock(T0))
     await alerts.submit([opened()], failing(), T0)
     await alerts.submit(
-        [Alert("rollback.started", Severity.CRITICAL, "rolling back to stable-3", incident_id=1)],
+        [Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, "rolling back to stable-3", incident_id=1)],
         failing(),
         T0,
     )
@@ -253,7 +253,7 @@ async def test_channel_down_for_many_cycles_then_back_delivers_everything_once_i
     fake.set_mode(SLACK, "500")
     for n in range(10):
         await alerts.submit(
-            [Alert("phase.changed", Severity.INFO, f"step {n}")],
+            [Alert(Event.PHASE_CHANGED, Severity.INFO, f"step {n}")],
             CycleContext("shop-api"),
             clock.now(),
         )
@@ -372,7 +372,7 @@ async def test_a_long_retry_after_reschedules_the_message(tmp_path: Path, fake: 
 async def test_retry_after_as_int_or_timedelta(monkeypatch: pytest.MonkeyPatch, fake: ChatFake) -> None:
     """PTB gives retry_after as an int, or as a timedelta with PTB_TIMEDELTA=1: both are read."""
     ch = TelegramChannel(token=Secret(fake.token), chat_id="1", api_url=fake.url)
-    msg = AlertMessage(items=(AlertItem("test", Severity.INFO, "t"),), app="a", created_at=T0)
+    msg = AlertMessage(items=(Alert(Event.TEST, Severity.INFO, "t"),), app="a", created_at=T0)
     for env in ("0", "1"):
         monkeypatch.setenv("PTB_TIMEDELTA", env)
         fake.set_mode(TELEGRAM, "429", retry_after=7, times=1)
@@ -426,11 +426,13 @@ async def test_flush_delivers_what_is_pending_at_shutdown(tmp_path: Path, fake: 
     fake.set_mode(SLACK, "500", times=1)
     await alerts.submit([opened()], failing(), T0)
     await alerts.sender.deliver_due()  # slack fails and is scheduled 30s later
-    await alerts.submit([Alert("healer.stopped", Severity.INFO, "stopped by SIGTERM")], CycleContext("shop-api"), T0)
+    await alerts.submit(
+        [Alert(Event.HEALER_STOPPED, Severity.INFO, "stopped by SIGTERM")], CycleContext("shop-api"), T0
+    )
     assert await alerts.flush(timedelta(seconds=5)) == 0
     assert len(fake.slack_messages()) == 2
     fake.set_mode(SLACK, "500")
-    await alerts.submit([Alert("healer.stopped", Severity.INFO, "again")], CycleContext("shop-api"), T0)
+    await alerts.submit([Alert(Event.HEALER_STOPPED, Severity.INFO, "again")], CycleContext("shop-api"), T0)
     assert await alerts.flush(timedelta(seconds=5)) == 1  # kept for the next start
     alerts.close()
 
@@ -438,12 +440,12 @@ async def test_flush_delivers_what_is_pending_at_shutdown(tmp_path: Path, fake: 
 KILLED_CHILD = """
 import os, signal, sys
 from datetime import UTC, datetime
-from healer.alerts.message import AlertItem, AlertMessage
+from healer.alerts.message import AlertMessage
 from healer.alerts.outbox import Outbox
-from healer.model import Severity
+from healer.model import Alert, Event, Severity
 ob = Outbox(sys.argv[1])
 for n in range(3):
-    item = AlertItem("phase.changed", Severity.INFO, f"queued {n}")
+    item = Alert(Event.PHASE_CHANGED, Severity.INFO, f"queued {n}")
     message = AlertMessage(items=(item,), app="shop-api", created_at=datetime.now(UTC))
     ob.enqueue(message, ["slack", "telegram"])
 os.kill(os.getpid(), signal.SIGKILL)
@@ -509,7 +511,7 @@ async def test_token_and_webhook_never_appear_in_logs_errors_or_alert_text(
     token_tail = token.split(":", 1)[1]
     # a check's error text that happens to hold the secrets
     leaky = Alert(
-        "incident.opened",
+        Event.INCIDENT_OPENED,
         Severity.WARNING,
         "api failing",
         f"curl {webhook} bot{token}",
@@ -519,13 +521,13 @@ async def test_token_and_webhook_never_appear_in_logs_errors_or_alert_text(
     await alerts.sender.deliver_due()
     fake.set_mode(SLACK, "500")
     fake.set_mode(TELEGRAM, "reset")
-    await alerts.submit([Alert("phase.changed", Severity.INFO, "6-24h")], CycleContext("shop-api"), T0)
+    await alerts.submit([Alert(Event.PHASE_CHANGED, Severity.INFO, "6-24h")], CycleContext("shop-api"), T0)
     await alerts.sender.deliver_due()
 
     errors: list[str] = []
     bad_tg = TelegramChannel(token=Secret("999999:" + "Q" * 35), chat_id="1", api_url=fake.url)
     bad_slack = SlackChannel(webhook_url=Secret(fake.url + "/services/T1/B1/wrongsecretpath"))
-    msg = AlertMessage(items=(AlertItem("test", Severity.INFO, "t"),), app="a", created_at=T0)
+    msg = AlertMessage(items=(Alert(Event.TEST, Severity.INFO, "t"),), app="a", created_at=T0)
     fake.set_mode(TELEGRAM, "ok")
     for ch in (bad_tg, bad_slack):
         with pytest.raises(DeliveryError) as e:
@@ -550,8 +552,8 @@ async def test_a_message_sent_directly_reaches_the_chats_redacted(tmp_path: Path
     """Without the outbox (healer sends directly when its store is down), a known secret and a
     URL password in the text still reach Slack and Telegram masked."""
     add_secrets("R3disPw-direct<&>")
-    item = AlertItem(
-        "rollback.failed", Severity.CRITICAL, "stable-1 is not healthy either",
+    item = Alert(
+        Event.ROLLBACK_FAILED, Severity.CRITICAL, "stable-1 is not healthy either",
         "after command 1 exited 1: REDIS=R3disPw-direct<&> postgresql://shop:DbPw-direct@db/shop",
     )  # fmt: skip
     msg = AlertMessage(items=(item,), app="shop", created_at=T0)
@@ -629,18 +631,18 @@ async def test_broken_deploy_story_with_slack_down_for_half(tmp_path: Path, fake
     alerts = make_alerts(config(tmp_path, fake), clock)
     quiet = CycleContext("shop-api", commit="4f2a9c1", phase="0-6h")
     cycles: list[tuple[list[Alert], CycleContext]] = [
-        ([Alert("healer.started", Severity.INFO, "watching 4f2a9c1 for 72h")], quiet),
+        ([Alert(Event.HEALER_STARTED, Severity.INFO, "watching 4f2a9c1 for 72h")], quiet),
         (
             [
                 opened(),
-                Alert("repair.started", Severity.WARNING, "process-restart for api", incident_id=1),
+                Alert(Event.REPAIR_STARTED, Severity.WARNING, "process-restart for api", incident_id=1),
             ],
             failing(),
         ),
         (
             [
                 Alert(
-                    "repair.failed",
+                    Event.REPAIR_FAILED,
                     Severity.WARNING,
                     "process-restart did not fix api",
                     incident_id=1,
@@ -651,15 +653,15 @@ async def test_broken_deploy_story_with_slack_down_for_half(tmp_path: Path, fake
         ([opened()], failing()),  # decide repeats itself; the pipeline does not
         ([], failing()),
         (
-            [Alert("rollback.started", Severity.CRITICAL, "rolling back to stable-3", incident_id=1)],
+            [Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, "rolling back to stable-3", incident_id=1)],
             failing(),
         ),
         (
-            [Alert("rollback.succeeded", Severity.CRITICAL, "stable-3 is healthy", incident_id=1)],
+            [Alert(Event.ROLLBACK_SUCCEEDED, Severity.CRITICAL, "stable-3 is healthy", incident_id=1)],
             failing(),
         ),
         ([], failing()),
-        ([Alert("incident.resolved", Severity.INFO, "api is healthy again", incident_id=1)], quiet),
+        ([Alert(Event.INCIDENT_RESOLVED, Severity.INFO, "api is healthy again", incident_id=1)], quiet),
     ]
     for n, (intents, ctx) in enumerate(cycles):
         if n == 2:
@@ -708,7 +710,7 @@ async def test_unexpected_channel_error_is_pushed_back_not_fatal(tmp_path: Path)
 
     ob = Outbox(tmp_path / "h.db")
     sender = Sender(ob, [Broken()], clock=FakeClock(T0), tries=1)
-    msg = AlertMessage(items=(AlertItem("test", Severity.INFO, "t"),), app="a", created_at=T0)
+    msg = AlertMessage(items=(Alert(Event.TEST, Severity.INFO, "t"),), app="a", created_at=T0)
     ob.enqueue(msg, ["broken"])
     await sender.deliver_due()
     [rec] = ob.history()

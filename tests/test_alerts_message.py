@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
 from healer.alerts.message import (
-    TELEGRAM_MAX_TEXT,
-    AlertItem,
+    LABELS,
     AlertMessage,
     delay_of,
     render_text,
     rollback_countdown,
     rollback_failure_title,
-    slack_payload,
-    telegram_length,
-    telegram_text,
     watching_after_repair,
 )
-from healer.model import Severity
+from healer.alerts.slack import slack_payload
+from healer.alerts.telegram import TELEGRAM_MAX_TEXT, telegram_length, telegram_text
+from healer.model import Alert, Event, Severity
 
 NOW = datetime(2026, 3, 1, 14, 15, tzinfo=UTC)
 
 
-def message(*items: AlertItem, **kw: object) -> AlertMessage:
+def message(*items: Alert, **kw: object) -> AlertMessage:
     base: dict[str, object] = {
         "app": "shop-api",
         "created_at": NOW,
@@ -39,9 +39,9 @@ def message(*items: AlertItem, **kw: object) -> AlertMessage:
     return AlertMessage(items=items, **base)  # type: ignore[arg-type]
 
 
-OPENED = AlertItem("incident.opened", Severity.WARNING, "api is failing: HTTP 503", "GET /health -> 503 (3/3)", 7)
-REPAIR = AlertItem("repair.started", Severity.WARNING, "process-restart for api", "", 7)
-FAILED = AlertItem("repair.failed", Severity.CRITICAL, "process-restart did not fix api", "still 503", 7)
+OPENED = Alert(Event.INCIDENT_OPENED, Severity.WARNING, "api is failing: HTTP 503", "GET /health -> 503 (3/3)", 7)
+REPAIR = Alert(Event.REPAIR_STARTED, Severity.WARNING, "process-restart for api", "", 7)
+FAILED = Alert(Event.REPAIR_FAILED, Severity.CRITICAL, "process-restart did not fix api", "still 503", 7)
 
 
 class _Tags(HTMLParser):
@@ -134,7 +134,7 @@ def test_slack_payload_has_blocks_and_a_text_fallback() -> None:
 )
 def test_markup_in_endpoint_names_is_escaped(title: str) -> None:
     """Markup characters in titles arrive as text: escaped for Slack mrkdwn and Telegram HTML."""
-    item = AlertItem("incident.opened", Severity.WARNING, title, f"detail {title}", 1)
+    item = Alert(Event.INCIDENT_OPENED, Severity.WARNING, title, f"detail {title}", 1)
     p = slack_payload(message(item))
     section = p["blocks"][1]["text"]["text"]
     assert "<" not in section and ">" not in section
@@ -148,7 +148,7 @@ def test_markup_in_endpoint_names_is_escaped(title: str) -> None:
 
 def test_telegram_escapes_title_with_tags_and_ampersand() -> None:
     """A title `<b>&` is sent as `&lt;b&gt;&amp;`."""
-    item = AlertItem("incident.opened", Severity.WARNING, "<b>&", "", 1)
+    item = Alert(Event.INCIDENT_OPENED, Severity.WARNING, "<b>&", "", 1)
     assert "&lt;b&gt;&amp;" in telegram_text(message(item))
 
 
@@ -163,7 +163,7 @@ def test_telegram_escapes_title_with_tags_and_ampersand() -> None:
 )
 def test_telegram_text_stays_under_4096_with_a_marker(detail: str) -> None:
     """A 10,000-character failure is cut to fit 4096 UTF-16 units, at a marker, tags balanced."""
-    msg = message(AlertItem("incident.opened", Severity.WARNING, "api <down>", detail, 1), REPAIR)
+    msg = message(Alert(Event.INCIDENT_OPENED, Severity.WARNING, "api <down>", detail, 1), REPAIR)
     html = telegram_text(msg)
     assert telegram_length(html) <= TELEGRAM_MAX_TEXT
     assert len(html) <= TELEGRAM_MAX_TEXT
@@ -176,7 +176,7 @@ def test_telegram_text_stays_under_4096_with_a_marker(detail: str) -> None:
 
 def test_slack_section_stays_within_block_kit_limits() -> None:
     """A 10,000-character detail is cut to Slack's 3000-character section limit, escaped whole."""
-    msg = message(AlertItem("incident.opened", Severity.WARNING, "api", "<&>" * 4000, 1))
+    msg = message(Alert(Event.INCIDENT_OPENED, Severity.WARNING, "api", "<&>" * 4000, 1))
     p = slack_payload(msg)
     section = p["blocks"][1]["text"]["text"]
     assert len(section) <= 3000
@@ -191,6 +191,37 @@ def test_message_round_trips_through_json() -> None:
     """What the outbox stores is what it reads back."""
     msg = message(OPENED, FAILED, observe=True)
     assert AlertMessage.from_json(msg.to_json()) == msg
+
+
+def test_every_event_has_the_words_a_reader_sees_first() -> None:
+    """A heading never shows a raw dotted name: every Event has a label, and only Events do."""
+    assert set(LABELS) == set(Event)
+    for event in Event:
+        heading = render_text(message(Alert(event, Severity.INFO, "t"))).splitlines()[0]
+        assert heading.endswith(f"shop-api: {LABELS[event]}")
+
+
+def test_healer_emits_no_event_as_a_bare_string() -> None:
+    """Every Alert healer builds names an Event member (mypy checks the type; this, the spelling)."""
+    root = Path(__file__).parent.parent / "healer"
+    bare = [
+        f"{path.relative_to(root)}:{node.lineno}"
+        for path in sorted(root.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("Alert", "_announce")
+        and any(isinstance(a, ast.Constant) and isinstance(a.value, str) and "." in a.value for a in node.args[:2])
+    ]
+    assert bare == []
+
+
+def test_stored_event_names_read_back_as_events() -> None:
+    """An item written before events were an enum reads back as the same Event."""
+    stored = {"event": "deploy.tagged", "severity": "info", "title": "stable-1", "detail": "", "incident_id": None}
+    item = Alert.from_json(stored)
+    assert item.event is Event.DEPLOY_TAGGED
+    assert item.to_json() == {**stored, "bypass_dedup": False}
 
 
 @pytest.mark.parametrize(

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 from chatfakes import healer_config
 
-from healer.alerts import Alerts, CycleContext, LogChannel
-from healer.alerts.message import AlertItem, AlertMessage
+from healer.alerts.message import AlertMessage
 from healer.alerts.outbox import DeliveryState, Outbox, retry_delay
+from healer.alerts.shell import Alerts, CycleContext, LogChannel
 from healer.clock import FakeClock
-from healer.model import Alert, Severity
+from healer.model import Alert, Event, Severity
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def msg(title: str, at: datetime = T0, event: str = "repair.started") -> AlertMessage:
-    return AlertMessage(items=(AlertItem(event, Severity.WARNING, title, "", 1),), app="shop-api", created_at=at)
+def msg(title: str, at: datetime = T0, event: Event = Event.REPAIR_STARTED) -> AlertMessage:
+    return AlertMessage(items=(Alert(event, Severity.WARNING, title, "", 1),), app="shop-api", created_at=at)
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_dedup_memory_survives_a_restart(tmp_path: Path) -> None:
     cfg = healer_config(tmp_path)
     clock = FakeClock(T0)
     ctx = CycleContext(app="shop-api", incident_id=7, incident_since=T0, summary="api: http.status")
-    opened = Alert("incident.opened", Severity.WARNING, "api is failing", incident_id=7)
+    opened = Alert(Event.INCIDENT_OPENED, Severity.WARNING, "api is failing", incident_id=7)
 
     a = Alerts(cfg, clock=clock, channels=[LogChannel()])
     assert len(a.submit_sync([opened], ctx, T0).entries) == 1
@@ -170,7 +170,7 @@ def test_dedup_memory_survives_a_restart(tmp_path: Path) -> None:
     clock.advance(timedelta(minutes=25))
     [entry] = b.submit_sync([opened], ctx, clock.now()).entries
     assert [i.event for i in entry.message.items] == ["incident.reminder"]
-    resolved = Alert("incident.resolved", Severity.INFO, "api is healthy", incident_id=7)
+    resolved = Alert(Event.INCIDENT_RESOLVED, Severity.INFO, "api is healthy", incident_id=7)
     assert len(b.submit_sync([resolved], CycleContext(app="shop-api"), clock.now()).entries) == 1
     assert b.submit_sync([resolved], CycleContext(app="shop-api"), clock.now()).entries == ()
     assert [r.event for r in b.history()] == [
@@ -187,11 +187,11 @@ def test_flapping_state_survives_a_restart(tmp_path: Path) -> None:
     a = Alerts(cfg, channels=[LogChannel()])
     for inc in range(1, 5):
         ctx = CycleContext(app="shop-api", incident_id=inc, incident_since=T0)
-        a.submit_sync([Alert("incident.opened", Severity.WARNING, "x", incident_id=inc)], ctx, T0)
+        a.submit_sync([Alert(Event.INCIDENT_OPENED, Severity.WARNING, "x", incident_id=inc)], ctx, T0)
     a.close()
     b = Alerts(cfg, channels=[LogChannel()])
     plan = b.submit_sync(
-        [Alert("incident.resolved", Severity.INFO, "ok", incident_id=4)],
+        [Alert(Event.INCIDENT_RESOLVED, Severity.INFO, "ok", incident_id=4)],
         CycleContext("shop-api"),
         T0,
     )

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from healer.alerts.message import AlertItem
 from healer.alerts.pipeline import (
     FLAP_LIMIT,
     AlertMemory,
@@ -18,7 +17,7 @@ from healer.alerts.pipeline import (
     Route,
     plan_alerts,
 )
-from healer.model import Alert, Severity
+from healer.model import Alert, Event, Severity
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 REPEAT = timedelta(minutes=30)
@@ -75,11 +74,11 @@ def events(plan: AlertPlan, channel: str = "slack") -> list[str]:
 
 
 def opened(inc: int = 1) -> Alert:
-    return Alert("incident.opened", Severity.WARNING, "api is failing: HTTP 503", "", incident_id=inc)
+    return Alert(Event.INCIDENT_OPENED, Severity.WARNING, "api is failing: HTTP 503", "", incident_id=inc)
 
 
 def resolved(inc: int = 1) -> Alert:
-    return Alert("incident.resolved", Severity.INFO, "api is healthy again", "", incident_id=inc)
+    return Alert(Event.INCIDENT_RESOLVED, Severity.INFO, "api is healthy again", "", incident_id=inc)
 
 
 def failing(inc: int = 1, since: datetime = T0) -> CycleContext:
@@ -109,7 +108,7 @@ def test_five_cycles_give_one_opened_and_one_resolved() -> None:
     """One incident over 5 cycles within repeat_every: one opened, no reminder, one resolved."""
     mem = Memory()
     seen: list[str] = []
-    reminder = Alert("incident.reminder", Severity.WARNING, "x", "", 1)
+    reminder = Alert(Event.INCIDENT_REMINDER, Severity.WARNING, "x", "", 1)
     cycles: list[list[Alert]] = [[opened()], [opened()], [], [reminder], [resolved(), resolved()]]
     for n, intents in enumerate(cycles):
         ctx = failing() if n < 4 else CTX
@@ -123,7 +122,7 @@ def test_reminder_carries_how_long_and_what_fails() -> None:
     run(mem, [opened()], T0, failing())
     run(
         mem,
-        [Alert("rollback.failed", Severity.CRITICAL, "rollback failed", "", incident_id=1)],
+        [Alert(Event.ROLLBACK_FAILED, Severity.CRITICAL, "rollback failed", "", incident_id=1)],
         T0,
         failing(),
     )
@@ -143,8 +142,8 @@ def test_three_events_in_one_cycle_are_one_message() -> None:
         mem,
         [
             opened(),
-            Alert("repair.started", Severity.WARNING, "process-restart", incident_id=1),
-            Alert("repair.failed", Severity.WARNING, "process-restart did not help", incident_id=1),
+            Alert(Event.REPAIR_STARTED, Severity.WARNING, "process-restart", incident_id=1),
+            Alert(Event.REPAIR_FAILED, Severity.WARNING, "process-restart did not help", incident_id=1),
         ],
         T0,
         failing(),
@@ -166,7 +165,7 @@ def test_a_warning_does_not_reach_a_critical_only_channel() -> None:
         mem,
         [
             opened(),
-            Alert("rollback.started", Severity.CRITICAL, "rolling back to stable-3", incident_id=1),
+            Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, "rolling back to stable-3", incident_id=1),
         ],
         T0,
         failing(),
@@ -190,7 +189,7 @@ def test_the_resolution_reaches_every_channel_that_was_told_of_the_incident() ->
     mem = Memory()
     run(
         mem,
-        [opened(), Alert("rollback.started", Severity.CRITICAL, "to stable-3", incident_id=1)],
+        [opened(), Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, "to stable-3", incident_id=1)],
         T0,
         failing(),
         routes,
@@ -202,7 +201,7 @@ def test_the_resolution_reaches_every_channel_that_was_told_of_the_incident() ->
 def test_meta_alerts_bypass_dedup() -> None:
     """A meta alert about healer itself goes out every time it is raised."""
     mem = Memory()
-    meta = Alert("meta.loop_behind", Severity.WARNING, "the loop is 3m behind", bypass_dedup=True)
+    meta = Alert(Event.META_LOOP_BEHIND, Severity.WARNING, "the loop is 3m behind", bypass_dedup=True)
     counts = [len(run(mem, [meta], T0 + timedelta(minutes=m)).entries) for m in range(3)]
     assert counts == [1, 1, 1]
 
@@ -210,7 +209,7 @@ def test_meta_alerts_bypass_dedup() -> None:
 def test_the_same_incident_event_is_said_once_per_repeat_every() -> None:
     """Observe mode's "would repair" every cycle is said once per repeat_every, not every minute."""
     mem = Memory()
-    would = Alert("repair.started", Severity.WARNING, "would run process-restart", incident_id=1)
+    would = Alert(Event.REPAIR_STARTED, Severity.WARNING, "would run process-restart", incident_id=1)
     said = [m for m in range(61) if events(run(mem, [would], T0 + timedelta(minutes=m), failing()))]
     # each saying also counts as news about the incident, so no reminder is added in between
     assert said == [0, 30, 60]
@@ -246,12 +245,12 @@ def test_plan_keeps_items_from_the_intent_in_order_and_records_them() -> None:
     """Every kept item is remembered, so the next cycle (or the next start) knows it was said."""
     plan = run(
         Memory(),
-        [opened(), Alert("healer.started", Severity.INFO, "watching abc1234")],
+        [opened(), Alert(Event.HEALER_STARTED, Severity.INFO, "watching abc1234")],
         T0,
         failing(),
     )
     assert [r.item.event for r in plan.remember] == ["incident.opened", "healer.started"]
-    assert all(isinstance(r.item, AlertItem) for r in plan.remember)
+    assert all(isinstance(r.item, Alert) for r in plan.remember)
 
 
 @pytest.mark.parametrize(
@@ -264,7 +263,7 @@ def test_plan_keeps_items_from_the_intent_in_order_and_records_them() -> None:
 )
 def test_routing_by_min_severity(severity: Severity, expected: set[tuple[str, ...]]) -> None:
     """Each channel gets alerts at or above its minimum."""
-    plan = run(Memory(), [Alert("phase.changed", severity, "phase 6-24h")], T0)
+    plan = run(Memory(), [Alert(Event.PHASE_CHANGED, severity, "phase 6-24h")], T0)
     assert {p.channels for p in plan.entries} == expected
 
 

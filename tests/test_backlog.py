@@ -13,8 +13,8 @@ from chatfakes import ChatFake, healer_config
 from helpers import commit, config_from, make_repo
 from smalldisk import SmallDisk
 
-from healer.alerts import Alerts, CycleContext
 from healer.alerts.message import NOT_RECORDED
+from healer.alerts.shell import Alerts, CycleContext
 from healer.backlog import BufferedStore
 from healer.checks import probe_context
 from healer.clock import FakeClock

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -63,3 +65,22 @@ def test_a_tcp_check_is_a_dependency_unless_it_says_app() -> None:
         Path("healer.toml"),
     )  # fmt: skip
     assert [role_of(c) for c in cfg.checks] == [Role.DEPENDENCY, Role.APP]
+
+
+def test_the_tcp_check_is_one_module_one_registry_entry_and_this_file() -> None:
+    """Adding the check touched no other code, only tests and docs: no generic module names it."""
+    root = Path(__file__).parent.parent
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    mention = re.compile(r"\btcp\b|Tcp")  # the check, not the protocol ("a TCP port")
+    named = {f for f in files if (root / f).is_file() and mention.search((root / f).read_text(errors="replace"))}
+    docs = {"README.md", "CONTRIBUTING.md", "healer.toml"}
+    # bench/frozen/: copies of older decision modules, the reference the live code is measured against;
+    # tests/: this file, and tests of features across check types that take tcp as an example
+    elsewhere = {f for f in named if f.startswith(("bench/frozen/", "tests/"))}
+    assert "tests/test_checks_tcp.py" in named
+    assert named - docs - elsewhere == {"healer/checks/tcp.py", "healer/checks/registry.py"}
+    registry_lines = [ln for ln in (root / "healer/checks/registry.py").read_text().splitlines() if mention.search(ln)]
+    assert registry_lines == ["import healer.checks.tcp as tcp", '    "tcp": CheckKind(tcp.TcpCheck, tcp.probe),']

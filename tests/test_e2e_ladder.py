@@ -313,6 +313,40 @@ def test_a_release_answering_500_is_rolled_back_once_and_the_stable_tag_serves(
     assert len(s.rows("rollback")) == 1
 
 
+def test_a_release_many_times_slower_than_the_one_before_is_rolled_back_and_history_says_latency(
+    story: Callable[..., Story],
+) -> None:
+    """Release 1.0 answers in about a millisecond through some healthy cycles (their samples are
+    its reference). Release 2.0 answers every request correctly, 300 ms later: under any ceiling
+    a user would set, and its own first cycle would be its baseline. Judged against 1.0 from its
+    first cycle, it is rolled back to stable-1, and history says latency, against what."""
+    s = story()
+    wait_until(lambda: s.healthy_cycles() >= 8, 40, "release 1.0's reference cycles")
+    slow = s.release("2.0", delay_ms=300)
+    s.stop_app()
+    s.start_app()
+    wait_until(lambda: s.rows("rollback") and s.rows("rollback")[-1]["outcome"] != "started", 90, "a rollback")
+    wait_until(lambda: s.serving() == "1.0", 30, "the stable release serving")
+    rollbacks = s.rows("rollback")
+    assert len(rollbacks) == 1 and rollbacks[0]["outcome"] == "ok", rollbacks
+    assert "http.latency" in rollbacks[0]["why"], rollbacks[0]
+    assert git(s.repo, "rev-parse", "HEAD") == git(s.repo, "rev-parse", "stable-1^{commit}")
+    slow_checks = [r for r in s.rows("check") if not r["ok"] and "http.latency" in r["what"]]
+    assert slow_checks, s.rows("check")
+    # the verdict explains itself: how slow, against which release, how sure
+    assert any(" vs " in r["detail"] and "in stable-1" in r["detail"] for r in slow_checks), [
+        r["detail"] for r in slow_checks
+    ]
+    table = healer("--config", str(s.config), "history", "--since", "1h").stdout
+    assert "in stable-1" in table, table
+    assert slow in s.bad_commits()
+    # `healer baseline` shows what the release now serving is judged against besides itself
+    shown = healer("--config", str(s.config), "baseline")
+    assert shown.returncode == 0 and "release before: stable-1" in shown.stdout, shown.stdout + shown.stderr
+    ref = json.loads(healer("--config", str(s.config), "baseline", "--json").stdout)["reference"]
+    assert ref["release"] == "stable-1" and ref["checks"]["api"]["samples"] >= 20, ref
+
+
 def test_a_release_that_crashes_at_start_is_rolled_back_and_started_on_the_stable_tag(
     story: Callable[..., Story],
 ) -> None:

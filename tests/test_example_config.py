@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from healer.config import CHECK_TYPES, Config, load_config
+from healer.config import CHANNELS, CHECK_TYPES, Config, channel_section, load_config
 
 EXAMPLE = Path(__file__).parent.parent / "healer.toml"
 # `[[checks]]` blocks: every field of every check type is documented in one of them
@@ -35,7 +35,7 @@ def _blocks() -> dict[str, str]:
 
 
 def _submodel(annotation: object) -> type[BaseModel] | None:
-    """The section model of a field (`SlackConfig | None` too); a list of tables is a key."""
+    """The section model of a field (`ServerConfig | None` too); a list of tables is a key."""
     if typing.get_origin(annotation) in (tuple, list):
         return None
     for t in (annotation, *typing.get_args(annotation)):
@@ -50,6 +50,10 @@ def _fields() -> list[tuple[str, str]]:
 
     def walk(model: type[BaseModel], section: str) -> None:
         for name, field in model.model_fields.items():
+            if name == "channels" and section == "alerts":  # [alerts.<kind>]: each channel's own model
+                for kind in CHANNELS:
+                    walk(channel_section(kind), f"alerts.{kind}")
+                continue
             if name == "path" or field.exclude:
                 continue
             sub = _submodel(field.annotation)

@@ -51,6 +51,8 @@ def reference(samples: list[float], label: str = "stable-2") -> Reference:
 
 # 60 samples around 50 ms (45..55), as 20 healthy cycles of 3 would give
 REF = reference([45 + (i * 7) % 11 for i in range(60)])
+# and around 5 ms: a release 3x slower is still only 10 ms slower
+REF_5MS = reference([4.5 + (i * 7) % 11 / 10 for i in range(60)])
 
 
 @pytest.mark.parametrize(
@@ -58,7 +60,8 @@ REF = reference([45 + (i * 7) % 11 for i in range(60)])
     [
         pytest.param((52, 48, 51), REF, True, id="same-as-before"),
         pytest.param((400, 420, 410), REF, False, id="8x-slower"),
-        pytest.param((120, 125, 130), REF, True, id="2.5x-but-under-the-100ms-floor"),
+        pytest.param((120, 125, 130), REF, False, id="2.5x-slower"),
+        pytest.param((14, 15, 16), REF_5MS, True, id="3x-but-under-the-20ms-floor"),
         pytest.param((160, 45, 170), REF, True, id="one-fast-sample-the-rank-test-disagrees"),
         pytest.param((400, 420, 410), reference([50.0] * 10), True, id="too-few-reference-samples"),
         pytest.param((), REF, True, id="no-answered-sample-this-cycle"),
@@ -219,3 +222,34 @@ async def test_the_loop_judges_a_new_deploy_against_the_release_before(
     assert api.error is not None and re.search(
         rf"in {before.commit[:12]} \(\d+×, p [<=] 0\.\d+, 3 vs \d+ samples\)", api.error
     )
+
+
+def _cycles_to_rollback(samples: tuple[float, ...], cycles: int = 8) -> int | None:
+    """Drive judge() and decide() over a new deploy whose every cycle gives `samples` against REF,
+    as the loop does; the cycle (1-based) whose decision rolls back, or None."""
+    from dataclasses import replace
+
+    from healer.decide import Situation, decide
+    from healer.model import Deploy, Rollback
+
+    deploy = Deploy(id=2, commit="b" * 40, first_seen=NOW)
+    for n in range(1, cycles + 1):
+        at = NOW + timedelta(minutes=n)
+        v = judge([http(*samples)], None, CONFIG.checks, at, reference=REF)
+        d = decide(Situation(deploy=deploy, verdict=v, now=at, previous_healthy=True), CONFIG)
+        if any(isinstance(i, Rollback) for i in d.intents):
+            return n
+        deploy = replace(
+            deploy, consecutive_failures=d.consecutive_failures, emergency_streak=d.emergency_streak,
+            open_incident=deploy.open_incident or 1,
+        )  # fmt: skip
+    return None
+
+
+def test_strong_evidence_of_a_slow_release_rolls_back_after_confirm_cycles() -> None:
+    """8x slower than the release before, every request slower than its slowest: an emergency,
+    rolled back at the second cycle (confirm_cycles); 2.5x slower is a regression too, but waits
+    for rollback_after (5); as slow as before never rolls back."""
+    assert _cycles_to_rollback((400, 420, 410)) == 2
+    assert _cycles_to_rollback((120, 125, 130)) == 5
+    assert _cycles_to_rollback((52, 48, 51)) is None

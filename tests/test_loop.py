@@ -327,7 +327,7 @@ async def test_a_rollback_that_loses_the_lock_race_says_and_holds_nothing(
     from helpers import git
 
     from healer import rollback
-    from healer.alerts import Alerts
+    from healer.alerts.shell import Alerts
     from healer.loop import AlertSink
 
     app = http_app("error500")

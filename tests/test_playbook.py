@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from healer.config import Config, parse_config
+from healer.actions.command import CommandStep
+from healer.actions.redis import RedisDeletePatternStep
+from healer.config import CHECK_TYPES, Config, parse_config
 from healer.errors import ConfigError
-from healer.playbook import CommandStep, RedisDeletePatternStep, parse_playbook, parse_playbook_text, targets
+from healer.playbook import parse_playbook, parse_playbook_text, targets
 from healer.repair import describe, known_playbooks, policies, shipped_playbooks
 
 SHIPPED = {"process-restart", "redis-flush", "connection-reset", "rate-limit-clear"}
@@ -206,8 +208,7 @@ def test_verify_must_name_a_check_or_a_check_type(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         known_playbooks(make_config(tmp_path, playbooks={"dir": "pb"}))
     assert err.value.lines() == [
-        f"{path}: verify[0]: expected a check name (api) or type "
-        "(http, process, system, redis, postgres, command, tcp), got 'apii'"
+        f"{path}: verify[0]: expected a check name (api) or type ({', '.join(CHECK_TYPES)}), got 'apii'"
     ]
 
 

@@ -18,10 +18,10 @@ import pytest
 
 from healer import processes
 from healer.actions import process as proc_actions
+from healer.actions.process import ProcessRestartStep
 from healer.checks import probe_context, run_check
 from healer.checks.process import matched, target
 from healer.config import Config, parse_config
-from healer.playbook import ProcessRestartStep
 
 # The app: a master that writes its pidfile (argv[2], when given) and starts one worker; both
 # carry the marker (argv[1]) in their command lines. SIGTERM ends the master; the worker with it.

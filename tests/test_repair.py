@@ -17,13 +17,14 @@ import pytest
 import redis.asyncio
 from services import HttpApp, RedisServer
 
+from healer.aftermath import RepairResult, ResumedRepair
 from healer.checks import probe_context
 from healer.clock import FakeClock
 from healer.config import Config, parse_config
 from healer.decide import Pause
 from healer.errors import ActionError, LockedError, UsageError
 from healer.model import ActionNote, Deploy, Outcome, Who
-from healer.repair import RepairResult, Resumed, playbook_lock, resume_interrupted, run_repair, why_not_again
+from healer.repair import playbook_lock, resume_interrupted, run_repair, why_not_again
 from healer.store import ActionRow, Store
 
 
@@ -359,7 +360,7 @@ def interrupted_row(store: Store, deploy_id: int, who: Who = Who.LOOP) -> int:
     return row
 
 
-async def resume(config: Config, store: Store, observe: bool = False) -> list[Resumed]:
+async def resume(config: Config, store: Store, observe: bool = False) -> list[ResumedRepair]:
     async with probe_context(config) as ctx:
         return await resume_interrupted(config=config, ctx=ctx, store=store, clock=FakeClock(), observe=observe)
 

@@ -1,4 +1,4 @@
-"""healer.rollback: the pure plan, and real rollbacks of real git repos with real processes."""
+"""healer.rollback: real rollbacks of real git repos with real processes (the plan: test_rollback_plan)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,13 @@ from typing import Any
 import pytest
 from helpers import healer, make_repo_with_submodule, write_config
 
-from healer import gitrepo, rollback
+from healer import gitrepo, rollback, rollback_plan
+from healer.aftermath import RollbackResult, follow_up
 from healer.checks import ProbeContext, probe_context
 from healer.clock import FakeClock
 from healer.config import Config, parse_config
 from healer.errors import GitError, LockedError
-from healer.gitrepo import TagInfo
 from healer.model import CheckResult, Outcome, Verdict, Who
-from healer.rollback import Refusal, RepoState
 from healer.store import Store
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -159,6 +158,12 @@ def deploy_bad(store: Store, repo: Repo, now: datetime = T0) -> int:
     return d.id
 
 
+def hold_after(result: RollbackResult, config: Config) -> tuple[int | None, str] | None:
+    """What the loop holds after this rollback (aftermath.follow_up): (the deploy, why), or None."""
+    then = follow_up(result, config=config)
+    return None if then.hold is None else (then.deploy_id, then.hold.reason)
+
+
 def rows(store: Store) -> list[tuple[str, str, str, str]]:
     return [(a.kind, a.name, a.who, a.outcome) for a in store.actions()]
 
@@ -172,122 +177,7 @@ def snapshot(path: Path) -> dict[str, str]:
     }
 
 
-# ---- the pure part ---------------------------------------------------------------------------
-
-
-A, B, C, H = "a" * 40, "b" * 40, "c" * 40, "f" * 40
-TAGS = (
-    TagInfo("stable-3", H, T0 + timedelta(hours=3)),
-    TagInfo("stable-2", B, T0 + timedelta(hours=2)),
-    TagInfo("stable-1", A, T0 + timedelta(hours=1)),
-)
-
-
-def state(**kw: Any) -> RepoState:
-    base: dict[str, Any] = {"repo": Path("/srv/shop"), "head": H, "tags": TAGS, "deployed": H}
-    return RepoState(**{**base, **kw})
-
-
-@pytest.mark.parametrize(
-    ("st", "who", "force", "asked", "refusal", "to_ref", "mark_bad"),
-    [
-        pytest.param(state(), Who.LOOP, False, True, None, "stable-2", True, id="newest-tag-not-head"),
-        pytest.param(state(), Who.LOOP, False, False, None, "stable-2", False, id="loop-not-suspect"),
-        pytest.param(state(bad={B: "x"}), Who.LOOP, False, True, None, "stable-1", True, id="skips-bad"),
-        pytest.param(state(deployed=B), Who.LOOP, False, True, None, "stable-1", True,
-                     id="skips-deployed"),
-        pytest.param(state(tags=()), Who.LOOP, False, True, Refusal.NO_TARGET, "", True, id="no-tags"),
-        pytest.param(state(bad={A: "x", B: "y"}), Who.LOOP, False, True, Refusal.NO_TARGET, "", True,
-                     id="only-bad-tags"),
-        pytest.param(state(to="stable-3", to_commit=H), Who.PERSON, True, False, Refusal.SAME_COMMIT,
-                     "stable-3", False, id="to-is-head"),
-        pytest.param(state(to=C, to_commit=C, bad={C: "x"}), Who.PERSON, False, False, Refusal.KNOWN_BAD,
-                     C, False, id="to-known-bad"),
-        pytest.param(state(to=C, to_commit=C, bad={C: "x"}), Who.PERSON, True, False, None, C, False,
-                     id="undo-forced-forward-marks-nothing"),
-        pytest.param(state(), Who.PERSON, False, False, None, "stable-2", False,
-                     id="person-back-marks-nothing-by-default"),
-        pytest.param(state(), Who.PERSON, False, True, None, "stable-2", True, id="person-mark-bad"),
-        pytest.param(state(changed=("app.py",)), Who.LOOP, False, True, Refusal.DIRTY, "stable-2", True,
-                     id="dirty"),
-        pytest.param(state(changed=("app.py",)), Who.PERSON, True, False, None, "stable-2", False,
-                     id="dirty-forced"),
-        pytest.param(state(repo=None), Who.PERSON, False, False, Refusal.NO_REPO, "", False, id="no-repo"),
-    ],
-)  # fmt: skip
-def test_plan_picks_a_target_or_says_why_not(
-    tmp_path: Path, st: RepoState, who: Who, force: bool, asked: bool, refusal: Refusal | None, to_ref: str,
-    mark_bad: bool,
-) -> None:  # fmt: skip
-    """The newest eligible tag, or the ref asked for; refusals name the reason; the from-commit
-    is marked bad only when asked (the loop's suspect deploy, a person's --mark-bad)."""
-    config = make_config(tmp_path, None, after=[["systemctl", "restart", "shop"]])
-    p = rollback.plan(st, config, who=who, reason="r", force=force, mark_bad=asked)
-    assert p.refusal is refusal
-    assert p.ok is (refusal is None)
-    assert bool(p.refused) is (refusal is not None)
-    assert p.to_ref == to_ref
-    assert p.mark_bad is mark_bad
-    assert p.commands == (("systemctl", "restart", "shop"),)
-    assert p.stash == (st.changed if force else ())
-
-
-def test_describe_shows_from_to_every_command_and_the_undo(tmp_path: Path) -> None:
-    """What a person confirms: the commits, the steps in order, the commands, how to undo."""
-    config = make_config(tmp_path, None, after=[["npm", "ci"], ["systemctl", "restart", "my shop"]])
-    st = state(subjects={H: "bad release", B: "release 2"}, branch="main")
-    text = rollback.describe(rollback.plan(st, config, who=Who.PERSON, reason="login broken", mark_bad=True))
-    assert "a person: login broken" in text
-    assert 'from  fffffff  "bad release"  (HEAD, branch main)' in text
-    assert 'to    stable-2  bbbbbbb  "release 2"' in text
-    assert "$ npm ci" in text and "$ systemctl restart 'my shop'" in text
-    assert text.index("check out") < text.index("mark fffffff bad") < text.index("$ npm ci")
-    assert "undo: healer rollback --to fffffff" in text
-    assert "undo: healer rollback --to fffffff --reason ... --force" in text
-    unmarked = rollback.describe(rollback.plan(st, config, who=Who.PERSON, reason="login broken"))
-    assert "leave fffffff unmarked (--mark-bad: never a rollback target again)" in unmarked
-    assert "mark fffffff bad" not in unmarked and "--force" not in unmarked
-    refused = rollback.describe(rollback.plan(state(tags=()), config, who=Who.LOOP, reason="x"))
-    assert "Refused: no stable tag to roll back to: no tag matches 'stable-*'" in refused
-
-
-@pytest.mark.parametrize(
-    ("pattern", "expected"),
-    [
-        pytest.param("stable-*", "stable-healer-20260101-180000-abcdef1", id="prefix"),
-        pytest.param("release/*-ok", "release/healer-20260101-180000-abcdef1-ok", id="suffix"),
-        pytest.param("stable", None, id="no-star"),
-        pytest.param("v[0-9]*", None, id="cannot-match"),
-    ],
-)
-def test_stable_tag_name_follows_the_glob(pattern: str, expected: str | None) -> None:
-    """The glob's part before `*`, then healer-<UTC time>-<short sha>."""
-    when = T0 + timedelta(hours=6)
-    assert rollback.stable_tag_name(pattern, "abcdef1234" + "0" * 30, when) == expected
-
-
 # ---- candidates --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("head", "deployed", "bad", "expected"),
-    [
-        pytest.param(H, H, {}, ["stable-3 is the commit checked out: not a target"], id="head"),
-        pytest.param(H, B, {}, ["stable-3 is the commit checked out: not a target",
-                                "stable-2 is the deployed commit: not a target"], id="head-and-deployed"),
-        pytest.param(C, None, {A: "rolled back from"}, [
-            "stable-1 (aaaaaaa) is known bad: rolled back from; not a target "
-            "(`healer rollback --to stable-1 --force` goes there anyway)"], id="known-bad"),
-        pytest.param(C, None, {}, [], id="nothing-hidden"),
-    ],
-)  # fmt: skip
-def test_hidden_says_why_each_tag_is_not_a_target(
-    head: str, deployed: str | None, bad: dict[str, str], expected: list[str]
-) -> None:
-    """The tag of the commit checked out, of the deployed one and known-bad ones, each with why."""
-    assert rollback.hidden(TAGS, head=head, deployed=deployed, bad=bad) == expected
-    shown = rollback.eligible(TAGS, head=head, deployed=deployed, bad=bad)
-    assert len(shown) + len(expected) == len(TAGS)
 
 
 def test_candidates_are_newest_first_without_head_or_bad_commits(repo: Repo, store: Store, tmp_path: Path) -> None:
@@ -323,7 +213,7 @@ async def test_loop_rollback_checks_out_the_newest_stable_tag_and_runs_the_after
     )  # fmt: skip
 
     assert result.ok, result.detail
-    assert result.changed and not result.held
+    assert result.changed and hold_after(result, config) is None
     assert (result.from_commit, result.to_ref, result.to_commit) == (repo.bad, "stable-2", repo.c2)
     assert repo.head == repo.c2
     assert out.read_text().splitlines() == [
@@ -435,8 +325,8 @@ async def test_a_dirty_work_tree_is_refused_unless_forced(
     assert repo.head == repo.bad and (repo.path / "app.txt").read_text() == "hotfix\n"
     assert not out.exists() and store.bad_commits() == {}
     assert rows(store) == [("rollback", "stable-2", "loop", "error")]
-    held = store.deploy(old)
-    assert held is not None and held.held is not None and "refused" in held.held  # no retry storm
+    hold = hold_after(result, config)
+    assert hold is not None and hold[0] == old and "refused" in hold[1]  # no retry storm
 
     forced = await rollback.run_rollback(
         config=config, ctx=ctx, store=store, clock=FakeClock(T0), who=Who.PERSON, reason="r",
@@ -482,8 +372,8 @@ async def test_a_rollback_that_leaves_the_tree_unclean_fails_saying_what(
     assert "but the work tree is not clean: lib (submodule not at its recorded commit); HEAD moved" in result.detail
     assert rows(store) == [("rollback", "stable-1", "loop", "failed")]
     assert not out.exists()
-    held = store.deploy(deploy.id)
-    assert held is not None and held.held is not None
+    hold = hold_after(result, config)
+    assert hold is not None and hold[0] == deploy.id
 
 
 async def test_a_refused_checkout_shows_gits_reason(repo: Repo, store: Store, tmp_path: Path, ctx_for: Any) -> None:
@@ -518,13 +408,15 @@ async def test_a_failing_after_command_stops_and_fails_the_rollback(
         config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP, mark_bad=True,
         reason="r",
     )  # fmt: skip
-    assert not result.ok and result.changed and result.held and result.commands_failed
+    assert not result.ok and result.changed and result.commands_failed
     assert out.read_text().splitlines() == [f"one {repo.path} stable-2"]
     assert "after command 2" in result.detail and "exited 3: migration 42 failed" in result.detail
     assert rows(store) == [("rollback", "stable-2", "loop", "failed")]
     assert "\n" not in store.actions()[0].detail
     new = store.current_deploy()
-    assert new is not None and new.commit == repo.c2 and new.via_rollback and new.held
+    assert new is not None and new.commit == repo.c2 and new.via_rollback
+    hold = hold_after(result, config)
+    assert hold is not None and hold[0] == new.id
     assert repo.bad in store.bad_commits()
     log = tmp_path / "state" / f"rollback-{result.action_id}.log"
     assert "migration 42 failed" in log.read_text()
@@ -627,14 +519,14 @@ async def test_two_rollbacks_started_together_one_runs_one_is_refused(
     ctx = await ctx_for(config)
     deploy_bad(store, repo)
 
-    async def go(who: Who) -> rollback.RollbackResult:
+    async def go(who: Who) -> RollbackResult:
         return await rollback.run_rollback(
             config=config, ctx=ctx, store=store, clock=FakeClock(T0), who=who, reason="r"
         )
 
     results = await asyncio.gather(go(Who.LOOP), go(Who.PERSON), return_exceptions=True)
     assert sum(isinstance(r, LockedError) for r in results) == 1
-    assert sum(isinstance(r, rollback.RollbackResult) and r.ok for r in results) == 1
+    assert sum(isinstance(r, RollbackResult) and r.ok for r in results) == 1
     assert [a.outcome for a in store.actions()] == ["ok"]
     assert repo.head == repo.c2
 
@@ -779,13 +671,14 @@ async def test_an_automatic_rollback_to_a_broken_version_holds_for_a_person(
     result = await rollback.run_rollback(
         config=config, ctx=await ctx_for(config), store=store, clock=clock, who=Who.LOOP, mark_bad=True, reason="r"
     )
-    assert not result.ok and result.changed and result.held
-    assert f"still unhealthy after {rollback.VERIFY_TRIES} tries" in result.detail
-    assert clock.now() - T0 >= timedelta(seconds=rollback.VERIFY_TRIES)  # waited between tries
+    assert not result.ok and result.changed
+    assert f"still unhealthy after {rollback_plan.VERIFY_TRIES} tries" in result.detail
+    assert clock.now() - T0 >= timedelta(seconds=rollback_plan.VERIFY_TRIES)  # waited between tries
     assert rows(store) == [("rollback", "stable-2", "loop", "failed")]
     new = store.current_deploy()
-    assert new is not None and new.via_rollback and new.held is not None
-    assert "not rolling back again" in new.held
+    assert new is not None and new.via_rollback
+    hold = hold_after(result, config)
+    assert hold is not None and hold[0] == new.id and "not rolling back again" in hold[1]
     assert [c.ok for c in store.cycles(deploy_id=new.id)] == [False]
 
     # a person's rollback to a broken version reports it and holds nothing: the person is there
@@ -793,7 +686,7 @@ async def test_an_automatic_rollback_to_a_broken_version_holds_for_a_person(
         config=config, ctx=await ctx_for(config), store=store, clock=clock, who=Who.PERSON,
         reason="r",
     )  # fmt: skip
-    assert not result.ok and not result.held and repo.head == repo.c1
+    assert not result.ok and hold_after(result, config) is None and repo.head == repo.c1
     latest = store.current_deploy()
     assert latest is not None and latest.held is None
 
@@ -810,11 +703,11 @@ async def test_a_refused_automatic_rollback_with_no_target_holds_the_deploy(
         config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.LOOP, mark_bad=True,
         reason="r",
     )  # fmt: skip
-    assert not result.ok and result.held and result.refused is not None
+    assert not result.ok and result.refused is not None
     assert result.refused.startswith("no stable tag to roll back to")
     assert rows(store) == [("rollback", "-", "loop", "error")]
-    d = store.deploy(old)
-    assert d is not None and d.held is not None and repo.head == repo.bad
+    assert hold_after(result, config) == (old, f"automatic rollback refused: {result.refused}; waiting for a person")
+    assert repo.head == repo.bad
 
 
 # ---- after a kill ----------------------------------------------------------------------------

@@ -166,11 +166,19 @@ def _group_left_behind(seconds: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sh", "-c", f"sleep {seconds} & sleep {seconds}; wait"], start_new_session=True)
 
 
+def _wait_members(pgid: int, n: int) -> None:
+    """Until `n` processes of the group run: sh forks its sleepers after Popen returns."""
+    deadline = time.monotonic() + 30
+    while len(runner.group_members(pgid)) < n:
+        assert time.monotonic() < deadline, f"process group {pgid} never had {n} members"
+        time.sleep(0.02)
+
+
 async def test_outlast_waits_for_a_group_that_ends() -> None:
     """A group left running that ends within the wait is waited for, not killed."""
-    group = _group_left_behind(0.5)
+    group = _group_left_behind(2)
     try:
-        assert len(runner.group_members(group.pid)) >= 2
+        _wait_members(group.pid, 3)
         ended = await runner.outlast(group.pid, timedelta(seconds=30))
         assert ended is not None and not ended.killed
         assert runner.group_members(group.pid) == []

@@ -14,12 +14,12 @@ from helpers import config_from
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from healer.alerts.message import AlertItem, AlertMessage
+from healer.alerts.message import AlertMessage
 from healer.alerts.outbox import Outbox
 from healer.cli import status_data
 from healer.clock import SystemClock
 from healer.config import Config
-from healer.model import CheckResult, Outcome, Severity, Verdict, Who
+from healer.model import Alert, CheckResult, Event, Outcome, Severity, Verdict, Who
 from healer.notify import Liveness
 from healer.server import OpsServer, parse_listen, start_server
 from healer.store import CycleUpdate, Store
@@ -97,7 +97,7 @@ def _fill(config: Config, now: datetime) -> None:
         store.close()
     outbox = Outbox(config.db_path)
     try:
-        msg = AlertMessage((AlertItem("incident.opened", Severity.WARNING, "api failing"),), "shop-api", now)
+        msg = AlertMessage((Alert(Event.INCIDENT_OPENED, Severity.WARNING, "api failing"),), "shop-api", now)
         first = outbox.enqueue(msg, ["log", "slack"])
         outbox.enqueue(msg, ["log", "slack"])
         outbox.mark_delivered(first, "log", now)

@@ -9,7 +9,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from healer.model import CheckResult, Verdict, Who
+import pytest
+
+from healer.model import CheckResult, Deploy, DeployState, Verdict, Who
 from healer.store import CycleUpdate, Store
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -55,6 +57,49 @@ def test_cycles_keep_their_cause_and_next_step_and_the_first_settled_healthy_cyc
         rows = store.cycles()
         assert [(c.ok, c.cause) for c in rows] == [(True, None), (False, "deploy"), (True, None)]
         assert rows[1].to_json()["cause"] == "deploy" and rows[1].next_step == "watching"
+
+
+def test_a_deploy_goes_from_new_to_healthy_to_stable_and_a_rolled_back_commit_stays_bad(tmp_path: Path) -> None:
+    """The lifecycle is read from what is stored: the first settled healthy cycle, the stable tag,
+    the hold, and the commit marked bad, which a later deploy of the same commit inherits."""
+    with Store(tmp_path / "healer.db") as store:
+        d, _ = store.ensure_deploy("a" * 40, T0)
+
+        def state() -> DeployState:
+            now = store.deploy(d.id)
+            assert now is not None
+            return now.state
+
+        assert state() is DeployState.NEW
+        store.record_cycle(d.id, verdict(True, T0), Who.LOOP, update())
+        assert state() is DeployState.HEALTHY
+        store.set_stable_tag(d.id, "stable-1")
+        assert state() is DeployState.STABLE
+        store.set_held(d.id, "the rolled-back version is failing too")
+        assert state() is DeployState.HELD
+        store.mark_bad("a" * 40, "5 consecutive failing cycles", T0 + timedelta(hours=1))
+        assert state() is DeployState.BAD
+        assert [x.bad for x in store.deploys()] == ["5 consecutive failing cycles"]
+        store.ensure_deploy("b" * 40, T0 + timedelta(hours=2))
+        again, new = store.ensure_deploy("a" * 40, T0 + timedelta(hours=3))
+        assert new and again.state is DeployState.BAD
+        assert [x.state for x in store.deploys()] == [DeployState.BAD, DeployState.NEW, DeployState.BAD]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        pytest.param({}, DeployState.NEW, id="new"),
+        pytest.param({"healthy_at": T0}, DeployState.HEALTHY, id="healthy"),
+        pytest.param({"healthy_at": T0, "stable_tag": "stable-1"}, DeployState.STABLE, id="stable"),
+        pytest.param({"stable_tag": "stable-1", "held": "why"}, DeployState.HELD, id="held-wins-over-stable"),
+        pytest.param({"held": "why", "bad": "rolled back"}, DeployState.BAD, id="bad-wins-over-held"),
+        pytest.param({"via_rollback": True}, DeployState.NEW, id="a-rollbacks-result-starts-new"),
+    ],
+)
+def test_the_deploy_state_is_derived_from_its_fields(fields: dict[str, object], expected: DeployState) -> None:
+    """BAD wins over HELD, HELD over STABLE, STABLE over HEALTHY; how it came is not a state."""
+    assert Deploy(id=1, commit="a" * 40, first_seen=T0, **fields).state is expected  # type: ignore[arg-type]
 
 
 def test_a_database_from_an_older_healer_gains_the_new_columns(tmp_path: Path) -> None:

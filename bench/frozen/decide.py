@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from bench.frozen.ladder import Attribution, Cause, Spacing, attribute, deploy_grace, next_run_at, restart_failed
-from healer.config import Config, HttpCheck, SystemCheck
+from healer.checks.http import HttpCheck
+from healer.checks.system import SystemCheck
+from healer.config import Config
 from healer.model import (
     Alert,
     Deploy,

@@ -15,13 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from healer.config import (
-    CheckConfig,
-    HttpCheck,
-    PostgresCheck,
-    ProcessCheck,
-    RedisCheck,
-)
+from healer.checks.http import HttpCheck
+from healer.checks.postgres import PostgresCheck
+from healer.checks.process import ProcessCheck
+from healer.checks.redis import RedisCheck
+from healer.config import CheckConfig
 from healer.model import Baseline, CheckResult, Verdict
 
 

@@ -15,14 +15,17 @@ import shutil
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from healer import runner
-from healer.config import Config, format_duration
 from healer.errors import ActionError
-from healer.playbook import CommandStep
 from healer.runner import Finished
+from healer.schema import Argv, PositiveDuration, RelPath, StepBase, format_duration
 
-__all__ = ["Finished", "StepTimedOut", "plan", "resolve", "run", "run_argv", "show_argv"]
+if TYPE_CHECKING:
+    from healer.config import Config
+
+__all__ = ["CommandStep", "Finished", "StepTimedOut", "plan", "resolve", "run", "run_argv", "show_argv"]
 
 
 class StepTimedOut(ActionError):
@@ -82,6 +85,15 @@ async def run_argv(
 
 
 # ---- the `command` step ----------------------------------------------------------------------
+
+
+class CommandStep(StepBase):
+    """Run an argv (never a shell string); a non-zero exit is an error."""
+
+    action: Literal["command"]
+    timeout: PositiveDuration = timedelta(seconds=60)
+    argv: Argv
+    cwd: RelPath | None = None  # relative to the playbook file; default the directory of healer.toml
 
 
 def _cwd(step: CommandStep, config: Config) -> Path:

@@ -12,17 +12,30 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from healer import pg
-from healer.config import Config, PostgresConfig, format_duration, read_secret
 from healer.errors import ActionError
-from healer.playbook import PostgresTerminateStep
+from healer.schema import Duration, PositiveDuration, StepBase, format_duration, read_secret
+
+if TYPE_CHECKING:
+    from healer.config import Config, PostgresConfig
 
 # pg_terminate_backend(pid, timeout): wait this long for each backend to exit (PostgreSQL 14+).
 TERMINATE_WAIT_MS = 1000
 
 _STUCK_STATES = ("idle in transaction", "idle in transaction (aborted)")
+
+
+class PostgresTerminateStep(StepBase):
+    """Terminate the app's backends (never other applications', superusers' or healer's own).
+
+    `terminate` and `idle_in_transaction` override the `[postgres]` settings.
+    """
+
+    action: Literal["postgres.terminate_backends"]
+    timeout: PositiveDuration = timedelta(seconds=30)
+    terminate: Literal["stuck", "all"] | None = None
+    idle_in_transaction: Duration | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +137,15 @@ def plan(step: PostgresTerminateStep, config: Config) -> str:
     )
 
 
-async def terminate_backends(step: PostgresTerminateStep, config: Config) -> str:
+async def terminate_backends(step: PostgresTerminateStep, config: Config, *, playbook: str = "") -> str:
     """End the app's backends selected by the filter; returns how many and which.
 
     1. Refuse without application_name; read the DSN from `dsn_env`.
     2. Connect as application "healer" (autocommit, statement_timeout).
     3. In one statement, select the backends and pg_terminate_backend() each.
     """
+    from healer import pg  # the driver: here, not with the playbooks (healer/actions/registry.py)
+
     pc = _section(config)
     f = _filter(step, pc)
     try:

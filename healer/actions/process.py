@@ -25,19 +25,21 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+from pydantic import Field
 
-from healer import processes
 from healer.actions.command import resolve, run_argv, show_argv
-from healer.config import Config, ProcessConfig, format_duration
 from healer.errors import ActionError
 from healer.files import make_private, private_dir
-from healer.playbook import ProcessReloadStep, ProcessRestartStep
-from healer.processes import Found
+from healer.schema import PositiveDuration, StepBase, format_duration
+
+if TYPE_CHECKING:
+    from healer.config import Config, ProcessConfig
+    from healer.processes import Found
 
 _POLL = 0.1
 _KILL_WAIT = 5.0
@@ -59,6 +61,27 @@ p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out, stderr=
                      start_new_session=True, close_fds=True)
 print(p.pid, flush=True)
 """
+
+
+class ProcessRestartStep(StepBase):
+    """Restart the app through `[process] manager` (or stop and start it, manager = "command")."""
+
+    action: Literal["process.restart"]
+    timeout: PositiveDuration = timedelta(seconds=90)
+
+
+class ProcessReloadStep(StepBase):
+    """Ask the app to reload (reopen its pools) through the manager, or with a signal.
+
+    `signal` overrides `[process] reload_signal`. With neither a manager that can reload nor
+    a signal, the step is skipped and says so.
+    """
+
+    action: Literal["process.reload"]
+    timeout: PositiveDuration = timedelta(seconds=30)
+    signal: Annotated[str, Field(pattern=r"^(SIG)?[A-Z0-9]+$")] | None = None
+
+    hints: ClassVar[Mapping[str, str]] = {"signal": 'expected a signal name like "SIGHUP"'}
 
 
 def _section(config: Config, action: str) -> ProcessConfig:
@@ -172,6 +195,8 @@ def _signal(name: str) -> signal.Signals:
 def _find(pc: ProcessConfig, state_dir: Path) -> list[Found]:
     """The app's processes by healer/processes.py's rule, the one the process check applies
     (blocking: run in a thread)."""
+    from healer import processes  # psutil: here, not with the playbooks (healer/actions/registry.py)
+
     found, _ = processes.find(pc.match, pc.pidfile, None, state_dir)
     return found
 
@@ -179,6 +204,10 @@ def _find(pc: ProcessConfig, state_dir: Path) -> list[Found]:
 def _signal_all(found: Sequence[Found], sig: signal.Signals, state_dir: Path) -> None:
     """Send `sig` to each process that is still the one found (psutil checks PID reuse) and
     is not healer (asked again: one may have started since it was found)."""
+    import psutil  # type: ignore[import-untyped]  # here, not with the playbooks (healer/actions/registry.py)
+
+    from healer import processes
+
     excluded = processes.protected(state_dir)
     for f in found:
         if f.pid in excluded:
@@ -198,6 +227,8 @@ def _signal_all(found: Sequence[Found], sig: signal.Signals, state_dir: Path) ->
 
 
 def _still_alive(found: Sequence[Found]) -> list[Found]:
+    from healer import processes  # psutil: here, not with the playbooks (healer/actions/registry.py)
+
     return [f for f in found if processes.alive(f)]
 
 
@@ -216,7 +247,7 @@ async def _wait_gone(found: Sequence[Found], timeout: float) -> list[Found]:
 # ---- the actions -------------------------------------------------------------------------------
 
 
-async def restart(step: ProcessRestartStep, config: Config) -> str:
+async def restart(step: ProcessRestartStep, config: Config, *, playbook: str = "") -> str:
     """Restart the app through its manager, or stop and start it (manager = "command")."""
     pc = _section(config, "process.restart")
     if pc.manager != "command":
@@ -296,6 +327,10 @@ async def _launch(config: Config, argv: Sequence[str], cwd: Path) -> int:
 
 async def _confirm(pc: ProcessConfig, old: Sequence[Found], started: int, config: Config) -> list[Found]:
     """Wait up to `start_timeout` for a new process of the app (one not among `old`)."""
+    import psutil  # here, not with the playbooks (healer/actions/registry.py)
+
+    from healer import processes
+
     old_ids = set(old)
     deadline = time.monotonic() + pc.start_timeout.total_seconds()
     started_gone_at: float | None = None
@@ -331,7 +366,7 @@ async def _confirm(pc: ProcessConfig, old: Sequence[Found], started: int, config
         await asyncio.sleep(_POLL * 2)
 
 
-async def reload(step: ProcessReloadStep, config: Config) -> str:
+async def reload(step: ProcessReloadStep, config: Config, *, playbook: str = "") -> str:
     """Ask the app to reopen its pools: `[process] reload_signal` to its processes, or the
     manager's reload; skipped (and said so) when neither is configured."""
     how = _reload_how(step, config)

@@ -20,16 +20,21 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
-import redis.asyncio
-from redis.exceptions import RedisError
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
 
 from healer.checks.redis import client_options
-from healer.config import Config, RedisConfig, read_secret
 from healer.errors import ActionError
 from healer.logging import redact
-from healer.playbook import RedisDeletePatternStep, RedisFlushStep
+from healer.schema import PositiveDuration, StepBase, read_secret
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+    from healer.config import Config, RedisConfig
 
 # SCAN's COUNT: the hash-table slots Redis looks at per step, so also about the most keys one
 # UNLINK removes.
@@ -59,6 +64,36 @@ _AIMED = re.compile(r"[^*?\[\\]+:")
 _OPT_IN = "set [redis] allow_broad_patterns = true to allow it"
 
 _T = TypeVar("_T")
+
+
+def _not_everything(p: str) -> str:
+    """A pattern that is nothing but wildcards would clear the whole database."""
+    if not p.strip("*?"):
+        raise PydanticCustomError(
+            "pattern", 'expected a key pattern with a fixed part like "ratelimit:*", got {got} (it matches every key)',
+            {"got": f'"{p}"'},
+        )  # fmt: skip
+    return p
+
+
+KeyPattern = Annotated[str, Field(min_length=1), AfterValidator(_not_everything)]
+
+
+class RedisFlushStep(StepBase):
+    """`FLUSHDB ASYNC` on `[redis] cache_db`, or SCAN + UNLINK of `[redis] cache_patterns`."""
+
+    action: Literal["redis.flush_cache"]
+    timeout: PositiveDuration = timedelta(seconds=60)
+
+
+class RedisDeletePatternStep(StepBase):
+    """SCAN + UNLINK of the keys matching `patterns` (default `[redis] rate_limit_patterns`)
+    in database `db` (default the one in `[redis] url`)."""
+
+    action: Literal["redis.delete_pattern"]
+    timeout: PositiveDuration = timedelta(seconds=60)
+    patterns: Annotated[tuple[KeyPattern, ...], Field(min_length=1)] | None = None
+    db: Annotated[int, Field(ge=0, le=15)] | None = None
 
 
 def _section(config: Config, action: str) -> RedisConfig:
@@ -117,6 +152,8 @@ def _patterns_key(step: RedisDeletePatternStep) -> str:
 
 
 def _url_db(rc: RedisConfig) -> int:
+    import redis.asyncio  # here, not with the playbooks (healer/actions/registry.py)
+
     pool = redis.asyncio.ConnectionPool.from_url(rc.url)
     return int(pool.connection_kwargs.get("db") or 0)
 
@@ -300,7 +337,7 @@ def plan_delete(step: RedisDeletePatternStep, config: Config) -> str:
 # ---- the actions -------------------------------------------------------------------------------
 
 
-async def flush_cache(step: RedisFlushStep, config: Config) -> str:
+async def flush_cache(step: RedisFlushStep, config: Config, *, playbook: str = "") -> str:
     """Empty the cache: SCAN + UNLINK of `cache_patterns` when set (in `cache_db`, else the
     url's database; refused when they take most of the keyspace), else `FLUSHDB ASYNC` on
     `cache_db` (refused when it is the url's database). Returns what was cleared."""
@@ -323,7 +360,7 @@ async def flush_cache(step: RedisFlushStep, config: Config) -> str:
     return f"flushed {_keys(n)} from db {rc.cache_db} (FLUSHDB ASYNC)"
 
 
-async def delete_pattern(step: RedisDeletePatternStep, config: Config) -> str:
+async def delete_pattern(step: RedisDeletePatternStep, config: Config, *, playbook: str = "") -> str:
     """SCAN + UNLINK of the keys matching the step's patterns (default `rate_limit_patterns`);
     refused when they take most of the keyspace."""
     rc = _section(config, "redis.delete_pattern")
@@ -374,6 +411,9 @@ async def _unlink_matching(r: redis.asyncio.Redis, patterns: Sequence[str]) -> i
 async def _guarded(rc: RedisConfig, db: int, work: Callable[[redis.asyncio.Redis], Awaitable[_T]]) -> _T:
     """Open a connection to database `db` (never the url's, unless it is the same), run
     `work(client)`, close, and turn Redis' errors into ActionError without the password."""
+    import redis.asyncio  # here, not with the playbooks (healer/actions/registry.py)
+    from redis.exceptions import RedisError
+
     secret = read_secret(rc.password_env)
     password = secret.reveal() if secret else None
     pool = redis.asyncio.ConnectionPool.from_url(rc.url, **client_options(password, rc.timeout.total_seconds()))

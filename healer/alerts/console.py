@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from healer.alerts.message import AlertMessage, render_text
-from healer.config import format_elapsed
+from healer.config import ChannelSection, format_elapsed
 from healer.logging import log_event
 from healer.model import Severity
 
@@ -22,6 +22,10 @@ _LEVELS = {
     Severity.WARNING: logging.WARNING,
     Severity.CRITICAL: logging.ERROR,
 }
+
+
+class Section(ChannelSection):
+    """`[alerts.log]`: only the minimum severity; the channel is there without the table too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +49,8 @@ class LogChannel:
             delayed=None if delayed is None else format_elapsed(delayed),
             text=render_text(message, delayed=delayed),
         )
+
+
+def channels(section: Section, *, timeout: timedelta) -> list[LogChannel]:
+    """The log channel for `[alerts.log]` (a log line takes no `timeout`)."""
+    return [LogChannel(section.severity)]

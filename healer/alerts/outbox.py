@@ -30,21 +30,13 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from healer.alerts.message import (
-    INCIDENT_FLAPPING,
-    INCIDENT_OPENED,
-    INCIDENT_RESOLVED,
-    META_CHANNEL_FAILING,
-    AlertItem,
-    AlertMessage,
-    delay_of,
-)
+from healer.alerts.message import AlertMessage, delay_of
 from healer.alerts.pipeline import AlertMemory, AlertPlan, IncidentMemory, Route
 from healer.clock import Clock, SystemClock
 from healer.config import format_elapsed
 from healer.errors import DeliveryError, StoreError
 from healer.logging import log_event
-from healer.model import Severity
+from healer.model import Alert, Event, Severity
 from healer.redact import redact
 from healer.store import connect, write_transaction
 
@@ -172,7 +164,7 @@ class AlertRecord:
 
     id: int
     created_at: datetime
-    event: str
+    event: Event
     severity: Severity
     title: str
     incident_id: int | None
@@ -242,7 +234,7 @@ class Outbox:
         """
         ids: list[int] = []
         with self._write() as db:
-            by_item: dict[AlertItem, int] = {}
+            by_item: dict[Alert, int] = {}
             for n, p in enumerate(plan.entries):
                 if not p.channels:
                     continue
@@ -432,7 +424,7 @@ class Outbox:
             AlertRecord(
                 id=r[0],
                 created_at=_dt(r[1]),
-                event=r[2],
+                event=Event(r[2]),
                 severity=Severity[r[3].upper()],
                 title=r[4],
                 incident_id=r[5],
@@ -450,10 +442,10 @@ class Outbox:
         ):
             m = incidents.get(inc, IncidentMemory())
             severity = Severity[sev.upper()]
-            opened = m.opened or (event == INCIDENT_OPENED and not muted)
-            is_muted = m.muted or (event == INCIDENT_OPENED and bool(muted))
-            resolved = m.resolved or event == INCIDENT_RESOLVED
-            top = m.severity if event == INCIDENT_RESOLVED else max(m.severity, severity)
+            opened = m.opened or (event == Event.INCIDENT_OPENED and not muted)
+            is_muted = m.muted or (event == Event.INCIDENT_OPENED and bool(muted))
+            resolved = m.resolved or event == Event.INCIDENT_RESOLVED
+            top = m.severity if event == Event.INCIDENT_RESOLVED else max(m.severity, severity)
             incidents[inc] = IncidentMemory(opened, is_muted, resolved, _dt(at), top)
         cut = _ts(now - repeat_every)
         recent = {
@@ -469,10 +461,10 @@ class Outbox:
             _dt(r[0])
             for r in self._read(
                 "SELECT at FROM alert_items WHERE at > ? AND event = ? ORDER BY id",
-                (cut, INCIDENT_OPENED),
+                (cut, Event.INCIDENT_OPENED),
             )
         )
-        flap = self._read("SELECT MAX(at) FROM alert_items WHERE event = ?", (INCIDENT_FLAPPING,))
+        flap = self._read("SELECT MAX(at) FROM alert_items WHERE event = ?", (Event.INCIDENT_FLAPPING,))
         return AlertMemory(
             incidents=incidents,
             recent=recent,
@@ -772,8 +764,8 @@ class Sender:
         if self._outage[ch.name] or (n < self.failing_after and not permanent):
             return
         self._outage[ch.name] = True
-        item = AlertItem(
-            META_CHANNEL_FAILING,
+        item = Alert(
+            Event.META_CHANNEL_FAILING,
             Severity.WARNING,
             f"{ch.kind} alerts are not getting through",
             f"{ch.name}: {n} attempt{'s' if n != 1 else ''} failed, last: {error}. "

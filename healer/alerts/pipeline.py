@@ -29,16 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from healer.alerts.message import (
-    INCIDENT_FLAPPING,
-    INCIDENT_OPENED,
-    INCIDENT_REMINDER,
-    INCIDENT_RESOLVED,
-    AlertItem,
-    AlertMessage,
-)
+from healer.alerts.message import AlertMessage
 from healer.config import format_elapsed
-from healer.model import Alert, Severity
+from healer.model import Alert, Event, Severity
 
 FLAP_LIMIT = 3  # incident openings announced per repeat_every; more is flapping
 DEFAULT_REPEAT_EVERY = timedelta(minutes=30)
@@ -94,7 +87,7 @@ class AlertMemory:
 class Remembered:
     """One item to write to the memory (the outbox's item table)."""
 
-    item: AlertItem
+    item: Alert
     muted: bool = False  # not sent: folded into a flapping notice
 
 
@@ -112,7 +105,7 @@ class AlertPlan:
 
     entries: tuple[Planned, ...]
     remember: tuple[Remembered, ...]
-    dropped: tuple[tuple[AlertItem, str], ...] = ()  # (item, why), for the log
+    dropped: tuple[tuple[Alert, str], ...] = ()  # (item, why), for the log
 
 
 @dataclass(slots=True)
@@ -123,12 +116,12 @@ class _State:
     last_flapping_at: datetime | None
 
 
-def _key(i: AlertItem) -> DedupKey:
+def _key(i: Alert) -> DedupKey:
     return (i.event, i.incident_id, i.title)
 
 
 def plan_alerts(
-    intents: Sequence[Alert | AlertItem],
+    intents: Sequence[Alert],
     *,
     context: CycleContext,
     memory: AlertMemory,
@@ -138,29 +131,28 @@ def plan_alerts(
 ) -> AlertPlan:
     """Deduplicate, group and route one cycle's alerts (the rules are in the module docstring)."""
     st = _State(dict(memory.incidents), dict(memory.recent), list(memory.openings), memory.last_flapping_at)
-    kept: list[AlertItem] = []
+    kept: list[Alert] = []
     remember: list[Remembered] = []
-    dropped: list[tuple[AlertItem, str]] = []
+    dropped: list[tuple[Alert, str]] = []
 
-    def keep(i: AlertItem) -> None:
+    def keep(i: Alert) -> None:
         kept.append(i)
         remember.append(Remembered(i))
         st.recent[_key(i)] = now
         if i.incident_id is not None:
             m = st.incidents.get(i.incident_id, IncidentMemory())
-            sev = m.severity if i.event == INCIDENT_RESOLVED else max(m.severity, i.severity)
+            sev = m.severity if i.event == Event.INCIDENT_RESOLVED else max(m.severity, i.severity)
             st.incidents[i.incident_id] = replace(m, last_at=now, severity=sev)
 
     def recently(at: datetime | None) -> bool:
         return at is not None and now - at < repeat_every
 
-    for raw in intents:
-        i = raw if isinstance(raw, AlertItem) else AlertItem.from_intent(raw)
+    for i in intents:
         inc = i.incident_id
         mem = st.incidents.get(inc, IncidentMemory()) if inc is not None else IncidentMemory()
         if i.bypass_dedup:
             keep(i)
-        elif i.event == INCIDENT_OPENED and inc is not None:
+        elif i.event == Event.INCIDENT_OPENED and inc is not None:
             if mem.opened or mem.muted:
                 dropped.append((i, "already announced"))
                 continue
@@ -176,7 +168,7 @@ def plan_alerts(
                 continue
             keep(i)
             st.incidents[inc] = replace(st.incidents[inc], opened=True)
-        elif i.event == INCIDENT_RESOLVED and inc is not None:
+        elif i.event == Event.INCIDENT_RESOLVED and inc is not None:
             if mem.resolved:
                 dropped.append((i, "already announced"))
                 continue
@@ -187,7 +179,7 @@ def plan_alerts(
                 continue
             keep(i)
             st.incidents[inc] = replace(st.incidents[inc], resolved=True)
-        elif i.event == INCIDENT_REMINDER and inc is not None:
+        elif i.event == Event.INCIDENT_REMINDER and inc is not None:
             if mem.resolved:
                 dropped.append((i, "resolved"))
             elif recently(mem.last_at):
@@ -226,25 +218,25 @@ def with_remembered(
         if i.incident_id is not None:
             m = incidents.get(i.incident_id, IncidentMemory())
             incidents[i.incident_id] = IncidentMemory(
-                opened=m.opened or (i.event == INCIDENT_OPENED and not r.muted),
-                muted=m.muted or (i.event == INCIDENT_OPENED and r.muted),
-                resolved=m.resolved or i.event == INCIDENT_RESOLVED,
+                opened=m.opened or (i.event == Event.INCIDENT_OPENED and not r.muted),
+                muted=m.muted or (i.event == Event.INCIDENT_OPENED and r.muted),
+                resolved=m.resolved or i.event == Event.INCIDENT_RESOLVED,
                 last_at=at,
-                severity=m.severity if i.event == INCIDENT_RESOLVED else max(m.severity, i.severity),
+                severity=m.severity if i.event == Event.INCIDENT_RESOLVED else max(m.severity, i.severity),
             )
         if now - at < repeat_every:
             if not r.muted:
                 recent[_key(i)] = max(at, recent.get(_key(i), at))
-            if i.event == INCIDENT_OPENED:
+            if i.event == Event.INCIDENT_OPENED:
                 openings.append(at)
-        if i.event == INCIDENT_FLAPPING and (flapping is None or at > flapping):
+        if i.event == Event.INCIDENT_FLAPPING and (flapping is None or at > flapping):
             flapping = at
     return AlertMemory(incidents=incidents, recent=recent, openings=tuple(openings), last_flapping_at=flapping)
 
 
-def _flapping_item(count: int, repeat_every: timedelta) -> AlertItem:
-    return AlertItem(
-        INCIDENT_FLAPPING,
+def _flapping_item(count: int, repeat_every: timedelta) -> Alert:
+    return Alert(
+        Event.INCIDENT_FLAPPING,
         Severity.WARNING,
         f"{count} incidents opened within {format_elapsed(repeat_every)}",
         "The checks keep failing and recovering. Further openings and resolutions are not "
@@ -252,7 +244,7 @@ def _flapping_item(count: int, repeat_every: timedelta) -> AlertItem:
     )
 
 
-def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: timedelta) -> AlertItem | None:
+def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: timedelta) -> Alert | None:
     """A reminder for the context's open incident when it has been quiet for `repeat_every`."""
     inc = ctx.incident_id
     if inc is None:
@@ -264,8 +256,8 @@ def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: ti
     title = ctx.summary or "the incident is still open"
     if ctx.cause:
         title += f" — likely cause: {ctx.cause}"
-    return AlertItem(
-        INCIDENT_REMINDER,
+    return Alert(
+        Event.INCIDENT_REMINDER,
         max(Severity.WARNING, mem.severity),
         title,
         detail,
@@ -274,7 +266,7 @@ def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: ti
 
 
 def _route(
-    kept: Sequence[AlertItem],
+    kept: Sequence[Alert],
     ctx: CycleContext,
     routes: Sequence[Route],
     now: datetime,
@@ -285,14 +277,14 @@ def _route(
     resolution's own severity: people told that something broke are told that it recovered."""
     told = incidents or {}
 
-    def reaches(i: AlertItem, r: Route) -> bool:
+    def reaches(i: Alert, r: Route) -> bool:
         if i.severity >= r.min_severity:
             return True
-        if i.event == INCIDENT_RESOLVED and i.incident_id is not None and i.incident_id in told:
+        if i.event == Event.INCIDENT_RESOLVED and i.incident_id is not None and i.incident_id in told:
             return told[i.incident_id].severity >= r.min_severity
         return False
 
-    groups: dict[tuple[AlertItem, ...], list[str]] = {}
+    groups: dict[tuple[Alert, ...], list[str]] = {}
     for r in routes:
         items = tuple(i for i in kept if reaches(i, r))
         if items:

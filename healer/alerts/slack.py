@@ -1,9 +1,12 @@
-"""The Slack channel: an incoming webhook, or a bot token posting to a channel (I/O).
+"""The Slack channel: `[alerts.slack]`, the Block Kit rendering, and the sender (I/O).
 
-The only module that imports slack_sdk. Its sync clients run in a worker thread (the async ones
-need aiohttp, which slack-sdk does not install). Their retry handlers are switched off: the
-sender retries with tenacity and honours Retry-After itself, without blocking a thread.
-A webhook answers 429 without raising, so the status code is read, not caught.
+Posts through an incoming webhook, or a bot token posting to a channel. The only module that
+imports slack_sdk, and only when it sends: healer.toml's validation imports this module for
+`Section`, and a command that sends nothing must not pay for the SDK. Its sync clients run in a
+worker thread (the async ones need aiohttp, which slack-sdk does not install). Their retry
+handlers are switched off: the sender retries with tenacity and honours Retry-After itself,
+without blocking a thread. A webhook answers 429 without raising, so the status code is read,
+not caught.
 
 The webhook URL and the token are secrets: every error text is redacted (healer/redact.py), which
 masks them, their parts (the webhook's path) and anything shaped like a token.
@@ -19,16 +22,30 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackRequestError
-from slack_sdk.webhook import WebhookClient
+from pydantic import model_validator
+from pydantic_core import PydanticCustomError
 
-from healer.alerts.message import AlertMessage, slack_payload
-from healer.config import Secret, SlackConfig, read_secret
+from healer.alerts.message import (
+    TRUNCATED,
+    AlertMessage,
+    clip,
+    context_lines,
+    fit_escaped,
+    footer,
+    heading,
+    item_line,
+    render_text,
+)
+from healer.config import ChannelSection, Secret, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
 from healer.redact import REDACTOR, add_secrets, redact
+from healer.schema import EnvName
 
+# Block Kit limits: https://api.slack.com/reference/block-kit/blocks
+SLACK_HEADER_MAX = 150
+SLACK_SECTION_MAX = 3000
+SLACK_TEXT_MAX = 4000  # the fallback; Slack itself cuts at 40,000
 DEFAULT_API_URL = "https://slack.com/api/"
 DEFAULT_RETRY_AFTER = 30.0  # seconds, when a 429 does not say
 NOT_CONFIGURED_RETRY = 900.0  # a missing secret will not appear by itself: look again in 15 minutes
@@ -36,6 +53,69 @@ NOT_CONFIGURED_RETRY = 900.0  # a missing secret will not appear by itself: look
 _TRANSIENT_API_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
+
+
+class Section(ChannelSection):
+    """`[alerts.slack]`: a webhook (`webhook_url_env`), or a bot token and the channel to post to."""
+
+    webhook_url_env: EnvName | None = None
+    token_env: EnvName | None = None  # a bot token, posting to `channel`
+    channel: str | None = None
+    api_url: str | None = None  # Web API base URL; default the public one
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Section:
+        if not (self.webhook_url_env or self.token_env):
+            raise PydanticCustomError(
+                "channel", "webhook_url_env: expected webhook_url_env or token_env (+ channel)", {}
+            )
+        if self.token_env and not self.channel and not self.webhook_url_env:
+            raise PydanticCustomError("channel", "channel: expected the channel to post to with token_env", {})
+        return self
+
+
+# ---- rendering (pure) ------------------------------------------------------------------------
+
+
+def slack_escape(text: str) -> str:
+    """Escape the three characters Slack mrkdwn treats as control characters.
+
+    https://api.slack.com/reference/surfaces/formatting#escaping — and only those three.
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_clip(raw: str, limit: int) -> str:
+    """Escape `raw` and keep the result within `limit` characters, never cutting an entity."""
+    out = slack_escape(raw)
+    if len(out) <= limit:
+        return out
+    cut = fit_escaped(raw, limit - len(TRUNCATED), slack_escape, len)
+    return slack_escape(cut) + TRUNCATED
+
+
+def slack_payload(msg: AlertMessage, *, delayed: timedelta | None = None) -> dict[str, Any]:
+    """Block Kit blocks (header, what happened, other events, context) + a `text` fallback."""
+    head = clip(heading(msg, delayed), SLACK_HEADER_MAX)
+    main = f"*{slack_escape(clip(msg.title, 500))}*"
+    if msg.note:
+        main = f"_{slack_escape(msg.note)}_\n{main}"
+    if msg.detail.strip():
+        room = SLACK_SECTION_MAX - len(main) - 1
+        main += "\n" + _slack_clip(msg.detail.strip(), room)
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": head, "emoji": True}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": main}},
+    ]
+    if msg.others:
+        listed = "\n".join(item_line(i) for i in msg.others)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_clip(listed, SLACK_SECTION_MAX)}})
+    context = [*context_lines(msg), footer(msg)]
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _slack_clip(c, 2000)} for c in context]})
+    return {"text": clip(render_text(msg, delayed=delayed), SLACK_TEXT_MAX), "blocks": blocks}
+
+
+# ---- sending ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +159,8 @@ class SlackChannel:
         return DeliveryError(text, permanent=permanent, retry_after=retry_after)
 
     def _post(self, payload: dict[str, Any]) -> None:
+        from slack_sdk.errors import SlackRequestError  # only when sending: see the module docstring
+
         timeout = max(1, math.ceil(self.timeout.total_seconds()))
         try:
             if self.webhook_url is not None:
@@ -100,6 +182,8 @@ class SlackChannel:
             raise self._fail(f"cannot send: {type(e).__name__}: {e}") from None
 
     def _post_webhook(self, payload: dict[str, Any], timeout: int) -> None:
+        from slack_sdk.webhook import WebhookClient
+
         assert self.webhook_url is not None
         client = WebhookClient(self.webhook_url.reveal(), timeout=timeout, retry_handlers=[])
         resp = client.send(text=payload["text"], blocks=payload["blocks"])
@@ -116,6 +200,9 @@ class SlackChannel:
         raise self._fail(f"server error {status} {body}")
 
     def _post_api(self, payload: dict[str, Any], timeout: int) -> None:
+        from slack_sdk import WebClient
+        from slack_sdk.errors import SlackApiError
+
         assert self.token is not None
         base = self.api_url or DEFAULT_API_URL
         client = WebClient(
@@ -153,16 +240,20 @@ def _retry_after(headers: Any) -> float:
         return DEFAULT_RETRY_AFTER
 
 
-def slack_channel(cfg: SlackConfig, *, timeout: timedelta) -> SlackChannel:
+def channels(section: Section, *, timeout: timedelta) -> list[SlackChannel]:
     """The Slack channel for `[alerts.slack]`, secrets read from the environment now.
 
     A webhook is used when `webhook_url_env` is configured, else the bot token and `channel`.
     """
-    sev = Severity[cfg.min_severity.upper()]
-    if cfg.webhook_url_env:
-        url = read_secret(cfg.webhook_url_env)
-        missing = None if url else f"{cfg.webhook_url_env} is not set"
-        return SlackChannel(sev, webhook_url=url, timeout=timeout, missing=missing)
-    token = read_secret(cfg.token_env)
-    missing = None if token else f"{cfg.token_env} is not set"
-    return SlackChannel(sev, token=token, channel=cfg.channel, api_url=cfg.api_url, timeout=timeout, missing=missing)
+    sev = section.severity
+    if section.webhook_url_env:
+        url = read_secret(section.webhook_url_env)
+        missing = None if url else f"{section.webhook_url_env} is not set"
+        return [SlackChannel(sev, webhook_url=url, timeout=timeout, missing=missing)]
+    token = read_secret(section.token_env)
+    missing = None if token else f"{section.token_env} is not set"
+    return [
+        SlackChannel(
+            sev, token=token, channel=section.channel, api_url=section.api_url, timeout=timeout, missing=missing
+        )
+    ]

@@ -1,28 +1,40 @@
 """The checks: one probe per check type, run concurrently, each bounded by its timeout (I/O).
 
-A probe is `async def probe(check, ctx) -> CheckResult`. It reports absolute failures and
-measured `values` only; judging against the baseline happens in `healer.judge`.
-`run_check` turns a probe that hangs or raises into a failed result, so one bad check
-never crashes a cycle or delays the others: a cycle takes as long as its slowest check.
+The check types are listed in healer/checks/registry.py, one module each; what a probe
+returns is built with healer/checks/base.py. `run_check` turns a probe that hangs or raises
+into a failed result, so one bad check never crashes a cycle or delays the others: a cycle
+takes as long as its slowest check. httpx is imported when the clients are opened, not with
+this package: healer.config imports the registry, hence this package, and a core module that
+reads the config must not load a driver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from datetime import timedelta
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import httpx
-
-from healer.config import CHECK_TYPES, CheckConfig, Config, format_duration
+from healer.checks.base import (
+    Probe,
+    ProbeContext,
+    budget,
+    describe_error,
+    failed,
+    local_failure,
+    measured,
+    unprobed,
+)
+from healer.checks.registry import CHECKS
 from healer.model import CheckResult
 from healer.redact import redact
+from healer.schema import format_duration
+
+if TYPE_CHECKING:
+    from healer.config import CheckConfig, Config
 
 # How long a probe that was cancelled at its timeout may take to unwind (close sockets,
 # kill a child) before run_check stops waiting for it and reports the timeout anyway.
@@ -31,33 +43,20 @@ _CANCEL_GRACE = 0.5
 # http checks per HTTP client (connection pool); see probe_context.
 POOL_SHARD = 32
 
-_ERROR_MAX = 300
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeContext:
-    """What probes share within one cycle or run: the config and the HTTP clients."""
-
-    config: Config
-    http: httpx.AsyncClient  # for the heartbeat, and for http checks not in `http_by_check`
-    http_by_check: Mapping[str, httpx.AsyncClient] = field(default_factory=dict)
-
-    def client_for(self, check_name: str) -> httpx.AsyncClient:
-        """The client whose connection pool serves this http check."""
-        return self.http_by_check.get(check_name, self.http)
-
 
 @asynccontextmanager
 async def probe_context(config: Config) -> AsyncIterator[ProbeContext]:
     """Open the HTTP clients (no proxies or netrc from the environment) and close them after.
 
-    The http checks share one client per POOL_SHARD of them, so every check has a connection of
+    The http checks (`uses_http`) share one client per POOL_SHARD of them, so every check has a connection of
     its own when all are slow at once. One pool for hundreds of checks would not do: httpx's
     default of 100 connections makes the 101st slow check wait past its timeout, and httpcore
     scans every queued request against every connection each time one ends, which costs seconds
     of CPU per cycle at a few hundred connections.
     """
-    names = [c.name for c in config.checks if c.type == "http"]
+    import httpx
+
+    names = [c.name for c in config.checks if c.uses_http]
     shards = max(1, math.ceil(len(names) / POOL_SHARD))
     # one TLS context for all of them: building one reads the CA bundle (~10 ms)
     tls = httpx.create_ssl_context(trust_env=False)
@@ -72,66 +71,7 @@ async def probe_context(config: Config) -> AsyncIterator[ProbeContext]:
         yield ProbeContext(config=config, http=clients[0], http_by_check=by_check)
 
 
-def budget(timeout: timedelta) -> float:
-    """Seconds a probe may spend on its own I/O: a little under the check's timeout, so the
-    probe reports what it saw (a specific symptom) before run_check's hard bound cuts it off."""
-    t = timeout.total_seconds()
-    return t - min(0.25, t * 0.2)
-
-
-def describe_error(exc: BaseException, *secrets: str) -> str:
-    """One line for an exception: its type and the first line of its message, redacted."""
-    msg = str(exc).strip().splitlines()
-    first = msg[0].strip() if msg else ""
-    line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    line = redact(line, *secrets)
-    return line if len(line) <= _ERROR_MAX else line[: _ERROR_MAX - 1] + "…"
-
-
-def failed(check: Any, error: str, *symptoms: str, **values: float) -> CheckResult:
-    """A failed result for `check` with an error line and symptoms (default `<type>.error`)."""
-    return CheckResult(
-        name=check.name,
-        type=check.type,
-        ok=False,
-        values=values,
-        error=error,
-        symptoms=symptoms or (f"{check.type}.error",),
-    )
-
-
-def measured(
-    check: Any, values: dict[str, float], symptoms: list[str], errors: list[str], latency: timedelta | None = None
-) -> CheckResult:
-    """The result of a probe that measured `values`: ok when no ceiling added a symptom."""
-    return CheckResult(
-        name=check.name,
-        type=check.type,
-        ok=not symptoms,
-        latency=latency,
-        values=values,
-        error="; ".join(errors) or None,
-        symptoms=tuple(symptoms),
-    )
-
-
-Probe = Callable[[Any, ProbeContext], Coroutine[Any, Any, CheckResult]]
-
-
-def _lazy(module: str) -> Probe:
-    """The probe of `healer.checks.<module>`, imported at its first run: the drivers behind them
-    (psycopg, redis, psutil) take ~0.15 s to import and memory, which a config without such a
-    check, or a command that runs no check, should not pay."""
-
-    async def probe(check: Any, ctx: ProbeContext) -> CheckResult:
-        found: Probe = importlib.import_module(f"healer.checks.{module}").probe
-        return await found(check, ctx)
-
-    probe.__qualname__ = probe.__name__ = f"{module}.probe"
-    return probe
-
-
-PROBES: dict[str, Probe] = {kind: _lazy(kind) for kind in CHECK_TYPES}
+PROBES: dict[str, Probe] = {kind: c.probe for kind, c in CHECKS.items()}
 
 # Probes abandoned after their timeout that did not unwind within _CANCEL_GRACE; held so they
 # are not garbage-collected mid-flight, dropped when they finally end.
@@ -158,6 +98,9 @@ async def run_check(ctx: ProbeContext, check: CheckConfig) -> CheckResult:
     if exc is not None:
         if isinstance(exc, TimeoutError):
             return failed(check, f"timed out after {format_duration(check.timeout)}", f"{check.type}.timeout")
+        local = local_failure(exc)
+        if local is not None:
+            return unprobed(check, describe_error(local))
         return failed(check, describe_error(exc))
     return _redacted(task.result())
 
@@ -201,7 +144,10 @@ __all__ = [
     "budget",
     "describe_error",
     "failed",
+    "local_failure",
+    "measured",
     "probe_context",
     "run_check",
     "run_checks",
+    "unprobed",
 ]

@@ -8,17 +8,26 @@ a timeout kills it and everything it started, with only the last 64 KiB of its o
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from healer import runner
-from healer.checks import budget, failed
-from healer.config import CommandCheck, format_duration
+from healer.checks.base import budget, failed
 from healer.model import CheckResult
+from healer.schema import Argv, CheckBase, RelPath, format_duration
 
 if TYPE_CHECKING:
-    from healer.checks import ProbeContext
+    from healer.checks.base import ProbeContext
 
 _LINE_MAX = 200
+
+
+class CommandCheck(CheckBase):
+    """Runs an argv (never a shell string); exit status `expect_exit` is ok."""
+
+    type: Literal["command"]
+    argv: Argv
+    expect_exit: int = 0
+    cwd: RelPath | None = None
 
 
 async def probe(check: CommandCheck, ctx: ProbeContext) -> CheckResult:

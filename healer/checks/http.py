@@ -16,17 +16,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-import httpx
+from pydantic import Field
 
-from healer.checks import budget, describe_error
-from healer.config import HttpCheck, format_duration
+from healer.checks.base import budget, describe_error, local_failure, unprobed
 from healer.model import CheckResult
 from healer.redact import redact
+from healer.schema import CheckBase, Duration, Factor, PositiveDuration, format_duration
 
 if TYPE_CHECKING:
-    from healer.checks import ProbeContext
+    import httpx
+
+    from healer.checks.base import ProbeContext
 
 # A health body is small; read no more than this of it.
 _BODY_MAX = 1 << 20
@@ -34,9 +36,38 @@ _SHOW_MAX = 60
 _MISSING = object()
 
 
+class HttpCheck(CheckBase):
+    """GET a URL `samples` times; passes when most samples pass; latency is their median."""
+
+    type: Literal["http"]
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    expect_status: int | list[int] = 200
+    body_contains: str | None = None
+    json_field: str | None = None  # dotted path into a JSON body, e.g. "status" or "db.ok"
+    json_value: str | int | float | bool | None = None
+    samples: Annotated[int, Field(ge=1, le=25)] = 3
+    max_latency_factor: Factor = 3.0
+    min_latency_increase: Duration = timedelta(milliseconds=100)
+    # vs the release before (its pooled samples): a rank test (p < 0.02) must agree as well,
+    # so the factor only says what is worth a rollback, not what is beyond noise
+    max_latency_factor_vs_previous: Factor = 1.5
+    # ... and at least this much slower than the release before: lower than min_latency_increase,
+    # as the pooled reference (20 cycles' samples) and the rank test already stand against noise
+    min_latency_increase_vs_previous: Duration = timedelta(milliseconds=20)
+    max_latency: PositiveDuration = timedelta(seconds=10)  # absolute ceiling (seed 002: 10 s)
+
+    uses_http: ClassVar[bool] = True
+
+    def expected_statuses(self) -> tuple[int, ...]:
+        return tuple(self.expect_status) if isinstance(self.expect_status, list) else (self.expect_status,)
+
+
 @dataclass(frozen=True, slots=True)
 class _Sample:
-    """One request: `kind` is "ok" or the failure (down, timeout, status, body, error)."""
+    """One request: `kind` is "ok" or the failure (down, timeout, status, body, error), or
+    "probe" when healer could not send it at all."""
 
     kind: str
     status: int = 0  # 0 when nothing that parses as HTTP came back
@@ -56,6 +87,20 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> CheckResult:
 
 
 async def _sample(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -> _Sample:
+    """One request; healer's own failure to send it (out of descriptors, memory, local ports)
+    is a "probe" sample, which says nothing about the app."""
+    try:
+        return await _request(client, check, timeout)
+    except Exception as e:
+        local = local_failure(e)
+        if local is None:
+            raise
+        return _Sample("probe", detail=describe_error(local))
+
+
+async def _request(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -> _Sample:
+    import httpx  # here, not at the top: loading the config must not load the driver (registry.py)
+
     if timeout <= 0.001:
         return _Sample("timeout", detail="no time left for this sample")
     start = time.perf_counter()
@@ -65,9 +110,14 @@ async def _sample(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -
         async with asyncio.timeout(timeout):
             async with client.stream(check.method, check.url, headers=check.headers, timeout=timeout) as resp:
                 body = await _read(resp)
+    except httpx.PoolTimeout:
+        # every connection of healer's own pool was busy: the request never left healer
+        return _Sample("probe", detail="no free connection in healer's pool")
     except (TimeoutError, httpx.TimeoutException):
         return _Sample("timeout", detail=f"no answer within {round(timeout * 1000)} ms")
     except httpx.ConnectError as e:
+        if local_failure(e) is not None:
+            raise
         return _Sample("down", detail=f"cannot connect ({_reason(e)})")
     except httpx.RemoteProtocolError as e:
         if "without sending" in str(e) or "disconnected" in str(e).lower():
@@ -76,6 +126,8 @@ async def _sample(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -
     except (httpx.ReadError, httpx.WriteError) as e:
         return _Sample("down", detail=f"connection lost ({_reason(e)})")
     except Exception as e:  # a garbage answer is a failed sample, whatever the client raises
+        if local_failure(e) is not None:
+            raise
         return _Sample("error", detail=describe_error(e))
     latency = time.perf_counter() - start
     return _judge_response(check, resp.status_code, body, resp.encoding, latency)
@@ -159,7 +211,10 @@ def _show(value: object) -> str:
     return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 1] + "…"
 
 
-def _judge(check: HttpCheck, samples: list[_Sample]) -> CheckResult:
+def _judge(check: HttpCheck, taken: list[_Sample]) -> CheckResult:
+    samples = [s for s in taken if s.kind != "probe"]  # judged on the requests that left healer
+    if not samples:
+        return unprobed(check, taken[0].detail)
     n = len(samples)
     passed = [s for s in samples if s.kind == "ok"]
     failures = [s for s in samples if s.kind != "ok"]

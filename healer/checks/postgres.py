@@ -10,21 +10,54 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from healer import pg
-from healer.checks import budget, failed, measured
-from healer.config import PostgresCheck, format_duration
+from healer.checks.base import budget, failed, measured
 from healer.model import CheckResult
+from healer.schema import (
+    CheckBase,
+    Duration,
+    EnvName,
+    Factor,
+    Percent,
+    PositiveDuration,
+    RoleName,
+    format_duration,
+)
 
 if TYPE_CHECKING:
-    from healer.checks import ProbeContext
+    from healer.checks.base import ProbeContext
+    from healer.config import Config
 
 _CONNECTIONS_SQL = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
 
 
+class PostgresCheck(CheckBase):
+    """Connect + query latency, connections in use vs max_connections."""
+
+    type: Literal["postgres"]
+    dsn_env: EnvName | None = None  # default: [postgres] dsn_env
+    max_connections_percent: Percent = 80.0  # seeds alert at 80 %
+    max_latency: PositiveDuration = timedelta(seconds=5)
+    max_latency_factor: Factor = 5.0
+    min_latency_increase: Duration = timedelta(milliseconds=100)
+
+    default_role: ClassVar[RoleName] = "dependency"
+
+
+def needs(check: PostgresCheck, config: Config) -> tuple[str, str] | None:
+    """A dsn_env of its own, or the [postgres] section's."""
+    if check.dsn_env or config.postgres:
+        return None
+    return "dsn_env", "expected dsn_env, or a [postgres] section"
+
+
 async def probe(check: PostgresCheck, ctx: ProbeContext) -> CheckResult:
     """1. read the DSN; 2. connect and `SELECT 1` (the latency); 3. count connections."""
+    # healer/pg.py imports the driver: imported where it is used, not with the config
+    # (healer/checks/registry.py)
+    from healer import pg
+
     env = check.dsn_env or (ctx.config.postgres.dsn_env if ctx.config.postgres else "DATABASE_URL")
     try:
         server = pg.server(env)

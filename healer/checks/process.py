@@ -17,21 +17,46 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+from pydantic import Field
 
-from healer import processes
-from healer.checks import measured
-from healer.config import Config, ProcessCheck, format_size
+from healer.checks.base import measured
 from healer.model import CheckResult
+from healer.schema import CheckBase, Factor, RelPath, Size, format_size
 
 if TYPE_CHECKING:
-    from healer.checks import ProbeContext
+    import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+
+    from healer import processes
+    from healer.checks.base import ProbeContext
+    from healer.config import Config
 
 # CPU use is the delta between two readings this far apart.
 _CPU_INTERVAL = 0.2
 _MB = 2**20  # rss_mb is in MiB
+
+
+class ProcessCheck(CheckBase):
+    """The app's processes are alive; their memory stays near the baseline."""
+
+    type: Literal["process"]
+    match: str | None = None  # substring of the command line; default: [process] match
+    pidfile: RelPath | None = None
+    process_name: str | None = None
+    min_count: Annotated[int, Field(ge=1)] = 1
+    max_rss: Size | None = None  # absolute ceiling, all matched processes together
+    max_memory_factor: Factor = 2.0  # vs the baseline RSS
+    min_memory_increase: Size = 50 * 2**20  # ... and at least this much more (noise)
+    max_cpu_percent: Annotated[float, Field(gt=0)] | None = None
+
+
+def needs(check: ProcessCheck, config: Config) -> tuple[str, str] | None:
+    """Something to find the processes by: its own match, pidfile or process_name, or [process]'s."""
+    has_default = config.process is not None and bool(config.process.match or config.process.pidfile)
+    if check.match or check.pidfile or check.process_name or has_default:
+        return None
+    return "", "expected match, pidfile or process_name (or [process] match) for a process check"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +92,8 @@ def target(check: ProcessCheck, config: Config) -> tuple[str | None, Path | None
 def matched(match: str | None, pidfile: Path | None, name: str | None, state_dir: Path | None = None) -> list[Match]:
     """The processes a check with this target() finds now, with their command lines and
     groups (blocking)."""
+    from healer import processes  # psutil: here, not with the config (healer/checks/registry.py)
+
     found, _ = processes.find(match, pidfile, name, state_dir)
     return [m for m in map(_match, found) if m is not None]
 
@@ -85,6 +112,10 @@ def split_groups(where: str, found: Sequence[Match]) -> str | None:
 
 
 def _match(f: processes.Found) -> Match | None:
+    import psutil  # here, not with the config (healer/checks/registry.py)
+
+    from healer import processes
+
     p = processes.handle(f)
     if p is None:
         return None
@@ -135,6 +166,8 @@ def _describe_target(match: str | None, pidfile: Path | None, name: str | None) 
 
 def _scan(match: str | None, pidfile: Path | None, name: str | None, state_dir: Path) -> _Scan:
     """Find the processes (blocking), then measure them."""
+    from healer import processes  # psutil: here, not with the config (healer/checks/registry.py)
+
     found, problem = processes.find(match, pidfile, name, state_dir)
     procs = [p for p in map(processes.handle, found) if p is not None]
     if not procs:
@@ -144,6 +177,8 @@ def _scan(match: str | None, pidfile: Path | None, name: str | None, state_dir: 
 
 def _measure(procs: list[psutil.Process]) -> _Scan:
     """RSS and CPU summed over the processes that are still alive after the CPU interval."""
+    import psutil  # here, not with the config (healer/checks/registry.py)
+
     alive: list[psutil.Process] = []
     for p in procs:
         try:

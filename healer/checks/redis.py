@@ -8,30 +8,63 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from pydantic import Field
 
-from healer.checks import budget, describe_error, failed, measured
-from healer.config import RedisCheck, format_duration, format_size, read_secret
+from healer.checks.base import budget, describe_error, failed, measured
 from healer.model import CheckResult
 from healer.redact import redact
+from healer.schema import (
+    CheckBase,
+    Duration,
+    Factor,
+    Percent,
+    PositiveDuration,
+    RoleName,
+    Size,
+    format_duration,
+    format_size,
+    read_secret,
+)
 
 if TYPE_CHECKING:
-    from healer.checks import ProbeContext
+    from healer.checks.base import ProbeContext
+    from healer.config import Config
 
 _MB = 2**20
+
+
+class RedisCheck(CheckBase):
+    """PING latency, used memory, connected clients."""
+
+    type: Literal["redis"]
+    url: str | None = None  # default: [redis] url
+    max_latency: PositiveDuration = timedelta(seconds=1)
+    max_latency_factor: Factor = 5.0
+    min_latency_increase: Duration = timedelta(milliseconds=50)
+    max_memory: Size | None = None
+    max_memory_percent: Percent = 90.0  # of maxmemory, when Redis has one
+    max_clients: Annotated[int, Field(ge=1)] | None = None
+
+    default_role: ClassVar[RoleName] = "dependency"
+
+
+def needs(check: RedisCheck, config: Config) -> tuple[str, str] | None:
+    """A url of its own, or the [redis] section's."""
+    if check.url or config.redis:
+        return None
+    return "url", "expected url, or a [redis] section"
 
 
 def client_options(password: str | None, seconds: float) -> dict[str, Any]:
     """How healer talks to Redis, for the check and the playbooks alike: named, bounded by
     `seconds`, and no silent retries (redis-py 8 retries ten times with backoff by default,
     which would hide the first failure)."""
+    # the driver is imported where it is used, not with the config (healer/checks/registry.py)
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     options: dict[str, Any] = {
         "client_name": "healer",
         "socket_timeout": seconds,
@@ -45,6 +78,11 @@ def client_options(password: str | None, seconds: float) -> dict[str, Any]:
 
 async def probe(check: RedisCheck, ctx: ProbeContext) -> CheckResult:
     """1. connect (a first PING); 2. time a PING; 3. read INFO; 4. compare with the ceilings."""
+    import redis.asyncio
+    from redis.exceptions import AuthenticationError, RedisError, ResponseError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     section = ctx.config.redis
     url = check.url or (section.url if section else "redis://127.0.0.1:6379/0")
     secret = read_secret(section.password_env if section else None)

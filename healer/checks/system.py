@@ -9,16 +9,29 @@ import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
+from pydantic import Field
 
-from healer.checks import measured
-from healer.config import SystemCheck
+from healer.checks.base import measured
 from healer.model import CheckResult
+from healer.schema import CheckBase, Percent, RelPath, RoleName
 
 if TYPE_CHECKING:
-    from healer.checks import ProbeContext
+    from healer.checks.base import ProbeContext
+
+
+class SystemCheck(CheckBase):
+    """The machine: memory %, disk % of a path, load per CPU."""
+
+    type: Literal["system"]
+    memory_max_percent: Percent = 90.0
+    disk_path: RelPath = Path("/")
+    disk_max_percent: Percent = 85.0
+    load_max: Annotated[float, Field(gt=0)] | None = None  # 1-minute load average per CPU
+
+    # the host: never a rollback, but no excuse for a crash either (healer/ladder.py)
+    default_role: ClassVar[RoleName] = "dependency"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +64,8 @@ async def probe(check: SystemCheck, ctx: ProbeContext) -> CheckResult:
 
 
 def _read(disk_path: Path) -> _Reading:
+    import psutil  # type: ignore[import-untyped]  # untyped; imported here, not with the config (registry.py)
+
     memory = psutil.virtual_memory().percent
     disk = psutil.disk_usage(str(disk_path)).percent
     load1 = os.getloadavg()[0]

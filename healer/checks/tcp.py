@@ -10,15 +10,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from healer.checks import budget, failed, measured
-from healer.config import TcpCheck
+from pydantic import Field
+
+from healer.checks.base import budget, describe_error, failed, local_failure, measured, unprobed
 from healer.model import CheckResult
+from healer.schema import CheckBase, RoleName
 
 if TYPE_CHECKING:
-    from healer.checks import ProbeContext
+    from healer.checks.base import ProbeContext
+
+
+class TcpCheck(CheckBase):
+    """A TCP connection to `address` opens within the timeout (a port the app or a dependency
+    listens on). A dependency by default (healer/ladder.py): give it `role = "app"` for the
+    app's own port."""
+
+    type: Literal["tcp"]
+    address: Annotated[str, Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[\w.\-]+):\d{1,5}$")]
+
+    default_role: ClassVar[RoleName] = "dependency"
+    hints: ClassVar[Mapping[str, str]] = {"address": 'expected HOST:PORT like "127.0.0.1:6379"'}
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -41,6 +56,8 @@ async def probe(check: TcpCheck, ctx: ProbeContext) -> CheckResult:
     except ConnectionRefusedError:
         return failed(check, f"{check.address} refused the connection (nothing listens)", "tcp.down")
     except OSError as e:
+        if local_failure(e) is not None:
+            return unprobed(check, describe_error(e))
         return failed(check, f"cannot connect to {check.address}: {e.strerror or e}", "tcp.down")
     took = time.monotonic() - started
     writer.close()

@@ -13,6 +13,7 @@ as the settings and options say (the first that applies wins):
 - `"hang": true`: a wedged app. Its process stays alive and accepts connections, but a
   request to /health never gets an answer (the handler thread sleeps until the process ends).
 - `"broken": true`: the demo's bad commit. /health answers 500.
+- `"delay_ms": N`: a slow release. Every answer (the others' too) waits N milliseconds first.
 - `--needs-redis` (with `--redis-url`): an app that cannot work without Redis. /health answers
   503 `{"status": "error", "error": "redis unreachable: ..."}` whenever a PING to Redis fails
   or takes longer than half a second.
@@ -181,6 +182,7 @@ def _handler(
     broken = bool(settings.get("broken", False))
     hang = bool(settings.get("hang", False))
     error = str(settings.get("error") or DEFAULT_ERROR)
+    delay = max(0.0, float(settings.get("delay_ms") or 0)) / 1000
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"sampleapp/{version}"
@@ -217,6 +219,8 @@ def _handler(
             return None if reply == ["PONG"] else f"redis unreachable: PING answered {reply!r}"
 
         def do_GET(self) -> None:
+            if delay:
+                time.sleep(delay)  # a slow release: its own thread, so others wait their own turn
             if self._rate_limited():
                 self._send(HTTPStatus.TOO_MANY_REQUESTS, {"status": "rate_limited", "version": version})
                 return
@@ -256,6 +260,8 @@ def serve(repo: Path, port: int, redis_url: str | None, limit: int, needs_redis:
         state = "WEDGED: /health never answers"
     elif settings.get("broken"):
         state = "BROKEN: /health answers 500"
+    elif settings.get("delay_ms"):
+        state = f"SLOW: every answer waits {settings['delay_ms']} ms"
     else:
         state = "healthy" + (", needs Redis" if needs_redis else "")
     print(f"sampleapp {version} pid {os.getpid()} on http://127.0.0.1:{port} ({state})", flush=True)

@@ -67,7 +67,7 @@ from healer.clock import SystemClock
 from healer.config import Config, format_elapsed, load_config
 from healer.demo import sampleapp
 from healer.errors import HealerError
-from healer.model import CheckResult, Deploy, Severity
+from healer.model import CheckResult, Deploy, Event, Severity
 from healer.repair import SHIPPED_PACKAGE
 from healer.schedule import phase_at
 from healer.store import ActionRow, CycleRow, IncidentRow, Store
@@ -1056,7 +1056,7 @@ class _Feed:
         label = f"likely cause: dependency {REDIS_CHECK}"
         ids = {i.id for i in self.incidents if i.opened_at >= since and label in i.cause}
         return any(
-            r.incident_id in ids and r.event == "incident.opened" and label in render_text(r.message)
+            r.incident_id in ids and r.event == Event.INCIDENT_OPENED and label in render_text(r.message)
             for r in self.alerts
         )
 
