@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from healer import gitrepo, repair, rollback
 from healer import report as reports
@@ -40,19 +37,18 @@ from healer.aftermath import (
     rollback_started,
 )
 from healer.alerts.message import (
-    format_age,
     watching_after_repair,
 )
 from healer.backlog import BufferedStore
 from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock, stepped
-from healer.config import Config
+from healer.config import Config, format_duration, format_elapsed
 from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
-from healer.files import open_private, private_dir
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
 from healer.ladder import Cause, settled
+from healer.locks import PEEKED, FileLock
 from healer.logging import log_event
 from healer.model import (
     Alert,
@@ -70,7 +66,7 @@ from healer.model import (
     Verdict,
     Who,
 )
-from healer.notify import Liveness, action_budget, notify, stall_limit, watchdog_pinger
+from healer.notify import Liveness, action_budget, notify, overdue_after, stall_limit, watchdog_pinger
 from healer.rollback_plan import Plan
 from healer.schedule import next_due, phase_at
 from healer.server import start_server
@@ -118,67 +114,6 @@ VERIFY_FAILED_NEXT = "the next cycle decides the next step"
 def event(name: str, **fields: Any) -> None:
     """Log one event: a dotted name plus fields (`repair.started kind=redis-flush`)."""
     log_event(log, name, **fields)
-
-
-# ---- the lock ------------------------------------------------------------------------------
-
-
-class RunLock:
-    """An exclusive flock on a file that holds the owner's PID."""
-
-    def __init__(self, path: Path, what: str) -> None:
-        self.path = path
-        self.what = what
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> None:
-        try:
-            private_dir(self.path.parent)
-            fh = open_private(self.path, "a+")  # held for the life of the process
-        except OSError as e:
-            msg = f"{self.path.parent}: cannot create the state directory (state_dir): {e.strerror}"
-            raise StoreError(msg) from None
-        # `healer status` peeks at the lock for an instant: retry briefly before calling it held
-        for attempt in range(5):
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt < 4:
-                    time.sleep(0.05)
-                    continue
-                fh.seek(0)
-                text = fh.read().strip()
-                fh.close()
-                raise LockedError(self.what, int(text) if text.isdigit() else None) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.seek(0)
-                self._fh.truncate()
-            self._fh.close()
-            self._fh = None
-
-    @staticmethod
-    def holder(path: Path) -> int | None:
-        """The PID holding the lock at `path`, or None when nobody does."""
-        if not path.exists():
-            return None
-        with open(path, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                text = fh.read().strip()
-                return int(text) if text.isdigit() else -1
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            return None
 
 
 # ---- the watchdog ------------------------------------------------------------------------------
@@ -780,9 +715,9 @@ class Watchdog:
                     await self._wait(stop, delay, wake)
                     continue
                 late = -left
-                if started and late > max(2 * (due - (deploy.last_cycle_at or due)), timedelta(seconds=30)):
+                if started and late > overdue_after(due - (deploy.last_cycle_at or due)):
                     # the cycle is later than twice its cadence: a stall healer must own up to
-                    msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
+                    msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {format_elapsed(late)} late"
                     event("meta.loop_behind", late_s=int(late.total_seconds()))
                     await self._alert(
                         [Alert(Event.META_LOOP_BEHIND, Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
@@ -845,7 +780,7 @@ class Watchdog:
     async def _announce_clock_step(self, step: timedelta, deploy: Deploy, now: datetime) -> None:
         """Say once that the wall clock was stepped, which way and by how much."""
         way = "forward" if step > timedelta(0) else "back"
-        size = format_age(abs(step))
+        size = format_elapsed(abs(step))
         log_event(log, "clock.stepped", level=logging.WARNING, way=way, by_s=round(abs(step).total_seconds(), 1),
                   now=now.isoformat())  # fmt: skip
         msg = (
@@ -903,7 +838,7 @@ class Watchdog:
             return
         self.liveness.store_ok()
         written, dropped = await self._db(self.store.take_counts)
-        down = format_age(now - self._store_down)
+        down = format_elapsed(now - self._store_down)
         self._store_down = None
         log_event(log, "store.recovered", level=logging.WARNING, down=down, written=written, forgotten=dropped)
         lost = f"; {dropped} routine cycles were forgotten (too many to keep)" if dropped else ""
@@ -958,7 +893,8 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     """
     repair.known_playbooks(config)  # a bad playbook file is a config error: exit 2, nothing started
     gitrepo.head_commit(config.app.repo)  # so is an [app] repo that is not a git work tree
-    lock = RunLock(config.lock_path, "healer run")
+    # `healer status` peeks at the lock (locks.holder) for an instant: wait that out
+    lock = FileLock(config.lock_path, "healer run", patience=PEEKED)
     lock.acquire()
     store = BufferedStore(config.db_path)
     stop = asyncio.Event()
@@ -1020,7 +956,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                 if acting:
                     event("healer.stopping", signal=received[0] if received else None, waiting_for=acting,
                           up_to_s=int(wait.total_seconds()))  # fmt: skip
-                    notify(f"STATUS=stopping: letting {acting} finish (up to {int(wait.total_seconds())}s)")
+                    notify(f"STATUS=stopping: letting {acting} finish (up to {format_duration(wait)})")
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(runner), wait.total_seconds())
                 if not runner.done() and dog.acting:

@@ -9,27 +9,23 @@ a person to confirm.
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import importlib.resources
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from healer import actions
 from healer.actions.command import StepTimedOut
 from healer.aftermath import RepairResult, ResumedRepair
 from healer.checks import describe_error, run_checks
 from healer.clock import sleep_unless
-from healer.config import format_duration
+from healer.config import format_duration, format_elapsed
 from healer.decide import PlaybookPolicy
 from healer.errors import ActionError, ConfigError, LockedError, StoreError, UsageError
-from healer.files import open_private, private_dir
+from healer.locks import PEEKED, FileLock
 from healer.logging import log_event
 from healer.model import ActionNote, CheckResult, Outcome, Who
 from healer.playbook import (
@@ -150,39 +146,11 @@ def _lookup(name: str, config: Config) -> Playbook:
 # ---- the lock ----------------------------------------------------------------------------------
 
 
-@contextmanager
-def playbook_lock(state_dir: Path, name: str) -> Iterator[None]:
-    """An exclusive, non-blocking flock on `<state_dir>/repair-<name>.lock` holding our PID, so
-    a person and the loop never run the same playbook at once; LockedError names the holder.
-    The kernel releases it if healer dies."""
-    path = state_dir / f"repair-{name}.lock"
-    try:
-        private_dir(state_dir)
-        fh: IO[str] = open_private(path, "a+")  # held open for the whole repair
-    except OSError as e:
-        msg = f"{path}: cannot create the lock file: {e.strerror}"
-        raise ActionError(msg) from None
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            fh.seek(0)
-            text = fh.read().strip()
-            raise LockedError(f"repair {name}", int(text) if text.isdigit() else None) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    finally:
-        fh.close()
+def playbook_lock(state_dir: Path, name: str) -> FileLock:
+    """`<state_dir>/repair-<name>.lock`, so a person and the loop never run the same playbook at
+    once; LockedError names the holder. The watcher peeks at it (healer/watch.py): that instant
+    is waited out."""
+    return FileLock(state_dir / f"repair-{name}.lock", f"repair {name}", patience=PEEKED)
 
 
 # ---- running -----------------------------------------------------------------------------------
@@ -302,8 +270,7 @@ async def _steps_and_verify(
         results = await run_checks(ctx, checks)
         now = clock.monotonic()
         if all(r.ok for r in results):
-            took = (now - began).total_seconds()
-            return Outcome.OK, _join(done, f"{names} healthy after {took:.1f}s"), results
+            return Outcome.OK, _join(done, f"{names} healthy after {format_elapsed(now - began)}"), results
         if now >= deadline:
             why = f"still failing after {format_duration(playbook.verify_within)}: {_failing(results)}"
             return Outcome.FAILED, _join(done, why), results
@@ -312,8 +279,8 @@ async def _steps_and_verify(
             continue
         handoff.verifying.set()
         if await sleep_unless(clock, min(VERIFY_EVERY, deadline - now), handoff.superseded):
-            took = (clock.monotonic() - began).total_seconds()
-            why = f"still failing after {took:.1f}s: {_failing(results)}; superseded by {handoff.by}"
+            took = format_elapsed(clock.monotonic() - began)
+            why = f"still failing after {took}: {_failing(results)}; superseded by {handoff.by}"
             return Outcome.FAILED, _join(done, why), results
 
 

@@ -28,8 +28,8 @@ from chatfakes import ChatFake
 from helpers import HEALER, commit, git, healer, make_repo
 from services import Pm2, Supervisord, free_port, start_redis, wait_for_port
 
-from healer import sampleapp
 from healer.alerts.outbox import Outbox
+from healer.demo import sampleapp
 from healer.store import Store
 
 pytestmark = pytest.mark.e2e

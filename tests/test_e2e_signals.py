@@ -385,9 +385,10 @@ def test_kill_9_during_an_after_command_then_the_resume_runs_it_exactly_once(
     """healer killed -9 while `after` runs: the command goes on alone; the next start waits for
     it, does not run it again, finishes the rollback, and leaves nothing running."""
     marker = tmp_path / f"marker-{uuid.uuid4().hex[:8]}"
-    # long enough to outlive the next start even on a loaded machine (it must still be running
-    # when the second healer takes the rollback up)
-    config = rollback_config(tmp_path, ["sh", "-c", f"sleep 8; echo done >> {marker}"])
+    # the command ends when the test says so, not after a sleep that a slow second start outlasts
+    release = tmp_path / "release"
+    wait_release = f"while [ ! -e {release} ]; do sleep 0.05; done; echo done >> {marker}"
+    config = rollback_config(tmp_path, ["sh", "-c", wait_release])
     state = tmp_path / "state"
     first = runs(config)
     wait_for(lambda: running_after(state), what="the after command is running")
@@ -399,6 +400,12 @@ def test_kill_9_during_an_after_command_then_the_resume_runs_it_exactly_once(
     assert not marker.exists()
 
     second = runs(config)
+    # the resume holds the rollback lock (its PID in the file) while it waits for the command:
+    # only then does the command end (read, not flocked: a peek could make the resume skip)
+    lock = state / "rollback.lock"
+    wait_for(lambda: lock.read_text().strip() == str(second.pid), what="the resume took the rollback lock")
+    assert group_alive(pgid) and not marker.exists()
+    release.touch()
     wait_for(lambda: actions(state, "rollback") and actions(state, "rollback")[0].outcome != "started",
              timeout=60, what="the rollback was resumed")  # fmt: skip
     (row,) = actions(state, "rollback")

@@ -86,7 +86,7 @@ async def test_redis_flush_is_journaled_run_and_verified(
     result = await repair("redis-flush", config, store, clock, who=Who.LOOP, reason="symptoms: redis.latency",
                           deploy_id=7, incident_id=3)  # fmt: skip
     assert result.ok and result.outcome is Outcome.OK
-    assert result.detail == "flushed 1,204 keys from db 10 (FLUSHDB ASYNC); api healthy after 0.0s"
+    assert result.detail == "flushed 1,204 keys from db 10 (FLUSHDB ASYNC); api healthy after 0s"
     assert [r.ok for r in result.results] == [True]
     (row,) = store.actions()
     assert (row.id, row.kind, row.name, row.who, row.reason, row.outcome, row.detail) == (
@@ -158,7 +158,7 @@ async def test_verification_waits_for_the_app_to_come_back(
     start = clock.now()
     pb = playbook(tmp_path, "noop", 'description = "x"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
     result = await repair("noop", make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)}), store, clock)
-    assert result.ok and result.detail == "ran `true` (exit 0); api healthy after 3.0s"
+    assert result.ok and result.detail == "ran `true` (exit 0); api healthy after 3s"
 
 
 async def test_a_handed_off_verification_says_so_and_a_supersede_ends_it_failed(
@@ -321,7 +321,7 @@ async def test_rate_limit_clear_end_to_end(
         config = make_config(tmp_path, f"{app.url}/", redis={"url": f"redis://127.0.0.1:{redis_server.port}/15"})
         result = await repair("rate-limit-clear", config, store, Limiter())
         assert result.ok, result.detail
-        assert result.detail.startswith("deleted 300 keys matching 'ratelimit:*' from db 15; api healthy after 1.0s")
+        assert result.detail.startswith("deleted 300 keys matching 'ratelimit:*' from db 15; api healthy after 1s")
         assert await r.get("user:1") == b"keep"
     finally:
         await r.flushdb()

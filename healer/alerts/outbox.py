@@ -30,9 +30,10 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from healer.alerts.message import AlertMessage, delay_of, format_age
+from healer.alerts.message import AlertMessage, delay_of
 from healer.alerts.pipeline import AlertMemory, AlertPlan, IncidentMemory, Route
 from healer.clock import Clock, SystemClock
+from healer.config import format_elapsed
 from healer.errors import DeliveryError, StoreError
 from healer.logging import log_event
 from healer.model import Alert, Event, Severity
@@ -738,7 +739,7 @@ class Sender:
             channel=ch.name,
             alert_id=row.alert_id,
             event=row.message.event,
-            delayed=None if delayed is None else format_age(delayed),
+            delayed=None if delayed is None else format_elapsed(delayed),
         )
         self._channel_ok(ch)
         return _Result.DELIVERED
@@ -751,7 +752,7 @@ class Sender:
         except DeliveryError:
             raise
         except TimeoutError:
-            msg = f"{ch.name}: no answer within {format_age(self.timeout)}"
+            msg = f"{ch.name}: no answer within {format_elapsed(self.timeout)}"
             raise DeliveryError(msg) from None
         except Exception as e:  # a bug or an unexpected library error: push back, never crash the sender
             msg = f"{ch.name}: unexpected error: {type(e).__name__}: {redact(str(e))}"

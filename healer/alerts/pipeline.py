@@ -31,7 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from healer.alerts.message import AlertMessage, format_age
+from healer.alerts.message import AlertMessage
+from healer.config import format_elapsed
 from healer.model import Alert, Event, Severity
 
 FLAP_LIMIT = 3  # incident openings announced per repeat_every; more is flapping
@@ -250,7 +251,7 @@ def _flapping_item(opening: Alert, count: int, repeat_every: timedelta) -> Alert
     return Alert(
         Event.INCIDENT_FLAPPING,
         Severity.WARNING,
-        f"{opening.title}: {count} incidents within {format_age(repeat_every)}",
+        f"{opening.title}: {count} incidents within {format_elapsed(repeat_every)}",
         "The same checks keep failing and recovering for the same likely cause. Further openings "
         "and resolutions of this failure are not announced until it settles; reminders continue, "
         "and any other failure is announced as usual.",
@@ -265,7 +266,7 @@ def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: ti
     mem = st.incidents.get(inc, IncidentMemory())
     if mem.resolved or (mem.last_at is not None and now - mem.last_at < repeat_every):
         return None
-    detail = f"Open for {format_age(now - ctx.incident_since)}." if ctx.incident_since else ""
+    detail = f"Open for {format_elapsed(now - ctx.incident_since)}." if ctx.incident_since else ""
     title = ctx.summary or "the incident is still open"
     if ctx.cause:
         title += f" — likely cause: {ctx.cause}"
@@ -317,8 +318,3 @@ def _route(
         )
         out.append(Planned(msg, tuple(channels)))
     return tuple(out)
-
-
-def route_channels(severity: Severity, routes: Sequence[Route], *, exclude: str | None = None) -> tuple[str, ...]:
-    """The channels that take an alert of `severity`, minus `exclude`."""
-    return tuple(r.channel for r in routes if severity >= r.min_severity and r.channel != exclude)

@@ -20,8 +20,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, model_validator
 
-from healer.checks.base import budget, describe_error, failed, local_failure, measured, redact, unprobed
+from healer.checks.base import budget, describe_error, failed, local_failure, measured, unprobed
 from healer.model import CheckResult
+from healer.redact import redact
 from healer.schema import CheckBase, Factor
 
 if TYPE_CHECKING:
