@@ -1,6 +1,6 @@
 """6. Crash to detection and crash to healthy: healer's watcher beside supervisor's autorestart and superlance's httpok.
 
-The same app (healer.sampleapp, from a git repo) is killed with SIGKILL, CRASHES times per setup, each time healthy
+The same app (healer.demo.sampleapp, from a git repo) is killed with SIGKILL, CRASHES times per setup, each time healthy
 and idle before the kill:
 
 - healer, manager = "command": `healer run` with every cadence an hour, so only the watcher (a pidfd on the app's
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PYTHON, child_env, free_port, healer_argv, log, median, stop, wait_for_port, write
-from healer import sampleapp
+from healer.demo import sampleapp
 
 CRASHES = 3
 HEALTHY_WITHIN = 30.0  # seconds; past it the setup is said not to bring the app back

@@ -689,7 +689,7 @@ def _actor() -> Actor:
 )
 def demo(keep: bool) -> None:
     """The whole story on this machine, no setup: a sample app is deployed, broken, repaired, rolled back."""
-    from healer.demo import run_demo
+    from healer.demo.story import run_demo
 
     sys.exit(run_demo(keep=keep))
 

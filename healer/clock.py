@@ -81,3 +81,16 @@ class FakeClock:
     async def sleep(self, delay: timedelta) -> None:
         self.advance(max(delay, timedelta(0)))
         await asyncio.sleep(0)
+
+
+async def sleep_unless(clock: Clock, delay: timedelta, event: asyncio.Event) -> bool:
+    """Sleep `delay` on `clock`, or less when `event` is set meanwhile; True when it was."""
+    sleeper = asyncio.ensure_future(clock.sleep(delay))
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, waiter):
+            task.cancel()
+        await asyncio.gather(sleeper, waiter, return_exceptions=True)
+    return event.is_set()

@@ -54,25 +54,13 @@ from healer.schema import (
 # re-exported: the rest of healer reads them from here
 from healer.schema import Secret as Secret
 from healer.schema import format_duration as format_duration
+from healer.schema import format_elapsed as format_elapsed
+from healer.schema import format_size as format_size
 from healer.schema import parse_duration as parse_duration
 from healer.schema import read_secret as read_secret
 
 DEFAULT_CONFIG_NAME = "healer.toml"
 CONFIG_ENV = "HEALER_CONFIG"
-
-
-def format_elapsed(d: timedelta) -> str:
-    """A measured duration for people, rounded: 20.307s -> "20.3s", 4h 2m 7s -> "4h 2m"."""
-    secs = max(0.0, d.total_seconds())
-    if secs < 60:
-        return f"{secs:.1f}".removesuffix(".0") + "s"
-    parts: list[str] = []
-    rest = round(secs)
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
-        n, rest = divmod(rest, size)
-        if n or parts:
-            parts.append(f"{n}{unit}")
-    return " ".join(p for p in parts[:2] if not p.startswith("0"))
 
 
 # ---- checks ----------------------------------------------------------------------------------

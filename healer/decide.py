@@ -57,12 +57,17 @@ class PlaybookPolicy:
 
 @dataclass(frozen=True, slots=True)
 class PastRepair:
-    """A repair recorded for this deploy (including skipped and observe-mode ones)."""
+    """A repair recorded for this deploy (including skipped and observe-mode ones). One whose
+    outcome is still `started` is in progress: its verification goes on beside the loop."""
 
     name: str
     at: datetime
     outcome: Outcome
     note: str = ""  # "cap" for the record that announced the cap
+
+    @property
+    def is_running(self) -> bool:
+        return self.outcome is Outcome.STARTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +137,12 @@ def decide(s: Situation, config: Config) -> Decision:
        a. the playbooks the rules name for the symptoms (only the dependency's own for a
           dependency cause, and at most one restart there), spaced by cooldown or backoff
           and capped per window; a skipped remedy is said, with until when;
+       A playbook still being verified is not started again.
        b. a rollback, when the cause allows one: after `rollback_after` counted failures, or
           an emergency confirmed by `confirm_cycles` once no restart is left to try, or — when
-          the deploy is the suspect — as soon as a restart already failed on this release.
+          the deploy is the suspect — as soon as a restart already failed on this release
+          (one still being verified counts as failed once its `repair_grace` is over: the
+          rollback does not wait out `verify_within`; the loop ends that verification first).
           Once per deploy: a deploy that is itself an automatic rollback's result holds
           instead (after its own restart), and so does one with no stable tag.
        Failures count toward `rollback_after` only where the ladder says so, and not while a
@@ -200,7 +208,7 @@ def decide(s: Situation, config: Config) -> Decision:
     # failed here, another one only keeps the app down longer — the next rung is the rollback
     # (or, after a rollback, the hold)
     failed_restart = (att.cause is Cause.DEPLOY or d.via_rollback) and restart_failed(
-        [(r.name, r.outcome) for r in s.repairs], frozenset(restarts)
+        [(r.name, _outcome_so_far(r, s.now, esc.repair_grace)) for r in s.repairs], frozenset(restarts)
     )
     if failed_restart:
         choice = replace(
@@ -233,11 +241,13 @@ def decide(s: Situation, config: Config) -> Decision:
                 intents += choice.intents
                 return done(f"the rolled-back version fails: trying a restart before holding{skipped}", failures)
             msg = f"the rolled-back version is failing too ({why}); not rolling back again"
-            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, "not acting", msg)]
+            title = f"{_names(v)} failing on the rolled-back version too"
+            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, title, msg)]
             return done("waiting for a person (healer rollback / healer repair / a new deploy)", failures)
         if not s.has_rollback_target:
             msg = f"no stable tag to roll back to ({why})"
-            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, "not acting", msg)]
+            title = f"{_names(v)} failing, and no stable tag to roll back to"
+            intents += [Hold(msg), Alert(Event.HEALER_HELD, Severity.CRITICAL, title, msg)]
             return done("waiting for a person (healer rollback --to REF / a new deploy)", failures)
         if s.observe:
             # announce the would-be rollback once: on the first cycle that warranted it
@@ -254,6 +264,12 @@ def decide(s: Situation, config: Config) -> Decision:
     if not counted and rungs.counts:
         step = f"restart pending; {step} once restarts are exhausted"
     return done(step + skipped, failures)
+
+
+def _outcome_so_far(r: PastRepair, now: datetime, grace: timedelta) -> Outcome:
+    """A repair's outcome as this failing cycle sees it: one still being verified whose
+    `repair_grace` is over has not cured what this cycle still finds failing."""
+    return Outcome.FAILED if r.is_running and now >= r.at + grace else r.outcome
 
 
 def _unprobed(s: Situation) -> Decision:
@@ -282,8 +298,8 @@ def choose_repairs(s: Situation, config: Config, att: Attribution | None = None)
     For a dependency cause only the dependency checks' symptoms count, and the app is
     restarted at most `max_restarts` times per incident. A playbook waiting out its cooldown or
     backoff is left alone and said to be ("... until 12:00:10 UTC"); one that reached its cap
-    for the window is announced once (`repair.capped`) and then left alone; one this config
-    cannot run (no [process] for a restart) is not chosen.
+    for the window is announced once (`repair.capped`) and then left alone; so is one still
+    being verified; one this config cannot run (no [process] for a restart) is not chosen.
     """
     att = att or Attribution(Cause.UNKNOWN, "")
     rungs = att.rungs
@@ -313,6 +329,11 @@ def choose_repairs(s: Situation, config: Config, att: Attribution | None = None)
             skipped.append(f"{name} waits for a second failing cycle (only some requests failed)")
             continue
         runs = [r for r in s.repairs if r.name == name and r.note != "cap"]
+        running = next((r for r in runs if r.is_running), None)
+        if running is not None:
+            skipped.append(f"{name} started at {running.at:%H:%M:%S} UTC, still being verified")
+            pending = pending or policy.restarts_app
+            continue
         counted = [r for r in runs if r.outcome is not Outcome.SKIPPED or s.observe]
         if policy.restarts_app and rungs.max_restarts is not None:
             since = s.incident_since or s.now
@@ -376,6 +397,11 @@ def emergency_reasons(v: Verdict, config: Config) -> list[str]:
     return out
 
 
+def _names(v: Verdict) -> str:
+    """ "api, web": the checks failing, for titles that say what failed"""
+    return ", ".join(r.name for r in v.failing)
+
+
 def _failing_names(v: Verdict, att: Attribution) -> str:
     """ "api failing — likely cause: redis" """
-    return ", ".join(r.name for r in v.failing) + f" failing — likely cause: {att.label}"
+    return f"{_names(v)} failing — likely cause: {att.label}"

@@ -15,6 +15,14 @@ cycle's samples against the reference's (outliers removed) at p < REFERENCE_ALPH
 `min_latency_increase_vs_previous` slower. With fewer than MIN_REFERENCE_SAMPLES reference
 samples, or no sample answered this cycle, the rule is inconclusive: it fails nothing. The
 evidence goes with the result (`vs_previous_*` values) for decide's emergency rule.
+
+A check that measures one number of its own (`value`: a Prometheus query's error ratio or p99)
+is judged by the same two rules, with keys in its own unit: over `max_factor` times the
+baseline's value *and* `min_increase` more, and over `max_factor_vs_previous` times the median
+of the release before's values (one per healthy cycle) *and* `min_increase_vs_previous` more
+(`<type>.value`). One number per cycle gives no samples for a rank test: the median of the
+pooled cycles stands against a noisy one, and with fewer than MIN_REFERENCE_VALUES of them the
+rule is inconclusive.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ REFERENCE_ALPHA = 0.02
 MIN_REFERENCE_SAMPLES = 20
 # The healthy cycles of the release before pooled into its reference (the loop reads them).
 REFERENCE_CYCLES = 20
+# Fewer values of the release before than this (one per healthy cycle) decide nothing.
+MIN_REFERENCE_VALUES = 5
 
 
 # What a check's model declares decides how it is judged, not its type: a check type added
@@ -70,6 +80,29 @@ class ComparedToPrevious(Protocol):
     def min_latency_increase_vs_previous(self) -> timedelta: ...
 
 
+class ValueBounded(Protocol):
+    """A check whose `value` drifting from the baseline fails it (`<type>.value`); `label`
+    says what the value is in the explanation ("error ratio 0.12 vs 0.003 at baseline")."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def max_factor(self) -> float: ...
+    @property
+    def min_increase(self) -> float: ...
+
+
+class ValueComparedToPrevious(Protocol):
+    """A check whose `value` is compared with the release before's values (`<type>.value`)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def max_factor_vs_previous(self) -> float: ...
+    @property
+    def min_increase_vs_previous(self) -> float: ...
+
+
 @cache
 def _keys(model: type[CheckConfig]) -> frozenset[str]:
     """The keys a check type's model has (cached: judged every cycle, for every check)."""
@@ -79,6 +112,8 @@ def _keys(model: type[CheckConfig]) -> frozenset[str]:
 _LATENCY_KEYS = frozenset({"max_latency_factor", "min_latency_increase"})
 _MEMORY_KEYS = frozenset({"max_memory_factor", "min_memory_increase"})
 _PREVIOUS_KEYS = frozenset({"max_latency_factor_vs_previous", "min_latency_increase_vs_previous"})
+_VALUE_KEYS = frozenset({"label", "max_factor", "min_increase"})
+_VALUE_PREVIOUS_KEYS = frozenset({"label", "max_factor_vs_previous", "min_increase_vs_previous"})
 
 
 def _is_latency_bounded(check: CheckConfig) -> TypeGuard[LatencyBounded]:
@@ -91,6 +126,14 @@ def _is_memory_bounded(check: CheckConfig) -> TypeGuard[MemoryBounded]:
 
 def _is_compared_to_previous(check: CheckConfig) -> TypeGuard[ComparedToPrevious]:
     return _keys(type(check)) >= _PREVIOUS_KEYS
+
+
+def _is_value_bounded(check: CheckConfig) -> TypeGuard[ValueBounded]:
+    return _keys(type(check)) >= _VALUE_KEYS
+
+
+def _is_value_compared_to_previous(check: CheckConfig) -> TypeGuard[ValueComparedToPrevious]:
+    return _keys(type(check)) >= _VALUE_PREVIOUS_KEYS
 
 
 def judge(
@@ -111,6 +154,8 @@ def judge(
             r = _against_baseline(r, check, baseline)
         if check is not None and reference is not None and _is_compared_to_previous(check):
             r = _against_reference(r, check, reference)
+        if check is not None and reference is not None and _is_value_compared_to_previous(check):
+            r = _value_against_reference(r, check, reference)
         judged.append(r)
     return Verdict(at=at, results=tuple(judged))
 
@@ -145,6 +190,25 @@ def _against_reference(r: CheckResult, check: ComparedToPrevious, reference: Ref
     return replace(r, ok=False, error=error, symptoms=(*r.symptoms, slow), values=values)
 
 
+def _value_against_reference(r: CheckResult, check: ValueComparedToPrevious, reference: Reference) -> CheckResult:
+    """The result, failed with `<type>.value` when its value is over both the factor and the
+    floor above the median of the release before's values."""
+    pooled = reference.values.get(r.name, ())
+    now = r.values.get("value")
+    symptom = f"{r.type}.value"
+    if now is None or len(pooled) < MIN_REFERENCE_VALUES or symptom in r.symptoms:
+        return r  # inconclusive, or already failed on its value (ceiling, own baseline)
+    before = median(pooled)
+    if now < before * check.max_factor_vs_previous or now - before < check.min_increase_vs_previous:
+        return r
+    problem = (
+        f"{check.label} {now:.4g} vs {before:.4g} in {reference.label} "
+        f"({_times(now, before)}, median of {len(pooled)} cycles)"
+    )
+    error = "; ".join(([r.error] if r.error else []) + [problem])
+    return replace(r, ok=False, error=error, symptoms=(*r.symptoms, symptom))
+
+
 def _ms(v: float) -> str:
     return f"{v:.1f}" if v < 10 else f"{v:.0f}"
 
@@ -158,18 +222,23 @@ def _times(now: float, before: float) -> str:
 
 def reference_of(verdicts: Sequence[Verdict], label: str, cycles: int = REFERENCE_CYCLES) -> Reference:
     """The reference a release's cycles give: the raw samples of its first `cycles` fully
-    healthy ones, pooled per check (requests sent and failed counted alongside)."""
+    healthy ones, pooled per check (requests sent and failed counted alongside), and each
+    cycle's `value` of a check that measures one."""
     samples: dict[str, list[float]] = {}
     requests: dict[str, int] = {}
     errors: dict[str, int] = {}
+    values: dict[str, list[float]] = {}
     for v in [v for v in verdicts if v.ok][:cycles]:
         for r in v.results:
+            if "value" in r.values:
+                values.setdefault(r.name, []).append(r.values["value"])
             if not r.samples_ms and not r.sample_errors:
                 continue
             samples.setdefault(r.name, []).extend(r.samples_ms)
             requests[r.name] = requests.get(r.name, 0) + int(r.values.get("samples", len(r.samples_ms)))
             errors[r.name] = errors.get(r.name, 0) + r.sample_errors
-    return Reference(label, {k: tuple(v) for k, v in samples.items()}, requests, errors)
+    pooled = {k: tuple(v) for k, v in values.items()}
+    return Reference(label, {k: tuple(v) for k, v in samples.items()}, requests, errors, pooled)
 
 
 def _against_baseline(r: CheckResult, check: CheckConfig, baseline: Baseline) -> CheckResult:
@@ -195,6 +264,11 @@ def _against_baseline(r: CheckResult, check: CheckConfig, baseline: Baseline) ->
         if big:
             problems.append(f"memory {big[0]:.0f}MB vs baseline {big[1]:.0f}MB")
             symptoms.append(f"{r.type}.memory")
+    if _is_value_bounded(check):
+        drift = _drifted(r.values.get("value"), baseline.value(r.name, "value"), check.max_factor, check.min_increase)
+        if drift:
+            problems.append(f"{check.label} {drift[0]:.4g} vs {drift[1]:.4g} at baseline ({_times(*drift)})")
+            symptoms.append(f"{r.type}.value")
     if not problems:
         return r
     error = "; ".join(([r.error] if r.error else []) + problems)

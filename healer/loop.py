@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from healer import gitrepo, repair, rollback
 from healer import report as reports
@@ -34,25 +31,25 @@ from healer.aftermath import (
     Followup,
     NotRun,
     Observed,
+    RepairResult,
     ResumedRollback,
     follow_up,
     rollback_started,
 )
 from healer.alerts.message import (
-    format_age,
     watching_after_repair,
 )
 from healer.backlog import BufferedStore
 from healer.chat import listen
 from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock, stepped
-from healer.config import Config
+from healer.config import Config, format_duration, format_elapsed
 from healer.decide import Decision, Situation, decide
 from healer.errors import HealerError, LockedError, StoreError
-from healer.files import open_private, private_dir
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
 from healer.ladder import Cause, settled
+from healer.locks import PEEKED, FileLock
 from healer.logging import log_event
 from healer.model import (
     Alert,
@@ -70,7 +67,7 @@ from healer.model import (
     Verdict,
     Who,
 )
-from healer.notify import Liveness, action_budget, notify, stall_limit, watchdog_pinger
+from healer.notify import Liveness, action_budget, notify, overdue_after, stall_limit, watchdog_pinger
 from healer.rollback_plan import Plan
 from healer.schedule import next_due, phase_at
 from healer.server import start_server
@@ -110,72 +107,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOP_ACTION_WAIT = timedelta(seconds=10)
 # ... and a cycle that is only probing or recording, this long.
 STOP_CYCLE_WAIT = timedelta(milliseconds=800)
+# What a repair whose verification failed beside the loop leaves: the next cycle judges the app
+# and takes the ladder's next rung (another remedy, a rollback, or a hold).
+VERIFY_FAILED_NEXT = "the next cycle decides the next step"
 
 
 def event(name: str, **fields: Any) -> None:
     """Log one event: a dotted name plus fields (`repair.started kind=redis-flush`)."""
     log_event(log, name, **fields)
-
-
-# ---- the lock ------------------------------------------------------------------------------
-
-
-class RunLock:
-    """An exclusive flock on a file that holds the owner's PID."""
-
-    def __init__(self, path: Path, what: str) -> None:
-        self.path = path
-        self.what = what
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> None:
-        try:
-            private_dir(self.path.parent)
-            fh = open_private(self.path, "a+")  # held for the life of the process
-        except OSError as e:
-            msg = f"{self.path.parent}: cannot create the state directory (state_dir): {e.strerror}"
-            raise StoreError(msg) from None
-        # `healer status` peeks at the lock for an instant: retry briefly before calling it held
-        for attempt in range(5):
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt < 4:
-                    time.sleep(0.05)
-                    continue
-                fh.seek(0)
-                text = fh.read().strip()
-                fh.close()
-                raise LockedError(self.what, int(text) if text.isdigit() else None) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.seek(0)
-                self._fh.truncate()
-            self._fh.close()
-            self._fh = None
-
-    @staticmethod
-    def holder(path: Path) -> int | None:
-        """The PID holding the lock at `path`, or None when nobody does."""
-        if not path.exists():
-            return None
-        with open(path, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                text = fh.read().strip()
-                return int(text) if text.isdigit() else -1
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            return None
 
 
 # ---- the watchdog ------------------------------------------------------------------------------
@@ -225,6 +164,31 @@ class AlertSink:
             return False  # unreadable: remind, rather than stay silent
 
 
+@dataclass(frozen=True, slots=True)
+class _Verifying:
+    """A repair of the loop whose verification goes on beside the loop, as a task it owns."""
+
+    intent: Repair
+    task: asyncio.Task[RepairResult]
+    handoff: repair.Handoff
+    deploy: Deploy
+    incident: int | None
+
+
+async def _until_handed_off(task: asyncio.Task[RepairResult], handoff: repair.Handoff) -> None:
+    """Wait until the repair ends or hands its verification over to run beside the loop. A
+    cancelled wait (a stop past its bound) cancels the repair too: it is recorded interrupted."""
+    waiter = asyncio.ensure_future(handoff.verifying.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    finally:
+        waiter.cancel()
+
+
 @dataclass
 class CycleReport:
     """What one cycle did (for tests and the CLI)."""
@@ -235,6 +199,7 @@ class CycleReport:
     alerts: list[Alert] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     woken: str | None = None  # why the cycle ran before it was due (the watcher saw the app exit)
+    verifying: list[str] = field(default_factory=list)  # repairs it left verified beside the loop
 
 
 class Watchdog:
@@ -261,7 +226,8 @@ class Watchdog:
         self._last_repair_at: datetime | None = None
         self._incident: tuple[int, datetime] | None = None
         self._cause: str | None = None  # the likely cause of the latest failing cycle, for alerts
-        self.acting: str | None = None  # the repair or rollback in flight, for serve()'s stop bound
+        self._acting: str | None = None  # the repair or rollback the cycle carries out
+        self._verifying: dict[str, _Verifying] = {}  # by playbook: repairs verified beside the loop
         self._stop: asyncio.Event | None = None  # run()'s: once set, no new action starts
         self._policies = repair.policies(config)  # validates the playbook files once, at start
         self.liveness = liveness or Liveness(stall_limit(config))
@@ -288,6 +254,18 @@ class Watchdog:
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    @property
+    def acting(self) -> str | None:
+        """The repair or rollback in flight, for serve()'s stop bound: the cycle's own, or a
+        repair still being verified beside the loop."""
+        if self._acting is None and self._verifying:
+            return "verifying " + ", ".join(self._verifying)
+        return self._acting
+
+    @acting.setter
+    def acting(self, what: str | None) -> None:
+        self._acting = what
+
     # -- deploy ------------------------------------------------------------------------------
 
     async def current_deploy(self) -> Deploy:
@@ -298,6 +276,13 @@ class Watchdog:
         if is_new:
             event("deploy.new", commit=commit[:12], deploy=deploy.id)
             alerts = []
+            if self._incident is not None:
+                # the store closed the open incident with its deploy: say so to whoever was told it
+                # opened (a failure of the new release opens an incident of its own)
+                msg = "the release that failed was replaced; the new one is judged afresh"
+                title = f"closed: {commit[:12]} was deployed"
+                alerts.append(Alert(Event.INCIDENT_RESOLVED, Severity.INFO, title, msg, self._incident[0]))
+                self._incident = None
             if deploy.state is DeployState.BAD:
                 msg = f"commit {commit[:12]} was rolled back from before ({deploy.bad}); it is deployed again"
                 alerts.append(Alert(Event.DEPLOY_BAD, Severity.CRITICAL, commit[:12], msg))
@@ -325,6 +310,7 @@ class Watchdog:
 
     async def step(self, woken: str | None = None) -> CycleReport:
         """Run one cycle now: probe, judge, decide, act, record (`woken`: why it runs early)."""
+        await self._announce_verified()
         deploy = await self.current_deploy()
         now, mono = self.clock.now(), self.clock.monotonic()
         results = await run_checks(self.ctx)
@@ -389,6 +375,7 @@ class Watchdog:
             elif isinstance(intent, Rollback):
                 alerts += await self._guarded(self._rollback(intent, deploy, incident, report), intent, incident)
             elif isinstance(intent, Hold):
+                await self._supersede_verifying("the hold", "waiting for a person")
                 await self._db(self.store.set_held, deploy.id, intent.reason)
                 await self._db(
                     self.store.start_action, kind="hold", name="loop", who=Who.LOOP, reason=intent.reason,
@@ -399,6 +386,8 @@ class Watchdog:
         next_step = decision.next_step
         if any(a.event == Event.REPAIR_SUCCEEDED for a in alerts):
             next_step = watching_after_repair(self.config.escalation.recover_after)
+        elif report.verifying:
+            next_step = f"checking that {', '.join(report.verifying)} worked, while cycles go on"
         if not superseded and any(isinstance(i, Rollback) and not i.observe for i in decision.intents):
             # the rollback started a new deploy window: speak of it, not of the one rolled back from
             after: Deploy | None = await self._db(self.store.current_deploy)
@@ -453,14 +442,14 @@ class Watchdog:
         """An action that fails in a way nobody foresaw is told, not lost with the cycle's alerts.
         While it runs, `acting` names it: a stop signal then lets it finish (STOP_ACTION_WAIT)."""
         what = intent.kind if isinstance(intent, Repair) else "rollback"
-        self.acting = what
+        before, self.acting = self._acting, what  # nested (a verification announced in a rollback): restored
         try:
             return await action
         except Exception as e:
             log_event(log, "action.crashed", level=logging.ERROR, action=what, error=f"{type(e).__name__}: {e}")
             return await self._follow_up(Crashed(intent, f"{type(e).__name__}: {e}"), None, incident)
         finally:
-            self.acting = None
+            self.acting = before
 
     def _stopping(self, report: CycleReport, what: str) -> bool:
         """A stop was asked for: start no action now (the next start decides again)."""
@@ -484,26 +473,77 @@ class Watchdog:
         if self._stopping(report, f"repair {intent.kind}"):
             return []
         event("repair.started", kind=intent.kind, reason=intent.reason)
+        handoff = repair.Handoff()
+        running = repair.run_repair(
+            intent.kind, config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
+            who=Who.LOOP, reason=intent.reason, deploy_id=deploy.id, incident_id=incident, handoff=handoff,
+        )  # fmt: skip
+        task = asyncio.create_task(running)
+        # `repair_grace` counts from the repair's start: the next cycle judges the app then
+        self._last_repair_at = now
+        with self.liveness.busy(action_budget(self.config)):
+            await _until_handed_off(task, handoff)
+        if not task.done():
+            # the steps are done and the app is not healthy yet: cycles go on while the repair is
+            # verified (decide sees it `started`, and does not start it again)
+            self._verifying[intent.kind] = _Verifying(intent, task, handoff, deploy, incident)
+            report.actions.append(f"repair {intent.kind}: verifying")
+            report.verifying.append(intent.kind)
+            event("repair.verifying", kind=intent.kind)
+            return []
+        return await self._repaired(intent, task, deploy, incident, report)
+
+    async def _repaired(
+        self, intent: Repair, task: asyncio.Task[RepairResult], deploy: Deploy, incident: int | None,
+        report: CycleReport | None = None,
+    ) -> list[Alert]:  # fmt: skip
+        """Record and announce how the loop's repair ended (its task is done)."""
+        now = self.clock.now()
         try:
-            with self.liveness.busy(action_budget(self.config)):
-                result = await repair.run_repair(
-                    intent.kind, config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
-                    who=Who.LOOP, reason=intent.reason, deploy_id=deploy.id, incident_id=incident,
-                )  # fmt: skip
+            result = task.result()
         except HealerError as e:
             await self._db(
                 self.store.start_action, kind="repair", name=intent.kind, who=Who.LOOP, reason=intent.reason,
                 now=now, deploy_id=deploy.id, incident_id=incident, outcome=Outcome.ERROR, detail=str(e),
             )  # fmt: skip
             event("repair.error", kind=intent.kind, error=str(e))
-            report.actions.append(f"repair {intent.kind}: error")
+            if report is not None:
+                report.actions.append(f"repair {intent.kind}: error")
             return await self._follow_up(NotRun(intent, str(e)), deploy, incident)
-        # `repair_grace` counts from the repair's start: its own verification (`verify_within`)
-        # has usually used it up, so a failed restart is followed by the next rung at once
-        self._last_repair_at = now
-        report.actions.append(f"repair {intent.kind}: {'ok' if result.ok else 'failed'}")
+        if report is not None:
+            report.actions.append(f"repair {intent.kind}: {'ok' if result.ok else 'failed'}")
         event("repair.finished", kind=intent.kind, ok=result.ok, detail=result.detail)
         return await self._follow_up(result, deploy, incident)
+
+    async def _announce_verified(self, then: str = VERIFY_FAILED_NEXT) -> None:
+        """Record and announce the repairs whose verification ended beside the loop; `then` is
+        what follows one that failed."""
+        for kind, v in list(self._verifying.items()):
+            if not v.task.done():
+                continue
+            del self._verifying[kind]
+            alerts = await self._guarded(self._repaired(v.intent, v.task, v.deploy, v.incident), v.intent, v.incident)
+            ok = any(a.event == Event.REPAIR_SUCCEEDED for a in alerts)
+            next_step = watching_after_repair(self.config.escalation.recover_after) if ok else then
+            await self._alert(alerts, v.deploy, None, next_step)
+
+    async def _supersede_verifying(self, by: str, then: str) -> None:
+        """Before a rollback (or a hold) acts, end the verifications going on beside the loop:
+        each is recorded failed, superseded by it, and announced before it (`then`: what follows)."""
+        if not self._verifying:
+            return
+        for v in self._verifying.values():
+            v.handoff.supersede(by)
+            event("repair.superseded", kind=v.intent.kind, by=by)
+        await asyncio.wait([v.task for v in self._verifying.values()])
+        await self._announce_verified(then)
+
+    async def _end_verifying(self) -> None:
+        """At a stop: let the verifications beside the loop end (serve() bounds the wait and then
+        cancels the loop, and with it each verification: recorded interrupted, for the next start)."""
+        if self._verifying:
+            await asyncio.gather(*(v.task for v in self._verifying.values()), return_exceptions=True)
+            await self._announce_verified()
 
     async def _rollback(
         self, intent: Rollback, deploy: Deploy, incident: int | None, report: CycleReport
@@ -520,6 +560,7 @@ class Watchdog:
             return await self._follow_up(Observed(intent), deploy, incident)
         if self._stopping(report, "rollback"):
             return []
+        await self._supersede_verifying("the rollback", "rolling back")
 
         async def started(p: Plan) -> None:
             # said under the rollback lock, once the plan is accepted: never for a lost race
@@ -662,6 +703,7 @@ class Watchdog:
         reading: tuple[datetime, timedelta] | None = None  # the last iteration's (wall, monotonic)
         while not stop.is_set():
             try:
+                await self._announce_verified()
                 await self._db(self.store.retry)
                 await self._watch_store()
                 deploy = await self.current_deploy()
@@ -687,9 +729,9 @@ class Watchdog:
                     await self._wait(stop, delay, wake)
                     continue
                 late = -left
-                if started and late > max(2 * (due - (deploy.last_cycle_at or due)), timedelta(seconds=30)):
+                if started and late > overdue_after(due - (deploy.last_cycle_at or due)):
                     # the cycle is later than twice its cadence: a stall healer must own up to
-                    msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {int(late.total_seconds())}s late"
+                    msg = f"the cycle due at {now - late:%H:%M:%S} UTC ran {format_elapsed(late)} late"
                     event("meta.loop_behind", late_s=int(late.total_seconds()))
                     await self._alert(
                         [Alert(Event.META_LOOP_BEHIND, Severity.WARNING, "a cycle ran late", msg, bypass_dedup=True)],
@@ -729,6 +771,7 @@ class Watchdog:
                 log.debug("loop.crashed_cycle", exc_info=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 5)
+        await self._end_verifying()
 
     def _time_left(self, deploy: Deploy, due: datetime, now: datetime, mono: timedelta) -> timedelta:
         """How long until the cycle due at `due` (wall clock), measured so that a stepped wall
@@ -751,7 +794,7 @@ class Watchdog:
     async def _announce_clock_step(self, step: timedelta, deploy: Deploy, now: datetime) -> None:
         """Say once that the wall clock was stepped, which way and by how much."""
         way = "forward" if step > timedelta(0) else "back"
-        size = format_age(abs(step))
+        size = format_elapsed(abs(step))
         log_event(log, "clock.stepped", level=logging.WARNING, way=way, by_s=round(abs(step).total_seconds(), 1),
                   now=now.isoformat())  # fmt: skip
         msg = (
@@ -809,7 +852,7 @@ class Watchdog:
             return
         self.liveness.store_ok()
         written, dropped = await self._db(self.store.take_counts)
-        down = format_age(now - self._store_down)
+        down = format_elapsed(now - self._store_down)
         self._store_down = None
         log_event(log, "store.recovered", level=logging.WARNING, down=down, written=written, forgotten=dropped)
         lost = f"; {dropped} routine cycles were forgotten (too many to keep)" if dropped else ""
@@ -864,7 +907,8 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     """
     repair.known_playbooks(config)  # a bad playbook file is a config error: exit 2, nothing started
     gitrepo.head_commit(config.app.repo)  # so is an [app] repo that is not a git work tree
-    lock = RunLock(config.lock_path, "healer run")
+    # `healer status` peeks at the lock (locks.holder) for an instant: wait that out
+    lock = FileLock(config.lock_path, "healer run", patience=PEEKED)
     lock.acquire()
     store = BufferedStore(config.db_path)
     stop = asyncio.Event()
@@ -927,7 +971,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                 if acting:
                     event("healer.stopping", signal=received[0] if received else None, waiting_for=acting,
                           up_to_s=int(wait.total_seconds()))  # fmt: skip
-                    notify(f"STATUS=stopping: letting {acting} finish (up to {int(wait.total_seconds())}s)")
+                    notify(f"STATUS=stopping: letting {acting} finish (up to {format_duration(wait)})")
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(runner), wait.total_seconds())
                 if not runner.done() and dog.acting:

@@ -158,6 +158,7 @@ class Reference:
     samples_ms: Mapping[str, tuple[float, ...]]  # check name -> every answered request's latency
     requests: Mapping[str, int]  # check name -> requests sent
     errors: Mapping[str, int]  # check name -> requests that failed
+    values: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # check name -> each cycle's `value`
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,13 +40,15 @@ WATCHDOG_PID_ENV = "WATCHDOG_PID"
 # and after each cycle, whose probes run concurrently, each bounded by its check's timeout.
 # This floor keeps a slow disk or a GC pause from looking like a hang.
 MIN_STALL_AFTER = timedelta(seconds=60)
+# Late by less than this, a loop is never called stalled or behind. Its beats get the higher
+# MIN_STALL_AFTER: a stall there has systemd kill healer, a mistake that costs more.
+MIN_OVERDUE = timedelta(seconds=30)
 # Store writes, git and alert hand-off in one cycle, on top of the slowest check.
 _CYCLE_OVERHEAD = timedelta(seconds=10)
 # One repair (a playbook: a few steps of 30-90 s each, then up to 30 s of verification).
 DEFAULT_REPAIR_BUDGET = timedelta(minutes=10)
 # What rollback.run_rollback does besides the `after` commands: checkout, tag/stash.
 _ROLLBACK_GIT_STEPS = 2
-_ROLLBACK_VERIFY_TRIES = 3  # rollback.VERIFY_TRIES; not imported, this module stays light
 
 _warned = False
 
@@ -222,11 +224,18 @@ class Liveness:
             return now - self._last <= self.stall_after.total_seconds()
 
 
+def overdue_after(every: timedelta, floor: timedelta = MIN_OVERDUE) -> timedelta:
+    """The one liveness rule: a loop that shows progress every `every` is stalled once it has
+    not for twice that, and never sooner than `floor`. Applied to the beats (stall_limit), to
+    the store's `loop_seen` (`healer status`) and to a cycle that runs late (meta.loop_behind)."""
+    return max(2 * every, floor)
+
+
 def stall_limit(config: Config) -> timedelta:
-    """How long the loop may go without a beat outside busy(): twice its longest ordinary
-    iteration (the slowest check plus the cycle's own work), never under MIN_STALL_AFTER."""
+    """How long the loop may go without a beat outside busy(): overdue after its longest
+    ordinary iteration (the slowest check plus the cycle's own work), never under MIN_STALL_AFTER."""
     slowest = max(c.timeout for c in config.checks)
-    return max(MIN_STALL_AFTER, 2 * (slowest + _CYCLE_OVERHEAD))
+    return overdue_after(slowest + _CYCLE_OVERHEAD, MIN_STALL_AFTER)
 
 
 def action_budget(config: Config) -> timedelta:
@@ -236,9 +245,11 @@ def action_budget(config: Config) -> timedelta:
     bounds. A rollback: the git steps and every `after` command at `command_timeout`, then up
     to three verifications (`verify_grace` plus the slowest check). A repair: a fixed budget.
     """
+    from healer.rollback_plan import VERIFY_TRIES  # with the config: only the loop, which has it, asks
+
     slowest = max(c.timeout for c in config.checks)
     rb = config.rollback
     commands = (len(rb.after) + _ROLLBACK_GIT_STEPS) * rb.command_timeout
-    verify = _ROLLBACK_VERIFY_TRIES * (rb.verify_grace + slowest + timedelta(seconds=1))
+    verify = VERIFY_TRIES * (rb.verify_grace + slowest + timedelta(seconds=1))
     rollback = commands + verify
     return max(rollback, DEFAULT_REPAIR_BUDGET)

@@ -21,6 +21,7 @@ It knows two kinds of secret:
 
     redact.configure(config)           # once, where a command loads healer.toml
     redact.redact(text)                # where outside text comes in
+    redact.redact(text, dsn)           # ... also masking a value only the caller knows
     redact.add_secrets(value, ...)     # a channel that reads a secret of its own
 """
 
@@ -254,8 +255,13 @@ def env_values(config: Config, environ: Mapping[str, str]) -> list[str]:
 REDACTOR = Redactor()
 
 
-def redact(text: str) -> str:
-    """`text` with every secret known to this process (and every secret-shaped string) masked."""
+def redact(text: str, *secrets: str) -> str:
+    """`text` with every secret known to this process (and every secret-shaped string) masked,
+    and `secrets` too: values the caller holds that healer.toml did not name (a DSN given to
+    one check), masked for this text only."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, MASK)
     return REDACTOR(text)
 
 

@@ -9,25 +9,23 @@ a person to confirm.
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import importlib.resources
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from healer import actions
 from healer.actions.command import StepTimedOut
 from healer.aftermath import RepairResult, ResumedRepair
 from healer.checks import describe_error, run_checks
-from healer.config import format_duration
+from healer.clock import sleep_unless
+from healer.config import format_duration, format_elapsed
 from healer.decide import PlaybookPolicy
 from healer.errors import ActionError, ConfigError, LockedError, StoreError, UsageError
-from healer.files import open_private, private_dir
+from healer.locks import PEEKED, FileLock
 from healer.logging import log_event
 from healer.model import ActionNote, CheckResult, Outcome, Who
 from healer.playbook import (
@@ -148,42 +146,30 @@ def _lookup(name: str, config: Config) -> Playbook:
 # ---- the lock ----------------------------------------------------------------------------------
 
 
-@contextmanager
-def playbook_lock(state_dir: Path, name: str) -> Iterator[None]:
-    """An exclusive, non-blocking flock on `<state_dir>/repair-<name>.lock` holding our PID, so
-    a person and the loop never run the same playbook at once; LockedError names the holder.
-    The kernel releases it if healer dies."""
-    path = state_dir / f"repair-{name}.lock"
-    try:
-        private_dir(state_dir)
-        fh: IO[str] = open_private(path, "a+")  # held open for the whole repair
-    except OSError as e:
-        msg = f"{path}: cannot create the lock file: {e.strerror}"
-        raise ActionError(msg) from None
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            fh.seek(0)
-            text = fh.read().strip()
-            raise LockedError(f"repair {name}", int(text) if text.isdigit() else None) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    finally:
-        fh.close()
+def playbook_lock(state_dir: Path, name: str) -> FileLock:
+    """`<state_dir>/repair-<name>.lock`, so a person and the loop never run the same playbook at
+    once; LockedError names the holder. The watcher peeks at it (healer/watch.py): that instant
+    is waited out."""
+    return FileLock(state_dir / f"repair-{name}.lock", f"repair {name}", patience=PEEKED)
 
 
 # ---- running -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Handoff:
+    """Between the loop and a repair it runs as a task: the repair says when its verification
+    goes on beside the loop (its steps are done and the first check of its targets failed);
+    the loop may end that verification early, when something else takes over (a rollback)."""
+
+    verifying: asyncio.Event = field(default_factory=asyncio.Event)
+    superseded: asyncio.Event = field(default_factory=asyncio.Event)
+    by: str = ""  # what took over, for the detail: "the rollback"
+
+    def supersede(self, by: str) -> None:
+        """End the verification at its next pause: the repair is failed, `by` takes over."""
+        self.by = by
+        self.superseded.set()
 
 
 async def run_repair(
@@ -198,6 +184,7 @@ async def run_repair(
     deploy_id: int | None,
     incident_id: int | None = None,
     dry_run: bool = False,
+    handoff: Handoff | None = None,
 ) -> RepairResult:
     """Run playbook `name`, journaled before it starts, verified by its target checks.
 
@@ -209,7 +196,9 @@ async def run_repair(
     1. take the playbook's lock; journal the intent (outcome `started`);
     2. run the steps in order, each bounded by its timeout (a timeout kills the step and
        is `failed`; a step that cannot run is `error`, and later steps are not run);
-    3. re-run the target checks every second until they pass or `verify_within` elapses;
+    3. re-run the target checks every second until they pass or `verify_within` elapses
+       (with a `handoff`: say so once the first check failed, and stop, failed, when the loop
+       supersedes the verification);
     4. finish the action row: ok / failed / error with a one-line detail.
 
     A dry run changes nothing and journals nothing: its detail says what would be done.
@@ -229,7 +218,7 @@ async def run_repair(
         )  # fmt: skip
         log_event(log, "repair.started", kind=name, who=str(who), reason=reason, action_id=action_id)
         try:
-            outcome, detail, results = await _steps_and_verify(playbook, config, ctx, clock)
+            outcome, detail, results = await _steps_and_verify(playbook, config, ctx, clock, handoff)
         except asyncio.CancelledError:
             # healer is stopping past its bound (or a person pressed Ctrl-C): written at once,
             # from the event loop, since nothing will await a worker thread any more
@@ -253,7 +242,7 @@ async def run_repair(
 
 
 async def _steps_and_verify(
-    playbook: Playbook, config: Config, ctx: ProbeContext, clock: Clock
+    playbook: Playbook, config: Config, ctx: ProbeContext, clock: Clock, handoff: Handoff | None
 ) -> tuple[Outcome, str, tuple[CheckResult, ...]]:
     """Steps 2 and 3 of run_repair: (outcome, detail, the last check results)."""
     done: list[str] = []
@@ -281,15 +270,22 @@ async def _steps_and_verify(
         results = await run_checks(ctx, checks)
         now = clock.monotonic()
         if all(r.ok for r in results):
-            took = (now - began).total_seconds()
-            return Outcome.OK, _join(done, f"{names} healthy after {took:.1f}s"), results
+            return Outcome.OK, _join(done, f"{names} healthy after {format_elapsed(now - began)}"), results
         if now >= deadline:
-            failing = "; ".join(
-                f"{r.name}: {r.error or ', '.join(r.symptoms) or 'failed'}" for r in results if not r.ok
-            )
-            why = f"still failing after {format_duration(playbook.verify_within)}: {failing}"
+            why = f"still failing after {format_duration(playbook.verify_within)}: {_failing(results)}"
             return Outcome.FAILED, _join(done, why), results
-        await clock.sleep(min(VERIFY_EVERY, deadline - now))
+        if handoff is None:
+            await clock.sleep(min(VERIFY_EVERY, deadline - now))
+            continue
+        handoff.verifying.set()
+        if await sleep_unless(clock, min(VERIFY_EVERY, deadline - now), handoff.superseded):
+            took = format_elapsed(clock.monotonic() - began)
+            why = f"still failing after {took}: {_failing(results)}; superseded by {handoff.by}"
+            return Outcome.FAILED, _join(done, why), results
+
+
+def _failing(results: tuple[CheckResult, ...]) -> str:
+    return "; ".join(f"{r.name}: {r.error or ', '.join(r.symptoms) or 'failed'}" for r in results if not r.ok)
 
 
 def _join(done: list[str], last: str) -> str:

@@ -26,6 +26,8 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from healer.config import format_elapsed
+
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
@@ -336,19 +338,6 @@ def summary_period(
 # ---- rendering -------------------------------------------------------------------------------
 
 
-def human(d: timedelta) -> str:
-    """`45s`, `12m`, `12m 30s`, `3h 5m`, `2d 4h`: the two largest units, cut, not rounded."""
-    secs = int(max(d, timedelta(0)).total_seconds())
-    if secs < 60:
-        return f"{secs}s"
-    parts: list[tuple[int, str]] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        n, secs = divmod(secs, size)
-        if n or parts:
-            parts.append((n, unit))
-    return " ".join(f"{n}{unit}" for n, unit in parts[:2] if n)
-
-
 def format_percent(x: float | None, places: int = 3) -> str:
     """Cut, never rounded up: 99.8999 shows as 99.899 %, not as a target met."""
     if x is None:
@@ -420,8 +409,8 @@ def _sla_line(s: Sla) -> str:
     verdict = "met" if s.is_met else "MISSED"
     return (
         f"SLA {s.target:g}%: {verdict}, availability {format_percent(s.availability)} "
-        f"({human(s.downtime)} down in {human(s.observed)}; "
-        f"the target allows {human(s.allowed_downtime)})"
+        f"({format_elapsed(s.downtime)} down in {format_elapsed(s.observed)}; "
+        f"the target allows {format_elapsed(s.allowed_downtime)})"
     )
 
 
@@ -443,11 +432,11 @@ def render_text(report: Report, title: str) -> str:
     else:
         lines.append("Uptime: no checks recorded")
     open_ = sum(1 for i in report.incidents if i.is_open)
-    mttr = "n/a" if report.mttr is None else human(report.mttr)
+    mttr = "n/a" if report.mttr is None else format_elapsed(report.mttr)
     lines.append(f"Incidents: {len(report.incidents)} ({open_} open), mean time to repair {mttr}")
     for i in report.incidents:
         state = "open for" if i.is_open else "lasted"
-        lines.append(f"  #{i.id} {_when(i.opened_at)}, {state} {human(i.duration)}: {i.cause}")
+        lines.append(f"  #{i.id} {_when(i.opened_at)}, {state} {format_elapsed(i.duration)}: {i.cause}")
     lines.append(f"Repairs: {_outcome_text(report.repairs)}")
     lines.append(f"Rollbacks: {_outcome_text(report.rollbacks)}")
     return "\n".join(lines)
@@ -465,7 +454,7 @@ def render(report: Report, title: str) -> RenderableType:
         (f"{title}", "bold"), f"  {_when(report.start)} to {_when(report.end)}\n",
         (_sla_line(s), colour), "\n",
         f"cycles {report.cycles} ({report.cycles_ok} healthy), incidents {len(report.incidents)}, "
-        f"mean time to repair {'n/a' if report.mttr is None else human(report.mttr)}",
+        f"mean time to repair {'n/a' if report.mttr is None else format_elapsed(report.mttr)}",
     )  # fmt: skip
     parts: list[RenderableType] = [head]
     checks = Table(title="uptime per check", title_justify="left")
@@ -480,7 +469,7 @@ def render(report: Report, title: str) -> RenderableType:
             inc.add_column(col, overflow="fold")
         for i in report.incidents:
             resolved = "[red]open[/]" if i.resolved_at is None else _when(i.resolved_at)
-            inc.add_row(str(i.id), _when(i.opened_at), resolved, human(i.duration), i.cause)
+            inc.add_row(str(i.id), _when(i.opened_at), resolved, format_elapsed(i.duration), i.cause)
         parts.append(inc)
     acts = [*report.repairs, *report.rollbacks]
     if acts:

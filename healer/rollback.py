@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shlex
 import shutil
-import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -32,11 +29,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from healer import gitrepo, runner, stable
 from healer.aftermath import Ending, RollbackResult
-from healer.config import Config, format_duration
+from healer.config import Config, format_duration, format_elapsed
 from healer.errors import GitError, HealerError, LockedError, StoreError
-from healer.files import open_private, private_dir, private_fd
+from healer.files import open_private, private_dir
+from healer.locks import PEEKED, FileLock
 from healer.model import CheckResult, Outcome, TagInfo, Verdict, Who, short
-from healer.redact import redact
 from healer.rollback_plan import (
     VERIFY_TRIES,
     Plan,
@@ -59,9 +56,6 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "rollback.lock"  # in the state dir; holds the PID of the process rolling back
 _MIN_VERIFY_PAUSE = timedelta(seconds=1)
-_TAIL = 4096  # bytes of a failed command's output read back for its one-line reason
-_POLL = 0.1  # seconds between looks at what an interrupted run left running
-_KILL_WAIT = 5.0  # seconds for a killed process group to be gone
 
 # Runs one `after` command (argv[2:]) as its child and leads its process group, so that how
 # the command ended is known even when healer is gone (kill -9): it writes the exit status
@@ -156,36 +150,10 @@ def has_target(config: Config, store: Store) -> bool:
 # ---- the lock --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def rollback_lock(state_dir: Path) -> Iterator[None]:
-    """Hold `<state_dir>/rollback.lock` (flock, released by the kernel even on kill -9), with
-    our PID written in it; when another process holds it, LockedError names its PID."""
-    path = state_dir / LOCK_NAME
-    try:
-        private_dir(state_dir)
-        fd = private_fd(path)
-    except OSError as e:
-        raise StoreError(f"{path}: cannot open the rollback lock: {e.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError("rollback", _holder(fd)) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)
-
-
-def _holder(fd: int) -> int | None:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip())
-    except (OSError, ValueError):
-        return None
+def rollback_lock(state_dir: Path) -> FileLock:
+    """`<state_dir>/rollback.lock`: one rollback at a time; LockedError names the holder's PID.
+    The watcher peeks at it (healer/watch.py): that instant is waited out."""
+    return FileLock(state_dir / LOCK_NAME, "rollback", patience=PEEKED)
 
 
 # ---- carrying it out -------------------------------------------------------------------------
@@ -436,7 +404,6 @@ async def _run_commands(
             shown = shlex.join(argv)
             out.write(f"$ {shown}\n".encode())
             out.flush()
-            start = out.tell()
 
             async def running(pgid: int, n: int = i) -> None:
                 await _write_journal(store, action_id, _journal(p, done=n - 1, running=(n, pgid)))
@@ -445,8 +412,8 @@ async def _run_commands(
             failure = await _run_command(argv, repo, p.command_timeout, env, out, status=status, on_start=running)
             status.unlink(missing_ok=True)
             if failure is not None:
-                tail = _tail(log_path, start)
-                msg = f"after command {i} `{shown}` {failure}" + (f": {tail}" if tail else "")
+                why, tail = failure
+                msg = f"after command {i} `{shown}` {why}" + (f": {tail}" if tail else "")
                 return False, f"{msg} (output in {log_path})"
             await _write_journal(store, action_id, _journal(p, done=i))
             log.info("rollback.command_ok n=%d argv=%s", i, shown)
@@ -463,32 +430,33 @@ def _status_path(state_dir: Path, action_id: int, n: int) -> Path:
 async def _run_command(
     argv: Sequence[str], cwd: Path, timeout: timedelta, env: Mapping[str, str], out: BinaryIO, *,
     status: Path, on_start: Callable[[int], Awaitable[None]],
-) -> str | None:  # fmt: skip
+) -> tuple[str, str] | None:  # fmt: skip
     """Run one command through healer's runner, under the wrapper that writes its exit status
-    to `status`; None when it exits 0, else what went wrong. `on_start(pgid)` is awaited once
-    it runs. On a timeout (or when the rollback is cancelled) its whole process group is
-    killed. The tail of its output (the last 64 KiB, redacted) is written to `out` when it ends."""
+    to `status`; None when it exits 0, else (what went wrong, its last line of output).
+    `on_start(pgid)` is awaited once it runs. On a timeout (or when the rollback is cancelled)
+    its whole process group is killed. The tail of its output (the last 64 KiB, redacted) is
+    written to `out` when it ends."""
     cannot = _cannot_run(argv[0], cwd, env)
     if cannot is not None:
-        return cannot
+        return cannot, ""
     wrapped = [sys.executable, "-I", "-c", _AFTER_WRAPPER, str(status), *argv]
     try:
-        done = await _run_tracked(wrapped, timeout=timeout, cwd=cwd, env=env, on_start=on_start)
+        done = await runner.run(wrapped, timeout=timeout, cwd=cwd, env=env, on_start=on_start)
     except FileNotFoundError:
-        return f"cannot run: {argv[0]!r} not found"
+        return f"cannot run: {argv[0]!r} not found", ""
     except PermissionError:
-        return f"cannot run: {argv[0]!r} is not executable"
+        return f"cannot run: {argv[0]!r} is not executable", ""
     except OSError as e:
-        return f"cannot run: {e.strerror}"
+        return f"cannot run: {e.strerror}", ""
     if done.truncated:
         out.write(b"[earlier output not kept]\n")
     out.write(done.output.encode())
     out.flush()
     if done.timed_out:
-        return f"timed out after {format_duration(timeout)} (killed)"
+        return f"timed out after {format_duration(timeout)} (killed)", done.last_line()
     if done.returncode < 0:
-        return f"was killed by signal {-done.returncode}"
-    return None if done.returncode == 0 else f"exited {done.returncode}"
+        return f"was killed by signal {-done.returncode}", done.last_line()
+    return None if done.returncode == 0 else (f"exited {done.returncode}", done.last_line())
 
 
 async def _restart_app(config: Config) -> tuple[bool, str]:
@@ -523,80 +491,18 @@ def _cannot_run(exe: str, cwd: Path, env: Mapping[str, str]) -> str | None:
     return None
 
 
-async def _run_tracked(
-    argv: Sequence[str], *, timeout: timedelta, cwd: Path, env: Mapping[str, str],
-    on_start: Callable[[int], Awaitable[None]],
-) -> runner.Finished:  # fmt: skip
-    """runner.run(), with `on_start(pid)` awaited while the command runs (the journal is written
-    in a worker thread, never from the runner's synchronous hook)."""
-    began: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    run = asyncio.ensure_future(runner.run(argv, timeout=timeout, cwd=cwd, env=env, on_start=began.set_result))
-    try:
-        either: set[asyncio.Future[Any]] = {began, run}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if began.done():
-            await on_start(began.result())
-        return await run
-    finally:
-        if not run.done():  # we are cancelled: cancelling the runner kills the command's group
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await run
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _group_members(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group `pgid`, read from /proc (proc(5): after
-    the command name in `stat` come the state, the parent's PID and the process group)."""
-    if pgid <= 1:
-        return []
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
-
-
 async def _end_left_behind(pgid: int, timeout: timedelta) -> str:
-    """Wait up to `timeout` for process group `pgid`, which an interrupted run left running, to
-    end; then SIGKILL what is left of it. Returns what happened ("" when nothing was left)."""
-    if not await asyncio.to_thread(_group_members, pgid):
+    """Let process group `pgid`, which an interrupted run left running, end within `timeout`
+    (runner.outlast kills it past that). Returns what happened ("" when nothing was left)."""
+    ended = await runner.outlast(pgid, timeout)
+    if ended is None:
         return ""
-    began = time.monotonic()
-    while await asyncio.to_thread(_group_members, pgid):
-        if time.monotonic() - began >= timeout.total_seconds():
-            _kill_group(pgid)
-            deadline = time.monotonic() + _KILL_WAIT
-            while await asyncio.to_thread(_group_members, pgid) and time.monotonic() < deadline:
-                await asyncio.sleep(_POLL)
-            return (
-                f"killed process group {pgid}, which the interrupted run left running, after waiting "
-                f"{format_duration(timeout)} for it"
-            )
-        await asyncio.sleep(_POLL)
-    return f"waited {time.monotonic() - began:.1f}s for process group {pgid}, which the interrupted run left running"
-
-
-def _tail(path: Path, start: int) -> str:
-    """The last non-empty line a command wrote, redacted."""
-    try:
-        with path.open("rb") as f:
-            f.seek(max(start, path.stat().st_size - _TAIL))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return redact(lines[-1]) if lines else ""
+    if ended.killed:
+        return (
+            f"killed process group {pgid}, which the interrupted run left running, after waiting "
+            f"{format_duration(timeout)} for it"
+        )
+    return f"waited {format_elapsed(ended.waited)} for process group {pgid}, which the interrupted run left running"
 
 
 async def _verify(ctx: ProbeContext, clock: Clock, grace: timedelta) -> tuple[bool, tuple[CheckResult, ...], str]:

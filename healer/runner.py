@@ -13,8 +13,13 @@ through `run()`:
   restart hook started) does not hold healer, and is left running;
 - the output is decoded and redacted before anyone sees it.
 
+A process group that a run left behind when healer was killed (a rollback's `after` command
+journaled with its group) is waited for, then killed, by `outlast()`; the demo kills the
+groups it started with `kill_group()`.
+
     done = await run(["systemctl", "restart", "shop"], timeout=timedelta(seconds=30))
     done.returncode, done.timed_out, done.output, done.last_line()
+    await outlast(pgid, timeout=timedelta(minutes=5))
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -39,6 +44,8 @@ _READ_SIZE = 64 * 1024
 # Reads made after the child exited: what it wrote before exiting is in the pipe's buffer
 # (64 KiB on Linux); more than that comes from a grandchild still writing, which is not waited for.
 _DRAIN_READS = 8
+# Seconds between looks at a process group that another run left behind (see outlast()).
+_POLL = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +117,18 @@ async def run(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     tail: int = DEFAULT_TAIL,
-    on_start: Callable[[int], object] | None = None,
+    on_start: Callable[[int], Awaitable[object]] | None = None,
 ) -> Finished:
     """Run `argv` until it exits, or kill its process group after `timeout`.
 
     1. Start it in a new session, stdin from /dev/null, stdout and stderr into one pipe.
-       `on_start(pid)` is called once it runs (the pid is also its process group's id).
+       `on_start(pid)` is awaited once it runs (the pid is also its process group's id), within
+       the timeout: a rollback journals which group runs, so that a resume after kill -9 can
+       wait for it (outlast()).
     2. Read the pipe as output comes, keeping the last `tail` bytes.
     3. Wait for the child to exit within `timeout`; at the timeout, or when the caller is
-       cancelled, SIGKILL its whole process group and reap it (cancellation is re-raised).
+       cancelled or `on_start` raises, SIGKILL its whole process group and reap it (the
+       cancellation or the error is re-raised).
     4. Read what the child left in the pipe, then stop reading: whatever still holds the pipe
        (a daemon it started) is not waited for.
     5. Decode and redact the tail.
@@ -164,16 +174,16 @@ async def run(
     loop.add_reader(rfd, readable)
     timed_out = False
     try:
-        if on_start is not None:
-            on_start(proc.pid)
         try:
             async with asyncio.timeout(timeout.total_seconds()):
+                if on_start is not None:
+                    await on_start(proc.pid)
                 await proc.wait()
         except TimeoutError:
             timed_out = True
-            await _kill_group(proc)
-        except asyncio.CancelledError:
-            await _kill_group(proc)
+            await _reap_group(proc)
+        except BaseException:
+            await _reap_group(proc)
             raise
         _drain(rfd, kept)
     finally:
@@ -201,7 +211,7 @@ def _drain(fd: int, kept: _Tail) -> None:
         kept.feed(chunk)
 
 
-async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+async def _reap_group(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL the child's whole process group, then reap the child.
 
     The group is killed even when the child itself has already exited: what it started
@@ -217,3 +227,56 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
     # reap it even when our caller is being cancelled: a child left unreaped is a zombie
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(asyncio.shield(proc.wait()), _REAP_TIMEOUT)
+
+
+# ---- a process group another run left behind -----------------------------------------------------
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL process group `pgid`, when it is still there and ours to kill."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`, read from /proc (proc(5): after
+    the command name in `stat` come the state, the parent's PID and the process group)."""
+    if pgid <= 1:
+        return []
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Outlasted:
+    """How a process group that was found running ended."""
+
+    waited: timedelta  # how long it was waited for
+    killed: bool  # it outran the wait and was SIGKILLed
+
+
+async def outlast(pgid: int, timeout: timedelta, *, kill_wait: timedelta = timedelta(seconds=5)) -> Outlasted | None:
+    """Wait up to `timeout` for process group `pgid` (started by a run that is gone, such as a
+    rollback interrupted by kill -9) to end, then SIGKILL what is left of it and wait up to
+    `kill_wait` for it to go. None when nothing of the group was running."""
+    if not await asyncio.to_thread(group_members, pgid):
+        return None
+    began = time.monotonic()
+    while await asyncio.to_thread(group_members, pgid):
+        if time.monotonic() - began >= timeout.total_seconds():
+            kill_group(pgid)
+            deadline = time.monotonic() + kill_wait.total_seconds()
+            while await asyncio.to_thread(group_members, pgid) and time.monotonic() < deadline:
+                await asyncio.sleep(_POLL)
+            return Outlasted(waited=timeout, killed=True)
+        await asyncio.sleep(_POLL)
+    return Outlasted(waited=timedelta(seconds=time.monotonic() - began), killed=False)

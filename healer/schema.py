@@ -5,6 +5,9 @@ and secrets. config.py, playbook.py and each check and action module build on th
 sit below all of them so that a check or an action can define its own model in its own module
 (healer/checks/registry.py, healer/actions/registry.py) without importing config.py, which
 imports the registries: no import circle.
+
+The formatters sit beside their parsers, one per meaning: format_duration (a configured
+duration, exact), format_elapsed (a measured or elapsed time, rounded), format_size (bytes).
 """
 
 from __future__ import annotations
@@ -58,6 +61,22 @@ def format_duration(d: timedelta) -> str:
     return f"{ms}ms"
 
 
+def format_elapsed(d: timedelta) -> str:
+    """A duration for people, rounded: 20.307s -> "20.3s", 4h 2m 7s -> "4h 2m". The one
+    spelling of a measured or elapsed time (took, waited, delayed, open for); a configured
+    duration is spelled exactly by format_duration."""
+    secs = max(0.0, d.total_seconds())
+    if secs < 60:
+        return f"{secs:.1f}".removesuffix(".0") + "s"
+    parts: list[str] = []
+    rest = round(secs)
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, rest = divmod(rest, size)
+        if n or parts:
+            parts.append(f"{n}{unit}")
+    return " ".join(p for p in parts[:2] if not p.startswith("0"))
+
+
 def parse_size(value: object) -> int:
     """`512MB`, `1GiB` -> bytes; a bare whole number is bytes."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -67,6 +86,15 @@ def parse_size(value: object) -> int:
         if m:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
     raise PydanticCustomError("size", 'expected a size like "512MB" or "2GiB", got {got}', {"got": show(value)})
+
+
+def format_size(n: float) -> str:
+    """Bytes for people: "800 B", "1.5 KB", "12.3 MB", "2.0 GB" (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def show(value: object) -> str:

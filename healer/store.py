@@ -431,10 +431,6 @@ class Store:
                 (_ts(now), _ts(now), deploy_id, str(who)),
             )
 
-    def set_phase(self, deploy_id: int, phase_index: int) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE deploys SET phase_index = ? WHERE id = ?", (phase_index, deploy_id))
-
     def phase_index(self, deploy_id: int) -> int | None:
         rows = self._query("SELECT phase_index FROM deploys WHERE id = ?", (deploy_id,))
         return None if not rows or rows[0][0] is None else int(rows[0][0])
@@ -510,10 +506,6 @@ class Store:
         sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
         rows = self._query(sql, args)
         return [_cycle(r) for r in reversed(rows)]
-
-    def last_cycle(self, deploy_id: int | None = None) -> CycleRow | None:
-        rows = self.cycles(deploy_id=deploy_id, limit=1)
-        return rows[-1] if rows else None
 
     # ---- incidents ------------------------------------------------------------------------
 

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from healer.clock import SystemClock
 from healer.config import Config, format_elapsed
+from healer.locks import holder
 from healer.model import CheckResult, Deploy
+from healer.notify import overdue_after
 from healer.page import ActionMark, CyclePoint, DeploySpan, IncidentBand, Timeline, Watched
 from healer.schedule import next_due, phase_at
 
@@ -24,13 +26,12 @@ if TYPE_CHECKING:
 
 def status_data(config: Config) -> dict[str, Any]:
     """What `healer status --json` and `/status` show."""
-    from healer.loop import RunLock
     from healer.operations import acked
     from healer.store import Store
 
     now = SystemClock().now()
     out: dict[str, Any] = {"app": config.app.name, "now": now.isoformat(), "state_dir": str(config.state_dir)}
-    pid = RunLock.holder(config.lock_path)
+    pid = holder(config.lock_path)
     out["loop"] = {
         "running": pid is not None,
         "pid": pid if pid and pid > 0 else None,
@@ -85,7 +86,7 @@ def status_data(config: Config) -> dict[str, Any]:
         alive = pid is not None and seen is not None
         if alive and seen:
             every = config.schedule.incident_every if d.last_ok is False else phase.every
-            late = now - datetime.fromisoformat(seen) > max(2 * every, timedelta(seconds=30))
+            late = now - datetime.fromisoformat(seen) > overdue_after(every)
             alive = not late
         out["loop"].update(alive=alive, last_seen=seen)
         if alive and meta.get("next_due"):

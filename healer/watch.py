@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,13 +42,15 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
+from healer import processes
 from healer.actions.command import run_argv
-from healer.actions.process import find, manager_argv
-from healer.checks.process import ProcessCheck, matched, target
+from healer.actions.process import manager_argv
+from healer.checks.process import ProcessCheck, target
 from healer.clock import Clock
 from healer.config import Config
 from healer.errors import HealerError
 from healer.ladder import Spacing, next_run_at
+from healer.locks import holder
 from healer.logging import log_event
 from healer.rollback import LOCK_NAME as ROLLBACK_LOCK
 
@@ -140,14 +141,17 @@ class Pid:
 
 
 def _scan(config: Config) -> list[Pid]:
-    """The processes `[process]` and the process checks find (blocking)."""
-    found: dict[int, Pid] = {}
+    """The processes `[process]` and the process checks find (blocking), by healer/processes.py's
+    rule, the one the check and a restart apply."""
+    targets: list[tuple[str | None, Path | None, str | None]] = []
     pc = config.process
     if pc is not None and (pc.match or pc.pidfile):
-        found |= {f.pid: Pid(f.pid, f.create_time) for f in find(pc.match, pc.pidfile, config.state_dir)}
-    for check in config.checks:
-        if isinstance(check, ProcessCheck):
-            found |= {m.pid: Pid(m.pid) for m in matched(*target(check, config)) if m.pid not in found}
+        targets.append((pc.match, pc.pidfile, None))
+    targets += [target(c, config) for c in config.checks if isinstance(c, ProcessCheck)]
+    found: dict[int, Pid] = {}
+    for match, pidfile, name in targets:
+        for f in processes.find(match, pidfile, name, config.state_dir)[0]:
+            found.setdefault(f.pid, Pid(f.pid, f.create_time))
     return list(found.values())
 
 
@@ -183,30 +187,18 @@ async def discover(config: Config) -> list[Pid]:
 
 def actions_running(state_dir: Path) -> bool:
     """Does any process (this one included) hold a repair's or a rollback's lock right now?
-    flock locks belong to an open file, so a probe from here sees this process's own too."""
-    for path in [state_dir / ROLLBACK_LOCK, *state_dir.glob("repair-*.lock")]:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        except OSError:
-            continue
-        finally:
-            os.close(fd)  # closing our descriptor drops only our own probe lock
-    return False
+    flock locks belong to an open file, so locks.holder sees this process's own too."""
+    paths = [state_dir / ROLLBACK_LOCK, *state_dir.glob("repair-*.lock")]
+    return any(holder(path) is not None for path in paths)
 
 
 def _same(p: Pid) -> bool:
-    """Is `p` still running (the same process, not a zombie)?"""
+    """Is `p` still running (the same process, not a zombie)? A PID a manager named has no
+    start time: whatever live process holds it is taken for it."""
+    if p.started is not None:
+        return processes.alive(processes.Found(p.pid, p.started))
     try:
-        proc = psutil.Process(p.pid)
-        if p.started is not None and abs(proc.create_time() - p.started) >= 0.01:
-            return False
-        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+        return bool(psutil.Process(p.pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

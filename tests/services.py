@@ -1,5 +1,5 @@
-"""Real services for tests: a scriptable HTTP app, redis-server, PostgreSQL, and private PM2 and
-supervisord instances (I/O).
+"""Real services for tests: a scriptable HTTP app, redis-server, PostgreSQL, Prometheus scraping
+an app's metrics, and private PM2 and supervisord instances (I/O).
 
 The fixtures in conftest.py wrap these; tests that need a second instance (a Redis that
 dies mid-test, say) can start one here directly. Nothing here is ever skipped: a missing
@@ -23,10 +23,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -345,6 +348,119 @@ def _run(server: PostgresServer, tool: str, *args: str) -> subprocess.CompletedP
     out = subprocess.PIPE
     return subprocess.run(argv, cwd=server.dir, env=env, stdout=out, stderr=subprocess.STDOUT,
                           text=True, check=False, timeout=120)  # fmt: skip
+
+
+# ---- Prometheus ------------------------------------------------------------------------------
+
+
+@dataclass
+class PrometheusServer:
+    """A prometheus of our own on 127.0.0.1 (tmp config and storage), scraping every second."""
+
+    port: int
+    dir: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCALHOST}:{self.port}"
+
+    def query(self, promql: str) -> list[Any]:
+        """The result of an instant query (for waiting until the scrapes have come in)."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{urlencode({'query': promql})}", timeout=5) as r:
+            return list(json.load(r)["data"]["result"])
+
+    def stop(self) -> None:
+        _terminate(self.process)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_prometheus(
+    targets: Sequence[str], *, port: int | None = None, users: Mapping[str, str] | None = None
+) -> PrometheusServer:
+    """Start prometheus scraping `targets` (HOST:PORT serving /metrics) every second; wait until
+    it is ready. Never the system's service (Debian's package starts one on install). `users`
+    (name -> bcrypt hash) turns on basic auth for its API."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is not installed (apt-get install prometheus)")
+    port = port or free_port()
+    directory = Path(tempfile.mkdtemp(prefix="healer-prom-"))
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "app", "static_configs": [{"targets": list(targets)}]}],
+    }
+    (directory / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    web = []
+    if users:
+        (directory / "web.yml").write_text(json.dumps({"basic_auth_users": dict(users)}))
+        web = [f"--web.config.file={directory / 'web.yml'}"]
+    log = open(directory / "prometheus.log", "wb")  # noqa: SIM115  # the server writes it until it stops
+    process = subprocess.Popen(
+        [binary, f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",
+         f"--web.listen-address={LOCALHOST}:{port}", "--log.level=warn", *web],
+        stdout=log, stderr=subprocess.STDOUT, cwd=directory,
+    )  # fmt: skip
+    log.close()
+    server = PrometheusServer(port, directory, process)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            why = _tail(directory / "prometheus.log")
+            server.stop()
+            pytest.fail(f"prometheus exited with {process.returncode}: {why}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/-/ready", timeout=1) as r:
+                if r.status == 200:
+                    return server
+        except urllib.error.HTTPError as e:
+            if e.code == 401:  # it answers, and asks who we are
+                return server
+        except OSError:
+            time.sleep(0.1)
+    why = _tail(directory / "prometheus.log")
+    server.stop()
+    pytest.fail(f"prometheus was not ready on port {port} within 30 s: {why}")
+
+
+class MetricsApp:
+    """An app serving real requests, as its /metrics on 127.0.0.1 tell (prometheus-client):
+    `app_requests_total{release, code}` grows by 1000 requests every 50 ms per release, a
+    `error_ratios[release]` share of them answered 500; and a latency histogram
+    `app_request_seconds{release}` observing `latencies[release]` seconds for each request."""
+
+    def __init__(self, error_ratios: Mapping[str, float], latencies: Mapping[str, float] | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+        self.error_ratios = dict(error_ratios)
+        self.latencies = dict(latencies or {})
+        self.registry = CollectorRegistry()
+        self._requests = Counter("app_requests", "requests served", ["release", "code"], registry=self.registry)
+        self._seconds = Histogram("app_request_seconds", "request latency", ["release"], registry=self.registry)
+        self.port = free_port()
+        self._server, self._thread = start_http_server(self.port, LOCALHOST, registry=self.registry)
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._serve, daemon=True)
+        self._ticker.start()
+
+    @property
+    def target(self) -> str:
+        return f"{LOCALHOST}:{self.port}"
+
+    def _serve(self) -> None:
+        while not self._stop.wait(0.05):
+            for release, ratio in self.error_ratios.items():
+                errors = round(1000 * ratio)
+                self._requests.labels(release, "500").inc(errors)
+                self._requests.labels(release, "200").inc(1000 - errors)
+                for _ in range(10 if release in self.latencies else 0):
+                    self._seconds.labels(release).observe(self.latencies[release])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._ticker.join(timeout=5)
+        self._server.shutdown()
+        self._server.server_close()
 
 
 # ---- helpers ---------------------------------------------------------------------------------

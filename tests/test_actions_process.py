@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -373,89 +372,6 @@ async def test_an_app_that_dies_at_once_is_an_action_error(tmp_path: Path, app: 
     start = [sys.executable, "-c", "import sys; sys.exit(3)", app.marker]
     with pytest.raises(ActionError, match=r"exited right after it started; see .*app\.log"):
         await proc_actions.restart(RESTART, command_config(tmp_path, app, start=start))
-
-
-def test_healer_and_its_parents_never_match(tmp_path: Path) -> None:
-    """A match string in healer's own command line and its parent's finds neither, only the app."""
-    marker = f"healer-self-{uuid.uuid4().hex[:12]}"
-    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
-    child_code = (
-        "import json, sys; from healer.actions.process import find; "
-        f"print(json.dumps([f.pid for f in find({marker!r}, None)]))"
-    )
-    parent_code = (
-        "import subprocess, sys; "
-        f"out = subprocess.run([sys.executable, '-c', {child_code!r}, {marker!r}], capture_output=True, text=True); "
-        "print(out.stdout)"
-    )
-    try:
-        out = subprocess.run([sys.executable, "-c", parent_code, marker], capture_output=True, text=True, timeout=30)
-        assert json.loads(out.stdout.strip()) == [sibling.pid], out.stderr
-    finally:
-        sibling.kill()
-        sibling.wait()
-
-
-def test_a_pidfile_naming_a_reused_pid_finds_nothing(tmp_path: Path) -> None:
-    """A process started after the pidfile was written is not the one that wrote it."""
-    pidfile = tmp_path / "app.pid"
-    pidfile.write_text("0\n")
-    old = time.time() - 3600
-    late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        pidfile.write_text(f"{late.pid}\n")
-        assert proc_actions.find(None, pidfile) != []
-        os.utime(pidfile, (old, old))  # written an hour before the process started
-        assert proc_actions.find(None, pidfile) == []
-    finally:
-        late.kill()
-        late.wait()
-
-
-# ---- never healer itself -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("cmdline", "expected"),
-    [
-        pytest.param(["/usr/local/bin/healer", "--config", "/srv/shop/healer.toml", "run"], True, id="script"),
-        pytest.param(["/venv/bin/python3", "/venv/bin/healer", "run"], True, id="script-via-shebang"),
-        pytest.param(["python3.11", "-m", "healer", "--config", "shop.toml", "run"], True, id="python-m"),
-        pytest.param(["python3", "-I", "-X", "dev", "-mhealer", "run"], True, id="python-m-joined-options"),
-        pytest.param(["python3", "/opt/healer/__main__.py", "run"], True, id="main-py"),
-        pytest.param(["python3", "-m", "healer.sampleapp", "serve", "--repo", "/srv/shop"], False, id="sampleapp"),
-        pytest.param(["python3", "-c", "import healer", "healer"], False, id="inline-code"),
-        pytest.param(["python3", "/srv/shop/app.py", "--name", "healer"], False, id="app-named-healer-arg"),
-        pytest.param(["/srv/shop/bin/shop", "--healer"], False, id="other-program"),
-        pytest.param([], False, id="no-cmdline"),
-    ],
-)
-def test_is_healer_knows_healers_command_lines(cmdline: list[str], expected: bool) -> None:
-    """The healer script, python -m healer and healer's __main__.py are healer; its sample app is not."""
-    assert proc_actions.is_healer(cmdline) is expected
-
-
-def test_a_lock_holder_in_the_state_dir_never_matches(tmp_path: Path) -> None:
-    """A process holding a lock file in the state dir is healer, whatever its command line."""
-    marker = f"healer-lock-{uuid.uuid4().hex[:12]}"
-    state = tmp_path / "state"
-    state.mkdir()
-    code = (
-        "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-        "f.write(str(os.getpid())); f.flush(); print('locked', flush=True); time.sleep(30)"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code, str(state / "healer.lock"), marker], stdout=subprocess.PIPE, text=True
-    )
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        assert sorted(f.pid for f in proc_actions.find(marker, None)) == sorted([holder.pid, other.pid])
-        assert [f.pid for f in proc_actions.find(marker, None, state)] == [other.pid]
-    finally:
-        for p in (holder, other):
-            p.kill()
-            p.communicate()
 
 
 @pytest.mark.e2e

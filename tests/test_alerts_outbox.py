@@ -181,6 +181,24 @@ def test_dedup_memory_survives_a_restart(tmp_path: Path) -> None:
     b.close()
 
 
+def test_flapping_groups_survive_a_restart(tmp_path: Path) -> None:
+    """After a restart, the folded failure stays folded and another failure is announced."""
+    cfg = healer_config(tmp_path)
+    a = Alerts(cfg, channels=[LogChannel()])
+    for inc in range(1, 5):
+        ctx = CycleContext(app="shop-api", commit="abc", incident_id=inc, incident_since=T0)
+        a.submit_sync([Alert("incident.opened", Severity.WARNING, "x", incident_id=inc)], ctx, T0)
+    a.close()
+    b = Alerts(cfg, channels=[LogChannel()])
+    ctx = CycleContext(app="shop-api", commit="abc", incident_id=5, incident_since=T0)
+    same = b.submit_sync([Alert("incident.opened", Severity.WARNING, "x", incident_id=5)], ctx, T0)
+    assert same.entries == ()
+    ctx = CycleContext(app="shop-api", commit="abc", incident_id=6, incident_since=T0)
+    other = b.submit_sync([Alert("incident.opened", Severity.WARNING, "y", incident_id=6)], ctx, T0)
+    assert [i.event for p in other.entries for i in p.message.items] == ["incident.opened"]
+    b.close()
+
+
 def test_flapping_state_survives_a_restart(tmp_path: Path) -> None:
     """Muted openings are remembered too: their resolutions stay quiet after a restart."""
     cfg = healer_config(tmp_path)
@@ -198,3 +216,24 @@ def test_flapping_state_survives_a_restart(tmp_path: Path) -> None:
     assert plan.entries == ()
     assert [r.event for r in b.history()].count("incident.flapping") == 1
     b.close()
+
+
+def test_an_outbox_from_before_flapping_groups_opens_and_remembers(tmp_path: Path) -> None:
+    """The alert_items table of an older healer gains its flap_group column; its rows are kept."""
+    db = tmp_path / "healer.db"
+    old = sqlite3.connect(db)
+    old.execute(
+        "CREATE TABLE alert_items (id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id INTEGER, at TEXT NOT NULL,"
+        " event TEXT NOT NULL, severity TEXT NOT NULL, incident_id INTEGER, title TEXT NOT NULL,"
+        " muted INTEGER NOT NULL DEFAULT 0)"
+    )
+    old.execute(
+        "INSERT INTO alert_items (at, event, severity, incident_id, title) VALUES (?, ?, ?, ?, ?)",
+        ("2026-03-01T12:00:00.000000Z", "incident.opened", "warning", 1, "x"),
+    )
+    old.commit()
+    old.close()
+    box = Outbox(db)
+    memory = box.memory(T0 + timedelta(minutes=1), timedelta(minutes=30))
+    assert memory.openings == ((T0, ""),) and memory.incidents[1].opened
+    box.close()

@@ -31,19 +31,19 @@ class Memory:
 
     incidents: dict[int, IncidentMemory] = field(default_factory=dict)
     recent: dict[tuple[str, int | None, str], datetime] = field(default_factory=dict)
-    openings: list[datetime] = field(default_factory=list)
-    last_flapping_at: datetime | None = None
+    openings: list[tuple[datetime, str]] = field(default_factory=list)
+    flapping: dict[str, datetime] = field(default_factory=dict)
 
     def snapshot(self) -> AlertMemory:
-        return AlertMemory(dict(self.incidents), dict(self.recent), tuple(self.openings), self.last_flapping_at)
+        return AlertMemory(dict(self.incidents), dict(self.recent), tuple(self.openings), dict(self.flapping))
 
     def fold(self, plan: AlertPlan, now: datetime) -> None:
         for r in plan.remember:
             i = r.item
             if i.event == "incident.opened":
-                self.openings.append(now)
+                self.openings.append((now, r.group or ""))
             if i.event == "incident.flapping":
-                self.last_flapping_at = now
+                self.flapping[r.group or ""] = now
             if not r.muted:
                 self.recent[(i.event, i.incident_id, i.title)] = now
             if i.incident_id is not None:
@@ -239,6 +239,34 @@ def test_resolution_of_a_muted_incident_is_not_announced_but_reminders_continue(
     assert events(plan) == ["incident.flapping"]
     assert events(run(mem, [], T0 + timedelta(minutes=2), failing(99))) == []
     assert events(run(mem, [], T0 + timedelta(minutes=31), failing(99))) == ["incident.reminder"]
+
+
+def test_unrelated_incidents_are_each_announced_however_many_flapped_before() -> None:
+    """One failure flapping on one deploy is folded; an incident with another cause, or on
+    another deploy, is announced from its opening to its resolution all the same."""
+    mem = Memory()
+    for inc in range(1, FLAP_LIMIT + 2):
+        run(mem, [opened(inc)], T0 + timedelta(minutes=inc), failing(inc))
+        run(mem, [resolved(inc)], T0 + timedelta(minutes=inc))
+    assert mem.flapping  # the api's own failure flapped
+    other_cause = Alert("incident.opened", Severity.WARNING, "cache failing — likely cause: dependency redis", "", 20)
+    plan = run(mem, [other_cause], T0 + timedelta(minutes=10), failing(20))
+    assert events(plan) == ["incident.opened"]
+    assert events(run(mem, [resolved(20)], T0 + timedelta(minutes=11))) == ["incident.resolved"]
+    next_deploy = replace(failing(21), commit="def5678")
+    assert events(run(mem, [opened(21)], T0 + timedelta(minutes=12), next_deploy)) == ["incident.opened"]
+    assert events(run(mem, [resolved(21)], T0 + timedelta(minutes=13))) == ["incident.resolved"]
+    # ... while the flapping failure itself stays folded
+    assert events(run(mem, [opened(22)], T0 + timedelta(minutes=14), failing(22))) == []
+
+
+def test_the_flapping_notice_says_what_keeps_failing() -> None:
+    mem = Memory()
+    for inc in range(1, FLAP_LIMIT + 2):
+        plan = run(mem, [opened(inc)], T0 + timedelta(minutes=inc), failing(inc))
+    notice = [i for p in plan.entries for i in p.message.items]
+    assert [i.event for i in notice] == ["incident.flapping"]
+    assert notice[0].title == f"api is failing: HTTP 503: {FLAP_LIMIT + 1} incidents within 30m"
 
 
 def test_plan_keeps_items_from_the_intent_in_order_and_records_them() -> None:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from services import HttpApp, free_port
 
-from healer.checks import PROBES, describe_error, probe_context, redact, run_check, run_checks
+from healer.checks import PROBES, describe_error, probe_context, run_check, run_checks
 from healer.config import CHECK_TYPES, Config, parse_config
-from healer.redact import MASK
+from healer.redact import MASK, redact
 
 StartApp = Callable[..., HttpApp]
 

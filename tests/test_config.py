@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from helpers import healer, write_config
 
-from healer.config import Secret, format_duration, format_elapsed, load_config, parse_duration, read_secret
+from healer.config import (
+    Secret,
+    format_duration,
+    format_elapsed,
+    format_size,
+    load_config,
+    parse_duration,
+    read_secret,
+)
 from healer.errors import ConfigError
 
 GOOD = """
@@ -58,6 +66,21 @@ def test_format_duration_round_trips() -> None:
 def test_format_elapsed_is_for_people(seconds: float, expected: str) -> None:
     """A measured duration reads "20.3s" or "4h 2m", never "20307ms"."""
     assert format_elapsed(timedelta(seconds=seconds)) == expected
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        pytest.param(800, "800 B", id="bytes"),
+        pytest.param(1536, "1.5 KB", id="kilobytes"),
+        pytest.param(12.3 * 2**20, "12.3 MB", id="megabytes"),
+        pytest.param(2 * 2**30, "2.0 GB", id="gigabytes"),
+        pytest.param(5 * 2**40, "5120.0 GB", id="gigabytes-at-most"),
+    ],
+)
+def test_format_size_is_for_people(size: float, expected: str) -> None:
+    """Bytes read in powers of 1024, up to GB."""
+    assert format_size(size) == expected
 
 
 def test_good_config_loads_with_defaults_and_paths_relative_to_the_file(tmp_path: Path) -> None:

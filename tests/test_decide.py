@@ -253,3 +253,67 @@ def test_incidents_open_only_after_resolving(seq: list[bool]) -> None:
             if isinstance(i, ResolveIncident):
                 assert open_now
                 open_now = False
+
+
+RESTART = {"process-restart": PlaybookPolicy("process-restart", timedelta(0), 5, restarts_app=True)}
+
+
+def verifying(restart_age: timedelta, *, release_was_healthy: bool) -> Situation:
+    """A failing cycle (the app down) while a restart started `restart_age` ago is still being
+    verified beside the loop, on a new release (the deploy is the suspect) or on one that was
+    healthy (its process died)."""
+    now = T0 + timedelta(minutes=10)
+    deploy = Deploy(
+        id=2, commit="b" * 40, first_seen=T0, open_incident=1, consecutive_failures=1,
+        healthy_at=T0 if release_was_healthy else None,
+    )  # fmt: skip
+    down = Verdict(now, (
+        CheckResult("api", "http", False, None, {}, "connection refused", ("http.down",)),
+        CheckResult("web", "process", False, None, {"count": 0.0}, None, ("process.down",)),
+    ))  # fmt: skip
+    return Situation(
+        deploy=deploy, verdict=down, now=now, previous_healthy=True,
+        repairs=(PastRepair("process-restart", now - restart_age, Outcome.STARTED),), playbooks=RESTART,
+        incident_since=T0,
+    )  # fmt: skip
+
+
+def test_a_repair_still_being_verified_is_not_started_again_and_the_next_step_says_so() -> None:
+    grace = CONFIG.escalation.repair_grace
+    d = decide(verifying(grace / 2, release_was_healthy=True), CONFIG)
+    assert not any(isinstance(i, Repair | Rollback | Hold) for i in d.intents)
+    assert "process-restart started at 00:09:45 UTC, still being verified" in d.next_step
+    assert d.consecutive_failures == 1  # a crash's restart is under way: not counted toward a rollback
+
+
+def test_a_healthy_releases_restart_is_left_to_its_verification_past_the_grace_too() -> None:
+    """The release was healthy and its process died: its restart is given all of verify_within."""
+    d = decide(verifying(CONFIG.escalation.repair_grace * 3, release_was_healthy=True), CONFIG)
+    assert not any(isinstance(i, Repair | Rollback | Hold) for i in d.intents)
+
+
+def test_a_suspect_release_is_rolled_back_once_its_restarts_grace_is_over_without_waiting_for_its_verification() -> (
+    None
+):
+    grace = CONFIG.escalation.repair_grace
+    within = decide(verifying(grace - timedelta(seconds=1), release_was_healthy=False), CONFIG)
+    assert not any(isinstance(i, Repair | Rollback) for i in within.intents)
+    after = decide(verifying(grace, release_was_healthy=False), CONFIG)
+    (rollback,) = [i for i in after.intents if isinstance(i, Rollback)]
+    assert rollback.reason.startswith("a restart did not cure it") and "likely cause: deploy" in rollback.reason
+    assert not any(isinstance(i, Repair) for i in after.intents)
+
+
+def test_a_hold_says_what_failed_in_its_title() -> None:
+    """ "Waiting for a person: api failing on the rolled-back version too", not "not acting"."""
+    d = Driver()
+    d.deploy = replace(d.deploy, via_rollback=True)
+    for _ in range(5):
+        d.cycle(False)
+    (held,) = [i for i in d.log if isinstance(i, Alert) and i.event == "healer.held"]
+    assert held.title == "api failing on the rolled-back version too"
+    d = Driver(has_rollback_target=False)
+    for _ in range(5):
+        d.cycle(False)
+    (held,) = [i for i in d.log if isinstance(i, Alert) and i.event == "healer.held"]
+    assert held.title == "api failing, and no stable tag to roll back to"

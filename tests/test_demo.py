@@ -25,7 +25,7 @@ from rich.console import Console
 
 from healer.alerts.outbox import AlertRecord, DeliveryState, Outbox
 from healer.config import DEFAULT_RULES, Config, load_config
-from healer.demo import REDIS_CHECK, STABLE_TAG, run_demo
+from healer.demo.story import REDIS_CHECK, STABLE_TAG, run_demo
 from healer.model import Deploy
 from healer.store import ActionRow, CycleRow, IncidentRow, Store
 
@@ -268,7 +268,7 @@ def test_without_redis_server_the_outage_is_skipped_and_the_story_still_ends_wel
 def demo_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     root = tmp_path / "run"
     code = (
-        "import sys; from pathlib import Path; from healer.demo import run_demo; "
+        "import sys; from pathlib import Path; from healer.demo.story import run_demo; "
         "sys.exit(run_demo(keep=True, workdir=Path(sys.argv[1])))"
     )
     p = subprocess.Popen(
@@ -307,7 +307,7 @@ def test_an_interrupted_demo_stops_everything_it_started(
     assert any(" run" in s for s in started) and any("sampleapp serve" in s for s in started), started
     ports = ports_of(load_config(root / "healer.toml"))
     p.send_signal(sig)
-    out, _ = p.communicate(timeout=20)
+    out, _ = p.communicate(timeout=60)  # healer run may finish an action first (its 10 s stop bound)
     assert p.returncode == 130, out
     assert "interrupted" in out
     assert leftovers(root) == []

@@ -214,6 +214,57 @@ def test_sigterm_while_a_restart_waits_lets_it_finish(
     assert '"event": "healer.stopped"' in err
 
 
+def answering_pid(app: SlowApp) -> object:
+    """The PID /health names, or None while nothing answers (the restart in between)."""
+    try:
+        return app.answer()[1]["pid"]
+    except OSError:
+        return None
+
+
+def loop_cycles(state: Path) -> int:
+    s = Store(state / "healer.db")
+    try:
+        return sum(1 for c in s.cycles() if c.who == "loop")
+    finally:
+        s.close()
+
+
+def test_sigterm_while_a_restart_is_verified_beside_the_loop_is_recorded_interrupted_and_resumed(
+    tmp_path: Path, slow_app: Callable[[float], SlowApp], runs: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """The restarted app comes up wedged too: the restart's verification goes on beside the
+    loop, which keeps judging the app. SIGTERM lets the verification go on for the stop bound,
+    then records the restart interrupted; the next start runs it again, and the app serves."""
+    app = slow_app(1.0)
+    old = app.run_wedged()
+    config = restart_config(tmp_path, app)
+    config.write_text(config.read_text().replace("rollback_after = 50", 'rollback_after = 50\nrepair_grace = "1s"'))
+    state = tmp_path / "state"
+    first = runs(config)
+    wait_for(lambda: started_repair(state), what="the restart began")
+    (app.dir / "wedge").touch()  # the process the restart starts comes up wedged as well
+    wait_for(lambda: answering_pid(app) not in (None, old), what="the restarted app answers")
+    judged = loop_cycles(state)
+    wait_for(lambda: loop_cycles(state) >= judged + 3, what="cycles while the restart is verified")
+    (row,) = actions(state, "repair")
+    assert row.outcome == "started"  # still being verified (process-restart: verify_within 60s)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=25)
+    assert first.returncode == 0, err
+    assert '"waiting_for": "verifying process-restart"' in err and '"event": "healer.interrupted"' in err
+    (cut,) = actions(state, "repair")
+    assert (cut.outcome, cut.note) == ("error", ActionNote.INTERRUPTED), cut.detail
+
+    runs(config)
+    wait_for(lambda: len(actions(state, "repair")) == 2 and actions(state, "repair")[1].outcome != "started",
+             timeout=60, what="the repair was run again")  # fmt: skip
+    again = actions(state, "repair")[1]
+    assert again.outcome == "ok" and again.reason.startswith(f"run again: repair #{cut.id} was interrupted")
+    status, _ = app.answer()
+    assert status == 200
+
+
 def test_sigterm_past_the_bound_is_recorded_interrupted_and_the_next_start_completes_it(
     tmp_path: Path, slow_app: Callable[[float], SlowApp], runs: Callable[..., subprocess.Popen[str]]
 ) -> None:
@@ -334,9 +385,10 @@ def test_kill_9_during_an_after_command_then_the_resume_runs_it_exactly_once(
     """healer killed -9 while `after` runs: the command goes on alone; the next start waits for
     it, does not run it again, finishes the rollback, and leaves nothing running."""
     marker = tmp_path / f"marker-{uuid.uuid4().hex[:8]}"
-    # long enough to outlive the next start even on a loaded machine (it must still be running
-    # when the second healer takes the rollback up)
-    config = rollback_config(tmp_path, ["sh", "-c", f"sleep 8; echo done >> {marker}"])
+    # the command ends when the test says so, not after a sleep that a slow second start outlasts
+    release = tmp_path / "release"
+    wait_release = f"while [ ! -e {release} ]; do sleep 0.05; done; echo done >> {marker}"
+    config = rollback_config(tmp_path, ["sh", "-c", wait_release])
     state = tmp_path / "state"
     first = runs(config)
     wait_for(lambda: running_after(state), what="the after command is running")
@@ -348,6 +400,12 @@ def test_kill_9_during_an_after_command_then_the_resume_runs_it_exactly_once(
     assert not marker.exists()
 
     second = runs(config)
+    # the resume holds the rollback lock (its PID in the file) while it waits for the command:
+    # only then does the command end (read, not flocked: a peek could make the resume skip)
+    lock = state / "rollback.lock"
+    wait_for(lambda: lock.read_text().strip() == str(second.pid), what="the resume took the rollback lock")
+    assert group_alive(pgid) and not marker.exists()
+    release.touch()
     wait_for(lambda: actions(state, "rollback") and actions(state, "rollback")[0].outcome != "started",
              timeout=60, what="the rollback was resumed")  # fmt: skip
     (row,) = actions(state, "rollback")

@@ -18,8 +18,8 @@ from chatfakes import SLACK, ChatFake
 from helpers import HEALER, git, healer, write_config
 from services import free_port, wait_for_port
 
-from healer import sampleapp
 from healer.alerts.outbox import Outbox
+from healer.demo import sampleapp
 
 pytestmark = pytest.mark.e2e
 

@@ -10,15 +10,16 @@ import pytest
 
 CORE = [
     "schedule", "judge", "decide", "ladder", "stable", "model", "errors", "clock", "playbook", "alerts/message",
-    "stats", "page", "rollback_plan", "aftermath", "alerts/pipeline", "chatops",
+    "stats", "page", "rollback_plan", "aftermath", "alerts/pipeline", "schema", "chatops",
 ]  # fmt: skip
 ALLOWED = {
     "healer.model", "healer.errors", "healer.config", "healer.schema", "healer.clock",
     "healer.decide", "healer.ladder", "healer.schedule", "healer.stats",
     "healer.stable", "healer.rollback_plan", "healer.aftermath",
 }  # fmt: skip
-# playbook.py holds the frozen types of playbook files, validated like healer.toml
-CONFIG_TYPES = {"playbook": {"pydantic", "pydantic_core"}}
+# playbook.py holds the frozen types of playbook files, validated like healer.toml; schema.py the
+# pydantic types every model shares (durations, sizes, argv, secrets)
+CONFIG_TYPES = {"playbook": {"pydantic", "pydantic_core"}, "schema": {"pydantic", "pydantic_core"}}
 # playbook.py reads the step models from the action registry, as config.py reads the check
 # models from the check registry: importing either loads no driver (tests/test_registry.py)
 REGISTRIES = {"playbook": {"healer.actions.registry"}}

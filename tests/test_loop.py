@@ -47,11 +47,17 @@ def make_config(tmp_path: Path, url: str, **extra: str) -> Config:
 
 
 @asynccontextmanager
-async def watchdog(config: Config, clock: FakeClock) -> AsyncIterator[Watchdog]:
+async def watchdog(config: Config, clock: FakeClock, said: list[Alert] | None = None) -> AsyncIterator[Watchdog]:
+    """A Watchdog on a fake clock; `said` collects the alerts it hands to the pipeline."""
+
+    async def sink(items: list[Alert], *_: object) -> None:
+        assert said is not None
+        said.extend(items)
+
     store = BufferedStore(config.db_path)
     try:
         async with probe_context(config) as ctx:
-            yield Watchdog(config, store, ctx, clock=clock)
+            yield Watchdog(config, store, ctx, clock=clock, alert_sink=None if said is None else sink)  # type: ignore[arg-type]
     finally:
         store.close()
 
@@ -543,3 +549,29 @@ async def test_after_a_repair_that_worked_the_next_step_is_watching_not_a_rollba
                 os.kill(p.pid, signal.SIGKILL)
     (next_step,) = [step for events, step in steps if "repair.succeeded" in events]
     assert next_step == "watching: the incident resolves after 2 passing cycles"
+
+
+async def test_an_incident_closed_by_a_new_commit_is_told_closed(
+    tmp_path: Path, http_app: Callable[..., object]
+) -> None:
+    """People told that an incident opened hear that it closed when a new commit replaced the
+    failing release, not silence."""
+    app = http_app("healthy")
+    config = make_config(tmp_path, str(app), rollback_after="50")
+    said: list[Alert] = []
+    clock = FakeClock()
+    async with watchdog(config, clock, said) as dog:
+        await dog.step()
+        app.behaviour = "error500"  # type: ignore[attr-defined]
+        clock.advance(timedelta(minutes=1))
+        await dog.step()
+        (opened,) = [a for a in said if a.event == "incident.opened"]
+        assert config.app.repo is not None
+        sha = commit(config.app.repo, "v2")
+        clock.advance(timedelta(minutes=1))
+        await dog.step()
+        incidents = dog.store.incidents()
+    (closed,) = [a for a in said if a.event == "incident.resolved"]
+    assert closed.incident_id == opened.incident_id == incidents[0].id
+    assert closed.title == f"closed: {sha[:12]} was deployed"
+    assert incidents[0].resolved_at is not None

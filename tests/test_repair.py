@@ -24,7 +24,7 @@ from healer.config import Config, parse_config
 from healer.decide import Pause
 from healer.errors import ActionError, LockedError, UsageError
 from healer.model import ActionNote, Deploy, Outcome, Who
-from healer.repair import playbook_lock, resume_interrupted, run_repair, why_not_again
+from healer.repair import Handoff, playbook_lock, resume_interrupted, run_repair, why_not_again
 from healer.store import ActionRow, Store
 
 
@@ -86,7 +86,7 @@ async def test_redis_flush_is_journaled_run_and_verified(
     result = await repair("redis-flush", config, store, clock, who=Who.LOOP, reason="symptoms: redis.latency",
                           deploy_id=7, incident_id=3)  # fmt: skip
     assert result.ok and result.outcome is Outcome.OK
-    assert result.detail == "flushed 1,204 keys from db 10 (FLUSHDB ASYNC); api healthy after 0.0s"
+    assert result.detail == "flushed 1,204 keys from db 10 (FLUSHDB ASYNC); api healthy after 0s"
     assert [r.ok for r in result.results] == [True]
     (row,) = store.actions()
     assert (row.id, row.kind, row.name, row.who, row.reason, row.outcome, row.detail) == (
@@ -158,7 +158,42 @@ async def test_verification_waits_for_the_app_to_come_back(
     start = clock.now()
     pb = playbook(tmp_path, "noop", 'description = "x"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
     result = await repair("noop", make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)}), store, clock)
-    assert result.ok and result.detail == "ran `true` (exit 0); api healthy after 3.0s"
+    assert result.ok and result.detail == "ran `true` (exit 0); api healthy after 3s"
+
+
+async def test_a_handed_off_verification_says_so_and_a_supersede_ends_it_failed(
+    tmp_path: Path, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    """With a Handoff (the loop's repairs), the first failed check after the steps says the
+    verification goes on beside the loop, with the journal row still `started`; superseding it
+    ends it at once, failed, the row saying by what — not after verify_within."""
+    app = http_app("error500")
+    pb = playbook(
+        tmp_path, "noop", 'description = "x"\nverify_within = "1h"\n[[steps]]\naction = "command"\nargv = ["true"]\n'
+    )
+    config = make_config(tmp_path, f"{app.url}/health", playbooks={"dir": str(pb)})
+    handoff = Handoff()
+    task = asyncio.create_task(repair("noop", config, store, FakeClock(), who=Who.LOOP, handoff=handoff))
+    await asyncio.wait_for(handoff.verifying.wait(), 10)
+    assert [a.outcome for a in store.actions()] == ["started"]
+    handoff.supersede("the rollback")
+    result = await asyncio.wait_for(task, 10)
+    assert result.outcome is Outcome.FAILED
+    assert result.detail.startswith("ran `true` (exit 0); still failing after ")
+    assert result.detail.endswith("; superseded by the rollback")
+    (row,) = store.actions()
+    assert (row.outcome, row.detail) == ("failed", result.detail)
+
+
+async def test_a_verification_that_passes_at_once_is_never_handed_off(
+    tmp_path: Path, http_app: Callable[..., HttpApp], store: Store
+) -> None:
+    app = http_app("healthy")
+    pb = playbook(tmp_path, "noop", 'description = "x"\n[[steps]]\naction = "command"\nargv = ["true"]\n')
+    handoff = Handoff()
+    config = make_config(tmp_path, f"{app.url}/", playbooks={"dir": str(pb)})
+    result = await repair("noop", config, store, FakeClock(), handoff=handoff)
+    assert result.ok and not handoff.verifying.is_set()
 
 
 async def test_the_intent_is_journaled_before_the_first_step_runs(
@@ -286,7 +321,7 @@ async def test_rate_limit_clear_end_to_end(
         config = make_config(tmp_path, f"{app.url}/", redis={"url": f"redis://127.0.0.1:{redis_server.port}/15"})
         result = await repair("rate-limit-clear", config, store, Limiter())
         assert result.ok, result.detail
-        assert result.detail.startswith("deleted 300 keys matching 'ratelimit:*' from db 15; api healthy after 1.0s")
+        assert result.detail.startswith("deleted 300 keys matching 'ratelimit:*' from db 15; api healthy after 1s")
         assert await r.get("user:1") == b"keep"
     finally:
         await r.flushdb()

@@ -19,7 +19,6 @@ from healer.report import (
     downtime,
     due_summaries,
     format_percent,
-    human,
     load_report,
     render,
     render_text,
@@ -206,22 +205,6 @@ def test_renderings_show_the_figures(store: Store) -> None:
     assert data["repairs"]["by_outcome"] == {"failed": 1, "ok": 2}
     assert data["rollbacks"]["total"] == 1
     assert [i["open"] for i in data["incidents"]] == [False, True]
-
-
-@pytest.mark.parametrize(
-    ("d", "text"),
-    [
-        pytest.param(timedelta(seconds=45), "45s", id="seconds"),
-        pytest.param(12 * M, "12m", id="minutes"),
-        pytest.param(12 * M + timedelta(seconds=30), "12m 30s", id="minutes-seconds"),
-        pytest.param(3 * H + 5 * M + timedelta(seconds=9), "3h 5m", id="two-units"),
-        pytest.param(25 * H, "1d 1h", id="days"),
-        pytest.param(2 * H, "2h", id="whole"),
-    ],
-)
-def test_human_durations(d: timedelta, text: str) -> None:
-    """Two units at most, cut rather than rounded."""
-    assert human(d) == text
 
 
 def test_percent_is_cut_never_rounded_up() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
+import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -83,8 +85,12 @@ async def test_cancelling_the_caller_kills_the_group() -> None:
     """A cancelled run (healer stopping) leaves no child or grandchild behind."""
     marker = unique_sleep()
     pids: list[int] = []
+
+    async def started(pid: int) -> None:
+        pids.append(pid)
+
     task = asyncio.create_task(
-        runner.run(["sh", "-c", f"sleep {marker} & sleep 30"], timeout=timedelta(seconds=60), on_start=pids.append)
+        runner.run(["sh", "-c", f"sleep {marker} & sleep 30"], timeout=timedelta(seconds=60), on_start=started)
     )
     while not alive_with(marker):
         await asyncio.sleep(0.05)
@@ -136,3 +142,66 @@ async def test_no_shell_is_involved() -> None:
         [sys.executable, "-c", "import sys; print(sys.argv[1])", "a; $HOME"], timeout=timedelta(seconds=5)
     )
     assert done.output == "a; $HOME\n"
+
+
+async def test_an_on_start_that_fails_kills_the_group() -> None:
+    """When the hook told of the start raises (a journal that cannot be written), nothing is left running."""
+    marker = unique_sleep()
+
+    async def broken(pid: int) -> None:
+        while not alive_with(marker):
+            await asyncio.sleep(0.05)
+        raise OSError("journal not written")
+
+    with pytest.raises(OSError, match="journal not written"):
+        await runner.run(["sh", "-c", f"sleep {marker} & sleep 30"], timeout=timedelta(seconds=60), on_start=broken)
+    deadline = time.monotonic() + 2
+    while alive_with(marker) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert alive_with(marker) == []
+
+
+def _group_left_behind(seconds: float) -> subprocess.Popen[bytes]:
+    """A process group of two sleepers, as a killed healer leaves a rollback's command."""
+    return subprocess.Popen(["sh", "-c", f"sleep {seconds} & sleep {seconds}; wait"], start_new_session=True)
+
+
+def _wait_members(pgid: int, n: int) -> None:
+    """Until `n` processes of the group run: sh forks its sleepers after Popen returns."""
+    deadline = time.monotonic() + 30
+    while len(runner.group_members(pgid)) < n:
+        assert time.monotonic() < deadline, f"process group {pgid} never had {n} members"
+        time.sleep(0.02)
+
+
+async def test_outlast_waits_for_a_group_that_ends() -> None:
+    """A group left running that ends within the wait is waited for, not killed."""
+    group = _group_left_behind(2)
+    try:
+        _wait_members(group.pid, 3)
+        ended = await runner.outlast(group.pid, timedelta(seconds=30))
+        assert ended is not None and not ended.killed
+        assert runner.group_members(group.pid) == []
+    finally:
+        group.kill()
+        group.wait(5)
+
+
+async def test_outlast_kills_a_group_that_outruns_the_wait() -> None:
+    """A group still running at the end of the wait is SIGKILLed, grandchildren included."""
+    group = _group_left_behind(300)
+    try:
+        ended = await runner.outlast(group.pid, timedelta(milliseconds=300))
+        assert ended is not None and ended.killed
+        assert runner.group_members(group.pid) == []
+        assert group.wait(5) == -signal.SIGKILL
+    finally:
+        group.kill()
+        group.wait(5)
+
+
+async def test_outlast_of_a_group_that_is_gone_is_none() -> None:
+    """Nothing of the group is running: there is nothing to wait for."""
+    group = _group_left_behind(0)
+    group.wait(5)
+    assert await runner.outlast(group.pid, timedelta(seconds=5)) is None

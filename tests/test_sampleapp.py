@@ -16,7 +16,7 @@ import httpx
 import pytest
 from services import RedisServer, free_port, pid_alive, start_redis, wait_for_port
 
-from healer import sampleapp
+from healer.demo import sampleapp
 
 
 def release(repo: Path, **settings: object) -> Path:

@@ -1,4 +1,4 @@
-"""The PostgreSQL action: terminate the app's stuck backends (I/O, psycopg 3).
+"""The PostgreSQL action: terminate the app's stuck backends (I/O, through healer/pg.py).
 
 Only the app's own sessions are ever ended: `[postgres] application_name` is required (the
 action refuses without it), `database` and `user` narrow it further, and superusers' sessions
@@ -10,18 +10,14 @@ of the app, so that its pool reconnects.
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from healer.errors import ActionError
-from healer.logging import redact
 from healer.schema import Duration, PositiveDuration, StepBase, format_duration, read_secret
 
 if TYPE_CHECKING:
-    import psycopg
-
     from healer.config import Config, PostgresConfig
 
 # pg_terminate_backend(pid, timeout): wait this long for each backend to exit (PostgreSQL 14+).
@@ -148,24 +144,15 @@ async def terminate_backends(step: PostgresTerminateStep, config: Config, *, pla
     2. Connect as application "healer" (autocommit, statement_timeout).
     3. In one statement, select the backends and pg_terminate_backend() each.
     """
-    import psycopg  # here, not with the playbooks (healer/actions/registry.py)
-    from psycopg.conninfo import conninfo_to_dict
+    from healer import pg  # the driver: here, not with the playbooks (healer/actions/registry.py)
 
     pc = _section(config)
     f = _filter(step, pc)
-    secret = read_secret(pc.dsn_env)
-    if secret is None:
-        msg = f"postgres.terminate_backends: environment variable {pc.dsn_env} is not set"
-        raise ActionError(msg)
-    dsn = secret.reveal()
     try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.Error:
-        msg = f"postgres.terminate_backends: {pc.dsn_env} does not hold a valid PostgreSQL DSN"
+        server = pg.server(pc.dsn_env)
+    except pg.DsnError as e:
+        msg = f"postgres.terminate_backends: {e}"
         raise ActionError(msg) from None
-    secrets = (dsn, str(params.get("password") or ""))
-    where_text = _where(params)
-    seconds = pc.timeout.total_seconds()
     where, args = f.where()
     sql = (
         "SELECT a.pid, a.state, pg_terminate_backend(a.pid, %(wait)s) "
@@ -174,14 +161,7 @@ async def terminate_backends(step: PostgresTerminateStep, config: Config, *, pla
     )
     args["wait"] = TERMINATE_WAIT_MS
     try:
-        async with asyncio.timeout(seconds):
-            conn = await psycopg.AsyncConnection.connect(
-                dsn,
-                connect_timeout=max(2, math.ceil(seconds)),
-                autocommit=True,
-                application_name="healer",
-            )
-        async with conn:
+        async with pg.connect(server, pc.timeout.total_seconds()) as conn:
             # each pg_terminate_backend() may wait TERMINATE_WAIT_MS: the step's timeout bounds them all
             budget = step.timeout.total_seconds()
             async with asyncio.timeout(budget):
@@ -194,12 +174,12 @@ async def terminate_backends(step: PostgresTerminateStep, config: Config, *, pla
                 rows = await cur.fetchall()
     except TimeoutError:
         msg = (
-            f"PostgreSQL at {where_text} did not answer in time "
+            f"PostgreSQL at {server.where} did not answer in time "
             f"({format_duration(pc.timeout)} to connect, {format_duration(step.timeout)} for the step)"
         )
         raise ActionError(msg) from None
-    except psycopg.Error as e:
-        msg = f"PostgreSQL at {where_text}: {_reason(e, secrets)}"
+    except pg.Error as e:
+        msg = f"PostgreSQL at {server.where}: {server.reason(e)}"
         raise ActionError(msg) from None
     ended = [int(r[0]) for r in rows if r[2]]
     lingering = [int(r[0]) for r in rows if not r[2]]
@@ -210,19 +190,3 @@ async def terminate_backends(step: PostgresTerminateStep, config: Config, *, pla
     if lingering:
         head += f"; {len(lingering)} did not exit within {TERMINATE_WAIT_MS} ms (pids {', '.join(map(str, lingering))})"
     return head
-
-
-def _where(params: dict[str, Any]) -> str:
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = params.get("port") or "5432"
-    db = params.get("dbname") or params.get("user") or ""
-    return f"{host}:{port}/{db}"
-
-
-def _reason(e: psycopg.Error, secrets: tuple[str, ...]) -> str:
-    text = str(e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
-    for s in secrets:
-        if s:
-            line = line.replace(s, "***")
-    return redact(f"{type(e).__name__}: {line}")[:300]

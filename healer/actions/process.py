@@ -4,9 +4,9 @@ Through `[process] manager`: `systemctl restart NAME`, `pm2 restart NAME`,
 `supervisorctl restart NAME` (`control` replaces the manager's command), each from PATH with
 a timeout. With manager = "command" healer does it itself:
 
-1. find the app's processes by `match` (a substring of the command line) or `pidfile`;
-   no healer process ever matches (see `_protected`), and a pidfile whose process started
-   after the file was written names a reused PID and is ignored;
+1. find the app's processes by `match` (a substring of the command line) or `pidfile`, by
+   healer/processes.py's rule, the one the process check applies: never a healer process, and
+   a pidfile whose process started after the file was written names a reused PID;
 2. SIGTERM them (and SIGCONT, so a frozen process handles it), wait `stop_timeout`, SIGKILL
    what is left;
 3. start `start` detached (its own session, stdin from /dev/null, output appended to
@@ -26,7 +26,6 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
@@ -39,13 +38,9 @@ from healer.files import make_private, private_dir
 from healer.schema import PositiveDuration, StepBase, format_duration
 
 if TYPE_CHECKING:
-    import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
-
     from healer.config import Config, ProcessConfig
+    from healer.processes import Found
 
-# A process started this long after its pidfile was written still counts as the one that
-# wrote it (mtime granularity); started later than that, its PID was reused.
-_PIDFILE_TOLERANCE = 1.0
 _POLL = 0.1
 _KILL_WAIT = 5.0
 # After the started process exits, how long to look for the process it forked (a daemon).
@@ -87,14 +82,6 @@ class ProcessReloadStep(StepBase):
     signal: Annotated[str, Field(pattern=r"^(SIG)?[A-Z0-9]+$")] | None = None
 
     hints: ClassVar[Mapping[str, str]] = {"signal": 'expected a signal name like "SIGHUP"'}
-
-
-@dataclass(frozen=True, slots=True)
-class Found:
-    """One running process of the app, identified by PID and start time (PID reuse)."""
-
-    pid: int
-    create_time: float
 
 
 def _section(config: Config, action: str) -> ProcessConfig:
@@ -205,136 +192,31 @@ def _signal(name: str) -> signal.Signals:
 # ---- finding processes -------------------------------------------------------------------------
 
 
-def _protected(state_dir: Path | None) -> set[int]:
-    """The PIDs never signalled, whatever their command line says: this process and its
-    ancestors, and the holders of healer's lock files in `state_dir` (`healer.lock` holds the
-    run loop's PID, `rollback.lock` and `repair-*.lock` those of the processes acting). A
-    `[process] match` can appear in healer's own command line (`healer --config
-    /srv/shop/healer.toml run` with match = "shop"): a restart must never stop the loop."""
-    import psutil  # here, not with the playbooks (healer/actions/registry.py)
+def _find(pc: ProcessConfig, state_dir: Path) -> list[Found]:
+    """The app's processes by healer/processes.py's rule, the one the process check applies
+    (blocking: run in a thread)."""
+    from healer import processes  # psutil: here, not with the playbooks (healer/actions/registry.py)
 
-    me = psutil.Process()
-    out = {me.pid, *(p.pid for p in me.parents())}
-    if state_dir is not None:
-        holders = (_named_by(lock) for lock in state_dir.glob("*.lock"))
-        out |= {f.pid for f in holders if f is not None}
-    return out
-
-
-def is_healer(cmdline: Sequence[str]) -> bool:
-    """Whether a command line runs healer: the `healer` script (exec'd, or run by a Python
-    interpreter from its shebang), `python -m healer` or healer's __main__.py. Not
-    `python -m healer.sampleapp` (the demo's app) nor any other module of the package."""
-    if not cmdline:
-        return False
-    if Path(cmdline[0]).name == "healer":
-        return True
-    if not Path(cmdline[0]).name.startswith("python"):
-        return False
-    args = iter(cmdline[1:])
-    for arg in args:
-        if arg == "-m":
-            return next(args, "") in _HEALER_MODULES
-        if arg.startswith("-m"):
-            return arg[2:] in _HEALER_MODULES
-        if arg == "-c":
-            return False  # code given inline: whatever follows is its arguments
-        if arg in _PYTHON_OPTIONS_WITH_VALUE:
-            next(args, None)
-            continue
-        if arg.startswith("-"):
-            continue
-        script = Path(arg)
-        return script.name == "healer" or (script.name == "__main__.py" and script.parent.name == "healer")
-    return False
-
-
-_HEALER_MODULES = frozenset({"healer", "healer.__main__"})
-# python's options that take the next argument as their value (`python -X dev -m healer`)
-_PYTHON_OPTIONS_WITH_VALUE = frozenset({"-X", "-W", "-Q", "--check-hash-based-pycs"})
-
-
-def _cmdline(p: psutil.Process) -> str:
-    return " ".join(p.info.get("cmdline") or ())
-
-
-def find(match: str | None, pidfile: Path | None, state_dir: Path | None = None) -> list[Found]:
-    """The running (non-zombie) processes whose command line contains `match`, or the one
-    named by `pidfile` (and matching `match`, when both are set); never a healer process (the
-    lock files in `state_dir` name those run otherwise). Blocking: run in a thread."""
-    import psutil  # here, not with the playbooks (healer/actions/registry.py)
-
-    protected = _protected(state_dir)
-    if pidfile is not None:
-        return _from_pidfile(pidfile, match, protected)
-    out: list[Found] = []
-    for p in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
-        if p.pid in protected or p.info.get("status") == psutil.STATUS_ZOMBIE:
-            continue
-        if match and match in _cmdline(p) and not is_healer(p.info.get("cmdline") or ()):
-            out.append(Found(p.pid, float(p.info["create_time"])))
-    return out
-
-
-def _from_pidfile(pidfile: Path, match: str | None, protected: set[int]) -> list[Found]:
-    import psutil  # here, not with the playbooks (healer/actions/registry.py)
-
-    found = _named_by(pidfile)
-    if found is None or found.pid in protected:
-        return []
-    try:
-        cmdline = psutil.Process(found.pid).cmdline()
-    except psutil.Error:
-        return []
-    if is_healer(cmdline) or (match and match not in " ".join(cmdline)):
-        return []
-    return [found]
-
-
-def _named_by(path: Path) -> Found | None:
-    """The live process whose PID `path` holds (a pidfile, a lock file); None when there is
-    none, or when it started after the file was written (the PID was reused)."""
-    import psutil  # here, not with the playbooks (healer/actions/registry.py)
-
-    try:
-        text = path.read_text().strip()
-        written = path.stat().st_mtime
-        pid = int(text.split()[0])
-        p = psutil.Process(pid)
-        created = p.create_time()
-        if p.status() == psutil.STATUS_ZOMBIE or created > written + _PIDFILE_TOLERANCE:
-            return None
-    except (OSError, ValueError, IndexError, psutil.Error):
-        return None
-    return Found(pid, created)
-
-
-def _alive(f: Found) -> bool:
-    """Still the same process (PID and start time) and not a zombie."""
-    import psutil  # here, not with the playbooks (healer/actions/registry.py)
-
-    try:
-        p = psutil.Process(f.pid)
-        same = abs(p.create_time() - f.create_time) < 0.01
-        return bool(same and p.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
+    found, _ = processes.find(pc.match, pc.pidfile, None, state_dir)
+    return found
 
 
 def _signal_all(found: Sequence[Found], sig: signal.Signals, state_dir: Path) -> None:
     """Send `sig` to each process that is still the one found (psutil checks PID reuse) and
     is not healer (asked again: one may have started since it was found)."""
-    import psutil  # here, not with the playbooks (healer/actions/registry.py)
+    import psutil  # type: ignore[import-untyped]  # here, not with the playbooks (healer/actions/registry.py)
 
-    protected = _protected(state_dir)
+    from healer import processes
+
+    excluded = processes.protected(state_dir)
     for f in found:
-        if f.pid in protected:
+        if f.pid in excluded:
             continue
+        p = processes.handle(f)
+        if p is None:
+            continue  # gone, or a different process now holds the PID
         try:
-            p = psutil.Process(f.pid)
-            if abs(p.create_time() - f.create_time) >= 0.01:
-                continue  # a different process now holds the PID
-            if is_healer(p.cmdline()):
+            if processes.is_healer(p.cmdline()):
                 continue
             p.send_signal(sig)
         except psutil.NoSuchProcess:
@@ -345,7 +227,9 @@ def _signal_all(found: Sequence[Found], sig: signal.Signals, state_dir: Path) ->
 
 
 def _still_alive(found: Sequence[Found]) -> list[Found]:
-    return [f for f in found if _alive(f)]
+    from healer import processes  # psutil: here, not with the playbooks (healer/actions/registry.py)
+
+    return [f for f in found if processes.alive(f)]
 
 
 async def _wait_gone(found: Sequence[Found], timeout: float) -> list[Found]:
@@ -374,11 +258,11 @@ async def restart(step: ProcessRestartStep, config: Config, *, playbook: str = "
 async def _restart_by_manager(step: ProcessRestartStep, config: Config, pc: ProcessConfig) -> str:
     argv = manager_argv(pc, "restart")
     state = config.state_dir
-    before = await asyncio.to_thread(find, pc.match, pc.pidfile, state) if (pc.match or pc.pidfile) else None
+    before = await asyncio.to_thread(_find, pc, state) if (pc.match or pc.pidfile) else None
     await run_argv(argv, timeout=step.timeout)
     text = f"ran `{show_argv(argv)}`"
     if before is not None:
-        after = await asyncio.to_thread(find, pc.match, pc.pidfile, state)
+        after = await asyncio.to_thread(_find, pc, state)
         text += f" (pid {_pids(before)} -> {_pids(after)})"
     return text
 
@@ -389,7 +273,7 @@ async def _restart_by_command(config: Config, pc: ProcessConfig) -> str:
     cwd = _cwd(config, pc)
     exe = resolve(pc.start[0], cwd)
     state = config.state_dir
-    old = await asyncio.to_thread(find, pc.match, pc.pidfile, state)
+    old = await asyncio.to_thread(_find, pc, state)
     stopped = ""
     if old:
         await asyncio.to_thread(_signal_all, old, signal.SIGTERM, state)
@@ -445,12 +329,14 @@ async def _confirm(pc: ProcessConfig, old: Sequence[Found], started: int, config
     """Wait up to `start_timeout` for a new process of the app (one not among `old`)."""
     import psutil  # here, not with the playbooks (healer/actions/registry.py)
 
+    from healer import processes
+
     old_ids = set(old)
     deadline = time.monotonic() + pc.start_timeout.total_seconds()
     started_gone_at: float | None = None
 
     def look() -> tuple[list[Found], bool]:
-        new = [f for f in find(pc.match, pc.pidfile, config.state_dir) if f not in old_ids]
+        new = [f for f in _find(pc, config.state_dir) if f not in old_ids]
         try:
             p = psutil.Process(started)
             up = p.status() != psutil.STATUS_ZOMBIE
@@ -462,7 +348,7 @@ async def _confirm(pc: ProcessConfig, old: Sequence[Found], started: int, config
         new, up = await asyncio.to_thread(look)
         if new:
             await asyncio.sleep(_SETTLE)
-            still = [f for f in new if await asyncio.to_thread(_alive, f)]
+            still = [f for f in new if await asyncio.to_thread(processes.alive, f)]
             if still:
                 return still
         now = time.monotonic()
@@ -494,7 +380,7 @@ async def reload(step: ProcessReloadStep, config: Config, *, playbook: str = "")
     name = _reload_signal_name(step, config)
     assert name is not None
     sig = _signal(name)
-    found = await asyncio.to_thread(find, pc.match, pc.pidfile, config.state_dir)
+    found = await asyncio.to_thread(_find, pc, config.state_dir)
     if not found:
         msg = f"process.reload: no running process whose {_target(pc)} to send {sig.name} to"
         raise ActionError(msg)

@@ -10,8 +10,8 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from healer.alerts.message import AlertMessage, format_age, render_text
-from healer.config import ChannelSection
+from healer.alerts.message import AlertMessage, render_text
+from healer.config import ChannelSection, format_elapsed
 from healer.logging import log_event
 from healer.model import Severity
 
@@ -46,7 +46,7 @@ class LogChannel:
             severity=message.severity.name.lower(),
             incident_id=message.incident_id,
             title=message.title,
-            delayed=None if delayed is None else format_age(delayed),
+            delayed=None if delayed is None else format_elapsed(delayed),
             text=render_text(message, delayed=delayed),
         )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from healer.config import format_elapsed
 from healer.model import Alert, Event, Severity
 
 # ---- events ----------------------------------------------------------------------------------
@@ -197,21 +198,6 @@ def rollback_failure_title(to_ref: str, *, commands_failed: bool, restart: bool 
 # ---- shared pieces ---------------------------------------------------------------------------
 
 
-def format_age(d: timedelta) -> str:
-    """A short human duration: 45s, 12m, 2h 5m, 3d 4h."""
-    s = max(0, int(d.total_seconds()))
-    if s < 60:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m"
-    h, m = divmod(m, 60)
-    if h < 24:
-        return f"{h}h {m}m" if m else f"{h}h"
-    d_, h = divmod(h, 24)
-    return f"{d_}d {h}h" if h else f"{d_}d"
-
-
 def delay_of(msg: AlertMessage, now: datetime) -> timedelta | None:
     """How late a delivery at `now` is, when it is late enough to say so."""
     late = now - msg.created_at
@@ -224,7 +210,7 @@ def _icon(msg: AlertMessage) -> str:
 
 def heading(msg: AlertMessage, delayed: timedelta | None = None) -> str:
     """ "[delayed 12m] 🟠 shop-api: Incident opened (observe mode)" """
-    late = f"[delayed {format_age(delayed)}] " if delayed else ""
+    late = f"[delayed {format_elapsed(delayed)}] " if delayed else ""
     obs = " (observe mode)" if msg.observe else ""
     return f"{late}{_icon(msg)} {msg.app}: {label(msg.event)}{obs}"
 
@@ -233,7 +219,7 @@ def _since_line(msg: AlertMessage) -> str | None:
     if msg.since is None:
         return None
     at = msg.since.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"Since {at} ({format_age(msg.created_at - msg.since)})"
+    return f"Since {at} ({format_elapsed(msg.created_at - msg.since)})"
 
 
 def _next_line(msg: AlertMessage) -> str | None:
@@ -320,7 +306,6 @@ __all__ = [
     "delay_of",
     "fit_escaped",
     "footer",
-    "format_age",
     "heading",
     "item_line",
     "item_tail",

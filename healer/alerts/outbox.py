@@ -30,9 +30,10 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from healer.alerts.message import AlertMessage, delay_of, format_age
+from healer.alerts.message import AlertMessage, delay_of
 from healer.alerts.pipeline import AlertMemory, AlertPlan, IncidentMemory, Route
 from healer.clock import Clock, SystemClock
+from healer.config import format_elapsed
 from healer.errors import DeliveryError, StoreError
 from healer.logging import log_event
 from healer.model import Alert, Event, Severity
@@ -81,7 +82,8 @@ CREATE TABLE IF NOT EXISTS alert_items (
     severity TEXT NOT NULL,
     incident_id INTEGER,
     title TEXT NOT NULL,
-    muted INTEGER NOT NULL DEFAULT 0
+    muted INTEGER NOT NULL DEFAULT 0,
+    flap_group TEXT  -- an opening's or a flapping notice's group (pipeline.flap_group)
 );
 CREATE INDEX IF NOT EXISTS alert_items_at ON alert_items (at);
 CREATE INDEX IF NOT EXISTS alert_items_incident ON alert_items (incident_id);
@@ -198,6 +200,9 @@ class Outbox:
         try:
             self._db = connect(self.path)
             self._db.executescript(_SCHEMA)
+            # an outbox from a healer before flapping was grouped: its old rows are of no group
+            if "flap_group" not in {r[1] for r in self._db.execute("PRAGMA table_info(alert_items)")}:
+                self._db.execute("ALTER TABLE alert_items ADD COLUMN flap_group TEXT")
         except (sqlite3.Error, OSError) as e:
             msg = f"{self.path}: cannot open the alert outbox: {e}"
             raise StoreError(msg) from e
@@ -244,8 +249,8 @@ class Outbox:
             for r in plan.remember:
                 db.execute(
                     "INSERT INTO alert_items"
-                    " (alert_id, at, event, severity, incident_id, title, muted)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " (alert_id, at, event, severity, incident_id, title, muted, flap_group)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         None if r.muted else by_item.get(r.item),
                         _ts(now),
@@ -254,6 +259,7 @@ class Outbox:
                         r.item.incident_id,
                         redact(r.item.title),
                         int(r.muted),
+                        r.group,  # built from the redacted title (Alerts._plan scrubs it first)
                     ),
                 )
         return ids
@@ -457,19 +463,20 @@ class Outbox:
             )
         }
         openings = tuple(
-            _dt(r[0])
-            for r in self._read(
-                "SELECT at FROM alert_items WHERE at > ? AND event = ? ORDER BY id",
+            (_dt(at), group or "")
+            for at, group in self._read(
+                "SELECT at, flap_group FROM alert_items WHERE at > ? AND event = ? ORDER BY id",
                 (cut, Event.INCIDENT_OPENED),
             )
         )
-        flap = self._read("SELECT MAX(at) FROM alert_items WHERE event = ?", (Event.INCIDENT_FLAPPING,))
-        return AlertMemory(
-            incidents=incidents,
-            recent=recent,
-            openings=openings,
-            last_flapping_at=_dt(flap[0][0]) if flap and flap[0][0] else None,
-        )
+        flapping = {
+            group or "": _dt(at)
+            for group, at in self._read(
+                "SELECT flap_group, MAX(at) FROM alert_items WHERE event = ? GROUP BY flap_group",
+                (Event.INCIDENT_FLAPPING,),
+            )
+        }
+        return AlertMemory(incidents=incidents, recent=recent, openings=openings, flapping=flapping)
 
 
 # ---- channels and the sender -----------------------------------------------------------------
@@ -732,7 +739,7 @@ class Sender:
             channel=ch.name,
             alert_id=row.alert_id,
             event=row.message.event,
-            delayed=None if delayed is None else format_age(delayed),
+            delayed=None if delayed is None else format_elapsed(delayed),
         )
         self._channel_ok(ch)
         return _Result.DELIVERED
@@ -745,7 +752,7 @@ class Sender:
         except DeliveryError:
             raise
         except TimeoutError:
-            msg = f"{ch.name}: no answer within {format_age(self.timeout)}"
+            msg = f"{ch.name}: no answer within {format_elapsed(self.timeout)}"
             raise DeliveryError(msg) from None
         except Exception as e:  # a bug or an unexpected library error: push back, never crash the sender
             msg = f"{ch.name}: unexpected error: {type(e).__name__}: {redact(str(e))}"

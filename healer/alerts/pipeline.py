@@ -7,10 +7,12 @@ outbox for which channels, and what to remember. No I/O, no clock: `now` is an a
 Rules, applied to each intent in cycle order (earlier intents of the cycle count as "before"):
 
 1. `bypass_dedup` (meta alerts about healer itself, the test alert): always kept.
-2. `incident.opened`: once per incident. When `FLAP_LIMIT` incidents already opened within
-   `repeat_every`, the opening is muted (and its resolution with it) and one
-   `incident.flapping` notice per `repeat_every` says so: a flapping check gives a bounded
-   number of messages.
+2. `incident.opened`: once per incident. When `FLAP_LIMIT` incidents of the same group already
+   opened within `repeat_every`, the opening is muted (and its resolution with it) and one
+   `incident.flapping` notice per group and `repeat_every` says so: a flapping check gives a
+   bounded number of messages. A group is one deploy (the context's commit) and one failure
+   (the opening's title: what fails and its likely cause), so an unrelated incident — another
+   cause, another deploy — is always announced, however many came before it.
 3. `incident.resolved`: once per incident, and not for a muted one.
 4. `incident.reminder`: only while the incident is unresolved and nothing was said about it
    for `repeat_every`. The plan also adds a reminder by itself when the context names an open
@@ -30,13 +32,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from healer.alerts.message import AlertMessage, format_age
+from healer.alerts.message import AlertMessage
+from healer.config import format_elapsed
 from healer.model import Alert, Event, Severity
 
 FLAP_LIMIT = 3  # incident openings announced per repeat_every; more is flapping
 DEFAULT_REPEAT_EVERY = timedelta(minutes=30)
 
 DedupKey = tuple[str, int | None, str]  # (event, incident_id, title)
+Group = str  # what flaps together: "<commit> <what fails — likely cause>" (flap_group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +84,8 @@ class AlertMemory:
 
     incidents: Mapping[int, IncidentMemory] = field(default_factory=dict)
     recent: Mapping[DedupKey, datetime] = field(default_factory=dict)  # last planned at
-    openings: tuple[datetime, ...] = ()  # incident openings (announced or muted), recent ones
-    last_flapping_at: datetime | None = None
+    openings: tuple[tuple[datetime, Group], ...] = ()  # incident openings (announced or muted), recent ones
+    flapping: Mapping[Group, datetime] = field(default_factory=dict)  # the last flapping notice per group
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,7 @@ class Remembered:
 
     item: Alert
     muted: bool = False  # not sent: folded into a flapping notice
+    group: Group | None = None  # an opening's or a flapping notice's group
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +118,18 @@ class AlertPlan:
 class _State:
     incidents: dict[int, IncidentMemory]
     recent: dict[DedupKey, datetime]
-    openings: list[datetime]
-    last_flapping_at: datetime | None
+    openings: list[tuple[datetime, Group]]
+    flapping: dict[Group, datetime]
 
 
 def _key(i: Alert) -> DedupKey:
     return (i.event, i.incident_id, i.title)
+
+
+def flap_group(opening: Alert, context: CycleContext) -> Group:
+    """What an incident's opening flaps with: the same failure (its title names what fails and
+    the likely cause) on the same deploy."""
+    return f"{context.commit or ''} {opening.title}"
 
 
 def plan_alerts(
@@ -131,14 +142,14 @@ def plan_alerts(
     now: datetime,
 ) -> AlertPlan:
     """Deduplicate, group and route one cycle's alerts (the rules are in the module docstring)."""
-    st = _State(dict(memory.incidents), dict(memory.recent), list(memory.openings), memory.last_flapping_at)
+    st = _State(dict(memory.incidents), dict(memory.recent), list(memory.openings), dict(memory.flapping))
     kept: list[Alert] = []
     remember: list[Remembered] = []
     dropped: list[tuple[Alert, str]] = []
 
-    def keep(i: Alert) -> None:
+    def keep(i: Alert, group: Group | None = None) -> None:
         kept.append(i)
-        remember.append(Remembered(i))
+        remember.append(Remembered(i, group=group))
         st.recent[_key(i)] = now
         if i.incident_id is not None:
             m = st.incidents.get(i.incident_id, IncidentMemory())
@@ -157,17 +168,18 @@ def plan_alerts(
             if mem.opened or mem.muted:
                 dropped.append((i, "already announced"))
                 continue
-            recent_openings = [t for t in st.openings if recently(t)]
-            st.openings.append(now)
+            group = flap_group(i, context)
+            recent_openings = [t for t, g in st.openings if g == group and recently(t)]
+            st.openings.append((now, group))
             if len(recent_openings) >= FLAP_LIMIT:
                 st.incidents[inc] = replace(mem, muted=True, last_at=now, severity=max(mem.severity, i.severity))
-                remember.append(Remembered(i, muted=True))
+                remember.append(Remembered(i, muted=True, group=group))
                 dropped.append((i, "flapping"))
-                if not recently(st.last_flapping_at):
-                    st.last_flapping_at = now
-                    keep(_flapping_item(len(recent_openings) + 1, repeat_every))
+                if not recently(st.flapping.get(group)):
+                    st.flapping[group] = now
+                    keep(_flapping_item(i, len(recent_openings) + 1, repeat_every), group)
                 continue
-            keep(i)
+            keep(i, group)
             st.incidents[inc] = replace(st.incidents[inc], opened=True)
         elif i.event == Event.INCIDENT_RESOLVED and inc is not None:
             if mem.resolved:
@@ -213,7 +225,7 @@ def with_remembered(
     incidents = dict(memory.incidents)
     recent = dict(memory.recent)
     openings = list(memory.openings)
-    flapping = memory.last_flapping_at
+    flapping = dict(memory.flapping)
     for at, r in remembered:
         i = r.item
         if i.incident_id is not None:
@@ -229,19 +241,22 @@ def with_remembered(
             if not r.muted:
                 recent[_key(i)] = max(at, recent.get(_key(i), at))
             if i.event == Event.INCIDENT_OPENED:
-                openings.append(at)
-        if i.event == Event.INCIDENT_FLAPPING and (flapping is None or at > flapping):
-            flapping = at
-    return AlertMemory(incidents=incidents, recent=recent, openings=tuple(openings), last_flapping_at=flapping)
+                openings.append((at, r.group or ""))
+        if i.event == Event.INCIDENT_FLAPPING:
+            group = r.group or ""
+            flapping[group] = max(at, flapping.get(group, at))
+    return AlertMemory(incidents=incidents, recent=recent, openings=tuple(openings), flapping=flapping)
 
 
-def _flapping_item(count: int, repeat_every: timedelta) -> Alert:
+def _flapping_item(opening: Alert, count: int, repeat_every: timedelta) -> Alert:
+    """The notice that folds a group's openings: its title says what keeps failing."""
     return Alert(
         Event.INCIDENT_FLAPPING,
         Severity.WARNING,
-        f"{count} incidents opened within {format_age(repeat_every)}",
-        "The checks keep failing and recovering. Further openings and resolutions are not "
-        "announced until it settles; reminders continue.",
+        f"{opening.title}: {count} incidents within {format_elapsed(repeat_every)}",
+        "The same checks keep failing and recovering for the same likely cause. Further openings "
+        "and resolutions of this failure are not announced until it settles; reminders continue, "
+        "and any other failure is announced as usual.",
     )
 
 
@@ -253,7 +268,7 @@ def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: ti
     mem = st.incidents.get(inc, IncidentMemory())
     if mem.resolved or (mem.last_at is not None and now - mem.last_at < repeat_every):
         return None
-    detail = f"Open for {format_age(now - ctx.incident_since)}." if ctx.incident_since else ""
+    detail = f"Open for {format_elapsed(now - ctx.incident_since)}." if ctx.incident_since else ""
     title = ctx.summary or "the incident is still open"
     if ctx.cause:
         title += f" — likely cause: {ctx.cause}"
@@ -305,8 +320,3 @@ def _route(
         )
         out.append(Planned(msg, tuple(channels)))
     return tuple(out)
-
-
-def route_channels(severity: Severity, routes: Sequence[Route], *, exclude: str | None = None) -> tuple[str, ...]:
-    """The channels that take an alert of `severity`, minus `exclude`."""
-    return tuple(r.channel for r in routes if severity >= r.min_severity and r.channel != exclude)

@@ -24,15 +24,13 @@ from healer.checks.base import (
     budget,
     describe_error,
     failed,
-    format_size,
     local_failure,
     measured,
-    redact,
     unprobed,
 )
 from healer.checks.registry import CHECKS
 from healer.model import CheckResult
-from healer.redact import redact as process_redact
+from healer.redact import redact
 from healer.schema import format_duration
 
 if TYPE_CHECKING:
@@ -112,7 +110,7 @@ def _redacted(result: CheckResult) -> CheckResult:
     message) may hold a secret, and every result is printed, stored and sent."""
     if result.error is None:
         return result
-    error = process_redact(result.error)
+    error = redact(result.error)
     return result if error == result.error else replace(result, error=error)
 
 
@@ -146,11 +144,9 @@ __all__ = [
     "budget",
     "describe_error",
     "failed",
-    "format_size",
     "local_failure",
     "measured",
     "probe_context",
-    "redact",
     "run_check",
     "run_checks",
     "unprobed",

@@ -15,8 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from healer.model import CheckResult
-from healer.redact import MASK
-from healer.redact import redact as process_redact
+from healer.redact import redact
 
 if TYPE_CHECKING:
     import httpx
@@ -49,15 +48,6 @@ def budget(timeout: timedelta) -> float:
     return t - min(0.25, t * 0.2)
 
 
-def redact(text: str, *secrets: str) -> str:
-    """`text` through the process-wide redactor (healer/redact.py), and without `secrets`: the
-    values a probe holds that healer.toml did not name (a DSN given to one check)."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, MASK)
-    return process_redact(text)
-
-
 def describe_error(exc: BaseException, *secrets: str) -> str:
     """One line for an exception: its type and the first line of its message, redacted."""
     msg = str(exc).strip().splitlines()
@@ -65,15 +55,6 @@ def describe_error(exc: BaseException, *secrets: str) -> str:
     line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     line = redact(line, *secrets)
     return line if len(line) <= _ERROR_MAX else line[: _ERROR_MAX - 1] + "…"
-
-
-def format_size(n: float) -> str:
-    """Bytes for people: "800 B", "1.5 KB", "12.3 MB", "2.0 GB" (powers of 1024)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 # errno values that say healer itself ran out of something (descriptors, memory, buffers, local

@@ -1,19 +1,18 @@
-"""The postgres check: connect + `SELECT 1` latency and connections in use (I/O, psycopg 3).
+"""The postgres check: connect + `SELECT 1` latency and connections in use (I/O, through healer/pg.py).
 
 The DSN comes from the environment variable named by `dsn_env` (or `[postgres] dsn_env`) and is a
-secret: messages are built here from the host, port and database only, and any text taken from
-psycopg is scrubbed of the DSN and its password.
+secret: healer/pg.py connects, and its messages name only the host, port and database, with any
+text taken from psycopg scrubbed of the DSN and its password.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from healer.checks.base import budget, failed, measured, redact
+from healer.checks.base import budget, failed, measured
 from healer.model import CheckResult
 from healer.schema import (
     CheckBase,
@@ -24,12 +23,9 @@ from healer.schema import (
     PositiveDuration,
     RoleName,
     format_duration,
-    read_secret,
 )
 
 if TYPE_CHECKING:
-    import psycopg
-
     from healer.checks.base import ProbeContext
     from healer.config import Config
 
@@ -58,94 +54,52 @@ def needs(check: PostgresCheck, config: Config) -> tuple[str, str] | None:
 
 async def probe(check: PostgresCheck, ctx: ProbeContext) -> CheckResult:
     """1. read the DSN; 2. connect and `SELECT 1` (the latency); 3. count connections."""
-    # the driver is imported where it is used, not with the config (healer/checks/registry.py)
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict
+    # healer/pg.py imports the driver: imported where it is used, not with the config
+    # (healer/checks/registry.py)
+    from healer import pg
 
     env = check.dsn_env or (ctx.config.postgres.dsn_env if ctx.config.postgres else "DATABASE_URL")
-    secret = read_secret(env)
-    if secret is None:
-        return failed(check, f"environment variable {env} is not set", "postgres.error")
-    dsn = secret.reveal()
     try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return failed(
-            check,
-            f"environment variable {env} does not hold a valid PostgreSQL DSN",
-            "postgres.error",
-        )
-    secrets = (dsn, str(params.get("password") or ""))
-    where = _where(params)
+        server = pg.server(env)
+    except pg.DsnError as e:
+        return failed(check, str(e), "postgres.error")
+    where = server.where
     seconds = budget(check.timeout)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
 
     start = time.perf_counter()
     try:
-        async with asyncio.timeout(seconds):
-            conn = await psycopg.AsyncConnection.connect(
-                dsn,
-                connect_timeout=max(2, math.ceil(seconds)),  # libpq's floor is 2 s; asyncio.timeout bounds it closer
-                autocommit=True,
-                application_name="healer",
-            )
+        async with pg.connect(server, seconds) as conn:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    async with conn.cursor() as cur:
+                        await cur.execute("SELECT 1")
+                        await cur.fetchone()
+                        latency = time.perf_counter() - start
+                        await cur.execute(_CONNECTIONS_SQL)
+                        row = await cur.fetchone()
+                        connections = int(row[0]) if row else 0
+                        await cur.execute("SHOW max_connections")
+                        row = await cur.fetchone()
+                        max_connections = int(row[0]) if row else 0
+            except TimeoutError:
+                return failed(
+                    check,
+                    f"PostgreSQL at {where} did not answer within {round(seconds * 1000)} ms",
+                    "postgres.timeout",
+                )
+            except pg.OperationalError as e:
+                return failed(
+                    check, f"lost the connection to PostgreSQL at {where}: {server.reason(e)}", "postgres.down"
+                )
+            except pg.Error as e:
+                return failed(check, f"PostgreSQL at {where}: {server.reason(e)}", "postgres.error")
     except TimeoutError:
-        return failed(
-            check,
-            f"no answer from PostgreSQL at {where} within {round(seconds * 1000)} ms",
-            "postgres.down",
-        )
-    except psycopg.Error as e:
-        return failed(
-            check,
-            f"cannot connect to PostgreSQL at {where}: {_reason(e, secrets)}",
-            "postgres.down",
-        )
-    try:
-        async with asyncio.timeout(max(0.0, deadline - loop.time())):
-            async with conn.cursor() as cur:
-                await cur.execute("SELECT 1")
-                await cur.fetchone()
-                latency = time.perf_counter() - start
-                await cur.execute(_CONNECTIONS_SQL)
-                row = await cur.fetchone()
-                connections = int(row[0]) if row else 0
-                await cur.execute("SHOW max_connections")
-                row = await cur.fetchone()
-                max_connections = int(row[0]) if row else 0
-    except TimeoutError:
-        return failed(
-            check,
-            f"PostgreSQL at {where} did not answer within {round(seconds * 1000)} ms",
-            "postgres.timeout",
-        )
-    except psycopg.OperationalError as e:
-        return failed(
-            check,
-            f"lost the connection to PostgreSQL at {where}: {_reason(e, secrets)}",
-            "postgres.down",
-        )
-    except psycopg.Error as e:
-        return failed(check, f"PostgreSQL at {where}: {_reason(e, secrets)}", "postgres.error")
-    finally:
-        await conn.close()
+        return failed(check, f"no answer from PostgreSQL at {where} within {round(seconds * 1000)} ms", "postgres.down")
+    except pg.Error as e:
+        return failed(check, f"cannot connect to PostgreSQL at {where}: {server.reason(e)}", "postgres.down")
     return _judge(check, latency, connections, max_connections)
-
-
-def _where(params: dict[str, str | int | None]) -> str:
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = params.get("port") or 5432
-    db = params.get("dbname") or params.get("user") or ""
-    return f"{host}:{port}/{db}" if db else f"{host}:{port}"
-
-
-def _reason(e: psycopg.Error, secrets: tuple[str, ...]) -> str:
-    """The gist of psycopg's message: the last clause of its first line, scrubbed."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    first = lines[0] if lines else type(e).__name__
-    gist = first.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
-    return redact(gist, *secrets)[:200]
 
 
 def _judge(check: PostgresCheck, latency: float, connections: int, max_connections: int) -> CheckResult:

@@ -2,9 +2,9 @@
 
 Processes are found by `match` (a substring of the command line), `pidfile` (the PID in the
 file, plus its descendants) or `process_name`; the check falls back on `[process] match` /
-`pidfile`. healer's own process and its ancestors never match, nor does any healer process
-(actions.process.is_healer, as for a restart), so a match string that happens to sit in
-healer's (or pytest's) command line does not find healer itself. `matched()` shows people
+`pidfile`. Which processes those are is healer/processes.py's rule, the same one a restart
+applies: never healer itself, its ancestors or a lock holder, so a match string that happens
+to sit in healer's (or pytest's) command line does not find healer. `matched()` shows people
 what a check finds, and `split_groups()` warns when a match finds more than one process group
 (two copies of the app). psutil blocks, so the scan runs in a worker thread.
 """
@@ -21,21 +21,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from healer.checks.base import format_size, measured
+from healer.checks.base import measured
 from healer.model import CheckResult
-from healer.schema import CheckBase, Factor, RelPath, Size
+from healer.schema import CheckBase, Factor, RelPath, Size, format_size
 
 if TYPE_CHECKING:
     import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
+    from healer import processes
     from healer.checks.base import ProbeContext
     from healer.config import Config
 
 # CPU use is the delta between two readings this far apart.
 _CPU_INTERVAL = 0.2
-# A process started this long after its pidfile was written still counts as the one that
-# wrote it (clock and mtime granularity); started later than that, its PID was reused.
-_PIDFILE_TOLERANCE = 1.0
 _MB = 2**20  # rss_mb is in MiB
 
 
@@ -91,11 +89,13 @@ def target(check: ProcessCheck, config: Config) -> tuple[str | None, Path | None
     return check.match, check.pidfile, check.process_name
 
 
-def matched(match: str | None, pidfile: Path | None, name: str | None) -> list[Match]:
+def matched(match: str | None, pidfile: Path | None, name: str | None, state_dir: Path | None = None) -> list[Match]:
     """The processes a check with this target() finds now, with their command lines and
     groups (blocking)."""
-    procs, _ = _find(match, pidfile, name)
-    return [m for m in map(_match, procs) if m is not None]
+    from healer import processes  # psutil: here, not with the config (healer/checks/registry.py)
+
+    found, _ = processes.find(match, pidfile, name, state_dir)
+    return [m for m in map(_match, found) if m is not None]
 
 
 def split_groups(where: str, found: Sequence[Match]) -> str | None:
@@ -111,9 +111,14 @@ def split_groups(where: str, found: Sequence[Match]) -> str | None:
     return f"{where} finds {len(groups)} separate process groups (pids {pids}): make it more specific"
 
 
-def _match(p: psutil.Process) -> Match | None:
+def _match(f: processes.Found) -> Match | None:
     import psutil  # here, not with the config (healer/checks/registry.py)
 
+    from healer import processes
+
+    p = processes.handle(f)
+    if p is None:
+        return None
     try:
         cmdline = " ".join(p.cmdline())
     except psutil.NoSuchProcess:
@@ -121,15 +126,15 @@ def _match(p: psutil.Process) -> Match | None:
     except psutil.Error:
         cmdline = "?"
     try:
-        return Match(p.pid, cmdline, os.getpgid(p.pid), os.getsid(p.pid))
+        return Match(f.pid, cmdline, os.getpgid(f.pid), os.getsid(f.pid))
     except OSError:
-        return Match(p.pid, cmdline, None, None)
+        return Match(f.pid, cmdline, None, None)
 
 
 async def probe(check: ProcessCheck, ctx: ProbeContext) -> CheckResult:
     """Find the processes, then compare count, RSS and CPU with the check's ceilings."""
     match, pidfile, name = target(check, ctx.config)
-    scan = await asyncio.to_thread(_scan, match, pidfile, name)
+    scan = await asyncio.to_thread(_scan, match, pidfile, name, ctx.config.state_dir)
 
     values: dict[str, float] = {"count": scan.count}
     if scan.count:
@@ -159,86 +164,15 @@ def _describe_target(match: str | None, pidfile: Path | None, name: str | None) 
     return f"named {name!r}"
 
 
-def _scan(match: str | None, pidfile: Path | None, name: str | None) -> _Scan:
+def _scan(match: str | None, pidfile: Path | None, name: str | None, state_dir: Path) -> _Scan:
     """Find the processes (blocking), then measure them."""
-    procs, problem = _find(match, pidfile, name)
+    from healer import processes  # psutil: here, not with the config (healer/checks/registry.py)
+
+    found, problem = processes.find(match, pidfile, name, state_dir)
+    procs = [p for p in map(processes.handle, found) if p is not None]
     if not procs:
         return _Scan(0, 0, 0.0, problem)
     return _measure(procs)
-
-
-def _find(match: str | None, pidfile: Path | None, name: str | None) -> tuple[list[psutil.Process], str | None]:
-    """The processes, or why none were found when that is known (blocking)."""
-    import psutil  # here, not with the config (healer/checks/registry.py)
-
-    me = psutil.Process()
-    excluded = {me.pid, *(p.pid for p in me.parents())}
-    if pidfile is not None:
-        return _from_pidfile(pidfile, match, excluded)
-    return _by_cmdline(match, name, excluded), None
-
-
-def _by_cmdline(match: str | None, name: str | None, excluded: set[int]) -> list[psutil.Process]:
-    import psutil  # here, not with the config (healer/checks/registry.py)
-
-    from healer.actions.process import is_healer
-
-    found: list[psutil.Process] = []
-    for p in psutil.process_iter(["pid", "name", "cmdline", "status"]):
-        info = p.info
-        if info["pid"] in excluded or info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        cmdline = info["cmdline"] or []
-        if is_healer(cmdline):
-            continue
-        if (match and match in " ".join(cmdline)) or (
-            not match and name and (info["name"] == name or (cmdline and os.path.basename(cmdline[0]) == name))
-        ):
-            found.append(p)
-    return found
-
-
-def _from_pidfile(pidfile: Path, match: str | None, excluded: set[int]) -> tuple[list[psutil.Process], str | None]:
-    """The process named by the pidfile (guarding against PID reuse) and its descendants."""
-    import psutil  # here, not with the config (healer/checks/registry.py)
-
-    try:
-        text = pidfile.read_text().strip()
-        written = pidfile.stat().st_mtime
-    except FileNotFoundError:
-        return [], f"pidfile {pidfile} does not exist"
-    except OSError as e:
-        return [], f"cannot read pidfile {pidfile}: {e.strerror}"
-    if not text.isdigit():
-        return [], f"pidfile {pidfile} does not hold a PID"
-    pid = int(text)
-    try:
-        p = psutil.Process(pid)
-        started = p.create_time()
-        alive = p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return [], f"PID {pid} from pidfile {pidfile} is not running"
-    if not alive or pid in excluded:
-        return [], f"PID {pid} from pidfile {pidfile} is not running"
-    if started > written + _PIDFILE_TOLERANCE:
-        return (
-            [],
-            f"PID {pid} from pidfile {pidfile} is a newer process (stale pidfile, PID reused)",
-        )
-    if match:
-        try:
-            cmdline = " ".join(p.cmdline())
-        except psutil.AccessDenied:  # another user's process: the pidfile alone vouches for it
-            cmdline = match
-        except psutil.Error:
-            return [], f"PID {pid} from pidfile {pidfile} is not running"
-        if match not in cmdline:
-            return [], f"PID {pid} from pidfile {pidfile} does not match {match!r}"
-    try:
-        children = [c for c in p.children(recursive=True) if c.pid not in excluded]
-    except psutil.Error:
-        children = []
-    return [p, *children], None
 
 
 def _measure(procs: list[psutil.Process]) -> _Scan:

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from healer.checks.base import budget, describe_error, failed, format_size, measured, redact
+from healer.checks.base import budget, describe_error, failed, measured
 from healer.model import CheckResult
+from healer.redact import redact
 from healer.schema import (
     CheckBase,
     Duration,
@@ -23,6 +24,7 @@ from healer.schema import (
     RoleName,
     Size,
     format_duration,
+    format_size,
     read_secret,
 )
 

@@ -20,6 +20,7 @@ import healer.checks.command as command
 import healer.checks.http as http
 import healer.checks.postgres as postgres
 import healer.checks.process as process
+import healer.checks.prometheus as prometheus
 import healer.checks.redis as redis
 import healer.checks.system as system
 import healer.checks.tcp as tcp
@@ -52,4 +53,5 @@ CHECKS: Mapping[str, CheckKind] = {
     "postgres": CheckKind(postgres.PostgresCheck, postgres.probe, postgres.needs),
     "command": CheckKind(command.CommandCheck, command.probe),
     "tcp": CheckKind(tcp.TcpCheck, tcp.probe),
+    "prometheus": CheckKind(prometheus.PrometheusCheck, prometheus.probe),
 }

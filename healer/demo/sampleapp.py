@@ -1,7 +1,7 @@
 """The sample web app that `healer demo` deploys, breaks and rolls back (I/O; stdlib only).
 
-    python -m healer.sampleapp serve   --repo DIR --port N [--redis-url URL [--needs-redis]] [--rate-limit N]
-    python -m healer.sampleapp restart --repo DIR --port N [--redis-url URL [--needs-redis]] [--rate-limit N]
+    python -m healer.demo.sampleapp serve   --repo DIR --port N [--redis-url URL [--needs-redis]] [--rate-limit N]
+    python -m healer.demo.sampleapp restart --repo DIR --port N [--redis-url URL [--needs-redis]] [--rate-limit N]
                                        [--log FILE]
 
 `serve` reads `DIR/app.json` once, at start, the way a real app reads its code and settings:
@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-MODULE = "healer.sampleapp"
+MODULE = "healer.demo.sampleapp"
 SETTINGS = "app.json"
 READY_ENV = "SAMPLEAPP_READY_FILE"  # where `serve` writes its PID once it listens (for restart)
 DEFAULT_RATE_LIMIT = 600  # requests per client per minute

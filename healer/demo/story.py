@@ -1,6 +1,6 @@
 """`healer demo`: the right remedy for each failure, on this machine in under a minute (I/O).
 
-In a temporary directory the demo builds a sample web app (healer.sampleapp) in a real git
+In a temporary directory the demo builds a sample web app (healer.demo.sampleapp) in a real git
 repository: `v1.0` tagged `stable-v1`, then a bad `v1.1`. The app needs Redis (its /health
 answers 503 without it), so the demo starts a private redis-server on loopback. It deploys
 v1.0, starts a real `healer run` on a healer.toml shaped like the README's (an http check, a
@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -60,11 +60,12 @@ from rich.panel import Panel
 from rich.rule import Rule
 from rich.text import Text
 
-from healer import sampleapp
+from healer import runner
 from healer.alerts.message import render_text
 from healer.alerts.outbox import AlertRecord, Outbox
 from healer.clock import SystemClock
-from healer.config import Config, load_config
+from healer.config import Config, format_elapsed, load_config
+from healer.demo import sampleapp
 from healer.errors import HealerError
 from healer.model import CheckResult, Deploy, Event, Severity
 from healer.repair import SHIPPED_PACKAGE
@@ -407,7 +408,7 @@ class _Demo:
         repo.mkdir(parents=True)
         self.git("init", "-q")
         (repo / "README.md").write_text(
-            "# demo-shop\n\nThe sample app of `healer demo`. Its code is healer.sampleapp; this "
+            "# demo-shop\n\nThe sample app of `healer demo`. Its code is healer.demo.sampleapp; this "
             "repository holds what a release changes: app.json.\n"
         )
         (repo / sampleapp.SETTINGS).write_text(json.dumps({"version": "1.0", "broken": False}, indent=2) + "\n")
@@ -637,7 +638,7 @@ class _Demo:
         try:
             proc.wait(STOP_WAIT)
         except subprocess.TimeoutExpired:
-            _killpg(proc.pid)
+            runner.kill_group(proc.pid)
             proc.wait(STOP_WAIT)
         if self.feed is not None:
             self.feed.poll()
@@ -655,7 +656,7 @@ class _Demo:
             self.stop_healer()
         except Exception:  # clean-up goes on whatever happened
             if self.healer_proc is not None:
-                _killpg(self.healer_proc.pid)
+                runner.kill_group(self.healer_proc.pid)
         _stop_matching(str(self.p.root))
         self.stop_redis()
         if self.feed is not None:
@@ -670,16 +671,16 @@ class _Demo:
             try:
                 proc.wait(STOP_WAIT)
             except subprocess.TimeoutExpired:
-                _killpg(proc.pid)
+                runner.kill_group(proc.pid)
                 proc.wait(STOP_WAIT)
         self.redis_proc = None
 
     def report_files(self, code: int) -> None:
         c = self.con
-        took = time.monotonic() - self.t0
+        took = format_elapsed(timedelta(seconds=time.monotonic() - self.t0))
         c.print()
         word = {0: "[green]done[/]", 130: "[yellow]interrupted[/]"}.get(code, "[red]failed[/]")
-        c.print(f"{word} in {took:.0f}s (exit {code}); every process the demo started is stopped.")
+        c.print(f"{word} in {took} (exit {code}); every process the demo started is stopped.")
         if self.keep:
             c.print(f"The files are kept in [bold]{self.p.root}[/]:")
             for name, path in (
@@ -1143,11 +1144,6 @@ def _count(n: int, what: str) -> str:
 def _clip(text: str, n: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _killpg(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def _ancestors() -> set[int]:
