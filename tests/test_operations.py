@@ -12,7 +12,7 @@ from helpers import config_from, healer
 from healer import operations
 from healer.alerts.outbox import AlertRecord, Outbox
 from healer.alerts.pipeline import AlertMemory, CycleContext, IncidentMemory, Route, plan_alerts
-from healer.chat import Dispatcher
+from healer.chat.dispatch import Dispatcher
 from healer.chatops import button_data
 from healer.clock import SystemClock
 from healer.config import ChatopsConfig, Config

@@ -26,7 +26,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 from healer.alerts.slack import DEFAULT_API_URL, Section, actions_block
-from healer.chat import Dispatcher, Step, listened_chats
+from healer.chat.dispatch import Dispatcher, Step, listened_chats
 from healer.chatops import button_key
 from healer.config import Config, Secret, read_secret
 from healer.logging import log_event

@@ -24,7 +24,7 @@ from telegram.request import HTTPXRequest
 
 from healer import operations
 from healer.alerts.telegram import keyboard
-from healer.chat import Dispatcher, Reply, Step, listened_chats
+from healer.chat.dispatch import Dispatcher, Reply, Step, listened_chats
 from healer.chatops import button_key
 from healer.config import Config, Secret
 from healer.errors import HealerError
