@@ -4,7 +4,7 @@ chat (I/O).
 The platform listeners (chat/telegram.py, chat/slack.py) turn their updates into two calls:
 
     reply = await dispatcher.command(user, text)     # "/pause 10m db migration"
-    step = await dispatcher.press(user, data)        # a button's callback data
+    step = await dispatcher.press(user, data, key)   # a button's callback data, the bot's key
 
 and render what comes back: a reply (text, maybe with buttons), or a press's `Step` (a short
 answer at once, the buttons to show now, and an action whose result edits the message).
