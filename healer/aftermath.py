@@ -63,7 +63,7 @@ class RollbackResult:
     to_commit: str
     detail: str
     changed: bool  # HEAD moved
-    who: Who  # who asked for it (for a resumed rollback: who asked for the one interrupted)
+    who: Who | str  # who asked for it (for a resumed rollback: who asked for the one interrupted)
     ending: Ending
     why: str = ""  # how it ended, without what moved where: the hold quotes it
     refused: str | None = None  # why it did not run at all

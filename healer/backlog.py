@@ -309,7 +309,7 @@ class BufferedStore(Store):
 
     # ---- cycles ------------------------------------------------------------------------------
 
-    def record_cycle(self, deploy_id: int, verdict: Verdict, who: Who, update: CycleUpdate | None) -> int | None:
+    def record_cycle(self, deploy_id: int, verdict: Verdict, who: Who | str, update: CycleUpdate | None) -> int | None:
         with self._lock:
             ok, opened = self._direct(
                 lambda: super(BufferedStore, self).record_cycle(self._id(deploy_id), verdict, who, update)
@@ -330,7 +330,7 @@ class BufferedStore(Store):
             self._keep("cycle", write, plain=plain)
             return opened
 
-    def _cycle_in_memory(self, deploy_id: int, verdict: Verdict, who: Who, update: CycleUpdate) -> int | None:
+    def _cycle_in_memory(self, deploy_id: int, verdict: Verdict, who: Who | str, update: CycleUpdate) -> int | None:
         """What record_cycle does to the deploy and its incident, done in memory."""
         d = self._deploy(deploy_id)
         if d is None:
@@ -387,7 +387,7 @@ class BufferedStore(Store):
     # ---- actions -----------------------------------------------------------------------------
 
     def start_action(
-        self, *, kind: str, name: str, who: Who, reason: str, now: datetime,
+        self, *, kind: str, name: str, who: Who | str, reason: str, now: datetime,
         deploy_id: int | None, incident_id: int | None = None, outcome: Outcome = Outcome.STARTED,
         detail: str = "", note: str = "",
     ) -> int:  # fmt: skip

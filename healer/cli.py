@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from functools import wraps
 from pathlib import Path
@@ -27,7 +27,9 @@ from healer.config import Config, config_path, format_duration, format_elapsed, 
 from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
-from healer.model import Alert, CheckResult, Event, Outcome, Severity, Verdict, Who
+from healer.model import CheckResult, Outcome, Verdict, Who
+from healer.operations import Actor
+from healer.operations import when as _when
 from healer.views import history_rows, reference_data, status_data
 
 if TYPE_CHECKING:
@@ -91,10 +93,6 @@ def _ago(t: datetime | None, now: datetime) -> str:
         return "in " + format_elapsed(timedelta(seconds=round(-d.total_seconds())))
     secs = round(d.total_seconds())
     return "just now" if secs < 1 else f"{format_elapsed(timedelta(seconds=secs))} ago"
-
-
-def _when(t: datetime) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _confirm(what: str, yes: bool) -> None:
@@ -319,6 +317,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if data.get("open_incident"):
         i = data["open_incident"]
         con.print(f"incident #{i['id']} open since {_when(datetime.fromisoformat(i['opened_at']))}: {i['cause']}")
+        if data.get("ack"):
+            a = data["ack"]
+            note = f": {a['note']}" if a["note"] else ""
+            con.print(f"acked    by {a['who']} {_ago(datetime.fromisoformat(a['at']), now)}{note}", markup=False)
     if data.get("pause"):
         until = datetime.fromisoformat(data["pause"]["until"])
         con.print(f"[yellow]paused[/] until {_when(until)} ({_ago(until, now)}): {data['pause']['reason']}")
@@ -458,24 +460,10 @@ def repair(ctx: click.Context, kind: str, dry_run: bool, yes: bool, reason: str)
 
 
 async def _repair(config: Config, kind: str, reason: str) -> int:
-    from healer import repair as rp
-    from healer.aftermath import follow_up
-    from healer.checks import probe_context
-    from healer.store import Store
+    from healer import operations
 
-    with Store(config.db_path) as store:
-        d = store.current_deploy()
-        async with probe_context(config) as pctx:
-            result = await rp.run_repair(
-                kind, config=config, ctx=pctx, store=store, clock=SystemClock(), who=Who.PERSON,
-                reason=f"{reason} (by {_person()})", deploy_id=None if d is None else d.id,
-                incident_id=None if d is None else d.open_incident,
-            )  # fmt: skip
-        then = follow_up(result, config=config, deploy=d, by=_person())
-        if then.release and then.deploy_id is not None:
-            store.set_held(then.deploy_id, None)
+    result = await operations.repair(config, _actor(), kind, reason)
     click.echo(f"{kind}: {'fixed' if result.ok else 'NOT fixed'}: {result.detail}")
-    _send(config, then.alerts)
     return 0 if result.ok else 1
 
 
@@ -538,10 +526,9 @@ def rollback(
 async def _rollback(
     config: Config, store: Any, reason: str, to: str | None, *, dry_run: bool, yes: bool, force: bool, mark_bad: bool
 ) -> int:
+    from healer import operations
     from healer import rollback as rb
-    from healer.aftermath import follow_up, rollback_started
     from healer.checks import probe_context
-    from healer.rollback_plan import Plan
 
     clock = SystemClock()
     async with probe_context(config) as pctx:
@@ -558,13 +545,8 @@ async def _rollback(
                 return 0 if plan.ok else 1
             await asyncio.to_thread(_confirm, f"roll back {plan.from_commit[:12]} -> {plan.to_ref}", yes)
 
-        async def started(p: Plan) -> None:
-            # under the rollback lock, the plan accepted: a lost race or a refusal announces nothing
-            await asyncio.to_thread(_send, config, (rollback_started(p, by=_person()),))
-
-        result = await rb.run_rollback(**kw, on_start=started)
+        result = await operations.rollback(config, store, pctx, _actor(), reason, to, force=force, mark_bad=mark_bad)
     click.echo(result.detail)
-    _send(config, follow_up(result, config=config, by=_person()).alerts)
     return 0 if result.ok else 1
 
 
@@ -603,27 +585,13 @@ def alert_test(ctx: click.Context, channel: str | None) -> None:
 @handles_errors
 def pause(ctx: click.Context, reason: str, for_: str) -> None:
     """A person is working on the app: keep checking, repair and roll back nothing."""
-    from healer.store import Store
+    from healer import operations
 
     span = _duration(for_, "--for")
     if not reason.strip():
         raise UsageError("--reason: expected a few words saying why")
     config = _config(ctx)
-    now = SystemClock().now()
-    until = now + span
-    with Store(config.db_path) as store:
-        d = store.current_deploy()
-        store.add_pause(until, reason, _person(), now)
-        store.start_action(
-            kind="pause", name=format_duration(span), who=Who.PERSON, reason=reason, now=now,
-            deploy_id=None if d is None else d.id, outcome=Outcome.OK, detail=f"until {_when(until)}",
-        )  # fmt: skip
-    _announce(
-        config,
-        Event.PAUSE_STARTED,
-        f"Paused for {format_duration(span)}",
-        f"{reason} (by {_person()}); checks go on, no repair or rollback until {_when(until)}",
-    )
+    until = operations.pause(config, _actor(), span, reason)
     click.echo(f"paused until {_when(until)}: checks go on, repairs and rollbacks wait (`healer resume` ends it)")
 
 
@@ -632,30 +600,25 @@ def pause(ctx: click.Context, reason: str, for_: str) -> None:
 @handles_errors
 def resume(ctx: click.Context) -> None:
     """End a pause now."""
-    from healer.store import Store
+    from healer import operations
 
-    config = _config(ctx)
-    now = SystemClock().now()
-    if not config.db_path.exists():
-        click.echo("not paused")
-        return
-    with Store(config.db_path) as store:
-        ended = store.end_pause(now)
-        if ended:
-            d = store.current_deploy()
-            store.start_action(
-                kind="resume", name="pause", who=Who.PERSON, reason="healer resume", now=now,
-                deploy_id=None if d is None else d.id, outcome=Outcome.OK,
-            )  # fmt: skip
-    if ended:
-        _announce(
-            config,
-            Event.PAUSE_ENDED,
-            "Resumed",
-            f"by {_person()}: repairs and rollbacks are armed again",
-            Severity.INFO,
-        )
+    ended = operations.resume(_config(ctx), _actor())
     click.echo("resumed: repairs and rollbacks are armed again" if ended else "not paused")
+
+
+@cli.command()
+@click.option("--note", default="", help="What you are doing about it: recorded and announced.")
+@click.option("--incident", type=int, default=None, help="The incident (default: the open one).")
+@click.pass_context
+@handles_errors
+def ack(ctx: click.Context, note: str, incident: int | None) -> None:
+    """Acknowledge the open incident: its reminders stop until it resolves, worsens (a rollback,
+    a hold) or [chatops] ack_expires passes. Exit 0 acknowledged, 1 not (none open, or already)."""
+    from healer import operations
+
+    result = operations.ack(_config(ctx), _actor(), note, incident)
+    click.echo(result.reply)
+    sys.exit(0 if result.done else 1)
 
 
 @cli.group()
@@ -711,24 +674,10 @@ def deploy_end(ctx: click.Context) -> None:
     click.echo(f"deploy done: healer judges{at} from its next cycle on")
 
 
-def _person() -> str:
-    return os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "a person"
-
-
-def _announce(config: Config, event: Event, title: str, detail: str, severity: Severity = Severity.WARNING) -> None:
-    """Queue a chat announcement of a person's command in the outbox (see _send)."""
-    _send(config, (Alert(event, severity, title, detail, bypass_dedup=True),))
-
-
-def _send(config: Config, alerts: Sequence[Alert]) -> None:
-    """Queue alerts in the outbox; the running loop's sender delivers them."""
-    from healer.alerts.shell import Alerts, CycleContext
-
-    outbox = Alerts(config)
-    try:
-        outbox.submit_sync(alerts, CycleContext(app=config.app.name), SystemClock().now())
-    finally:
-        outbox.close()
+def _actor() -> Actor:
+    """The person at the terminal: recorded as `person`, announced by login name."""
+    name = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "a person"
+    return Actor(Who.PERSON, name)
 
 
 # ---- demo ----------------------------------------------------------------------------------------

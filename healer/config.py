@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
     PlainValidator,
     SerializationInfo,
@@ -269,7 +270,7 @@ class ChannelSection(Model):
 
 
 def channel_module(kind: str) -> ModuleType:
-    """The module of a channel kind: its `Section` model and its `channels(section, timeout=...)`."""
+    """The module of a channel kind: its `Section` model and its `channels(section, timeout=..., buttons=...)`."""
     return importlib.import_module(f"healer.alerts.{CHANNELS[kind]}")
 
 
@@ -323,6 +324,38 @@ class AlertsConfig(Model):
         return {**own, **tables}
 
 
+_CHAT_USER = re.compile(r"^(telegram:-?\d+|slack:[A-Z0-9]+)$")
+_CHAT_PLACE = re.compile(r"^(telegram:-?\d+|slack:[A-Za-z0-9_\-]+)$")
+
+
+def _chat_user(v: str) -> str:
+    if not _CHAT_USER.match(v):
+        msg = 'expected a user as "telegram:<numeric id>" or "slack:<member id like U024BE7LH>", got {got}'
+        raise PydanticCustomError("chat_user", msg, {"got": show(v)})
+    return v
+
+
+def _chat_place(v: str) -> str:
+    if not _CHAT_PLACE.match(v):
+        msg = 'expected a chat as "telegram:<chat id>" or "slack:<channel id like C0123>", got {got}'
+        raise PydanticCustomError("chat_place", msg, {"got": show(v)})
+    return v
+
+
+ChatUser = Annotated[str, AfterValidator(_chat_user)]
+ChatPlace = Annotated[str, AfterValidator(_chat_place)]
+
+
+class ChatopsConfig(Model):
+    """Who may do what from chat, deny by default: user ids as "telegram:123456" or "slack:U024BE7LH"."""
+
+    read: tuple[ChatUser, ...] = ()  # /status, /history
+    operate: tuple[ChatUser, ...] = ()  # /ack, /pause, /resume (and read)
+    act: tuple[ChatUser, ...] = ()  # /repair, /rollback, confirmed (and operate, read)
+    chats: tuple[ChatPlace, ...] | None = None  # listened to; None: where the alerts go
+    ack_expires: PositiveDuration = timedelta(hours=4)
+
+
 class ReportConfig(Model):
     sla_target: Percent = 99.9  # percent of the observed time with no open incident
 
@@ -347,6 +380,7 @@ class Config(Model):
     report: ReportConfig = ReportConfig()
     # a factory: a default built now would import the channel modules while this one loads
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    chatops: ChatopsConfig = ChatopsConfig()
 
     # where the file was read from (set by load_config, not by the user)
     path: Path = Field(default=Path(DEFAULT_CONFIG_NAME), exclude=True)

@@ -40,6 +40,7 @@ from healer.alerts.message import (
     watching_after_repair,
 )
 from healer.backlog import BufferedStore
+from healer.chat import listen
 from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock, stepped
 from healer.config import Config, format_duration, format_elapsed
@@ -70,7 +71,7 @@ from healer.notify import Liveness, action_budget, notify, overdue_after, stall_
 from healer.rollback_plan import Plan
 from healer.schedule import next_due, phase_at
 from healer.server import start_server
-from healer.store import CycleUpdate
+from healer.store import CycleUpdate, Store
 from healer.views import release_label
 from healer.watch import (
     EARLY_SPACING,
@@ -122,10 +123,11 @@ def event(name: str, **fields: Any) -> None:
 class AlertSink:
     """Hands each cycle's alerts to the alert pipeline (dedup, grouping, routing, outbox)."""
 
-    def __init__(self, alerts: Any, config: Config, observe: bool) -> None:
+    def __init__(self, alerts: Any, config: Config, observe: bool, store: Store | None = None) -> None:
         self.alerts = alerts
         self.config = config
         self.observe = observe
+        self.store = store  # to read whether a person acknowledged the open incident
 
     async def __call__(
         self, items: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
@@ -146,8 +148,20 @@ class AlertSink:
             next_step=next_step,
             cause=cause,
             observe=self.observe,
+            acked=await self._acked(incident, now),
         )
         await self.alerts.submit(items, context, now)
+
+    async def _acked(self, incident: tuple[int, datetime] | None, now: datetime) -> bool:
+        from healer.operations import acked
+
+        if incident is None or self.store is None:
+            return False
+        store = self.store
+        try:
+            return await asyncio.to_thread(lambda: acked(self.config, store, incident[0], now) is not None)
+        except StoreError:
+            return False  # unreadable: remind, rather than stay silent
 
 
 @dataclass(frozen=True, slots=True)
@@ -919,7 +933,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
         async with probe_context(config) as ctx:
             heartbeat = Heartbeat.from_config(config, ctx.http)
             is_observe = observe or config.escalation.mode == "observe"
-            sink = AlertSink(alerts, config, is_observe)
+            sink = AlertSink(alerts, config, is_observe, store)
             dog = Watchdog(
                 config,
                 store,
@@ -940,6 +954,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             notify("READY=1")
             pinger = asyncio.create_task(watchdog_pinger(stop, liveness.is_alive))
             sender = asyncio.create_task(alerts.run(stop))
+            chat = asyncio.create_task(listen(config))  # chat-ops: beside the loop, never in its way
             runner = asyncio.create_task(dog.run(stop))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -966,6 +981,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
             stopper.cancel()
+            chat.cancel()
             if crashed is not None:
                 log_event(log, "loop.died", level=logging.CRITICAL, error=f"{type(crashed).__name__}: {crashed}")
                 await dog._alert(

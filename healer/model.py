@@ -44,6 +44,8 @@ class Event(enum.StrEnum):
     PHASE_CHANGED = "phase.changed"  # the launch window entered its next phase (a new cadence)
     PAUSE_STARTED = "pause.started"  # a person paused repairs and rollbacks
     PAUSE_ENDED = "pause.ended"  # a person resumed, or the pause expired
+    INCIDENT_ACKED = "incident.acked"  # a person acknowledged the incident: no reminders until it worsens
+    CHATOPS_STOPPED = "chatops.stopped"  # chat commands stopped: another poller owns the bot, or its token is refused
     DEPLOY_BAD = "deploy.bad"  # a commit healer rolled back from is deployed again
     DEPLOY_TAGGED = "deploy.tagged"  # healer tagged the deploy stable: a rollback target
     REPORT_DAILY = "report.daily"  # a day of the launch window is over: its report

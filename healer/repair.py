@@ -179,7 +179,7 @@ async def run_repair(
     ctx: ProbeContext,
     store: Store,
     clock: Clock,
-    who: Who,
+    who: Who | str,
     reason: str,
     deploy_id: int | None,
     incident_id: int | None = None,

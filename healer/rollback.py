@@ -165,7 +165,7 @@ async def run_rollback(
     ctx: ProbeContext,
     store: Store,
     clock: Clock,
-    who: Who,
+    who: Who | str,
     reason: str,
     to: str | None = None,
     force: bool = False,
@@ -221,7 +221,7 @@ async def run_rollback(
 
 
 async def _refused(
-    store: Store, clock: Clock, who: Who, reason: str, why: str, p: Plan | None = None
+    store: Store, clock: Clock, who: Who | str, reason: str, why: str, p: Plan | None = None
 ) -> RollbackResult:
     """Record a rollback that did not run."""
     log.warning("rollback.refused who=%s reason=%s", who, why)

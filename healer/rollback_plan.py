@@ -52,7 +52,7 @@ class RepoState:
 class Plan:
     """A rollback worked out in advance: what it moves, what it runs, or why it will not."""
 
-    who: Who
+    who: Who | str  # Who.PERSON from the CLI, "telegram:123456" from chat
     reason: str
     repo: Path | None
     from_commit: str
@@ -113,7 +113,7 @@ def pick_target(state: RepoState) -> tuple[str, str] | None:
 
 
 def plan(
-    state: RepoState, config: Config, *, who: Who, reason: str, force: bool = False, mark_bad: bool = False
+    state: RepoState, config: Config, *, who: Who | str, reason: str, force: bool = False, mark_bad: bool = False
 ) -> Plan:
     """Work out a rollback from `state`, or why it is refused.
 
@@ -172,7 +172,7 @@ def plan(
 
 
 def plan_from(
-    config: Config, *, who: Who, reason: str, repo: Path | None, from_commit: str, from_branch: str | None,
+    config: Config, *, who: Who | str, reason: str, repo: Path | None, from_commit: str, from_branch: str | None,
     to_ref: str, to_commit: str, mark_bad: bool,
 ) -> Plan:  # fmt: skip
     """A plan from `from_commit` to `to_commit` whose steps are healer.toml's: the `after`
@@ -228,7 +228,7 @@ def describe(p: Plan) -> str:
     steps.append(f"check out {short(p.to_commit)} (detached HEAD)")
     if p.mark_bad:
         steps.append(f"mark {short(p.from_commit)} bad: never a rollback target again")
-    elif p.who is Who.PERSON:
+    elif p.who is not Who.LOOP:
         steps.append(f"leave {short(p.from_commit)} unmarked (--mark-bad: never a rollback target again)")
     once = " (an automatic rollback: never rolled back again)" if p.who is Who.LOOP else ""
     steps.append(f"start a new launch window for {short(p.to_commit)}{once}")

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from healer.chatops import Ack
 from healer.decide import PastRepair, Pause
 from healer.errors import StoreError
 from healer.files import FILE_MODE, make_private, private_dir
@@ -97,6 +98,18 @@ CREATE TABLE IF NOT EXISTS pauses (
     who TEXT NOT NULL,
     ended_at TEXT,
     announced_end INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS acks (            -- a person acknowledged an incident (the latest ack)
+    incident_id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    who TEXT NOT NULL,                       -- person's name, or telegram:ID / slack:ID
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS chat_presses (    -- alert buttons that did their work: a second press says so
+    data TEXT PRIMARY KEY,                   -- the button's callback data (names verb, incident, message)
+    at TEXT NOT NULL,
+    who TEXT NOT NULL,
+    what TEXT NOT NULL                       -- what it did, as the message was edited to say
 );
 """
 
@@ -424,7 +437,7 @@ class Store:
 
     # ---- cycles ---------------------------------------------------------------------------
 
-    def record_cycle(self, deploy_id: int, verdict: Verdict, who: Who, update: CycleUpdate | None) -> int | None:
+    def record_cycle(self, deploy_id: int, verdict: Verdict, who: Who | str, update: CycleUpdate | None) -> int | None:
         """Record a cycle and, for the loop's cycles, its counters and incident, atomically.
         Returns the id of an incident opened by this cycle."""
         results = json.dumps([{**r.to_json(), "error": r.error and _scrub(r.error)} for r in verdict.results])
@@ -523,7 +536,7 @@ class Store:
     # ---- actions --------------------------------------------------------------------------
 
     def start_action(
-        self, *, kind: str, name: str, who: Who, reason: str, now: datetime,
+        self, *, kind: str, name: str, who: Who | str, reason: str, now: datetime,
         deploy_id: int | None, incident_id: int | None = None, outcome: Outcome = Outcome.STARTED,
         detail: str = "", note: str = "",
     ) -> int:  # fmt: skip
@@ -649,6 +662,42 @@ class Store:
     def mark_pause_announced(self, pause_id: int) -> None:
         with self._tx() as db:
             db.execute("UPDATE pauses SET announced_end = 1 WHERE id = ?", (pause_id,))
+
+    # ---- chat-ops ---------------------------------------------------------------------------
+
+    def set_ack(self, ack: Ack) -> None:
+        """Keep `ack` as the incident's ack (a later one replaces an expired or re-armed one)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO acks(incident_id, at, who, note) VALUES (?, ?, ?, ?)",
+                (ack.incident_id, _ts(ack.at), ack.who, _scrub(ack.note)),
+            )
+
+    def ack(self, incident_id: int) -> Ack | None:
+        rows = self._query("SELECT * FROM acks WHERE incident_id = ?", (incident_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return Ack(incident_id, datetime.fromisoformat(r["at"]), r["who"], r["note"])
+
+    def worsened_at(self, incident_id: int) -> list[datetime]:
+        """When the incident got worse: the rollbacks and holds recorded against it."""
+        rows = self._query(
+            "SELECT at FROM actions WHERE incident_id = ? AND kind IN ('rollback', 'hold')", (incident_id,)
+        )
+        return [datetime.fromisoformat(r["at"]) for r in rows]
+
+    def record_press(self, data: str, who: str, what: str, now: datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO chat_presses(data, at, who, what) VALUES (?, ?, ?, ?)",
+                (data, _ts(now), who, _scrub(what)),
+            )
+
+    def press(self, data: str) -> str | None:
+        """What an earlier press of this very button did, or None."""
+        rows = self._query("SELECT what FROM chat_presses WHERE data = ?", (data,))
+        return str(rows[0]["what"]) if rows else None
 
     # ---- retention ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 def status_data(config: Config) -> dict[str, Any]:
     """What `healer status --json` and `/status` show."""
+    from healer.operations import acked
     from healer.store import Store
 
     now = SystemClock().now()
@@ -77,6 +78,8 @@ def status_data(config: Config) -> dict[str, Any]:
         }  # fmt: skip
         inc = None if d.open_incident is None else store.incident(d.open_incident)
         out["open_incident"] = None if inc is None else inc.to_json()
+        ack = None if inc is None else acked(config, store, inc.id, now)
+        out["ack"] = None if ack is None else {"at": ack.at.isoformat(), "who": ack.who, "note": ack.note}
         out["last_actions"] = [a.to_json() for a in store.recent_actions(5)]
         # alive: the lock is held and the loop touched the store within twice its cadence
         seen = meta.get("loop_seen")

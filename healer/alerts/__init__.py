@@ -9,7 +9,7 @@
     telegram.py   the Telegram channel   `[alerts.telegram]`
 
 A channel is one module: the model of its `[alerts.<kind>]` table (`Section`), its rendering,
-its sender and `channels(section, timeout=...)`, which builds it; config.CHANNELS lists them.
+its sender and `channels(section, timeout=..., buttons=...)`, which builds it; config.CHANNELS lists them.
 Importing this package imports nothing: healer.toml's validation imports a channel's module
 for its table without the shell, the outbox or the chat SDKs.
 """

@@ -51,6 +51,6 @@ class LogChannel:
         )
 
 
-def channels(section: Section, *, timeout: timedelta) -> list[LogChannel]:
-    """The log channel for `[alerts.log]` (a log line takes no `timeout`)."""
+def channels(section: Section, *, timeout: timedelta, buttons: bool = False) -> list[LogChannel]:
+    """The log channel for `[alerts.log]` (a log line takes no `timeout`, and has no `buttons`)."""
     return [LogChannel(section.severity)]

@@ -45,6 +45,8 @@ LABELS: Mapping[Event, str] = {
     Event.PHASE_CHANGED: "Phase changed",
     Event.PAUSE_STARTED: "Paused",
     Event.PAUSE_ENDED: "Resumed",
+    Event.INCIDENT_ACKED: "Acknowledged",
+    Event.CHATOPS_STOPPED: "Chat commands off",
     Event.DEPLOY_BAD: "Known-bad commit deployed",
     Event.DEPLOY_TAGGED: "Tagged stable",
     Event.REPORT_DAILY: "Daily report",

@@ -16,7 +16,8 @@ Rules, applied to each intent in cycle order (earlier intents of the cycle count
 3. `incident.resolved`: once per incident, and not for a muted one.
 4. `incident.reminder`: only while the incident is unresolved and nothing was said about it
    for `repeat_every`. The plan also adds a reminder by itself when the context names an open
-   incident that has been quiet that long, so the loop need not emit them.
+   incident that has been quiet that long, so the loop need not emit them; none while a person
+   has acknowledged it (`CycleContext.acked`).
 5. any other event with an incident: the same (event, incident, title) once per `repeat_every`
    (observe mode's "would repair" every cycle is said once, not every minute).
 6. anything else: kept.
@@ -63,6 +64,7 @@ class CycleContext:
     next_step: str | None = None  # e.g. rollback_countdown(failures, rollback_after)
     cause: str | None = None  # the likely cause of the failing cycle: "dependency redis", "deploy", ...
     observe: bool = False
+    acked: bool = False  # a person acknowledged the open incident (chatops.ack_in_force): no reminders
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +263,7 @@ def _flapping_item(opening: Alert, count: int, repeat_every: timedelta) -> Alert
 def _due_reminder(ctx: CycleContext, st: _State, now: datetime, repeat_every: timedelta) -> Alert | None:
     """A reminder for the context's open incident when it has been quiet for `repeat_every`."""
     inc = ctx.incident_id
-    if inc is None:
+    if inc is None or ctx.acked:
         return None
     mem = st.incidents.get(inc, IncidentMemory())
     if mem.resolved or (mem.last_at is not None and now - mem.last_at < repeat_every):

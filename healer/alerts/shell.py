@@ -38,6 +38,7 @@ from healer.alerts.message import (
 )
 from healer.alerts.outbox import AlertRecord, Channel, DeliveryRecord, DeliveryState, Outbox, Sender
 from healer.alerts.pipeline import AlertPlan, CycleContext, Route, plan_alerts, with_remembered
+from healer.chatops import is_enabled
 from healer.clock import Clock, SystemClock
 from healer.config import Config, channel_module
 from healer.errors import DeliveryError, StoreError, UsageError
@@ -66,9 +67,10 @@ def configured_channels(config: Config) -> list[Channel]:
     A channel whose environment variable is unset is still built: it fails every delivery with
     "SLACK_WEBHOOK_URL is not set" (its alerts wait in the outbox) instead of stopping healer.
     """
+    buttons = is_enabled(config.chatops)  # incident alerts carry chat-ops buttons
     out: list[Channel] = []
     for kind, section in config.alerts.channels.items():
-        out.extend(channel_module(kind).channels(section, timeout=config.alerts.timeout))
+        out.extend(channel_module(kind).channels(section, timeout=config.alerts.timeout, buttons=buttons))
     return out
 
 

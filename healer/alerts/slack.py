@@ -19,7 +19,7 @@ import math
 import socket
 import urllib.error
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import model_validator
@@ -36,6 +36,7 @@ from healer.alerts.message import (
     item_line,
     render_text,
 )
+from healer.chatops import Button, Verb, alert_buttons, button_data, button_key
 from healer.config import ChannelSection, Secret, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
@@ -62,6 +63,9 @@ class Section(ChannelSection):
     token_env: EnvName | None = None  # a bot token, posting to `channel`
     channel: str | None = None
     api_url: str | None = None  # Web API base URL; default the public one
+    # Socket Mode (chat-ops: buttons, /healer): an app-level token with connections:write,
+    # beside token_env + channel (the bot token posts the alerts that carry the buttons)
+    app_token_env: EnvName | None = None
 
     @model_validator(mode="after")
     def _one_way(self) -> Section:
@@ -71,6 +75,12 @@ class Section(ChannelSection):
             )
         if self.token_env and not self.channel and not self.webhook_url_env:
             raise PydanticCustomError("channel", "channel: expected the channel to post to with token_env", {})
+        if self.app_token_env and not (self.token_env and self.channel):
+            raise PydanticCustomError(
+                "channel",
+                "app_token_env: expected token_env and channel beside it (Socket Mode posts with the bot)",
+                {},
+            )
         return self
 
 
@@ -131,11 +141,16 @@ class SlackChannel:
     missing: str | None = None
     name: str = "slack"
     kind: str = "slack"
+    buttons: bool = False  # Socket Mode chat-ops: incident alerts carry Ack, Pause 1h, Roll back now
 
     def payload(self, message: AlertMessage, *, delayed: timedelta | None = None) -> dict[str, Any]:
         """The JSON body: blocks and a plain-text fallback, redacted (the last edge before Slack,
         whichever way the message came: the outbox, or sent directly while the store is down)."""
         body: dict[str, Any] = REDACTOR.value(slack_payload(message, delayed=delayed))
+        wanted = alert_buttons(message.event, message.incident_id) if self.buttons else ()
+        if wanted and self.token is not None and self.webhook_url is None:
+            key = button_key(self.token.reveal())
+            body["blocks"] = [*body["blocks"], actions_block(wanted, message.incident_id, datetime.now(UTC), key)]
         return body
 
     async def notify(self, payload: dict[str, Any]) -> None:
@@ -240,10 +255,27 @@ def _retry_after(headers: Any) -> float:
         return DEFAULT_RETRY_AFTER
 
 
-def channels(section: Section, *, timeout: timedelta) -> list[SlackChannel]:
+def actions_block(buttons: tuple[Button, ...], incident: int | None, issued: datetime, key: bytes) -> dict[str, Any]:
+    """Buttons as a Block Kit actions block; each value is its signed data (chatops.button_data)."""
+    elements = []
+    for b in buttons:
+        e: dict[str, Any] = {
+            "type": "button",
+            "text": {"type": "plain_text", "text": b.label},
+            "action_id": f"healer-{b.verb}{b.stage}",
+            "value": button_data(b, incident, issued, key),
+        }
+        if b.verb is Verb.ROLLBACK and b.label != "Cancel":
+            e["style"] = "danger"
+        elements.append(e)
+    return {"type": "actions", "block_id": "healer-actions", "elements": elements}
+
+
+def channels(section: Section, *, timeout: timedelta, buttons: bool = False) -> list[SlackChannel]:
     """The Slack channel for `[alerts.slack]`, secrets read from the environment now.
 
-    A webhook is used when `webhook_url_env` is configured, else the bot token and `channel`.
+    A webhook is used when `webhook_url_env` is configured, else the bot token and `channel`;
+    with `buttons` (chat-ops on) and Socket Mode (`app_token_env`), incident alerts carry buttons.
     """
     sev = section.severity
     if section.webhook_url_env:
@@ -254,6 +286,12 @@ def channels(section: Section, *, timeout: timedelta) -> list[SlackChannel]:
     missing = None if token else f"{section.token_env} is not set"
     return [
         SlackChannel(
-            sev, token=token, channel=section.channel, api_url=section.api_url, timeout=timeout, missing=missing
+            sev,
+            token=token,
+            channel=section.channel,
+            api_url=section.api_url,
+            timeout=timeout,
+            missing=missing,
+            buttons=buttons and section.app_token_env is not None,
         )
     ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import warnings
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from healer.alerts.message import (
@@ -27,6 +27,7 @@ from healer.alerts.message import (
     item_tail,
     label,
 )
+from healer.chatops import Button, alert_buttons, button_data, button_key
 from healer.config import ChannelSection, Secret, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
@@ -34,6 +35,7 @@ from healer.redact import add_secrets, redact
 from healer.schema import EnvName
 
 if TYPE_CHECKING:
+    from telegram import InlineKeyboardMarkup
     from telegram.error import RetryAfter
 
 # Telegram's limit for one message, after entity parsing; the same number as
@@ -130,6 +132,7 @@ class TelegramChannel:
     missing: str | None = None
     name: str = "telegram"
     kind: str = "telegram"
+    buttons: bool = False  # chat-ops is on: incident alerts carry Ack, Pause 1h, Roll back now
 
     @property
     def base_url(self) -> str:
@@ -141,7 +144,14 @@ class TelegramChannel:
         before Telegram, whichever way the message came)."""
         return redact(telegram_text(message, delayed=delayed))
 
-    async def notify(self, text: str) -> None:
+    def markup(self, message: AlertMessage) -> InlineKeyboardMarkup | None:
+        """The message's buttons (chatops.alert_buttons), signed with the bot token, or None."""
+        wanted = alert_buttons(message.event, message.incident_id) if self.buttons else ()
+        if not wanted or self.token is None:
+            return None
+        return keyboard(wanted, message.incident_id, datetime.now(UTC), button_key(self.token.reveal()))
+
+    async def notify(self, text: str, markup: InlineKeyboardMarkup | None = None) -> None:
         """Send built text; raises DeliveryError with the token scrubbed out."""
         # only when sending: see the module docstring
         from telegram import Bot
@@ -171,7 +181,7 @@ class TelegramChannel:
             get_updates_request=request,
         )
         try:
-            await bot.send_message(chat_id=self.chat_id, text=text, parse_mode=ParseMode.HTML)
+            await bot.send_message(chat_id=self.chat_id, text=text, parse_mode=ParseMode.HTML, reply_markup=markup)
         except RetryAfter as e:
             after = _seconds(e)
             raise self._fail(f"rate limited (429), retry after {after:g}s", retry_after=after) from None
@@ -195,11 +205,20 @@ class TelegramChannel:
             await request.shutdown()
 
     async def send(self, message: AlertMessage, *, delayed: timedelta | None = None) -> None:
-        await self.notify(self.payload(message, delayed=delayed))
+        await self.notify(self.payload(message, delayed=delayed), self.markup(message))
 
     def _fail(self, what: str, *, permanent: bool = False, retry_after: float | None = None) -> DeliveryError:
         add_secrets(self.token)  # already taught by notify(); here too, so no caller can forget
         return DeliveryError(redact(f"{self.name}: {what}"), permanent=permanent, retry_after=retry_after)
+
+
+def keyboard(buttons: tuple[Button, ...], incident: int | None, issued: datetime, key: bytes) -> InlineKeyboardMarkup:
+    """Buttons as Telegram's inline keyboard, one row; each one's callback data signed with `key`."""
+    from telegram import InlineKeyboardButton, InlineKeyboardMarkup  # only when sending
+
+    return InlineKeyboardMarkup(
+        [[InlineKeyboardButton(b.label, callback_data=button_data(b, incident, issued, key)) for b in buttons]]
+    )
 
 
 def _seconds(e: RetryAfter) -> float:
@@ -214,8 +233,9 @@ def _seconds(e: RetryAfter) -> float:
     return 1.0
 
 
-def channels(section: Section, *, timeout: timedelta) -> list[TelegramChannel]:
-    """One channel per chat id in `chat_id_env` (comma separated), secrets read now.
+def channels(section: Section, *, timeout: timedelta, buttons: bool = False) -> list[TelegramChannel]:
+    """One channel per chat id in `chat_id_env` (comma separated), secrets read now; with
+    `buttons` (chat-ops on) incident alerts carry buttons.
 
     One chat: the channel is "telegram"; several: "telegram:<id>" each. When the token or the
     chat id is missing, one "telegram" channel that reports what is missing on every attempt.
@@ -230,8 +250,20 @@ def channels(section: Section, *, timeout: timedelta) -> list[TelegramChannel]:
     if missing:
         return [TelegramChannel(sev, token=token, api_url=section.api_url, timeout=timeout, missing="; ".join(missing))]
     if len(chats) == 1:
-        return [TelegramChannel(sev, token=token, chat_id=chats[0], api_url=section.api_url, timeout=timeout)]
+        return [
+            TelegramChannel(
+                sev, token=token, chat_id=chats[0], api_url=section.api_url, timeout=timeout, buttons=buttons
+            )
+        ]
     return [
-        TelegramChannel(sev, token=token, chat_id=c, api_url=section.api_url, timeout=timeout, name=f"telegram:{c}")
+        TelegramChannel(
+            sev,
+            token=token,
+            chat_id=c,
+            api_url=section.api_url,
+            timeout=timeout,
+            name=f"telegram:{c}",
+            buttons=buttons,
+        )
         for c in dict.fromkeys(chats)
     ]

@@ -1,0 +1,152 @@
+"""Slack chat-ops over Socket Mode: the `/healer` slash command and the alerts' buttons, with no
+public endpoint (I/O).
+
+slack-sdk's built-in Socket Mode client (threads; its asyncio clients need aiohttp, which we do
+not install) gets a WebSocket URL from `apps.connections.open` with the app-level token, and
+reconnects by itself. Every envelope is acknowledged at once from the client's thread, well
+within Slack's 3 seconds, before any work; the work runs on healer's event loop. Replies and
+edits go through the bot token's Web API client (chat.postMessage, chat.postEphemeral,
+chat.update) in a worker thread. A Web API that is down or slow only delays the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.socket_mode import SocketModeClient
+from slack_sdk.socket_mode.client import BaseSocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+
+from healer.alerts.slack import DEFAULT_API_URL, Section, actions_block
+from healer.chat.dispatch import Dispatcher, Step, listened_chats
+from healer.chatops import button_key
+from healer.config import Config, Secret, read_secret
+from healer.logging import log_event
+from healer.redact import add_secrets, redact
+
+log = logging.getLogger("healer.chat.slack")
+
+MIN_BACKOFF = timedelta(seconds=1)
+MAX_BACKOFF = timedelta(minutes=2)
+_ACTIONS_BLOCK = "healer-actions"
+
+
+@dataclass
+class SlackListener:
+    """One Socket Mode connection; answers in the listened channels."""
+
+    config: Config
+    app_token: Secret
+    bot_token: Secret
+    channels: set[str]  # ids and names ("C0123", "#ops", "ops")
+    dispatcher: Dispatcher
+    api_url: str
+
+    @property
+    def key(self) -> bytes:
+        return button_key(self.bot_token.reveal())
+
+    def _web(self) -> WebClient:
+        base = self.api_url if self.api_url.endswith("/") else self.api_url + "/"
+        return WebClient(token=self.bot_token.reveal(), base_url=base, timeout=10, retry_handlers=[])
+
+    async def run(self) -> None:
+        """Connect (retrying with back-off) and serve until cancelled."""
+        add_secrets(self.app_token, self.bot_token)
+        loop = asyncio.get_running_loop()
+        client = SocketModeClient(app_token=self.app_token.reveal(), web_client=self._web(), logger=log)
+
+        def on_request(c: BaseSocketModeClient, req: SocketModeRequest) -> None:
+            # in the client's thread: acknowledge first (Slack wants it within 3 s), then hand over
+            c.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+            asyncio.run_coroutine_threadsafe(self._handle(req.type, req.payload), loop)
+
+        client.socket_mode_request_listeners.append(on_request)
+        backoff = MIN_BACKOFF
+        try:
+            while True:
+                try:
+                    await asyncio.to_thread(client.connect)
+                    break
+                except (SlackApiError, SlackClientError, OSError, ValueError) as e:
+                    log_event(log, "chatops.connect_failed", level=logging.WARNING, platform="slack",
+                              error=redact(str(e)), retry_in=f"{backoff.total_seconds():g}s")  # fmt: skip
+                    await asyncio.sleep(backoff.total_seconds())
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+            log_event(log, "chatops.listening", platform="slack")
+            await asyncio.Event().wait()  # the client's threads do the rest until we are cancelled
+        finally:
+            # close() joins the client's threads: never on the event loop, and never waited for
+            threading.Thread(target=client.close, daemon=True).start()
+
+    async def _handle(self, kind: str, payload: dict[str, Any]) -> None:
+        try:
+            if kind == "slash_commands":
+                await self._command(payload)
+            elif kind == "interactive" and payload.get("type") == "block_actions":
+                await self._press(payload)
+        except Exception as e:  # one bad envelope must not end the listener
+            log_event(log, "chatops.update_failed", level=logging.WARNING, error=redact(f"{type(e).__name__}: {e}"))
+
+    def _listened(self, channel_id: str, name: str) -> bool:
+        return bool({channel_id, name, f"#{name}"} & self.channels)
+
+    async def _command(self, payload: dict[str, Any]) -> None:
+        channel = str(payload.get("channel_id", ""))
+        if not self._listened(channel, str(payload.get("channel_name", ""))):
+            log_event(log, "chatops.ignored", chat=channel)
+            return
+        reply = await self.dispatcher.command(f"slack:{payload.get('user_id', '')}", str(payload.get("text", "")))
+        blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": redact(reply.text)}}]
+        if reply.buttons and reply.issued is not None:
+            blocks.append(actions_block(reply.buttons, None, reply.issued, self.key))
+        web = self._web()
+        await asyncio.to_thread(lambda: web.chat_postMessage(channel=channel, text=redact(reply.text), blocks=blocks))
+
+    async def _press(self, payload: dict[str, Any]) -> None:
+        channel = payload.get("channel") or {}
+        channel_id, message = str(channel.get("id", "")), payload.get("message") or {}
+        user = f"slack:{(payload.get('user') or {}).get('id', '')}"
+        if not self._listened(channel_id, str(channel.get("name", ""))) or not payload.get("actions"):
+            return
+        value = str(payload["actions"][0].get("value", ""))
+        step: Step = await self.dispatcher.press(user, value, self.key)
+        web = self._web()
+        ts = str(message.get("ts", ""))
+        text = str(message.get("text") or "")
+        blocks = [b for b in message.get("blocks") or [] if b.get("block_id") != _ACTIONS_BLOCK]
+        await asyncio.to_thread(
+            lambda: web.chat_postEphemeral(channel=channel_id, user=user.removeprefix("slack:"), text=step.answer)
+        )
+        if step.buttons is not None:
+            now_blocks = list(blocks)
+            if step.buttons and step.issued is not None:
+                now_blocks.append(actions_block(step.buttons, step.incident, step.issued, self.key))
+            await asyncio.to_thread(lambda: web.chat_update(channel=channel_id, ts=ts, text=text, blocks=now_blocks))
+        if step.run is None:
+            return
+        what = redact(await step.run())
+        done = [*blocks, {"type": "context", "elements": [{"type": "mrkdwn", "text": f"*{what}*"}]}]
+        await asyncio.to_thread(lambda: web.chat_update(channel=channel_id, ts=ts, text=f"{text}\n{what}", blocks=done))
+
+
+def slack_listener(config: Config, dispatcher: Dispatcher) -> SlackListener | None:
+    """The listener for `[alerts.slack] app_token_env`, or None without Socket Mode or its tokens."""
+    cfg = config.alerts.channels.get("slack")
+    if not isinstance(cfg, Section) or cfg.app_token_env is None or cfg.token_env is None:
+        return None
+    app_token, bot_token = read_secret(cfg.app_token_env), read_secret(cfg.token_env)
+    if app_token is None or bot_token is None:
+        missing = cfg.app_token_env if app_token is None else cfg.token_env
+        log_event(log, "chatops.off", level=logging.WARNING, platform="slack", why=f"{missing} is not set")
+        return None
+    channels = listened_chats(config, "slack", [cfg.channel] if cfg.channel else [])
+    return SlackListener(config, app_token, bot_token, channels, dispatcher, api_url=cfg.api_url or DEFAULT_API_URL)
