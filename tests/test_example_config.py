@@ -89,3 +89,35 @@ def test_every_check_type_is_shown() -> None:
     text = EXAMPLE.read_text()
     for kind in CHECK_TYPES:
         assert re.search(rf'^#?\s*type = "{kind}"', text, re.M), kind
+
+
+def _flags() -> list[tuple[str, str]]:
+    """(command, flag) for every visible command and long option of the CLI."""
+    import click
+
+    from healer.cli import cli
+
+    out: list[tuple[str, str]] = []
+
+    def walk(cmd: click.Command, path: list[str]) -> None:
+        if path:
+            out.append((" ".join(path), ""))
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.hidden:
+                out.extend((" ".join(path), o) for o in p.opts if o.startswith("--") and o != "--help")
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                if not sub.hidden:
+                    walk(sub, [*path, name])
+
+    walk(cli, [])
+    return out
+
+
+@pytest.mark.parametrize(("command", "flag"), _flags(), ids=lambda x: str(x))
+def test_the_readme_mentions_every_command_and_flag(command: str, flag: str) -> None:
+    """A flag `--help` shows and the README does not is a flag nobody finds on a phone at 3 AM."""
+    readme = (EXAMPLE.parent / "README.md").read_text()
+    assert f"healer {command}".strip() in readme, f"README.md does not mention `healer {command}`"
+    if flag:
+        assert flag in readme, f"README.md does not mention healer {command} {flag}"
