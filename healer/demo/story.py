@@ -134,7 +134,7 @@ class DemoFailed(Exception):
 
 
 class _Interrupted(BaseException):
-    """SIGTERM, turned into an exception like Ctrl-C's KeyboardInterrupt."""
+    """Ctrl-C or SIGTERM, as an exception (see _on_interrupt)."""
 
 
 @dataclass
@@ -193,7 +193,7 @@ def run_demo(*, keep: bool = False, console: Console | None = None, workdir: Pat
             return 1
         root.mkdir(parents=True, exist_ok=True)
     demo = _Demo(_Paths(root), con, keep=keep)
-    restore = _on_sigterm_interrupt()
+    restore = _on_interrupt()
     code = 1
     try:
         code = 0 if demo.play() else 1
@@ -214,18 +214,23 @@ def run_demo(*, keep: bool = False, console: Console | None = None, workdir: Pat
     return code
 
 
-def _on_sigterm_interrupt() -> Callable[[], None]:
-    """SIGTERM ends the demo like Ctrl-C does (only the main thread can set handlers)."""
+def _on_interrupt() -> Callable[[], None]:
+    """Ctrl-C and SIGTERM end the demo the same way, through one handler that raises
+    _Interrupted where the main thread is (only it can set handlers). Not Python's default
+    KeyboardInterrupt for Ctrl-C: Python installs that only when SIGINT was not ignored at start,
+    and a process started in the background by a non-interactive shell (`cmd &`, as CI scripts
+    do) inherits SIGINT ignored, so a Ctrl-C (SIGINT) then did nothing and the story ran on."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise _Interrupted()
 
-    old = signal.signal(signal.SIGTERM, interrupt)
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def restore() -> None:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
 
     return restore
 
