@@ -88,6 +88,8 @@ class HttpApp:
         self.body = body
         self.routes: dict[str, str] = dict(routes or {})
         self.requests: list[str] = []  # "GET /health", in arrival order
+        self.in_flight = 0  # requests being served right now
+        self.max_in_flight = 0  # the most ever served at once: concurrent clients show here
         self._counter = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -161,6 +163,16 @@ def _handler_for(app: HttpApp) -> type[http.server.BaseHTTPRequestHandler]:
             self._serve()
 
         def _serve(self) -> None:
+            with app._lock:
+                app.in_flight += 1
+                app.max_in_flight = max(app.max_in_flight, app.in_flight)
+            try:
+                self._behave()
+            finally:
+                with app._lock:
+                    app.in_flight -= 1
+
+        def _behave(self) -> None:
             app.requests.append(f"{self.command} {self.path}")
             behaviour = app._behaviour_for(self.path)
             if behaviour == "slow":
