@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import commit, config_from, make_repo
+from helpers import commit, config_from, healer, make_repo, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from services import HttpApp
@@ -456,3 +457,63 @@ def test_inconclusive_never_escalates(cycles: list[tuple[list[float], int]]) -> 
         (judged,) = judge([r], None, CONFIG.checks, NOW, reference=small).results
         assert all(c.conclusion is Conclusion.INCONCLUSIVE for c in judged.compared)
     assert _drive(results, small) == _drive(results, None)
+
+
+async def test_history_status_and_baseline_say_what_could_not_be_judged(
+    tmp_path: Path, http_app: Callable[..., HttpApp]
+) -> None:
+    """A release before watched for two cycles (6 samples) is too little to judge the next one
+    against: its cycle passes, and `healer history`, `status` and `baseline` say what was
+    inconclusive and why."""
+    app = http_app("healthy")
+    repo = make_repo(tmp_path / "app")
+    path = write_config(
+        tmp_path,
+        f"""
+        state_dir = "state"
+        [app]
+        name = "shop"
+        repo = "{repo}"
+        [[checks]]
+        name = "api"
+        type = "http"
+        url = "{app.url}/health"
+        timeout = "5s"
+        """,
+    )
+    cfg = config_from(tmp_path, path.read_text())
+    clock = FakeClock(datetime.now(UTC) - timedelta(hours=1))
+    store = BufferedStore(cfg.db_path)
+    try:
+        async with probe_context(cfg) as ctx:
+            dog = Watchdog(cfg, store, ctx, clock=clock)
+            for _ in range(2):
+                assert (await dog.step()).verdict.ok
+                clock.advance(timedelta(minutes=15))
+            before = store.current_deploy()
+            commit(repo, "v2")
+            report = await dog.step()
+    finally:
+        store.close()
+    assert before is not None
+    label = before.commit[:12]
+    latency = f"api: latency inconclusive vs {label} (6 reference samples, need 20)"
+    errors = f"api: errors inconclusive vs {label} (6 reference requests, need 20)"
+    assert report.verdict.ok and report.verdict.inconclusive == (latency, errors)
+
+    rows = json.loads(healer("--config", str(path), "history", "--json").stdout)
+    last = [r for r in rows if r["type"] == "check"][-1]
+    assert last["ok"] and last["detail"] == f"{latency}; {errors}"
+    assert [(c["check"], c["metric"], c["conclusion"]) for c in last["compared"]] == [
+        ("api", "latency", "inconclusive"),
+        ("api", "errors", "inconclusive"),
+    ]
+    assert "latency inconclusive vs" in healer("--config", str(path), "history").stdout
+    status = healer("--config", str(path), "status").stdout
+    assert (
+        f"vs       {label}: api latency inconclusive (6 reference samples, need 20), "
+        "errors inconclusive (6 reference requests, need 20)"
+    ) in status, status
+    assert json.loads(healer("--config", str(path), "status", "--json").stdout)["last_cycle"]["compared"]
+    shown = healer("--config", str(path), "baseline")
+    assert latency in shown.stdout and errors in shown.stdout, shown.stdout + shown.stderr
