@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import commit, config_from, healer, make_repo, write_config
+from helpers import commit, healer, make_repo, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from services import HttpApp
@@ -21,7 +21,7 @@ from services import HttpApp
 from healer.backlog import BufferedStore
 from healer.checks import probe_context
 from healer.clock import FakeClock
-from healer.config import Config, parse_config
+from healer.config import Config, load_config, parse_config
 from healer.decide import Decision, Situation, decide
 from healer.judge import REFERENCE_ALPHA, baseline_of, judge, reference_of
 from healer.loop import Watchdog
@@ -198,15 +198,10 @@ def test_the_store_finds_the_last_good_release_before_and_its_healthy_cycles(tmp
         assert [v.results[0].samples_ms for v in verdicts] == [(10.0,), (11.0,), (12.0,)]
 
 
-async def test_the_loop_judges_a_new_deploy_against_the_release_before(
-    tmp_path: Path, http_app: Callable[..., HttpApp]
-) -> None:
-    """A release far slower than the one before fails its first cycle with http.latency naming
-    that release, although it never had a fast cycle of its own."""
-    app = http_app("healthy")
-    repo = make_repo(tmp_path / "app")
-    cfg = config_from(
-        tmp_path,
+def _watched(directory: Path, repo: Path, app: HttpApp) -> Path:
+    """healer.toml for an app in `repo` answering at `app`, one http check on it."""
+    return write_config(
+        directory,
         f"""
         state_dir = "state"
         [app]
@@ -219,6 +214,16 @@ async def test_the_loop_judges_a_new_deploy_against_the_release_before(
         timeout = "5s"
         """,
     )
+
+
+async def test_the_loop_judges_a_new_deploy_against_the_release_before(
+    tmp_path: Path, http_app: Callable[..., HttpApp]
+) -> None:
+    """A release far slower than the one before fails its first cycle with http.latency naming
+    that release, although it never had a fast cycle of its own."""
+    app = http_app("healthy")
+    repo = make_repo(tmp_path / "app")
+    cfg = load_config(_watched(tmp_path, repo, app))
     clock = FakeClock()
     store = BufferedStore(cfg.db_path)
     try:
@@ -467,21 +472,8 @@ async def test_history_status_and_baseline_say_what_could_not_be_judged(
     inconclusive and why."""
     app = http_app("healthy")
     repo = make_repo(tmp_path / "app")
-    path = write_config(
-        tmp_path,
-        f"""
-        state_dir = "state"
-        [app]
-        name = "shop"
-        repo = "{repo}"
-        [[checks]]
-        name = "api"
-        type = "http"
-        url = "{app.url}/health"
-        timeout = "5s"
-        """,
-    )
-    cfg = config_from(tmp_path, path.read_text())
+    path = _watched(tmp_path, repo, app)
+    cfg = load_config(path)
     clock = FakeClock(datetime.now(UTC) - timedelta(hours=1))
     store = BufferedStore(cfg.db_path)
     try:
