@@ -27,7 +27,7 @@ from healer.config import Config, config_path, format_duration, format_elapsed, 
 from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
-from healer.model import CheckResult, Outcome, Verdict, Who
+from healer.model import CheckResult, Conclusion, Outcome, Verdict, Who
 from healer.operations import Actor
 from healer.operations import when as _when
 from healer.views import history_rows, reference_data, status_data
@@ -298,6 +298,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
             con.print(f"         {lc['summary']}", markup=False, highlight=False)
             if lc.get("cause"):
                 con.print(f"cause    likely {lc['cause']}", markup=False, highlight=False)
+        if lc.get("compared"):
+            con.print(f"vs       {_compared_text(lc['compared'])}", markup=False, highlight=False)
         if lc.get("next_step"):
             con.print(f"then     {lc['next_step']}", markup=False, highlight=False)
     if data.get("deploy_begun_until"):
@@ -332,6 +334,18 @@ def status(ctx: click.Context, as_json: bool) -> None:
         con.print("this deploy is the result of an automatic rollback")
     for a in data.get("last_actions", []):
         con.print(f"action   {a['at'][:19]} {a['kind']} {a['name']} by {a['who']}: {a['outcome']} {a['detail'][:80]}")
+
+
+def _compared_text(compared: list[dict[str, str]]) -> str:
+    """ "stable-1: api latency pass, errors pass; web memory inconclusive (3 reference values,
+    need 5)": a cycle's comparisons with the release before, per check (a failure's evidence is
+    in the summary and `healer history`)."""
+    by_check: dict[str, list[str]] = {}
+    for c in compared:
+        why = f" ({c['why']})" if c["conclusion"] == Conclusion.INCONCLUSIVE else ""
+        by_check.setdefault(c["check"], []).append(f"{c['metric']} {c['conclusion']}{why}")
+    against = ", ".join(dict.fromkeys(c["against"] for c in compared))
+    return f"{against}: " + "; ".join(f"{name} {', '.join(parts)}" for name, parts in by_check.items())
 
 
 # ---- baseline ------------------------------------------------------------------------------------
@@ -391,6 +405,10 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
             "" if p90 is None else f"{_num(p90)} ms", f"{c['failed']} of {c['requests']}",
         )  # fmt: skip
     con.print(table)
+    for name, m in ref["memory"].items():
+        click.echo(f"{name}: median RSS {_num(m['median_mb'])} MB over {m['cycles']} cycles")
+    for line in ref["inconclusive"]:
+        click.echo(line)
 
 
 # ---- history -------------------------------------------------------------------------------------
