@@ -203,6 +203,16 @@ class Leadership:
         async with self._use:
             await fleet_store.heartbeat(await self._open(), beat)
 
+    async def report_cycle(self, release: str, at: datetime, healthy: bool) -> None:
+        """After each of the loop's cycles: this host's line in the registry. A database that
+        cannot be reached costs the line, never the cycle (said in the log)."""
+        try:
+            await self.beat(fleet_store.HostBeat(self.app, self.host, release, at, healthy))
+        except (pg.Error, OSError, TimeoutError) as e:
+            async with self._use:
+                await self._drop()
+            log_event(log, "fleet.unreachable", level=logging.WARNING, app=self.app, error=self.server.reason(e))
+
 
 # ---- healer status --fleet ----------------------------------------------------------------------
 
