@@ -4,6 +4,7 @@ lease that, woken, writes nothing and steps down."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,9 +19,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from services import PostgresServer, wait_until
+from services import PostgresServer, start_pgbouncer, wait_until
 
+from healer import pg
 from healer.clock import FakeClock
+from healer.errors import FleetError
+from healer.fleet import POOLED, Leadership
 from healer.lease import (
     LeaseRow,
     Step,
@@ -323,3 +327,34 @@ def test_a_leader_stopped_past_its_lease_acts_on_nothing_when_it_wakes(fleet: Fl
     assert fleet.lease() is not None and fleet.lease()[0] == new_holder  # type: ignore[index]
     fleet.stop()
     fleet.assert_one_leader_at_a_time()
+
+
+# ---- poolers -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_transaction_pooler_is_refused_and_a_session_pool_is_not(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Behind a real pgbouncer: in transaction mode two of our sessions share one server process,
+    and start() refuses with one line saying why; in session mode it leads as on PostgreSQL."""
+    bouncer = start_pgbouncer(postgres_server, mode)
+    monkeypatch.setenv("HEALER_STATE_DSN", bouncer.dsn)
+
+    async def contend() -> Step:
+        leadership = Leadership(pg.server("HEALER_STATE_DSN"), app=f"pool-{mode}", host="web-1", lease=LEASE)
+        try:
+            await leadership.start()
+            return await leadership.tick()
+        finally:
+            await leadership.close()
+
+    try:
+        if mode == "transaction":
+            with pytest.raises(FleetError) as caught:
+                asyncio.run(contend())
+            assert str(caught.value) == f"postgresql 127.0.0.1:{bouncer.port}/postgres {POOLED}"
+        else:
+            assert asyncio.run(contend()) is Step.TAKE_OVER
+    finally:
+        bouncer.stop()

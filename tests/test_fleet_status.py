@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from helpers import HEALER, healer, make_repo, write_config
-from services import HttpApp, PostgresServer, wait_until
+from services import HttpApp, PostgresServer, start_pgbouncer, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -130,3 +130,20 @@ def test_status_fleet_shows_every_host_and_who_leads(
         return bool(lead and lead["live"] and lead["host"] == other and lead["epoch"] > data["leader"]["epoch"])
 
     assert wait_until(handed_over, WAIT), status(configs[other])
+
+
+def test_healer_run_behind_a_transaction_pooler_exits_2_saying_why(
+    tmp_path: Path, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`healer run` with [fleet] through a transaction-pooling pgbouncer: one line, exit 2."""
+    bouncer = start_pgbouncer(postgres_server, "transaction")
+    try:
+        monkeypatch.setenv("HEALER_STATE_DSN", bouncer.dsn)
+        config = fleet_config(tmp_path, "http://127.0.0.1:9", "shop", "web-1")
+        proc = healer("--config", str(config), "run")
+        assert proc.returncode == 2, proc.stderr
+        [line] = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{")]
+        assert line.startswith(f"healer: postgresql 127.0.0.1:{bouncer.port}/postgres is a transaction-pooling")
+        assert "session-mode pool" in line
+    finally:
+        bouncer.stop()
