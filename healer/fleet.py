@@ -97,13 +97,12 @@ class Leadership:
         stack = contextlib.AsyncExitStack()
         try:
             conn = await stack.enter_async_context(pg.connect(self.server, CONNECT_TIMEOUT.total_seconds()))
-            probe = await stack.enter_async_context(pg.connect(self.server, CONNECT_TIMEOUT.total_seconds()))
             # 1. two sessions of ours open at once run in two server processes, unless a pooler
             #    hands them one server session in turn
             pid = await fleet_store.backend_pid(conn)
-            if await fleet_store.backend_pid(probe) == pid:
-                raise FleetError(f"postgresql {self.server.where} {POOLED}")
-            await probe.close()
+            async with pg.connect(self.server, CONNECT_TIMEOUT.total_seconds()) as probe:
+                if await fleet_store.backend_pid(probe) == pid:
+                    raise FleetError(f"postgresql {self.server.where} {POOLED}")
             # 2. a stopped healer's open transaction ends after the lease; lock waits are short
             await fleet_store.settle_session(conn, self.lease)
             await fleet_store.ensure_schema(conn)
@@ -177,12 +176,17 @@ class Leadership:
         return what
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick every renew_every(lease) until `stop` is set; then close()."""
+        """Tick every renew_every(lease) until `stop` is set; then close(). A pooler found only
+        now (it had given the start two server sessions) ends the ticking: this healer follows
+        from then on, and says why."""
         try:
             while not stop.is_set():
                 await self.tick()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), renew_every(self.lease).total_seconds())
+        except FleetError as e:
+            self._trusted_until = None
+            log_event(log, "fleet.refused", level=logging.ERROR, app=self.app, error=str(e))
         finally:
             await self.close()
 
@@ -190,8 +194,8 @@ class Leadership:
 
     async def fenced(self, write: Callable[[pg.AsyncConnection], Awaitable[T]]) -> T:
         """Run `write` in one transaction on the session, only while the lease is still at our
-        epoch and unexpired by the database's clock: Fenced otherwise (or when this healer never
-        led), and nothing is written."""
+        epoch and unexpired by the database's clock: Fenced otherwise (epoch 0 when this healer
+        never led), and nothing is written."""
         async with self._use:
             if self.epoch is None:
                 raise Fenced(self.app, 0)
