@@ -209,9 +209,11 @@ class Leadership:
 
     async def report_cycle(self, release: str, at: datetime, healthy: bool) -> None:
         """After each of the loop's cycles: this host's line in the registry. A database that
-        cannot be reached costs the line, never the cycle (said in the log)."""
+        cannot be reached, or answers slower than a renewal's interval, costs the line, never
+        the cycle (said in the log)."""
         try:
-            await self.beat(fleet_store.HostBeat(self.app, self.host, release, at, healthy))
+            async with asyncio.timeout(renew_every(self.lease).total_seconds()):
+                await self.beat(fleet_store.HostBeat(self.app, self.host, release, at, healthy))
         except (pg.Error, OSError, TimeoutError) as e:
             async with self._use:
                 await self._drop()
