@@ -262,13 +262,51 @@ def _process_matches(config: Config) -> tuple[dict[str, list[ProcessMatch]], lis
 # ---- status --------------------------------------------------------------------------------------
 
 
+def _print_fleet(data: dict[str, Any]) -> None:
+    """`healer status --fleet`: who leads since when, then one line per host."""
+    con = _console()
+    now = datetime.fromisoformat(data["now"])
+    lead = data["leader"]
+    if lead is None:
+        head = "nobody has led yet"
+    else:
+        since = datetime.fromisoformat(lead["since"])
+        state = "leads" if lead["live"] else "led (lease expired, a takeover is due)"
+        head = f"{lead['host']} {state} since {_when(since)} ({_ago(since, now)}), epoch {lead['epoch']}"
+    con.print(f"[bold]{data['app']}[/]  fleet of {len(data['hosts'])}: {head}", highlight=False)
+    table = Table(box=None, pad_edge=False)
+    for column in ("host", "release", "last cycle", "health", "seen"):
+        table.add_column(column)
+    for h in data["hosts"]:
+        health = {True: "healthy", False: "[red]FAILING[/]", None: "no cycle yet"}[h["healthy"]]
+        last = None if h["last_cycle_at"] is None else datetime.fromisoformat(h["last_cycle_at"])
+        table.add_row(
+            h["host"] + (" (leader)" if h["leads"] else ""),
+            (h["release"] or "?")[:12],
+            _ago(last, now),
+            health,
+            _ago(datetime.fromisoformat(h["seen_at"]), now),
+        )
+    if data["hosts"]:
+        con.print(table)
+    else:
+        con.print("no host has reported yet: start `healer run` on each")
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--fleet", "of_fleet", is_flag=True, help="Every host of the fleet, and who leads ([fleet]).")
 @click.pass_context
 @handles_errors
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, as_json: bool, of_fleet: bool) -> None:
     """The deploy being watched, its phase, next check, baseline, failures, incident, actions."""
     config = _config(ctx)
+    if of_fleet:
+        from healer.fleet import fleet_status
+
+        fleet = _run(fleet_status(config))
+        click.echo(json.dumps(fleet, indent=2)) if as_json else _print_fleet(fleet)
+        return
     data = status_data(config)
     if as_json:
         click.echo(json.dumps(data, indent=2))
