@@ -252,26 +252,42 @@ class ChatFake:
 
     def slack_buttons(self, ts: str) -> list[tuple[str, str]]:
         """(label, value) of the buttons of a Slack message as it stands now."""
+        return [(e["text"]["text"], e["value"]) for _, e in self._slack_button_elements(ts)]
+
+    def _slack_button_elements(self, ts: str) -> list[tuple[str, dict[str, Any]]]:
+        """(block_id, element) of every button of a Slack message as it stands now."""
         with self._lock:
             blocks = self.slack_posts[ts].get("blocks") or []
         return [
-            (e["text"]["text"], e["value"]) for b in blocks if b.get("type") == "actions" for e in b.get("elements", [])
+            (b.get("block_id", ""), e)
+            for b in blocks
+            if b.get("type") == "actions"
+            for e in b.get("elements", [])
+            if e.get("type") == "button"
         ]
 
     def click(self, user: str, ts: str, label: str) -> str:
-        """A person clicks the button labelled `label` on a Slack message; returns the envelope id."""
-        return self.click_value(user, ts, dict(self.slack_buttons(ts))[label])
+        """A person clicks the button labelled `label` on a Slack message; returns the envelope id.
 
-    def click_value(self, user: str, ts: str, value: str) -> str:
+        The envelope's action is the button exactly as healer posted it (action_id, block_id,
+        value), as Slack sends it."""
+        block_id, element = next((b, e) for b, e in self._slack_button_elements(ts) if e["text"]["text"] == label)
+        return self.click_action(user, ts, {**element, "block_id": block_id})
+
+    def click_action(self, user: str, ts: str, element: dict[str, Any]) -> str:
+        """A block_actions envelope for a press of `element` (a button, maybe an old or forged one)."""
         with self._lock:
             post = dict(self.slack_posts[ts])
+        action = {
+            "type": "button", "action_id": element["action_id"], "block_id": element.get("block_id", ""),
+            "value": element["value"], "text": element.get("text"), "action_ts": f"{time.time():.6f}",
+        }  # fmt: skip
         return self._send_envelope("interactive", {
             "type": "block_actions", "user": {"id": user, "username": user.lower()},
             "channel": {"id": post["channel"], "name": str(post["channel"]).lower()},
             "container": {"type": "message", "message_ts": ts, "channel_id": post["channel"]},
             "message": {"ts": ts, "text": post.get("text"), "blocks": post.get("blocks")},
-            "actions": [{"type": "button", "action_id": "healer", "value": value, "block_id": "b"}],
-            "trigger_id": "1.2.3",
+            "actions": [action], "trigger_id": "1.2.3",
         })  # fmt: skip
 
     def acked(self, envelope_id: str) -> bool:
@@ -311,36 +327,46 @@ class ChatFake:
 
     def _ws_serve(self, sock: socket.socket) -> None:
         """RFC 6455, as much as a Socket Mode client needs: the handshake, then text frames
-        (the acks), pings answered with pongs, and a close."""
-        with contextlib.suppress(OSError, ConnectionError):
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
-            key = next(
-                line.split(":", 1)[1].strip()
-                for line in request.decode().split("\r\n")
-                if line.lower().startswith("sec-websocket-key:")
-            )
-            accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
-            sock.sendall(
-                f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
-            )
+        (the acks), pings answered with pongs, and a close. A closed connection is forgotten
+        (a killed client's socket is not one that is connected)."""
+        try:
+            self._ws_talk(sock)
+        except (OSError, ConnectionError):
+            pass
+        finally:
             with self._lock:
-                self._sockets.append(sock)
-            sock.sendall(_ws_frame(0x1, _json({"type": "hello", "num_connections": 1})))
-            while True:
-                opcode, data = _ws_read(sock)
-                if opcode == 0x8:
-                    return
-                if opcode == 0x9:
-                    sock.sendall(_ws_frame(0xA, data))
-                elif opcode == 0x1:
-                    with self._lock:
-                        self.socket_acks.append(json.loads(data))
+                if sock in self._sockets:
+                    self._sockets.remove(sock)
+
+    def _ws_talk(self, sock: socket.socket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            request += chunk
+        key = next(
+            line.split(":", 1)[1].strip()
+            for line in request.decode().split("\r\n")
+            if line.lower().startswith("sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+        sock.sendall(
+            f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
+        with self._lock:
+            self._sockets.append(sock)
+        sock.sendall(_ws_frame(0x1, _json({"type": "hello", "num_connections": 1})))
+        while True:
+            opcode, data = _ws_read(sock)
+            if opcode == 0x8:
+                return
+            if opcode == 0x9:
+                sock.sendall(_ws_frame(0xA, data))
+            elif opcode == 0x1:
+                with self._lock:
+                    self.socket_acks.append(json.loads(data))
 
     def all_text(self) -> str:
         """Everything clients sent, paths, headers and bodies: for "no secret leaked" checks."""
