@@ -11,6 +11,7 @@ library's error texts (InvalidToken), so every error is redacted before it leave
 from __future__ import annotations
 
 import warnings
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -100,53 +101,59 @@ class TelegramBot:
     async def send(
         self, chat: str | int, text: str, *, html: bool, keyboard: Keyboard = (), reply_to: int | None = None
     ) -> None:
-        """Send a message (HTML, or plain text), with buttons, maybe as a reply; raises DeliveryError."""
-        try:
-            await self._bot.send_message(
+        """Send a message (HTML, or plain text), with buttons, maybe as a reply."""
+        await self._call(
+            self._bot.send_message(
                 chat_id=chat, text=text, parse_mode=ParseMode.HTML if html else None,
                 reply_markup=_markup(keyboard), reply_to_message_id=reply_to,
-            )  # fmt: skip
-        except TelegramError as e:
-            raise self._error(e, chat) from None
+            ),
+            chat,
+        )  # fmt: skip
 
     async def updates(self, offset: int | None, wait: timedelta) -> list[TelegramUpdate]:
-        """Long polling: the updates from `offset` on, waiting up to `wait` for one. Raises
-        DeliveryError, permanent when polling cannot work (another poller, a refused token)."""
+        """Long polling: the updates from `offset` on, waiting up to `wait` for one. The error is
+        permanent when polling cannot work (another poller, a refused token)."""
         try:
             got = await self._bot.get_updates(
                 offset=offset, timeout=int(wait.total_seconds()), allowed_updates=["message", "callback_query"]
             )
+            return [_read(u) for u in got]
         except Conflict:
             raise DeliveryError(ANOTHER_POLLER, permanent=True) from None
         except InvalidToken:
             raise DeliveryError(TOKEN_REFUSED, permanent=True) from None
         except TelegramError as e:
             raise self._error(e, None) from None
-        except Exception as e:  # the library reading an answer of the wrong shape: a garbled answer
-            raise DeliveryError(redact(f"a garbled answer: {type(e).__name__}: {e}")) from None
-        return [_read(u) for u in got]
+        except Exception as e:  # the library reading an answer of the wrong shape
+            raise _garbled(e) from None
 
     async def answer(self, query_id: str, text: str) -> None:
         """Answer a button press (the toast the presser sees)."""
-        try:
-            await self._bot.answer_callback_query(query_id, text=text[:200])
-        except TelegramError as e:
-            raise self._error(e, None) from None
+        await self._call(self._bot.answer_callback_query(query_id, text=text[:200]), None)
 
     async def edit(self, chat: int, message_id: int, *, html: str | None = None, keyboard: Keyboard = ()) -> None:
         """Replace a message's buttons (none: they go), and its text when `html` is given."""
+        markup = _markup(keyboard)
+        if html is None:
+            await self._call(
+                self._bot.edit_message_reply_markup(chat_id=chat, message_id=message_id, reply_markup=markup), chat
+            )
+        else:
+            await self._call(
+                self._bot.edit_message_text(
+                    text=html, chat_id=chat, message_id=message_id, parse_mode=ParseMode.HTML, reply_markup=markup
+                ),
+                chat,
+            )
+
+    async def _call(self, request: Awaitable[object], chat: str | int | None) -> None:
+        """Await a Bot API call; whatever goes wrong comes out as a DeliveryError."""
         try:
-            if html is None:
-                await self._bot.edit_message_reply_markup(
-                    chat_id=chat, message_id=message_id, reply_markup=_markup(keyboard)
-                )
-            else:
-                await self._bot.edit_message_text(
-                    text=html, chat_id=chat, message_id=message_id, parse_mode=ParseMode.HTML,
-                    reply_markup=_markup(keyboard),
-                )  # fmt: skip
+            await request
         except TelegramError as e:
             raise self._error(e, chat) from None
+        except Exception as e:  # the library reading an answer of the wrong shape
+            raise _garbled(e) from None
 
     def _error(self, e: TelegramError, chat: str | int | None) -> DeliveryError:
         """The library's error as ours: permanent unless trying again can help; redacted."""
@@ -169,6 +176,10 @@ class TelegramBot:
         return _fail(f"{type(e).__name__}: {e.message}")
 
 
+def _garbled(e: Exception) -> DeliveryError:
+    return _fail(f"a garbled answer: {type(e).__name__}: {e}")
+
+
 def _fail(what: str, *, permanent: bool = False, retry_after: float | None = None) -> DeliveryError:
     return DeliveryError(redact(what), permanent=permanent, retry_after=retry_after)
 
@@ -181,19 +192,21 @@ def _markup(keyboard: Keyboard) -> InlineKeyboardMarkup | None:
 
 
 def _read(update: Update) -> TelegramUpdate:
-    """The library's update as one of ours: a press, a message with text, or something else."""
+    """The library's update as one of ours: a press, a message with text, or something else.
+    The library checks no types: an id that is not a number raises here, a garbled answer."""
+    uid = int(update.update_id)
     query = update.callback_query
     if query is not None:
         message = query.message if isinstance(query.message, Message) else None
         return Pressed(
-            update.update_id, query.id, query.from_user.id, query.data or "",
+            uid, query.id, query.from_user.id, query.data or "",
             None if message is None else message.chat.id, None if message is None else message.message_id,
             "" if message is None else message.text_html,
         )  # fmt: skip
     m = update.message
     if m is not None and m.text:
-        return Said(update.update_id, m.chat.id, None if m.from_user is None else m.from_user.id, m.text, m.message_id)
-    return Other(update.update_id)
+        return Said(uid, m.chat.id, None if m.from_user is None else m.from_user.id, m.text, m.message_id)
+    return Other(uid)
 
 
 def _seconds(e: RetryAfter) -> float:

@@ -16,12 +16,14 @@ One ThreadingHTTPServer on 127.0.0.1 serves:
 
 Every request is recorded (service, path, parsed body, monotonic time, the status answered).
 Each service has a switchable mode: "ok", "500", "429" (Retry-After / retry_after), "4xx"
-(permanent), "slow" (answers after `delay` seconds), "reset" (closes without answering),
-"garbage" (200 with a body that is not JSON), "conflict" (getUpdates only: 409, as when a
-second poller uses the token); a mode
-can last `times` requests, then "ok" again. With `echo=True` an error answer quotes the request's
-path, as some proxies do (the webhook's secret path, `/bot<TOKEN>/...`). `stop()` and `start()`
-make the port refuse connections and come back on the same port.
+(permanent), "slow" (answers after `delay` seconds), "hang" (answers nothing until the mode
+changes, then as the new mode says), "reset" (closes without answering), "garbage" (200 with a
+body that is not JSON), "shape" (200, `ok`, and a result of the wrong shape), "conflict"
+(getUpdates only: 409, as when a second poller uses the token); a mode can last `times`
+requests, then "ok" again, and can be limited to one `method` (the others are served "ok").
+With `echo=True` an error answer quotes the request's path, as some proxies do (the webhook's
+secret path, `/bot<TOKEN>/...`). `stop()` and `start()` make the port refuse connections and
+come back on the same port.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Mode:
     delay: float = 0.0  # for "slow"
     times: int | None = None  # then back to "ok"
     echo: bool = False  # error answers quote the request path
+    method: str | None = None  # only this method (getUpdates, sendMessage, ...); the others "ok"
 
 
 @dataclass
@@ -375,9 +378,11 @@ class ChatFake:
 
     # -- serving --
 
-    def _mode(self, service: str) -> Mode:
+    def _mode(self, service: str, method: str) -> Mode:
         with self._lock:
             m = self.modes.get(service, Mode())
+            if m.method is not None and m.method != method:
+                return Mode()
             if m.times is not None:
                 m.times -= 1
                 if m.times <= 0:
@@ -398,7 +403,13 @@ class ChatFake:
         rec = Recorded(service, method, path, dict(h.headers.items()), body, time.monotonic())
         with self._lock:
             self.requests.append(rec)
-        mode = self._mode(service)
+        mode = self._mode(service, method)
+        while mode.name == "hang" and self._server is not None:  # until the test changes the mode
+            time.sleep(0.05)
+            with self._lock:
+                changed = self.modes.get(service) is not mode
+            if changed:
+                mode = self._mode(service, method)
         if mode.name == "reset":
             h.close_connection = True
             with contextlib.suppress(OSError):
@@ -408,6 +419,12 @@ class ChatFake:
             time.sleep(mode.delay)
         if mode.name == "garbage":
             status, headers, payload = 200, {"Content-Type": "application/json"}, b"<html>not json"
+        elif mode.name == "shape":
+            status, headers, payload = (
+                200,
+                {"Content-Type": "application/json"},
+                _json({"ok": True, "result": {"unexpected": ["a", "shape"]}}),
+            )
         elif mode.name == "conflict" and method == "getUpdates":
             desc = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
             status, headers, payload = 409, {}, _json({"ok": False, "error_code": 409, "description": desc})
@@ -420,7 +437,7 @@ class ChatFake:
         # recorded before answering: the client may look at the fake as soon as it has the answer
         with self._lock:
             rec.status = status
-            rec.accepted = 200 <= status < 300 and mode.name != "slow" and _ok_body(service, payload)
+            rec.accepted = 200 <= status < 300 and mode.name not in ("slow", "shape") and _ok_body(service, payload)
         try:
             h.send_response(status)
             for k, v in headers.items():

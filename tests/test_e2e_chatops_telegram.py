@@ -170,10 +170,21 @@ def test_a_second_poller_is_said_once_and_the_loop_goes_on(tmp_path: Path, fake:
     assert later > cycles
 
 
-def test_a_garbled_chat_api_never_delays_a_cycle_and_polling_backs_off(tmp_path: Path, fake: ChatFake) -> None:
-    """The Bot API answering garbage: cycles keep their cadence, polls back off and the outage is
-    logged once; when Telegram answers again a command is answered."""
-    fake.set_mode("telegram", "garbage")
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param("garbage", id="not-json"),
+        pytest.param("shape", id="wrong-shape"),
+        pytest.param("reset", id="down"),
+    ],
+)
+def test_a_garbled_or_down_chat_api_never_delays_a_cycle_and_polling_backs_off(
+    tmp_path: Path, fake: ChatFake, mode: str
+) -> None:
+    """The Bot API answering garbage (not JSON, or JSON of the wrong shape) or dropping every
+    connection: cycles keep their cadence, polls back off and the outage is logged once; when
+    Telegram answers again a command is answered."""
+    fake.set_mode("telegram", mode)
     run = running(tmp_path, fake)
     try:
         wait_for(lambda: cli_json(run.config, "status").get("last_cycle"), "a first cycle")
@@ -192,6 +203,34 @@ def test_a_garbled_chat_api_never_delays_a_cycle_and_polling_backs_off(tmp_path:
     assert log.count('"event": "chatops.poll_failed"') == 1
     assert fake.token not in log and fake.token.split(":", 1)[1] not in log
     assert log.count('"event": "chatops.poll_recovered"') == 1
+
+
+def test_a_hanging_bot_api_never_delays_a_cycle(tmp_path: Path, fake: ChatFake) -> None:
+    """The Bot API answering nothing at all (getUpdates, sendMessage, every method): cycles keep
+    coming and being recorded while the one poll waits, and the loop shows alive; once Telegram
+    answers, the held-back incident alert reaches every chat and a command is answered."""
+    fake.set_mode("telegram", "hang")
+    run = running(tmp_path, fake)
+
+    def checks() -> int:
+        return len([r for r in cli_json(run.config, "history") if r["type"] == "check"])
+
+    try:
+        wait_for(lambda: {"getUpdates", "sendMessage"} <= {r.method for r in fake.requests}, "healer calling")
+        first = wait_for(checks, "a first cycle")
+        wait_for(lambda: checks() >= first + 5, "five more cycles while the Bot API hangs")
+        assert cli_json(run.config, "status")["loop"]["alive"]
+        assert len([r for r in fake.requests if r.method == "getUpdates"]) <= 2  # the poll waits, no busy loop
+        assert fake.telegram_messages() == []
+        fake.set_mode("telegram", "ok")
+        wait_for(lambda: _incident_messages(fake), "the incident alert in every chat, once Telegram answers")
+        n = len(_replies(fake, CHATS[0]))
+        fake.say(BOB, CHATS[0], "/status")
+        reply = wait_for(lambda: _reply(fake, CHATS[0], n), "the answer once Telegram is back", timeout=60)
+        assert reply.startswith("shop: loop") and "FAILING" in reply
+    finally:
+        log = run.stop()
+    assert fake.token not in log and fake.token.split(":", 1)[1] not in log
 
 
 def test_a_press_while_healer_is_killed_is_done_once_after_the_restart(tmp_path: Path, fake: ChatFake) -> None:
@@ -213,6 +252,34 @@ def test_a_press_while_healer_is_killed_is_done_once_after_the_restart(tmp_path:
         run.start()
         wait_for(lambda: polls() > before, "the third healer polling")
         time.sleep(1)
+    finally:
+        log = run.stop()
+    pauses = [r for r in cli_json(run.config, "history") if r["type"] == "pause"]
+    assert [p["who"] for p in pauses] == [f"telegram:{BOB}"], log[-3000:]
+
+
+def test_a_kill_between_the_press_and_the_action_does_nothing_and_a_new_press_acts_once(
+    tmp_path: Path, fake: ChatFake
+) -> None:
+    """kill -9 after healer took a press but before it acted: the next healer does not run it
+    (at most once), the message keeps its buttons, and pressing again acts once."""
+    run = running(tmp_path, fake)
+    try:
+        msgs = wait_for(lambda: _incident_messages(fake), "the incident alert")
+        message, other = msgs[CHATS[0]], msgs[CHATS[1]]
+        fake.set_mode("telegram", "hang", method="answerCallbackQuery")  # healer is held between the two
+        fake.press(BOB, message, "Pause 1h")
+        wait_for(lambda: [r for r in fake.requests if r.method == "answerCallbackQuery"], "healer taking the press")
+        run.kill()
+        fake.set_mode("telegram", "ok")
+        run.start()
+        # a later press is done by the new healer: the earlier one, had it come back, came first
+        fake.press(BOB, other, "Ack")
+        wait_for(lambda: "Acknowledged by" in (fake.messages[other]["text"] or ""), "the ack after the restart")
+        assert cli_json(run.config, "status")["pause"] is None
+        assert [label for label, _ in fake.buttons(message)] == ["Ack", "Pause 1h", "Roll back now"]
+        fake.press(BOB, message, "Pause 1h")
+        wait_for(lambda: "Paused until" in (fake.messages[message]["text"] or ""), "the pause, pressed again")
     finally:
         log = run.stop()
     pauses = [r for r in cli_json(run.config, "history") if r["type"] == "pause"]
