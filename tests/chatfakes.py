@@ -340,6 +340,7 @@ class ChatFake:
             with self._lock:
                 if sock in self._sockets:
                     self._sockets.remove(sock)
+            sock.close()
 
     def _ws_talk(self, sock: socket.socket) -> None:
         request = b""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chatfakes import ChatFake
+from chatfakes import SLACK_API, ChatFake
 from chatops_run import Running, cli_json, wait_for
 from helpers import git
 
@@ -28,6 +28,21 @@ def fake() -> Iterator[ChatFake]:
     f = ChatFake().start()
     yield f
     f.stop()
+
+
+def running(tmp_path: Path, fake: ChatFake, *, repeat_every: str = "30m") -> Running:
+    """healer run with Slack alerts by a bot token, Socket Mode on, and slack:BOB allowed everything."""
+    os.environ.update({"SLACK_BOT_TOKEN": fake.slack_token, "SLACK_APP_TOKEN": fake.app_token})
+    chat = f"""
+        [alerts.slack]
+        token_env = "SLACK_BOT_TOKEN"
+        channel = "{CHANNEL}"
+        api_url = "{fake.url}/api/"
+        app_token_env = "SLACK_APP_TOKEN"
+        [chatops]
+        act = ["slack:{BOB}"]
+        """
+    return Running(tmp_path, chat, repeat_every=repeat_every)
 
 
 def _posts(fake: ChatFake, words: str) -> list[str]:
@@ -77,17 +92,7 @@ def test_slack_socket_mode_buttons_and_commands(tmp_path: Path, fake: ChatFake) 
     so; an allowed user pauses (button and /healer), acks, cancels a /healer rollback, and rolls
     back with Roll back now + the confirming press; messages are updated with who did what and
     lose their buttons; every envelope is acked."""
-    os.environ.update({"SLACK_BOT_TOKEN": fake.slack_token, "SLACK_APP_TOKEN": fake.app_token})
-    chat = f"""
-        [alerts.slack]
-        token_env = "SLACK_BOT_TOKEN"
-        channel = "{CHANNEL}"
-        api_url = "{fake.url}/api/"
-        app_token_env = "SLACK_APP_TOKEN"
-        [chatops]
-        act = ["slack:{BOB}"]
-        """
-    run = Running(tmp_path, chat, repeat_every="3s")
+    run = running(tmp_path, fake, repeat_every="3s")
     config, repo = run.config, run.repo
     envelopes: list[str] = []
     try:
@@ -177,3 +182,35 @@ def test_slack_socket_mode_buttons_and_commands(tmp_path: Path, fake: ChatFake) 
     }, log[-3000:]  # fmt: skip
     rollbacks = [r for r in rows if r["type"] == "rollback"]
     assert [r["why"] for r in rollbacks] == [f"Roll back now pressed on incident #{incident}"], log[-3000:]
+
+
+def test_a_kill_between_the_acked_press_and_the_action_does_nothing_and_a_new_press_acts_once(
+    tmp_path: Path, fake: ChatFake
+) -> None:
+    """kill -9 after healer acked a press but before it acted: Slack will not send it again and the
+    next healer does nothing with it; the message keeps its buttons, and pressing again acts once."""
+    run = running(tmp_path, fake)
+    try:
+        wait_for(fake.socket_connected, "the Socket Mode connection")
+        opened = wait_for(lambda: _posts(fake, "Incident opened"), "the incident alert")[0]
+        fake.set_mode(SLACK_API, "hang", method="chat.postEphemeral")  # healer is held between the two
+        pressed = fake.click(BOB, opened, "Pause 1h")
+        wait_for(lambda: [r for r in fake.requests if r.method == "chat.postEphemeral"], "healer taking the press")
+        assert fake.acked(pressed)
+        run.kill()
+        fake.set_mode(SLACK_API, "ok")
+        wait_for(lambda: not fake.socket_connected(), "the dead connection closed")
+        run.start()
+        wait_for(fake.socket_connected, "the new healer's connection")
+        # a later command is answered by the new healer: the earlier press did nothing meanwhile
+        n = _n_said(fake)
+        fake.slash(BOB, CHANNEL, "status")
+        assert wait_for(lambda: _said(fake, n), "a reply").startswith("shop: loop")
+        assert cli_json(run.config, "status")["pause"] is None
+        assert [label for label, _ in fake.slack_buttons(opened)] == ["Ack", "Pause 1h", "Roll back now"]
+        fake.click(BOB, opened, "Pause 1h")
+        wait_for(lambda: "Paused until" in (fake.slack_posts[opened]["text"] or ""), "the pause, pressed again")
+    finally:
+        log = run.stop()
+    pauses = [r for r in cli_json(run.config, "history") if r["type"] == "pause"]
+    assert [p["who"] for p in pauses] == [f"slack:{BOB}"], log[-3000:]
