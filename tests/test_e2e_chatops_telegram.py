@@ -284,3 +284,68 @@ def test_a_kill_between_the_press_and_the_action_does_nothing_and_a_new_press_ac
         log = run.stop()
     pauses = [r for r in cli_json(run.config, "history") if r["type"] == "pause"]
     assert [p["who"] for p in pauses] == [f"telegram:{BOB}"], log[-3000:]
+
+
+def test_every_verb_answers_by_level_and_refuses_below_it(tmp_path: Path, fake: ChatFake) -> None:
+    """Each verb from a user at each level of [chatops]: read runs /status and /history, operate
+    also /ack, /pause, /resume, act also /repair (confirmed); everything above a user's level,
+    and everything from a user in no list, is "not allowed", recorded, and changes nothing."""
+    reader, operator, marker = 201, 202, tmp_path / "repaired"
+    (tmp_path / "pb").mkdir()
+    (tmp_path / "pb" / "fix.toml").write_text(
+        f'description = "touch it"\nverify_within = "1s"\n[[steps]]\naction = "command"\nargv = ["touch", "{marker}"]\n'
+    )
+    os.environ.update({"TELEGRAM_BOT_TOKEN": fake.token, "TELEGRAM_CHAT_ID": str(CHATS[0])})
+    chat = f"""
+        [playbooks]
+        dir = "pb"
+        [alerts.telegram]
+        api_url = "{fake.url}"
+        [chatops]
+        read = ["telegram:{reader}"]
+        operate = ["telegram:{operator}"]
+        act = ["telegram:{BOB}"]
+        """
+    run = Running(tmp_path, chat)
+
+    def ask(user: int, text: str) -> str:
+        n = len(_replies(fake, CHATS[0]))
+        fake.say(user, CHATS[0], text)
+        return str(wait_for(lambda: _reply(fake, CHATS[0], n), f"the reply to {text}"))
+
+    try:
+        incident = wait_for(lambda: cli_json(run.config, "status").get("open_incident"), "the incident")["id"]
+        denied = [
+            (EVE, "/status"), (EVE, "/history"),
+            (reader, "/ack"), (reader, "/pause 10m x"), (reader, "/resume"), (reader, "/repair fix"),
+            (operator, "/repair fix"), (operator, "/rollback bad release"),
+        ]  # fmt: skip
+        for user, text in denied:
+            assert ask(user, text) == "not allowed", (user, text)
+        status = cli_json(run.config, "status")
+        assert status["pause"] is None and status["ack"] is None and not marker.exists()
+
+        assert ask(reader, "/status").startswith("shop: loop")
+        assert "not allowed" not in ask(reader, "/history")
+        assert ask(operator, "/ack on it").startswith(f"incident #{incident} acknowledged")
+        assert ask(operator, "/pause 10m op").startswith("paused until")
+        assert ask(operator, "/resume").startswith("resumed")
+
+        # /repair asks; an operator pressing the confirmation is refused; the actor's press runs it
+        assert ask(BOB, "/repair fix").startswith("run fix?")
+        confirm = max(mid for mid, m in fake.messages.items() if (m["text"] or "").startswith("run fix?"))
+        qid = fake.press(operator, confirm, "Yes, repair now")
+        assert wait_for(lambda: _answer(fake, qid), "an answer") == "not allowed"
+        fake.press(BOB, confirm, "Yes, repair now")
+        wait_for(lambda: "fix: NOT fixed" in (fake.messages[confirm]["text"] or ""), "the repair's result", timeout=60)
+        assert marker.exists()
+    finally:
+        log = run.stop()
+    rows = cli_json(run.config, "history")
+    denied_to = sorted(r["who"] for r in rows if r["type"] == "chat.denied")
+    assert denied_to == sorted([f"telegram:{u}" for u, _ in denied] + [f"telegram:{operator}"]), log[-3000:]
+    who = {(r["type"], r["who"]) for r in rows if r["type"] in ("pause", "resume", "ack", "repair")}
+    assert who == {
+        ("ack", f"telegram:{operator}"), ("pause", f"telegram:{operator}"), ("resume", f"telegram:{operator}"),
+        ("repair", f"telegram:{BOB}"),
+    }, log[-3000:]  # fmt: skip
