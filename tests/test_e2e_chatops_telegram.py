@@ -69,6 +69,13 @@ def _reply(fake: ChatFake, chat: int, n_before: int) -> str | None:
     return replies[n_before] if len(replies) > n_before else None
 
 
+def _ask(fake: ChatFake, user: int, text: str) -> str:
+    """`user` sends `text` in the first chat; healer's reply, once it came."""
+    n = len(_replies(fake, CHATS[0]))
+    fake.say(user, CHATS[0], text)
+    return str(wait_for(lambda: _reply(fake, CHATS[0], n), f"the reply to {text}"))
+
+
 def test_telegram_buttons_and_commands_act_for_allowed_users_only(tmp_path: Path, fake: ChatFake) -> None:
     """Ack, Pause 1h and Roll back now + confirm do their work for an allowed user, record who and
     edit the message; an unknown user changes nothing and is told "not allowed"; a double press
@@ -194,9 +201,7 @@ def test_a_garbled_or_down_chat_api_never_delays_a_cycle_and_polling_backs_off(
         assert 2 <= len(polls) <= 4  # 1 s, 2 s, 4 s apart: not a busy loop
         assert len(checks) >= 3  # the first cycle, then one every 2 s (incident_every)
         fake.set_mode("telegram", "ok")
-        n = len(_replies(fake, CHATS[0]))
-        fake.say(BOB, CHATS[0], "/status")
-        reply = wait_for(lambda: _reply(fake, CHATS[0], n), "the answer once Telegram is back", timeout=30)
+        reply = _ask(fake, BOB, "/status")
         assert reply.startswith("shop: loop") and "FAILING" in reply
     finally:
         log = run.stop()
@@ -224,9 +229,7 @@ def test_a_hanging_bot_api_never_delays_a_cycle(tmp_path: Path, fake: ChatFake) 
         assert fake.telegram_messages() == []
         fake.set_mode("telegram", "ok")
         wait_for(lambda: _incident_messages(fake), "the incident alert in every chat, once Telegram answers")
-        n = len(_replies(fake, CHATS[0]))
-        fake.say(BOB, CHATS[0], "/status")
-        reply = wait_for(lambda: _reply(fake, CHATS[0], n), "the answer once Telegram is back", timeout=60)
+        reply = _ask(fake, BOB, "/status")
         assert reply.startswith("shop: loop") and "FAILING" in reply
     finally:
         log = run.stop()
@@ -308,11 +311,6 @@ def test_every_verb_answers_by_level_and_refuses_below_it(tmp_path: Path, fake: 
         """
     run = Running(tmp_path, chat)
 
-    def ask(user: int, text: str) -> str:
-        n = len(_replies(fake, CHATS[0]))
-        fake.say(user, CHATS[0], text)
-        return str(wait_for(lambda: _reply(fake, CHATS[0], n), f"the reply to {text}"))
-
     try:
         incident = wait_for(lambda: cli_json(run.config, "status").get("open_incident"), "the incident")["id"]
         denied = [
@@ -321,18 +319,18 @@ def test_every_verb_answers_by_level_and_refuses_below_it(tmp_path: Path, fake: 
             (operator, "/repair fix"), (operator, "/rollback bad release"),
         ]  # fmt: skip
         for user, text in denied:
-            assert ask(user, text) == "not allowed", (user, text)
+            assert _ask(fake, user, text) == "not allowed", (user, text)
         status = cli_json(run.config, "status")
         assert status["pause"] is None and status["ack"] is None and not marker.exists()
 
-        assert ask(reader, "/status").startswith("shop: loop")
-        assert "not allowed" not in ask(reader, "/history")
-        assert ask(operator, "/ack on it").startswith(f"incident #{incident} acknowledged")
-        assert ask(operator, "/pause 10m op").startswith("paused until")
-        assert ask(operator, "/resume").startswith("resumed")
+        assert _ask(fake, reader, "/status").startswith("shop: loop")
+        assert "not allowed" not in _ask(fake, reader, "/history")
+        assert _ask(fake, operator, "/ack on it").startswith(f"incident #{incident} acknowledged")
+        assert _ask(fake, operator, "/pause 10m op").startswith("paused until")
+        assert _ask(fake, operator, "/resume").startswith("resumed")
 
         # /repair asks; an operator pressing the confirmation is refused; the actor's press runs it
-        assert ask(BOB, "/repair fix").startswith("run fix?")
+        assert _ask(fake, BOB, "/repair fix").startswith("run fix?")
         confirm = max(mid for mid, m in fake.messages.items() if (m["text"] or "").startswith("run fix?"))
         qid = fake.press(operator, confirm, "Yes, repair now")
         assert wait_for(lambda: _answer(fake, qid), "an answer") == "not allowed"
