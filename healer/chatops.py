@@ -188,6 +188,14 @@ def button_data(button: Button, incident_id: int | None, issued: datetime, key: 
     return f"{body}:{_mac(body, key)}"
 
 
+Keyboard = tuple[tuple[str, str], ...]  # a row of buttons as a chat shows them: (label, callback data)
+
+
+def keyboard(buttons: Sequence[Button], incident_id: int | None, issued: datetime, key: bytes) -> Keyboard:
+    """Buttons with their signed callback data (button_data), in order."""
+    return tuple((b.label, button_data(b, incident_id, issued, key)) for b in buttons)
+
+
 def read_press(data: str, key: bytes, now: datetime) -> Press | Refused:
     """Check a pressed button's data: ours (the MAC), not expired, a verb healer knows."""
     body, _, mac = data.rpartition(":")

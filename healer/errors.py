@@ -7,7 +7,7 @@
     ├── StoreError              the state database cannot be opened or written
     ├── GitError                the app repository cannot be read or changed
     ├── ActionError             a repair action could not run (bad setup, refused)
-    ├── DeliveryError           a chat channel refused or failed a message (permanent=...)
+    ├── DeliveryError           a chat refused or failed a request: a message, an edit, a poll (permanent=...)
     └── FleetError              fleet leadership cannot work here (a transaction pooler)
         └── Fenced              a leader's write refused: its epoch is no longer the lease's
 
@@ -67,7 +67,8 @@ class ActionError(HealerError):
 
 
 class DeliveryError(HealerError):
-    """A channel failed to deliver; `permanent` says whether retrying can help."""
+    """A chat failed a request (delivering an alert, a reply, an edit; polling); `permanent` says
+    whether retrying can help."""
 
     def __init__(self, msg: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
         self.permanent = permanent

@@ -16,12 +16,14 @@ One ThreadingHTTPServer on 127.0.0.1 serves:
 
 Every request is recorded (service, path, parsed body, monotonic time, the status answered).
 Each service has a switchable mode: "ok", "500", "429" (Retry-After / retry_after), "4xx"
-(permanent), "slow" (answers after `delay` seconds), "reset" (closes without answering),
-"garbage" (200 with a body that is not JSON), "conflict" (getUpdates only: 409, as when a
-second poller uses the token); a mode
-can last `times` requests, then "ok" again. With `echo=True` an error answer quotes the request's
-path, as some proxies do (the webhook's secret path, `/bot<TOKEN>/...`). `stop()` and `start()`
-make the port refuse connections and come back on the same port.
+(permanent), "slow" (answers after `delay` seconds), "hang" (answers nothing until the mode
+changes, then as the new mode says), "reset" (closes without answering), "garbage" (200 with a
+body that is not JSON), "shape" (200, `ok`, and a result of the wrong shape), "conflict"
+(getUpdates only: 409, as when a second poller uses the token); a mode can last `times`
+requests, then "ok" again, and can be limited to one `method` (the others are served "ok").
+With `echo=True` an error answer quotes the request's path, as some proxies do (the webhook's
+secret path, `/bot<TOKEN>/...`). `stop()` and `start()` make the port refuse connections and
+come back on the same port.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Mode:
     delay: float = 0.0  # for "slow"
     times: int | None = None  # then back to "ok"
     echo: bool = False  # error answers quote the request path
+    method: str | None = None  # only this method (getUpdates, sendMessage, ...); the others "ok"
 
 
 @dataclass
@@ -252,26 +255,42 @@ class ChatFake:
 
     def slack_buttons(self, ts: str) -> list[tuple[str, str]]:
         """(label, value) of the buttons of a Slack message as it stands now."""
+        return [(e["text"]["text"], e["value"]) for _, e in self._slack_button_elements(ts)]
+
+    def _slack_button_elements(self, ts: str) -> list[tuple[str, dict[str, Any]]]:
+        """(block_id, element) of every button of a Slack message as it stands now."""
         with self._lock:
             blocks = self.slack_posts[ts].get("blocks") or []
         return [
-            (e["text"]["text"], e["value"]) for b in blocks if b.get("type") == "actions" for e in b.get("elements", [])
+            (b.get("block_id", ""), e)
+            for b in blocks
+            if b.get("type") == "actions"
+            for e in b.get("elements", [])
+            if e.get("type") == "button"
         ]
 
     def click(self, user: str, ts: str, label: str) -> str:
-        """A person clicks the button labelled `label` on a Slack message; returns the envelope id."""
-        return self.click_value(user, ts, dict(self.slack_buttons(ts))[label])
+        """A person clicks the button labelled `label` on a Slack message; returns the envelope id.
 
-    def click_value(self, user: str, ts: str, value: str) -> str:
+        The envelope's action is the button exactly as healer posted it (action_id, block_id,
+        value), as Slack sends it."""
+        block_id, element = next((b, e) for b, e in self._slack_button_elements(ts) if e["text"]["text"] == label)
+        return self.click_action(user, ts, {**element, "block_id": block_id})
+
+    def click_action(self, user: str, ts: str, element: dict[str, Any]) -> str:
+        """A block_actions envelope for a press of `element` (a button, maybe an old or forged one)."""
         with self._lock:
             post = dict(self.slack_posts[ts])
+        action = {
+            "type": "button", "action_id": element["action_id"], "block_id": element.get("block_id", ""),
+            "value": element["value"], "text": element.get("text"), "action_ts": f"{time.time():.6f}",
+        }  # fmt: skip
         return self._send_envelope("interactive", {
             "type": "block_actions", "user": {"id": user, "username": user.lower()},
             "channel": {"id": post["channel"], "name": str(post["channel"]).lower()},
             "container": {"type": "message", "message_ts": ts, "channel_id": post["channel"]},
             "message": {"ts": ts, "text": post.get("text"), "blocks": post.get("blocks")},
-            "actions": [{"type": "button", "action_id": "healer", "value": value, "block_id": "b"}],
-            "trigger_id": "1.2.3",
+            "actions": [action], "trigger_id": "1.2.3",
         })  # fmt: skip
 
     def acked(self, envelope_id: str) -> bool:
@@ -311,36 +330,47 @@ class ChatFake:
 
     def _ws_serve(self, sock: socket.socket) -> None:
         """RFC 6455, as much as a Socket Mode client needs: the handshake, then text frames
-        (the acks), pings answered with pongs, and a close."""
-        with contextlib.suppress(OSError, ConnectionError):
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
-            key = next(
-                line.split(":", 1)[1].strip()
-                for line in request.decode().split("\r\n")
-                if line.lower().startswith("sec-websocket-key:")
-            )
-            accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
-            sock.sendall(
-                f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
-            )
+        (the acks), pings answered with pongs, and a close. A closed connection is forgotten
+        (a killed client's socket is not one that is connected)."""
+        try:
+            self._ws_talk(sock)
+        except (OSError, ConnectionError):
+            pass
+        finally:
             with self._lock:
-                self._sockets.append(sock)
-            sock.sendall(_ws_frame(0x1, _json({"type": "hello", "num_connections": 1})))
-            while True:
-                opcode, data = _ws_read(sock)
-                if opcode == 0x8:
-                    return
-                if opcode == 0x9:
-                    sock.sendall(_ws_frame(0xA, data))
-                elif opcode == 0x1:
-                    with self._lock:
-                        self.socket_acks.append(json.loads(data))
+                if sock in self._sockets:
+                    self._sockets.remove(sock)
+            sock.close()
+
+    def _ws_talk(self, sock: socket.socket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            request += chunk
+        key = next(
+            line.split(":", 1)[1].strip()
+            for line in request.decode().split("\r\n")
+            if line.lower().startswith("sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+        sock.sendall(
+            f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
+        with self._lock:
+            self._sockets.append(sock)
+        sock.sendall(_ws_frame(0x1, _json({"type": "hello", "num_connections": 1})))
+        while True:
+            opcode, data = _ws_read(sock)
+            if opcode == 0x8:
+                return
+            if opcode == 0x9:
+                sock.sendall(_ws_frame(0xA, data))
+            elif opcode == 0x1:
+                with self._lock:
+                    self.socket_acks.append(json.loads(data))
 
     def all_text(self) -> str:
         """Everything clients sent, paths, headers and bodies: for "no secret leaked" checks."""
@@ -349,9 +379,11 @@ class ChatFake:
 
     # -- serving --
 
-    def _mode(self, service: str) -> Mode:
+    def _mode(self, service: str, method: str) -> Mode:
         with self._lock:
             m = self.modes.get(service, Mode())
+            if m.method is not None and m.method != method:
+                return Mode()
             if m.times is not None:
                 m.times -= 1
                 if m.times <= 0:
@@ -372,7 +404,13 @@ class ChatFake:
         rec = Recorded(service, method, path, dict(h.headers.items()), body, time.monotonic())
         with self._lock:
             self.requests.append(rec)
-        mode = self._mode(service)
+        mode = self._mode(service, method)
+        while mode.name == "hang" and self._server is not None:  # until the test changes the mode
+            time.sleep(0.05)
+            with self._lock:
+                changed = self.modes.get(service) is not mode
+            if changed:
+                mode = self._mode(service, method)
         if mode.name == "reset":
             h.close_connection = True
             with contextlib.suppress(OSError):
@@ -382,6 +420,12 @@ class ChatFake:
             time.sleep(mode.delay)
         if mode.name == "garbage":
             status, headers, payload = 200, {"Content-Type": "application/json"}, b"<html>not json"
+        elif mode.name == "shape":
+            status, headers, payload = (
+                200,
+                {"Content-Type": "application/json"},
+                _json({"ok": True, "result": {"unexpected": ["a", "shape"]}}),
+            )
         elif mode.name == "conflict" and method == "getUpdates":
             desc = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
             status, headers, payload = 409, {}, _json({"ok": False, "error_code": 409, "description": desc})
@@ -394,7 +438,7 @@ class ChatFake:
         # recorded before answering: the client may look at the fake as soon as it has the answer
         with self._lock:
             rec.status = status
-            rec.accepted = 200 <= status < 300 and mode.name != "slow" and _ok_body(service, payload)
+            rec.accepted = 200 <= status < 300 and mode.name not in ("slow", "shape") and _ok_body(service, payload)
         try:
             h.send_response(status)
             for k, v in headers.items():

@@ -69,6 +69,13 @@ def _reply(fake: ChatFake, chat: int, n_before: int) -> str | None:
     return replies[n_before] if len(replies) > n_before else None
 
 
+def _ask(fake: ChatFake, user: int, text: str) -> str:
+    """`user` sends `text` in the first chat; healer's reply, once it came."""
+    n = len(_replies(fake, CHATS[0]))
+    fake.say(user, CHATS[0], text)
+    return str(wait_for(lambda: _reply(fake, CHATS[0], n), f"the reply to {text}"))
+
+
 def test_telegram_buttons_and_commands_act_for_allowed_users_only(tmp_path: Path, fake: ChatFake) -> None:
     """Ack, Pause 1h and Roll back now + confirm do their work for an allowed user, record who and
     edit the message; an unknown user changes nothing and is told "not allowed"; a double press
@@ -170,10 +177,21 @@ def test_a_second_poller_is_said_once_and_the_loop_goes_on(tmp_path: Path, fake:
     assert later > cycles
 
 
-def test_a_garbled_chat_api_never_delays_a_cycle_and_polling_backs_off(tmp_path: Path, fake: ChatFake) -> None:
-    """The Bot API answering garbage: cycles keep their cadence, polls back off and the outage is
-    logged once; when Telegram answers again a command is answered."""
-    fake.set_mode("telegram", "garbage")
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param("garbage", id="not-json"),
+        pytest.param("shape", id="wrong-shape"),
+        pytest.param("reset", id="down"),
+    ],
+)
+def test_a_garbled_or_down_chat_api_never_delays_a_cycle_and_polling_backs_off(
+    tmp_path: Path, fake: ChatFake, mode: str
+) -> None:
+    """The Bot API answering garbage (not JSON, or JSON of the wrong shape) or dropping every
+    connection: cycles keep their cadence, polls back off and the outage is logged once; when
+    Telegram answers again a command is answered."""
+    fake.set_mode("telegram", mode)
     run = running(tmp_path, fake)
     try:
         wait_for(lambda: cli_json(run.config, "status").get("last_cycle"), "a first cycle")
@@ -183,15 +201,39 @@ def test_a_garbled_chat_api_never_delays_a_cycle_and_polling_backs_off(tmp_path:
         assert 2 <= len(polls) <= 4  # 1 s, 2 s, 4 s apart: not a busy loop
         assert len(checks) >= 3  # the first cycle, then one every 2 s (incident_every)
         fake.set_mode("telegram", "ok")
-        n = len(_replies(fake, CHATS[0]))
-        fake.say(BOB, CHATS[0], "/status")
-        reply = wait_for(lambda: _reply(fake, CHATS[0], n), "the answer once Telegram is back", timeout=30)
+        reply = _ask(fake, BOB, "/status")
         assert reply.startswith("shop: loop") and "FAILING" in reply
     finally:
         log = run.stop()
     assert log.count('"event": "chatops.poll_failed"') == 1
     assert fake.token not in log and fake.token.split(":", 1)[1] not in log
     assert log.count('"event": "chatops.poll_recovered"') == 1
+
+
+def test_a_hanging_bot_api_never_delays_a_cycle(tmp_path: Path, fake: ChatFake) -> None:
+    """The Bot API answering nothing at all (getUpdates, sendMessage, every method): cycles keep
+    coming and being recorded while the one poll waits, and the loop shows alive; once Telegram
+    answers, the held-back incident alert reaches every chat and a command is answered."""
+    fake.set_mode("telegram", "hang")
+    run = running(tmp_path, fake)
+
+    def checks() -> int:
+        return len([r for r in cli_json(run.config, "history") if r["type"] == "check"])
+
+    try:
+        wait_for(lambda: {"getUpdates", "sendMessage"} <= {r.method for r in fake.requests}, "healer calling")
+        first = wait_for(checks, "a first cycle")
+        wait_for(lambda: checks() >= first + 5, "five more cycles while the Bot API hangs")
+        assert cli_json(run.config, "status")["loop"]["alive"]
+        assert len([r for r in fake.requests if r.method == "getUpdates"]) <= 2  # the poll waits, no busy loop
+        assert fake.telegram_messages() == []
+        fake.set_mode("telegram", "ok")
+        wait_for(lambda: _incident_messages(fake), "the incident alert in every chat, once Telegram answers")
+        reply = _ask(fake, BOB, "/status")
+        assert reply.startswith("shop: loop") and "FAILING" in reply
+    finally:
+        log = run.stop()
+    assert fake.token not in log and fake.token.split(":", 1)[1] not in log
 
 
 def test_a_press_while_healer_is_killed_is_done_once_after_the_restart(tmp_path: Path, fake: ChatFake) -> None:
@@ -217,3 +259,91 @@ def test_a_press_while_healer_is_killed_is_done_once_after_the_restart(tmp_path:
         log = run.stop()
     pauses = [r for r in cli_json(run.config, "history") if r["type"] == "pause"]
     assert [p["who"] for p in pauses] == [f"telegram:{BOB}"], log[-3000:]
+
+
+def test_a_kill_between_the_press_and_the_action_does_nothing_and_a_new_press_acts_once(
+    tmp_path: Path, fake: ChatFake
+) -> None:
+    """kill -9 after healer took a press but before it acted: the next healer does not run it
+    (at most once), the message keeps its buttons, and pressing again acts once."""
+    run = running(tmp_path, fake)
+    try:
+        msgs = wait_for(lambda: _incident_messages(fake), "the incident alert")
+        message, other = msgs[CHATS[0]], msgs[CHATS[1]]
+        fake.set_mode("telegram", "hang", method="answerCallbackQuery")  # healer is held between the two
+        fake.press(BOB, message, "Pause 1h")
+        wait_for(lambda: [r for r in fake.requests if r.method == "answerCallbackQuery"], "healer taking the press")
+        run.kill()
+        fake.set_mode("telegram", "ok")
+        run.start()
+        # a later press is done by the new healer: the earlier one, had it come back, came first
+        fake.press(BOB, other, "Ack")
+        wait_for(lambda: "Acknowledged by" in (fake.messages[other]["text"] or ""), "the ack after the restart")
+        assert cli_json(run.config, "status")["pause"] is None
+        assert [label for label, _ in fake.buttons(message)] == ["Ack", "Pause 1h", "Roll back now"]
+        fake.press(BOB, message, "Pause 1h")
+        wait_for(lambda: "Paused until" in (fake.messages[message]["text"] or ""), "the pause, pressed again")
+    finally:
+        log = run.stop()
+    pauses = [r for r in cli_json(run.config, "history") if r["type"] == "pause"]
+    assert [p["who"] for p in pauses] == [f"telegram:{BOB}"], log[-3000:]
+
+
+def test_every_verb_answers_by_level_and_refuses_below_it(tmp_path: Path, fake: ChatFake) -> None:
+    """Each verb from a user at each level of [chatops]: read runs /status and /history, operate
+    also /ack, /pause, /resume, act also /repair (confirmed); everything above a user's level,
+    and everything from a user in no list, is "not allowed", recorded, and changes nothing."""
+    reader, operator, marker = 201, 202, tmp_path / "repaired"
+    (tmp_path / "pb").mkdir()
+    (tmp_path / "pb" / "fix.toml").write_text(
+        f'description = "touch it"\nverify_within = "1s"\n[[steps]]\naction = "command"\nargv = ["touch", "{marker}"]\n'
+    )
+    os.environ.update({"TELEGRAM_BOT_TOKEN": fake.token, "TELEGRAM_CHAT_ID": str(CHATS[0])})
+    chat = f"""
+        [playbooks]
+        dir = "pb"
+        [alerts.telegram]
+        api_url = "{fake.url}"
+        [chatops]
+        read = ["telegram:{reader}"]
+        operate = ["telegram:{operator}"]
+        act = ["telegram:{BOB}"]
+        """
+    run = Running(tmp_path, chat)
+
+    try:
+        incident = wait_for(lambda: cli_json(run.config, "status").get("open_incident"), "the incident")["id"]
+        denied = [
+            (EVE, "/status"), (EVE, "/history"),
+            (reader, "/ack"), (reader, "/pause 10m x"), (reader, "/resume"), (reader, "/repair fix"),
+            (operator, "/repair fix"), (operator, "/rollback bad release"),
+        ]  # fmt: skip
+        for user, text in denied:
+            assert _ask(fake, user, text) == "not allowed", (user, text)
+        status = cli_json(run.config, "status")
+        assert status["pause"] is None and status["ack"] is None and not marker.exists()
+
+        assert _ask(fake, reader, "/status").startswith("shop: loop")
+        assert "not allowed" not in _ask(fake, reader, "/history")
+        assert _ask(fake, operator, "/ack on it").startswith(f"incident #{incident} acknowledged")
+        assert _ask(fake, operator, "/pause 10m op").startswith("paused until")
+        assert _ask(fake, operator, "/resume").startswith("resumed")
+
+        # /repair asks; an operator pressing the confirmation is refused; the actor's press runs it
+        assert _ask(fake, BOB, "/repair fix").startswith("run fix?")
+        confirm = max(mid for mid, m in fake.messages.items() if (m["text"] or "").startswith("run fix?"))
+        qid = fake.press(operator, confirm, "Yes, repair now")
+        assert wait_for(lambda: _answer(fake, qid), "an answer") == "not allowed"
+        fake.press(BOB, confirm, "Yes, repair now")
+        wait_for(lambda: "fix: NOT fixed" in (fake.messages[confirm]["text"] or ""), "the repair's result", timeout=60)
+        assert marker.exists()
+    finally:
+        log = run.stop()
+    rows = cli_json(run.config, "history")
+    denied_to = sorted(r["who"] for r in rows if r["type"] == "chat.denied")
+    assert denied_to == sorted([f"telegram:{u}" for u, _ in denied] + [f"telegram:{operator}"]), log[-3000:]
+    who = {(r["type"], r["who"]) for r in rows if r["type"] in ("pause", "resume", "ack", "repair")}
+    assert who == {
+        ("ack", f"telegram:{operator}"), ("pause", f"telegram:{operator}"), ("resume", f"telegram:{operator}"),
+        ("repair", f"telegram:{BOB}"),
+    }, log[-3000:]  # fmt: skip

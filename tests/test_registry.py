@@ -22,6 +22,8 @@ MODELS = {k.model.__name__ for k in CHECKS.values()} | {k.model.__name__ for k i
 # the modules that read, judge or run every check or action: none of them may name one
 GENERIC = ["config.py", "judge.py", "playbook.py", "checks/__init__.py", "actions/__init__.py"]
 DRIVERS = ("httpx", "redis", "psycopg", "psutil", "git", "telegram", "slack_sdk")
+# the chat SDKs' one adapter each, used by the alerts' senders and by chat-ops' listeners alike
+CHAT_SDKS = {"telegram": "healer.telegram_api", "slack_sdk": "healer.slack_api"}
 
 
 def _tag(model: type[CheckBase] | type[StepBase], key: str) -> tuple[object, ...]:
@@ -119,3 +121,25 @@ def test_reading_the_config_or_the_playbooks_loads_no_driver(module: str) -> Non
     code = f"import sys, {module}; print(' '.join(m for m in {DRIVERS!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == []
+
+
+def _importers(library: str) -> list[str]:
+    """The healer modules with an import of `library` anywhere (in a function, under TYPE_CHECKING)."""
+    found = []
+    for path in sorted(HEALER.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            if any(n.split(".")[0] == library for n in names):
+                parts = path.relative_to(ROOT).with_suffix("").parts
+                found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+                break
+    return found
+
+
+@pytest.mark.parametrize("library", list(CHAT_SDKS))
+def test_a_chat_sdk_is_imported_by_one_adapter_module(library: str) -> None:
+    """Sending alerts and listening to chat go through the same adapter, the one module that
+    imports the SDK and turns its errors into ours."""
+    assert _importers(library) == [CHAT_SDKS[library]]

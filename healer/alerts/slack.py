@@ -1,12 +1,9 @@
 """The Slack channel: `[alerts.slack]`, the Block Kit rendering, and the sender (I/O).
 
-Posts through an incoming webhook, or a bot token posting to a channel. The only module that
-imports slack_sdk, and only when it sends: healer.toml's validation imports this module for
-`Section`, and a command that sends nothing must not pay for the SDK. Its sync clients run in a
-worker thread (the async ones need aiohttp, which slack-sdk does not install). Their retry
-handlers are switched off: the sender retries with tenacity and honours Retry-After itself,
-without blocking a thread. A webhook answers 429 without raising, so the status code is read,
-not caught.
+Posts through an incoming webhook, or a bot token posting to a channel, through
+healer/slack_api.py (the one module that imports slack_sdk), imported only when it sends:
+healer.toml's validation imports this module for `Section`, and a command that sends nothing
+must not pay for the SDK. The sync client runs in a worker thread.
 
 The webhook URL and the token are secrets: every error text is redacted (healer/redact.py), which
 masks them, their parts (the webhook's path) and anything shaped like a token.
@@ -16,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
-import urllib.error
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,12 +43,7 @@ SLACK_HEADER_MAX = 150
 SLACK_SECTION_MAX = 3000
 SLACK_TEXT_MAX = 4000  # the fallback; Slack itself cuts at 40,000
 DEFAULT_API_URL = "https://slack.com/api/"
-DEFAULT_RETRY_AFTER = 30.0  # seconds, when a 429 does not say
 NOT_CONFIGURED_RETRY = 900.0  # a missing secret will not appear by itself: look again in 15 minutes
-# Web API errors that say "try again" rather than "this will never work"
-_TRANSIENT_API_ERRORS = frozenset(
-    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
-)
 
 
 class Section(ChannelSection):
@@ -174,85 +164,18 @@ class SlackChannel:
         return DeliveryError(text, permanent=permanent, retry_after=retry_after)
 
     def _post(self, payload: dict[str, Any]) -> None:
-        from slack_sdk.errors import SlackRequestError  # only when sending: see the module docstring
+        from healer import slack_api  # only when sending: see the module docstring
 
         timeout = max(1, math.ceil(self.timeout.total_seconds()))
         try:
             if self.webhook_url is not None:
-                self._post_webhook(payload, timeout)
+                slack_api.post_webhook(self.webhook_url, payload["text"], payload["blocks"], timeout)
             else:
-                self._post_api(payload, timeout)
-        except DeliveryError:
-            raise
-        except SlackRequestError as e:
-            raise self._fail(f"cannot send: {e}", permanent=True) from None
-        except TimeoutError:
-            raise self._fail(f"no answer within {timeout}s") from None
-        except urllib.error.URLError as e:
-            reason = e.reason if isinstance(e.reason, str) else f"{type(e.reason).__name__}: {e.reason}"
-            if isinstance(e.reason, TimeoutError | socket.timeout):
-                raise self._fail(f"no answer within {timeout}s") from None
-            raise self._fail(f"cannot connect: {reason}") from None
-        except (OSError, ValueError) as e:  # connection reset, a garbled answer
-            raise self._fail(f"cannot send: {type(e).__name__}: {e}") from None
-
-    def _post_webhook(self, payload: dict[str, Any], timeout: int) -> None:
-        from slack_sdk.webhook import WebhookClient
-
-        assert self.webhook_url is not None
-        client = WebhookClient(self.webhook_url.reveal(), timeout=timeout, retry_handlers=[])
-        resp = client.send(text=payload["text"], blocks=payload["blocks"])
-        body = redact((resp.body or "").strip())[:200]  # redacted whole: a cut secret would not match
-        status = resp.status_code
-        if 200 <= status < 300:
-            return
-        if status == 429:
-            after = _retry_after(resp.headers)
-            raise self._fail(f"rate limited (429), retry after {after:g}s", retry_after=after)
-        if 400 <= status < 500:
-            # the webhook is gone, revoked or the payload refused: sending it again will not help
-            raise self._fail(f"refused with {status} {body}", permanent=True)
-        raise self._fail(f"server error {status} {body}")
-
-    def _post_api(self, payload: dict[str, Any], timeout: int) -> None:
-        from slack_sdk import WebClient
-        from slack_sdk.errors import SlackApiError
-
-        assert self.token is not None
-        base = self.api_url or DEFAULT_API_URL
-        client = WebClient(
-            token=self.token.reveal(),
-            base_url=base if base.endswith("/") else base + "/",
-            timeout=timeout,
-            retry_handlers=[],
-        )
-        try:
-            client.chat_postMessage(channel=self.channel or "", text=payload["text"], blocks=payload["blocks"])
-        except SlackApiError as e:
-            resp = e.response
-            status = int(getattr(resp, "status_code", 0) or 0)
-            data = getattr(resp, "data", None)
-            code = str(data.get("error", "")) if isinstance(data, dict) else ""
-            headers = getattr(resp, "headers", None) or {}
-            if status == 429 or code == "ratelimited":
-                after = _retry_after(headers)
-                raise self._fail(f"rate limited (429), retry after {after:g}s", retry_after=after) from None
-            if status >= 500 or code in _TRANSIENT_API_ERRORS:
-                raise self._fail(f"server error {status} {code}".rstrip()) from None
-            raise self._fail(f"refused: {code or status}", permanent=True) from None
-
-
-def _retry_after(headers: Any) -> float:
-    """Seconds from a Retry-After header (either spelling); a default when absent or unreadable."""
-    raw: Any = None
-    if hasattr(headers, "get"):
-        raw = headers.get("Retry-After") or headers.get("retry-after")
-    if isinstance(raw, list | tuple):
-        raw = raw[0] if raw else None
-    try:
-        return max(0.0, float(raw)) if raw is not None else DEFAULT_RETRY_AFTER
-    except (TypeError, ValueError):
-        return DEFAULT_RETRY_AFTER
+                assert self.token is not None
+                web = slack_api.SlackWeb(self.token, self.api_url or DEFAULT_API_URL, timeout)
+                web.post(self.channel or "", payload["text"], payload["blocks"])
+        except DeliveryError as e:
+            raise self._fail(str(e), permanent=e.permanent, retry_after=e.retry_after) from None
 
 
 def actions_block(buttons: tuple[Button, ...], incident: int | None, issued: datetime, key: bytes) -> dict[str, Any]:

@@ -1,21 +1,17 @@
 """The Telegram channel: `[alerts.telegram]`, the HTML rendering, and the sender (I/O).
 
-A bot sends HTML messages to one chat. The only module that imports python-telegram-bot, and
-only when it sends: healer.toml's validation imports this module for `Section`, and a command
-that sends nothing must not pay for the library. The token sits in every Bot API URL
-(`/bot<TOKEN>/sendMessage`) and in some of the library's error texts (InvalidToken), so every
-error is scrubbed before it leaves this module. Several chat ids make several channels
-(`telegram:<id>`), each with its own delivery state: one chat refusing does not resend to the
-others.
+A bot sends HTML messages to one chat, through healer/telegram_api.py (the one module that imports
+python-telegram-bot), imported only when it sends: healer.toml's validation imports this module
+for `Section`, and a command that sends nothing must not pay for the library. Several chat ids
+make several channels (`telegram:<id>`), each with its own delivery state: one chat refusing does
+not resend to the others.
 """
 
 from __future__ import annotations
 
 import html
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from healer.alerts.message import (
     TRUNCATED,
@@ -27,16 +23,12 @@ from healer.alerts.message import (
     item_tail,
     label,
 )
-from healer.chatops import Button, alert_buttons, button_data, button_key
+from healer.chatops import Keyboard, alert_buttons, button_key, keyboard
 from healer.config import ChannelSection, Secret, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
 from healer.redact import add_secrets, redact
 from healer.schema import EnvName
-
-if TYPE_CHECKING:
-    from telegram import InlineKeyboardMarkup
-    from telegram.error import RetryAfter
 
 # Telegram's limit for one message, after entity parsing; the same number as
 # telegram.constants.MessageLimit.MAX_TEXT_LENGTH (not imported: see the module docstring).
@@ -144,93 +136,32 @@ class TelegramChannel:
         before Telegram, whichever way the message came)."""
         return redact(telegram_text(message, delayed=delayed))
 
-    def markup(self, message: AlertMessage) -> InlineKeyboardMarkup | None:
-        """The message's buttons (chatops.alert_buttons), signed with the bot token, or None."""
+    def markup(self, message: AlertMessage) -> Keyboard:
+        """The message's buttons (chatops.alert_buttons), signed with the bot token; () for none."""
         wanted = alert_buttons(message.event, message.incident_id) if self.buttons else ()
         if not wanted or self.token is None:
-            return None
+            return ()
         return keyboard(wanted, message.incident_id, datetime.now(UTC), button_key(self.token.reveal()))
 
-    async def notify(self, text: str, markup: InlineKeyboardMarkup | None = None) -> None:
-        """Send built text; raises DeliveryError with the token scrubbed out."""
-        # only when sending: see the module docstring
-        from telegram import Bot
-        from telegram.constants import ParseMode
-        from telegram.error import (
-            BadRequest,
-            ChatMigrated,
-            Forbidden,
-            InvalidToken,
-            NetworkError,
-            RetryAfter,
-            TelegramError,
-            TimedOut,
-        )
-        from telegram.request import HTTPXRequest
+    async def notify(self, text: str, buttons: Keyboard = ()) -> None:
+        """Send built text; raises DeliveryError naming the channel, the token scrubbed out."""
+        from healer.telegram_api import TelegramBot  # only when sending: see the module docstring
 
         if self.missing or self.token is None or not self.chat_id:
             msg = f"{self.name}: {self.missing or 'not configured'}"
             raise DeliveryError(msg, retry_after=NOT_CONFIGURED_RETRY)
-        add_secrets(self.token)  # it is in every request URL, which httpx logs
-        t = self.timeout.total_seconds()
-        request = HTTPXRequest(connect_timeout=t, read_timeout=t, write_timeout=t, pool_timeout=t)
-        bot = Bot(
-            self.token.reveal(),
-            base_url=self.base_url,
-            request=request,
-            get_updates_request=request,
-        )
         try:
-            await bot.send_message(chat_id=self.chat_id, text=text, parse_mode=ParseMode.HTML, reply_markup=markup)
-        except RetryAfter as e:
-            after = _seconds(e)
-            raise self._fail(f"rate limited (429), retry after {after:g}s", retry_after=after) from None
-        except InvalidToken as e:
-            raise self._fail(f"the bot token was rejected: {e.message}", permanent=True) from None
-        except ChatMigrated as e:
-            raise self._fail(
-                f"chat {self.chat_id} moved to {e.new_chat_id}: update the chat id", permanent=True
-            ) from None
-        except Forbidden as e:
-            raise self._fail(f"forbidden: {e.message}", permanent=True) from None
-        except BadRequest as e:  # before NetworkError: BadRequest is one
-            raise self._fail(f"bad request: {e.message}", permanent=True) from None
-        except TimedOut:
-            raise self._fail(f"no answer within {t:g}s") from None
-        except NetworkError as e:
-            raise self._fail(f"network error: {e.message}") from None
-        except TelegramError as e:
-            raise self._fail(f"{type(e).__name__}: {e.message}") from None
-        finally:
-            await request.shutdown()
+            async with TelegramBot(self.token, self.base_url, self.timeout) as bot:
+                await bot.send(self.chat_id, text, html=True, keyboard=buttons)
+        except DeliveryError as e:
+            raise self._fail(str(e), permanent=e.permanent, retry_after=e.retry_after) from None
 
     async def send(self, message: AlertMessage, *, delayed: timedelta | None = None) -> None:
         await self.notify(self.payload(message, delayed=delayed), self.markup(message))
 
     def _fail(self, what: str, *, permanent: bool = False, retry_after: float | None = None) -> DeliveryError:
-        add_secrets(self.token)  # already taught by notify(); here too, so no caller can forget
+        add_secrets(self.token)  # already taught by the bot; here too, so no caller can forget
         return DeliveryError(redact(f"{self.name}: {what}"), permanent=permanent, retry_after=retry_after)
-
-
-def keyboard(buttons: tuple[Button, ...], incident: int | None, issued: datetime, key: bytes) -> InlineKeyboardMarkup:
-    """Buttons as Telegram's inline keyboard, one row; each one's callback data signed with `key`."""
-    from telegram import InlineKeyboardButton, InlineKeyboardMarkup  # only when sending
-
-    return InlineKeyboardMarkup(
-        [[InlineKeyboardButton(b.label, callback_data=button_data(b, incident, issued, key)) for b in buttons]]
-    )
-
-
-def _seconds(e: RetryAfter) -> float:
-    """RetryAfter.retry_after: an int (and a deprecation warning), or a timedelta."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value: object = e.retry_after
-    if isinstance(value, timedelta):
-        return max(0.0, value.total_seconds())
-    if isinstance(value, int | float):
-        return max(0.0, float(value))
-    return 1.0
 
 
 def channels(section: Section, *, timeout: timedelta, buttons: bool = False) -> list[TelegramChannel]:

@@ -1,12 +1,13 @@
 """Slack chat-ops over Socket Mode: the `/healer` slash command and the alerts' buttons, with no
 public endpoint (I/O).
 
-slack-sdk's built-in Socket Mode client (threads; its asyncio clients need aiohttp, which we do
-not install) gets a WebSocket URL from `apps.connections.open` with the app-level token, and
-reconnects by itself. Every envelope is acknowledged at once from the client's thread, well
-within Slack's 3 seconds, before any work; the work runs on healer's event loop. Replies and
-edits go through the bot token's Web API client (chat.postMessage, chat.postEphemeral,
-chat.update) in a worker thread. A Web API that is down or slow only delays the reply.
+slack-sdk's built-in Socket Mode client (healer/slack_api.py: threads; its asyncio clients need
+aiohttp, which we do not install) gets a WebSocket URL from `apps.connections.open` with the
+app-level token, and reconnects by itself. Every envelope is acknowledged at once from the
+client's thread, well within Slack's 3 seconds, before any work; the work runs on healer's event
+loop. Replies and edits go through the bot token's Web API client (chat.postMessage,
+chat.postEphemeral, chat.update) in a worker thread. A Web API that is down or slow only delays
+the reply.
 """
 
 from __future__ import annotations
@@ -18,22 +19,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.socket_mode import SocketModeClient
-from slack_sdk.socket_mode.client import BaseSocketModeClient
-from slack_sdk.socket_mode.request import SocketModeRequest
-from slack_sdk.socket_mode.response import SocketModeResponse
-
 from healer.alerts.slack import DEFAULT_API_URL, Section, actions_block
 from healer.chat.dispatch import Dispatcher, Step, listened_chats
 from healer.chatops import button_key
 from healer.config import Config, Secret, read_secret
+from healer.errors import DeliveryError
 from healer.logging import log_event
-from healer.redact import add_secrets, redact
+from healer.redact import redact
+from healer.slack_api import SlackWeb, SocketMode
 
 log = logging.getLogger("healer.chat.slack")
 
+REQUEST_TIMEOUT = 10  # seconds, for a reply or an update
 MIN_BACKOFF = timedelta(seconds=1)
 MAX_BACKOFF = timedelta(minutes=2)
 _ACTIONS_BLOCK = "healer-actions"
@@ -54,31 +51,27 @@ class SlackListener:
     def key(self) -> bytes:
         return button_key(self.bot_token.reveal())
 
-    def _web(self) -> WebClient:
-        base = self.api_url if self.api_url.endswith("/") else self.api_url + "/"
-        return WebClient(token=self.bot_token.reveal(), base_url=base, timeout=10, retry_handlers=[])
+    def _web(self) -> SlackWeb:
+        return SlackWeb(self.bot_token, self.api_url, REQUEST_TIMEOUT)
 
     async def run(self) -> None:
         """Connect (retrying with back-off) and serve until cancelled."""
-        add_secrets(self.app_token, self.bot_token)
         loop = asyncio.get_running_loop()
-        client = SocketModeClient(app_token=self.app_token.reveal(), web_client=self._web(), logger=log)
 
-        def on_request(c: BaseSocketModeClient, req: SocketModeRequest) -> None:
-            # in the client's thread: acknowledge first (Slack wants it within 3 s), then hand over
-            c.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
-            asyncio.run_coroutine_threadsafe(self._handle(req.type, req.payload), loop)
+        def on_request(kind: str, payload: dict[str, Any]) -> None:
+            # in the client's thread, the envelope acknowledged: hand the work to the event loop
+            asyncio.run_coroutine_threadsafe(self._handle(kind, payload), loop)
 
-        client.socket_mode_request_listeners.append(on_request)
+        client = SocketMode(self.app_token, self._web(), on_request, log)
         backoff = MIN_BACKOFF
         try:
             while True:
                 try:
                     await asyncio.to_thread(client.connect)
                     break
-                except (SlackApiError, SlackClientError, OSError, ValueError) as e:
+                except DeliveryError as e:
                     log_event(log, "chatops.connect_failed", level=logging.WARNING, platform="slack",
-                              error=redact(str(e)), retry_in=f"{backoff.total_seconds():g}s")  # fmt: skip
+                              error=str(e), retry_in=f"{backoff.total_seconds():g}s")  # fmt: skip
                     await asyncio.sleep(backoff.total_seconds())
                     backoff = min(backoff * 2, MAX_BACKOFF)
             log_event(log, "chatops.listening", platform="slack")
@@ -108,8 +101,7 @@ class SlackListener:
         blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": redact(reply.text)}}]
         if reply.buttons and reply.issued is not None:
             blocks.append(actions_block(reply.buttons, None, reply.issued, self.key))
-        web = self._web()
-        await asyncio.to_thread(lambda: web.chat_postMessage(channel=channel, text=redact(reply.text), blocks=blocks))
+        await asyncio.to_thread(self._web().post, channel, redact(reply.text), blocks)
 
     async def _press(self, payload: dict[str, Any]) -> None:
         channel = payload.get("channel") or {}
@@ -123,19 +115,17 @@ class SlackListener:
         ts = str(message.get("ts", ""))
         text = str(message.get("text") or "")
         blocks = [b for b in message.get("blocks") or [] if b.get("block_id") != _ACTIONS_BLOCK]
-        await asyncio.to_thread(
-            lambda: web.chat_postEphemeral(channel=channel_id, user=user.removeprefix("slack:"), text=step.answer)
-        )
+        await asyncio.to_thread(web.tell, channel_id, user.removeprefix("slack:"), step.answer)
         if step.buttons is not None:
             now_blocks = list(blocks)
             if step.buttons and step.issued is not None:
                 now_blocks.append(actions_block(step.buttons, step.incident, step.issued, self.key))
-            await asyncio.to_thread(lambda: web.chat_update(channel=channel_id, ts=ts, text=text, blocks=now_blocks))
+            await asyncio.to_thread(web.update, channel_id, ts, text, now_blocks)
         if step.run is None:
             return
         what = redact(await step.run())
         done = [*blocks, {"type": "context", "elements": [{"type": "mrkdwn", "text": f"*{what}*"}]}]
-        await asyncio.to_thread(lambda: web.chat_update(channel=channel_id, ts=ts, text=f"{text}\n{what}", blocks=done))
+        await asyncio.to_thread(web.update, channel_id, ts, f"{text}\n{what}", done)
 
 
 def slack_listener(config: Config, dispatcher: Dispatcher) -> SlackListener | None:

@@ -17,24 +17,20 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from telegram import Bot, CallbackQuery, Message, Update
-from telegram.constants import ParseMode
-from telegram.error import Conflict, InvalidToken, TelegramError
-from telegram.request import HTTPXRequest
-
 from healer import operations
-from healer.alerts.telegram import keyboard
 from healer.chat.dispatch import Dispatcher, Reply, Step, listened_chats
-from healer.chatops import button_key
+from healer.chatops import button_key, keyboard
 from healer.config import Config, Secret
-from healer.errors import HealerError
+from healer.errors import DeliveryError, HealerError
 from healer.logging import log_event
 from healer.model import Event, Severity
-from healer.redact import add_secrets, redact
+from healer.redact import redact
+from healer.telegram_api import Other, Pressed, Said, TelegramBot
 
 log = logging.getLogger("healer.chat.telegram")
 
 POLL_TIMEOUT = timedelta(seconds=25)  # how long Telegram holds a getUpdates open
+REQUEST_TIMEOUT = timedelta(seconds=10)  # a reply or an edit; a poll: POLL_TIMEOUT plus this
 MIN_BACKOFF = timedelta(seconds=1)
 MAX_BACKOFF = timedelta(minutes=2)
 OFFSET_KEY = "telegram_offset"  # meta: the next update id to ask for
@@ -58,45 +54,38 @@ class TelegramListener:
         return button_key(self.token.reveal())
 
     async def run(self) -> None:
-        """Poll until cancelled (or until Telegram says another poller owns the token)."""
-        add_secrets(self.token)
-        t = self.poll_timeout.total_seconds()
-        request = HTTPXRequest(connect_timeout=10, read_timeout=10, write_timeout=10, pool_timeout=10)
-        polling = HTTPXRequest(connect_timeout=10, read_timeout=10, write_timeout=10, pool_timeout=10)
-        bot = Bot(self.token.reveal(), base_url=self.api_url, request=request, get_updates_request=polling)
+        """Poll until cancelled (or until Telegram says polling cannot work: another poller on
+        the token, or the token refused)."""
         offset = await asyncio.to_thread(self._offset)
         backoff = self.min_backoff
         failing = False
-        try:
-            while True:
-                try:
-                    updates = await bot.get_updates(
-                        offset=offset, timeout=int(t), allowed_updates=["message", "callback_query"]
-                    )
-                except (Conflict, InvalidToken) as e:
-                    await self._give_up(e)
-                    return
-                except (TelegramError, HealerError, OSError, ValueError) as e:
-                    if not failing:  # said once per outage, not every retry
-                        log_event(log, "chatops.poll_failed", level=logging.WARNING, error=redact(str(e)),
-                                  retry_in=f"{backoff.total_seconds():g}s")  # fmt: skip
-                    failing = True
-                    await asyncio.sleep(backoff.total_seconds())
-                    backoff = min(backoff * 2, MAX_BACKOFF)
-                    continue
-                if failing:
-                    log_event(log, "chatops.poll_recovered")
-                failing, backoff = False, self.min_backoff
-                for u in updates:
-                    offset = u.update_id + 1
-                    await asyncio.to_thread(self._keep_offset, offset)  # before acting: at most once
-                    self._spawn(bot, u)
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
-            with contextlib.suppress(Exception):
-                await request.shutdown()
-                await polling.shutdown()
+        async with TelegramBot(self.token, self.api_url, REQUEST_TIMEOUT) as bot:
+            try:
+                while True:
+                    try:
+                        updates = await bot.updates(offset, self.poll_timeout)
+                    except DeliveryError as e:
+                        if e.permanent:
+                            await self._give_up(str(e))
+                            return
+                        if not failing:  # said once per outage, not every retry
+                            log_event(log, "chatops.poll_failed", level=logging.WARNING, error=str(e),
+                                      retry_in=f"{backoff.total_seconds():g}s")  # fmt: skip
+                        failing = True
+                        await asyncio.sleep(backoff.total_seconds())
+                        backoff = min(backoff * 2, MAX_BACKOFF)
+                        continue
+                    if failing:
+                        log_event(log, "chatops.poll_recovered")
+                    failing, backoff = False, self.min_backoff
+                    for u in updates:
+                        offset = u.update_id + 1
+                        await asyncio.to_thread(self._keep_offset, offset)  # before acting: at most once
+                        if not isinstance(u, Other):
+                            self._spawn(bot, u)
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
 
     def _offset(self) -> int | None:
         from healer.store import Store
@@ -111,72 +100,54 @@ class TelegramListener:
         with Store(self.config.db_path) as store:
             store.set_meta(**{OFFSET_KEY: str(offset)})
 
-    async def _give_up(self, e: TelegramError) -> None:
-        why = (
-            "another healer (or bot client) is polling this bot token: only one poller per token can exist"
-            if isinstance(e, Conflict)
-            else "the bot token was refused"
-        )
-        log_event(log, "chatops.stopped", level=logging.ERROR, platform="telegram", why=why, error=redact(str(e)))
+    async def _give_up(self, why: str) -> None:
+        log_event(log, "chatops.stopped", level=logging.ERROR, platform="telegram", why=why)
         with contextlib.suppress(HealerError):
             await asyncio.to_thread(
                 operations.announce, self.config, Event.CHATOPS_STOPPED, "Telegram commands off",
                 f"{why}; alerts still go out, buttons and commands do nothing here", Severity.WARNING,
             )  # fmt: skip
 
-    def _spawn(self, bot: Bot, update: Update) -> None:
+    def _spawn(self, bot: TelegramBot, update: Said | Pressed) -> None:
         """Handle an update in its own task: a rollback takes minutes, polling goes on."""
         task = asyncio.create_task(self._handle(bot, update))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, bot: Bot, update: Update) -> None:
+    async def _handle(self, bot: TelegramBot, update: Said | Pressed) -> None:
         try:
-            if update.callback_query is not None:
-                await self._press(bot, update.callback_query)
-            elif update.message is not None and (update.message.text or "").startswith("/"):
-                await self._command(bot, update.message)
+            if isinstance(update, Pressed):
+                await self._press(bot, update)
+            elif update.text.startswith("/"):
+                await self._command(bot, update)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # one bad update must not end polling
             log_event(log, "chatops.update_failed", level=logging.WARNING, error=redact(f"{type(e).__name__}: {e}"))
 
-    async def _command(self, bot: Bot, message: Message) -> None:
-        chat = str(message.chat.id)
-        if chat not in self.chats or message.from_user is None:
-            log_event(log, "chatops.ignored", chat=chat)
+    async def _command(self, bot: TelegramBot, said: Said) -> None:
+        if str(said.chat) not in self.chats or said.user is None:
+            log_event(log, "chatops.ignored", chat=str(said.chat))
             return
-        user = f"telegram:{message.from_user.id}"
-        reply: Reply = await self.dispatcher.command(user, message.text or "")
-        markup = None
-        if reply.buttons and reply.issued is not None:
-            markup = keyboard(reply.buttons, None, reply.issued, self.key)
-        await bot.send_message(
-            chat_id=message.chat.id, text=redact(reply.text), reply_markup=markup,
-            reply_to_message_id=message.message_id,
-        )  # fmt: skip
+        reply: Reply = await self.dispatcher.command(f"telegram:{said.user}", said.text)
+        buttons = keyboard(reply.buttons, None, reply.issued, self.key) if reply.issued is not None else ()
+        await bot.send(said.chat, redact(reply.text), html=False, keyboard=buttons, reply_to=said.message_id)
 
-    async def _press(self, bot: Bot, query: CallbackQuery) -> None:
-        message = query.message
-        if not isinstance(message, Message) or str(message.chat.id) not in self.chats:
-            await bot.answer_callback_query(query.id, text="this chat is not listened to")
+    async def _press(self, bot: TelegramBot, pressed: Pressed) -> None:
+        chat, message_id = pressed.chat, pressed.message_id
+        if chat is None or message_id is None or str(chat) not in self.chats:
+            await bot.answer(pressed.query_id, "this chat is not listened to")
             return
-        user = f"telegram:{query.from_user.id}"
-        step: Step = await self.dispatcher.press(user, query.data or "", self.key)
-        await bot.answer_callback_query(query.id, text=redact(step.answer)[:200])
+        user = f"telegram:{pressed.user}"
+        step: Step = await self.dispatcher.press(user, pressed.data, self.key)
+        await bot.answer(pressed.query_id, redact(step.answer))
         if step.buttons is not None:
-            markup = None
-            if step.buttons and step.issued is not None:
-                markup = keyboard(step.buttons, step.incident, step.issued, self.key)
-            await bot.edit_message_reply_markup(chat_id=message.chat.id, message_id=message.message_id,
-                                                reply_markup=markup)  # fmt: skip
+            buttons = keyboard(step.buttons, step.incident, step.issued, self.key) if step.issued is not None else ()
+            await bot.edit(chat, message_id, keyboard=buttons)
         if step.run is None:
             return
         what = await step.run()
-        await bot.edit_message_text(
-            text=f"{message.text_html}\n\n<b>{_escape(redact(what))}</b>", chat_id=message.chat.id,
-            message_id=message.message_id, parse_mode=ParseMode.HTML, reply_markup=None,
-        )  # fmt: skip
+        await bot.edit(chat, message_id, html=f"{pressed.html}\n\n<b>{_escape(redact(what))}</b>")
 
 
 def _escape(text: str) -> str:
