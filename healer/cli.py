@@ -198,7 +198,10 @@ def _results_table(results: tuple[CheckResult, ...], title: str) -> Table:
 
 
 def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
+    """A measured value for a table: 12, 4.3, and a small ratio still readable (0.005, not 0.0)."""
+    if float(v).is_integer():
+        return str(int(v))
+    return f"{v:.1f}" if abs(v) >= 1 else f"{v:.3g}"
 
 
 @cli.command()
@@ -358,7 +361,7 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
             store.reset_baseline(d.id, Who.PERSON, SystemClock().now())
             click.echo(f"baseline of {d.commit[:12]} forgotten; the next healthy cycle sets a new one")
             return
-        ref = reference_data(config, store, d.id)
+        ref = reference_data(config, store, d)
     if as_json:
         click.echo(json.dumps({
             "commit": d.commit,
@@ -381,16 +384,31 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
         click.echo("release before: none with healthy cycles yet (this deploy is judged against its own baseline only)")
         return
     title = f"release before: {ref['release']}, {ref['cycles']} healthy cycles pooled"
-    table = Table(title=title, title_justify="left")
-    for col in ("check", "samples", "median", "p90", "failed requests"):
-        table.add_column(col)
-    for name, c in ref["checks"].items():
-        median, p90 = c["median_ms"], c["p90_ms"]
-        table.add_row(
-            name, str(c["samples"]), "" if median is None else f"{_num(median)} ms",
-            "" if p90 is None else f"{_num(p90)} ms", f"{c['failed']} of {c['requests']}",
-        )  # fmt: skip
-    con.print(table)
+    latency = {name: c for name, c in ref["checks"].items() if "samples" in c}
+    if latency:
+        table = Table(title=title, title_justify="left")
+        for col in ("check", "samples", "median", "p90", "failed requests"):
+            table.add_column(col)
+        for name, c in latency.items():
+            median, p90 = c["median_ms"], c["p90_ms"]
+            table.add_row(
+                name, str(c["samples"]), "" if median is None else f"{_num(median)} ms",
+                "" if p90 is None else f"{_num(p90)} ms", f"{c['failed']} of {c['requests']}",
+            )  # fmt: skip
+        con.print(table)
+    valued = {name: c for name, c in ref["checks"].items() if "values" in c}
+    if valued:
+        # one number per cycle (a Prometheus query): the release before's cycles and their median,
+        # which the deploy's values are judged against, beside the deploy's own first healthy one
+        table = Table(title=None if latency else title, title_justify="left")
+        for col in ("check", "measures", "cycles", "median", f"baseline of {d.commit[:12]}"):
+            table.add_column(col)
+        for name, c in valued.items():
+            base = c["baseline"]
+            table.add_row(
+                name, c["label"], str(c["values"]), f"{c['median']:.4g}", "" if base is None else f"{base:.4g}"
+            )
+        con.print(table)
 
 
 # ---- history -------------------------------------------------------------------------------------

@@ -268,18 +268,20 @@ def release_label(config: Config, commit: str, stable_tag: str | None = None) ->
     return tags[0] if tags else commit[:12]
 
 
-def reference_data(config: Config, store: Store, deploy_id: int) -> dict[str, Any] | None:
+def reference_data(config: Config, store: Store, deploy: Deploy) -> dict[str, Any] | None:
     """The release a deploy is judged against (issue 15): per check, how many samples of its
-    healthy cycles are pooled and what they say (median, p90 latency; requests and failures)."""
+    healthy cycles are pooled and what they say (median, p90 latency; requests and failures),
+    and for a check that measures one number (a Prometheus query), that release's values (one per
+    healthy cycle, their median) beside the deploy's own baseline value."""
     from healer.judge import REFERENCE_CYCLES, reference_of
     from healer.stats import median, percentile
 
-    found = store.reference_cycles(deploy_id, REFERENCE_CYCLES)
+    found = store.reference_cycles(deploy.id, REFERENCE_CYCLES)
     if found is None:
         return None
     before, verdicts = found
     ref = reference_of(verdicts, release_label(config, before.commit, before.stable_tag))
-    checks = {}
+    checks: dict[str, dict[str, Any]] = {}
     for name, samples in ref.samples_ms.items():
         checks[name] = {
             "samples": len(samples),
@@ -288,4 +290,12 @@ def reference_data(config: Config, store: Store, deploy_id: int) -> dict[str, An
             "requests": ref.requests.get(name, 0),
             "failed": ref.errors.get(name, 0),
         }
+    labels = {c.name: getattr(c, "label", "value") for c in config.checks}
+    for name, values in ref.values.items():
+        checks.setdefault(name, {}).update(
+            label=labels.get(name, "value"),
+            values=len(values),
+            median=median(values),
+            baseline=None if deploy.baseline is None else deploy.baseline.value(name, "value"),
+        )
     return {"release": ref.label, "commit": before.commit, "cycles": len(verdicts), "checks": checks}
