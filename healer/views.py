@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from healer.clock import SystemClock
 from healer.config import Config, format_elapsed
+from healer.drift import latency_ms
 from healer.locks import holder
 from healer.model import CheckResult, Deploy
 from healer.notify import overdue_after
@@ -241,13 +242,8 @@ def _baseline_ms(d: Deploy) -> dict[str, float]:
 
 def _latency_ms(results: Iterable[CheckResult]) -> dict[str, float]:
     """Per check, the latency it measured (as judge.baseline_of takes it)."""
-    out: dict[str, float] = {}
-    for r in results:
-        if "latency_ms" in r.values:
-            out[r.name] = r.values["latency_ms"]
-        elif r.latency is not None:
-            out[r.name] = r.latency / timedelta(milliseconds=1)
-    return out
+    measured = {r.name: latency_ms(r) for r in results}
+    return {name: ms for name, ms in measured.items() if ms is not None}
 
 
 def release_label(config: Config, commit: str, stable_tag: str | None = None) -> str:
