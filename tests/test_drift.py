@@ -16,6 +16,7 @@ from healer.checks import probe_context
 from healer.clock import FakeClock
 from healer.config import DriftConfig, parse_config
 from healer.drift import drift_alerts, drifted
+from healer.errors import ConfigError
 from healer.loop import Watchdog
 from healer.model import Baseline, CheckResult, Event, Repair, Rollback, Severity, Verdict
 
@@ -104,6 +105,9 @@ def test_the_drift_settings_are_read_from_escalation_drift() -> None:
                        Path("healer.toml"))  # fmt: skip
     assert cfg.escalation.drift == DriftConfig(factor=2.0, min_increase=timedelta(milliseconds=30), min_cycles=4)
     assert parse_config(table, Path("healer.toml")).escalation.drift == DriftConfig()
+    with pytest.raises(ConfigError) as bad:
+        parse_config({**table, "escalation": {"drift": {"factor": -1}}}, Path("healer.toml"))
+    assert str(bad.value) == "healer.toml: escalation.drift.factor: expected a number at least 0.0, got -1"
 
 
 async def test_a_slowly_drifting_app_gets_one_drift_alert_and_no_action(
