@@ -27,7 +27,7 @@ from healer.config import Config, config_path, format_duration, format_elapsed, 
 from healer.errors import GitError, HealerError, UsageError
 from healer.judge import judge
 from healer.ladder import Attribution
-from healer.model import CheckResult, Outcome, Verdict, Who
+from healer.model import CheckResult, Conclusion, Outcome, Verdict, Who
 from healer.operations import Actor
 from healer.operations import when as _when
 from healer.views import history_rows, reference_data, status_data
@@ -265,13 +265,51 @@ def _process_matches(config: Config) -> tuple[dict[str, list[ProcessMatch]], lis
 # ---- status --------------------------------------------------------------------------------------
 
 
+def _print_fleet(data: dict[str, Any]) -> None:
+    """`healer status --fleet`: who leads since when, then one line per host."""
+    con = _console()
+    now = datetime.fromisoformat(data["now"])
+    lead = data["leader"]
+    if lead is None:
+        head = "nobody has led yet"
+    else:
+        since = datetime.fromisoformat(lead["since"])
+        state = "leads" if lead["live"] else "led (lease expired, a takeover is due)"
+        head = f"{lead['host']} {state} since {_when(since)} ({_ago(since, now)}), epoch {lead['epoch']}"
+    con.print(f"[bold]{data['app']}[/]  fleet of {len(data['hosts'])}: {head}", highlight=False)
+    table = Table(box=None, pad_edge=False)
+    for column in ("host", "release", "last cycle", "health", "seen"):
+        table.add_column(column)
+    for h in data["hosts"]:
+        health = {True: "healthy", False: "[red]FAILING[/]", None: "no cycle yet"}[h["healthy"]]
+        last = None if h["last_cycle_at"] is None else datetime.fromisoformat(h["last_cycle_at"])
+        table.add_row(
+            h["host"] + (" (leader)" if h["leads"] else ""),
+            (h["release"] or "?")[:12],
+            _ago(last, now),
+            health,
+            _ago(datetime.fromisoformat(h["seen_at"]), now),
+        )
+    if data["hosts"]:
+        con.print(table)
+    else:
+        con.print("no host has reported yet: start `healer run` on each")
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--fleet", "of_fleet", is_flag=True, help="Every host of the fleet, and who leads ([fleet]).")
 @click.pass_context
 @handles_errors
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, as_json: bool, of_fleet: bool) -> None:
     """The deploy being watched, its phase, next check, baseline, failures, incident, actions."""
     config = _config(ctx)
+    if of_fleet:
+        from healer.fleet import fleet_status
+
+        fleet = _run(fleet_status(config))
+        click.echo(json.dumps(fleet, indent=2)) if as_json else _print_fleet(fleet)
+        return
     data = status_data(config)
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -301,6 +339,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
             con.print(f"         {lc['summary']}", markup=False, highlight=False)
             if lc.get("cause"):
                 con.print(f"cause    likely {lc['cause']}", markup=False, highlight=False)
+        if lc.get("compared"):
+            con.print(f"vs       {_compared_text(lc['compared'])}", markup=False, highlight=False)
         if lc.get("next_step"):
             con.print(f"then     {lc['next_step']}", markup=False, highlight=False)
     if data.get("deploy_begun_until"):
@@ -335,6 +375,18 @@ def status(ctx: click.Context, as_json: bool) -> None:
         con.print("this deploy is the result of an automatic rollback")
     for a in data.get("last_actions", []):
         con.print(f"action   {a['at'][:19]} {a['kind']} {a['name']} by {a['who']}: {a['outcome']} {a['detail'][:80]}")
+
+
+def _compared_text(compared: list[dict[str, str]]) -> str:
+    """ "stable-1: api latency pass, errors pass; web memory inconclusive (3 reference values,
+    need 5)": a cycle's comparisons with the release before, per check (a failure's evidence is
+    in the summary and `healer history`)."""
+    by_check: dict[str, list[str]] = {}
+    for c in compared:
+        why = f" ({c['why']})" if c["conclusion"] == Conclusion.INCONCLUSIVE else ""
+        by_check.setdefault(c["check"], []).append(f"{c['metric']} {c['conclusion']}{why}")
+    against = ", ".join(dict.fromkeys(c["against"] for c in compared))
+    return f"{against}: " + "; ".join(f"{name} {', '.join(parts)}" for name, parts in by_check.items())
 
 
 # ---- baseline ------------------------------------------------------------------------------------
@@ -384,31 +436,31 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
         click.echo("release before: none with healthy cycles yet (this deploy is judged against its own baseline only)")
         return
     title = f"release before: {ref['release']}, {ref['cycles']} healthy cycles pooled"
-    latency = {name: c for name, c in ref["checks"].items() if "samples" in c}
-    if latency:
+    if ref["checks"]:
         table = Table(title=title, title_justify="left")
         for col in ("check", "samples", "median", "p90", "failed requests"):
             table.add_column(col)
-        for name, c in latency.items():
+        for name, c in ref["checks"].items():
             median, p90 = c["median_ms"], c["p90_ms"]
             table.add_row(
                 name, str(c["samples"]), "" if median is None else f"{_num(median)} ms",
                 "" if p90 is None else f"{_num(p90)} ms", f"{c['failed']} of {c['requests']}",
             )  # fmt: skip
         con.print(table)
-    valued = {name: c for name, c in ref["checks"].items() if "values" in c}
-    if valued:
+    if ref["values"]:
         # one number per cycle (a Prometheus query): the release before's cycles and their median,
         # which the deploy's values are judged against, beside the deploy's own first healthy one
-        table = Table(title=None if latency else title, title_justify="left")
+        table = Table(title=None if ref["checks"] else title, title_justify="left")
         for col in ("check", "measures", "cycles", "median", f"baseline of {d.commit[:12]}"):
             table.add_column(col)
-        for name, c in valued.items():
+        for name, c in ref["values"].items():
             base = c["baseline"]
-            table.add_row(
-                name, c["label"], str(c["values"]), f"{c['median']:.4g}", "" if base is None else f"{base:.4g}"
-            )
+            table.add_row(name, c["label"], str(c["cycles"]), _num(c["median"]), "" if base is None else _num(base))
         con.print(table)
+    for name, m in ref["memory"].items():
+        click.echo(f"{name}: median RSS {_num(m['median_mb'])} MB over {m['cycles']} cycles")
+    for line in ref["inconclusive"]:
+        click.echo(line)
 
 
 # ---- history -------------------------------------------------------------------------------------

@@ -255,6 +255,29 @@ class ServerConfig(Model):
     listen: Annotated[str, Field(pattern=r"^[\w.\-\[\]:]+:\d{1,5}$")] | None = None
 
 
+MIN_LEASE = timedelta(seconds=2)
+
+
+class FleetConfig(Model):
+    """`[fleet]`: several healers, one per host, share the state in PostgreSQL and one of them
+    leads each app (healer/lease.py). Absent: one host, as without PostgreSQL."""
+
+    host: Name | None = None  # this healer's host in the fleet; None: the machine's hostname
+    app: Name | None = None  # whose leadership; None: [app] name
+    # a leader that stops renewing (dead, stopped, cut off) is replaced after this long
+    lease: PositiveDuration = timedelta(seconds=15)
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> FleetConfig:
+        if self.lease < MIN_LEASE:
+            raise PydanticCustomError(
+                "fleet",
+                "lease: expected at least {min} (renewed every third of it), got {got}",
+                {"min": format_duration(MIN_LEASE), "got": format_duration(self.lease)},
+            )
+        return self
+
+
 SeverityName = Literal["info", "warning", "critical"]
 
 
@@ -370,6 +393,13 @@ class ReportConfig(Model):
     sla_target: Percent = 99.9  # percent of the observed time with no open incident
 
 
+class StateConfig(Model):
+    """Where healer keeps its state: the SQLite file under state_dir unless dsn_env names the
+    environment variable holding a PostgreSQL DSN (several hosts sharing one state)."""
+
+    dsn_env: EnvName | None = None
+
+
 class Config(Model):
     """The whole of healer.toml."""
 
@@ -388,15 +418,21 @@ class Config(Model):
     playbooks: PlaybooksConfig = PlaybooksConfig()
     server: ServerConfig = ServerConfig()
     report: ReportConfig = ReportConfig()
+    state: StateConfig = StateConfig()
     # a factory: a default built now would import the channel modules while this one loads
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     chatops: ChatopsConfig = ChatopsConfig()
+    fleet: FleetConfig | None = None
 
     # where the file was read from (set by load_config, not by the user)
     path: Path = Field(default=Path(DEFAULT_CONFIG_NAME), exclude=True)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        if self.fleet is not None and self.state.dsn_env is None:
+            raise PydanticCustomError(
+                "fleet", "fleet: expected [state] dsn_env too (the fleet shares its state in PostgreSQL)", {}
+            )
         seen: set[str] = set()
         for i, c in enumerate(self.checks):
             if c.name in seen:
@@ -512,7 +548,7 @@ _EXPECTED = {
     "model_attributes_type": "expected a table",
     "int_from_float": "expected a whole number",
 }
-_OWN_KINDS = ("duration", "size", "argv", "pattern", "process", "phases", "checks", "channel")
+_OWN_KINDS = ("duration", "size", "argv", "pattern", "process", "phases", "checks", "channel", "fleet")
 
 
 def describe_error(

@@ -7,7 +7,9 @@
     ├── StoreError              the state database cannot be opened or written
     ├── GitError                the app repository cannot be read or changed
     ├── ActionError             a repair action could not run (bad setup, refused)
-    └── DeliveryError           a chat channel refused or failed a message (permanent=...)
+    ├── DeliveryError           a chat channel refused or failed a message (permanent=...)
+    └── FleetError              fleet leadership cannot work here (a transaction pooler)
+        └── Fenced              a leader's write refused: its epoch is no longer the lease's
 
 A message is one line: it names the thing, shows the bad value and says what was expected.
 """
@@ -71,3 +73,17 @@ class DeliveryError(HealerError):
         self.permanent = permanent
         self.retry_after = retry_after
         super().__init__(msg)
+
+
+class FleetError(HealerError):
+    """Fleet leadership cannot be held on this database connection."""
+
+
+class Fenced(FleetError):
+    """A write made for a leader was refused: the lease row no longer carries its epoch, or the
+    lease expired. Nothing of the write's transaction was kept; the leader steps down."""
+
+    def __init__(self, app: str, epoch: int) -> None:
+        self.app = app
+        self.epoch = epoch
+        super().__init__(f"fleet {app}: not written, the lease of epoch {epoch} is no longer held")

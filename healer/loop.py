@@ -21,7 +21,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from healer import gitrepo, repair, rollback
 from healer import report as reports
@@ -83,6 +83,9 @@ from healer.watch import (
     settle_for,
     woken_why,
 )
+
+if TYPE_CHECKING:
+    from healer.fleet import Leadership
 
 log = logging.getLogger("healer")
 T = TypeVar("T")
@@ -217,8 +220,10 @@ class Watchdog:
         alert_sink: AlertSink | None = None,
         liveness: Liveness | None = None,
         heartbeat: Heartbeat | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.config = config
+        self.leadership = leadership  # [fleet]: this host's standing; told of every cycle
         self.store = store
         self.ctx = ctx
         self.clock = clock or SystemClock()
@@ -769,6 +774,8 @@ class Watchdog:
                 self.liveness.beat()
                 if self.heartbeat is not None:
                     self.heartbeat.ping_soon(cycle.verdict.ok)
+                if self.leadership is not None:
+                    await self.leadership.report_cycle(cycle.deploy.commit, cycle.verdict.at, cycle.verdict.ok)
                 phase = phase_at(cycle.deploy.first_seen, now, self.config.schedule)
                 failures = f"{cycle.decision.consecutive_failures}/{self.config.escalation.rollback_after}"
                 notify(f"STATUS={phase.label}; {cycle.verdict.summary()}; failures {failures}")
@@ -911,6 +918,23 @@ class Watchdog:
                 await self._alert(list(after.alerts), deploy, None, after.next_step or "watching")
 
 
+async def _join_fleet(config: Config, clock: Clock | None) -> Leadership | None:
+    """With [fleet], this healer's leadership, its session open (FleetError behind a transaction
+    pooler, StoreError when PostgreSQL cannot be reached: exit 2, nothing started)."""
+    if config.fleet is None:
+        return None
+    from healer import pg
+    from healer.fleet import Leadership
+
+    leadership = Leadership.from_config(config, clock=clock)
+    try:
+        await leadership.start()
+    except (pg.Error, OSError, TimeoutError) as e:
+        msg = f"postgresql {leadership.server.where}: cannot join the fleet: {leadership.server.reason(e)}"
+        raise StoreError(msg) from None
+    return leadership
+
+
 def _with_incident(a: Alert, incident: int | None) -> Alert:
     if a.incident_id is not None or incident is None:
         return a
@@ -934,6 +958,11 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     # `healer status` peeks at the lock (locks.holder) for an instant: wait that out
     lock = FileLock(config.lock_path, "healer run", patience=PEEKED)
     lock.acquire()
+    try:
+        leadership = await _join_fleet(config, clock)
+    except BaseException:
+        lock.release()
+        raise
     store = BufferedStore(config.db_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -967,6 +996,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                 alert_sink=sink,
                 liveness=liveness,
                 heartbeat=heartbeat,
+                leadership=leadership,
             )
             mode = "observe" if dog.observe else "act"
             event("healer.started", app=config.app.name, pid=os.getpid(), mode=mode, checks=len(config.checks))
@@ -980,6 +1010,8 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             sender = asyncio.create_task(alerts.run(stop))
             chat = asyncio.create_task(listen(config))  # chat-ops: beside the loop, never in its way
             runner = asyncio.create_task(dog.run(stop))
+            # [fleet]: take over, renew or follow beside the loop; on stop, a leader hands the lease back
+            fleet = None if leadership is None else asyncio.create_task(leadership.run(stop))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
             notify("STOPPING=1")
@@ -1006,6 +1038,9 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                     await runner
             stopper.cancel()
             chat.cancel()
+            if fleet is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(fleet, 1.0)
             if crashed is not None:
                 log_event(log, "loop.died", level=logging.CRITICAL, error=f"{type(crashed).__name__}: {crashed}")
                 await dog._alert(

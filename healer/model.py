@@ -89,6 +89,48 @@ class ActionNote(enum.StrEnum):
     LOOKED_AT = "interrupted, looked at"  # ... and the next start did (run again, or said why not)
 
 
+class Metric(enum.StrEnum):
+    """What a comparison with the release before compares (healer/judge.py has the rules)."""
+
+    LATENCY = "latency"  # the answered requests' latencies: rank test, factor and floor
+    ERRORS = "errors"  # the share of failed requests: Fisher's exact test, a minimum count and a margin
+    MEMORY = "memory"  # the processes' RSS against the median of the release before's cycles: factor, floor
+    VALUE = "value"  # a check's own number (a Prometheus query) against that median: factor, floor
+
+
+class Conclusion(enum.StrEnum):
+    """How one comparison with the release before came out. The values are stored in the
+    cycles' results: renaming one would leave old rows unreadable."""
+
+    PASS = "pass"  # enough data, and not worse than the release before by the rule's test, factor and floor
+    FAIL = "fail"  # worse by all of them: the check fails with the rule's symptom
+    # not enough data to say (too few samples of the release before): fails nothing, so it
+    # never counts toward a restart or a rollback; recorded and shown
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One check compared with the release before on one metric, in one cycle."""
+
+    metric: Metric
+    conclusion: Conclusion
+    against: str  # the release before, as verdicts name it ("stable-1")
+    why: str  # the evidence ("median 31 ms vs 30 ms"), or what is missing ("4 reference samples, need 20")
+
+    def describe(self, check: str) -> str:
+        """For people: "api: latency inconclusive vs stable-1 (4 reference samples, need 20)"."""
+        return f"{check}: {self.metric} {self.conclusion} vs {self.against} ({self.why})"
+
+    def to_json(self) -> dict[str, str]:
+        return {"metric": str(self.metric), "conclusion": str(self.conclusion), "against": self.against,
+                "why": self.why}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Comparison:
+        return cls(Metric(str(d["metric"])), Conclusion(str(d["conclusion"])), str(d["against"]), str(d["why"]))
+
+
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     """What one check saw in one cycle."""
@@ -107,6 +149,13 @@ class CheckResult:
     # healer could not probe (its own file descriptors or memory ran out, its connection pool
     # was full): says nothing of the app, so it never counts toward a restart or a rollback
     probe_error: bool = False
+    # how the check compared with the release before, per metric (none without a release before)
+    compared: tuple[Comparison, ...] = ()
+
+    @property
+    def inconclusive(self) -> tuple[Comparison, ...]:
+        """The comparisons with the release before that had too little data to say anything."""
+        return tuple(c for c in self.compared if c.conclusion is Conclusion.INCONCLUSIVE)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -123,6 +172,8 @@ class CheckResult:
             d["sample_errors"] = self.sample_errors
         if self.probe_error:
             d["probe_error"] = True
+        if self.compared:
+            d["compared"] = [c.to_json() for c in self.compared]
         return d
 
     @classmethod
@@ -139,6 +190,7 @@ class CheckResult:
             samples_ms=tuple(float(v) for v in d.get("samples_ms") or ()),
             sample_errors=int(d.get("sample_errors") or 0),
             probe_error=bool(d.get("probe_error", False)),
+            compared=tuple(Comparison.from_json(c) for c in d.get("compared") or ()),  # older rows have none
         )
 
 
@@ -162,6 +214,7 @@ class Reference:
     requests: Mapping[str, int]  # check name -> requests sent
     errors: Mapping[str, int]  # check name -> requests that failed
     values: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # check name -> each cycle's `value`
+    rss_mb: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # check name -> each cycle's RSS
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +236,11 @@ class Verdict:
     def unprobed(self) -> tuple[CheckResult, ...]:
         """The checks healer could not probe this cycle (its own failure, not the app's)."""
         return tuple(r for r in self.results if r.probe_error)
+
+    @property
+    def inconclusive(self) -> tuple[str, ...]:
+        """What this cycle could not judge against the release before, said for people."""
+        return tuple(c.describe(r.name) for r in self.results for c in r.inconclusive)
 
     @property
     def symptoms(self) -> tuple[str, ...]:

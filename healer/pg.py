@@ -30,6 +30,7 @@ from healer.schema import read_secret
 # What callers catch, without importing psycopg: any driver error, and a lost connection.
 Error = psycopg.Error
 OperationalError = psycopg.OperationalError
+AsyncConnection = psycopg.AsyncConnection[TupleRow]  # what connect() yields, for type hints
 
 # libpq counts its connect_timeout in whole seconds and ignores values under 2;
 # asyncio.timeout bounds the connect closer than that.

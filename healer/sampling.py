@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from healer.judge import MIN_REFERENCE_SAMPLES, REFERENCE_ALPHA, ComparedToPrevious
-from healer.stats import mann_whitney_greater, median, remove_outliers
+from healer.stats import mann_whitney_greater, median
 
 # A rank test this far from significance says "no slower" clearly (10x REFERENCE_ALPHA) ...
 BORDERLINE_ALPHA = 0.2
@@ -44,15 +44,15 @@ def is_borderline(check: ComparedToPrevious, samples_ms: Sequence[float], pooled
     says a clear no and not all three say a clear yes (the table in the module's docstring)."""
     if len(pooled_ms) < MIN_REFERENCE_SAMPLES or not samples_ms:
         return False  # inconclusive: the judge decides nothing, more samples would not help
-    ref = remove_outliers(pooled_ms)
-    now, before = median(samples_ms), median(ref)
+    # as the judge reads them: the reference whole (ranks and medians are robust to its outliers)
+    now, before = median(samples_ms), median(pooled_ms)
     floor = check.min_latency_increase_vs_previous / timedelta(milliseconds=1)
     factor = check.max_latency_factor_vs_previous
     ratio = now / before if before > 0 else math.inf
     effect = (_read(ratio, factor * MARGIN, factor / MARGIN), _read(now - before, floor * MARGIN, floor / MARGIN))
     if False in effect:
         return False
-    p = mann_whitney_greater(samples_ms, ref).p
+    p = mann_whitney_greater(samples_ms, pooled_ms).p
     if p >= BORDERLINE_ALPHA:
         return False
     return not (p < REFERENCE_ALPHA and all(effect))

@@ -96,19 +96,6 @@ def fisher_greater(errors: int, total: int, ref_errors: int, ref_total: int) -> 
     return min(1.0, tail / denom)
 
 
-def errors_increased(
-    errors: int, total: int, ref_errors: int, ref_total: int, *, alpha: float, min_errors: int
-) -> bool | None:
-    """Whether the error rate rose, by Fisher's exact test at `alpha`, with at least `min_errors`
-    current errors (fewer decide nothing: sparse errors are noise, kayenta #426). None when
-    there is not enough data to say (no requests on one side)."""
-    if total == 0 or ref_total == 0:
-        return None
-    if errors < min_errors:
-        return False
-    return fisher_greater(errors, total, ref_errors, ref_total) < alpha
-
-
 def _ranks(values: Sequence[float]) -> tuple[list[float], list[int]]:
     """Average ranks (1-based) in the input order, and the size of each group of ties."""
     order = sorted(range(len(values)), key=lambda i: values[i])

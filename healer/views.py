@@ -16,7 +16,7 @@ from healer.clock import SystemClock
 from healer.config import Config, format_elapsed
 from healer.drift import latency_ms
 from healer.locks import holder
-from healer.model import CheckResult, Deploy
+from healer.model import CheckResult, Deploy, Verdict
 from healer.notify import overdue_after
 from healer.page import ActionMark, CyclePoint, DeploySpan, IncidentBand, Timeline, Watched
 from healer.schedule import next_due, phase_at
@@ -68,7 +68,7 @@ def status_data(config: Config) -> dict[str, Any]:
         last = store.last_loop_cycle(d.id)
         out["last_cycle"] = None if last is None else {
             "at": last.at.isoformat(), "ok": last.ok, "summary": last.summary,
-            "cause": last.cause, "next_step": last.next_step,
+            "cause": last.cause, "next_step": last.next_step, "compared": compared_json(last.results),
         }  # fmt: skip
         out["deploy_begun_until"] = meta.get("deploy_begun_until")
         out["consecutive_failures"] = d.consecutive_failures
@@ -121,8 +121,13 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
                     "woken": c.woken,
                     "deploy": c.deploy_id,
                     # what each failing check saw, the verdict's own words ("api: median 300 ms
-                    # vs 1.1 ms in stable-1 (…)"): a summary names the symptom, not the evidence
-                    "detail": "; ".join(f"{r.name}: {r.error}" for r in c.results if not r.ok and r.error),
+                    # vs 1.1 ms in stable-1 (…)"): a summary names the symptom, not the evidence;
+                    # and what could not be judged against the release before, for want of data
+                    "detail": "; ".join(
+                        [f"{r.name}: {r.error}" for r in c.results if not r.ok and r.error]
+                        + list(Verdict(c.at, c.results).inconclusive)
+                    ),
+                    "compared": compared_json(c.results),
                 }
             )
         for i in store.incidents(since=start):
@@ -152,6 +157,12 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
         outbox.close()
     rows.sort(key=lambda r: r["at"])
     return rows
+
+
+def compared_json(results: Iterable[CheckResult]) -> list[dict[str, str]]:
+    """Each check's comparisons with the release before (pass, fail, inconclusive), as
+    `healer status --json`, `/status` and `healer history --json` show them."""
+    return [{"check": r.name, **c.to_json()} for r in results for c in r.compared]
 
 
 def launch_window_start(config: Config, now: datetime) -> datetime:
@@ -266,10 +277,11 @@ def release_label(config: Config, commit: str, stable_tag: str | None = None) ->
 
 def reference_data(config: Config, store: Store, deploy: Deploy) -> dict[str, Any] | None:
     """The release a deploy is judged against (issue 15): per check, how many samples of its
-    healthy cycles are pooled and what they say (median, p90 latency; requests and failures),
-    and for a check that measures one number (a Prometheus query), that release's values (one per
-    healthy cycle, their median) beside the deploy's own baseline value."""
-    from healer.judge import REFERENCE_CYCLES, reference_of
+    healthy cycles are pooled and what they say (median, p90 latency; requests and failures;
+    median RSS), and which comparisons it has too little data for (inconclusive until it has); for
+    a check that measures one number (a Prometheus query), that release's values (one per healthy
+    cycle, their median) beside the deploy's own baseline value."""
+    from healer.judge import REFERENCE_CYCLES, reference_of, shortfalls
     from healer.stats import median, percentile
 
     found = store.reference_cycles(deploy.id, REFERENCE_CYCLES)
@@ -286,12 +298,16 @@ def reference_data(config: Config, store: Store, deploy: Deploy) -> dict[str, An
             "requests": ref.requests.get(name, 0),
             "failed": ref.errors.get(name, 0),
         }
+    memory = {name: {"cycles": len(mb), "median_mb": round(median(mb), 3)} for name, mb in ref.rss_mb.items()}
     labels = {c.name: getattr(c, "label", "value") for c in config.checks}
-    for name, values in ref.values.items():
-        checks.setdefault(name, {}).update(
-            label=labels.get(name, "value"),
-            values=len(values),
-            median=median(values),
-            baseline=None if deploy.baseline is None else deploy.baseline.value(name, "value"),
-        )
-    return {"release": ref.label, "commit": before.commit, "cycles": len(verdicts), "checks": checks}
+    values = {
+        name: {
+            "label": labels.get(name, "value"), "cycles": len(vs), "median": median(vs),
+            "baseline": None if deploy.baseline is None else deploy.baseline.value(name, "value"),
+        }
+        for name, vs in ref.values.items()
+    }  # fmt: skip
+    return {
+        "release": ref.label, "commit": before.commit, "cycles": len(verdicts), "checks": checks,
+        "memory": memory, "values": values, "inconclusive": list(shortfalls(config.checks, ref)),
+    }  # fmt: skip

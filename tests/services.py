@@ -88,6 +88,8 @@ class HttpApp:
         self.body = body
         self.routes: dict[str, str] = dict(routes or {})
         self.requests: list[str] = []  # "GET /health", in arrival order
+        self.in_flight = 0  # requests being served right now
+        self.max_in_flight = 0  # the most ever served at once: concurrent clients show here
         self._counter = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -161,6 +163,16 @@ def _handler_for(app: HttpApp) -> type[http.server.BaseHTTPRequestHandler]:
             self._serve()
 
         def _serve(self) -> None:
+            with app._lock:
+                app.in_flight += 1
+                app.max_in_flight = max(app.max_in_flight, app.in_flight)
+            try:
+                self._behave()
+            finally:
+                with app._lock:
+                    app.in_flight -= 1
+
+        def _behave(self) -> None:
             app.requests.append(f"{self.command} {self.path}")
             behaviour = app._behaviour_for(self.path)
             if behaviour == "slow":
@@ -348,6 +360,55 @@ def _run(server: PostgresServer, tool: str, *args: str) -> subprocess.CompletedP
     out = subprocess.PIPE
     return subprocess.run(argv, cwd=server.dir, env=env, stdout=out, stderr=subprocess.STDOUT,
                           text=True, check=False, timeout=120)  # fmt: skip
+
+
+# ---- PgBouncer -------------------------------------------------------------------------------
+
+
+@dataclass
+class PgBouncer:
+    """A pgbouncer of our own in front of a PostgresServer, in a temporary directory."""
+
+    port: int
+    dir: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@{LOCALHOST}:{self.port}/postgres"
+
+    def stop(self) -> None:
+        _terminate(self.process)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_pgbouncer(postgres: PostgresServer, pool_mode: str) -> PgBouncer:
+    """pgbouncer with `pool_mode` (session, transaction, statement) on a free port, trust auth,
+    as the postgres user under root (pgbouncer refuses to run as root)."""
+    binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
+    if binary is None:
+        pytest.fail("pgbouncer is not installed (apt-get install pgbouncer)")
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="healer-pgb-"))
+    (directory / "users.txt").write_text('"postgres" ""\n')
+    (directory / "pgbouncer.ini").write_text(
+        f"[databases]\npostgres = host={LOCALHOST} port={postgres.port} dbname=postgres user=postgres\n"
+        f"[pgbouncer]\nlisten_addr = {LOCALHOST}\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {directory / 'users.txt'}\npool_mode = {pool_mode}\n"
+    )
+    argv = [binary, str(directory / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres", "postgres")
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    log = open(directory / "pgbouncer.log", "wb")  # noqa: SIM115  # the child writes it until it stops
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=directory)
+    log.close()
+    bouncer = PgBouncer(port, directory, process)
+    if not wait_for_port(port, 15):
+        why = _tail(directory / "pgbouncer.log")
+        bouncer.stop()
+        pytest.fail(f"pgbouncer did not listen on port {port} within 15 s: {why}")
+    return bouncer
 
 
 # ---- Prometheus ------------------------------------------------------------------------------

@@ -50,10 +50,8 @@ async def test_a_timeout_kills_the_whole_process_group() -> None:
         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', sys.argv[1]]); "
         "print(p.pid, flush=True); time.sleep(60)"
     )
-    started = time.monotonic()
     with pytest.raises(StepTimedOut, match=r"timed out after 500ms and was killed"):
         await run_argv([sys.executable, "-c", code, mark], timeout=timedelta(milliseconds=500))
-    assert time.monotonic() - started < 5
     time.sleep(0.2)
     orphans = [
         p for p in psutil.process_iter(["cmdline", "status"])

@@ -10,7 +10,7 @@ import pytest
 
 CORE = [
     "schedule", "judge", "decide", "ladder", "stable", "model", "errors", "clock", "playbook", "alerts/message",
-    "stats", "page", "rollback_plan", "aftermath", "alerts/pipeline", "schema", "chatops", "sampling", "drift",
+    "stats", "page", "rollback_plan", "aftermath", "alerts/pipeline", "schema", "chatops", "lease", "sampling", "drift",
 ]  # fmt: skip
 ALLOWED = {
     "healer.model", "healer.errors", "healer.config", "healer.schema", "healer.clock",

@@ -429,12 +429,10 @@ async def test_an_after_command_past_its_timeout_is_killed(
     pidfile = tmp_path / "child.pid"
     hang = sleeper(pidfile)
     config = make_config(tmp_path, repo.path, after=[hang], command_timeout="500ms")
-    started = time.monotonic()
     result = await rollback.run_rollback(
         config=config, ctx=await ctx_for(config), store=store, clock=FakeClock(T0), who=Who.PERSON,
         reason="r",
     )  # fmt: skip
-    assert time.monotonic() - started < 5
     assert not result.ok and "timed out after 500ms (killed)" in result.detail
     pid, deadline = int(pidfile.read_text()), time.monotonic() + 2
     while alive(pid):  # the group was killed; its members end a moment after the one reaped

