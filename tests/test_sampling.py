@@ -43,7 +43,7 @@ SECOND = timedelta(seconds=1)
     [
         pytest.param((52, 48, 51), POOLED, False, id="as-fast-as-before-clear-no"),
         pytest.param((400, 420, 410), POOLED, False, id="8x-slower-all-three-clear-yes"),
-        # one fast sample: factor and floor say yes, the rank test is short of p < 0.02 (p = 0.02x)
+        # one fast sample: factor and floor say yes, the rank test is short of p < 0.02 (p = 0.15)
         pytest.param((160, 45, 170), POOLED, True, id="one-fast-sample-rank-test-borderline"),
         # 1.5x exactly: the factor could fall either side with more samples
         pytest.param((74, 75, 76), POOLED, True, id="median-at-the-factor"),
