@@ -198,7 +198,10 @@ def _results_table(results: tuple[CheckResult, ...], title: str) -> Table:
 
 
 def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
+    """A measured value for a table: 12, 4.3, and a small ratio still readable (0.005, not 0.0)."""
+    if float(v).is_integer():
+        return str(int(v))
+    return f"{v:.1f}" if abs(v) >= 1 else f"{v:.3g}"
 
 
 @cli.command()
@@ -410,7 +413,7 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
             store.reset_baseline(d.id, Who.PERSON, SystemClock().now())
             click.echo(f"baseline of {d.commit[:12]} forgotten; the next healthy cycle sets a new one")
             return
-        ref = reference_data(config, store, d.id)
+        ref = reference_data(config, store, d)
     if as_json:
         click.echo(json.dumps({
             "commit": d.commit,
@@ -433,16 +436,27 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
         click.echo("release before: none with healthy cycles yet (this deploy is judged against its own baseline only)")
         return
     title = f"release before: {ref['release']}, {ref['cycles']} healthy cycles pooled"
-    table = Table(title=title, title_justify="left")
-    for col in ("check", "samples", "median", "p90", "failed requests"):
-        table.add_column(col)
-    for name, c in ref["checks"].items():
-        median, p90 = c["median_ms"], c["p90_ms"]
-        table.add_row(
-            name, str(c["samples"]), "" if median is None else f"{_num(median)} ms",
-            "" if p90 is None else f"{_num(p90)} ms", f"{c['failed']} of {c['requests']}",
-        )  # fmt: skip
-    con.print(table)
+    if ref["checks"]:
+        table = Table(title=title, title_justify="left")
+        for col in ("check", "samples", "median", "p90", "failed requests"):
+            table.add_column(col)
+        for name, c in ref["checks"].items():
+            median, p90 = c["median_ms"], c["p90_ms"]
+            table.add_row(
+                name, str(c["samples"]), "" if median is None else f"{_num(median)} ms",
+                "" if p90 is None else f"{_num(p90)} ms", f"{c['failed']} of {c['requests']}",
+            )  # fmt: skip
+        con.print(table)
+    if ref["values"]:
+        # one number per cycle (a Prometheus query): the release before's cycles and their median,
+        # which the deploy's values are judged against, beside the deploy's own first healthy one
+        table = Table(title=None if ref["checks"] else title, title_justify="left")
+        for col in ("check", "measures", "cycles", "median", f"baseline of {d.commit[:12]}"):
+            table.add_column(col)
+        for name, c in ref["values"].items():
+            base = c["baseline"]
+            table.add_row(name, c["label"], str(c["cycles"]), _num(c["median"]), "" if base is None else _num(base))
+        con.print(table)
     for name, m in ref["memory"].items():
         click.echo(f"{name}: median RSS {_num(m['median_mb'])} MB over {m['cycles']} cycles")
     for line in ref["inconclusive"]:

@@ -134,6 +134,15 @@ class EmergencyConfig(Model):
     confirm_cycles: Annotated[int, Field(ge=2)] = 2
 
 
+class DriftConfig(Model):
+    """A slow drift of latency over the launch window (healer/drift.py): alerted once, never acted on."""
+
+    # the EWMA of a check's passing latencies over this x the deploy's baseline ... (0: off)
+    factor: Annotated[float, Field(ge=0)] = 1.5
+    min_increase: Duration = timedelta(milliseconds=50)  # ... and this much more ...
+    min_cycles: Annotated[int, Field(ge=1, le=1000)] = 10  # ... once this many cycles are in
+
+
 class EscalationConfig(Model):
     rollback_after: Annotated[int, Field(ge=1, le=100)] = 5
     recover_after: Annotated[int, Field(ge=1, le=100)] = 2
@@ -143,6 +152,7 @@ class EscalationConfig(Model):
     deploy_grace: Duration = timedelta(seconds=60)
     mode: Literal["act", "observe"] = "act"
     emergency: EmergencyConfig = EmergencyConfig()
+    drift: DriftConfig = DriftConfig()
 
 
 class ProcessConfig(Model):

@@ -110,10 +110,13 @@ def roles(config: Config) -> dict[str, Role]:
 
 def answered(verdict: Verdict, config: Config) -> bool:
     """Did the app answer at all in this cycle? Any HTTP status is an answer (a 500 too: a
-    broken release is judged at once); another app check answers by passing."""
+    broken release is judged at once); another app check answers by passing. Only a check that
+    asks the app itself (`probes_app`) can say so: a Prometheus query passing may still be
+    reading the release before's requests."""
     role = roles(config)
+    direct = {c.name for c in config.checks if c.probes_app}
     for r in verdict.results:
-        if role.get(r.name, Role.APP) is not Role.APP:
+        if role.get(r.name, Role.APP) is not Role.APP or r.name not in direct:
             continue
         if r.type == "http":
             if r.values.get("status", 0) > 0:

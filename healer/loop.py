@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -45,6 +45,7 @@ from healer.checks import ProbeContext, probe_context, run_checks
 from healer.clock import Clock, SystemClock, stepped
 from healer.config import Config, format_duration, format_elapsed
 from healer.decide import Decision, Situation, decide
+from healer.drift import drift_alerts
 from healer.errors import HealerError, LockedError, StoreError
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
@@ -244,6 +245,9 @@ class Watchdog:
         self._last_cycle: tuple[int, datetime, timedelta] | None = None
         # (deploy id, its reference): the release before's pooled samples, read once per deploy
         self._reference_of: tuple[int, Reference | None] | None = None
+        # (deploy id, its loop cycles so far, oldest first): what drift_alerts reads, from the
+        # store once per deploy and then from memory
+        self._cycles_of: tuple[int, list[Verdict]] | None = None
         # cycles in a row healer could not probe (in memory: a restart of healer only delays
         # the "can't tell" alert by a few cycles)
         self._unprobed_streak = 0
@@ -311,6 +315,23 @@ class Watchdog:
         self._reference_of = (deploy.id, reference)
         return reference
 
+    async def _drift(self, deploy: Deploy, verdict: Verdict) -> tuple[Alert, ...]:
+        """The alerts for a latency that first drifted at this cycle (healer.drift), over the
+        deploy's loop cycles: read from the store once per deploy (a store that cannot be read
+        gives none this cycle and is asked again the next), then kept in memory."""
+        if self._cycles_of is None or self._cycles_of[0] != deploy.id:
+            try:
+                rows = await self._db(self.store.cycles, deploy_id=deploy.id)
+            except StoreError:
+                return ()
+            self._cycles_of = (deploy.id, [Verdict(c.at, c.results) for c in rows if c.who == Who.LOOP])
+        cycles = self._cycles_of[1]
+        cycles.append(verdict)
+        alerts = drift_alerts(cycles, deploy.baseline, self.config.escalation.drift)
+        for a in alerts:
+            event("latency.drifting", detail=a.detail)
+        return alerts
+
     # -- one cycle ---------------------------------------------------------------------------
 
     async def step(self, woken: str | None = None) -> CycleReport:
@@ -318,8 +339,9 @@ class Watchdog:
         await self._announce_verified()
         deploy = await self.current_deploy()
         now, mono = self.clock.now(), self.clock.monotonic()
-        results = await run_checks(self.ctx)
         reference = await self._reference(deploy)
+        # the probes see the reference too: an http check borderline against it samples more
+        results = await run_checks(replace(self.ctx, reference=reference))
         verdict = judge(results, deploy.baseline, self.config.checks, now, reference=reference)
         situation = await self._situation(deploy, verdict, now)
         decision = decide(situation, self.config)
@@ -343,6 +365,7 @@ class Watchdog:
             settled=is_settled,
             woken=woken,
         )
+        drifting = await self._drift(deploy, verdict)
         previous_phase = await self._db(self.store.phase_index, deploy.id)
         opened = await self._db(self.store.record_cycle, deploy.id, verdict, Who.LOOP, update)
         self._last_cycle = (deploy.id, verdict.at, mono)
@@ -361,6 +384,7 @@ class Watchdog:
         alerts: list[Alert] = []
         if previous_phase is not None and previous_phase != phase.index:
             alerts.append(Alert(Event.PHASE_CHANGED, Severity.INFO, phase.label, f"now in {phase.label}"))
+        alerts += drifting
         acting = [i for i in decision.intents if isinstance(i, Repair | Rollback) and not i.observe]
         superseded = False
         if acting:

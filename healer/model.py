@@ -48,6 +48,9 @@ class Event(enum.StrEnum):
     CHATOPS_STOPPED = "chatops.stopped"  # chat commands stopped: another poller owns the bot, or its token is refused
     DEPLOY_BAD = "deploy.bad"  # a commit healer rolled back from is deployed again
     DEPLOY_TAGGED = "deploy.tagged"  # healer tagged the deploy stable: a rollback target
+    # a check's latency crept up over the window, every cycle passing (healer/drift.py): told
+    # once per deploy, nothing restarted or rolled back
+    LATENCY_DRIFTING = "latency.drifting"
     REPORT_DAILY = "report.daily"  # a day of the launch window is over: its report
     REPORT_FINAL = "report.final"  # the launch window is over: its report
     META_LOOP_BEHIND = "meta.loop_behind"  # a cycle ran late: healer itself is slow or was stopped

@@ -170,6 +170,11 @@ class CheckBase(Model):
     hints: ClassVar[Mapping[str, str]] = {}
     # Its probe sends HTTP through `ctx.client_for(name)`: probe_context pools a client for it.
     uses_http: ClassVar[bool] = False
+    # Its probe asks the app itself (a request, its process): passing says the release running
+    # now answers, which ends the deploy grace (healer/ladder.py: answered). False for a check
+    # that reads what another system recorded (a Prometheus query's window still holds the
+    # release before's requests for a while after a deploy).
+    probes_app: ClassVar[bool] = True
 
     if TYPE_CHECKING:  # each subclass declares it as a Literal, the tag pydantic dispatches on
         type: str

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from healer.clock import SystemClock
 from healer.config import Config, format_elapsed
+from healer.drift import latency_ms
 from healer.locks import holder
 from healer.model import CheckResult, Deploy, Verdict
 from healer.notify import overdue_after
@@ -252,13 +253,8 @@ def _baseline_ms(d: Deploy) -> dict[str, float]:
 
 def _latency_ms(results: Iterable[CheckResult]) -> dict[str, float]:
     """Per check, the latency it measured (as judge.baseline_of takes it)."""
-    out: dict[str, float] = {}
-    for r in results:
-        if "latency_ms" in r.values:
-            out[r.name] = r.values["latency_ms"]
-        elif r.latency is not None:
-            out[r.name] = r.latency / timedelta(milliseconds=1)
-    return out
+    measured = {r.name: latency_ms(r) for r in results}
+    return {name: ms for name, ms in measured.items() if ms is not None}
 
 
 def release_label(config: Config, commit: str, stable_tag: str | None = None) -> str:
@@ -279,19 +275,21 @@ def release_label(config: Config, commit: str, stable_tag: str | None = None) ->
     return tags[0] if tags else commit[:12]
 
 
-def reference_data(config: Config, store: Store, deploy_id: int) -> dict[str, Any] | None:
+def reference_data(config: Config, store: Store, deploy: Deploy) -> dict[str, Any] | None:
     """The release a deploy is judged against (issue 15): per check, how many samples of its
     healthy cycles are pooled and what they say (median, p90 latency; requests and failures;
-    median RSS), and which comparisons it has too little data for (inconclusive until it has)."""
+    median RSS), and which comparisons it has too little data for (inconclusive until it has); for
+    a check that measures one number (a Prometheus query), that release's values (one per healthy
+    cycle, their median) beside the deploy's own baseline value."""
     from healer.judge import REFERENCE_CYCLES, reference_of, shortfalls
     from healer.stats import median, percentile
 
-    found = store.reference_cycles(deploy_id, REFERENCE_CYCLES)
+    found = store.reference_cycles(deploy.id, REFERENCE_CYCLES)
     if found is None:
         return None
     before, verdicts = found
     ref = reference_of(verdicts, release_label(config, before.commit, before.stable_tag))
-    checks = {}
+    checks: dict[str, dict[str, Any]] = {}
     for name, samples in ref.samples_ms.items():
         checks[name] = {
             "samples": len(samples),
@@ -301,7 +299,15 @@ def reference_data(config: Config, store: Store, deploy_id: int) -> dict[str, An
             "failed": ref.errors.get(name, 0),
         }
     memory = {name: {"cycles": len(mb), "median_mb": round(median(mb), 3)} for name, mb in ref.rss_mb.items()}
+    labels = {c.name: getattr(c, "label", "value") for c in config.checks}
+    values = {
+        name: {
+            "label": labels.get(name, "value"), "cycles": len(vs), "median": median(vs),
+            "baseline": None if deploy.baseline is None else deploy.baseline.value(name, "value"),
+        }
+        for name, vs in ref.values.items()
+    }  # fmt: skip
     return {
         "release": ref.label, "commit": before.commit, "cycles": len(verdicts), "checks": checks,
-        "memory": memory, "inconclusive": list(shortfalls(config.checks, ref)),
+        "memory": memory, "values": values, "inconclusive": list(shortfalls(config.checks, ref)),
     }  # fmt: skip

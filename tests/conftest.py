@@ -36,7 +36,7 @@ from services import (
 )
 
 from healer.config import parse_config
-from healer.model import CheckResult
+from healer.model import CheckResult, Reference
 from healer.redact import REDACTOR
 
 __all__ = ["free_port"]
@@ -119,12 +119,15 @@ def supervisord() -> Iterator[Callable[..., Supervisord]]:
 
 @pytest.fixture
 def run_probe() -> Callable[..., Awaitable[CheckResult]]:
-    """Run one check, given as its healer.toml table (name defaults to "c"), through run_check."""
+    """Run one check, given as its healer.toml table (name defaults to "c"), through run_check;
+    `reference`: the release before, as the loop hands it to the probes."""
+    from dataclasses import replace
+
     from healer.checks import probe_context, run_check
 
-    async def run(check: dict[str, Any], **sections: Any) -> CheckResult:
+    async def run(check: dict[str, Any], reference: Reference | None = None, **sections: Any) -> CheckResult:
         config = parse_config({"checks": [{"name": "c", **check}], **sections}, Path("healer.toml"))
         async with probe_context(config) as ctx:
-            return await run_check(ctx, config.checks[0])
+            return await run_check(replace(ctx, reference=reference), config.checks[0])
 
     return run

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from services import HttpApp, free_port
 
-from healer.model import CheckResult
+from healer.model import CheckResult, Reference
 
 RunProbe = Callable[..., Awaitable[CheckResult]]
 StartApp = Callable[..., HttpApp]
@@ -195,3 +195,34 @@ async def test_url_credentials_never_appear_in_the_error(run_probe: RunProbe) ->
     r = await run_probe(http(f"http://admin:s3cr3t-pw@127.0.0.1:{free_port()}/health?token=abc123"))
     assert not r.ok
     assert r.error and "s3cr3t-pw" not in r.error and "abc123" not in r.error
+
+
+def _reference(median_ms: float) -> Reference:
+    """The release before: 60 pooled samples within 2.5 % of `median_ms` (check "c")."""
+    samples = tuple(median_ms * (0.975 + (i * 7) % 11 / 200) for i in range(60))
+    return Reference("stable-1", {"c": samples}, {"c": 60}, {"c": 0})
+
+
+async def test_samples_as_fast_as_the_release_before_take_no_more(run_probe: RunProbe, http_app: StartApp) -> None:
+    """Clearly no slower than the release before: the three samples decide."""
+    app = http_app("slow", delay=0.05)
+    r = await run_probe(http(f"{app.url}/health"), reference=_reference(200))
+    assert r.ok and r.values["samples"] == 3 and app.hits == 3
+
+
+async def test_borderline_samples_take_twice_as_many_more(run_probe: RunProbe, http_app: StartApp) -> None:
+    """1.5x the release before's median, the factor's own bar: borderline, so six more requests
+    (nine in all), all kept for the judge."""
+    app = http_app("slow", delay=0.3)
+    r = await run_probe(http(f"{app.url}/health", timeout="10s"), reference=_reference(200))
+    assert r.ok, r.error
+    assert app.hits == 9 and r.values["samples"] == 9 and len(r.samples_ms) == 9
+
+
+async def test_borderline_samples_take_only_what_fits_in_the_timeout(run_probe: RunProbe, http_app: StartApp) -> None:
+    """With 2 s (1.75 s of budget) and 300 ms answers, three samples leave room for one more
+    at 1.5x the slowest: one is taken, and the check still ends within its timeout."""
+    app = http_app("slow", delay=0.3)
+    r = await run_probe(http(f"{app.url}/health", timeout="2s"), reference=_reference(200))
+    assert "http.timeout" not in r.symptoms, r.error
+    assert app.hits == 4 and r.values["samples"] == 4

@@ -115,6 +115,62 @@ def test_baseline_without_state_is_a_clear_error(tmp_path: Path, http_app: Calla
     assert proc.returncode == 2 and "first healthy cycle" in proc.stderr
 
 
+def test_baseline_shows_the_release_befores_prometheus_values_and_the_deploys_own(tmp_path: Path) -> None:
+    """For a Prometheus check, `healer baseline` (and --json) shows how many healthy cycles of
+    the release before gave a value, their median, and the current deploy's own baseline value,
+    beside the http check's pooled latency samples."""
+    from datetime import UTC, datetime, timedelta
+
+    from healer.judge import baseline_of
+    from healer.model import CheckResult, Verdict, Who
+    from healer.store import CycleUpdate, Store
+
+    path = write_config(tmp_path, """
+        state_dir = "state"
+        [app]
+        name = "shop"
+        [[checks]]
+        name = "api"
+        type = "http"
+        url = "http://127.0.0.1:9/health"
+        [[checks]]
+        name = "errors"
+        type = "prometheus"
+        url = "http://127.0.0.1:9090"
+        query = "q"
+        label = "error ratio"
+        min_increase = 0.01
+        """)  # fmt: skip
+    t0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
+
+    def cycle(at: datetime, ratio: float) -> Verdict:
+        api = CheckResult(
+            "api", "http", True, timedelta(milliseconds=5), {"latency_ms": 5.0}, samples_ms=(4.0, 5.0, 6.0)
+        )
+        return Verdict(at, (api, CheckResult("errors", "prometheus", True, values={"value": ratio, "series": 1.0})))
+
+    with Store(tmp_path / "state" / "healer.db") as store:
+        before, _ = store.ensure_deploy("a" * 40, t0)
+        for i, ratio in enumerate([0.002, 0.003, 0.002, 0.004, 0.002]):
+            v = cycle(t0 + timedelta(minutes=i), ratio)
+            store.record_cycle(
+                before.id, v, Who.LOOP, CycleUpdate(0, i + 1, 0, baseline_of(v) if i == 0 else None, None, False)
+            )
+        now, _ = store.ensure_deploy("b" * 40, t0 + timedelta(hours=1))
+        v = cycle(t0 + timedelta(hours=1), 0.005)
+        store.record_cycle(now.id, v, Who.LOOP, CycleUpdate(0, 1, 0, baseline_of(v), None, False))
+    shown = healer("--config", str(path), "baseline")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert f"release before: {'a' * 12}, 5 healthy cycles pooled" in shown.stdout
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in shown.stdout.splitlines() if "│" in line]
+    assert ["errors", "error ratio", "5", "0.002", "0.005"] in cells, shown.stdout
+    assert ["errors", "value=0.005, series=1"] in cells, shown.stdout  # the deploy's own baseline
+    assert ["api", "15", "5 ms", "6 ms", "0 of 15"] in cells, shown.stdout
+    ref = json.loads(healer("--config", str(path), "baseline", "--json").stdout)["reference"]
+    assert ref["values"]["errors"] == {"label": "error ratio", "cycles": 5, "median": 0.002, "baseline": 0.005}
+    assert ref["checks"]["api"]["samples"] == 15 and ref["checks"]["api"]["median_ms"] == 5.0
+
+
 @pytest.mark.parametrize(
     "args",
     [

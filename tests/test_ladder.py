@@ -360,3 +360,22 @@ def test_a_healthy_cycle_right_after_head_moved_is_not_the_new_releases() -> Non
     assert settled(deploy, T0 + 5 * SEC, CONFIG, head_moved=False, ended_commit=None)
     assert settled(deploy, T0 + 5 * SEC, CONFIG, head_moved=True, ended_commit="b" * 40)
     assert settled(replace(deploy, via_rollback=True), T0, CONFIG, head_moved=True, ended_commit=None)
+
+
+def test_a_passing_prometheus_query_is_not_the_app_answering() -> None:
+    """Within deploy_grace, the app's own check down and a Prometheus query passing (its window
+    may still hold the release before's requests) is still "does not answer yet"; a process
+    check that passes, which asks the app itself, is an answer."""
+    prom = {"name": "errors", "type": "prometheus", "url": "http://127.0.0.1:9090", "query": "q", "min_increase": 0.01}
+    proc = {"name": "web", "type": "process", "match": "shop"}
+    cfg = config(checks=[{"name": "api", "type": "http", "url": "http://127.0.0.1:9/health"}, prom, proc])
+    down = CheckResult("api", "http", False, None, {"status": 0.0}, "http.down", ("http.down",))
+    query = CheckResult("errors", "prometheus", True, None, {"value": 0.001})
+    web_up = CheckResult("web", "process", True, None, {"count": 1.0})
+    web_down = CheckResult("web", "process", False, None, {"count": 0.0}, "process.down", ("process.down",))
+    assert not answered(Verdict(T0, (down, query, web_down)), cfg)
+    assert answered(Verdict(T0, (down, query, web_up)), cfg)
+    deploy = Deploy(id=2, commit="b" * 40, first_seen=T0)
+    at = T0 + 10 * SEC
+    text = deploy_grace(deploy, Verdict(at, (down, query, web_down)), at, cfg)
+    assert text is not None and text.startswith("the new release does not answer yet")

@@ -10,12 +10,12 @@ import pytest
 
 CORE = [
     "schedule", "judge", "decide", "ladder", "stable", "model", "errors", "clock", "playbook", "alerts/message",
-    "stats", "page", "rollback_plan", "aftermath", "alerts/pipeline", "schema", "chatops", "lease",
+    "stats", "page", "rollback_plan", "aftermath", "alerts/pipeline", "schema", "chatops", "lease", "sampling", "drift",
 ]  # fmt: skip
 ALLOWED = {
     "healer.model", "healer.errors", "healer.config", "healer.schema", "healer.clock",
     "healer.decide", "healer.ladder", "healer.schedule", "healer.stats",
-    "healer.stable", "healer.rollback_plan", "healer.aftermath",
+    "healer.stable", "healer.rollback_plan", "healer.aftermath", "healer.judge",
 }  # fmt: skip
 # playbook.py holds the frozen types of playbook files, validated like healer.toml; schema.py the
 # pydantic types every model shares (durations, sizes, argv, secrets)

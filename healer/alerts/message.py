@@ -49,6 +49,7 @@ LABELS: Mapping[Event, str] = {
     Event.CHATOPS_STOPPED: "Chat commands off",
     Event.DEPLOY_BAD: "Known-bad commit deployed",
     Event.DEPLOY_TAGGED: "Tagged stable",
+    Event.LATENCY_DRIFTING: "Latency drifting up",
     Event.REPORT_DAILY: "Daily report",
     Event.REPORT_FINAL: "Launch window report",
     Event.META_LOOP_BEHIND: "healer is behind",

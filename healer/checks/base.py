@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from healer.model import CheckResult
+from healer.model import CheckResult, Reference
 from healer.redact import redact
 
 if TYPE_CHECKING:
@@ -27,11 +27,15 @@ _ERROR_MAX = 300
 
 @dataclass(frozen=True, slots=True)
 class ProbeContext:
-    """What probes share within one cycle or run: the config and the HTTP clients."""
+    """What probes share within one cycle or run: the config, the HTTP clients and the release
+    before the deploy being judged."""
 
     config: Config
     http: httpx.AsyncClient  # for the heartbeat, and for http checks not in `http_by_check`
     http_by_check: Mapping[str, httpx.AsyncClient] = field(default_factory=dict)
+    # the release before this deploy (the loop's, set each cycle): an http check whose first
+    # samples are borderline against it takes more (healer/sampling.py)
+    reference: Reference | None = None
 
     def client_for(self, check_name: str) -> httpx.AsyncClient:
         """The client whose connection pool serves this http check."""

@@ -1,4 +1,5 @@
-"""The http check: request a URL `samples` times within the check's timeout (I/O).
+"""The http check: request a URL `samples` times within the check's timeout, and up to three
+times as many when those are borderline against the release before (I/O).
 
 The check passes when a strict majority of samples pass (status, body_contains, json_field);
 its latency is the median of the samples that got an answer. The result keeps each answered
@@ -81,14 +82,36 @@ class _Sample:
 
 
 async def probe(check: HttpCheck, ctx: ProbeContext) -> CheckResult:
-    """Take the samples and judge them against the check's absolute expectations."""
+    """1. Take `samples` samples; 2. when their latency is borderline against the release before
+    (healer/sampling.py decides), take as many more as it says, within the same budget; 3. judge
+    them all against the check's absolute expectations."""
+    # here, not at the top: sampling reads the config's types, and the config imports this module
+    from healer.sampling import extra_samples
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget(check.timeout)
-    samples: list[_Sample] = []
-    for i in range(check.samples):
-        share = (deadline - loop.time()) / (check.samples - i)
-        samples.append(await _sample(ctx.client_for(check.name), check, share))
+    client = ctx.client_for(check.name)
+    samples = await _take(client, check, check.samples, deadline)
+    if ctx.reference is not None:
+        pooled = ctx.reference.samples_ms.get(check.name, ())
+        left = timedelta(seconds=max(0.0, deadline - loop.time()))
+        more = extra_samples(check, check.samples, _latencies_ms(samples), pooled, left)
+        samples += await _take(client, check, more, deadline)
     return _judge(check, samples)
+
+
+async def _take(client: httpx.AsyncClient, check: HttpCheck, n: int, deadline: float) -> list[_Sample]:
+    """`n` requests one after the other, each given its fair share of the time left to `deadline`."""
+    loop = asyncio.get_running_loop()
+    taken: list[_Sample] = []
+    for i in range(n):
+        taken.append(await _sample(client, check, (deadline - loop.time()) / (n - i)))
+    return taken
+
+
+def _latencies_ms(samples: list[_Sample]) -> tuple[float, ...]:
+    """Each answered request's latency, as the judge sees it (`CheckResult.samples_ms`)."""
+    return tuple(round(s.latency * 1000, 3) for s in samples if s.kind != "probe" and s.latency is not None)
 
 
 async def _sample(client: httpx.AsyncClient, check: HttpCheck, timeout: float) -> _Sample:
@@ -262,6 +285,6 @@ def _judge(check: HttpCheck, taken: list[_Sample]) -> CheckResult:
         values=values,
         error=redact("; ".join(errors)) or None,  # details quote the app's and proxies' answers
         symptoms=tuple(symptoms),
-        samples_ms=tuple(round(s.latency * 1000, 3) for s in samples if s.latency is not None),
+        samples_ms=_latencies_ms(samples),
         sample_errors=len(failures),
     )

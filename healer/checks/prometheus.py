@@ -60,6 +60,7 @@ class PrometheusCheck(CheckBase):
     min_increase_vs_previous: _NonNegative
 
     uses_http: ClassVar[bool] = True
+    probes_app: ClassVar[bool] = False  # its query's window still holds the release before's requests
     hints: ClassVar[Mapping[str, str]] = {"url": 'expected the Prometheus server\'s URL like "http://127.0.0.1:9090"'}
 
     @model_validator(mode="before")
