@@ -158,13 +158,20 @@ timeout = "2s"
         self.config.write_text(text)
         return self.config
 
-    def run_healer(self) -> None:
-        with open(self.tmp / "healer.log", "w") as log:
+    def run_healer(self, *, healthy_first: bool = True) -> None:
+        with open(self.tmp / "healer.log", "a") as log:
             self.healer_proc = subprocess.Popen(
                 [*HEALER, "--config", str(self.config), "run"], env=self.env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=log, text=True,
             )  # fmt: skip
-        wait_until(lambda: self.healthy_cycles() >= 1, 20, "a first healthy cycle")
+        if healthy_first:
+            wait_until(lambda: self.healthy_cycles() >= 1, 20, "a first healthy cycle")
+
+    def kill_healer(self) -> None:
+        """kill -9: no clean stop, nothing flushed but what the store already holds."""
+        assert self.healer_proc is not None
+        self.healer_proc.kill()
+        self.healer_proc.wait(10)
 
     def current(self) -> Any:
         """The deploy healer watches now."""
@@ -322,12 +329,15 @@ def test_a_release_many_times_slower_than_the_one_before_is_rolled_back_and_hist
     """Release 1.0 answers in about a millisecond through some healthy cycles (their samples are
     its reference). Release 2.0 answers every request correctly, 300 ms later: under any ceiling
     a user would set, and its own first cycle would be its baseline. Judged against 1.0 from its
-    first cycle, it is rolled back to stable-1, and history says latency, against what."""
+    first cycle, it is rolled back to stable-1, and history says latency, against what. healer is
+    killed (-9) between the two releases: the pooled reference is the store's, not its memory."""
     s = story()
     wait_until(lambda: s.healthy_cycles() >= 8, 40, "release 1.0's reference cycles")
+    s.kill_healer()
     slow = s.release("2.0", delay_ms=300)
     s.stop_app()
     s.start_app()
+    s.run_healer(healthy_first=False)
     wait_until(lambda: s.rows("rollback") and s.rows("rollback")[-1]["outcome"] != "started", 90, "a rollback")
     wait_until(lambda: s.serving() == "1.0", 30, "the stable release serving")
     rollbacks = s.rows("rollback")
