@@ -322,10 +322,11 @@ def choose_repairs(s: Situation, config: Config, att: Attribution | None = None)
         policy = s.playbooks.get(name)
         if policy is None or not policy.runnable:
             continue
-        if policy.restarts_app and partial and set(why.split(", ")) <= {"http.5xx"} and s.deploy.last_ok is not False:
-            # some requests answered 5xx, others fine: noise as often as not (one in ten failing
-            # fails a cycle of three samples 3 % of the time); restart when the next cycle agrees.
-            # A process gone, a wedge or every request failing is acted on at once.
+        if policy.restarts_app and partial and set(why.split(", ")) <= _PARTLY and s.deploy.last_ok is not False:
+            # some requests failed (5xx, or no answer in time), others were answered correctly:
+            # the app is neither crashed nor wedged, and the probe already sampled more before
+            # failing it (healer/sampling.py); restart when the next cycle agrees. A process
+            # gone, a wedge or every request failing is acted on at once.
             skipped.append(f"{name} waits for a second failing cycle (only some requests failed)")
             continue
         runs = [r for r in s.repairs if r.name == name and r.note != "cap"]
@@ -360,9 +361,13 @@ def choose_repairs(s: Situation, config: Config, att: Attribution | None = None)
     return RepairChoice(out, skipped, pending)
 
 
+# The http symptoms a partly failing cycle can show that a restart would otherwise answer at once.
+_PARTLY = frozenset({"http.5xx", "http.timeout", "http.down"})
+
+
 def _partial_errors(results: Sequence[CheckResult]) -> bool:
-    """Did an http check fail on 5xx while some of its requests still passed?"""
-    return any("http.5xx" in r.symptoms and r.values.get("samples_ok", 0) > 0 for r in results if not r.ok)
+    """Did an http check fail on its requests while some of them still passed?"""
+    return any(_PARTLY & set(r.symptoms) and r.values.get("samples_ok", 0) > 0 for r in results if not r.ok)
 
 
 def emergency_reasons(v: Verdict, config: Config) -> list[str]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Protocol, TypeGuard
@@ -125,6 +125,38 @@ class ValueComparedToPrevious(Protocol):
     def max_factor_vs_previous(self) -> float: ...
     @property
     def min_increase_vs_previous(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyEffect:
+    """A cycle's latency against the release before's as the judge reads it (the median of
+    each, the reference whole: medians are robust to its outliers), and the two bars the effect
+    must clear: `factor` times as slow and `floor` ms more (`max_latency_factor_vs_previous`,
+    `min_latency_increase_vs_previous`). healer/sampling.py reads the same numbers."""
+
+    now: float  # ms, this cycle's median
+    before: float  # ms, the release before's median
+    factor: float
+    floor: float  # ms
+
+    @property
+    def ratio(self) -> float:
+        return self.now / self.before if self.before > 0 else math.inf
+
+    @property
+    def increase(self) -> float:
+        return self.now - self.before
+
+    @property
+    def slower(self) -> bool:
+        """Both bars cleared: as many times slower as the factor says, and the floor more."""
+        return self.ratio >= self.factor and self.increase >= self.floor
+
+
+def latency_effect(check: ComparedToPrevious, samples_ms: Sequence[float], pooled_ms: Sequence[float]) -> LatencyEffect:
+    """This cycle's samples against the release before's pooled ones, with the check's bars."""
+    floor = check.min_latency_increase_vs_previous / timedelta(milliseconds=1)
+    return LatencyEffect(median(samples_ms), median(pooled_ms), check.max_latency_factor_vs_previous, floor)
 
 
 @cache
@@ -262,11 +294,11 @@ def _against_reference(r: CheckResult, check: ComparedToPrevious, reference: Ref
     short = _too_few(Metric.LATENCY, reference, r.name)
     if short is not None:
         return _compared(r, short, slow)
-    now, before = median(r.samples_ms), median(pooled)
+    effect = latency_effect(check, r.samples_ms, pooled)
+    now, before = effect.now, effect.before
     seen = f"median {_ms(now)} ms vs {_ms(before)} ms"
     counts = f"{len(r.samples_ms)} vs {len(pooled)} samples"
-    floor = check.min_latency_increase_vs_previous / timedelta(milliseconds=1)
-    if now < before * check.max_latency_factor_vs_previous or now - before < floor:
+    if not effect.slower:
         return _compared(r, Comparison(Metric.LATENCY, Conclusion.PASS, reference.label, f"{seen}, {counts}"), slow)
     # the rank test and the median need no outlier removal (ranks and medians are robust to
     # them); removing them from the reference alone made a release drawn from the same heavy-
@@ -280,7 +312,7 @@ def _against_reference(r: CheckResult, check: ComparedToPrevious, reference: Ref
     # times slower, and whether every sample of the cycle was slower than the reference's slowest
     # ordinary one (its outliers beyond 1.5 IQR removed, as Kayenta's IQRDetector does)
     evidence = {
-        "vs_previous_ratio": round(now / before, 3) if before > 0 else math.inf,
+        "vs_previous_ratio": round(effect.ratio, 3),
         "vs_previous_all_slower": float(min(r.samples_ms) > max(remove_outliers(pooled))),
     }
     return _compared(r, Comparison(Metric.LATENCY, Conclusion.FAIL, reference.label, why), slow, evidence)

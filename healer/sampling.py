@@ -1,30 +1,39 @@
-"""How many more requests an http check sends when its first samples are borderline against the
-release before (pure).
+"""How many more requests an http check sends when its first samples are borderline (pure).
 
-The judge (healer/judge.py) fails a check's latency against the release before only when three
-things agree: the rank test, the median's ratio and the floor. On the few samples of one cycle
-each can fall either side by chance, so each is read as a clear yes, a clear no, or borderline:
+Three samples a cycle are few: each of the judge's readings of them can fall either side by
+chance. Where one could, the probe takes up to EXTRA_ROUNDS x `samples` more requests (three
+times as many in all), no more than fit in what is left of the check's timeout at the slowest
+latency seen, and the check and the judge decide on them all instead of guessing.
+
+Errors. A cycle whose requests partly failed (1 or 2 of 3) is borderline: the app answered some
+correctly, so it is neither crashed nor wedged, and whether most of its requests fail (the
+http check's majority rule) or a few do at random (a healthy app's noise) is what more samples
+tell; the share is then judged over all of them. A cycle whose every request failed decides at
+once (a crash is refused, a wedge times out, a broken release answers 500 to all), unless every
+failure was an HTTP answer and the release before failed some of its requests too: then a
+cycle of only failures can be that release's random errors falling together (1 cycle in 1,000 at
+10 % errors), and more samples tell.
+
+Latency against the release before (healer/judge.py fails it only when the rank test, the
+median's ratio and the floor agree), each read as a clear yes, a clear no, or borderline:
 
     rank test  yes: p < REFERENCE_ALPHA               no: p >= BORDERLINE_ALPHA
     factor     yes: ratio >= factor x MARGIN          no: ratio < factor / MARGIN
     floor      yes: increase >= floor x MARGIN        no: increase < floor / MARGIN
 
-The cycle is decided when one of them says a clear no (the check passes whatever more samples
-would say: an app as fast as the release before is not sampled more) or all three a clear yes.
-Otherwise it is borderline, and the probe takes up to EXTRA_ROUNDS x `samples` more requests
-(three times as many in all), no more than fit in what is left of the check's timeout at the
-slowest latency seen, so the judge decides on them instead of guessing. Without a conclusive
-reference (fewer than MIN_REFERENCE_SAMPLES) or an answered sample, nothing more is taken.
+It is decided when one of them says a clear no (an app as fast as the release before is not
+sampled more) or all three a clear yes; otherwise it is borderline. Without a conclusive
+reference (fewer than MIN_REFERENCE_SAMPLES) or an answered sample, latency takes nothing more.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
-from healer.judge import MIN_REFERENCE_SAMPLES, REFERENCE_ALPHA, ComparedToPrevious
-from healer.stats import mann_whitney_greater, median
+from healer.judge import MIN_REFERENCE_SAMPLES, REFERENCE_ALPHA, ComparedToPrevious, latency_effect
+from healer.stats import mann_whitney_greater
 
 # A rank test this far from significance says "no slower" clearly (10x REFERENCE_ALPHA) ...
 BORDERLINE_ALPHA = 0.2
@@ -39,17 +48,41 @@ EXTRA_ROUNDS = 2
 _HEADROOM = 1.5
 
 
+@dataclass(frozen=True, slots=True)
+class FirstSamples:
+    """What a cycle's first requests showed, as the check and the judge read them."""
+
+    requests: int  # sent and judged (healer's own failures to send one left out)
+    failed: int  # of those, failed: a wrong status or body, refused, no answer in time
+    latencies_ms: tuple[float, ...]  # each request that got an HTTP answer (`CheckResult.samples_ms`)
+
+    @property
+    def all_answered(self) -> bool:
+        """Every request got an HTTP answer (none refused, timed out or garbled)."""
+        return len(self.latencies_ms) == self.requests
+
+
+def errors_borderline(first: FirstSamples, errors_before: int) -> bool:
+    """Whether more samples could change what the errors say: some but not all requests failed,
+    or all failed with HTTP answers while the release before also failed `errors_before` of its
+    requests (the module's docstring)."""
+    if not first.failed:
+        return False
+    if first.failed < first.requests:
+        return True
+    return errors_before > 0 and first.all_answered
+
+
 def is_borderline(check: ComparedToPrevious, samples_ms: Sequence[float], pooled_ms: Sequence[float]) -> bool:
-    """Whether more samples could change the judge's verdict against the release before: no test
-    says a clear no and not all three say a clear yes (the table in the module's docstring)."""
+    """Whether more samples could change the judge's latency verdict against the release before:
+    no test says a clear no and not all three say a clear yes (the table in the module's docstring)."""
     if len(pooled_ms) < MIN_REFERENCE_SAMPLES or not samples_ms:
         return False  # inconclusive: the judge decides nothing, more samples would not help
-    # as the judge reads them: the reference whole (ranks and medians are robust to its outliers)
-    now, before = median(samples_ms), median(pooled_ms)
-    floor = check.min_latency_increase_vs_previous / timedelta(milliseconds=1)
-    factor = check.max_latency_factor_vs_previous
-    ratio = now / before if before > 0 else math.inf
-    effect = (_read(ratio, factor * MARGIN, factor / MARGIN), _read(now - before, floor * MARGIN, floor / MARGIN))
+    e = latency_effect(check, samples_ms, pooled_ms)
+    effect = (
+        _read(e.ratio, e.factor * MARGIN, e.factor / MARGIN),
+        _read(e.increase, e.floor * MARGIN, e.floor / MARGIN),
+    )
     if False in effect:
         return False
     p = mann_whitney_greater(samples_ms, pooled_ms).p
@@ -66,13 +99,20 @@ def _read(value: float, yes_from: float, no_under: float) -> bool | None:
 
 
 def extra_samples(
-    check: ComparedToPrevious, samples: int, samples_ms: Sequence[float], pooled_ms: Sequence[float], left: timedelta
+    check: ComparedToPrevious,
+    samples: int,
+    first: FirstSamples,
+    pooled_ms: Sequence[float],
+    errors_before: int,
+    left: timedelta,
 ) -> int:
-    """How many more requests to send: none unless borderline (`is_borderline`); then up to
-    EXTRA_ROUNDS x `samples` (the check's configured count), as many as fit in `left` (what
-    remains of the check's budget) at _HEADROOM x the slowest latency seen."""
-    if not is_borderline(check, samples_ms, pooled_ms):
+    """How many more requests to send: none unless the errors (`errors_borderline`, against the
+    `errors_before` failed requests of the release before) or the latency (`is_borderline`,
+    against its `pooled_ms`) are borderline; then up to EXTRA_ROUNDS x `samples` (the check's
+    configured count), as many as fit in `left` (what remains of the check's budget) at
+    _HEADROOM x the slowest latency seen."""
+    if not (errors_borderline(first, errors_before) or is_borderline(check, first.latencies_ms, pooled_ms)):
         return 0
-    slowest = max(max(samples_ms), 1.0) * _HEADROOM
+    slowest = max((*first.latencies_ms, 1.0)) * _HEADROOM
     fit = int(left / timedelta(milliseconds=1) // slowest)
     return max(0, min(EXTRA_ROUNDS * samples, fit))

@@ -113,3 +113,23 @@ def test_the_kayenta_classifier_flags_an_increase_and_passes_sparse_errors(
 ) -> None:
     """Mann-Whitney's interval: a shift above its bound is High; mostly-zero differences are not."""
     assert judgement.is_high(canary, baseline) is high
+
+
+def test_healers_probe_in_the_replay_samples_a_partly_failed_cycle_more() -> None:
+    """As the real probe does (healer.sampling): a cycle whose first requests partly failed takes
+    six more from the cycle's spare requests (the same app, the same distribution) and is judged
+    on the nine; the frozen rules' probe (no extra sampling) stays at three and fails."""
+    ok, err = judgement.Sample(200, 30.0), judgement.Sample(500, 30.0)
+    obs = judgement.Observation(0, (err, ok, err), True, 200.0, True, spare=(ok,) * judgement.SPARE)
+    api = judgement.check_results(obs, sample_more=True)[0]
+    assert api.ok and api.values["samples"] == 9 and api.sample_errors == 2
+    api = judgement.check_results(obs)[0]
+    assert not api.ok and api.values["samples"] == 3
+
+
+def test_every_cycle_has_its_spare_requests_drawn_apart_from_the_first() -> None:
+    """Each cycle of a window carries SPARE further draws besides its SAMPLES first ones (all a
+    peer sees); they come from a stream of their own (draw_window)."""
+    w = draw_window(CLASSES["noise-10%"], 7, 3)
+    assert len(w.spare) == w.cycles and all(len(c) == judgement.SPARE for c in w.spare)
+    assert all(len(c) == judgement.SAMPLES for c in w.noise) and w.spare != w.noise

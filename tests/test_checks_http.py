@@ -92,29 +92,74 @@ async def test_slow_answers_under_the_ceiling_pass(run_probe: RunProbe, http_app
     assert r.values["latency_ms"] >= 100
 
 
-async def test_one_failed_sample_in_three_still_passes(run_probe: RunProbe, http_app: StartApp) -> None:
-    """A flaky app failing one request in three passes: most samples passed."""
+async def test_one_failed_request_in_three_is_sampled_more_and_passes(run_probe: RunProbe, http_app: StartApp) -> None:
+    """A flaky app failing one request in three is borderline on three samples: six more are
+    taken, and the check passes on the nine (most passed)."""
     app = http_app("flaky", fail_ratio=1 / 3)
     r = await run_probe(http(app.url))
     assert r.ok, r.error
-    assert r.values["samples_ok"] == 2 and r.values["status"] == 200
+    assert app.hits == 9 and r.values["samples"] == 9
+    assert r.values["samples_ok"] == 6 and r.values["status"] == 200
 
 
-async def test_two_failed_samples_in_three_fail(run_probe: RunProbe, http_app: StartApp) -> None:
-    """A flaky app failing two requests in three fails with `http.status` and `http.5xx`."""
+async def test_two_failed_requests_in_three_fail_over_all_samples(run_probe: RunProbe, http_app: StartApp) -> None:
+    """A flaky app failing two requests in three is sampled more and still fails, on the nine,
+    with `http.status` and `http.5xx`."""
     app = http_app("flaky", fail_ratio=2 / 3)
     r = await run_probe(http(app.url))
     assert not r.ok
     assert r.symptoms == ("http.status", "http.5xx")
-    assert r.values["samples_ok"] == 1 and r.values["status"] == 500
+    assert r.values["samples"] == 9 and r.values["samples_ok"] == 3 and r.values["status"] == 500
+    assert r.error is not None and r.error.startswith("6 of 9 samples failed")
+
+
+async def test_an_app_failing_one_request_in_ten_is_sampled_more_and_passes(
+    run_probe: RunProbe, http_app: StartApp
+) -> None:
+    """A real app answering 500 to one request in ten (its 10th, 20th, ...): the cycle whose first
+    request is a 500 is borderline, takes six more requests, and passes on the share over all
+    nine (1 failed); the cycles before it took three and passed."""
+    app = http_app("flaky", fail_ratio=0.1)
+    for _ in range(3):  # requests 1-9 all pass: nothing borderline, three each
+        hits = app.hits
+        r = await run_probe(http(app.url))
+        assert r.ok and app.hits - hits == 3 and r.values["samples"] == 3
+    r = await run_probe(http(app.url))  # request 10 is the 500
+    assert r.ok, r.error
+    assert app.hits == 18 and r.values["samples"] == 9 and r.values["samples_ok"] == 8 and r.sample_errors == 1
+
+
+@pytest.mark.parametrize(
+    ("errors_before", "requests"),
+    [
+        pytest.param(None, 3, id="no-release-before"),
+        pytest.param(0, 3, id="release-before-never-failed"),
+        # the release before failed some requests too: 3 of 3 could be its noise, so 6 more say not
+        pytest.param(6, 9, id="release-before-failed-some"),
+    ],
+)
+async def test_an_app_answering_500_to_every_request_fails_in_one_cycle(
+    run_probe: RunProbe, http_app: StartApp, errors_before: int | None, requests: int
+) -> None:
+    """Every request 500 fails the check in its first cycle; no extra request is spent on it
+    unless the release before also failed some of its requests (then all nine fail)."""
+    app = http_app("error500")
+    reference = None
+    if errors_before is not None:
+        reference = Reference(
+            "stable-1", {"c": tuple(30.0 + i % 5 for i in range(60))}, {"c": 60}, {"c": errors_before}
+        )
+    r = await run_probe(http(app.url), reference=reference)
+    assert not r.ok and r.symptoms == ("http.status", "http.5xx")
+    assert app.hits == requests and r.values["samples"] == requests and r.values["samples_ok"] == 0
 
 
 async def test_raw_samples_are_kept_and_survive_json(run_probe: RunProbe, http_app: StartApp) -> None:
     """Each answered sample's latency and the failed count are kept, through to_json and back."""
     app = http_app("flaky", fail_ratio=2 / 3)
     r = await run_probe(http(app.url))
-    assert len(r.samples_ms) == 3 and all(ms > 0 for ms in r.samples_ms)
-    assert r.sample_errors == 2
+    assert len(r.samples_ms) == 9 and all(ms > 0 for ms in r.samples_ms)  # partly failed: sampled more
+    assert r.sample_errors == 6
     assert CheckResult.from_json(r.to_json()) == r
 
 

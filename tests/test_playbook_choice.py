@@ -227,3 +227,25 @@ def test_some_requests_answering_5xx_restart_only_when_a_second_cycle_agrees() -
     assert choose(1, last_ok=True) == []
     assert choose(1, last_ok=False) == ["process-restart"]
     assert choose(0, last_ok=True) == ["process-restart"]
+
+
+@pytest.mark.parametrize(
+    ("samples_ok", "symptoms", "restarts"),
+    [
+        # one request answered in time, two did not (a heavy-tailed pause): not a wedge
+        pytest.param(1, ("http.timeout",), False, id="partly-timed-out-waits"),
+        pytest.param(1, ("http.down",), False, id="partly-refused-waits"),
+        pytest.param(0, ("http.timeout",), True, id="every-request-timed-out-is-a-wedge"),
+        # the process gone as well: a crash, acted on at once whatever the requests did
+        pytest.param(1, ("http.down", "process.down"), True, id="process-down-too"),
+    ],
+)
+def test_partly_failed_requests_of_any_kind_wait_for_a_second_failing_cycle(
+    samples_ok: float, symptoms: tuple[str, ...], restarts: bool
+) -> None:
+    """The app answered some requests correctly, so it is neither crashed nor wedged: a first
+    failing cycle of partly failed requests (5xx, timeouts, refused) does not restart it."""
+    r = CheckResult("api", "http", False, None, {"samples_ok": samples_ok}, "no answer", symptoms)
+    deploy = Deploy(id=1, commit="a" * 40, first_seen=NOW - timedelta(hours=1), last_ok=True)
+    s = Situation(deploy=deploy, verdict=Verdict(NOW, (r,)), now=NOW, playbooks=policies(DEFAULT))
+    assert names(choose_repairs(s, DEFAULT).intents) == (["process-restart"] if restarts else [])

@@ -1,5 +1,6 @@
 """The http check: request a URL `samples` times within the check's timeout, and up to three
-times as many when those are borderline against the release before (I/O).
+times as many when those are borderline: partly failed, or near the bars against the release
+before (I/O).
 
 The check passes when a strict majority of samples pass (status, body_contains, json_field);
 its latency is the median of the samples that got an answer. The result keeps each answered
@@ -27,9 +28,12 @@ from healer.redact import redact
 from healer.schema import CheckBase, Duration, Factor, Percent, PositiveDuration, format_duration
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import httpx
 
     from healer.checks.base import ProbeContext
+    from healer.sampling import FirstSamples
 
 # A health body is small; read no more than this of it.
 _BODY_MAX = 1 << 20
@@ -82,9 +86,9 @@ class _Sample:
 
 
 async def probe(check: HttpCheck, ctx: ProbeContext) -> CheckResult:
-    """1. Take `samples` samples; 2. when their latency is borderline against the release before
-    (healer/sampling.py decides), take as many more as it says, within the same budget; 3. judge
-    them all against the check's absolute expectations."""
+    """1. Take `samples` samples; 2. when they are borderline (partly failed, or their latency
+    near the bars against the release before: healer/sampling.py decides), take as many more as
+    it says, within the same budget; 3. judge them all against the check's absolute expectations."""
     # here, not at the top: sampling reads the config's types, and the config imports this module
     from healer.sampling import extra_samples
 
@@ -92,12 +96,20 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> CheckResult:
     deadline = loop.time() + budget(check.timeout)
     client = ctx.client_for(check.name)
     samples = await _take(client, check, check.samples, deadline)
-    if ctx.reference is not None:
-        pooled = ctx.reference.samples_ms.get(check.name, ())
-        left = timedelta(seconds=max(0.0, deadline - loop.time()))
-        more = extra_samples(check, check.samples, _latencies_ms(samples), pooled, left)
-        samples += await _take(client, check, more, deadline)
+    ref = ctx.reference
+    pooled, errors_before = (ref.samples_ms.get(check.name, ()), ref.errors.get(check.name, 0)) if ref else ((), 0)
+    left = timedelta(seconds=max(0.0, deadline - loop.time()))
+    more = extra_samples(check, check.samples, first_samples(samples), pooled, errors_before, left)
+    samples += await _take(client, check, more, deadline)
     return _judge(check, samples)
+
+
+def first_samples(taken: Sequence[_Sample]) -> FirstSamples:
+    """What the requests that left healer showed, for healer/sampling.py (the bench reads it too)."""
+    from healer.sampling import FirstSamples  # here, not at the top: as in probe()
+
+    sent = [s for s in taken if s.kind != "probe"]
+    return FirstSamples(len(sent), sum(s.kind != "ok" for s in sent), _latencies_ms(sent))
 
 
 async def _take(client: httpx.AsyncClient, check: HttpCheck, n: int, deadline: float) -> list[_Sample]:
@@ -109,7 +121,7 @@ async def _take(client: httpx.AsyncClient, check: HttpCheck, n: int, deadline: f
     return taken
 
 
-def _latencies_ms(samples: list[_Sample]) -> tuple[float, ...]:
+def _latencies_ms(samples: Sequence[_Sample]) -> tuple[float, ...]:
     """Each answered request's latency, as the judge sees it (`CheckResult.samples_ms`)."""
     return tuple(round(s.latency * 1000, 3) for s in samples if s.kind != "probe" and s.latency is not None)
 
