@@ -627,8 +627,7 @@ def check_results(
     http, left = _requests(obs.samples, budget(_API.timeout))
     if sample_more:
         pooled = reference.samples_ms.get(_API.name, ()) if reference else ()
-        errors_before = reference.errors.get(_API.name, 0) if reference else 0
-        more = extra_samples(_API, _API.samples, first_samples(http), pooled, errors_before, timedelta(seconds=left))
+        more = extra_samples(_API, _API.samples, first_samples(http), pooled, timedelta(seconds=left))
         http += _requests(obs.spare[:more], left)[0]
     web = _WEB_DOWN
     if obs.process_up:
@@ -1084,15 +1083,13 @@ def goals(r: Replay, policy: str = "healer") -> dict[str, dict[str, Any]]:
 # What healer does against noisy 5xx today, and the case it leaves (for the `why` of a missed goal).
 _WHY_RESTARTS = (
     "healer's http probe samples a cycle more (up to 9 requests, within its timeout) when its requests partly "
-    "failed, or all failed with HTTP answers while the release before failed some of its pooled requests too, and "
+    "failed, or all failed with HTTP answers (a broken release, or random 500s falling together), and "
     "the check judges the share over all of them (healer/sampling.py); a restart for partly failed requests waits "
     "for a second failing cycle (healer/decide.py)."
 )
 _WHY_RESTART_LEFT = (
-    "What is left: a cycle whose 3 requests all answered 500 at "
-    "random while the release before's 60 pooled requests had none (at 5 % errors about 1 window in 20 has such a "
-    "clean reference, and then 3 of 3 fail 1 cycle in 8,000) reads as a broken release, as a bad deploy's first "
-    "cycle does, and is restarted at once: sampling more there would spend 6 requests on every broken release."
+    "What is left: the majority of 9 requests failing at random in two cycles in a row (at 10 % errors about "
+    "1 cycle in 1,000 fails, so two in a row about 1 window in 25,000)."
 )
 
 

@@ -8,11 +8,11 @@ latency seen, and the check and the judge decide on them all instead of guessing
 Errors. A cycle whose requests partly failed (1 or 2 of 3) is borderline: the app answered some
 correctly, so it is neither crashed nor wedged, and whether most of its requests fail (the
 http check's majority rule) or a few do at random (a healthy app's noise) is what more samples
-tell; the share is then judged over all of them. A cycle whose every request failed decides at
-once (a crash is refused, a wedge times out, a broken release answers 500 to all), unless every
-failure was an HTTP answer and the release before failed some of its requests too: then a
-cycle of only failures can be that release's random errors falling together (1 cycle in 1,000 at
-10 % errors), and more samples tell.
+tell; the share is then judged over all of them. A cycle whose every request was refused or
+timed out decides at once (a crash, a wedge). One whose every request got a failing HTTP answer
+(500 to all) is sampled more too: it is a broken release, or a healthy app's random errors
+falling together (1 cycle in 8,000 at 5 % errors, 1 in 1,000 at 10 %), and the extra requests
+tell which for the price of a few requests a broken release answers at once.
 
 Latency against the release before (healer/judge.py fails it only when the rank test, the
 median's ratio and the floor agree), each read as a clear yes, a clear no, or borderline:
@@ -62,15 +62,12 @@ class FirstSamples:
         return len(self.latencies_ms) == self.requests
 
 
-def errors_borderline(first: FirstSamples, errors_before: int) -> bool:
+def errors_borderline(first: FirstSamples) -> bool:
     """Whether more samples could change what the errors say: some but not all requests failed,
-    or all failed with HTTP answers while the release before also failed `errors_before` of its
-    requests (the module's docstring)."""
+    or all failed with HTTP answers (the module's docstring)."""
     if not first.failed:
         return False
-    if first.failed < first.requests:
-        return True
-    return errors_before > 0 and first.all_answered
+    return first.failed < first.requests or first.all_answered
 
 
 def is_borderline(check: ComparedToPrevious, samples_ms: Sequence[float], pooled_ms: Sequence[float]) -> bool:
@@ -103,15 +100,13 @@ def extra_samples(
     samples: int,
     first: FirstSamples,
     pooled_ms: Sequence[float],
-    errors_before: int,
     left: timedelta,
 ) -> int:
-    """How many more requests to send: none unless the errors (`errors_borderline`, against the
-    `errors_before` failed requests of the release before) or the latency (`is_borderline`,
-    against its `pooled_ms`) are borderline; then up to EXTRA_ROUNDS x `samples` (the check's
-    configured count), as many as fit in `left` (what remains of the check's budget) at
-    _HEADROOM x the slowest latency seen."""
-    if not (errors_borderline(first, errors_before) or is_borderline(check, first.latencies_ms, pooled_ms)):
+    """How many more requests to send: none unless the errors (`errors_borderline`) or the
+    latency (`is_borderline`, against the release before's `pooled_ms`) are borderline; then up
+    to EXTRA_ROUNDS x `samples` (the check's configured count), as many as fit in `left` (what
+    remains of the check's budget) at _HEADROOM x the slowest latency seen."""
+    if not (errors_borderline(first) or is_borderline(check, first.latencies_ms, pooled_ms)):
         return 0
     slowest = max((*first.latencies_ms, 1.0)) * _HEADROOM
     fit = int(left / timedelta(milliseconds=1) // slowest)

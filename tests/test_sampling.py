@@ -82,7 +82,7 @@ def test_extra_samples_up_to_twice_the_samples_within_the_time_left(
     samples: tuple[float, ...], left: timedelta, extra: int
 ) -> None:
     """A borderline cycle takes up to 2 x `samples` more requests, as many as fit in its budget."""
-    assert extra_samples(CHECK, 3, answered(*samples), POOLED, 0, left) == extra
+    assert extra_samples(CHECK, 3, answered(*samples), POOLED, left) == extra
 
 
 def test_twenty_samples_borderline_take_up_to_forty_more() -> None:
@@ -90,7 +90,7 @@ def test_twenty_samples_borderline_take_up_to_forty_more() -> None:
     check = http_check(samples=20)
     first = [72.0 + i % 5 for i in range(20)]  # 1.48x the release before: at the factor
     assert is_borderline(check, first, POOLED)
-    assert extra_samples(check, 20, answered(*first), POOLED, 0, 60 * SECOND) == 40
+    assert extra_samples(check, 20, answered(*first), POOLED, 60 * SECOND) == 40
 
 
 @pytest.mark.parametrize(("sigma", "at_most"), [(0.5, 1 / 6), (0.2, 1 / 25)])
@@ -155,47 +155,44 @@ async def test_the_loop_samples_a_borderline_release_more_and_says_how_many(
 
 
 @pytest.mark.parametrize(
-    ("first", "errors_before", "borderline"),
+    ("first", "borderline"),
     [
-        pytest.param(answered(30, 31, 29), 0, False, id="none-failed"),
-        pytest.param(answered(30, 31, 29, failed=1), 0, True, id="1-of-3-failed"),
-        pytest.param(answered(30, 31, 29, failed=2), 0, True, id="2-of-3-failed"),
-        # every request answered 500: a broken release, when the release before never failed ...
-        pytest.param(answered(30, 31, 29, failed=3), 0, False, id="all-failed-release-before-clean"),
-        # ... and possibly its random errors falling together when it failed some too
-        pytest.param(answered(30, 31, 29, failed=3), 6, True, id="all-failed-release-before-noisy"),
-        # refused or timed out, every one: a crash or a wedge, whatever the release before did
-        pytest.param(FirstSamples(3, 3, ()), 6, False, id="all-refused-or-timed-out"),
-        pytest.param(FirstSamples(3, 2, (30.0,)), 0, True, id="2-of-3-timed-out"),
-        pytest.param(FirstSamples(0, 0, ()), 6, False, id="none-sent"),
+        pytest.param(answered(30, 31, 29), False, id="none-failed"),
+        pytest.param(answered(30, 31, 29, failed=1), True, id="1-of-3-failed"),
+        pytest.param(answered(30, 31, 29, failed=2), True, id="2-of-3-failed"),
+        # every request answered 500: a broken release, or random errors falling together
+        pytest.param(answered(30, 31, 29, failed=3), True, id="all-answered-500"),
+        # refused or timed out, every one: a crash or a wedge
+        pytest.param(FirstSamples(3, 3, ()), False, id="all-refused-or-timed-out"),
+        pytest.param(FirstSamples(3, 2, (30.0,)), True, id="2-of-3-timed-out"),
+        pytest.param(FirstSamples(0, 0, ()), False, id="none-sent"),
     ],
 )
 def test_errors_are_borderline_when_some_requests_failed_or_all_could_be_noise(
-    first: FirstSamples, errors_before: int, borderline: bool
+    first: FirstSamples, borderline: bool
 ) -> None:
-    """Partly failed requests are borderline; all failed decides at once unless every failure
-    was an HTTP answer and the release before failed some of its requests too."""
-    assert errors_borderline(first, errors_before) is borderline
+    """Partly failed requests are borderline, and so are requests that all got a failing HTTP
+    answer; all refused or timed out decides at once."""
+    assert errors_borderline(first) is borderline
 
 
 @pytest.mark.parametrize(
-    ("first", "errors_before", "left", "extra"),
+    ("first", "left", "extra"),
     [
-        pytest.param(answered(30, 31, 29, failed=2), 0, 4 * SECOND, 6, id="partly-failed-takes-six"),
-        # no reference at all: partly failed requests need none to be borderline
-        pytest.param(answered(30, 31, 29, failed=1), 0, 4 * SECOND, 6, id="one-failed-takes-six"),
-        pytest.param(answered(30, 31, 29, failed=3), 0, 4 * SECOND, 0, id="all-500-takes-none"),
-        pytest.param(answered(30, 31, 29, failed=3), 6, 4 * SECOND, 6, id="all-500-after-noisy-release"),
+        pytest.param(answered(30, 31, 29, failed=2), 4 * SECOND, 6, id="partly-failed-takes-six"),
+        # no reference at all: failed requests need none to be borderline
+        pytest.param(answered(30, 31, 29, failed=1), 4 * SECOND, 6, id="one-failed-takes-six"),
+        pytest.param(answered(30, 31, 29, failed=3), 4 * SECOND, 6, id="all-500-takes-six"),
         # 1.5 x 31 ms a request: 100 ms hold 2 more
-        pytest.param(answered(30, 31, 29, failed=2), 0, timedelta(milliseconds=100), 2, id="what-fits"),
-        pytest.param(FirstSamples(3, 3, ()), 6, 4 * SECOND, 0, id="all-refused-takes-none"),
+        pytest.param(answered(30, 31, 29, failed=2), timedelta(milliseconds=100), 2, id="what-fits"),
+        pytest.param(FirstSamples(3, 3, ()), 4 * SECOND, 0, id="all-refused-takes-none"),
     ],
 )
-def test_partly_failed_requests_take_more_samples_within_the_time_left(
-    first: FirstSamples, errors_before: int, left: timedelta, extra: int
+def test_failed_requests_take_more_samples_within_the_time_left(
+    first: FirstSamples, left: timedelta, extra: int
 ) -> None:
     """The errors' borderline takes up to 2 x `samples` more, as many as fit, with no reference needed."""
-    assert extra_samples(CHECK, 3, first, (), errors_before, left) == extra
+    assert extra_samples(CHECK, 3, first, (), left) == extra
 
 
 def test_a_healthy_app_with_ten_percent_errors_seldom_fails_a_cycle_once_sampled_more() -> None:
@@ -210,7 +207,7 @@ def test_a_healthy_app_with_ten_percent_errors_seldom_fails_a_cycle_once_sampled
         for _ in range(trials):
             outcomes = [rng.random() < rate for _ in range(9)]
             first = answered(30, 30, 30, failed=sum(outcomes[:3]))
-            n = 3 + extra_samples(CHECK, 3, first, (), 6, 4 * SECOND)
+            n = 3 + extra_samples(CHECK, 3, first, (), 4 * SECOND)
             failed_cycles += sum(outcomes[:n]) * 2 > n
         return failed_cycles / trials
 

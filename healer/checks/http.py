@@ -97,9 +97,9 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> CheckResult:
     client = ctx.client_for(check.name)
     samples = await _take(client, check, check.samples, deadline)
     ref = ctx.reference
-    pooled, errors_before = (ref.samples_ms.get(check.name, ()), ref.errors.get(check.name, 0)) if ref else ((), 0)
+    pooled = ref.samples_ms.get(check.name, ()) if ref else ()
     left = timedelta(seconds=max(0.0, deadline - loop.time()))
-    more = extra_samples(check, check.samples, first_samples(samples), pooled, errors_before, left)
+    more = extra_samples(check, check.samples, first_samples(samples), pooled, left)
     samples += await _take(client, check, more, deadline)
     return _judge(check, samples)
 
