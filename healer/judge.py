@@ -38,11 +38,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Protocol, TypeGuard
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
-from healer.config import CheckConfig
 from healer.model import Baseline, CheckResult, Comparison, Conclusion, Metric, Reference, Verdict
 from healer.stats import fisher_greater, mann_whitney_greater, median, remove_outliers
+
+if TYPE_CHECKING:  # annotations only: checks/http.py reads sampling.py, which reads this module
+    from healer.config import CheckConfig
 
 # Kayenta's default confidence (0.98): at one test per cycle, a release no slower than the one
 # before fails this test in about 2 cycles of 100; the factor and the floor stop the rest.
