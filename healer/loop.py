@@ -910,7 +910,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     # `healer status` peeks at the lock (locks.holder) for an instant: wait that out
     lock = FileLock(config.lock_path, "healer run", patience=PEEKED)
     lock.acquire()
-    store = BufferedStore(config.db_path)
+    store = BufferedStore(config.state_db)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []  # the signal that stopped healer, for the log and the alert

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import http.server
+import itertools
 import json
 import os
 import re
@@ -283,6 +284,26 @@ class PostgresServer:
     def stop(self) -> None:
         _run(self, "pg_ctl", "-D", str(self.data), "stop", "-m", "fast", "-w", "-t", "30")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def create_database(self) -> str:
+        """A new, empty database on this server; returns its DSN (drop it with drop_database)."""
+        import psycopg
+
+        name = f"t_{os.getpid()}_{next(_DATABASES)}"
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://postgres@{LOCALHOST}:{self.port}/{name}"
+
+    def drop_database(self, dsn: str) -> None:
+        """Drop a database create_database made, closing whatever is still connected to it."""
+        import psycopg
+
+        name = dsn.rsplit("/", 1)[1]
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+_DATABASES = itertools.count(1)
 
 
 def postgres_bindir() -> Path:
