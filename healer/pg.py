@@ -175,9 +175,9 @@ class StateConnection:
             cur.executemany(sql, rows)
 
     def begin(self) -> None:
-        conn = self._connection()
-        conn.execute("BEGIN")
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._write_lock)
+        # one round trip: two statements are allowed in one query without parameters (our ints)
+        key, sub = (int(k) for k in self._write_lock)
+        self._connection().execute(f"BEGIN; SELECT pg_advisory_xact_lock({key}, {sub})".encode())
 
     def end(self, commit: bool) -> None:
         conn = self._connection()
