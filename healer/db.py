@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import re
 import sqlite3
 import threading
@@ -170,7 +171,7 @@ class Tx:
 
     def insert(self, sql: str, args: Sequence[Any] = ()) -> int:
         """An INSERT into a table with an `id` column; returns the new row's id."""
-        row = self.execute(f"{sql} RETURNING id", args).fetchone()
+        [row] = self.execute(f"{sql} RETURNING id", args).fetchall()  # all: SQLite finishes the statement
         return int(row[0])
 
     def script(self, sql: str) -> None:
@@ -303,15 +304,10 @@ def _same(sql: str) -> str:
     return sql
 
 
-_WORDS: dict[str, str] = {}
-
-
+@functools.lru_cache(maxsize=1024)
 def _postgres_words(sql: str) -> str:
-    """`?` placeholders as psycopg's `%s`, a literal `%` doubled (cached: the SQL is ours)."""
-    found = _WORDS.get(sql)
-    if found is None:
-        found = _WORDS[sql] = sql.replace("%", "%%").replace("?", "%s")
-    return found
+    """`?` placeholders as psycopg's `%s`, a literal `%` doubled (the SQL is ours: no `?` is quoted)."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 class _SqliteConnection:

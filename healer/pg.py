@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -121,10 +122,13 @@ class Row(tuple[Any, ...]):
 
 
 def _rows(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], Row]:
-    """psycopg's row factory for Row: one class per result, carrying its column names."""
-    names = {c.name: i for i, c in enumerate(cursor.description or ())}
-    kind = type("Row", (Row,), {"_names": names, "__slots__": ()})
-    return kind
+    """psycopg's row factory for Row: a class per set of column names, carrying them."""
+    return _row_class(tuple(c.name for c in cursor.description or ()))
+
+
+@functools.lru_cache(maxsize=256)
+def _row_class(names: tuple[str, ...]) -> type[Row]:
+    return type("Row", (Row,), {"_names": {n: i for i, n in enumerate(names)}, "__slots__": ()})
 
 
 class StateConnection:

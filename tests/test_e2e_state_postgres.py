@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from helpers import HEALER, healer, make_repo, write_config
-from services import HttpApp, PostgresServer
+from services import HttpApp, PostgresServer, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -61,15 +60,6 @@ def _status(config: Path) -> dict[str, object]:
     return json.loads(proc.stdout)
 
 
-def _wait(pred: Callable[[], bool], timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def test_healer_run_keeps_its_state_in_postgresql(
     tmp_path: Path, http_app: Callable[..., HttpApp], state_dsn: str
 ) -> None:
@@ -80,9 +70,9 @@ def test_healer_run_keeps_its_state_in_postgresql(
     run = subprocess.Popen([*HEALER, "--config", str(config), "run"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
-        _wait(lambda: (_status(config).get("last_cycle") or {}).get("ok") is True)
+        assert wait_until(lambda: (_status(config).get("last_cycle") or {}).get("ok") is True, timeout=60)
         app.behaviour = "error500"
-        _wait(lambda: int(_status(config)["consecutive_failures"]) >= 2)  # type: ignore[call-overload]
+        assert wait_until(lambda: int(_status(config)["consecutive_failures"]) >= 2, timeout=60)  # type: ignore[call-overload]
     finally:
         run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=30)

@@ -8,16 +8,17 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from services import PostgresServer
+from services import PostgresServer, wait_until
 
 from healer.alerts.outbox import MIGRATIONS as OUTBOX_MIGRATIONS
 from healer.alerts.outbox import Outbox
 from healer.config import StateDb, load_config
-from healer.db import FencedError, Tx
+from healer.db import Database, FencedError, Tx
 from healer.errors import ConfigError, StoreError
 from healer.model import CheckResult, Deploy, DeployState, Verdict, Who
 from healer.store import MIGRATIONS, CycleUpdate, Store
@@ -279,3 +280,27 @@ def test_another_process_reading_never_loses_the_writers_wal(tmp_path: Path) -> 
                 pass
             assert _count_in_a_child(path) == n + 1
         assert len(second.cycles()) == 3
+
+
+def test_write_transactions_are_serialised_across_connections(state_db: StateDb) -> None:
+    """A write transaction waits for another connection's to commit (SQLite's BEGIN IMMEDIATE, a
+    transaction-level advisory lock on PostgreSQL): a read-then-write inside one, such as a fence's
+    epoch check, sees nothing change under it."""
+    first, second = Database(state_db), Database(state_db)
+    order: list[str] = []
+
+    def other() -> None:
+        with second.write("second"):
+            order.append("second")
+
+    try:
+        with first.write("first"):
+            waiting = threading.Thread(target=other)
+            waiting.start()
+            assert not wait_until(lambda: bool(order), timeout=0.5)  # it waits ...
+            order.append("first")
+        waiting.join(timeout=30)
+        assert order == ["first", "second"]  # ... until the first one commits
+    finally:
+        first.close()
+        second.close()
