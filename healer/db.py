@@ -196,7 +196,6 @@ class Database:
     def __init__(self, where: StateDb | Path | str) -> None:
         self.location = where if isinstance(where, StateDb) else StateDb(Path(where))
         self.lock = threading.RLock()
-        self.name = str(self.location)
         self._conn = self._open()
         self.name = self._conn.name
         self.backend = Backend(self._conn.backend)
@@ -276,7 +275,8 @@ class Database:
         2. A component with no version row yet: `adopt` (SQLite only) says which version a
            database from before schema_version is at (0: none of its tables exist).
         3. Apply each later migration and record the version reached; a second process waits
-           for the first one's transaction and then finds nothing left to do.
+           for the first one's transaction and then finds nothing left to do. A version beyond
+           the last migration (a newer healer's) is refused, never written back.
         """
         expected = list(range(1, len(migrations) + 1))
         if [m.version for m in migrations] != expected:
@@ -288,6 +288,12 @@ class Database:
                 current = int(rows[0][0])
             else:
                 current = adopt(tx) if adopt is not None and self.backend is Backend.SQLITE else 0
+            if current > len(migrations):  # a newer healer migrated it (another host, upgraded first)
+                msg = (
+                    f"{self.name}: the {component} tables are at schema version {current}, this healer knows "
+                    f"{len(migrations)}: upgrade healer"
+                )
+                raise StoreError(msg)
             for m in migrations[current:]:
                 tx.script(m.postgres if m.postgres is not None and self.backend is Backend.POSTGRES else m.sql)
             if rows and current == len(migrations):

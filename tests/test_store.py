@@ -304,3 +304,16 @@ def test_write_transactions_are_serialised_across_connections(state_db: StateDb)
     finally:
         first.close()
         second.close()
+
+
+def test_tables_a_newer_healer_migrated_are_refused_not_downgraded(state_db: StateDb) -> None:
+    """Another host upgraded first: an older healer says so in one line and leaves the version."""
+    with Store(state_db) as store, store.db.write("bump") as tx:
+        tx.execute("UPDATE schema_version SET version = 99 WHERE component = 'store'")
+    with pytest.raises(StoreError, match=r"the store tables are at schema version 99, this healer knows 1: upgrade"):
+        Store(state_db)
+    probe = Database(state_db)
+    try:
+        assert probe.version("store") == 99
+    finally:
+        probe.close()
