@@ -1,5 +1,5 @@
-"""End-to-end: a real `healer run` keeping its state in a real PostgreSQL ([state] dsn_env), and
-`healer status` / `healer history` reading it from there (I/O)."""
+"""End-to-end: a real `healer run` keeping its state in a real PostgreSQL ([state] dsn_env),
+`healer status` / `healer history` reading it from there, and the server restarting under it (I/O)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from helpers import HEALER, healer, make_repo, write_config
-from services import HttpApp, PostgresServer, wait_until
+from services import HttpApp, PostgresServer, start_postgres, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -103,3 +104,29 @@ def test_an_unset_dsn_variable_exits_2_with_one_line_and_makes_nothing(tmp_path:
         " (it holds the PostgreSQL DSN)"
     ]
     assert not (tmp_path / "state").exists()
+
+
+def test_healer_run_rides_out_its_postgresql_restarting(tmp_path: Path, http_app: Callable[..., HttpApp]) -> None:
+    """PostgreSQL stops under a running healer and comes back: healer keeps watching from memory,
+    reconnects, writes what it kept, says the store works again, and goes on recording there."""
+    server = start_postgres()
+    try:
+        os.environ["HEALER_STATE_DSN"] = server.dsn
+        config = _config(tmp_path, http_app("healthy").url)
+        run = subprocess.Popen([*HEALER, "--config", str(config), "run"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)  # fmt: skip
+        try:
+            assert wait_until(lambda: (_status(config).get("last_cycle") or {}).get("ok") is True, timeout=60)
+            server.halt()
+            time.sleep(2)  # a few cycles (300 ms apart) find no server
+            assert run.poll() is None
+            server.start()
+            seen = _status(config)["last_cycle"]["at"]  # type: ignore[index]
+            assert wait_until(lambda: _status(config)["last_cycle"]["at"] > seen, timeout=60)  # type: ignore[index]
+        finally:
+            run.send_signal(signal.SIGTERM)
+            _out, err = run.communicate(timeout=30)
+        assert run.returncode == 0, err[-2000:]
+        assert '"event": "store.unwritable"' in err and '"event": "store.recovered"' in err
+    finally:
+        server.stop()
