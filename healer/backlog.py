@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from healer.config import StateDb
-from healer.db import FencedError
 from healer.decide import PastRepair
-from healer.errors import StoreError
+from healer.errors import FencedError, StoreError
 from healer.logging import log_event
 from healer.model import Deploy, Outcome, Verdict, Who
 from healer.store import ActionRow, CycleUpdate, IncidentRow, Store

@@ -108,13 +108,9 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
-class FencedError(StoreError):
-    """A fenced write was refused: the fence (a leader's epoch, say) no longer holds."""
-
-
 class Fence(Protocol):
     """A condition a transaction's writes must meet. `check` runs first in the write transaction
-    (writes are serialised, so what it reads holds until the commit) and raises FencedError when
+    (writes are serialised, so what it reads holds until the commit) and raises errors.FencedError when
     the condition no longer holds; then nothing of the transaction is written."""
 
     def check(self, tx: Tx) -> None: ...

@@ -18,8 +18,8 @@ from services import PostgresServer, wait_until
 from healer.alerts.outbox import MIGRATIONS as OUTBOX_MIGRATIONS
 from healer.alerts.outbox import Outbox
 from healer.config import StateDb, load_config
-from healer.db import Database, FencedError, Tx
-from healer.errors import ConfigError, StoreError
+from healer.db import Database, Tx
+from healer.errors import ConfigError, FencedError, StoreError
 from healer.model import CheckResult, Deploy, DeployState, Verdict, Who
 from healer.store import MIGRATIONS, CycleUpdate, Store
 

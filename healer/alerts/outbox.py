@@ -42,8 +42,8 @@ from healer.alerts.message import AlertMessage, delay_of
 from healer.alerts.pipeline import AlertMemory, AlertPlan, IncidentMemory, Route
 from healer.clock import Clock, SystemClock
 from healer.config import StateDb, format_elapsed
-from healer.db import Database, Fence, FencedError, Migration, Row, Tx
-from healer.errors import DeliveryError, StoreError
+from healer.db import Database, Fence, Migration, Row, Tx
+from healer.errors import DeliveryError, FencedError, StoreError
 from healer.logging import log_event
 from healer.model import Alert, Event, Severity
 from healer.redact import redact
