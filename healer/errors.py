@@ -5,6 +5,7 @@
     ├── UsageError              a bad flag or argument the CLI could not catch itself
     ├── LockedError             another process holds the lock (run, rollback, repair)
     ├── StoreError              the state database cannot be opened or written
+    │   └── FencedError         a fenced write was refused: its fence (a leader's epoch) moved on
     ├── GitError                the app repository cannot be read or changed
     ├── ActionError             a repair action could not run (bad setup, refused)
     ├── DeliveryError           a chat refused or failed a request: a message, an edit, a poll (permanent=...)
@@ -56,6 +57,11 @@ class LockedError(HealerError):
 
 class StoreError(HealerError):
     """The state database cannot be opened or written."""
+
+
+class FencedError(StoreError):
+    """A fenced write was refused (healer/db.py: Fence): the fence, a leader's epoch say, no longer
+    holds, and nothing of the transaction was written. Never retried: the writer lost the right."""
 
 
 class GitError(HealerError):

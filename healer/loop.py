@@ -963,7 +963,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     except BaseException:
         lock.release()
         raise
-    store = BufferedStore(config.db_path)
+    store = BufferedStore(config.state_db)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []  # the signal that stopped healer, for the log and the alert
