@@ -52,6 +52,11 @@ WRITE_LOCK = (0x6865616C, 0x73746174)  # "heal", "stat"
 # How long a write waits for another's lock (SQLite's busy_timeout), and for any one statement.
 LOCK_TIMEOUT_MS = 5000
 STATEMENT_TIMEOUT_MS = 30000
+# A transaction left open by a process stopped inside it (SIGSTOP, a frozen VM) is ended by the
+# server after this: its write lock and a fence's FOR SHARE on the lease row would otherwise keep
+# every other writer, and a follower's takeover, waiting: a takeover comes at most this long after
+# the lease ran out. (healer's write transactions never wait on anything but the database.)
+IDLE_IN_TRANSACTION_MS = 5000
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -217,7 +222,8 @@ class Database:
         try:
             return pg.StateConnection(
                 server, write_lock=WRITE_LOCK, lock_timeout_ms=LOCK_TIMEOUT_MS,
-                statement_timeout_ms=STATEMENT_TIMEOUT_MS, connect_timeout=CONNECT_TIMEOUT_S,
+                statement_timeout_ms=STATEMENT_TIMEOUT_MS, idle_in_transaction_ms=IDLE_IN_TRANSACTION_MS,
+                connect_timeout=CONNECT_TIMEOUT_S,
             )  # fmt: skip
         except pg.Error as e:
             raise StoreError(f"postgresql {server.where}: cannot open the state database: {server.reason(e)}") from None

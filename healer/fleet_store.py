@@ -4,9 +4,9 @@ All of the fleet's SQL is here, on a psycopg connection from healer/pg.py in aut
 function that needs a transaction opens its own). Timestamps are the database's `now()`, so
 that every host's lease is measured on one clock.
 
-    await ensure_schema(conn)
+    migrate(config.state_db)                                         # the tables (blocking)
     row, db_now = await read_lease(conn, app, for_update=True)      # inside conn.transaction()
-    await fenced(conn, app, epoch, write)                            # Fenced unless epoch holds
+    await fenced(conn, app, epoch, write)                            # FencedError unless epoch holds
     await heartbeat(conn, HostBeat(app, host, release, last_cycle_at, healthy))
     view = await read_fleet(conn, app)                               # for healer status --fleet
 """
@@ -18,44 +18,73 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from healer.errors import Fenced
+from healer.config import StateDb
+from healer.db import Database, Migration, Tx
+from healer.errors import FencedError
 from healer.lease import LeaseRow, lock_ids
 from healer.pg import AsyncConnection
 
 T = TypeVar("T")
 
-# Created at start, once per database: a transaction-level advisory lock keeps two hosts starting
-# together from racing on CREATE TABLE IF NOT EXISTS (which is not safe against itself).
-_SCHEMA_LOCK = (0x6865616C, 0x666C7431)  # "heal", "flt1": the two-key space, like the store's
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS fleet_lease (
-        app TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,              -- host:pid of the leading healer
-        host TEXT NOT NULL,                -- its [fleet] host
-        epoch BIGINT NOT NULL,             -- raised on every takeover
-        since TIMESTAMPTZ NOT NULL,        -- when this epoch began
-        renewed_at TIMESTAMPTZ NOT NULL,
-        expires_at TIMESTAMPTZ NOT NULL,
-        locked BOOLEAN NOT NULL            -- the holder held the advisory lock at its last renewal
-    )""",
-    """CREATE TABLE IF NOT EXISTS fleet_hosts (
-        app TEXT NOT NULL,
-        host TEXT NOT NULL,
-        release TEXT,                      -- the commit (or tag) the host runs
-        last_cycle_at TIMESTAMPTZ,
-        healthy BOOLEAN,                   -- its last cycle's verdict; NULL: none yet
-        seen_at TIMESTAMPTZ NOT NULL,      -- its healer's last heartbeat
-        PRIMARY KEY (app, host)
-    )""",
+# The fleet's tables, a component of the state database like the store's and the outbox's
+# (healer/db.py: Migration). Fleet mode needs PostgreSQL ([state] dsn_env), so only the PostgreSQL
+# words ever run; the SQLite ones keep the migration whole (db.py words every component for both).
+_LEASE = """CREATE TABLE IF NOT EXISTS fleet_lease (
+    app TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,              -- host:pid of the leading healer
+    host TEXT NOT NULL,                -- its [fleet] host
+    epoch BIGINT NOT NULL,             -- raised on every takeover
+    since {time} NOT NULL,             -- when this epoch began
+    renewed_at {time} NOT NULL,
+    expires_at {time} NOT NULL,
+    locked BOOLEAN NOT NULL            -- the holder held the advisory lock at its last renewal
+);
+CREATE TABLE IF NOT EXISTS fleet_hosts (
+    app TEXT NOT NULL,
+    host TEXT NOT NULL,
+    release TEXT,                      -- the commit (or tag) the host runs
+    last_cycle_at {time},
+    healthy BOOLEAN,                   -- its last cycle's verdict; NULL: none yet
+    seen_at {time} NOT NULL,           -- its healer's last heartbeat
+    PRIMARY KEY (app, host)
+)"""
+MIGRATIONS = (
+    Migration(
+        1,
+        "the lease and the host registry",
+        _LEASE.format(time="TEXT"),
+        postgres=_LEASE.format(time="TIMESTAMPTZ"),  # the lease is timed by the database's now()
+    ),
 )
+FLEET = "fleet"  # the component's name in schema_version
 
 
-async def ensure_schema(conn: AsyncConnection) -> None:
-    """Create the fleet's tables if they are missing (idempotent, safe against other hosts)."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _SCHEMA_LOCK)
-        for statement in _SCHEMA:
-            await conn.execute(statement)
+def migrate(where: StateDb) -> None:
+    """Bring the fleet's tables up to date on the state database (blocking: run it in a thread).
+    Safe against other hosts starting at once: db.migrate writes under the store's write lock."""
+    db = Database(where)
+    try:
+        db.migrate(FLEET, MIGRATIONS)
+    finally:
+        db.close()
+
+
+# Is the lease still at this epoch, unexpired by the database's clock? Read FOR SHARE: a takeover
+# (read FOR UPDATE) waits for the fenced transaction, so what was read holds until its commit.
+_FENCE = "SELECT 1 FROM fleet_lease WHERE app = {p} AND epoch = {p} AND expires_at > now() FOR SHARE"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseFence:
+    """A db.write fence (healer/db.py: Fence): the transaction is written only while `app`'s
+    lease is at `epoch` and unexpired; FencedError otherwise, and nothing is written."""
+
+    app: str
+    epoch: int
+
+    def check(self, tx: Tx) -> None:
+        if not tx.query(_FENCE.format(p="?"), (self.app, self.epoch)):
+            raise FencedError.lease(self.app, self.epoch)
 
 
 # ---- the session: its lock, its backend ---------------------------------------------------------
@@ -158,15 +187,13 @@ async def fenced(conn: AsyncConnection, app: str, epoch: int, write: Callable[[A
 
     1. Read the lease row FOR SHARE: a takeover (FOR UPDATE) waits for this transaction, so the
        epoch read holds until the commit.
-    2. Not at `epoch`, or expired by the database's clock: raise Fenced; nothing is written.
+    2. Not at `epoch`, or expired by the database's clock: raise FencedError; nothing is written.
     3. Otherwise run `write` on the same connection and commit.
     """
     async with conn.transaction():
-        cur = await conn.execute(
-            "SELECT 1 FROM fleet_lease WHERE app = %s AND epoch = %s AND expires_at > now() FOR SHARE", (app, epoch)
-        )
+        cur = await conn.execute(_FENCE.format(p="%s"), (app, epoch))
         if await cur.fetchone() is None:
-            raise Fenced(app, epoch)
+            raise FencedError.lease(app, epoch)
         return await write(conn)
 
 

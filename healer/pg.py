@@ -138,17 +138,22 @@ class StateConnection:
 
     Every write transaction first takes the transaction-level advisory lock `write_lock`, as
     SQLite's BEGIN IMMEDIATE does; lock waits give up after `lock_timeout_ms`, any statement after
-    `statement_timeout_ms`. Messages name the server by host:port/database only.
+    `statement_timeout_ms`, and the server ends a transaction left idle `idle_in_transaction_ms`
+    (its process stopped in it) so that it holds no lock for long. Messages name the server by host:port/database only.
     """
 
     backend = "postgres"
 
     def __init__(self, target: Server, *, write_lock: tuple[int, int], lock_timeout_ms: int,
-                 statement_timeout_ms: int, connect_timeout: float) -> None:  # fmt: skip
+                 statement_timeout_ms: int, idle_in_transaction_ms: int, connect_timeout: float) -> None:  # fmt: skip
         self.target = target
         self.name = f"postgresql {target.where}"
         self._write_lock = write_lock
-        self._settings = {"lock_timeout": lock_timeout_ms, "statement_timeout": statement_timeout_ms}
+        self._settings = {
+            "lock_timeout": lock_timeout_ms,
+            "statement_timeout": statement_timeout_ms,
+            "idle_in_transaction_session_timeout": idle_in_transaction_ms,
+        }
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Row] | None = None
         self._connection()

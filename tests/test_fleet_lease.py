@@ -23,8 +23,11 @@ from services import PostgresServer, start_pgbouncer, wait_until
 
 from healer import pg
 from healer.clock import FakeClock
-from healer.errors import FleetError
+from healer.config import StateDb
+from healer.db import Database
+from healer.errors import FencedError, FleetError
 from healer.fleet import POOLED, Leadership
+from healer.fleet_store import LeaseFence
 from healer.lease import (
     LeaseRow,
     Step,
@@ -358,3 +361,49 @@ def test_a_transaction_pooler_is_refused_and_a_session_pool_is_not(
             assert asyncio.run(contend()) is Step.TAKE_OVER
     finally:
         bouncer.stop()
+
+
+# ---- the lease as a fence of the state database ---------------------------------------------------
+
+
+def test_a_lease_fence_writes_at_the_leaders_epoch_and_nothing_after_it_moved_on(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """db.write(fence=LeaseFence(app, epoch)) on the state database: written while the lease is at
+    the epoch; refused with FencedError, and nothing written, once a takeover raised the epoch or
+    the lease ran out."""
+    monkeypatch.setenv("HEALER_STATE_DSN", postgres_server.dsn)
+    app = f"fence-{uuid.uuid4().hex[:8]}"
+
+    async def lead() -> int:
+        leadership = Leadership(pg.server("HEALER_STATE_DSN"), app=app, host="web-1", lease=LEASE)
+        await leadership.start()
+        assert await leadership.tick() is Step.TAKE_OVER
+        await leadership._drop()  # gone without handing the lease back: the row stays as it was
+        assert leadership.epoch is not None
+        return leadership.epoch
+
+    epoch = asyncio.run(lead())
+    db = Database(StateDb(tmp_path / "unused.db", "HEALER_STATE_DSN"))
+    try:
+        with db.write("creating the test table") as tx:
+            tx.execute("CREATE TABLE IF NOT EXISTS fence_test (app TEXT NOT NULL, n INTEGER NOT NULL)")
+
+        def write(n: int) -> None:
+            with db.write("a leader's write", fence=LeaseFence(app, epoch)) as tx:
+                tx.execute("INSERT INTO fence_test (app, n) VALUES (?, ?)", (app, n))
+
+        write(1)
+        with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE fleet_lease SET epoch = epoch + 1 WHERE app = %s", (app,))  # a takeover
+        with pytest.raises(
+            FencedError, match=f"fleet {app}: not written, the lease of epoch {epoch} is no longer held"
+        ):
+            write(2)
+        with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE fleet_lease SET epoch = %s, expires_at = now() WHERE app = %s", (epoch, app))
+        with pytest.raises(FencedError):
+            write(3)
+        assert [r[0] for r in db.query("SELECT n FROM fence_test WHERE app = ?", (app,))] == [1]
+    finally:
+        db.close()
