@@ -9,7 +9,7 @@ follower notices its death at once; the lease row, not the lock, is what fences 
     await leadership.start()                          # FleetError behind a transaction pooler
     runner = asyncio.create_task(leadership.run(stop))
     if leadership.is_leader:                          # on this host's monotonic clock
-        await leadership.fenced(write)                # Fenced: the lease moved on; nothing written
+        await leadership.fenced(write)                # FencedError: the lease moved on; nothing written
     await leadership.close()                          # a leader hands the lease back at once
 
 A transaction-pooling PgBouncer hands a client's session to other clients between its
@@ -25,14 +25,15 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from healer import fleet_store, pg
 from healer.clock import Clock, SystemClock
-from healer.config import Config
-from healer.errors import Fenced, FleetError
+from healer.config import Config, StateDb
+from healer.errors import FencedError, FleetError
 from healer.lease import Step, advisory_key, holder_name, renew_every, step, trusted_until
 from healer.logging import log_event
 
@@ -85,7 +86,9 @@ class Leadership:
     # -- the session -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the session, refuse a transaction pooler, create the tables. FleetError, pg.Error."""
+        """Bring the fleet's tables up to date, open the session, refuse a transaction pooler.
+        FleetError, StoreError, pg.Error."""
+        await asyncio.to_thread(fleet_store.migrate, StateDb(Path(), self.server.env))
         async with self._use:
             await self._open()
 
@@ -105,7 +108,6 @@ class Leadership:
                     raise FleetError(f"postgresql {self.server.where} {POOLED}")
             # 2. a stopped healer's open transaction ends after the lease; lock waits are short
             await fleet_store.settle_session(conn, self.lease)
-            await fleet_store.ensure_schema(conn)
         except BaseException:
             await stack.aclose()
             raise
@@ -194,11 +196,11 @@ class Leadership:
 
     async def fenced(self, write: Callable[[pg.AsyncConnection], Awaitable[T]]) -> T:
         """Run `write` in one transaction on the session, only while the lease is still at our
-        epoch and unexpired by the database's clock: Fenced otherwise (epoch 0 when this healer
+        epoch and unexpired by the database's clock: FencedError otherwise (epoch 0 when this healer
         never led), and nothing is written."""
         async with self._use:
             if self.epoch is None:
-                raise Fenced(self.app, 0)
+                raise FencedError.lease(self.app, 0)
             conn = await self._open()
             return await fleet_store.fenced(conn, self.app, self.epoch, write)
 
@@ -220,6 +222,41 @@ class Leadership:
             log_event(log, "fleet.unreachable", level=logging.WARNING, app=self.app, error=self.server.reason(e))
 
 
+# ---- what only the leader runs ---------------------------------------------------------------
+
+LEADING_LOOK = timedelta(seconds=1)  # how often while_leading looks at is_leader
+
+
+async def while_leading(
+    leadership: Leadership, run: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event
+) -> None:
+    """Run `run()` only while this healer leads: started when it becomes the leader, cancelled
+    when it no longer is (a follower, a lost session), until `stop`. Chat-ops polls this way, so
+    that one healer of the fleet answers each command (two pollers of one Telegram bot would
+    also take each other's updates)."""
+    task: asyncio.Task[None] | None = None
+    try:
+        while not stop.is_set():
+            if leadership.is_leader:
+                died = task is not None and task.done() and not task.cancelled() and task.exception() is not None
+                if died and task is not None:  # started again at this look: never a crash loop faster than it
+                    log_event(log, "fleet.leader_task_died", level=logging.ERROR, error=repr(task.exception()))
+                if task is None or died:
+                    task = asyncio.create_task(run())
+            elif task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                task = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEADING_LOOK.total_seconds())
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 # ---- healer status --fleet ----------------------------------------------------------------------
 
 
@@ -232,8 +269,8 @@ async def fleet_status(config: Config) -> dict[str, Any]:
     server = pg.server(env)
     app = fleet.app or config.app.name
     try:
+        await asyncio.to_thread(fleet_store.migrate, config.state_db)
         async with pg.connect(server, CONNECT_TIMEOUT.total_seconds()) as conn:
-            await fleet_store.ensure_schema(conn)
             view = await fleet_store.read_fleet(conn, app)
     except (pg.Error, OSError, TimeoutError) as e:
         raise FleetError(f"postgresql {server.where}: cannot read the fleet: {server.reason(e)}") from None

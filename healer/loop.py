@@ -1008,7 +1008,13 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             notify("READY=1")
             pinger = asyncio.create_task(watchdog_pinger(stop, liveness.is_alive))
             sender = asyncio.create_task(alerts.run(stop))
-            chat = asyncio.create_task(listen(config))  # chat-ops: beside the loop, never in its way
+            # chat-ops: beside the loop, never in its way; in a fleet, on the leader only
+            if leadership is None:
+                chat = asyncio.create_task(listen(config))
+            else:
+                from healer.fleet import while_leading
+
+                chat = asyncio.create_task(while_leading(leadership, lambda: listen(config), stop))
             runner = asyncio.create_task(dog.run(stop))
             # [fleet]: take over, renew or follow beside the loop; on stop, a leader hands the lease back
             fleet = None if leadership is None else asyncio.create_task(leadership.run(stop))
