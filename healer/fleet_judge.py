@@ -1,0 +1,66 @@
+"""The fleet's judgement of a release over every host's last verdict (pure).
+
+Every host's healer probes its own app and records its last cycle's verdict in the host registry
+(fleet_hosts). The leader judges the release over all of them: a bad deploy fails on most hosts
+and is rolled back once, by the fleet; one sick host is that host's own trouble (its healer
+restarts its app), never a reason to roll the fleet back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class HostVerdict:
+    """A host's last word in the registry: its release, its last cycle's verdict (None: none
+    yet) and when its healer last wrote (by the database's clock)."""
+
+    host: str
+    release: str | None
+    healthy: bool | None
+    seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseJudgement:
+    """How the fresh hosts running a release fare."""
+
+    release: str
+    failing: tuple[str, ...]  # hosts, by name
+    passing: tuple[str, ...]
+
+    @property
+    def is_failing(self) -> bool:
+        """Most of the fresh hosts on the release fail (strictly more than half): one sick host
+        of two, or of three, is not the release's fault."""
+        return 2 * len(self.failing) > len(self.failing) + len(self.passing)
+
+    def describe(self) -> str:
+        """For people: "2 of 3 hosts on 1a2b3c4d5e6f fail (web-1, web-3)"."""
+        n = len(self.failing) + len(self.passing)
+        named = f" ({', '.join(self.failing)})" if self.failing else ""
+        return f"{len(self.failing)} of {n} host{'s' if n != 1 else ''} on {self.release[:12]} fail{named}"
+
+
+def judge_release(
+    hosts: Sequence[HostVerdict], *, host: str, release: str, healthy: bool, now: datetime, fresh: timedelta
+) -> ReleaseJudgement:
+    """Judge `release` over the fleet, as the leader `host` sees it this cycle (`healthy`).
+
+    1. The judging host counts with this very cycle's verdict, whatever the registry still says.
+    2. Another host counts when it runs the same release, has a verdict, and wrote within `fresh`
+       of `now` (a host whose healer is gone, or cut off, says nothing of the release).
+    3. The release fails when most counted hosts fail (ReleaseJudgement.is_failing).
+    """
+    others = [
+        h
+        for h in hosts
+        if h.host != host and h.release == release and h.healthy is not None and now - h.seen_at <= fresh
+    ]
+    verdicts = [(host, healthy)] + [(h.host, bool(h.healthy)) for h in others]
+    failing = tuple(sorted(name for name, ok in verdicts if not ok))
+    passing = tuple(sorted(name for name, ok in verdicts if ok))
+    return ReleaseJudgement(release, failing, passing)
