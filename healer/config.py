@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -410,6 +411,9 @@ class StateDb:
     path: Path
     dsn_env: str | None = None
     config: Path = Path(DEFAULT_CONFIG_NAME)  # the healer.toml that said so, for messages
+    # PostgreSQL: the schema this host's own tables live in, first on the search path (then
+    # public, where the fleet's shared tables are); None: public
+    schema: str | None = None
 
     def exists(self) -> bool:
         """Is there state to read? A SQLite file may not be there yet (and a read must not create
@@ -480,8 +484,22 @@ class Config(Model):
         return self.state_dir / "healer.db"
 
     @property
+    def fleet_host(self) -> str:
+        """This host's name in the fleet: [fleet] host, else the hostname."""
+        return (self.fleet.host if self.fleet is not None else None) or socket.gethostname()
+
+    @property
     def state_db(self) -> StateDb:
-        """Where the store and the alert outbox keep their tables ([state] dsn_env, else db_path)."""
+        """Where the store keeps its tables ([state] dsn_env, else db_path). In a fleet each host
+        has its own (PostgreSQL schema healer_<host>): its deploys, cycles, incidents and actions
+        are its own app's, whatever release the other hosts run."""
+        schema = f"healer_{self.fleet_host}" if self.fleet is not None and self.state.dsn_env else None
+        return StateDb(self.db_path, self.state.dsn_env, self.path, schema)
+
+    @property
+    def shared_db(self) -> StateDb:
+        """Where the tables every host of a fleet shares live: the alert outbox (each alert is
+        claimed once, whichever healer sends it) and the fleet's. Without [fleet], state_db."""
         return StateDb(self.db_path, self.state.dsn_env, self.path)
 
 

@@ -223,7 +223,7 @@ class Database:
             return pg.StateConnection(
                 server, write_lock=WRITE_LOCK, lock_timeout_ms=LOCK_TIMEOUT_MS,
                 statement_timeout_ms=STATEMENT_TIMEOUT_MS, idle_in_transaction_ms=IDLE_IN_TRANSACTION_MS,
-                connect_timeout=CONNECT_TIMEOUT_S,
+                connect_timeout=CONNECT_TIMEOUT_S, schema=self.location.schema,
             )  # fmt: skip
         except pg.Error as e:
             raise StoreError(f"postgresql {server.where}: cannot open the state database: {server.reason(e)}") from None

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +33,7 @@ from healer import fleet_store, pg
 from healer.clock import Clock, SystemClock
 from healer.config import Config, StateDb
 from healer.errors import FencedError, FleetError
+from healer.fleet_judge import HostVerdict, ReleaseJudgement, judge_release
 from healer.lease import Step, advisory_key, holder_name, renew_every, step, trusted_until
 from healer.logging import log_event
 
@@ -73,8 +73,9 @@ class Leadership:
         fleet, env = config.fleet, config.state.dsn_env
         if fleet is None or env is None:
             raise FleetError(f"{config.path}: fleet: expected [fleet] and [state] dsn_env")
-        host = fleet.host or socket.gethostname()
-        return cls(pg.server(env), app=fleet.app or config.app.name, host=host, lease=fleet.lease, clock=clock)
+        return cls(
+            pg.server(env), app=fleet.app or config.app.name, host=config.fleet_host, lease=fleet.lease, clock=clock
+        )
 
     @property
     def is_leader(self) -> bool:
@@ -209,6 +210,15 @@ class Leadership:
         async with self._use:
             await fleet_store.heartbeat(await self._open(), beat)
 
+    async def judge_release(self, release: str, healthy: bool, fresh: timedelta) -> ReleaseJudgement:
+        """The fleet's judgement of `release` (fleet_judge.judge_release) from the host registry,
+        this host counting with `healthy`, by the database's clock. pg.Error, OSError, TimeoutError
+        when the registry cannot be read within a renewal's interval."""
+        async with asyncio.timeout(renew_every(self.lease).total_seconds()), self._use:
+            view = await fleet_store.read_fleet(await self._open(), self.app)
+        hosts = [HostVerdict(h.host, h.release, h.healthy, h.seen_at) for h in view.hosts]
+        return judge_release(hosts, host=self.host, release=release, healthy=healthy, now=view.db_now, fresh=fresh)
+
     async def report_cycle(self, release: str, at: datetime, healthy: bool) -> None:
         """After each of the loop's cycles: this host's line in the registry. A database that
         cannot be reached, or answers slower than a renewal's interval, costs the line, never
@@ -269,7 +279,7 @@ async def fleet_status(config: Config) -> dict[str, Any]:
     server = pg.server(env)
     app = fleet.app or config.app.name
     try:
-        await asyncio.to_thread(fleet_store.migrate, config.state_db)
+        await asyncio.to_thread(fleet_store.migrate, config.shared_db)
         async with pg.connect(server, CONNECT_TIMEOUT.total_seconds()) as conn:
             view = await fleet_store.read_fleet(conn, app)
     except (pg.Error, OSError, TimeoutError) as e:

@@ -64,3 +64,10 @@ def judge_release(
     failing = tuple(sorted(name for name, ok in verdicts if not ok))
     passing = tuple(sorted(name for name, ok in verdicts if ok))
     return ReleaseJudgement(release, failing, passing)
+
+
+def freshness(lease: timedelta, every: timedelta) -> timedelta:
+    """How recently a host must have written to count: three of its cycles (hosts share the
+    schedule) and a lease on top, for a slow database or a busy host. A healer silent for longer
+    is gone or cut off, and says nothing of the release."""
+    return 3 * every + lease

@@ -4,7 +4,7 @@ All of the fleet's SQL is here, on a psycopg connection from healer/pg.py in aut
 function that needs a transaction opens its own). Timestamps are the database's `now()`, so
 that every host's lease is measured on one clock.
 
-    migrate(config.state_db)                                         # the tables (blocking)
+    migrate(config.shared_db)                                        # the tables (blocking)
     row, db_now = await read_lease(conn, app, for_update=True)      # inside conn.transaction()
     await fenced(conn, app, epoch, write)                            # FencedError unless epoch holds
     await heartbeat(conn, HostBeat(app, host, release, last_cycle_at, healthy))

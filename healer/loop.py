@@ -47,6 +47,7 @@ from healer.config import Config, format_duration, format_elapsed
 from healer.decide import Decision, Situation, decide
 from healer.drift import drift_alerts
 from healer.errors import HealerError, LockedError, StoreError
+from healer.fleet_judge import freshness
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
 from healer.ladder import Cause, settled
@@ -254,6 +255,7 @@ class Watchdog:
         # between cycles, the app's processes: an exit runs a cycle early (healer.watch)
         self.watcher = Watcher(config, self.clock, acting=self._is_acting)
         self._early_runs: list[datetime] = []  # when early cycles ran, for early_cycle_at's bound
+        self._left_to_fleet: int | None = None  # [fleet]: the deploy whose rollback was not made here
 
     def _is_acting(self) -> bool:
         """A repair or rollback runs (this loop's, or a person's through healer): an exit of the
@@ -344,7 +346,7 @@ class Watchdog:
         results = await run_checks(replace(self.ctx, reference=reference))
         verdict = judge(results, deploy.baseline, self.config.checks, now, reference=reference)
         situation = await self._situation(deploy, verdict, now)
-        decision = decide(situation, self.config)
+        decision = await self._fleet_rollback(decide(situation, self.config), deploy, verdict)
         unprobed = decision.attribution is not None and decision.attribution.cause is Cause.UNPROBED
         self._unprobed_streak = self._unprobed_streak + 1 if unprobed else 0
         self._cause = None if decision.attribution is None else decision.attribution.label
@@ -439,6 +441,44 @@ class Watchdog:
                         deploy, verdict, decision.next_step,
                     )  # fmt: skip
         return report
+
+    async def _fleet_rollback(self, decision: Decision, deploy: Deploy, verdict: Verdict) -> Decision:
+        """[fleet]: a rollback is the fleet's, decided by its leader over every host's verdict.
+
+        1. Without [fleet], or without a rollback to make, the decision stands.
+        2. The leader rolls back when most fresh hosts on the release fail (fleet_judge).
+        3. Otherwise the rollback is not made: a follower leaves it to the leader; for the leader
+           one sick host is that host's trouble (its own healer restarts its app), and a registry
+           it cannot read decides nothing. Said in the log, and recorded once per deploy.
+        """
+        leadership = self.leadership
+        rollbacks = [i for i in decision.intents if isinstance(i, Rollback) and not i.observe]
+        if leadership is None or not rollbacks:
+            return decision
+        if not leadership.is_leader:
+            why = "the fleet's leader decides rollbacks"
+        else:
+            from healer import pg
+
+            every = phase_at(deploy.first_seen, verdict.at, self.config.schedule).every
+            try:
+                judged = await leadership.judge_release(deploy.commit, verdict.ok, freshness(leadership.lease, every))
+            except (pg.Error, OSError, TimeoutError) as e:
+                why = f"the fleet's hosts cannot be read ({leadership.server.reason(e)})"
+            else:
+                if judged.is_failing:
+                    event("fleet.release_failing", release=deploy.commit[:12], hosts=judged.describe())
+                    return decision
+                why = f"{judged.describe()}: not the release's fault, no fleet rollback"
+        event("fleet.rollback_not_made", release=deploy.commit[:12], reason=why)
+        if self._left_to_fleet != deploy.id:
+            self._left_to_fleet = deploy.id
+            await self._db(
+                self.store.start_action, kind="rollback", name="fleet", who=Who.LOOP, reason=why,
+                now=verdict.at, deploy_id=deploy.id, outcome=Outcome.SKIPPED,
+            )  # fmt: skip
+        intents = tuple(i for i in decision.intents if i not in rollbacks)
+        return replace(decision, intents=intents, next_step=why)
 
     async def _situation(self, deploy: Deploy, verdict: Verdict, now: datetime) -> Situation:
         """What decide() needs besides the verdict, read from the store and the repository."""

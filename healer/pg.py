@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import psycopg.sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
@@ -139,13 +140,16 @@ class StateConnection:
     Every write transaction first takes the transaction-level advisory lock `write_lock`, as
     SQLite's BEGIN IMMEDIATE does; lock waits give up after `lock_timeout_ms`, any statement after
     `statement_timeout_ms`, and the server ends a transaction left idle `idle_in_transaction_ms`
-    (its process stopped in it) so that it holds no lock for long. Messages name the server by host:port/database only.
+    (its process stopped in it) so that it holds no lock for long. With `schema`, tables are made
+    and found in that schema first (a fleet host's own), then in public (the fleet's shared ones).
+    Messages name the server by host:port/database only.
     """
 
     backend = "postgres"
 
     def __init__(self, target: Server, *, write_lock: tuple[int, int], lock_timeout_ms: int,
-                 statement_timeout_ms: int, idle_in_transaction_ms: int, connect_timeout: float) -> None:  # fmt: skip
+                 statement_timeout_ms: int, idle_in_transaction_ms: int, connect_timeout: float,
+                 schema: str | None = None) -> None:  # fmt: skip
         self.target = target
         self.name = f"postgresql {target.where}"
         self._write_lock = write_lock
@@ -155,6 +159,7 @@ class StateConnection:
             "idle_in_transaction_session_timeout": idle_in_transaction_ms,
         }
         self._connect_timeout = connect_timeout
+        self._schema = schema
         self._conn: psycopg.Connection[Row] | None = None
         self._connection()
 
@@ -174,6 +179,11 @@ class StateConnection:
         )
         for key, ms in self._settings.items():  # set_config(): a bound value, unlike SET
             conn.execute("SELECT set_config(%s, %s, false)", (key, f"{ms}ms"))
+        if self._schema is not None:  # this host's tables first; the shared ones from public
+            name = psycopg.sql.Identifier(self._schema)
+            conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
+            path = psycopg.sql.SQL("{}, public").format(name).as_string(conn)
+            conn.execute("SELECT set_config('search_path', %s, false)", (path,))
         self._conn = conn
         return conn
 

@@ -146,7 +146,7 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
                          "outcome": a.outcome, "detail": a.detail})  # fmt: skip
     from healer.alerts.outbox import Outbox
 
-    outbox = Outbox(config.state_db)
+    outbox = Outbox(config.shared_db)
     try:
         for rec in outbox.history(start):
             sent = ", ".join(f"{d.channel}: {d.state.value}" for d in rec.deliveries)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from healer.clock import FakeClock
-from healer.fleet_judge import HostVerdict, judge_release
+from healer.fleet_judge import HostVerdict, freshness, judge_release
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 FRESH = timedelta(seconds=45)
@@ -94,3 +94,7 @@ def test_a_host_that_stopped_writing_no_longer_counts_on_a_fake_clock() -> None:
     assert _judge([web2], now=clock.now())[0] is False
     clock.advance(timedelta(seconds=1))
     assert _judge([web2], now=clock.now()) == (True, "1 of 1 host on bbbbbbbbbbbb fail (web-1)")
+
+
+def test_a_host_counts_for_three_of_its_cycles_and_a_lease() -> None:
+    assert freshness(timedelta(seconds=15), timedelta(seconds=10)) == timedelta(seconds=45)

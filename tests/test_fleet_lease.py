@@ -19,9 +19,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import config_from
 from services import PostgresServer, start_pgbouncer, wait_until
 
 from healer import pg
+from healer.alerts.outbox import Outbox
 from healer.clock import FakeClock
 from healer.config import StateDb
 from healer.db import Database
@@ -38,6 +40,7 @@ from healer.lease import (
     step,
     trusted_until,
 )
+from healer.store import Store
 
 CONTENDER = Path(__file__).parent / "fleet_contender.py"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -407,3 +410,47 @@ def test_a_lease_fence_writes_at_the_leaders_epoch_and_nothing_after_it_moved_on
         assert [r[0] for r in db.query("SELECT n FROM fence_test WHERE app = ?", (app,))] == [1]
     finally:
         db.close()
+
+
+def test_each_host_keeps_its_own_store_and_shares_the_outbox(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two hosts of a fleet on one database: each one's deploys are its own (a host on another
+    release opens no window in the other's store), the alert outbox is one table for both."""
+    dsn = postgres_server.create_database()
+    monkeypatch.setenv("HEALER_STATE_DSN", dsn)
+    now = datetime.now(UTC)
+    stores: dict[str, Store] = {}
+    try:
+        for host, commit in (("web-1", "a" * 40), ("web-2", "b" * 40)):
+            (tmp_path / host).mkdir()
+            config = config_from(tmp_path / host, f"""
+                [state]
+                dsn_env = "HEALER_STATE_DSN"
+                [fleet]
+                host = "{host}"
+                [app]
+                name = "shop"
+                repo = "{tmp_path}"
+                [[checks]]
+                name = "up"
+                type = "command"
+                argv = ["true"]
+                """)  # fmt: skip
+            assert config.state_db.schema == f"healer_{host}" and config.shared_db.schema is None
+            stores[host] = Store(config.state_db)
+            stores[host].ensure_deploy(commit, now)
+            outbox = Outbox(config.shared_db)
+            outbox.close()
+        assert stores["web-1"].ensure_deploy("a" * 40, now)[1] is False  # web-2's release left it alone
+        assert stores["web-2"].current_deploy().commit == "b" * 40  # type: ignore[union-attr]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            tables = conn.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables"
+                " WHERE table_name IN ('deploys', 'alert_outbox') ORDER BY 1, 2"
+            ).fetchall()
+        assert tables == [("healer_web-1", "deploys"), ("healer_web-2", "deploys"), ("public", "alert_outbox")]
+    finally:
+        for store in stores.values():
+            store.close()
+        postgres_server.drop_database(dsn)
