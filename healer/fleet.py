@@ -32,8 +32,16 @@ from typing import Any, TypeVar
 from healer import fleet_store, pg
 from healer.clock import Clock, SystemClock
 from healer.config import Config, StateDb
-from healer.errors import FencedError, FleetError
-from healer.fleet_judge import HostVerdict, ReleaseJudgement, judge_release
+from healer.db import Database
+from healer.errors import FencedError, FleetError, StoreError
+from healer.fleet_judge import (
+    HostVerdict,
+    ReleaseJudgement,
+    RollbackOrder,
+    RollbackOutcome,
+    judge_release,
+    rollback_outcome,
+)
 from healer.lease import Step, advisory_key, holder_name, renew_every, step, trusted_until
 from healer.logging import log_event
 
@@ -66,6 +74,7 @@ class Leadership:
         self._locked = False  # our session holds the advisory lock
         self._use = asyncio.Lock()  # one statement sequence at a time on the one session
         self._exit: contextlib.AsyncExitStack | None = None
+        self.db: Database | None = None  # the shared tables, for the fleet's rollbacks (opened by start)
 
     @classmethod
     def from_config(cls, config: Config, *, clock: Clock | None = None) -> Leadership:
@@ -89,7 +98,9 @@ class Leadership:
     async def start(self) -> None:
         """Bring the fleet's tables up to date, open the session, refuse a transaction pooler.
         FleetError, StoreError, pg.Error."""
-        await asyncio.to_thread(fleet_store.migrate, StateDb(Path(), self.server.env))
+        shared = StateDb(Path(), self.server.env)
+        await asyncio.to_thread(fleet_store.migrate, shared)
+        self.db = await asyncio.to_thread(Database, shared)
         async with self._use:
             await self._open()
 
@@ -132,6 +143,9 @@ class Leadership:
                     await fleet_store.release(conn, self.app, epoch=epoch)
             self._trusted_until = None
             await self._drop()
+            if self.db is not None:
+                self.db.close()
+                self.db = None
 
     # -- the lease ---------------------------------------------------------------------------
 
@@ -218,6 +232,43 @@ class Leadership:
             view = await fleet_store.read_fleet(await self._open(), self.app)
         hosts = [HostVerdict(h.host, h.release, h.healthy, h.seen_at) for h in view.hosts]
         return judge_release(hosts, host=self.host, release=release, healthy=healthy, now=view.db_now, fresh=fresh)
+
+    # -- the fleet's rollbacks (healer/fleet_judge.py: RollbackOrder) ------------------------------
+
+    def _shared(self) -> Database:
+        if self.db is None:  # before start(), or after close() (healer stopping)
+            raise StoreError(f"fleet {self.app}: the fleet's shared tables are not open")
+        return self.db
+
+    def _fence(self) -> fleet_store.LeaseFence:
+        return fleet_store.LeaseFence(self.app, self.epoch or 0)
+
+    async def order_rollback(self, order: RollbackOrder) -> int:
+        """Record the rollback every host on `order.from_release` is to follow, fenced by this
+        leader's lease (FencedError: it no longer leads, and nothing is recorded)."""
+        return await asyncio.to_thread(fleet_store.order_rollback, self._shared(), self._fence(), order)
+
+    async def order_for(self, release: str) -> RollbackOrder | None:
+        """A fleet rollback away from `release` this host has yet to follow."""
+        return await asyncio.to_thread(fleet_store.order_for, self._shared(), self.app, release, self.host)
+
+    async def report_rollback(self, order_id: int, ok: bool, detail: str, at: datetime) -> None:
+        await asyncio.to_thread(fleet_store.report_rollback, self._shared(), order_id, self.host, ok, detail, at)
+
+    async def settle_rollbacks(self, now: datetime, fresh: timedelta) -> list[RollbackOutcome]:
+        """The outcomes of the fleet's rollbacks now complete (every live host reported, or the
+        deadline passed), each recorded once, fenced: the leader announces what this returns."""
+        async with asyncio.timeout(renew_every(self.lease).total_seconds()), self._use:
+            view = await fleet_store.read_fleet(await self._open(), self.app)
+        hosts = [HostVerdict(h.host, h.release, h.healthy, h.seen_at) for h in view.hosts]
+        done = []
+        for order, reports in await asyncio.to_thread(fleet_store.open_rollbacks, self._shared(), self.app):
+            outcome = rollback_outcome(order, reports, hosts, now=now, fresh=fresh)
+            if outcome is not None and await asyncio.to_thread(
+                fleet_store.close_rollback, self._shared(), self._fence(), order.id, outcome.text
+            ):
+                done.append(outcome)
+        return done
 
     async def report_cycle(self, release: str, at: datetime, healthy: bool) -> None:
         """After each of the loop's cycles: this host's line in the registry. A database that

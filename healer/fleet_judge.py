@@ -71,3 +71,43 @@ def freshness(lease: timedelta, every: timedelta) -> timedelta:
     schedule) and a lease on top, for a slow database or a busy host. A healer silent for longer
     is gone or cut off, and says nothing of the release."""
     return 3 * every + lease
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackOrder:
+    """A rollback the leader decided for the fleet: every host on `from_release` goes to
+    `target` (the commit of `to_ref`) and reports; the leader announces one outcome."""
+
+    id: int
+    from_release: str
+    target: str
+    to_ref: str
+    reason: str
+    started_at: datetime  # by the leader's clock
+    deadline: datetime  # hosts that have not reported by then did not follow
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackOutcome:
+    ok: bool  # every host followed
+    text: str  # "web-1, web-2 rolled back from 1a2b3c4d5e6f to stable-1" (+ "; did not follow: ...")
+
+
+def rollback_outcome(
+    order: RollbackOrder, reports: dict[str, bool], hosts: Sequence[HostVerdict], *, now: datetime, fresh: timedelta
+) -> RollbackOutcome | None:
+    """The fleet rollback's one outcome, once every host that was live when it was ordered has
+    reported, or the deadline passed (None: still waiting). A host busy rolling back writes no
+    verdict meanwhile, so liveness is judged at the order, not now. A host that reported a
+    failure, or never reported, did not follow."""
+    expected = [h.host for h in hosts if h.seen_at >= order.started_at - fresh]
+    missing = sorted(h for h in expected if h not in reports)
+    if missing and now < order.deadline:
+        return None
+    followed = sorted(h for h, ok in reports.items() if ok)
+    lagging = [f"{h} (failed)" for h in sorted(h for h, ok in reports.items() if not ok)]
+    lagging += [f"{h} (no report)" for h in missing]
+    text = f"{', '.join(followed) or 'no host'} rolled back from {order.from_release[:12]} to {order.to_ref}"
+    if lagging:
+        text += f"; did not follow: {', '.join(lagging)}"
+    return RollbackOutcome(not lagging, text)

@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from healer.config import StateDb
-from healer.db import Database, Migration, Tx
+from healer.db import Database, Migration, Row, Tx
 from healer.errors import FencedError
+from healer.fleet_judge import RollbackOrder
 from healer.lease import LeaseRow, lock_ids
 from healer.pg import AsyncConnection
 
@@ -55,6 +56,30 @@ MIGRATIONS = (
         _LEASE.format(time="TEXT"),
         postgres=_LEASE.format(time="TIMESTAMPTZ"),  # the lease is timed by the database's now()
     ),
+    Migration(
+        2,
+        "the fleet's rollbacks and each host's report",
+        """CREATE TABLE IF NOT EXISTS fleet_rollbacks (
+    id INTEGER PRIMARY KEY,
+    app TEXT NOT NULL,
+    epoch INTEGER NOT NULL,            -- the leader's, when it decided
+    from_release TEXT NOT NULL,        -- the commit every host on it leaves
+    target TEXT NOT NULL,              -- the commit they go to
+    to_ref TEXT NOT NULL,              -- its stable tag, for people
+    reason TEXT NOT NULL,
+    started_at TEXT NOT NULL,          -- ISO 8601 UTC, by the leader's clock
+    deadline TEXT NOT NULL,            -- hosts that have not reported by then did not follow
+    outcome TEXT                       -- the one outcome announced; NULL: still waiting
+);
+CREATE TABLE IF NOT EXISTS fleet_rollback_reports (
+    rollback_id INTEGER NOT NULL REFERENCES fleet_rollbacks(id) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    ok INTEGER NOT NULL,               -- 1: checked out, restarted and verified healthy
+    detail TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (rollback_id, host)
+)""",
+    ),
 )
 FLEET = "fleet"  # the component's name in schema_version
 
@@ -85,6 +110,66 @@ class LeaseFence:
     def check(self, tx: Tx) -> None:
         if not tx.query(_FENCE.format(p="?"), (self.app, self.epoch)):
             raise FencedError.lease(self.app, self.epoch)
+
+
+# ---- the fleet's rollbacks (on the state database seam; blocking) --------------------------------
+
+_ORDER = "id, from_release, target, to_ref, reason, started_at, deadline"
+
+
+def _order(row: Row) -> RollbackOrder:
+    at, deadline = (datetime.fromisoformat(t) for t in (row[5], row[6]))
+    return RollbackOrder(int(row[0]), row[1], row[2], row[3], row[4], at, deadline)
+
+
+def order_rollback(db: Database, fence: LeaseFence, order: RollbackOrder) -> int:
+    """Record the leader's rollback for the fleet, fenced by its lease; the order's id."""
+    with db.write("cannot record the fleet's rollback", fence=fence) as tx:
+        return tx.insert(
+            "INSERT INTO fleet_rollbacks (app, epoch, from_release, target, to_ref, reason, started_at, deadline)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (fence.app, fence.epoch, order.from_release, order.target, order.to_ref, order.reason,
+             order.started_at.isoformat(), order.deadline.isoformat()),
+        )  # fmt: skip
+
+
+def order_for(db: Database, app: str, release: str, host: str) -> RollbackOrder | None:
+    """The newest fleet rollback away from `release` that `host` has not reported on."""
+    rows = db.query(
+        f"SELECT {_ORDER} FROM fleet_rollbacks r WHERE app = ? AND from_release = ? AND NOT EXISTS"
+        " (SELECT 1 FROM fleet_rollback_reports p WHERE p.rollback_id = r.id AND p.host = ?) ORDER BY id DESC LIMIT 1",
+        (app, release, host),
+    )
+    return _order(rows[0]) if rows else None
+
+
+def report_rollback(db: Database, order_id: int, host: str, ok: bool, detail: str, at: datetime) -> None:
+    """A host's word on a fleet rollback: followed (checked out, restarted, healthy) or not."""
+    with db.write("cannot report on the fleet's rollback") as tx:
+        tx.execute(
+            "INSERT INTO fleet_rollback_reports (rollback_id, host, ok, detail, at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (rollback_id, host) DO NOTHING",
+            (order_id, host, int(ok), detail, at.isoformat()),
+        )
+
+
+def open_rollbacks(db: Database, app: str) -> list[tuple[RollbackOrder, dict[str, bool]]]:
+    """The app's fleet rollbacks whose outcome is not announced yet, with each host's report."""
+    orders = [
+        _order(r) for r in db.query(f"SELECT {_ORDER} FROM fleet_rollbacks WHERE app = ? AND outcome IS NULL", (app,))
+    ]
+    out = []
+    for order in orders:
+        rows = db.query("SELECT host, ok FROM fleet_rollback_reports WHERE rollback_id = ?", (order.id,))
+        out.append((order, {str(r[0]): bool(r[1]) for r in rows}))
+    return out
+
+
+def close_rollback(db: Database, fence: LeaseFence, order_id: int, outcome: str) -> bool:
+    """Record the one outcome, fenced; False when another leader announced it first."""
+    with db.write("cannot record the fleet rollback's outcome", fence=fence) as tx:
+        cur = tx.execute("UPDATE fleet_rollbacks SET outcome = ? WHERE id = ? AND outcome IS NULL", (outcome, order_id))
+        return cur.rowcount == 1
 
 
 # ---- the session: its lock, its backend ---------------------------------------------------------

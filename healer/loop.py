@@ -46,8 +46,8 @@ from healer.clock import Clock, SystemClock, stepped
 from healer.config import Config, format_duration, format_elapsed
 from healer.decide import Decision, Situation, decide
 from healer.drift import drift_alerts
-from healer.errors import HealerError, LockedError, StoreError
-from healer.fleet_judge import freshness
+from healer.errors import FencedError, HealerError, LockedError, StoreError
+from healer.fleet_judge import RollbackOrder, freshness
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
 from healer.ladder import Cause, settled
@@ -413,6 +413,7 @@ class Watchdog:
                     now=now, deploy_id=deploy.id, incident_id=incident, outcome=Outcome.OK,
                 )  # fmt: skip
                 event("healer.held", reason=intent.reason)
+        alerts += await self._settle_fleet_rollbacks(deploy, now)
         report.alerts = alerts
         next_step = decision.next_step
         if any(a.event == Event.REPAIR_SUCCEEDED for a in alerts):
@@ -452,8 +453,19 @@ class Watchdog:
            it cannot read decides nothing. Said in the log, and recorded once per deploy.
         """
         leadership = self.leadership
-        rollbacks = [i for i in decision.intents if isinstance(i, Rollback) and not i.observe]
-        if leadership is None or not rollbacks:
+        if leadership is None:
+            return decision
+        rollbacks = [i for i in decision.intents if isinstance(i, Rollback)]
+        with contextlib.suppress(StoreError):  # unreadable: the next cycle looks again
+            order = await leadership.order_for(deploy.commit)
+            if order is not None:  # the fleet rolls this release back: every host follows
+                event("fleet.rollback_following", order=order.id, to=order.to_ref)
+                follow = Rollback(f"the fleet rolls back ({order.reason})", observe=self.observe, to=order.target,
+                                  order=order.id)  # fmt: skip
+                intents = (*(i for i in decision.intents if i not in rollbacks), follow)
+                return replace(decision, intents=intents, next_step="following the fleet's rollback")
+        rollbacks = [i for i in rollbacks if not i.observe]
+        if not rollbacks:
             return decision
         if not leadership.is_leader:
             why = "the fleet's leader decides rollbacks"
@@ -631,7 +643,18 @@ class Watchdog:
             return []
         await self._supersede_verifying("the rollback", "rolling back")
 
+        order = intent.order  # [fleet]: the fleet rollback this one is part of
+
         async def started(p: Plan) -> None:
+            nonlocal order
+            if self.leadership is not None and order is None:
+                # the leader's decision, for every host on the release: recorded under its
+                # lease before anything is touched (FencedError: it no longer leads)
+                every = phase_at(deploy.first_seen, now, self.config.schedule).every
+                deadline = now + 3 * every + 2 * action_budget(self.config)
+                wanted = RollbackOrder(0, p.from_commit, p.to_commit, p.to_ref, intent.reason, now, deadline)
+                order = await self.leadership.order_rollback(wanted)
+                event("fleet.rollback_ordered", order=order, to=p.to_ref)
             # said under the rollback lock, once the plan is accepted: never for a lost race
             event("rollback.started", reason=intent.reason, to=p.to_ref)
             await self._alert([rollback_started(p, incident=incident)], deploy, None, "rolling back")
@@ -640,8 +663,12 @@ class Watchdog:
             with self.liveness.busy(action_budget(self.config)):
                 result = await rollback.run_rollback(
                     config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
-                    who=Who.LOOP, reason=intent.reason, mark_bad=intent.mark_bad, on_start=started,
+                    who=Who.LOOP, reason=intent.reason, to=intent.to, mark_bad=intent.mark_bad, on_start=started,
                 )  # fmt: skip
+        except FencedError as e:
+            event("fleet.rollback_not_made", reason=str(e))
+            report.actions.append("rollback: not made, this healer no longer leads")
+            return []
         except LockedError as e:
             # a person's rollback is running: theirs is announced and decides; the next cycle
             # judges what it leaves, so nothing is said, held or recorded here
@@ -651,7 +678,9 @@ class Watchdog:
         except HealerError as e:
             event("rollback.error", error=str(e))
             report.actions.append("rollback: error")
+            await self._report_to_fleet(order, False, str(e))
             return await self._follow_up(NotRun(intent, str(e)), deploy, incident)
+        await self._report_to_fleet(order, result.ok and not result.refused, result.refused or result.detail)
         if result.refused:
             report.actions.append("rollback: refused")
             event("rollback.refused", why=result.refused)
@@ -659,6 +688,39 @@ class Watchdog:
             report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
             event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
         return await self._follow_up(result, deploy, incident)
+
+    async def _report_to_fleet(self, order: int | None, ok: bool, detail: str) -> None:
+        """[fleet]: this host's word on the fleet rollback it took part in (lost with a store
+        that cannot be written: the leader then counts the host as not having followed)."""
+        if self.leadership is None or order is None:
+            return
+        try:
+            await self.leadership.report_rollback(order, ok, detail, self.clock.now())
+        except StoreError as e:
+            event("fleet.report_lost", order=order, error=str(e))
+
+    async def _settle_fleet_rollbacks(self, deploy: Deploy, now: datetime) -> list[Alert]:
+        """[fleet], the leader: the one outcome of each fleet rollback now complete, naming the
+        hosts that did not follow."""
+        leadership = self.leadership
+        if leadership is None or not leadership.is_leader:
+            return []
+        from healer import pg
+
+        every = phase_at(deploy.first_seen, now, self.config.schedule).every
+        try:
+            outcomes = await leadership.settle_rollbacks(now, freshness(leadership.lease, every))
+        except (pg.Error, OSError, TimeoutError, StoreError) as e:  # the next cycle tries again
+            event("fleet.unreachable", error=str(e))
+            return []
+        alerts = []
+        for o in outcomes:
+            event("fleet.rollback_finished", ok=o.ok, outcome=o.text)
+            kind, severity = (
+                (Event.ROLLBACK_SUCCEEDED, Severity.INFO) if o.ok else (Event.ROLLBACK_FAILED, Severity.CRITICAL)
+            )
+            alerts.append(Alert(kind, severity, "the fleet's rollback", o.text, bypass_dedup=True))
+        return alerts
 
     async def _follow_up(self, outcome: ActionOutcome, deploy: Deploy | None, incident: int | None) -> list[Alert]:
         """What follows an action of the loop: the hold carried out, the alerts for the cycle."""

@@ -210,20 +210,30 @@ def test_one_sick_host_has_only_its_own_app_restarted(fleet: Fleet) -> None:
     assert [h.done("rollback") for h in fleet.hosts.values()] == [[], []]
 
 
-def test_a_bad_deploy_on_both_hosts_is_one_rollback_decided_by_the_leader(fleet: Fleet) -> None:
-    """Release 2.0 answers 500 on both hosts: the ladder's restart does not help, and the leader,
-    seeing both hosts fail on it, rolls back once; the follower leaves the rollback to it."""
+def test_a_bad_deploy_on_both_hosts_is_one_rollback_decided_by_the_leader_and_followed(fleet: Fleet) -> None:
+    """Release 2.0 answers 500 on both hosts: the ladder's restart does not help; the leader, seeing
+    both hosts fail on it, decides one rollback for the fleet and rolls its own host back; the
+    follower, whose own ladder leaves rollbacks to the leader, follows the leader's order to the
+    same commit; the leader announces one outcome naming both hosts."""
     fleet.start()
-    fleet.release("2.0", broken=True)
+    bad = fleet.release("2.0", broken=True)
     for h in fleet.hosts.values():
         h.deploy()
-    fleet.eventually(lambda: any(h.done("rollback") for h in fleet.hosts.values()), "a rollback")
-    leader = fleet.leader()
-    assert leader is not None
-    lead, follower = fleet.hosts[leader], next(h for n, h in fleet.hosts.items() if n != leader)
-    fleet.eventually(lambda: lead.serving() == "1.0", "the leader's host serving the stable release")
-    assert len(lead.done("rollback", "ok")) == 1, lead.rows("rollback")
-    fleet.eventually(lambda: follower.rows("rollback"), "the follower saying it left the rollback to the leader")
-    [left] = follower.rows("rollback")
-    assert left["outcome"] == "skipped" and "the fleet's leader decides rollbacks" in left["why"], left
-    assert follower.done("rollback") == []
+    fleet.eventually(lambda: all(h.serving() == "1.0" for h in fleet.hosts.values()), "every host on 1.0")
+    stable = git(fleet.origin, "rev-parse", "stable-1^{commit}")
+    assert [git(h.repo, "rev-parse", "HEAD") for h in fleet.hosts.values()] == [stable, stable]
+    orders = fleet.query("SELECT epoch, from_release, target, to_ref FROM fleet_rollbacks")
+    assert len(orders) == 1 and orders[0][1:] == (bad, stable, "stable-1"), orders
+    fleet.eventually(lambda: fleet.query("SELECT outcome FROM fleet_rollbacks WHERE outcome IS NOT NULL"),
+                     "the fleet rollback's outcome")  # fmt: skip
+    [(outcome,)] = fleet.query("SELECT outcome FROM fleet_rollbacks")
+    assert outcome == f"web-1, web-2 rolled back from {bad[:12]} to stable-1", outcome
+    reasons = {n: [r["why"] for r in h.done("rollback", "ok")] for n, h in fleet.hosts.items()}
+    assert all(len(r) == 1 for r in reasons.values()), reasons
+    assert sum("the fleet rolls back" in r[0] for r in reasons.values()) == 1, reasons  # the follower's
+
+    def announced() -> list[dict[str, Any]]:
+        return [r for r in fleet.hosts["web-1"].rows("alert") if r["what"] == "the fleet's rollback"]
+
+    fleet.eventually(announced, "the outcome announced")
+    assert len(announced()) == 1, announced()  # one outcome, in the shared outbox

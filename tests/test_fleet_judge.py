@@ -8,7 +8,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from healer.clock import FakeClock
-from healer.fleet_judge import HostVerdict, freshness, judge_release
+from healer.fleet_judge import (
+    HostVerdict,
+    RollbackOrder,
+    RollbackOutcome,
+    freshness,
+    judge_release,
+    rollback_outcome,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 FRESH = timedelta(seconds=45)
@@ -98,3 +105,25 @@ def test_a_host_that_stopped_writing_no_longer_counts_on_a_fake_clock() -> None:
 
 def test_a_host_counts_for_three_of_its_cycles_and_a_lease() -> None:
     assert freshness(timedelta(seconds=15), timedelta(seconds=10)) == timedelta(seconds=45)
+
+
+def test_a_fleet_rollback_has_one_outcome_once_every_host_reported_or_the_deadline_passed() -> None:
+    """The leader waits for every host live at the order (a host busy rolling back writes no
+    verdict meanwhile), then says one outcome; past the deadline it names who did not follow."""
+    clock = FakeClock(T0)
+    order = RollbackOrder(7, BAD, GOOD, "stable-1", "release failing", clock.now(), clock.now() + timedelta(minutes=2))
+    hosts = [_host("web-1", False), _host("web-2", False), _host("web-3", False)]
+    gone = _host("web-4", True, seen=T0 - FRESH - timedelta(seconds=1))  # silent long before the order
+    clock.advance(timedelta(seconds=30))
+
+    def outcome(reports: dict[str, bool]) -> RollbackOutcome | None:
+        return rollback_outcome(order, reports, [*hosts, gone], now=clock.now(), fresh=FRESH)
+
+    assert outcome({"web-1": True, "web-2": True}) is None  # web-3 may still report
+    assert outcome({"web-1": True, "web-2": True, "web-3": True}) == RollbackOutcome(
+        True, "web-1, web-2, web-3 rolled back from bbbbbbbbbbbb to stable-1"
+    )
+    clock.advance(timedelta(minutes=2))
+    assert outcome({"web-1": True, "web-2": False}) == RollbackOutcome(
+        False, "web-1 rolled back from bbbbbbbbbbbb to stable-1; did not follow: web-2 (failed), web-3 (no report)"
+    )

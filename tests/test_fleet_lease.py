@@ -382,11 +382,13 @@ def test_a_lease_fence_writes_at_the_leaders_epoch_and_nothing_after_it_moved_on
         leadership = Leadership(pg.server("HEALER_STATE_DSN"), app=app, host="web-1", lease=LEASE)
         await leadership.start()
         assert await leadership.tick() is Step.TAKE_OVER
-        await leadership._drop()  # gone without handing the lease back: the row stays as it was
+        await leadership.close()
         assert leadership.epoch is not None
         return leadership.epoch
 
     epoch = asyncio.run(lead())
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:  # the lease, live again at its epoch
+        conn.execute("UPDATE fleet_lease SET expires_at = now() + interval '1 hour' WHERE app = %s", (app,))
     db = Database(StateDb(tmp_path / "unused.db", "HEALER_STATE_DSN"))
     try:
         with db.write("creating the test table") as tx:
