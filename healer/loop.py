@@ -446,9 +446,12 @@ class Watchdog:
     async def _fleet_rollback(self, decision: Decision, deploy: Deploy, verdict: Verdict) -> Decision:
         """[fleet]: a rollback is the fleet's, decided by its leader over every host's verdict.
 
-        1. Without [fleet], or without a rollback to make, the decision stands.
-        2. The leader rolls back when most fresh hosts on the release fail (fleet_judge).
-        3. Otherwise the rollback is not made: a follower leaves it to the leader; for the leader
+        1. Without [fleet] the decision stands.
+        2. The leader ordered a rollback away from this release that this host has not followed
+           yet: follow it, to the same commit, whatever this host's own verdict.
+        3. Without a rollback to make, the decision stands.
+        4. The leader rolls back when most fresh hosts on the release fail (fleet_judge).
+        5. Otherwise the rollback is not made: a follower leaves it to the leader; for the leader
            one sick host is that host's trouble (its own healer restarts its app), and a registry
            it cannot read decides nothing. Said in the log, and recorded once per deploy.
         """
@@ -638,6 +641,7 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append("would roll back")
             event("rollback.would_run", reason=intent.reason)
+            await self._report_to_fleet(intent.order, False, "observe mode: would roll back")
             return await self._follow_up(Observed(intent), deploy, incident)
         if self._stopping(report, "rollback"):
             return []

@@ -1,6 +1,6 @@
-"""End-to-end fleet judgement: two real `healer run` processes, each watching its own copy of the
+"""End-to-end fleet judgement: two or three real `healer run` processes, each watching its own copy of the
 sample app (its own clone of the repository, its own port, `[process]` manager "command"),
-sharing one real PostgreSQL (I/O). A bad deploy on both hosts is rolled back once, by the leader;
+sharing one real PostgreSQL (I/O). A bad deploy on every host is rolled back once, by the leader, and followed;
 one sick host has its own app restarted by its own healer, and the fleet is not rolled back."""
 
 from __future__ import annotations
@@ -145,9 +145,12 @@ class Fleet:
         git(self.origin, "add", "app.json")
         commit(self.origin, "release 1.0")
         git(self.origin, "tag", "stable-1")
-        self.hosts = {name: Host(root, name, self.origin) for name in ("web-1", "web-2")}
+        self.root = root
+        self.hosts: dict[str, Host] = {}
 
-    def start(self) -> None:
+    def start(self, n: int = 2) -> None:
+        """n hosts, web-1 ... web-n, each its app and its healer; once each reported healthy."""
+        self.hosts = {f"web-{i}": Host(self.root, f"web-{i}", self.origin) for i in range(1, n + 1)}
         for h in self.hosts.values():
             h.start_app()
             h.run_healer()
@@ -210,27 +213,28 @@ def test_one_sick_host_has_only_its_own_app_restarted(fleet: Fleet) -> None:
     assert [h.done("rollback") for h in fleet.hosts.values()] == [[], []]
 
 
-def test_a_bad_deploy_on_both_hosts_is_one_rollback_decided_by_the_leader_and_followed(fleet: Fleet) -> None:
-    """Release 2.0 answers 500 on both hosts: the ladder's restart does not help; the leader, seeing
-    both hosts fail on it, decides one rollback for the fleet and rolls its own host back; the
-    follower, whose own ladder leaves rollbacks to the leader, follows the leader's order to the
-    same commit; the leader announces one outcome naming both hosts."""
-    fleet.start()
+@pytest.mark.parametrize("n", [2, 3], ids=["two", "three"])
+def test_a_bad_deploy_on_every_host_is_one_rollback_decided_by_the_leader_and_followed(fleet: Fleet, n: int) -> None:
+    """Release 2.0 answers 500 on every host: the ladder's restart does not help; the leader, seeing
+    most hosts fail on it, decides one rollback for the fleet and rolls its own host back; the
+    followers, whose own ladders leave rollbacks to the leader, follow its order to the same
+    commit; the leader announces one outcome naming every host."""
+    fleet.start(n)
     bad = fleet.release("2.0", broken=True)
     for h in fleet.hosts.values():
         h.deploy()
     fleet.eventually(lambda: all(h.serving() == "1.0" for h in fleet.hosts.values()), "every host on 1.0")
     stable = git(fleet.origin, "rev-parse", "stable-1^{commit}")
-    assert [git(h.repo, "rev-parse", "HEAD") for h in fleet.hosts.values()] == [stable, stable]
+    assert [git(h.repo, "rev-parse", "HEAD") for h in fleet.hosts.values()] == [stable] * n
     orders = fleet.query("SELECT epoch, from_release, target, to_ref FROM fleet_rollbacks")
     assert len(orders) == 1 and orders[0][1:] == (bad, stable, "stable-1"), orders
     fleet.eventually(lambda: fleet.query("SELECT outcome FROM fleet_rollbacks WHERE outcome IS NOT NULL"),
                      "the fleet rollback's outcome")  # fmt: skip
     [(outcome,)] = fleet.query("SELECT outcome FROM fleet_rollbacks")
-    assert outcome == f"web-1, web-2 rolled back from {bad[:12]} to stable-1", outcome
+    assert outcome == f"{', '.join(fleet.hosts)} rolled back from {bad[:12]} to stable-1", outcome
     reasons = {n: [r["why"] for r in h.done("rollback", "ok")] for n, h in fleet.hosts.items()}
     assert all(len(r) == 1 for r in reasons.values()), reasons
-    assert sum("the fleet rolls back" in r[0] for r in reasons.values()) == 1, reasons  # the follower's
+    assert sum("the fleet rolls back" in r[0] for r in reasons.values()) == n - 1, reasons  # the followers'
 
     def announced() -> list[dict[str, Any]]:
         return [r for r in fleet.hosts["web-1"].rows("alert") if r["what"] == "the fleet's rollback"]
