@@ -84,9 +84,12 @@ class Fleet:
         self.hosts: dict[str, Host] = {}
 
     def leader(self) -> str | None:
-        """The host whose lease is live, by the database's clock."""
+        """The host whose lease is live, by the database's clock (None before the tables exist)."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute("SELECT host FROM fleet_lease WHERE app = 'shop' AND expires_at > now()").fetchone()
+            try:
+                row = conn.execute("SELECT host FROM fleet_lease WHERE app = 'shop' AND expires_at > now()").fetchone()
+            except psycopg.errors.UndefinedTable:
+                return None
         return None if row is None else str(row[0])
 
     def output(self) -> str:
@@ -153,3 +156,32 @@ def test_one_leader_answers_chat_and_each_alert_goes_once(tmp_path: Path, fleet:
     assert len(_replies(fake)) == 2, _replies(fake)
     for host in fleet.hosts.values():  # each alert once, however many senders share the outbox
         assert len(started(host.proc.pid)) == 1, fleet.output()
+
+
+@pytest.mark.parametrize("how", ["kill-9", "sigstop"])
+def test_a_leader_killed_or_stopped_past_its_lease_is_replaced_and_answers_nothing(
+    tmp_path: Path, fleet: Fleet, fake: ChatFake, how: str
+) -> None:
+    """kill -9 of the leading healer, or SIGSTOP past its lease: the other healer leads and
+    answers chat; a stopped leader woken again (SIGCONT) follows, and each command is still
+    answered once."""
+    origin = make_repo(tmp_path / "origin")
+    for name in ("web-1", "web-2"):
+        fleet.hosts[name] = Host(tmp_path, name, origin, fake)
+    _eventually(fleet.leader, fleet, "a leader")
+    first = fleet.leader()
+    assert first is not None
+    old = fleet.hosts[first].proc
+    old.send_signal(signal.SIGKILL if how == "kill-9" else signal.SIGSTOP)
+    try:
+        _eventually(lambda: fleet.leader() not in (None, first), fleet, "the other host leading")
+        fake.say(BOB, CHAT, "/status")
+        _eventually(lambda: len(_replies(fake)) >= 1, fleet, "the new leader's answer")
+    finally:
+        old.send_signal(signal.SIGCONT)
+    if how == "sigstop":
+        fake.say(BOB, CHAT, "/status")
+        _eventually(lambda: len(_replies(fake)) >= 2, fleet, "the answer after the old leader woke")
+        time.sleep(3)  # room for a second answer, were the woken healer still polling
+        assert len(_replies(fake)) == 2, _replies(fake)
+        assert fleet.leader() != first
