@@ -56,7 +56,7 @@ STATEMENT_TIMEOUT_MS = 30000
 # server after this: its write lock and a fence's FOR SHARE on the lease row would otherwise keep
 # every other writer, and a follower's takeover, waiting: a takeover comes at most this long after
 # the lease ran out. (healer's write transactions never wait on anything but the database.)
-IDLE_IN_TRANSACTION_MS = 5000
+IDLE_IN_TRANSACTION_MS = 3000  # under LOCK_TIMEOUT_MS: a writer waiting behind a stopped one gets through
 CONNECT_TIMEOUT_S = 5.0
 
 

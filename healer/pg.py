@@ -197,7 +197,16 @@ class StateConnection:
     def begin(self) -> None:
         # one round trip: two statements are allowed in one query without parameters (our ints)
         key, sub = (int(k) for k in self._write_lock)
-        self._connection().execute(f"BEGIN; SELECT pg_advisory_xact_lock({key}, {sub})".encode())
+        conn = self._connection()
+        try:
+            conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({key}, {sub})".encode())
+        except psycopg.Error:
+            # the lock wait timed out (or the server went): leave no aborted transaction open,
+            # or every later statement on this connection fails
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            raise
 
     def end(self, commit: bool) -> None:
         conn = self._connection()

@@ -26,8 +26,8 @@ from healer import pg
 from healer.alerts.outbox import Outbox
 from healer.clock import FakeClock
 from healer.config import StateDb
-from healer.db import Database
-from healer.errors import FencedError, FleetError
+from healer.db import WRITE_LOCK, Database
+from healer.errors import FencedError, FleetError, StoreError
 from healer.fleet import POOLED, Leadership
 from healer.fleet_store import LeaseFence
 from healer.lease import (
@@ -455,4 +455,42 @@ def test_each_host_keeps_its_own_store_and_shares_the_outbox(
     finally:
         for store in stores.values():
             store.close()
+        postgres_server.drop_database(dsn)
+
+
+def test_a_writer_stopped_in_its_transaction_holds_no_one_up_and_a_timed_out_wait_leaves_nothing_open(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A healer stopped inside a write transaction (here: one left open, as SIGSTOP leaves it) is
+    ended by the server (idle_in_transaction_session_timeout), so another's write gets through;
+    a write whose wait for the lock times out fails with one StoreError line and leaves its
+    connection usable (no aborted transaction left open)."""
+    dsn = postgres_server.create_database()
+    monkeypatch.setenv("HEALER_STATE_DSN", dsn)
+    where = StateDb(tmp_path / "unused.db", "HEALER_STATE_DSN")
+    db, stopped = Database(where), Database(where)
+    try:
+        with db.write("creating the test table") as tx:
+            tx.execute("CREATE TABLE t (n INTEGER NOT NULL)")
+        frozen = stopped.write("a write its process never finishes")
+        frozen.__enter__()  # BEGIN and the write lock, then nothing: the process is stopped
+        with db.write("a write behind it") as tx:
+            tx.execute("INSERT INTO t (n) VALUES (1)")
+        with psycopg.connect(dsn, autocommit=True) as holder:  # a lock holder without our timeouts
+            holder.execute("BEGIN")
+            holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", WRITE_LOCK)
+            with (
+                pytest.raises(StoreError, match=r"a write that waits: .*lock timeout"),
+                db.write("a write that waits") as tx,
+            ):
+                tx.execute("INSERT INTO t (n) VALUES (2)")
+            holder.execute("COMMIT")
+        with db.write("the next write") as tx:
+            tx.execute("INSERT INTO t (n) VALUES (3)")
+        assert [r[0] for r in db.query("SELECT n FROM t ORDER BY n")] == [1, 3]
+        with pytest.raises(StoreError):  # woken: its session was ended, nothing of it is written
+            frozen.__exit__(None, None, None)
+    finally:
+        db.close()
+        stopped.close()
         postgres_server.drop_database(dsn)
