@@ -1,6 +1,7 @@
 """`python -m bench [NAME ...]` (or `bench/run`): run healer's benchmarks and write bench/results.json.
 
-NAME is any of fanout, redis, rollback, footprint, growth, judgement, crash (default: all, about 8 minutes on 2 cores).
+NAME is any of fanout, redis, rollback, footprint, growth, judgement, crash, store (default: all, about 8 minutes on
+2 cores).
 A partial run updates its own figures in an existing results file and keeps the others.
 Nothing here asserts a time: each figure is a ratio against a reference measured in the same run, or a size
 (report_s, the one absolute time the issue asks for, is reported as measured).
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import common, crash, fanout, footprint, growth, judgement, redis_clear, rollback
+from bench import common, crash, fanout, footprint, growth, judgement, redis_clear, rollback, store
 
 BENCHMARKS = {
     "fanout": fanout.run,
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "growth": growth.run,
     "judgement": judgement.run,
     "crash": crash.run,
+    "store": store.run,
 }
 FIGURES = (
     "fanout_ratio",
@@ -48,6 +50,8 @@ FIGURES = (
     "crash_to_healthy_s",
     "crash_healthy_ratio_vs_supervisor",
     "crash_detect_ratio_vs_httpok",
+    "store_pg_write_ratio",
+    "store_pg_ms_per_cycle",
 )
 RESULTS = common.ROOT / "bench" / "results.json"
 

@@ -215,3 +215,51 @@ def redis_server(directory: Path) -> Iterator[int]:
         yield port
     finally:
         stop(proc)
+
+
+# ---- PostgreSQL ------------------------------------------------------------------------------
+
+
+def _postgres_bindir() -> Path:
+    """Where initdb and pg_ctl live: `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin."""
+    found = shutil.which("pg_config")
+    candidates = [subprocess.run([found, "--bindir"], capture_output=True, text=True).stdout.strip()] if found else []
+    candidates += sorted((str(p) for p in Path("/usr/lib/postgresql").glob("*/bin")), reverse=True)
+    for c in candidates:
+        if c and (Path(c) / "initdb").exists():
+            return Path(c)
+    raise RuntimeError("PostgreSQL's initdb and pg_ctl are not installed (apt-get install postgresql)")
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL cluster of our own (trust auth, default settings: fsync on) on a free loopback
+    port, run as the postgres user when we are root (pg_ctl refuses root); yields its DSN."""
+    import tempfile
+
+    bindir = _postgres_bindir()
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="healer-bench-pg-"))  # not 0700 root's: postgres must reach it
+    as_root = os.geteuid() == 0
+    if as_root:
+        shutil.chown(directory, "postgres", "postgres")
+
+    def tool(name: str, *args: str) -> None:
+        argv = [str(bindir / name), *args]
+        argv = ["runuser", "-u", "postgres", "--", *argv] if as_root else argv
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        out = subprocess.run(argv, cwd=directory, env=env, capture_output=True, text=True, check=False, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"{name} failed ({out.returncode}): {(out.stdout + out.stderr)[-1500:]}")
+
+    data = str(directory / "data")
+    try:
+        tool("initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        options = f"-p {port} -k {directory} -c listen_addresses={LOCALHOST}"
+        tool("pg_ctl", "-D", data, "-o", options, "-l", str(directory / "pg.log"), "-w", "-t", "60", "start")
+        try:
+            yield f"postgresql://postgres@{LOCALHOST}:{port}/postgres"
+        finally:
+            tool("pg_ctl", "-D", data, "stop", "-m", "fast", "-w", "-t", "30")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -28,8 +28,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from healer.config import StateDb
 from healer.decide import PastRepair
-from healer.errors import StoreError
+from healer.errors import FencedError, StoreError
 from healer.logging import log_event
 from healer.model import Deploy, Outcome, Verdict, Who
 from healer.store import ActionRow, CycleUpdate, IncidentRow, Store
@@ -55,8 +56,8 @@ class _Pending:
 class BufferedStore(Store):
     """A Store whose writes never fail: what cannot be written waits in memory (module docstring)."""
 
-    def __init__(self, path: Path, *, limit: int = DEFAULT_LIMIT) -> None:
-        super().__init__(path)
+    def __init__(self, where: StateDb | Path, *, limit: int = DEFAULT_LIMIT) -> None:
+        super().__init__(where)
         self.limit = limit
         self.write_error: str | None = None  # why the last write failed; None: writable
         self.written = 0  # backlog entries written since the last `take_counts()`
@@ -137,6 +138,8 @@ class BufferedStore(Store):
         if self._writable():
             try:
                 value = write()
+            except FencedError:
+                raise  # refused for good, not failed: never kept to be written later
             except StoreError as e:
                 self._failed(e)
             else:
@@ -155,6 +158,12 @@ class BufferedStore(Store):
         while self._pending:
             try:
                 self._pending[0].write()
+            except FencedError as e:  # the fence moved on while it waited: it must never be written
+                log_event(
+                    log, "store.fenced_write_dropped", level=logging.WARNING, what=self._pending[0].what, error=str(e)
+                )
+                self._pending.popleft()
+                continue
             except StoreError as e:
                 self._failed(e)
                 return

@@ -169,8 +169,8 @@ async def _check_once(config: Config) -> tuple[Verdict, bool, Attribution | None
     now = SystemClock().now()
     deploy = Deploy(id=0, commit=commit or "unversioned", first_seen=now)  # a deploy healer has not seen
     previous: bool | None = None
-    if config.db_path.exists():
-        with Store(config.db_path) as store:
+    if config.state_db.exists():
+        with Store(config.state_db) as store:
             d = store.current_deploy()
             if d is not None and (commit is None or d.commit == commit):
                 deploy = d
@@ -403,9 +403,9 @@ def baseline(ctx: click.Context, reset: bool, as_json: bool) -> None:
     from healer.store import Store
 
     config = _config(ctx)
-    if not config.db_path.exists():
-        raise UsageError(f"{config.db_path}: no state yet; `healer run` takes the baseline at the first healthy cycle")
-    with Store(config.db_path) as store:
+    if not config.state_db.exists():
+        raise UsageError(f"{config.state_db}: no state yet; `healer run` takes the baseline at the first healthy cycle")
+    with Store(config.state_db) as store:
         d = store.current_deploy()
         if d is None:
             raise UsageError("no deploy seen yet; `healer run` takes the baseline at the first healthy cycle")
@@ -570,8 +570,8 @@ def rollback(
     if config.app.repo is None:
         raise UsageError(f"{config.path}: app.repo: expected the git work tree of the app to roll back")
     # --list and --dry-run change nothing, not even by creating the state database
-    read_only = (list_ or dry_run) and not config.db_path.exists()
-    with Store(Path(":memory:")) if read_only else Store(config.db_path) as store:
+    read_only = (list_ or dry_run) and not config.state_db.exists()
+    with Store(Path(":memory:")) if read_only else Store(config.state_db) as store:
         if list_:
             tags, hidden = rb.listing(config, store)
             pattern = config.app.stable_tags
@@ -711,7 +711,7 @@ def deploy_begin(ctx: click.Context, for_: str, reason: str) -> None:
     config = _config(ctx)
     now = SystemClock().now()
     until = now + span
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         store.set_meta(**{DEPLOY_BEGUN_KEY: until.isoformat()})
         d = store.current_deploy()
         store.start_action(
@@ -733,7 +733,7 @@ def deploy_end(ctx: click.Context) -> None:
     config = _config(ctx)
     commit = gitrepo.head_commit(config.app.repo) if config.app.repo else None
     now = SystemClock().now()
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         store.set_meta(**{DEPLOY_BEGUN_KEY: None, DEPLOY_ENDED_KEY: commit})
         d = store.current_deploy()
         store.start_action(
@@ -791,8 +791,8 @@ def report(ctx: click.Context, since: str, sla: float | None, as_json: bool, htm
     if not 0 < target <= 100:
         raise UsageError(f"--sla: expected a percentage above 0 and at most 100, got {sla}")
     now = SystemClock().now()
-    if config.db_path.exists():
-        with Store(config.db_path) as store:
+    if config.state_db.exists():
+        with Store(config.state_db) as store:
             rep = reports.load_report(store, start=now - span, now=now, sla_target=target)
     else:  # nothing recorded yet: an empty report ("no data"), and no file created
         rep = reports.build_report([], [], [], start=now - span, now=now, sla_target=target)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -400,6 +402,28 @@ class StateConfig(Model):
     dsn_env: EnvName | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StateDb:
+    """Where healer's state lives, as healer/db.py opens it: the SQLite file `path`, or, when
+    `dsn_env` is set, the PostgreSQL database whose DSN that variable holds (the DSN itself is
+    read when the database is opened, and never shown)."""
+
+    path: Path
+    dsn_env: str | None = None
+    config: Path = Path(DEFAULT_CONFIG_NAME)  # the healer.toml that said so, for messages
+    # PostgreSQL: the schema this host's own tables live in, first on the search path (then
+    # public, where the fleet's shared tables are); None: public
+    schema: str | None = None
+
+    def exists(self) -> bool:
+        """Is there state to read? A SQLite file may not be there yet (and a read must not create
+        it); a PostgreSQL database is, and the store creates its tables on the first open."""
+        return self.dsn_env is not None or self.path.exists()
+
+    def __str__(self) -> str:
+        return str(self.path) if self.dsn_env is None else f"the PostgreSQL database of ${self.dsn_env}"
+
+
 class Config(Model):
     """The whole of healer.toml."""
 
@@ -459,6 +483,25 @@ class Config(Model):
     def db_path(self) -> Path:
         return self.state_dir / "healer.db"
 
+    @property
+    def fleet_host(self) -> str:
+        """This host's name in the fleet: [fleet] host, else the hostname."""
+        return (self.fleet.host if self.fleet is not None else None) or socket.gethostname()
+
+    @property
+    def state_db(self) -> StateDb:
+        """Where the store keeps its tables ([state] dsn_env, else db_path). In a fleet each host
+        has its own (PostgreSQL schema healer_<host>): its deploys, cycles, incidents and actions
+        are its own app's, whatever release the other hosts run."""
+        schema = f"healer_{self.fleet_host}" if self.fleet is not None and self.state.dsn_env else None
+        return StateDb(self.db_path, self.state.dsn_env, self.path, schema)
+
+    @property
+    def shared_db(self) -> StateDb:
+        """Where the tables every host of a fleet shares live: the alert outbox (each alert is
+        claimed once, whichever healer sends it) and the fleet's. Without [fleet], state_db."""
+        return StateDb(self.db_path, self.state.dsn_env, self.path)
+
 
 # ---- loading ---------------------------------------------------------------------------------
 
@@ -488,7 +531,11 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(path, ["expected a UTF-8 text file"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, [f"not valid TOML: {e}"]) from None
-    return parse_config(data, path)
+    config = parse_config(data, path)
+    env = config.state.dsn_env
+    if env is not None and read_secret(env) is None:  # before anything opens, locks or creates state
+        raise ConfigError(path, [f"state.dsn_env: environment variable {env} is not set (it holds the PostgreSQL DSN)"])
+    return config
 
 
 def parse_config(data: dict[str, Any], path: Path) -> Config:

@@ -5,11 +5,11 @@
     ├── UsageError              a bad flag or argument the CLI could not catch itself
     ├── LockedError             another process holds the lock (run, rollback, repair)
     ├── StoreError              the state database cannot be opened or written
+    │   └── FencedError         a fenced write was refused: its fence (a leader's lease epoch) moved on
     ├── GitError                the app repository cannot be read or changed
     ├── ActionError             a repair action could not run (bad setup, refused)
     ├── DeliveryError           a chat refused or failed a request: a message, an edit, a poll (permanent=...)
     └── FleetError              fleet leadership cannot work here (a transaction pooler)
-        └── Fenced              a leader's write refused: its epoch is no longer the lease's
 
 A message is one line: it names the thing, shows the bad value and says what was expected.
 """
@@ -58,6 +58,17 @@ class StoreError(HealerError):
     """The state database cannot be opened or written."""
 
 
+class FencedError(StoreError):
+    """A fenced write was refused (healer/db.py: Fence): the fence, a leader's lease epoch say, no
+    longer holds, and nothing of the transaction was written. Never retried: the writer lost the
+    right (a leader that was paused or cut off steps down)."""
+
+    @classmethod
+    def lease(cls, app: str, epoch: int) -> FencedError:
+        """The refusal of a write made for the leader of `app` at `epoch`."""
+        return cls(f"fleet {app}: not written, the lease of epoch {epoch} is no longer held")
+
+
 class GitError(HealerError):
     """The app repository cannot be read or changed."""
 
@@ -78,13 +89,3 @@ class DeliveryError(HealerError):
 
 class FleetError(HealerError):
     """Fleet leadership cannot be held on this database connection."""
-
-
-class Fenced(FleetError):
-    """A write made for a leader was refused: the lease row no longer carries its epoch, or the
-    lease expired. Nothing of the write's transaction was kept; the leader steps down."""
-
-    def __init__(self, app: str, epoch: int) -> None:
-        self.app = app
-        self.epoch = epoch
-        super().__init__(f"fleet {app}: not written, the lease of epoch {epoch} is no longer held")

@@ -9,7 +9,7 @@ follower notices its death at once; the lease row, not the lock, is what fences 
     await leadership.start()                          # FleetError behind a transaction pooler
     runner = asyncio.create_task(leadership.run(stop))
     if leadership.is_leader:                          # on this host's monotonic clock
-        await leadership.fenced(write)                # Fenced: the lease moved on; nothing written
+        await leadership.fenced(write)                # FencedError: the lease moved on; nothing written
     await leadership.close()                          # a leader hands the lease back at once
 
 A transaction-pooling PgBouncer hands a client's session to other clients between its
@@ -24,15 +24,24 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from healer import fleet_store, pg
 from healer.clock import Clock, SystemClock
-from healer.config import Config
-from healer.errors import Fenced, FleetError
+from healer.config import Config, StateDb
+from healer.db import Database
+from healer.errors import FencedError, FleetError, StoreError
+from healer.fleet_judge import (
+    HostVerdict,
+    ReleaseJudgement,
+    RollbackOrder,
+    RollbackOutcome,
+    judge_release,
+    rollback_outcome,
+)
 from healer.lease import Step, advisory_key, holder_name, renew_every, step, trusted_until
 from healer.logging import log_event
 
@@ -65,6 +74,7 @@ class Leadership:
         self._locked = False  # our session holds the advisory lock
         self._use = asyncio.Lock()  # one statement sequence at a time on the one session
         self._exit: contextlib.AsyncExitStack | None = None
+        self.db: Database | None = None  # the shared tables, for the fleet's rollbacks (opened by start)
 
     @classmethod
     def from_config(cls, config: Config, *, clock: Clock | None = None) -> Leadership:
@@ -72,8 +82,9 @@ class Leadership:
         fleet, env = config.fleet, config.state.dsn_env
         if fleet is None or env is None:
             raise FleetError(f"{config.path}: fleet: expected [fleet] and [state] dsn_env")
-        host = fleet.host or socket.gethostname()
-        return cls(pg.server(env), app=fleet.app or config.app.name, host=host, lease=fleet.lease, clock=clock)
+        return cls(
+            pg.server(env), app=fleet.app or config.app.name, host=config.fleet_host, lease=fleet.lease, clock=clock
+        )
 
     @property
     def is_leader(self) -> bool:
@@ -85,7 +96,11 @@ class Leadership:
     # -- the session -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the session, refuse a transaction pooler, create the tables. FleetError, pg.Error."""
+        """Bring the fleet's tables up to date, open the session, refuse a transaction pooler.
+        FleetError, StoreError, pg.Error."""
+        shared = StateDb(Path(), self.server.env)
+        await asyncio.to_thread(fleet_store.migrate, shared)
+        self.db = await asyncio.to_thread(Database, shared)
         async with self._use:
             await self._open()
 
@@ -105,7 +120,6 @@ class Leadership:
                     raise FleetError(f"postgresql {self.server.where} {POOLED}")
             # 2. a stopped healer's open transaction ends after the lease; lock waits are short
             await fleet_store.settle_session(conn, self.lease)
-            await fleet_store.ensure_schema(conn)
         except BaseException:
             await stack.aclose()
             raise
@@ -129,6 +143,9 @@ class Leadership:
                     await fleet_store.release(conn, self.app, epoch=epoch)
             self._trusted_until = None
             await self._drop()
+            if self.db is not None:
+                self.db.close()
+                self.db = None
 
     # -- the lease ---------------------------------------------------------------------------
 
@@ -194,11 +211,11 @@ class Leadership:
 
     async def fenced(self, write: Callable[[pg.AsyncConnection], Awaitable[T]]) -> T:
         """Run `write` in one transaction on the session, only while the lease is still at our
-        epoch and unexpired by the database's clock: Fenced otherwise (epoch 0 when this healer
+        epoch and unexpired by the database's clock: FencedError otherwise (epoch 0 when this healer
         never led), and nothing is written."""
         async with self._use:
             if self.epoch is None:
-                raise Fenced(self.app, 0)
+                raise FencedError.lease(self.app, 0)
             conn = await self._open()
             return await fleet_store.fenced(conn, self.app, self.epoch, write)
 
@@ -206,6 +223,52 @@ class Leadership:
         """Record this host's release, last cycle and health (the host registry)."""
         async with self._use:
             await fleet_store.heartbeat(await self._open(), beat)
+
+    async def judge_release(self, release: str, healthy: bool, fresh: timedelta) -> ReleaseJudgement:
+        """The fleet's judgement of `release` (fleet_judge.judge_release) from the host registry,
+        this host counting with `healthy`, by the database's clock. pg.Error, OSError, TimeoutError
+        when the registry cannot be read within a renewal's interval."""
+        async with asyncio.timeout(renew_every(self.lease).total_seconds()), self._use:
+            view = await fleet_store.read_fleet(await self._open(), self.app)
+        hosts = [HostVerdict(h.host, h.release, h.healthy, h.seen_at) for h in view.hosts]
+        return judge_release(hosts, host=self.host, release=release, healthy=healthy, now=view.db_now, fresh=fresh)
+
+    # -- the fleet's rollbacks (healer/fleet_judge.py: RollbackOrder) ------------------------------
+
+    def _shared(self) -> Database:
+        if self.db is None:  # before start(), or after close() (healer stopping)
+            raise StoreError(f"fleet {self.app}: the fleet's shared tables are not open")
+        return self.db
+
+    def _fence(self) -> fleet_store.LeaseFence:
+        return fleet_store.LeaseFence(self.app, self.epoch or 0)
+
+    async def order_rollback(self, order: RollbackOrder) -> int:
+        """Record the rollback every host on `order.from_release` is to follow, fenced by this
+        leader's lease (FencedError: it no longer leads, and nothing is recorded)."""
+        return await asyncio.to_thread(fleet_store.order_rollback, self._shared(), self._fence(), order)
+
+    async def order_for(self, release: str) -> RollbackOrder | None:
+        """A fleet rollback away from `release` this host has yet to follow."""
+        return await asyncio.to_thread(fleet_store.order_for, self._shared(), self.app, release, self.host)
+
+    async def report_rollback(self, order_id: int, ok: bool, detail: str, at: datetime) -> None:
+        await asyncio.to_thread(fleet_store.report_rollback, self._shared(), order_id, self.host, ok, detail, at)
+
+    async def settle_rollbacks(self, now: datetime, fresh: timedelta) -> list[RollbackOutcome]:
+        """The outcomes of the fleet's rollbacks now complete (every live host reported, or the
+        deadline passed), each recorded once, fenced: the leader announces what this returns."""
+        async with asyncio.timeout(renew_every(self.lease).total_seconds()), self._use:
+            view = await fleet_store.read_fleet(await self._open(), self.app)
+        hosts = [HostVerdict(h.host, h.release, h.healthy, h.seen_at) for h in view.hosts]
+        done = []
+        for order, reports in await asyncio.to_thread(fleet_store.open_rollbacks, self._shared(), self.app):
+            outcome = rollback_outcome(order, reports, hosts, now=now, fresh=fresh)
+            if outcome is not None and await asyncio.to_thread(
+                fleet_store.close_rollback, self._shared(), self._fence(), order.id, outcome.text
+            ):
+                done.append(outcome)
+        return done
 
     async def report_cycle(self, release: str, at: datetime, healthy: bool) -> None:
         """After each of the loop's cycles: this host's line in the registry. A database that
@@ -220,6 +283,41 @@ class Leadership:
             log_event(log, "fleet.unreachable", level=logging.WARNING, app=self.app, error=self.server.reason(e))
 
 
+# ---- what only the leader runs ---------------------------------------------------------------
+
+LEADING_LOOK = timedelta(seconds=1)  # how often while_leading looks at is_leader
+
+
+async def while_leading(
+    leadership: Leadership, run: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event
+) -> None:
+    """Run `run()` only while this healer leads: started when it becomes the leader, cancelled
+    when it no longer is (a follower, a lost session), until `stop`. Chat-ops polls this way, so
+    that one healer of the fleet answers each command (two pollers of one Telegram bot would
+    also take each other's updates)."""
+    task: asyncio.Task[None] | None = None
+    try:
+        while not stop.is_set():
+            if leadership.is_leader:
+                died = task is not None and task.done() and not task.cancelled() and task.exception() is not None
+                if died and task is not None:  # started again at this look: never a crash loop faster than it
+                    log_event(log, "fleet.leader_task_died", level=logging.ERROR, error=repr(task.exception()))
+                if task is None or died:
+                    task = asyncio.create_task(run())
+            elif task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                task = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEADING_LOOK.total_seconds())
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 # ---- healer status --fleet ----------------------------------------------------------------------
 
 
@@ -232,8 +330,8 @@ async def fleet_status(config: Config) -> dict[str, Any]:
     server = pg.server(env)
     app = fleet.app or config.app.name
     try:
+        await asyncio.to_thread(fleet_store.migrate, config.shared_db)
         async with pg.connect(server, CONNECT_TIMEOUT.total_seconds()) as conn:
-            await fleet_store.ensure_schema(conn)
             view = await fleet_store.read_fleet(conn, app)
     except (pg.Error, OSError, TimeoutError) as e:
         raise FleetError(f"postgresql {server.where}: cannot read the fleet: {server.reason(e)}") from None

@@ -4,9 +4,9 @@ All of the fleet's SQL is here, on a psycopg connection from healer/pg.py in aut
 function that needs a transaction opens its own). Timestamps are the database's `now()`, so
 that every host's lease is measured on one clock.
 
-    await ensure_schema(conn)
+    migrate(config.shared_db)                                        # the tables (blocking)
     row, db_now = await read_lease(conn, app, for_update=True)      # inside conn.transaction()
-    await fenced(conn, app, epoch, write)                            # Fenced unless epoch holds
+    await fenced(conn, app, epoch, write)                            # FencedError unless epoch holds
     await heartbeat(conn, HostBeat(app, host, release, last_cycle_at, healthy))
     view = await read_fleet(conn, app)                               # for healer status --fleet
 """
@@ -18,44 +18,158 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from healer.errors import Fenced
+from healer.config import StateDb
+from healer.db import Database, Migration, Row, Tx
+from healer.errors import FencedError
+from healer.fleet_judge import RollbackOrder
 from healer.lease import LeaseRow, lock_ids
 from healer.pg import AsyncConnection
 
 T = TypeVar("T")
 
-# Created at start, once per database: a transaction-level advisory lock keeps two hosts starting
-# together from racing on CREATE TABLE IF NOT EXISTS (which is not safe against itself).
-_SCHEMA_LOCK = (0x6865616C, 0x666C7431)  # "heal", "flt1": the two-key space, like the store's
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS fleet_lease (
-        app TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,              -- host:pid of the leading healer
-        host TEXT NOT NULL,                -- its [fleet] host
-        epoch BIGINT NOT NULL,             -- raised on every takeover
-        since TIMESTAMPTZ NOT NULL,        -- when this epoch began
-        renewed_at TIMESTAMPTZ NOT NULL,
-        expires_at TIMESTAMPTZ NOT NULL,
-        locked BOOLEAN NOT NULL            -- the holder held the advisory lock at its last renewal
-    )""",
-    """CREATE TABLE IF NOT EXISTS fleet_hosts (
-        app TEXT NOT NULL,
-        host TEXT NOT NULL,
-        release TEXT,                      -- the commit (or tag) the host runs
-        last_cycle_at TIMESTAMPTZ,
-        healthy BOOLEAN,                   -- its last cycle's verdict; NULL: none yet
-        seen_at TIMESTAMPTZ NOT NULL,      -- its healer's last heartbeat
-        PRIMARY KEY (app, host)
-    )""",
+# The fleet's tables, a component of the state database like the store's and the outbox's
+# (healer/db.py: Migration). Fleet mode needs PostgreSQL ([state] dsn_env), so only the PostgreSQL
+# words ever run; the SQLite ones keep the migration whole (db.py words every component for both).
+_LEASE = """CREATE TABLE IF NOT EXISTS fleet_lease (
+    app TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,              -- host:pid of the leading healer
+    host TEXT NOT NULL,                -- its [fleet] host
+    epoch BIGINT NOT NULL,             -- raised on every takeover
+    since {time} NOT NULL,             -- when this epoch began
+    renewed_at {time} NOT NULL,
+    expires_at {time} NOT NULL,
+    locked BOOLEAN NOT NULL            -- the holder held the advisory lock at its last renewal
+);
+CREATE TABLE IF NOT EXISTS fleet_hosts (
+    app TEXT NOT NULL,
+    host TEXT NOT NULL,
+    release TEXT,                      -- the commit (or tag) the host runs
+    last_cycle_at {time},
+    healthy BOOLEAN,                   -- its last cycle's verdict; NULL: none yet
+    seen_at {time} NOT NULL,           -- its healer's last heartbeat
+    PRIMARY KEY (app, host)
+)"""
+MIGRATIONS = (
+    Migration(
+        1,
+        "the lease and the host registry",
+        _LEASE.format(time="TEXT"),
+        postgres=_LEASE.format(time="TIMESTAMPTZ"),  # the lease is timed by the database's now()
+    ),
+    Migration(
+        2,
+        "the fleet's rollbacks and each host's report",
+        """CREATE TABLE IF NOT EXISTS fleet_rollbacks (
+    id INTEGER PRIMARY KEY,
+    app TEXT NOT NULL,
+    epoch INTEGER NOT NULL,            -- the leader's, when it decided
+    from_release TEXT NOT NULL,        -- the commit every host on it leaves
+    target TEXT NOT NULL,              -- the commit they go to
+    to_ref TEXT NOT NULL,              -- its stable tag, for people
+    reason TEXT NOT NULL,
+    started_at TEXT NOT NULL,          -- ISO 8601 UTC, by the leader's clock
+    deadline TEXT NOT NULL,            -- hosts that have not reported by then did not follow
+    outcome TEXT                       -- the one outcome announced; NULL: still waiting
+);
+CREATE TABLE IF NOT EXISTS fleet_rollback_reports (
+    rollback_id INTEGER NOT NULL REFERENCES fleet_rollbacks(id) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    ok INTEGER NOT NULL,               -- 1: checked out, restarted and verified healthy
+    detail TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (rollback_id, host)
+)""",
+    ),
 )
+FLEET = "fleet"  # the component's name in schema_version
 
 
-async def ensure_schema(conn: AsyncConnection) -> None:
-    """Create the fleet's tables if they are missing (idempotent, safe against other hosts)."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _SCHEMA_LOCK)
-        for statement in _SCHEMA:
-            await conn.execute(statement)
+def migrate(where: StateDb) -> None:
+    """Bring the fleet's tables up to date on the state database (blocking: run it in a thread).
+    Safe against other hosts starting at once: db.migrate writes under the store's write lock."""
+    db = Database(where)
+    try:
+        db.migrate(FLEET, MIGRATIONS)
+    finally:
+        db.close()
+
+
+# Is the lease still at this epoch, unexpired by the database's clock? Read FOR SHARE: a takeover
+# (read FOR UPDATE) waits for the fenced transaction, so what was read holds until its commit.
+_FENCE = "SELECT 1 FROM fleet_lease WHERE app = {p} AND epoch = {p} AND expires_at > now() FOR SHARE"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseFence:
+    """A db.write fence (healer/db.py: Fence): the transaction is written only while `app`'s
+    lease is at `epoch` and unexpired; FencedError otherwise, and nothing is written."""
+
+    app: str
+    epoch: int
+
+    def check(self, tx: Tx) -> None:
+        if not tx.query(_FENCE.format(p="?"), (self.app, self.epoch)):
+            raise FencedError.lease(self.app, self.epoch)
+
+
+# ---- the fleet's rollbacks (on the state database seam; blocking) --------------------------------
+
+_ORDER = "id, from_release, target, to_ref, reason, started_at, deadline"
+
+
+def _order(row: Row) -> RollbackOrder:
+    at, deadline = (datetime.fromisoformat(t) for t in (row[5], row[6]))
+    return RollbackOrder(int(row[0]), row[1], row[2], row[3], row[4], at, deadline)
+
+
+def order_rollback(db: Database, fence: LeaseFence, order: RollbackOrder) -> int:
+    """Record the leader's rollback for the fleet, fenced by its lease; the order's id."""
+    with db.write("cannot record the fleet's rollback", fence=fence) as tx:
+        return tx.insert(
+            "INSERT INTO fleet_rollbacks (app, epoch, from_release, target, to_ref, reason, started_at, deadline)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (fence.app, fence.epoch, order.from_release, order.target, order.to_ref, order.reason,
+             order.started_at.isoformat(), order.deadline.isoformat()),
+        )  # fmt: skip
+
+
+def order_for(db: Database, app: str, release: str, host: str) -> RollbackOrder | None:
+    """The newest fleet rollback away from `release` that `host` has not reported on."""
+    rows = db.query(
+        f"SELECT {_ORDER} FROM fleet_rollbacks r WHERE app = ? AND from_release = ? AND NOT EXISTS"
+        " (SELECT 1 FROM fleet_rollback_reports p WHERE p.rollback_id = r.id AND p.host = ?) ORDER BY id DESC LIMIT 1",
+        (app, release, host),
+    )
+    return _order(rows[0]) if rows else None
+
+
+def report_rollback(db: Database, order_id: int, host: str, ok: bool, detail: str, at: datetime) -> None:
+    """A host's word on a fleet rollback: followed (checked out, restarted, healthy) or not."""
+    with db.write("cannot report on the fleet's rollback") as tx:
+        tx.execute(
+            "INSERT INTO fleet_rollback_reports (rollback_id, host, ok, detail, at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (rollback_id, host) DO NOTHING",
+            (order_id, host, int(ok), detail, at.isoformat()),
+        )
+
+
+def open_rollbacks(db: Database, app: str) -> list[tuple[RollbackOrder, dict[str, bool]]]:
+    """The app's fleet rollbacks whose outcome is not announced yet, with each host's report."""
+    orders = [
+        _order(r) for r in db.query(f"SELECT {_ORDER} FROM fleet_rollbacks WHERE app = ? AND outcome IS NULL", (app,))
+    ]
+    out = []
+    for order in orders:
+        rows = db.query("SELECT host, ok FROM fleet_rollback_reports WHERE rollback_id = ?", (order.id,))
+        out.append((order, {str(r[0]): bool(r[1]) for r in rows}))
+    return out
+
+
+def close_rollback(db: Database, fence: LeaseFence, order_id: int, outcome: str) -> bool:
+    """Record the one outcome, fenced; False when another leader announced it first."""
+    with db.write("cannot record the fleet rollback's outcome", fence=fence) as tx:
+        cur = tx.execute("UPDATE fleet_rollbacks SET outcome = ? WHERE id = ? AND outcome IS NULL", (outcome, order_id))
+        return cur.rowcount == 1
 
 
 # ---- the session: its lock, its backend ---------------------------------------------------------
@@ -158,15 +272,13 @@ async def fenced(conn: AsyncConnection, app: str, epoch: int, write: Callable[[A
 
     1. Read the lease row FOR SHARE: a takeover (FOR UPDATE) waits for this transaction, so the
        epoch read holds until the commit.
-    2. Not at `epoch`, or expired by the database's clock: raise Fenced; nothing is written.
+    2. Not at `epoch`, or expired by the database's clock: raise FencedError; nothing is written.
     3. Otherwise run `write` on the same connection and commit.
     """
     async with conn.transaction():
-        cur = await conn.execute(
-            "SELECT 1 FROM fleet_lease WHERE app = %s AND epoch = %s AND expires_at > now() FOR SHARE", (app, epoch)
-        )
+        cur = await conn.execute(_FENCE.format(p="%s"), (app, epoch))
         if await cur.fetchone() is None:
-            raise Fenced(app, epoch)
+            raise FencedError.lease(app, epoch)
         return await write(conn)
 
 

@@ -46,7 +46,8 @@ from healer.clock import Clock, SystemClock, stepped
 from healer.config import Config, format_duration, format_elapsed
 from healer.decide import Decision, Situation, decide
 from healer.drift import drift_alerts
-from healer.errors import HealerError, LockedError, StoreError
+from healer.errors import FencedError, HealerError, LockedError, StoreError
+from healer.fleet_judge import RollbackOrder, freshness
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
 from healer.ladder import Cause, settled
@@ -254,6 +255,7 @@ class Watchdog:
         # between cycles, the app's processes: an exit runs a cycle early (healer.watch)
         self.watcher = Watcher(config, self.clock, acting=self._is_acting)
         self._early_runs: list[datetime] = []  # when early cycles ran, for early_cycle_at's bound
+        self._left_to_fleet: int | None = None  # [fleet]: the deploy whose rollback was not made here
 
     def _is_acting(self) -> bool:
         """A repair or rollback runs (this loop's, or a person's through healer): an exit of the
@@ -344,7 +346,7 @@ class Watchdog:
         results = await run_checks(replace(self.ctx, reference=reference))
         verdict = judge(results, deploy.baseline, self.config.checks, now, reference=reference)
         situation = await self._situation(deploy, verdict, now)
-        decision = decide(situation, self.config)
+        decision = await self._fleet_rollback(decide(situation, self.config), deploy, verdict)
         unprobed = decision.attribution is not None and decision.attribution.cause is Cause.UNPROBED
         self._unprobed_streak = self._unprobed_streak + 1 if unprobed else 0
         self._cause = None if decision.attribution is None else decision.attribution.label
@@ -411,6 +413,7 @@ class Watchdog:
                     now=now, deploy_id=deploy.id, incident_id=incident, outcome=Outcome.OK,
                 )  # fmt: skip
                 event("healer.held", reason=intent.reason)
+        alerts += await self._settle_fleet_rollbacks(deploy, now)
         report.alerts = alerts
         next_step = decision.next_step
         if any(a.event == Event.REPAIR_SUCCEEDED for a in alerts):
@@ -439,6 +442,58 @@ class Watchdog:
                         deploy, verdict, decision.next_step,
                     )  # fmt: skip
         return report
+
+    async def _fleet_rollback(self, decision: Decision, deploy: Deploy, verdict: Verdict) -> Decision:
+        """[fleet]: a rollback is the fleet's, decided by its leader over every host's verdict.
+
+        1. Without [fleet] the decision stands.
+        2. The leader ordered a rollback away from this release that this host has not followed
+           yet: follow it, to the same commit, whatever this host's own verdict.
+        3. Without a rollback to make, the decision stands.
+        4. The leader rolls back when most fresh hosts on the release fail (fleet_judge).
+        5. Otherwise the rollback is not made: a follower leaves it to the leader; for the leader
+           one sick host is that host's trouble (its own healer restarts its app), and a registry
+           it cannot read decides nothing. Said in the log, and recorded once per deploy.
+        """
+        leadership = self.leadership
+        if leadership is None:
+            return decision
+        rollbacks = [i for i in decision.intents if isinstance(i, Rollback)]
+        with contextlib.suppress(StoreError):  # unreadable: the next cycle looks again
+            order = await leadership.order_for(deploy.commit)
+            if order is not None:  # the fleet rolls this release back: every host follows
+                event("fleet.rollback_following", order=order.id, to=order.to_ref)
+                follow = Rollback(f"the fleet rolls back ({order.reason})", observe=self.observe, to=order.target,
+                                  order=order.id)  # fmt: skip
+                intents = (*(i for i in decision.intents if i not in rollbacks), follow)
+                return replace(decision, intents=intents, next_step="following the fleet's rollback")
+        rollbacks = [i for i in rollbacks if not i.observe]
+        if not rollbacks:
+            return decision
+        if not leadership.is_leader:
+            why = "the fleet's leader decides rollbacks"
+        else:
+            from healer import pg
+
+            every = phase_at(deploy.first_seen, verdict.at, self.config.schedule).every
+            try:
+                judged = await leadership.judge_release(deploy.commit, verdict.ok, freshness(leadership.lease, every))
+            except (pg.Error, OSError, TimeoutError) as e:
+                why = f"the fleet's hosts cannot be read ({leadership.server.reason(e)})"
+            else:
+                if judged.is_failing:
+                    event("fleet.release_failing", release=deploy.commit[:12], hosts=judged.describe())
+                    return decision
+                why = f"{judged.describe()}: not the release's fault, no fleet rollback"
+        event("fleet.rollback_not_made", release=deploy.commit[:12], reason=why)
+        if self._left_to_fleet != deploy.id:
+            self._left_to_fleet = deploy.id
+            await self._db(
+                self.store.start_action, kind="rollback", name="fleet", who=Who.LOOP, reason=why,
+                now=verdict.at, deploy_id=deploy.id, outcome=Outcome.SKIPPED,
+            )  # fmt: skip
+        intents = tuple(i for i in decision.intents if i not in rollbacks)
+        return replace(decision, intents=intents, next_step=why)
 
     async def _situation(self, deploy: Deploy, verdict: Verdict, now: datetime) -> Situation:
         """What decide() needs besides the verdict, read from the store and the repository."""
@@ -586,12 +641,24 @@ class Watchdog:
             )  # fmt: skip
             report.actions.append("would roll back")
             event("rollback.would_run", reason=intent.reason)
+            await self._report_to_fleet(intent.order, False, "observe mode: would roll back")
             return await self._follow_up(Observed(intent), deploy, incident)
         if self._stopping(report, "rollback"):
             return []
         await self._supersede_verifying("the rollback", "rolling back")
 
+        order = intent.order  # [fleet]: the fleet rollback this one is part of
+
         async def started(p: Plan) -> None:
+            nonlocal order
+            if self.leadership is not None and order is None:
+                # the leader's decision, for every host on the release: recorded under its
+                # lease before anything is touched (FencedError: it no longer leads)
+                every = phase_at(deploy.first_seen, now, self.config.schedule).every
+                deadline = now + 3 * every + 2 * action_budget(self.config)
+                wanted = RollbackOrder(0, p.from_commit, p.to_commit, p.to_ref, intent.reason, now, deadline)
+                order = await self.leadership.order_rollback(wanted)
+                event("fleet.rollback_ordered", order=order, to=p.to_ref)
             # said under the rollback lock, once the plan is accepted: never for a lost race
             event("rollback.started", reason=intent.reason, to=p.to_ref)
             await self._alert([rollback_started(p, incident=incident)], deploy, None, "rolling back")
@@ -600,8 +667,12 @@ class Watchdog:
             with self.liveness.busy(action_budget(self.config)):
                 result = await rollback.run_rollback(
                     config=self.config, ctx=self.ctx, store=self.store, clock=self.clock,
-                    who=Who.LOOP, reason=intent.reason, mark_bad=intent.mark_bad, on_start=started,
+                    who=Who.LOOP, reason=intent.reason, to=intent.to, mark_bad=intent.mark_bad, on_start=started,
                 )  # fmt: skip
+        except FencedError as e:
+            event("fleet.rollback_not_made", reason=str(e))
+            report.actions.append("rollback: not made, this healer no longer leads")
+            return []
         except LockedError as e:
             # a person's rollback is running: theirs is announced and decides; the next cycle
             # judges what it leaves, so nothing is said, held or recorded here
@@ -611,7 +682,9 @@ class Watchdog:
         except HealerError as e:
             event("rollback.error", error=str(e))
             report.actions.append("rollback: error")
+            await self._report_to_fleet(order, False, str(e))
             return await self._follow_up(NotRun(intent, str(e)), deploy, incident)
+        await self._report_to_fleet(order, result.ok and not result.refused, result.refused or result.detail)
         if result.refused:
             report.actions.append("rollback: refused")
             event("rollback.refused", why=result.refused)
@@ -619,6 +692,39 @@ class Watchdog:
             report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
             event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
         return await self._follow_up(result, deploy, incident)
+
+    async def _report_to_fleet(self, order: int | None, ok: bool, detail: str) -> None:
+        """[fleet]: this host's word on the fleet rollback it took part in (lost with a store
+        that cannot be written: the leader then counts the host as not having followed)."""
+        if self.leadership is None or order is None:
+            return
+        try:
+            await self.leadership.report_rollback(order, ok, detail, self.clock.now())
+        except StoreError as e:
+            event("fleet.report_lost", order=order, error=str(e))
+
+    async def _settle_fleet_rollbacks(self, deploy: Deploy, now: datetime) -> list[Alert]:
+        """[fleet], the leader: the one outcome of each fleet rollback now complete, naming the
+        hosts that did not follow."""
+        leadership = self.leadership
+        if leadership is None or not leadership.is_leader:
+            return []
+        from healer import pg
+
+        every = phase_at(deploy.first_seen, now, self.config.schedule).every
+        try:
+            outcomes = await leadership.settle_rollbacks(now, freshness(leadership.lease, every))
+        except (pg.Error, OSError, TimeoutError, StoreError) as e:  # the next cycle tries again
+            event("fleet.unreachable", error=str(e))
+            return []
+        alerts = []
+        for o in outcomes:
+            event("fleet.rollback_finished", ok=o.ok, outcome=o.text)
+            kind, severity = (
+                (Event.ROLLBACK_SUCCEEDED, Severity.INFO) if o.ok else (Event.ROLLBACK_FAILED, Severity.CRITICAL)
+            )
+            alerts.append(Alert(kind, severity, "the fleet's rollback", o.text, bypass_dedup=True))
+        return alerts
 
     async def _follow_up(self, outcome: ActionOutcome, deploy: Deploy | None, incident: int | None) -> list[Alert]:
         """What follows an action of the loop: the hold carried out, the alerts for the cycle."""
@@ -963,7 +1069,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     except BaseException:
         lock.release()
         raise
-    store = BufferedStore(config.db_path)
+    store = BufferedStore(config.state_db)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []  # the signal that stopped healer, for the log and the alert
@@ -1008,7 +1114,13 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             notify("READY=1")
             pinger = asyncio.create_task(watchdog_pinger(stop, liveness.is_alive))
             sender = asyncio.create_task(alerts.run(stop))
-            chat = asyncio.create_task(listen(config))  # chat-ops: beside the loop, never in its way
+            # chat-ops: beside the loop, never in its way; in a fleet, on the leader only
+            if leadership is None:
+                chat = asyncio.create_task(listen(config))
+            else:
+                from healer.fleet import while_leading
+
+                chat = asyncio.create_task(while_leading(leadership, lambda: listen(config), stop))
             runner = asyncio.create_task(dog.run(stop))
             # [fleet]: take over, renew or follow beside the loop; on stop, a leader hands the lease back
             fleet = None if leadership is None else asyncio.create_task(leadership.run(stop))

@@ -85,10 +85,10 @@ class StoreCollector:
         """One short read of the store; None when there is none yet (Store() would create it)."""
         from healer.store import Store
 
-        path = self.config.db_path
-        if not path.exists():
+        where = self.config.state_db
+        if not where.exists():
             return None
-        store = Store(path)
+        store = Store(where)
         try:
             return list(self._read(store))
         finally:

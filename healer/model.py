@@ -359,6 +359,8 @@ class Rollback:
     reason: str
     observe: bool = False
     mark_bad: bool = True  # remember the release as bad: only when the deploy is the suspect
+    to: str | None = None  # the commit to go to (a fleet's rollback); None: the newest stable tag
+    order: int | None = None  # [fleet]: the fleet rollback this host follows (fleet_rollbacks.id)
 
 
 @dataclass(frozen=True, slots=True)

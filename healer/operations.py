@@ -67,7 +67,7 @@ def pause(config: Config, actor: Actor, span: timedelta, reason: str) -> datetim
 
     now = SystemClock().now()
     until = now + span
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         d = store.current_deploy()
         store.add_pause(until, reason, actor.name, now)
         store.start_action(
@@ -88,9 +88,9 @@ def resume(config: Config, actor: Actor, reason: str = "healer resume") -> bool:
     from healer.store import Store
 
     now = SystemClock().now()
-    if not config.db_path.exists():
+    if not config.state_db.exists():
         return False
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         ended = store.end_pause(now)
         if ended:
             d = store.current_deploy()
@@ -137,9 +137,9 @@ def ack(config: Config, actor: Actor, note: str, incident_id: int | None = None)
     from healer.store import Store
 
     now = SystemClock().now()
-    if not config.db_path.exists():
+    if not config.state_db.exists():
         return AckResult(False, "no incident is open")
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         d = store.current_deploy()
         target = incident_id if incident_id is not None else (None if d is None else d.open_incident)
         inc = None if target is None else store.incident(target)
@@ -179,7 +179,7 @@ async def repair(config: Config, actor: Actor, kind: str, reason: str) -> Repair
     from healer.checks import probe_context
     from healer.store import Store
 
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         d = store.current_deploy()
         async with probe_context(config) as pctx:
             result = await rp.run_repair(

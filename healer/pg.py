@@ -9,17 +9,24 @@ password before anyone sees it (`Server.reason`).
     server = pg.server("DATABASE_URL")           # DsnError: unset, or not a DSN
     async with pg.connect(server, seconds) as conn:   # TimeoutError, pg.Error
         ...
+
+healer's own state on PostgreSQL ([state] dsn_env) goes through `StateConnection`, the psycopg
+side of the connection seam in healer/db.py: a blocking connection, called from worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
+import psycopg.sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
@@ -94,3 +101,128 @@ async def connect(target: Server, seconds: float) -> AsyncIterator[psycopg.Async
         yield conn
     finally:
         await conn.close()
+
+
+# ---- healer's own state ------------------------------------------------------------------------
+
+
+class Row(tuple[Any, ...]):
+    """A result row read by position, like a tuple, or by column name, like sqlite3.Row."""
+
+    _names: dict[str, int]
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            try:
+                return super().__getitem__(self._names[key])
+            except KeyError:
+                raise IndexError(f"no column named {key}") from None
+        return super().__getitem__(key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _rows(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], Row]:
+    """psycopg's row factory for Row: a class per set of column names, carrying them."""
+    return _row_class(tuple(c.name for c in cursor.description or ()))
+
+
+@functools.lru_cache(maxsize=256)
+def _row_class(names: tuple[str, ...]) -> type[Row]:
+    return type("Row", (Row,), {"_names": {n: i for i, n in enumerate(names)}, "__slots__": ()})
+
+
+class StateConnection:
+    """One blocking psycopg connection to healer's state database, in autocommit, reopened when
+    the server dropped it (a restart, a failover): the next call connects again or fails.
+
+    Every write transaction first takes the transaction-level advisory lock `write_lock`, as
+    SQLite's BEGIN IMMEDIATE does; lock waits give up after `lock_timeout_ms`, any statement after
+    `statement_timeout_ms`, and the server ends a transaction left idle `idle_in_transaction_ms`
+    (its process stopped in it) so that it holds no lock for long. With `schema`, tables are made
+    and found in that schema first (a fleet host's own), then in public (the fleet's shared ones).
+    Messages name the server by host:port/database only.
+    """
+
+    backend = "postgres"
+
+    def __init__(self, target: Server, *, write_lock: tuple[int, int], lock_timeout_ms: int,
+                 statement_timeout_ms: int, idle_in_transaction_ms: int, connect_timeout: float,
+                 schema: str | None = None) -> None:  # fmt: skip
+        self.target = target
+        self.name = f"postgresql {target.where}"
+        self._write_lock = write_lock
+        self._settings = {
+            "lock_timeout": lock_timeout_ms,
+            "statement_timeout": statement_timeout_ms,
+            "idle_in_transaction_session_timeout": idle_in_transaction_ms,
+        }
+        self._connect_timeout = connect_timeout
+        self._schema = schema
+        self._conn: psycopg.Connection[Row] | None = None
+        self._connection()
+
+    def _connection(self) -> psycopg.Connection[Row]:
+        if self._conn is not None and not self._conn.broken and not self._conn.closed:
+            return self._conn
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+        conn = psycopg.connect(
+            self.target.dsn,
+            connect_timeout=max(_LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(self._connect_timeout)),
+            autocommit=True,
+            application_name="healer",
+            row_factory=_rows,
+        )
+        for key, ms in self._settings.items():  # set_config(): a bound value, unlike SET
+            conn.execute("SELECT set_config(%s, %s, false)", (key, f"{ms}ms"))
+        if self._schema is not None:  # this host's tables first; the shared ones from public
+            name = psycopg.sql.Identifier(self._schema)
+            conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
+            path = psycopg.sql.SQL("{}, public").format(name).as_string(conn)
+            conn.execute("SELECT set_config('search_path', %s, false)", (path,))
+        self._conn = conn
+        return conn
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[Row]:
+        return self._connection().execute(sql, args)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._connection().cursor() as cur:
+            cur.executemany(sql, rows)
+
+    def begin(self) -> None:
+        # one round trip: two statements are allowed in one query without parameters (our ints)
+        key, sub = (int(k) for k in self._write_lock)
+        conn = self._connection()
+        try:
+            conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({key}, {sub})".encode())
+        except psycopg.Error:
+            # the lock wait timed out (or the server went): leave no aborted transaction open,
+            # or every later statement on this connection fails
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    def end(self, commit: bool) -> None:
+        conn = self._connection()
+        try:
+            conn.execute("COMMIT" if commit else "ROLLBACK")
+        finally:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+
+    def reason(self, e: BaseException) -> str:
+        return self.target.reason(e)
+
+    def is_error(self, e: BaseException) -> bool:
+        return isinstance(e, psycopg.Error)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()

@@ -1,34 +1,36 @@
-"""healer's own state in one SQLite database (WAL); all of healer's core SQL lives here (I/O).
+"""healer's own state, in one SQLite database (WAL) or, with [state] dsn_env, in PostgreSQL;
+all of healer's core SQL lives here (I/O). healer/db.py runs the same SQL on both.
 
 WAL with synchronous=NORMAL keeps every committed transaction through `kill -9`. A cycle is
 recorded in one transaction (results, counters, incident), so a restart resumes exactly
 where the last committed cycle left off: same window, same baseline, same failure count.
-The alert outbox keeps its own tables in the same file (healer/alerts/outbox.py).
+The alert outbox keeps its own tables in the same database (healer/alerts/outbox.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from healer.chatops import Ack
+from healer.config import StateDb
+from healer.db import Backend, Database, Fence, Migration, Row, Tx
 from healer.decide import PastRepair, Pause
-from healer.errors import StoreError
-from healer.files import FILE_MODE, make_private, private_dir
 from healer.model import ActionNote, Baseline, CheckResult, Deploy, Outcome, Verdict, Who
 from healer.redact import redact
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
+# The store's schema, in order (healer/db.py: Migration). A new column or table is a new
+# Migration at the end of this list; one applied is never edited.
+MIGRATIONS = (
+    Migration(
+        1,
+        "the tables of the release before schema_version",
+        """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS deploys (
     id INTEGER PRIMARY KEY,
@@ -111,19 +113,12 @@ CREATE TABLE IF NOT EXISTS chat_presses (    -- alert buttons that did their wor
     who TEXT NOT NULL,
     what TEXT NOT NULL                       -- what it did, as the message was edited to say
 );
-"""
-
-
-# Columns added after the first release: (table, column), all TEXT and NULL by default.
-_ADDED_COLUMNS = (("deploys", "healthy_at"), ("cycles", "cause"), ("cycles", "next_step"), ("cycles", "woken"))
-
-# Per UTC hour and check: how many results, how many passed. record_cycle keeps it up to date in
-# the cycle's transaction, so a report over 30 days sums 720 rows per check instead of parsing the
-# JSON of every cycle (43,200 cycles at a 1-minute cadence); only the partial hours at the ends of
-# a period are counted from the cycles themselves. `first` orders the checks as they first
-# appeared: cycle id * _POSITIONS + the result's position in that cycle.
-_ROLLUP_SCHEMA = """
-CREATE TABLE check_hours (
+-- Per UTC hour and check: how many results, how many passed. record_cycle keeps it up to date in
+-- the cycle's transaction, so a report over 30 days sums 720 rows per check instead of parsing the
+-- JSON of every cycle (43,200 cycles at a 1-minute cadence); only the partial hours at the ends of
+-- a period are counted from the cycles themselves. `first` orders the checks as they first
+-- appeared: cycle id * _POSITIONS + the result's position in that cycle.
+CREATE TABLE IF NOT EXISTS check_hours (
     hour TEXT NOT NULL,                  -- YYYY-MM-DDTHH (UTC) of the cycles
     name TEXT NOT NULL,                  -- the check
     passed INTEGER NOT NULL,
@@ -131,13 +126,51 @@ CREATE TABLE check_hours (
     first INTEGER NOT NULL,
     PRIMARY KEY (hour, name)
 ) WITHOUT ROWID
-"""
-_POSITIONS = 1_000_000
-# (hour, name, passed, total, first) from cycles: the back-fill, and a partly pruned hour.
-_ROLLUP_FROM_CYCLES = (
-    "SELECT substr(c.at, 1, 13), json_extract(j.value, '$.name'), SUM(json_extract(j.value, '$.ok')), COUNT(*), "
-    f"MIN(c.id * {_POSITIONS} + j.key) FROM cycles c, json_each(c.results) j"
+""",
+    ),
 )
+
+# Columns added before schema_version existed: (table, column), all TEXT and NULL by default.
+_ADDED_COLUMNS = (("deploys", "healthy_at"), ("cycles", "cause"), ("cycles", "next_step"), ("cycles", "woken"))
+_POSITIONS = 1_000_000
+
+# Each cycle's results, one row per check: (id, at) of the cycle, the check's name, ok (1 or 0)
+# and its position in the cycle. The one place where the two databases' JSON differs.
+_RESULTS = {
+    Backend.SQLITE: "(SELECT c.id, c.at, json_extract(j.value, '$.name') AS name, json_extract(j.value, '$.ok') AS ok,"
+    " j.key AS pos FROM cycles c, json_each(c.results) j)",
+    Backend.POSTGRES: "(SELECT c.id, c.at, j.value->>'name' AS name, CASE WHEN (j.value->>'ok')::boolean THEN 1"
+    " ELSE 0 END AS ok, j.pos - 1 AS pos"
+    " FROM cycles c, jsonb_array_elements(c.results::jsonb) WITH ORDINALITY AS j(value, pos))",
+}
+
+
+def _rollup_from_cycles(backend: Backend) -> str:
+    """(hour, name, passed, total, first) from cycles: the back-fill, and a partly pruned hour."""
+    return (
+        f"SELECT substr(r.at, 1, 13), r.name, SUM(r.ok), COUNT(*), MIN(r.id * {_POSITIONS} + r.pos) "
+        f"FROM {_RESULTS[backend]} r"
+    )
+
+
+def _adopt(tx: Tx) -> int:
+    """The schema version of a SQLite file from before schema_version (0: a new file): the
+    columns and the check_hours table of earlier releases are added, so it is at version 1.
+    Never grows: every later change is a Migration."""
+    if not tx.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deploys'"):
+        return 0
+    for table, column in _ADDED_COLUMNS:
+        if column not in {r[1] for r in tx.query(f"PRAGMA table_info({table})")}:
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    rollups = tx.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'check_hours'")
+    tx.script(MIGRATIONS[0].sql)  # IF NOT EXISTS: only what is missing
+    if not rollups:
+        tx.execute(
+            f"INSERT INTO check_hours(hour, name, passed, total, first) {_rollup_from_cycles(Backend.SQLITE)} "
+            "GROUP BY 1, 2"
+        )
+    tx.execute("DELETE FROM meta WHERE key = 'schema_version'")  # schema_version is the table now
+    return 1
 
 
 # A deploy's row with why its commit is known bad (bad_commits is keyed by commit: one row at most).
@@ -243,81 +276,32 @@ class CycleUpdate:
     woken: str | None = None  # why the cycle ran before it was due (healer.watch)
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection to healer's state database: WAL, and durable through kill -9 (see the module
-    docstring); shared by the store and the alert outbox, each with its own connection.
-
-    The file is made 0600 before SQLite opens it: SQLite creates -wal and -shm with the
-    database file's own mode, so those come out private too; ones left by an older healer
-    are tightened here. ":memory:" (a read-only command's throwaway store) has no file.
-
-    An existing file is chmod-ed by name, never opened and closed: SQLite's locks are POSIX
-    record locks, which a process loses on *every* descriptor of the file when it closes
-    *any* of them — an open+close here while the store's own connection is open would drop
-    its locks, and another process closing the database would then delete the live WAL."""
-    if str(path) != ":memory:":
-        private_dir(path.parent)
-        if path.exists():
-            path.chmod(FILE_MODE)
-        else:
-            make_private(path)  # nothing in this process has it open yet
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{path}{suffix}").chmod(FILE_MODE)
-    db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=5000")
-    db.execute("PRAGMA foreign_keys=ON")
-    return db
-
-
-@contextmanager
-def write_transaction(
-    db: sqlite3.Connection, lock: threading.Lock | threading.RLock, what: str
-) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT under `lock`; any SQLite error becomes a StoreError naming `what`."""
-    with lock:
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            # a COMMIT that failed (a full disk) may leave the transaction open, and then every
-            # later BEGIN fails too, long after the disk has room again
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise StoreError(f"{what}: {e}") from None
-
-
 class Store:
     """The state database. Methods are short, synchronous transactions; the loop calls
-    them through `asyncio.to_thread` so the event loop never waits on the disk."""
+    them through `asyncio.to_thread` so the event loop never waits on the disk.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.RLock()
+    `fence`, when set, guards every write transaction of this Store (healer/db.py: Fence): a
+    write it refuses raises FencedError and writes nothing."""
+
+    def __init__(self, where: StateDb | Path | str) -> None:
+        self._db = Database(where)
+        self.path = self._db.name  # for messages: the file, or postgresql host:port/database
+        self._lock = self._db.lock
+        self.fence: Fence | None = None
+        self._results = _RESULTS[self._db.backend]
         try:
-            self._db = connect(path)
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            self._ensure_columns()
-            self._ensure_rollups()
-        except sqlite3.Error as e:
-            raise StoreError(f"{path}: cannot open the state database: {e}") from None
-        except OSError as e:
-            raise StoreError(f"{path.parent}: cannot create the state directory: {e.strerror}") from None
+            self._db.migrate("store", MIGRATIONS, adopt=_adopt)
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def db(self) -> Database:
+        """The connection seam, for a module that keeps its own tables beside the store's."""
+        return self._db
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -325,37 +309,11 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _ensure_columns(self) -> None:
-        """Add the columns a database from an older healer lacks (ALTER TABLE ... ADD COLUMN)."""
-        for table, column in _ADDED_COLUMNS:
-            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+    def _tx(self) -> contextlib.AbstractContextManager[Tx]:
+        return self._db.write("cannot write the state", self.fence)
 
-    def _ensure_rollups(self) -> None:
-        """Create check_hours once, filled from the cycles already recorded (a database from
-        before it existed); one transaction, so a second process waits and then finds it."""
-        exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'check_hours'"
-        if self._db.execute(exists).fetchone():
-            return
-        with self._tx() as db:
-            if db.execute(exists).fetchone():
-                return
-            db.execute(_ROLLUP_SCHEMA)
-            db.execute(f"INSERT INTO check_hours(hour, name, passed, total, first) {_ROLLUP_FROM_CYCLES} GROUP BY 1, 2")
-
-    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return write_transaction(self._db, self._lock, str(self.path))
-
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                cur = self._db.execute(sql, args)
-                cur.row_factory = sqlite3.Row
-                return list(cur.fetchall())
-            except sqlite3.Error as e:
-                raise StoreError(f"{self.path}: {e}") from None
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return self._db.query(sql, args)
 
     # ---- meta ---------------------------------------------------------------------------
 
@@ -365,7 +323,11 @@ class Store:
                 if v is None:
                     db.execute("DELETE FROM meta WHERE key = ?", (k,))
                 else:
-                    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, v))
+                    db.execute(
+                        "INSERT INTO meta(key, value) VALUES (?, ?)"
+                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (k, v),
+                    )
 
     def meta(self) -> dict[str, str]:
         return {r["key"]: r["value"] for r in self._query("SELECT key, value FROM meta")}
@@ -404,11 +366,10 @@ class Store:
                         (_ts(now), row[2]),
                     )
                     db.execute("UPDATE deploys SET open_incident = NULL WHERE id = ?", (row[0],))
-                cur = db.execute(
+                deploy_id = db.insert(
                     "INSERT INTO deploys(commit_sha, first_seen, via_rollback) VALUES (?, ?, ?)",
                     (commit, _ts(now), int(via_rollback)),
                 )
-                deploy_id = int(cur.lastrowid or 0)
                 new = True
         d = self.deploy(deploy_id)
         assert d is not None
@@ -447,16 +408,16 @@ class Store:
             cause = None if update is None else update.cause
             step = None if update is None else update.next_step
             woken = None if update is None else update.woken
-            cur = db.execute(
+            base = _POSITIONS * db.insert(
                 "INSERT INTO cycles(deploy_id, at, ok, who, summary, results, cause, next_step, woken) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (deploy_id, at, int(verdict.ok), str(who), verdict.summary(), results, cause, step, woken),
             )
-            base = int(cur.lastrowid or 0) * _POSITIONS
             db.executemany(
                 "INSERT INTO check_hours(hour, name, passed, total, first) VALUES (?, ?, ?, 1, ?) "
-                "ON CONFLICT(hour, name) DO UPDATE SET passed = passed + excluded.passed, total = total + 1, "
-                "first = MIN(first, excluded.first)",
+                "ON CONFLICT(hour, name) DO UPDATE SET passed = check_hours.passed + excluded.passed,"
+                " total = check_hours.total + 1, "
+                "first = CASE WHEN excluded.first < check_hours.first THEN excluded.first ELSE check_hours.first END",
                 [(at[:13], r.name, int(r.ok), base + i) for i, r in enumerate(verdict.results)],
             )
             if update is None:
@@ -475,11 +436,10 @@ class Store:
             if update.phase_index is not None:
                 sets["phase_index"] = update.phase_index
             if update.open_incident_cause is not None:
-                cur = db.execute(
+                opened = db.insert(
                     "INSERT INTO incidents(deploy_id, opened_at, cause) VALUES (?, ?, ?)",
                     (deploy_id, _ts(verdict.at), _scrub(update.open_incident_cause)),
                 )
-                opened = int(cur.lastrowid or 0)
                 sets["open_incident"] = opened
             if update.resolve_incident:
                 db.execute(
@@ -544,12 +504,11 @@ class Store:
         finished = None if outcome is Outcome.STARTED else _ts(now)
         reason, detail = _scrub(reason), _scrub(detail)
         with self._tx() as db:
-            cur = db.execute(
+            return db.insert(
                 "INSERT INTO actions(at, finished_at, deploy_id, incident_id, kind, name, who, reason, outcome, detail,"
                 " note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (_ts(now), finished, deploy_id, incident_id, kind, name, str(who), reason, str(outcome), detail, note),
             )
-            return int(cur.lastrowid or 0)
 
     def finish_action(self, action_id: int, outcome: Outcome, now: datetime, detail: str = "") -> None:
         with self._tx() as db:
@@ -617,7 +576,8 @@ class Store:
     def mark_bad(self, commit: str, reason: str, now: datetime) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO bad_commits(commit_sha, marked_at, reason) VALUES (?, ?, ?)",
+                "INSERT INTO bad_commits(commit_sha, marked_at, reason) VALUES (?, ?, ?) ON CONFLICT(commit_sha) "
+                "DO UPDATE SET marked_at = excluded.marked_at, reason = excluded.reason",
                 (commit, _ts(now), _scrub(reason)),
             )
 
@@ -669,7 +629,8 @@ class Store:
         """Keep `ack` as the incident's ack (a later one replaces an expired or re-armed one)."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO acks(incident_id, at, who, note) VALUES (?, ?, ?, ?)",
+                "INSERT INTO acks(incident_id, at, who, note) VALUES (?, ?, ?, ?) ON CONFLICT(incident_id) "
+                "DO UPDATE SET at = excluded.at, who = excluded.who, note = excluded.note",
                 (ack.incident_id, _ts(ack.at), ack.who, _scrub(ack.note)),
             )
 
@@ -690,7 +651,7 @@ class Store:
     def record_press(self, data: str, who: str, what: str, now: datetime) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO chat_presses(data, at, who, what) VALUES (?, ?, ?, ?)",
+                "INSERT INTO chat_presses(data, at, who, what) VALUES (?, ?, ?, ?) ON CONFLICT(data) DO NOTHING",
                 (data, _ts(now), who, _scrub(what)),
             )
 
@@ -710,9 +671,10 @@ class Store:
                 # whole hours go; the hour the cutoff falls in is counted again from what is left of it
                 hour = _hour(older_than)
                 db.execute("DELETE FROM check_hours WHERE hour <= ?", (_ts(hour)[:13],))
+                rollup = _rollup_from_cycles(self._db.backend)
                 db.execute(
-                    f"INSERT INTO check_hours(hour, name, passed, total, first) {_ROLLUP_FROM_CYCLES} "
-                    "WHERE c.at >= ? AND c.at < ? GROUP BY 1, 2",
+                    f"INSERT INTO check_hours(hour, name, passed, total, first) {rollup} "
+                    "WHERE r.at >= ? AND r.at < ? GROUP BY 1, 2",
                     (cutoff, _ts(hour + timedelta(hours=1))),
                 )
             n = cycles + db.execute("DELETE FROM actions WHERE at < ? AND outcome != 'started'", (cutoff,)).rowcount
@@ -782,10 +744,9 @@ class Store:
             "SELECT name, SUM(passed) AS passed, SUM(total) AS total FROM ("
             " SELECT name, passed, total, first FROM check_hours WHERE hour >= ? AND hour < ?"
             " UNION ALL"
-            " SELECT json_extract(j.value, '$.name'), json_extract(j.value, '$.ok'), 1,"
-            f" c.id * {_POSITIONS} + j.key FROM cycles c, json_each(c.results) j"
-            " WHERE c.at >= ? AND c.at <= ? AND (c.at < ? OR c.at >= ?)"
-            ") GROUP BY name ORDER BY MIN(first)",
+            f" SELECT r.name, r.ok, 1, r.id * {_POSITIONS} + r.pos FROM {self._results} r"
+            " WHERE r.at >= ? AND r.at <= ? AND (r.at < ? OR r.at >= ?)"
+            ") t GROUP BY name ORDER BY MIN(first)",
             (_ts(first_hour)[:13], _ts(end_hour)[:13], _ts(start), _ts(end), _ts(first_hour), _ts(end_hour)),
         )
         return [(str(r["name"]), int(r["passed"]), int(r["total"])) for r in rows]
@@ -816,7 +777,7 @@ class Store:
         """(channel, state) -> how many deliveries, from the alert outbox's `alert_deliveries`
         (healer/alerts/outbox.py; state pending | delivered | failed). Empty before the outbox
         has created its tables."""
-        if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alert_deliveries'"):
+        if not self._db.version("outbox"):
             return {}
         rows = self._query("SELECT channel, state, COUNT(*) AS n FROM alert_deliveries GROUP BY channel, state")
         return {(r["channel"], r["state"]): int(r["n"]) for r in rows}
@@ -838,7 +799,7 @@ def _baseline(s: str | None) -> Baseline | None:
     return Baseline(taken_at=datetime.fromisoformat(d["taken_at"]), metrics=d["metrics"])
 
 
-def _deploy(r: sqlite3.Row) -> Deploy:
+def _deploy(r: Row) -> Deploy:
     return Deploy(
         id=r["id"],
         commit=r["commit_sha"],
@@ -858,7 +819,7 @@ def _deploy(r: sqlite3.Row) -> Deploy:
     )
 
 
-def _cycle(r: sqlite3.Row) -> CycleRow:
+def _cycle(r: Row) -> CycleRow:
     results = tuple(CheckResult.from_json(x) for x in json.loads(r["results"]))
     return CycleRow(
         r["id"], r["deploy_id"], datetime.fromisoformat(r["at"]), bool(r["ok"]), r["who"], r["summary"], results,
@@ -866,7 +827,7 @@ def _cycle(r: sqlite3.Row) -> CycleRow:
     )  # fmt: skip
 
 
-def _action(r: sqlite3.Row) -> ActionRow:
+def _action(r: Row) -> ActionRow:
     return ActionRow(
         r["id"], datetime.fromisoformat(r["at"]), _dt(r["finished_at"]), r["deploy_id"], r["incident_id"],
         r["kind"], r["name"], r["who"], r["reason"], r["outcome"], r["detail"], r["note"],

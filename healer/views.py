@@ -39,11 +39,11 @@ def status_data(config: Config) -> dict[str, Any]:
         "alive": False,
         "last_seen": None,
     }
-    if not config.db_path.exists():
+    if not config.state_db.exists():
         out["deploy"] = None
         out["loop"].update(alive=False, note="healer has not run here yet")
         return out
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         d = store.current_deploy()
         meta = store.meta()
         pause = store.active_pause(now)
@@ -102,12 +102,12 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
     """Checks, incidents, repairs, rollbacks and alerts since `since` ago, oldest first."""
     from healer.store import Store
 
-    if not config.db_path.exists():
+    if not config.state_db.exists():
         return []
     now = SystemClock().now()
     start = now - since
     rows: list[dict[str, Any]] = []
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         for c in store.cycles(since=start):
             rows.append(
                 {
@@ -146,7 +146,7 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
                          "outcome": a.outcome, "detail": a.detail})  # fmt: skip
     from healer.alerts.outbox import Outbox
 
-    outbox = Outbox(config.db_path)
+    outbox = Outbox(config.shared_db)
     try:
         for rec in outbox.history(start):
             sent = ", ".join(f"{d.channel}: {d.state.value}" for d in rec.deliveries)
@@ -171,9 +171,9 @@ def launch_window_start(config: Config, now: datetime) -> datetime:
     its incident and the rollback. Never more than one window back; `now` with nothing seen."""
     from healer.store import Store
 
-    if not config.db_path.exists():
+    if not config.state_db.exists():
         return now
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         deploys = store.deploys()
     if not deploys:
         return now
@@ -190,9 +190,9 @@ def timeline_data(config: Config, since: datetime, until: datetime) -> Timeline:
     from healer.store import Store
 
     empty = Timeline(config.app.name, since, until, None, (), (), (), ())
-    if not config.db_path.exists():
+    if not config.state_db.exists():
         return empty
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         deploys = store.deploys()
         cycles = [c for c in store.cycles(since=since) if c.at <= until]
         incidents = [i for i in store.incidents(since=since) if i.opened_at <= until]

@@ -5,6 +5,8 @@ environment for every test (I/O).
     http_app(...)      -> HttpApp: .url (base URL), .behaviour (switchable), .delay, .requests
     redis_server       -> RedisServer: .port, .url        (session-wide)
     postgres_server    -> PostgresServer: .port, .dsn     (session-wide)
+    state_db           -> StateDb: healer's state, once on a SQLite file and once on a fresh
+                          PostgreSQL database (its DSN in $HEALER_TEST_STATE_DSN)
     run_probe          -> `await run_probe({"type": "http", "url": ...}, redis={...})`: builds a
                           validated Config with that one check and runs it once -> CheckResult
     pm2                -> Pm2: a private PM2 daemon (own PM2_HOME); .start(name, argv, cwd) -> pid,
@@ -35,7 +37,7 @@ from services import (
     start_supervisord,
 )
 
-from healer.config import parse_config
+from healer.config import StateDb, parse_config
 from healer.model import CheckResult, Reference
 from healer.redact import REDACTOR
 
@@ -87,6 +89,26 @@ def postgres_server() -> Iterator[PostgresServer]:
     server = start_postgres()
     yield server
     server.stop()
+
+
+STATE_DSN_ENV = "HEALER_TEST_STATE_DSN"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateDb]:
+    """healer's state on each backend: a SQLite file in tmp_path, or a database of its own on the
+    session's PostgreSQL, dropped after the test."""
+    path = tmp_path / "state" / "healer.db"
+    if request.param == "sqlite":
+        yield StateDb(path)
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    dsn = server.create_database()
+    os.environ[STATE_DSN_ENV] = dsn
+    try:
+        yield StateDb(path, STATE_DSN_ENV)
+    finally:
+        server.drop_database(dsn)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import sys
 from datetime import timedelta
 
 from healer import pg
-from healer.errors import Fenced
+from healer.errors import FencedError
 from healer.fleet import Leadership
 
 
@@ -54,7 +54,7 @@ async def main(app: str, host: str, lease: float) -> None:
             try:
                 await leadership.fenced(write)
                 say(wrote=epoch)
-            except Fenced:
+            except FencedError:
                 say(fenced=epoch)
             except pg.Error as e:
                 say(lost=epoch, error=type(e).__name__)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import http.server
+import itertools
 import json
 import os
 import re
@@ -293,8 +294,41 @@ class PostgresServer:
         return self.dir / "data"
 
     def stop(self) -> None:
-        _run(self, "pg_ctl", "-D", str(self.data), "stop", "-m", "fast", "-w", "-t", "30")
+        self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def halt(self) -> None:
+        """Stop the server (fast: connections are cut), keeping its data for `start`."""
+        _run(self, "pg_ctl", "-D", str(self.data), "stop", "-m", "fast", "-w", "-t", "30")
+
+    def start(self) -> None:
+        """Start the server on its port (again, after `halt`)."""
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses={LOCALHOST} -c fsync=off"
+        out = _run(self, "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.dir / "pg.log"),
+                   "-w", "-t", "60", "start")  # fmt: skip
+        if out.returncode != 0:
+            why = _tail(self.dir / "pg.log")
+            pytest.fail(f"pg_ctl start failed ({out.returncode}): {out.stdout[-1000:]} {why}")
+
+    def create_database(self) -> str:
+        """A new, empty database on this server; returns its DSN (drop it with drop_database)."""
+        import psycopg
+
+        name = f"t_{os.getpid()}_{next(_DATABASES)}"
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://postgres@{LOCALHOST}:{self.port}/{name}"
+
+    def drop_database(self, dsn: str) -> None:
+        """Drop a database create_database made, closing whatever is still connected to it."""
+        import psycopg
+
+        name = dsn.rsplit("/", 1)[1]
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+_DATABASES = itertools.count(1)
 
 
 def postgres_bindir() -> Path:
@@ -329,26 +363,11 @@ def start_postgres(*, port: int | None = None) -> PostgresServer:
     if init.returncode != 0:
         shutil.rmtree(directory, ignore_errors=True)
         pytest.fail(f"initdb failed ({init.returncode}): {init.stdout[-2000:]}")
-    options = f"-p {port} -k {directory} -c listen_addresses={LOCALHOST} -c fsync=off"
-    log = str(directory / "pg.log")
-    start = _run(
-        server,
-        "pg_ctl",
-        "-D",
-        str(server.data),
-        "-o",
-        options,
-        "-l",
-        log,
-        "-w",
-        "-t",
-        "60",
-        "start",
-    )
-    if start.returncode != 0:
-        why = _tail(directory / "pg.log")
-        server.stop()
-        pytest.fail(f"pg_ctl start failed ({start.returncode}): {start.stdout[-1000:]} {why}")
+    try:
+        server.start()
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return server
 
 

@@ -1,18 +1,24 @@
-"""The alert outbox in SQLite: per-channel state, order, restarts, the pipeline's memory (I/O)."""
+"""The alert outbox in SQLite and in PostgreSQL: per-channel state, order, restarts, the pipeline's
+memory, and claims: senders sharing one outbox (two processes on one PostgreSQL) send each alert
+once (I/O)."""
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from chatfakes import healer_config
+from services import wait_until
 
 from healer.alerts.message import AlertMessage
 from healer.alerts.outbox import DeliveryState, Outbox, retry_delay
 from healer.alerts.shell import Alerts, CycleContext, LogChannel
 from healer.clock import FakeClock
+from healer.config import StateDb
 from healer.model import Alert, Event, Severity
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -23,12 +29,13 @@ def msg(title: str, at: datetime = T0, event: Event = Event.REPAIR_STARTED) -> A
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "healer.db"
+def db(state_db: StateDb) -> StateDb:
+    return state_db
 
 
-def test_tables_are_created_in_the_shared_state_database_in_wal_mode(db: Path) -> None:
+def test_tables_are_created_in_the_shared_state_database_in_wal_mode(tmp_path: Path) -> None:
     """Opening the outbox creates its own tables, WAL journal, in the given file."""
+    db = tmp_path / "state" / "healer.db"
     Outbox(db).close()
     con = sqlite3.connect(db)
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -38,7 +45,7 @@ def test_tables_are_created_in_the_shared_state_database_in_wal_mode(db: Path) -
     Outbox(db).close()  # opening again is fine
 
 
-def test_each_channel_has_its_own_state(db: Path) -> None:
+def test_each_channel_has_its_own_state(db: StateDb) -> None:
     """Delivered to telegram, still pending for slack: the same alert, tracked per channel."""
     ob = Outbox(db)
     aid = ob.enqueue(msg("a"), ["slack", "telegram"])
@@ -52,7 +59,7 @@ def test_each_channel_has_its_own_state(db: Path) -> None:
     ob.close()
 
 
-def test_a_delivery_is_marked_once(db: Path) -> None:
+def test_a_delivery_is_marked_once(db: StateDb) -> None:
     """Once a channel accepted a message, marking it again changes nothing and says so."""
     ob = Outbox(db)
     aid = ob.enqueue(msg("a"), ["slack"])
@@ -63,7 +70,7 @@ def test_a_delivery_is_marked_once(db: Path) -> None:
     ob.close()
 
 
-def test_entries_survive_closing_and_reopening(db: Path) -> None:
+def test_entries_survive_closing_and_reopening(db: StateDb) -> None:
     """A restart keeps every undelivered message, in order, with its attempts."""
     ob = Outbox(db)
     ids = [ob.enqueue(msg(f"m{i}", T0 + timedelta(seconds=i)), ["slack", "telegram"]) for i in range(3)]
@@ -83,7 +90,7 @@ def test_entries_survive_closing_and_reopening(db: Path) -> None:
     ob.close()
 
 
-def test_permanent_failure_lets_the_next_message_go(db: Path) -> None:
+def test_permanent_failure_lets_the_next_message_go(db: StateDb) -> None:
     """A message refused for good is not tried again and does not hold up the ones after it."""
     ob = Outbox(db)
     a = ob.enqueue(msg("a"), ["slack"])
@@ -94,7 +101,7 @@ def test_permanent_failure_lets_the_next_message_go(db: Path) -> None:
     ob.close()
 
 
-def test_ignore_schedule_for_flush(db: Path) -> None:
+def test_ignore_schedule_for_flush(db: StateDb) -> None:
     """A flush at shutdown tries the head even while it waits for its retry time."""
     ob = Outbox(db)
     a = ob.enqueue(msg("a"), ["slack"])
@@ -104,7 +111,7 @@ def test_ignore_schedule_for_flush(db: Path) -> None:
     ob.close()
 
 
-def test_a_retry_planned_before_the_clock_was_stepped_back_does_not_sit_on_alerts(db: Path) -> None:
+def test_a_retry_planned_before_the_clock_was_stepped_back_does_not_sit_on_alerts(db: StateDb) -> None:
     """A retry 15 min ahead waits; one 2 h ahead (the wall clock went back an hour or more since it
     was planned) is due now: no retry is ever planned that far."""
     ob = Outbox(db)
@@ -116,7 +123,7 @@ def test_a_retry_planned_before_the_clock_was_stepped_back_does_not_sit_on_alert
     ob.close()
 
 
-def test_history_since(db: Path) -> None:
+def test_history_since(db: StateDb) -> None:
     """`healer history --since` sees the alerts created in the window, oldest first, as JSON."""
     ob = Outbox(db)
     ob.enqueue(msg("old", T0 - timedelta(days=2)), ["log"])
@@ -128,7 +135,7 @@ def test_history_since(db: Path) -> None:
     ob.close()
 
 
-def test_prune_keeps_what_is_still_pending(db: Path) -> None:
+def test_prune_keeps_what_is_still_pending(db: StateDb) -> None:
     """Retention forgets old delivered alerts, never undelivered ones."""
     ob = Outbox(db)
     a = ob.enqueue(msg("a", T0 - timedelta(days=100)), ["log"])
@@ -153,19 +160,19 @@ def test_retry_delay_doubles_up_to_a_cap(attempts: int, expected: timedelta) -> 
     assert retry_delay(attempts) == expected
 
 
-def test_dedup_memory_survives_a_restart(tmp_path: Path) -> None:
+def test_dedup_memory_survives_a_restart(tmp_path: Path, db: StateDb) -> None:
     """After a restart mid-incident, healer does not announce the open incident again."""
     cfg = healer_config(tmp_path)
     clock = FakeClock(T0)
     ctx = CycleContext(app="shop-api", incident_id=7, incident_since=T0, summary="api: http.status")
     opened = Alert(Event.INCIDENT_OPENED, Severity.WARNING, "api is failing", incident_id=7)
 
-    a = Alerts(cfg, clock=clock, channels=[LogChannel()])
+    a = Alerts(cfg, outbox=Outbox(db), clock=clock, channels=[LogChannel()])
     assert len(a.submit_sync([opened], ctx, T0).entries) == 1
     a.close()
 
     clock.advance(timedelta(minutes=5))
-    b = Alerts(cfg, clock=clock, channels=[LogChannel()])
+    b = Alerts(cfg, outbox=Outbox(db), clock=clock, channels=[LogChannel()])
     assert b.submit_sync([opened], ctx, clock.now()).entries == ()
     clock.advance(timedelta(minutes=25))
     [entry] = b.submit_sync([opened], ctx, clock.now()).entries
@@ -181,15 +188,15 @@ def test_dedup_memory_survives_a_restart(tmp_path: Path) -> None:
     b.close()
 
 
-def test_flapping_groups_survive_a_restart(tmp_path: Path) -> None:
+def test_flapping_groups_survive_a_restart(tmp_path: Path, db: StateDb) -> None:
     """After a restart, the folded failure stays folded and another failure is announced."""
     cfg = healer_config(tmp_path)
-    a = Alerts(cfg, channels=[LogChannel()])
+    a = Alerts(cfg, outbox=Outbox(db), channels=[LogChannel()])
     for inc in range(1, 5):
         ctx = CycleContext(app="shop-api", commit="abc", incident_id=inc, incident_since=T0)
         a.submit_sync([Alert("incident.opened", Severity.WARNING, "x", incident_id=inc)], ctx, T0)
     a.close()
-    b = Alerts(cfg, channels=[LogChannel()])
+    b = Alerts(cfg, outbox=Outbox(db), channels=[LogChannel()])
     ctx = CycleContext(app="shop-api", commit="abc", incident_id=5, incident_since=T0)
     same = b.submit_sync([Alert("incident.opened", Severity.WARNING, "x", incident_id=5)], ctx, T0)
     assert same.entries == ()
@@ -199,15 +206,15 @@ def test_flapping_groups_survive_a_restart(tmp_path: Path) -> None:
     b.close()
 
 
-def test_flapping_state_survives_a_restart(tmp_path: Path) -> None:
+def test_flapping_state_survives_a_restart(tmp_path: Path, db: StateDb) -> None:
     """Muted openings are remembered too: their resolutions stay quiet after a restart."""
     cfg = healer_config(tmp_path)
-    a = Alerts(cfg, channels=[LogChannel()])
+    a = Alerts(cfg, outbox=Outbox(db), channels=[LogChannel()])
     for inc in range(1, 5):
         ctx = CycleContext(app="shop-api", incident_id=inc, incident_since=T0)
         a.submit_sync([Alert(Event.INCIDENT_OPENED, Severity.WARNING, "x", incident_id=inc)], ctx, T0)
     a.close()
-    b = Alerts(cfg, channels=[LogChannel()])
+    b = Alerts(cfg, outbox=Outbox(db), channels=[LogChannel()])
     plan = b.submit_sync(
         [Alert(Event.INCIDENT_RESOLVED, Severity.INFO, "ok", incident_id=4)],
         CycleContext("shop-api"),
@@ -236,4 +243,78 @@ def test_an_outbox_from_before_flapping_groups_opens_and_remembers(tmp_path: Pat
     box = Outbox(db)
     memory = box.memory(T0 + timedelta(minutes=1), timedelta(minutes=30))
     assert memory.openings == ((T0, ""),) and memory.incidents[1].opened
+    box.close()
+
+
+def test_a_claim_keeps_other_senders_off_until_it_lapses(db: StateDb) -> None:
+    """Of two outboxes on one database, the one that claimed the row sends it; the other may take
+    it only once the claim lapsed (its sender died mid-send), and nobody once it is delivered."""
+    a, b = Outbox(db, owner="host-a"), Outbox(db, owner="host-b")
+    try:
+        aid = a.enqueue(msg("m"), ["slack"])
+        assert a.claim(aid, "slack", T0, timedelta(minutes=1))
+        assert not b.claim(aid, "slack", T0 + timedelta(seconds=59), timedelta(minutes=1))
+        assert a.claim(aid, "slack", T0 + timedelta(seconds=30), timedelta(minutes=1))  # its own: renewed
+        assert b.claim(aid, "slack", T0 + timedelta(minutes=2), timedelta(minutes=1))
+        assert b.mark_delivered(aid, "slack", T0 + timedelta(minutes=2))
+        assert not a.claim(aid, "slack", T0 + timedelta(hours=1), timedelta(minutes=1))
+    finally:
+        a.close()
+        b.close()
+
+
+_SENDER = """
+import asyncio, os, sys, time
+from datetime import timedelta
+from pathlib import Path
+from healer.alerts.outbox import Outbox, Sender
+from healer.config import StateDb
+from healer.model import Severity
+
+class FileChannel:
+    name, kind, min_severity = "slack", "slack", Severity.INFO
+    async def send(self, message, *, delayed=None):
+        await asyncio.sleep(0.005)  # a send takes a while: the other sender tries meanwhile
+        with open(sys.argv[3], "a") as f:
+            f.write(f"{message.title} {os.getpid()}\\n")
+
+async def main():
+    outbox = Outbox(StateDb(Path(sys.argv[1]), sys.argv[2] or None))
+    sender = Sender(outbox, [FileChannel()])
+    Path(sys.argv[4]).touch()
+    while not Path(sys.argv[5]).exists():  # both senders start together
+        await asyncio.sleep(0.01)
+    deadline = time.monotonic() + 120
+    while outbox.pending_count() and time.monotonic() < deadline:
+        await sender.deliver_due()
+        await asyncio.sleep(0.01)
+    outbox.close()
+
+asyncio.run(main())
+"""
+
+
+def test_two_sender_processes_on_one_outbox_send_each_alert_once(db: StateDb, tmp_path: Path) -> None:
+    """Two processes deliver the same outbox at once (healers on two hosts): every alert reaches
+    the channel exactly once, in order."""
+    box = Outbox(db)
+    titles = [f"alert-{n:02d}" for n in range(30)]
+    for t in titles:
+        box.enqueue(msg(t), ["slack"])
+    sent, go = tmp_path / "sent.txt", tmp_path / "go"
+    argv = [sys.executable, "-c", _SENDER, str(db.path), db.dsn_env or "", str(sent)]
+    children = [subprocess.Popen([*argv, str(tmp_path / f"ready{n}"), str(go)]) for n in range(2)]
+    try:
+        assert wait_until(lambda: all((tmp_path / f"ready{n}").exists() for n in range(2)), timeout=60)
+        go.touch()
+        for child in children:
+            assert child.wait(timeout=180) == 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    lines = sent.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == titles
+    assert box.pending_count() == 0
+    assert {d.state for r in box.history() for d in r.deliveries} == {DeliveryState.DELIVERED}
     box.close()

@@ -92,7 +92,7 @@ def test_an_existing_state_dir_and_its_files_are_tightened(tmp_path: Path) -> No
     for name in ("healer.db", "healer.db-wal", "healer.db-shm"):
         (state / name).touch()
         (state / name).chmod(0o644)
-    script = "import sys, pathlib; from healer.store import connect; connect(pathlib.Path(sys.argv[1])).close()"
+    script = "import sys, pathlib; from healer.db import Database; Database(pathlib.Path(sys.argv[1])).close()"
     out = child(0o022, sys.executable, "-c", script, str(state / "healer.db"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert_private(state)

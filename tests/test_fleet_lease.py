@@ -19,12 +19,17 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import config_from
 from services import PostgresServer, start_pgbouncer, wait_until
 
 from healer import pg
+from healer.alerts.outbox import Outbox
 from healer.clock import FakeClock
-from healer.errors import FleetError
+from healer.config import StateDb
+from healer.db import WRITE_LOCK, Database
+from healer.errors import FencedError, FleetError, StoreError
 from healer.fleet import POOLED, Leadership
+from healer.fleet_store import LeaseFence
 from healer.lease import (
     LeaseRow,
     Step,
@@ -35,6 +40,7 @@ from healer.lease import (
     step,
     trusted_until,
 )
+from healer.store import Store
 
 CONTENDER = Path(__file__).parent / "fleet_contender.py"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -358,3 +364,133 @@ def test_a_transaction_pooler_is_refused_and_a_session_pool_is_not(
             assert asyncio.run(contend()) is Step.TAKE_OVER
     finally:
         bouncer.stop()
+
+
+# ---- the lease as a fence of the state database ---------------------------------------------------
+
+
+def test_a_lease_fence_writes_at_the_leaders_epoch_and_nothing_after_it_moved_on(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """db.write(fence=LeaseFence(app, epoch)) on the state database: written while the lease is at
+    the epoch; refused with FencedError, and nothing written, once a takeover raised the epoch or
+    the lease ran out."""
+    monkeypatch.setenv("HEALER_STATE_DSN", postgres_server.dsn)
+    app = f"fence-{uuid.uuid4().hex[:8]}"
+
+    async def lead() -> int:
+        leadership = Leadership(pg.server("HEALER_STATE_DSN"), app=app, host="web-1", lease=LEASE)
+        await leadership.start()
+        assert await leadership.tick() is Step.TAKE_OVER
+        await leadership.close()
+        assert leadership.epoch is not None
+        return leadership.epoch
+
+    epoch = asyncio.run(lead())
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:  # the lease, live again at its epoch
+        conn.execute("UPDATE fleet_lease SET expires_at = now() + interval '1 hour' WHERE app = %s", (app,))
+    db = Database(StateDb(tmp_path / "unused.db", "HEALER_STATE_DSN"))
+    try:
+        with db.write("creating the test table") as tx:
+            tx.execute("CREATE TABLE IF NOT EXISTS fence_test (app TEXT NOT NULL, n INTEGER NOT NULL)")
+
+        def write(n: int) -> None:
+            with db.write("a leader's write", fence=LeaseFence(app, epoch)) as tx:
+                tx.execute("INSERT INTO fence_test (app, n) VALUES (?, ?)", (app, n))
+
+        write(1)
+        with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE fleet_lease SET epoch = epoch + 1 WHERE app = %s", (app,))  # a takeover
+        with pytest.raises(
+            FencedError, match=f"fleet {app}: not written, the lease of epoch {epoch} is no longer held"
+        ):
+            write(2)
+        with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE fleet_lease SET epoch = %s, expires_at = now() WHERE app = %s", (epoch, app))
+        with pytest.raises(FencedError):
+            write(3)
+        assert [r[0] for r in db.query("SELECT n FROM fence_test WHERE app = ?", (app,))] == [1]
+    finally:
+        db.close()
+
+
+def test_each_host_keeps_its_own_store_and_shares_the_outbox(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two hosts of a fleet on one database: each one's deploys are its own (a host on another
+    release opens no window in the other's store), the alert outbox is one table for both."""
+    dsn = postgres_server.create_database()
+    monkeypatch.setenv("HEALER_STATE_DSN", dsn)
+    now = datetime.now(UTC)
+    stores: dict[str, Store] = {}
+    try:
+        for host, commit in (("web-1", "a" * 40), ("web-2", "b" * 40)):
+            (tmp_path / host).mkdir()
+            config = config_from(tmp_path / host, f"""
+                [state]
+                dsn_env = "HEALER_STATE_DSN"
+                [fleet]
+                host = "{host}"
+                [app]
+                name = "shop"
+                repo = "{tmp_path}"
+                [[checks]]
+                name = "up"
+                type = "command"
+                argv = ["true"]
+                """)  # fmt: skip
+            assert config.state_db.schema == f"healer_{host}" and config.shared_db.schema is None
+            stores[host] = Store(config.state_db)
+            stores[host].ensure_deploy(commit, now)
+            outbox = Outbox(config.shared_db)
+            outbox.close()
+        assert stores["web-1"].ensure_deploy("a" * 40, now)[1] is False  # web-2's release left it alone
+        assert stores["web-2"].current_deploy().commit == "b" * 40  # type: ignore[union-attr]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            tables = conn.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables"
+                " WHERE table_name IN ('deploys', 'alert_outbox') ORDER BY 1, 2"
+            ).fetchall()
+        assert tables == [("healer_web-1", "deploys"), ("healer_web-2", "deploys"), ("public", "alert_outbox")]
+    finally:
+        for store in stores.values():
+            store.close()
+        postgres_server.drop_database(dsn)
+
+
+def test_a_writer_stopped_in_its_transaction_holds_no_one_up_and_a_timed_out_wait_leaves_nothing_open(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A healer stopped inside a write transaction (here: one left open, as SIGSTOP leaves it) is
+    ended by the server (idle_in_transaction_session_timeout), so another's write gets through;
+    a write whose wait for the lock times out fails with one StoreError line and leaves its
+    connection usable (no aborted transaction left open)."""
+    dsn = postgres_server.create_database()
+    monkeypatch.setenv("HEALER_STATE_DSN", dsn)
+    where = StateDb(tmp_path / "unused.db", "HEALER_STATE_DSN")
+    db, stopped = Database(where), Database(where)
+    try:
+        with db.write("creating the test table") as tx:
+            tx.execute("CREATE TABLE t (n INTEGER NOT NULL)")
+        frozen = stopped.write("a write its process never finishes")
+        frozen.__enter__()  # BEGIN and the write lock, then nothing: the process is stopped
+        with db.write("a write behind it") as tx:
+            tx.execute("INSERT INTO t (n) VALUES (1)")
+        with psycopg.connect(dsn, autocommit=True) as holder:  # a lock holder without our timeouts
+            holder.execute("BEGIN")
+            holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", WRITE_LOCK)
+            with (
+                pytest.raises(StoreError, match=r"a write that waits: .*lock timeout"),
+                db.write("a write that waits") as tx,
+            ):
+                tx.execute("INSERT INTO t (n) VALUES (2)")
+            holder.execute("COMMIT")
+        with db.write("the next write") as tx:
+            tx.execute("INSERT INTO t (n) VALUES (3)")
+        assert [r[0] for r in db.query("SELECT n FROM t ORDER BY n")] == [1, 3]
+        with pytest.raises(StoreError):  # woken: its session was ended, nothing of it is written
+            frozen.__exit__(None, None, None)
+    finally:
+        db.close()
+        stopped.close()
+        postgres_server.drop_database(dsn)

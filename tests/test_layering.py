@@ -11,6 +11,7 @@ import pytest
 CORE = [
     "schedule", "judge", "decide", "ladder", "stable", "model", "errors", "clock", "playbook", "alerts/message",
     "stats", "page", "rollback_plan", "aftermath", "alerts/pipeline", "schema", "chatops", "lease", "sampling", "drift",
+    "fleet_judge",
 ]  # fmt: skip
 ALLOWED = {
     "healer.model", "healer.errors", "healer.config", "healer.schema", "healer.clock",

@@ -1,18 +1,29 @@
-"""The state store on a real SQLite file: deploy windows, cycles and their counters, causes,
-migrations from an older database, and the context manager (I/O)."""
+"""The state store on a real SQLite file and on a real PostgreSQL database: deploy windows, cycles
+and their counters, causes, rollups, upserts, fences, schema migrations (a database from the
+release before schema_version included), and the context manager (I/O)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from services import PostgresServer, wait_until
 
+from healer.alerts.outbox import MIGRATIONS as OUTBOX_MIGRATIONS
+from healer.alerts.outbox import Outbox
+from healer.config import StateDb, load_config
+from healer.db import Database, Tx
+from healer.errors import ConfigError, FencedError, StoreError
 from healer.model import CheckResult, Deploy, DeployState, Verdict, Who
-from healer.store import CycleUpdate, Store
+from healer.store import MIGRATIONS, CycleUpdate, Store
+
+LEGACY = Path(__file__).parent / "data" / "healer-db-before-schema-version.sql"
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -30,9 +41,9 @@ def update(
     )  # fmt: skip
 
 
-def test_a_new_commit_opens_a_new_window_and_closes_the_old_incident(tmp_path: Path) -> None:
+def test_a_new_commit_opens_a_new_window_and_closes_the_old_incident(state_db: StateDb) -> None:
     """HEAD moving is a new deploy; the incident of the one it replaced is closed with it."""
-    with Store(tmp_path / "healer.db") as store:
+    with Store(state_db) as store:
         a, new = store.ensure_deploy("a" * 40, T0)
         assert new and store.ensure_deploy("a" * 40, T0 + timedelta(minutes=1)) == (a, False)
         store.record_cycle(a.id, verdict(False, T0), Who.LOOP, update(1, opens="api failing"))
@@ -43,10 +54,10 @@ def test_a_new_commit_opens_a_new_window_and_closes_the_old_incident(tmp_path: P
         assert closed.resolved_at is not None and "a new commit was deployed" in closed.cause
 
 
-def test_cycles_keep_their_cause_and_next_step_and_the_first_settled_healthy_cycle(tmp_path: Path) -> None:
+def test_cycles_keep_their_cause_and_next_step_and_the_first_settled_healthy_cycle(state_db: StateDb) -> None:
     """The likely cause is stored with a failing cycle; only a settled healthy cycle makes the
     release 'once healthy'."""
-    with Store(tmp_path / "healer.db") as store:
+    with Store(state_db) as store:
         d, _ = store.ensure_deploy("a" * 40, T0)
         store.record_cycle(d.id, verdict(True, T0), Who.LOOP, update(settled=False))
         assert store.deploy(d.id).healthy_at is None  # type: ignore[union-attr]
@@ -59,10 +70,10 @@ def test_cycles_keep_their_cause_and_next_step_and_the_first_settled_healthy_cyc
         assert rows[1].to_json()["cause"] == "deploy" and rows[1].next_step == "watching"
 
 
-def test_a_deploy_goes_from_new_to_healthy_to_stable_and_a_rolled_back_commit_stays_bad(tmp_path: Path) -> None:
+def test_a_deploy_goes_from_new_to_healthy_to_stable_and_a_rolled_back_commit_stays_bad(state_db: StateDb) -> None:
     """The lifecycle is read from what is stored: the first settled healthy cycle, the stable tag,
     the hold, and the commit marked bad, which a later deploy of the same commit inherits."""
-    with Store(tmp_path / "healer.db") as store:
+    with Store(state_db) as store:
         d, _ = store.ensure_deploy("a" * 40, T0)
 
         def state() -> DeployState:
@@ -102,22 +113,133 @@ def test_the_deploy_state_is_derived_from_its_fields(fields: dict[str, object], 
     assert Deploy(id=1, commit="a" * 40, first_seen=T0, **fields).state is expected  # type: ignore[arg-type]
 
 
-def test_a_database_from_an_older_healer_gains_the_new_columns(tmp_path: Path) -> None:
-    """Opening a database written before causes and healthy_at existed adds them, keeping the rows."""
-    path = tmp_path / "healer.db"
+def _legacy_db(path: Path) -> Path:
+    """A healer.db as the release before schema_version left it (tests/data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.executescript(LEGACY.read_text())
+    db.close()
+    return path
+
+
+def test_a_database_from_the_release_before_schema_version_opens_and_migrates(tmp_path: Path) -> None:
+    """Its rows are all there, its tables are stamped with their versions, the outbox gains its
+    claim columns, and both take new writes."""
+    path = _legacy_db(tmp_path / "healer.db")
     with Store(path) as store:
-        d, _ = store.ensure_deploy("a" * 40, T0)
-        store.record_cycle(d.id, verdict(True, T0), Who.LOOP, update())
+        d = store.current_deploy()
+        assert d is not None and d.open_incident == 1 and len(store.cycles()) == 3
+        assert store.last_cause(d.id) == "deploy" and store.meta() == {"pid": "123"}
+        assert store.check_totals(T0, T0 + timedelta(hours=1)) == [("api", 2, 3)]
+        store.record_cycle(d.id, verdict(True, T0 + timedelta(minutes=3)), Who.LOOP, update())
+        assert store.db.version("store") == len(MIGRATIONS)
+        assert store.alert_delivery_counts() == {}  # the outbox has not opened (migrated) yet
+    outbox = Outbox(path)
+    try:
+        assert outbox.pending_count() == 1 and outbox.claim(1, "slack", T0, timedelta(minutes=1))
+        assert outbox.mark_delivered(1, "slack", T0)
+    finally:
+        outbox.close()
+    with Store(path) as store:
+        assert store.alert_delivery_counts() == {("slack", "delivered"): 1, ("telegram", "delivered"): 1}
+        assert store.db.version("outbox") == len(OUTBOX_MIGRATIONS) and len(store.cycles()) == 4
+
+
+def test_a_database_from_an_older_healer_gains_the_new_columns_and_the_rollups(tmp_path: Path) -> None:
+    """A file from before causes, healthy_at and check_hours existed: the columns are added, the
+    rollups filled from the cycles kept, the rows stay."""
+    path = _legacy_db(tmp_path / "healer.db")
     db = sqlite3.connect(path)
     for table, column in (("deploys", "healthy_at"), ("cycles", "cause"), ("cycles", "next_step")):
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.execute("DROP TABLE check_hours")
     db.commit()
     db.close()
     with Store(path) as store:
-        assert len(store.cycles()) == 1 and store.cycles()[0].cause is None
-        assert store.current_deploy() is not None and store.current_deploy().healthy_at is None  # type: ignore[union-attr]
-        store.record_cycle(d.id, verdict(False, T0 + timedelta(minutes=1)), Who.LOOP, update(1, cause="unknown"))
+        assert len(store.cycles()) == 3 and store.cycles()[1].cause is None
+        d = store.current_deploy()
+        assert d is not None and d.healthy_at is None
+        assert store.check_totals(T0, T0 + timedelta(hours=1)) == [("api", 2, 3)]
+        store.record_cycle(d.id, verdict(False, T0 + timedelta(minutes=5)), Who.LOOP, update(1, cause="unknown"))
         assert store.last_cause(d.id) == "unknown"
+
+
+def test_every_component_is_at_its_last_migration_and_opening_again_changes_nothing(state_db: StateDb) -> None:
+    """A new database gets every migration once; a second open (another process) finds nothing to do."""
+    with Store(state_db) as store:
+        Outbox(state_db).close()
+        assert (store.db.version("store"), store.db.version("outbox")) == (len(MIGRATIONS), len(OUTBOX_MIGRATIONS))
+    with Store(state_db) as again:
+        Outbox(state_db).close()
+        assert again.db.version("outbox") == len(OUTBOX_MIGRATIONS)
+
+
+def test_rollups_reports_and_pruning_read_the_same_on_both_databases(state_db: StateDb) -> None:
+    """The per-hour check rollups (the one JSON query that differs), totals, upserts, and a prune
+    that recounts the hour it cuts into."""
+    with Store(state_db) as store:
+        d, _ = store.ensure_deploy("a" * 40, T0)
+        for n in range(4):
+            store.record_cycle(d.id, verdict(n != 2, T0 + timedelta(minutes=40 * n)), Who.LOOP, update())
+        assert store.check_totals(T0, T0 + timedelta(hours=3)) == [("api", 3, 4)]
+        assert store.cycle_totals(T0, T0 + timedelta(hours=3)) == (4, 3, T0)
+        assert store.cycle_counts() == {True: 3, False: 1}
+        store.mark_bad("a" * 40, "first", T0)
+        store.mark_bad("a" * 40, "second", T0)
+        assert store.bad_commits() == {"a" * 40: "second"}
+        store.record_press("ack:1:x", "ann", "acked", T0)
+        store.record_press("ack:1:x", "bob", "acked again", T0)
+        assert store.press("ack:1:x") == "acked"
+        store.set_meta(a="1")
+        store.set_meta(a="2", b=None)
+        assert store.meta() == {"a": "2"}
+        assert store.prune(T0 + timedelta(minutes=50)) == 2  # the cycles at 0 and 40 minutes
+        assert store.check_totals(T0, T0 + timedelta(hours=3)) == [("api", 1, 2)]
+
+
+class _Refuse:
+    """A fence that no longer holds (a leader whose epoch moved on)."""
+
+    def check(self, tx: Tx) -> None:
+        assert tx.query("SELECT COUNT(*) FROM deploys")[0][0] == 1  # reads inside the transaction
+        raise FencedError("epoch 3 is stale (the lease is at epoch 4)")
+
+
+def test_a_fenced_write_is_refused_and_writes_nothing(state_db: StateDb) -> None:
+    """With a fence that no longer holds, a write raises FencedError and leaves no row behind."""
+    with Store(state_db) as store:
+        d, _ = store.ensure_deploy("a" * 40, T0)
+        store.fence = _Refuse()
+        with pytest.raises(FencedError, match="epoch 3 is stale"):
+            store.record_cycle(d.id, verdict(True, T0), Who.LOOP, update())
+        store.fence = None
+        assert store.cycles() == []
+
+
+def test_an_unset_dsn_variable_is_a_config_error_and_nothing_is_made(tmp_path: Path) -> None:
+    """[state] dsn_env naming an unset variable: one line naming the key and the variable."""
+    config = tmp_path / "healer.toml"
+    config.write_text('[state]\ndsn_env = "HEALER_STATE_DSN"\n[[checks]]\nname = "api"\ntype = "http"\n'
+                      'url = "http://127.0.0.1:1/"\n')  # fmt: skip
+    os.environ.pop("HEALER_STATE_DSN", None)
+    with pytest.raises(ConfigError) as e:
+        load_config(config)
+    assert e.value.lines() == [
+        f"{config}: state.dsn_env: environment variable HEALER_STATE_DSN is not set (it holds the PostgreSQL DSN)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["healer.toml"]
+
+
+def test_a_server_that_refuses_is_one_line_without_the_dsn(postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """A wrong database: a StoreError naming host:port/database, never the DSN or its password."""
+    dsn = f"postgresql://postgres:hunter2secret@127.0.0.1:{postgres_server.port}/no_such_db"
+    os.environ["HEALER_STATE_DSN"] = dsn
+    with pytest.raises(StoreError) as e:
+        Store(StateDb(tmp_path / "healer.db", "HEALER_STATE_DSN"))
+    text = str(e.value)
+    assert "\n" not in text and "hunter2secret" not in text and dsn not in text
+    assert text.startswith(f"postgresql 127.0.0.1:{postgres_server.port}/no_such_db: cannot open the state database")
+    assert not (tmp_path / "healer.db").exists()
 
 
 def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
@@ -158,3 +280,40 @@ def test_another_process_reading_never_loses_the_writers_wal(tmp_path: Path) -> 
                 pass
             assert _count_in_a_child(path) == n + 1
         assert len(second.cycles()) == 3
+
+
+def test_write_transactions_are_serialised_across_connections(state_db: StateDb) -> None:
+    """A write transaction waits for another connection's to commit (SQLite's BEGIN IMMEDIATE, a
+    transaction-level advisory lock on PostgreSQL): a read-then-write inside one, such as a fence's
+    epoch check, sees nothing change under it."""
+    first, second = Database(state_db), Database(state_db)
+    order: list[str] = []
+
+    def other() -> None:
+        with second.write("second"):
+            order.append("second")
+
+    try:
+        with first.write("first"):
+            waiting = threading.Thread(target=other)
+            waiting.start()
+            assert not wait_until(lambda: bool(order), timeout=0.5)  # it waits ...
+            order.append("first")
+        waiting.join(timeout=30)
+        assert order == ["first", "second"]  # ... until the first one commits
+    finally:
+        first.close()
+        second.close()
+
+
+def test_tables_a_newer_healer_migrated_are_refused_not_downgraded(state_db: StateDb) -> None:
+    """Another host upgraded first: an older healer says so in one line and leaves the version."""
+    with Store(state_db) as store, store.db.write("bump") as tx:
+        tx.execute("UPDATE schema_version SET version = 99 WHERE component = 'store'")
+    with pytest.raises(StoreError, match=r"the store tables are at schema version 99, this healer knows 1: upgrade"):
+        Store(state_db)
+    probe = Database(state_db)
+    try:
+        assert probe.version("store") == 99
+    finally:
+        probe.close()

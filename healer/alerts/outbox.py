@@ -1,4 +1,5 @@
-"""The alert outbox in healer's SQLite state, and the sender that empties it (I/O).
+"""The alert outbox in healer's state (SQLite, or PostgreSQL with [state] dsn_env), and the
+sender that empties it (I/O).
 
 Every alert is written here before anything is sent; one delivery row per channel tracks
 whether that channel has accepted it. The sender delivers each channel's rows in order, in
@@ -6,10 +7,16 @@ its own asyncio task, so a channel that is down or slow never holds up the watch
 the other channels. Rows survive restarts; a row a channel accepted is never sent to it again
 (it is marked delivered right after the channel's answer).
 
-Tables (all ours, created on open):
+Several senders may share one outbox (healers on several hosts, one PostgreSQL): a delivery row
+is claimed before it is sent (`Outbox.claim`: one UPDATE ... WHERE it is unclaimed, atomic on
+both databases), so each message goes to each channel once. A claim lapses after the sender's
+longest send (`Sender.claim_for`): a sender killed mid-send leaves its row to another, later.
+
+Tables (all ours, created on open by MIGRATIONS):
 
     alert_outbox      one row per message: created_at, headline event, severity, payload_json
-    alert_deliveries  one row per (message, channel): state, attempts, next_try_at, last_error
+    alert_deliveries  one row per (message, channel): state, attempts, next_try_at, last_error,
+                      claimed_by and claimed_until while a sender is at it
     alert_items       one row per event planned or muted: the pipeline's memory for dedup
 """
 
@@ -20,8 +27,9 @@ import contextlib
 import enum
 import json
 import logging
-import sqlite3
-import threading
+import os
+import secrets
+import socket
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,12 +41,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from healer.alerts.message import AlertMessage, delay_of
 from healer.alerts.pipeline import AlertMemory, AlertPlan, IncidentMemory, Route
 from healer.clock import Clock, SystemClock
-from healer.config import format_elapsed
-from healer.errors import DeliveryError, StoreError
+from healer.config import StateDb, format_elapsed
+from healer.db import Database, Fence, Migration, Row, Tx
+from healer.errors import DeliveryError, FencedError, StoreError
 from healer.logging import log_event
 from healer.model import Alert, Event, Severity
 from healer.redact import redact
-from healer.store import connect, write_transaction
 
 log = logging.getLogger("healer.alerts")
 
@@ -52,8 +60,15 @@ DEFAULT_MAX_INLINE_WAIT = timedelta(seconds=10)  # a longer Retry-After reschedu
 DEFAULT_FAILING_AFTER = 3  # failed batches in a row before "channel failing" goes out elsewhere
 DEFAULT_POLL = timedelta(seconds=5)  # look for rows other processes added (healer pause, ...)
 BATCH = 50
+_SEND_SLACK = timedelta(seconds=2)  # beyond a channel's timeout before its send is given up
+_MAX_QUICK_PAUSE = timedelta(seconds=5)  # the longest pause between tries without a Retry-After
 
-_SCHEMA = """
+# The outbox's schema, in order (healer/db.py: Migration); one applied is never edited.
+MIGRATIONS = (
+    Migration(
+        1,
+        "the tables of the release before schema_version",
+        """
 CREATE TABLE IF NOT EXISTS alert_outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at TEXT NOT NULL,
@@ -87,7 +102,29 @@ CREATE TABLE IF NOT EXISTS alert_items (
 );
 CREATE INDEX IF NOT EXISTS alert_items_at ON alert_items (at);
 CREATE INDEX IF NOT EXISTS alert_items_incident ON alert_items (incident_id);
-"""
+""",
+    ),
+    Migration(
+        2,
+        "claims: several senders share one outbox",
+        """
+ALTER TABLE alert_deliveries ADD COLUMN claimed_by TEXT;    -- the sender sending it now
+ALTER TABLE alert_deliveries ADD COLUMN claimed_until TEXT  -- ... until then at most
+""",
+    ),
+)
+
+
+def _adopt(tx: Tx) -> int:
+    """The version of an outbox from before schema_version (0: none yet): version 1, once an
+    outbox from before flapping was grouped has the column (its old rows are of no group) and
+    the tables it lacks. Never grows: every later change is a Migration."""
+    if not tx.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alert_items'"):
+        return 0
+    if "flap_group" not in {r[1] for r in tx.query("PRAGMA table_info(alert_items)")}:
+        tx.execute("ALTER TABLE alert_items ADD COLUMN flap_group TEXT")
+    tx.script(MIGRATIONS[0].sql)  # IF NOT EXISTS: only what is missing
+    return 1
 
 
 class DeliveryState(enum.StrEnum):
@@ -188,39 +225,38 @@ class AlertRecord:
 # ---- the outbox ------------------------------------------------------------------------------
 
 
+def default_owner() -> str:
+    """A sender's name in the claims it writes: this host and process, and a random part, so two
+    outboxes are two owners even in one process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 class Outbox:
     """The alert tables in healer's state database; every method is one short transaction.
 
     Safe to call from a worker thread (`asyncio.to_thread`): one connection, one lock.
+    `owner` names this outbox in its claims; `fence`, when set, guards its writes (healer/db.py).
     """
 
-    def __init__(self, db_path: Path | str) -> None:
-        self.path = Path(db_path)
-        self._lock = threading.Lock()
+    def __init__(self, db_path: StateDb | Path | str, *, owner: str | None = None) -> None:
+        self._db = Database(db_path)
+        self.path = self._db.name
+        self.owner = owner or default_owner()
+        self.fence: Fence | None = None
         try:
-            self._db = connect(self.path)
-            self._db.executescript(_SCHEMA)
-            # an outbox from a healer before flapping was grouped: its old rows are of no group
-            if "flap_group" not in {r[1] for r in self._db.execute("PRAGMA table_info(alert_items)")}:
-                self._db.execute("ALTER TABLE alert_items ADD COLUMN flap_group TEXT")
-        except (sqlite3.Error, OSError) as e:
-            msg = f"{self.path}: cannot open the alert outbox: {e}"
-            raise StoreError(msg) from e
+            self._db.migrate("outbox", MIGRATIONS, adopt=_adopt)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
-    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return write_transaction(self._db, self._lock, f"{self.path}: cannot write the alert outbox")
+    def _write(self) -> contextlib.AbstractContextManager[Tx]:
+        return self._db.write("cannot write the alert outbox", self.fence)
 
-    def _read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as e:
-                msg = f"{self.path}: cannot read the alert outbox: {e}"
-                raise StoreError(msg) from e
+    def _read(self, sql: str, args: Sequence[object] = ()) -> list[Row]:
+        return self._db.query(sql, args, "cannot read the alert outbox")
 
     # -- writing --
 
@@ -265,10 +301,8 @@ class Outbox:
         return ids
 
     @staticmethod
-    def _insert(
-        db: sqlite3.Connection, message: AlertMessage, channels: Sequence[str], *, delivered: Collection[str] = ()
-    ) -> int:
-        cur = db.execute(
+    def _insert(db: Tx, message: AlertMessage, channels: Sequence[str], *, delivered: Collection[str] = ()) -> int:
+        aid = db.insert(
             "INSERT INTO alert_outbox"
             " (created_at, event, severity, incident_id, title, payload_json)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -281,8 +315,6 @@ class Outbox:
                 json.dumps(_redacted(message), ensure_ascii=False),
             ),
         )
-        aid = cur.lastrowid
-        assert aid is not None  # an INSERT always sets it
         for ch in dict.fromkeys(channels):
             if ch in delivered:
                 db.execute(
@@ -297,12 +329,26 @@ class Outbox:
             )
         return aid
 
+    def claim(self, alert_id: int, channel: str, now: datetime, lease: timedelta) -> bool:
+        """Take the message for `channel` until `now + lease`, before sending it: False when it
+        is not pending any more, or another sender's claim on it has not lapsed. One UPDATE with
+        its condition: of two senders, one changes the row and the other finds it taken (on
+        PostgreSQL too, where the second waits for the first's row lock and reads the row again)."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE alert_deliveries SET claimed_by = ?, claimed_until = ?"
+                " WHERE alert_id = ? AND channel = ? AND state = ?"
+                " AND (claimed_by IS NULL OR claimed_by = ? OR claimed_until < ?)",
+                (self.owner, _ts(now + lease), alert_id, channel, DeliveryState.PENDING.value, self.owner, _ts(now)),
+            )
+            return cur.rowcount == 1
+
     def mark_delivered(self, alert_id: int, channel: str, now: datetime) -> bool:
         """Record that `channel` accepted the message; False when it was not pending any more."""
         with self._write() as db:
             cur = db.execute(
                 "UPDATE alert_deliveries SET state = ?, delivered_at = ?,"
-                " attempts = attempts + 1, last_error = NULL"
+                " attempts = attempts + 1, last_error = NULL, claimed_by = NULL, claimed_until = NULL"
                 " WHERE alert_id = ? AND channel = ? AND state = ?",
                 (
                     DeliveryState.DELIVERED.value,
@@ -328,7 +374,7 @@ class Outbox:
         with self._write() as db:
             db.execute(
                 "UPDATE alert_deliveries SET state = ?, attempts = attempts + 1, last_error = ?,"
-                " next_try_at = COALESCE(?, next_try_at)"
+                " next_try_at = COALESCE(?, next_try_at), claimed_by = NULL, claimed_until = NULL"
                 " WHERE alert_id = ? AND channel = ? AND state = ?",
                 (
                     state.value,
@@ -522,7 +568,7 @@ def _wait(rs: RetryCallState) -> float:
     exc = rs.outcome.exception() if rs.outcome else None
     if isinstance(exc, DeliveryError) and exc.retry_after is not None:
         return max(0.0, exc.retry_after)
-    return min(0.5 * (1 << min(30, max(0, rs.attempt_number - 1))), 5.0)
+    return min(0.5 * (1 << min(30, max(0, rs.attempt_number - 1))), _MAX_QUICK_PAUSE.total_seconds())
 
 
 class Sender:
@@ -561,6 +607,10 @@ class Sender:
         self.max_inline_wait = max_inline_wait
         self.failing_after = failing_after
         self.poll = poll
+        # a claim outlasts this sender's longest send: every try timing out, every pause between
+        self.claim_for = (
+            tries * (timeout + _SEND_SLACK) + (tries - 1) * max(max_inline_wait, _MAX_QUICK_PAUSE) + _SEND_SLACK
+        )
         self._wakes = {name: asyncio.Event() for name in self.channels}
         # one pass per channel at a time: flush() during run() must not send a row twice
         self._busy = {name: asyncio.Lock() for name in self.channels}
@@ -675,8 +725,21 @@ class Sender:
             for row in rows:
                 if stop is not None and stop.is_set():
                     return
+                if not await self._claim(ch, row):
+                    return  # another sender has it (and the channel's later rows wait behind it)
                 if await self._deliver(ch, row) is _Result.RETRY:
                     return
+
+    async def _claim(self, ch: Channel, row: Due) -> bool:
+        """Claim the row before sending it. An outbox that cannot be written (a full disk) does
+        not hold the alert back: it is sent unclaimed, as a duplicate across hosts beats a lost
+        alert (Alertmanager's choice), and `_unmarked` keeps this process from sending it twice."""
+        try:
+            return await asyncio.to_thread(self.outbox.claim, row.alert_id, ch.name, self.clock.now(), self.claim_for)
+        except FencedError:
+            raise
+        except StoreError:
+            return True
 
     async def _deliver(self, ch: Channel, row: Due) -> _Result:
         """Deliver one message to one channel.
@@ -746,7 +809,7 @@ class Sender:
 
     async def _send_once(self, ch: Channel, message: AlertMessage, delayed: timedelta | None) -> None:
         # the channel's own client has the same timeout; this one is the safety net around it
-        limit = self.timeout.total_seconds() + 2.0
+        limit = (self.timeout + _SEND_SLACK).total_seconds()
         try:
             await asyncio.wait_for(ch.send(message, delayed=delayed), timeout=limit)
         except DeliveryError:

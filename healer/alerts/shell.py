@@ -2,7 +2,7 @@
 
 The loop's view of it:
 
-    alerts = Alerts(config, clock=clock)                    # opens the outbox in config.db_path
+    alerts = Alerts(config, clock=clock)                    # opens the outbox in config.state_db
     task = tg.create_task(alerts.run(stop))                  # the sender, beside the loop
     ...each cycle:
     await alerts.submit(cycle_alert_intents, CycleContext(...), now)
@@ -14,7 +14,7 @@ to their channels, marked NOT_RECORDED, and keeps them (bounded) in memory: they
 dedup, and are written, as delivered or as pending for a channel that did not take them,
 at the first submit that finds the store writable again.
 
-`healer history` reads `alerts.history(since)` (or `Outbox(config.db_path).history(since)`).
+`healer history` reads `alerts.history(since)` (or `Outbox(config.shared_db).history(since)`).
 The channels are config.CHANNELS' modules (healer/alerts/__init__.py); none imports its chat
 SDK until it sends.
 """
@@ -124,7 +124,7 @@ class Alerts:
         self.channels = list(channels) if channels is not None else configured_channels(config)
         self.routes = tuple(Route(c.name, c.min_severity) for c in self.channels)
         self.repeat_every = config.alerts.repeat_every
-        self.outbox = outbox or Outbox(config.db_path)
+        self.outbox = outbox or Outbox(config.shared_db)
         self.sender = Sender(
             self.outbox,
             self.channels,

@@ -145,7 +145,7 @@ class Dispatcher:
         from healer.checks import probe_context
         from healer.store import Store
 
-        store = await asyncio.to_thread(Store, self.config.db_path)
+        store = await asyncio.to_thread(Store, self.config.state_db)
         try:
             async with probe_context(self.config) as pctx:
                 result = await operations.rollback(self.config, store, pctx, actor, reason, to)
@@ -267,21 +267,21 @@ def _ack_line(config: Config, actor: Actor, incident: int | None) -> str:
 def _earlier_press(config: Config, data: str) -> str | None:
     from healer.store import Store
 
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         return store.press(data)
 
 
 def _record_press(config: Config, data: str, user: str, what: str, now: datetime) -> None:
     from healer.store import Store
 
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         store.record_press(data, user, what, now)
 
 
 def _record_denied(config: Config, user: str, verb: Verb, text: str, now: datetime) -> None:
     from healer.store import Store
 
-    with Store(config.db_path) as store:
+    with Store(config.state_db) as store:
         store.start_action(
             kind="chat.denied", name=str(verb), who=user, reason=text[:200], now=now, deploy_id=None,
             outcome=Outcome.SKIPPED, detail="not in [chatops] for this verb",

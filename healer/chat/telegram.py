@@ -90,14 +90,14 @@ class TelegramListener:
     def _offset(self) -> int | None:
         from healer.store import Store
 
-        with Store(self.config.db_path) as store:
+        with Store(self.config.state_db) as store:
             value = store.meta().get(OFFSET_KEY)
         return int(value) if value else None
 
     def _keep_offset(self, offset: int) -> None:
         from healer.store import Store
 
-        with Store(self.config.db_path) as store:
+        with Store(self.config.state_db) as store:
             store.set_meta(**{OFFSET_KEY: str(offset)})
 
     async def _give_up(self, why: str) -> None:

@@ -1,0 +1,113 @@
+"""The fleet's judgement of a release over every host's last verdict (pure).
+
+Every host's healer probes its own app and records its last cycle's verdict in the host registry
+(fleet_hosts). The leader judges the release over all of them: a bad deploy fails on most hosts
+and is rolled back once, by the fleet; one sick host is that host's own trouble (its healer
+restarts its app), never a reason to roll the fleet back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class HostVerdict:
+    """A host's last word in the registry: its release, its last cycle's verdict (None: none
+    yet) and when its healer last wrote (by the database's clock)."""
+
+    host: str
+    release: str | None
+    healthy: bool | None
+    seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseJudgement:
+    """How the fresh hosts running a release fare."""
+
+    release: str
+    failing: tuple[str, ...]  # hosts, by name
+    passing: tuple[str, ...]
+
+    @property
+    def is_failing(self) -> bool:
+        """Most of the fresh hosts on the release fail (strictly more than half): one sick host
+        of two, or of three, is not the release's fault."""
+        return 2 * len(self.failing) > len(self.failing) + len(self.passing)
+
+    def describe(self) -> str:
+        """For people: "2 of 3 hosts on 1a2b3c4d5e6f fail (web-1, web-3)"."""
+        n = len(self.failing) + len(self.passing)
+        named = f" ({', '.join(self.failing)})" if self.failing else ""
+        return f"{len(self.failing)} of {n} host{'s' if n != 1 else ''} on {self.release[:12]} fail{named}"
+
+
+def judge_release(
+    hosts: Sequence[HostVerdict], *, host: str, release: str, healthy: bool, now: datetime, fresh: timedelta
+) -> ReleaseJudgement:
+    """Judge `release` over the fleet, as the leader `host` sees it this cycle (`healthy`).
+
+    1. The judging host counts with this very cycle's verdict, whatever the registry still says.
+    2. Another host counts when it runs the same release, has a verdict, and wrote within `fresh`
+       of `now` (a host whose healer is gone, or cut off, says nothing of the release).
+    3. The release fails when most counted hosts fail (ReleaseJudgement.is_failing).
+    """
+    others = [
+        h
+        for h in hosts
+        if h.host != host and h.release == release and h.healthy is not None and now - h.seen_at <= fresh
+    ]
+    verdicts = [(host, healthy)] + [(h.host, bool(h.healthy)) for h in others]
+    failing = tuple(sorted(name for name, ok in verdicts if not ok))
+    passing = tuple(sorted(name for name, ok in verdicts if ok))
+    return ReleaseJudgement(release, failing, passing)
+
+
+def freshness(lease: timedelta, every: timedelta) -> timedelta:
+    """How recently a host must have written to count: three of its cycles (hosts share the
+    schedule) and a lease on top, for a slow database or a busy host. A healer silent for longer
+    is gone or cut off, and says nothing of the release."""
+    return 3 * every + lease
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackOrder:
+    """A rollback the leader decided for the fleet: every host on `from_release` goes to
+    `target` (the commit of `to_ref`) and reports; the leader announces one outcome."""
+
+    id: int
+    from_release: str
+    target: str
+    to_ref: str
+    reason: str
+    started_at: datetime  # by the leader's clock
+    deadline: datetime  # hosts that have not reported by then did not follow
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackOutcome:
+    ok: bool  # every host followed
+    text: str  # "web-1, web-2 rolled back from 1a2b3c4d5e6f to stable-1" (+ "; did not follow: ...")
+
+
+def rollback_outcome(
+    order: RollbackOrder, reports: dict[str, bool], hosts: Sequence[HostVerdict], *, now: datetime, fresh: timedelta
+) -> RollbackOutcome | None:
+    """The fleet rollback's one outcome, once every host that was live when it was ordered has
+    reported, or the deadline passed (None: still waiting). A host busy rolling back writes no
+    verdict meanwhile, so liveness is judged at the order, not now. A host that reported a
+    failure, or never reported, did not follow."""
+    expected = [h.host for h in hosts if h.seen_at >= order.started_at - fresh]
+    missing = sorted(h for h in expected if h not in reports)
+    if missing and now < order.deadline:
+        return None
+    followed = sorted(h for h, ok in reports.items() if ok)
+    lagging = [f"{h} (failed)" for h in sorted(h for h, ok in reports.items() if not ok)]
+    lagging += [f"{h} (no report)" for h in missing]
+    text = f"{', '.join(followed) or 'no host'} rolled back from {order.from_release[:12]} to {order.to_ref}"
+    if lagging:
+        text += f"; did not follow: {', '.join(lagging)}"
+    return RollbackOutcome(not lagging, text)

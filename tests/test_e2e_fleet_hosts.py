@@ -1,0 +1,243 @@
+"""End-to-end fleet judgement: two or three real `healer run` processes, each watching its own copy of the
+sample app (its own clone of the repository, its own port, `[process]` manager "command"),
+sharing one real PostgreSQL (I/O). A bad deploy on every host is rolled back once, by the leader, and followed;
+one sick host has its own app restarted by its own healer, and the fleet is not rolled back."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+import pytest
+from helpers import HEALER, commit, git, healer, make_repo
+from services import PostgresServer, free_port, wait_for_port, wait_until
+
+from healer.demo import sampleapp
+
+pytestmark = pytest.mark.e2e
+
+LEASE = "4s"
+WAIT = 120.0  # generous: never a wall-clock assertion, only "eventually"
+
+
+class Host:
+    """One server: its clone of the app's repository, the sample app on its own port, and its healer."""
+
+    def __init__(self, root: Path, name: str, origin: Path) -> None:
+        self.name = name
+        self.dir = root / name
+        self.dir.mkdir()
+        self.repo = self.dir / "app"
+        git(self.dir, "clone", "-q", str(origin), str(self.repo))
+        git(self.repo, "config", "user.email", "t@example.com")
+        git(self.repo, "config", "user.name", "t")
+        self.port = free_port()
+        self.argv = sampleapp.serve_argv(self.repo, self.port)
+        self.match = sampleapp.match_text(self.repo)
+        self.apps: list[subprocess.Popen[bytes]] = []
+        self.healer: subprocess.Popen[bytes] | None = None
+        self.config = self.dir / "healer.toml"
+        self.config.write_text(f"""\
+state_dir = "state"
+[state]
+dsn_env = "HEALER_STATE_DSN"
+[fleet]
+host = "{name}"
+lease = "{LEASE}"
+[app]
+name = "shop"
+repo = "{self.repo}"
+stable_tags = "stable-*"
+[schedule]
+phases = [{{ until = "72h", every = "1s" }}]
+incident_every = "1s"
+[escalation]
+repair_grace = "2s"
+[[checks]]
+name = "api"
+type = "http"
+url = "http://127.0.0.1:{self.port}/health"
+timeout = "2s"
+[process]
+manager = "command"
+start = {json.dumps(self.argv)}
+match = {json.dumps(self.match)}
+cwd = {json.dumps(str(self.repo))}
+""")
+
+    def start_app(self) -> None:
+        with open(self.dir / "app.log", "ab") as log:
+            self.apps.append(subprocess.Popen(self.argv, cwd=self.repo, start_new_session=True,
+                                              stdin=subprocess.DEVNULL, stdout=log, stderr=log))  # fmt: skip
+        assert wait_for_port(self.port), f"{self.name}: the sample app did not start"
+
+    def app_pids(self) -> set[int]:
+        return {p.pid for p in psutil.process_iter(["cmdline"]) if self.match in " ".join(p.info["cmdline"] or [])}
+
+    def stop_app(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        for pid in self.app_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def deploy(self) -> None:
+        """The deploy script: pull the new release and restart the app on it."""
+        git(self.repo, "pull", "-q", "--ff-only")
+        self.stop_app()
+        self.start_app()
+
+    def serving(self) -> str | None:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1)
+        except httpx.HTTPError:
+            return None
+        return str(r.json().get("version")) if r.status_code == 200 else None
+
+    def run_healer(self) -> None:
+        with open(self.dir / "healer.log", "ab") as log:
+            self.healer = subprocess.Popen([*HEALER, "--config", str(self.config), "run"],
+                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log)  # fmt: skip
+
+    def rows(self, type_: str) -> list[dict[str, Any]]:
+        """`healer history --json` of this host, as a person reads it."""
+        out = healer("--config", str(self.config), "history", "--since", "1h", "--json")
+        assert out.returncode == 0, out.stderr
+        return [r for r in json.loads(out.stdout) if r["type"] == type_]
+
+    def done(self, type_: str, outcome: str | None = None) -> list[dict[str, Any]]:
+        rows = [r for r in self.rows(type_) if r["outcome"] not in ("started", "skipped")]
+        return [r for r in rows if outcome is None or r["outcome"] == outcome]
+
+    def log(self) -> str:
+        return (self.dir / "healer.log").read_text()[-4000:]
+
+    def stop(self) -> None:
+        if self.healer is not None and self.healer.poll() is None:
+            self.healer.send_signal(signal.SIGTERM)
+            try:
+                self.healer.wait(30)
+            except subprocess.TimeoutExpired:
+                self.healer.kill()
+                self.healer.wait(10)
+        for pid in self.app_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.stop_app()
+        for app in self.apps:
+            with contextlib.suppress(ProcessLookupError):
+                app.kill()
+            app.wait(10)
+
+
+class Fleet:
+    def __init__(self, root: Path, dsn: str) -> None:
+        self.dsn = dsn
+        self.origin = make_repo(root / "origin")
+        (self.origin / "app.json").write_text(json.dumps({"version": "1.0"}))
+        git(self.origin, "add", "app.json")
+        commit(self.origin, "release 1.0")
+        git(self.origin, "tag", "stable-1")
+        self.root = root
+        self.hosts: dict[str, Host] = {}
+
+    def start(self, n: int = 2) -> None:
+        """n hosts, web-1 ... web-n, each its app and its healer; once each reported healthy."""
+        self.hosts = {f"web-{i}": Host(self.root, f"web-{i}", self.origin) for i in range(1, n + 1)}
+        for h in self.hosts.values():
+            h.start_app()
+            h.run_healer()
+        self.eventually(lambda: self.leader() is not None, "a leader")
+        for h in self.hosts.values():  # every host has reported a healthy cycle
+            self.eventually(lambda h=h: self.healthy(h.name), f"{h.name}'s first healthy cycle")  # type: ignore[misc]
+
+    def release(self, version: str, **settings: object) -> str:
+        (self.origin / "app.json").write_text(json.dumps({"version": version, **settings}))
+        git(self.origin, "add", "app.json")
+        return commit(self.origin, f"release {version}")
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of the fleet's tables; none before the first healer made them."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            try:
+                return conn.execute(sql).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return []
+
+    def leader(self) -> str | None:
+        rows = self.query("SELECT host FROM fleet_lease WHERE app = 'shop' AND expires_at > now()")
+        return str(rows[0][0]) if rows else None
+
+    def healthy(self, host: str) -> bool:
+        rows = self.query(f"SELECT healthy FROM fleet_hosts WHERE app = 'shop' AND host = '{host}'")
+        return bool(rows and rows[0][0])
+
+    def output(self) -> str:
+        return "\n".join(f"--- {h.name}:\n{h.log()}" for h in self.hosts.values())
+
+    def eventually(self, pred: Callable[[], Any], what: str) -> None:
+        assert wait_until(lambda: bool(pred()), WAIT), f"timed out waiting for {what}\n{self.output()}"
+
+
+@pytest.fixture
+def fleet(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[Fleet]:
+    dsn = postgres_server.create_database()
+    os.environ["HEALER_STATE_DSN"] = dsn
+    f = Fleet(tmp_path, dsn)
+    try:
+        yield f
+    finally:
+        for h in f.hosts.values():
+            h.stop()
+        postgres_server.drop_database(dsn)
+
+
+def test_one_sick_host_has_only_its_own_app_restarted(fleet: Fleet) -> None:
+    """The app on one host dies: that host's healer restarts it (a host-local remedy); the other
+    host's app is never touched, and nobody rolls the fleet back."""
+    fleet.start()
+    sick, well = fleet.hosts["web-2"], fleet.hosts["web-1"]
+    untouched = well.app_pids()
+    sick.stop_app()
+    fleet.eventually(lambda: sick.serving() == "1.0" and sick.done("repair", "ok"), "web-2's app restarted")
+    assert sick.done("repair", "ok")[0]["what"] == "process-restart"
+    fleet.eventually(lambda: fleet.healthy("web-2"), "web-2 healthy again in the registry")
+    assert well.app_pids() == untouched and well.done("repair") == []
+    assert [h.done("rollback") for h in fleet.hosts.values()] == [[], []]
+
+
+@pytest.mark.parametrize("n", [2, 3], ids=["two", "three"])
+def test_a_bad_deploy_on_every_host_is_one_rollback_decided_by_the_leader_and_followed(fleet: Fleet, n: int) -> None:
+    """Release 2.0 answers 500 on every host: the ladder's restart does not help; the leader, seeing
+    most hosts fail on it, decides one rollback for the fleet and rolls its own host back; the
+    followers, whose own ladders leave rollbacks to the leader, follow its order to the same
+    commit; the leader announces one outcome naming every host."""
+    fleet.start(n)
+    bad = fleet.release("2.0", broken=True)
+    for h in fleet.hosts.values():
+        h.deploy()
+    fleet.eventually(lambda: all(h.serving() == "1.0" for h in fleet.hosts.values()), "every host on 1.0")
+    stable = git(fleet.origin, "rev-parse", "stable-1^{commit}")
+    assert [git(h.repo, "rev-parse", "HEAD") for h in fleet.hosts.values()] == [stable] * n
+    orders = fleet.query("SELECT epoch, from_release, target, to_ref FROM fleet_rollbacks")
+    assert len(orders) == 1 and orders[0][1:] == (bad, stable, "stable-1"), orders
+    fleet.eventually(lambda: fleet.query("SELECT outcome FROM fleet_rollbacks WHERE outcome IS NOT NULL"),
+                     "the fleet rollback's outcome")  # fmt: skip
+    [(outcome,)] = fleet.query("SELECT outcome FROM fleet_rollbacks")
+    assert outcome == f"{', '.join(fleet.hosts)} rolled back from {bad[:12]} to stable-1", outcome
+    reasons = {n: [r["why"] for r in h.done("rollback", "ok")] for n, h in fleet.hosts.items()}
+    assert all(len(r) == 1 for r in reasons.values()), reasons
+    assert sum("the fleet rolls back" in r[0] for r in reasons.values()) == n - 1, reasons  # the followers'
+
+    def announced() -> list[dict[str, Any]]:
+        return [r for r in fleet.hosts["web-1"].rows("alert") if r["what"] == "the fleet's rollback"]
+
+    fleet.eventually(announced, "the outcome announced")
+    assert len(announced()) == 1, announced()  # one outcome, in the shared outbox
