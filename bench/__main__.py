@@ -1,7 +1,7 @@
 """`python -m bench [NAME ...]` (or `bench/run`): run healer's benchmarks and write bench/results.json.
 
-NAME is any of fanout, redis, rollback, footprint, growth, judgement, crash, store (default: all, about 8 minutes on
-2 cores).
+NAME is any of fanout, redis, rollback, footprint, growth, judgement, crash, store, fleet
+(default: all, about 9 minutes on 2 cores).
 A partial run updates its own figures in an existing results file and keeps the others.
 Nothing here asserts a time: each figure is a ratio against a reference measured in the same run, or a size
 (report_s, the one absolute time the issue asks for, is reported as measured).
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import common, crash, fanout, footprint, growth, judgement, redis_clear, rollback, store
+from bench import common, crash, fanout, fleet, footprint, growth, judgement, redis_clear, rollback, store
 
 BENCHMARKS = {
     "fanout": fanout.run,
@@ -30,6 +30,7 @@ BENCHMARKS = {
     "judgement": judgement.run,
     "crash": crash.run,
     "store": store.run,
+    "fleet": fleet.run,
 }
 FIGURES = (
     "fanout_ratio",
@@ -52,6 +53,8 @@ FIGURES = (
     "crash_detect_ratio_vs_httpok",
     "store_pg_write_ratio",
     "store_pg_ms_per_cycle",
+    "fleet_takeover_s",
+    "fleet_takeover_ratio_vs_lease",
 )
 RESULTS = common.ROOT / "bench" / "results.json"
 
