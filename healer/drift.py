@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from healer.config import DriftConfig
-from healer.model import Alert, Baseline, CheckResult, Event, Severity, Verdict
+from healer.judge import format_ms, latency_ms
+from healer.model import Alert, Baseline, Event, Severity, Verdict
 
 # Each cycle's weight in the EWMA: a drift shows within about 1 / WEIGHT cycles, while one slow
 # cycle moves the average by a fifth of its excess only.
@@ -37,17 +38,9 @@ class Drift:
     def explain(self) -> str:
         """ "api: latency drifting up: EWMA 180 ms vs 60 ms baseline over 14 cycles" """
         return (
-            f"{self.check}: latency drifting up: EWMA {_ms(self.ewma_ms)} ms vs {_ms(self.baseline_ms)} ms "
+            f"{self.check}: latency drifting up: EWMA {format_ms(self.ewma_ms)} ms vs {format_ms(self.baseline_ms)} ms "
             f"baseline over {self.cycles} cycles"
         )
-
-
-def latency_ms(r: CheckResult) -> float | None:
-    """The latency a result measured, in ms, as judge.baseline_of takes it (`latency_ms`, else
-    `latency`)."""
-    if "latency_ms" in r.values:
-        return r.values["latency_ms"]
-    return None if r.latency is None else r.latency / timedelta(milliseconds=1)
 
 
 def drifted(cycles: Sequence[Verdict], baseline: Baseline, config: DriftConfig) -> tuple[Drift, ...]:
@@ -104,7 +97,3 @@ def drift_alerts(cycles: Sequence[Verdict], baseline: Baseline | None, config: D
         )
         for d in drifted(cycles, baseline, config)
     )
-
-
-def _ms(v: float) -> str:
-    return f"{v:.1f}" if v < 10 else f"{v:.0f}"

@@ -298,7 +298,7 @@ def _against_reference(r: CheckResult, check: ComparedToPrevious, reference: Ref
         return _compared(r, short, slow)
     effect = latency_effect(check, r.samples_ms, pooled)
     now, before = effect.now, effect.before
-    seen = f"median {_ms(now)} ms vs {_ms(before)} ms"
+    seen = f"median {format_ms(now)} ms vs {format_ms(before)} ms"
     counts = f"{len(r.samples_ms)} vs {len(pooled)} samples"
     if not effect.slower:
         return _compared(r, Comparison(Metric.LATENCY, Conclusion.PASS, reference.label, f"{seen}, {counts}"), slow)
@@ -404,8 +404,16 @@ def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def _ms(v: float) -> str:
+def format_ms(v: float) -> str:
+    """Milliseconds as the verdicts say them: one decimal under 10 ms, whole ones above."""
     return f"{v:.1f}" if v < 10 else f"{v:.0f}"
+
+
+def latency_ms(r: CheckResult) -> float | None:
+    """The latency a result measured, in ms: its `latency_ms` value, else its `latency`."""
+    if "latency_ms" in r.values:
+        return r.values["latency_ms"]
+    return None if r.latency is None else r.latency / timedelta(milliseconds=1)
 
 
 def _times(now: float, before: float) -> str:
@@ -503,8 +511,6 @@ def baseline_of(verdict: Verdict) -> Baseline | None:
         return None
     metrics: dict[str, dict[str, float]] = {}
     for r in verdict.results:
-        values = dict(r.values)
-        if r.latency is not None:
-            values.setdefault("latency_ms", r.latency / timedelta(milliseconds=1))
-        metrics[r.name] = values
+        ms = latency_ms(r)
+        metrics[r.name] = dict(r.values) if ms is None else {**r.values, "latency_ms": ms}
     return Baseline(taken_at=verdict.at, metrics=metrics)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from healer.clock import SystemClock
 from healer.config import Config, format_elapsed
-from healer.drift import latency_ms
+from healer.judge import latency_ms
 from healer.locks import holder
 from healer.model import CheckResult, Deploy, Verdict
 from healer.notify import overdue_after
