@@ -1,10 +1,12 @@
 """Chat-ops rules: who may run which verb, what a chat command says, what an alert's buttons carry,
 and whether an ack is still in force (pure: no I/O, no clock; `now` is an argument).
 
-A button's callback data is `verb:incident:issued:mac`, at most 64 bytes (Telegram's limit):
-`issued` is when the message was sent (seconds since the epoch, base 36) and `mac` an HMAC of the
-rest keyed with the bot's own secret, so a forged or edited button is refused and an old one
-expires by itself, with nothing stored per message.
+A button's callback data is `verb:incident:issued:host:mac`, at most 64 bytes (Telegram's limit):
+`issued` is when the message was sent (seconds since the epoch, base 36), `host` names the fleet
+host whose alert it is (host_tag: a short digest of its name, "" without [fleet]) and `mac` an
+HMAC of the rest keyed with the bot's own secret, so a forged or edited button is refused and an
+old one expires by itself, with nothing stored per message. A button from before hosts were
+named (`verb:incident:issued:mac`) still reads, as naming no host.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ BUTTON_LIFETIME = timedelta(hours=24)
 CONFIRM_LIFETIME = timedelta(minutes=2)
 PAUSE_BUTTON = timedelta(hours=1)
 _MAC_CHARS = 16
+_HOST_CHARS = 8
 
 
 class Level(enum.IntEnum):
@@ -61,7 +64,7 @@ USAGE: dict[Verb, str] = {
     Verb.ACK: "ack [note]",
     Verb.PAUSE: "pause DURATION REASON",
     Verb.RESUME: "resume",
-    Verb.REPAIR: "repair KIND",
+    Verb.REPAIR: "repair KIND [HOST]",
     Verb.ROLLBACK: "rollback REASON [REF]",
 }
 
@@ -167,6 +170,7 @@ class Press:
     issued: datetime
     stage: Stage
     data: str  # as pressed: names this very button (double presses)
+    host: str | None = None  # the host_tag of the fleet host whose alert it is; None: not said
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,18 +186,28 @@ def button_key(secret: str) -> bytes:
     return hashlib.sha256(b"healer chat-ops buttons\0" + secret.encode()).digest()
 
 
-def button_data(button: Button, incident_id: int | None, issued: datetime, key: bytes) -> str:
-    """The callback data of `button` on a message sent (or turned to a confirmation) at `issued`."""
-    body = f"{button.verb}{button.stage}:{incident_id or 0}:{_b36(int(issued.timestamp()))}"
+def host_tag(host: str | None) -> str:
+    """What a button says of its fleet host: a digest short enough for Telegram's 64 bytes
+    (a host name may be 64 characters); "" for none. The leader finds the host it names among
+    the fleet's registered hosts."""
+    return "" if host is None else hashlib.sha256(host.encode()).hexdigest()[:_HOST_CHARS]
+
+
+def button_data(button: Button, incident_id: int | None, issued: datetime, key: bytes, host: str = "") -> str:
+    """The callback data of `button` on a message sent (or turned to a confirmation) at `issued`
+    by the fleet host whose host_tag is `host`."""
+    body = f"{button.verb}{button.stage}:{incident_id or 0}:{_b36(int(issued.timestamp()))}:{host}"
     return f"{body}:{_mac(body, key)}"
 
 
 Keyboard = tuple[tuple[str, str], ...]  # a row of buttons as a chat shows them: (label, callback data)
 
 
-def keyboard(buttons: Sequence[Button], incident_id: int | None, issued: datetime, key: bytes) -> Keyboard:
+def keyboard(
+    buttons: Sequence[Button], incident_id: int | None, issued: datetime, key: bytes, host: str = ""
+) -> Keyboard:
     """Buttons with their signed callback data (button_data), in order."""
-    return tuple((b.label, button_data(b, incident_id, issued, key)) for b in buttons)
+    return tuple((b.label, button_data(b, incident_id, issued, key, host)) for b in buttons)
 
 
 def read_press(data: str, key: bytes, now: datetime) -> Press | Refused:
@@ -201,7 +215,7 @@ def read_press(data: str, key: bytes, now: datetime) -> Press | Refused:
     body, _, mac = data.rpartition(":")
     if not body or not hmac.compare_digest(mac, _mac(body, key)):
         return Refused("this button is not one of healer's (or the bot token changed): use a command")
-    verb_s, inc_s, issued_s = [*body.split(":"), "", "", ""][:3]
+    verb_s, inc_s, issued_s, host = [*body.split(":"), "", "", "", ""][:4]
     stage = Stage(verb_s[-1]) if verb_s[-1:] in ("!", "~") else Stage.ASK
     try:
         verb = Verb(verb_s.rstrip("!~"))
@@ -212,7 +226,7 @@ def read_press(data: str, key: bytes, now: datetime) -> Press | Refused:
     lifetime = BUTTON_LIFETIME if stage is Stage.ASK else CONFIRM_LIFETIME
     if now - issued > lifetime:
         return Refused(f"this button expired (older than {_span(lifetime)}): use a command")
-    return Press(verb, incident, issued, stage, data)
+    return Press(verb, incident, issued, stage, data, host or None)
 
 
 def _mac(body: str, key: bytes) -> str:

@@ -493,7 +493,12 @@ class Config(Model):
         """Where the store keeps its tables ([state] dsn_env, else db_path). In a fleet each host
         has its own (PostgreSQL schema healer_<host>): its deploys, cycles, incidents and actions
         are its own app's, whatever release the other hosts run."""
-        schema = f"healer_{self.fleet_host}" if self.fleet is not None and self.state.dsn_env else None
+        return self.host_db(self.fleet_host)
+
+    def host_db(self, host: str) -> StateDb:
+        """The store of the fleet's host `host` (chat-ops on the leader acks, pauses and resumes
+        every host); without [fleet], this healer's own, state_db."""
+        schema = f"healer_{host}" if self.fleet is not None and self.state.dsn_env else None
         return StateDb(self.db_path, self.state.dsn_env, self.path, schema)
 
     @property

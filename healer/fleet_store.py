@@ -80,6 +80,16 @@ CREATE TABLE IF NOT EXISTS fleet_rollback_reports (
     PRIMARY KEY (rollback_id, host)
 )""",
     ),
+    Migration(
+        3,
+        "chat-ops' memory, shared by whichever healer leads: the Telegram offset, the pressed buttons",
+        """CREATE TABLE IF NOT EXISTS fleet_chat (
+    app TEXT NOT NULL,
+    key TEXT NOT NULL,                 -- telegram_offset, or press:<a button's data>
+    value TEXT NOT NULL,
+    PRIMARY KEY (app, key)
+)""",
+    ),
 )
 FLEET = "fleet"  # the component's name in schema_version
 
@@ -170,6 +180,24 @@ def close_rollback(db: Database, fence: LeaseFence, order_id: int, outcome: str)
     with db.write("cannot record the fleet rollback's outcome", fence=fence) as tx:
         cur = tx.execute("UPDATE fleet_rollbacks SET outcome = ? WHERE id = ? AND outcome IS NULL", (outcome, order_id))
         return cur.rowcount == 1
+
+
+# ---- chat-ops' memory (on the state database seam; blocking) -------------------------------------
+
+
+def chat_value(db: Database, app: str, key: str) -> str | None:
+    """What chat-ops kept under `key` for the fleet (whichever healer led then)."""
+    rows = db.query("SELECT value FROM fleet_chat WHERE app = ? AND key = ?", (app, key))
+    return str(rows[0][0]) if rows else None
+
+
+def keep_chat_value(db: Database, app: str, key: str, value: str) -> None:
+    with db.write("cannot keep chat-ops' memory") as tx:
+        tx.execute(
+            "INSERT INTO fleet_chat (app, key, value) VALUES (?, ?, ?)"
+            " ON CONFLICT (app, key) DO UPDATE SET value = excluded.value",
+            (app, key, value),
+        )
 
 
 # ---- the session: its lock, its backend ---------------------------------------------------------

@@ -1120,7 +1120,10 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             else:
                 from healer.fleet import while_leading
 
-                chat = asyncio.create_task(while_leading(leadership, lambda: listen(config), stop))
+                gate = leadership  # each update is acted on only while it leads (chat/dispatch.py)
+                chat = asyncio.create_task(
+                    while_leading(leadership, lambda: listen(config, leading=lambda: gate.is_leader), stop)
+                )
             runner = asyncio.create_task(dog.run(stop))
             # [fleet]: take over, renew or follow beside the loop; on stop, a leader hands the lease back
             fleet = None if leadership is None else asyncio.create_task(leadership.run(stop))

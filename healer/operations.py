@@ -10,13 +10,13 @@ from chat.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from healer.chatops import Ack, ack_in_force
 from healer.clock import SystemClock
-from healer.config import Config, format_duration
+from healer.config import Config, StateDb, format_duration
 from healer.model import Alert, Event, Outcome, Severity, Who
 
 if TYPE_CHECKING:
@@ -61,52 +61,67 @@ def send(config: Config, alerts: Sequence[Alert]) -> None:
 # ---- pause, resume, ack (blocking: call from a worker thread in the event loop) ----------------
 
 
-def pause(config: Config, actor: Actor, span: timedelta, reason: str) -> datetime:
-    """Pause repairs and rollbacks for `span`, recorded and announced; returns when it ends."""
+def pause(config: Config, actor: Actor, span: timedelta, reason: str, hosts: Sequence[str] = ()) -> datetime:
+    """Pause repairs and rollbacks for `span` on this host, or in a fleet on each of `hosts`
+    (each host's loop reads its own store), recorded and announced; returns when it ends."""
     from healer.store import Store
 
     now = SystemClock().now()
     until = now + span
-    with Store(config.state_db) as store:
-        d = store.current_deploy()
-        store.add_pause(until, reason, actor.name, now)
-        store.start_action(
-            kind="pause", name=format_duration(span), who=actor.who, reason=reason, now=now,
-            deploy_id=None if d is None else d.id, outcome=Outcome.OK, detail=f"until {when(until)}",
-        )  # fmt: skip
+    for db in _stores(config, hosts):
+        with Store(db) as store:
+            d = store.current_deploy()
+            store.add_pause(until, reason, actor.name, now)
+            store.start_action(
+                kind="pause", name=format_duration(span), who=actor.who, reason=reason, now=now,
+                deploy_id=None if d is None else d.id, outcome=Outcome.OK, detail=f"until {when(until)}",
+            )  # fmt: skip
     announce(
         config,
         Event.PAUSE_STARTED,
-        f"Paused for {format_duration(span)}",
+        f"Paused for {format_duration(span)}{on_hosts(hosts)}",
         f"{reason} (by {actor.name}); checks go on, no repair or rollback until {when(until)}",
     )
     return until
 
 
-def resume(config: Config, actor: Actor, reason: str = "healer resume") -> bool:
-    """End a pause now, recorded and announced; False when there was none."""
+def resume(config: Config, actor: Actor, reason: str = "healer resume", hosts: Sequence[str] = ()) -> list[str]:
+    """End a pause now on this host, or on each of `hosts`, recorded and announced; the hosts
+    whose pause ended ([] when none was paused; this host's name without `hosts`)."""
     from healer.store import Store
 
     now = SystemClock().now()
-    if not config.state_db.exists():
-        return False
-    with Store(config.state_db) as store:
-        ended = store.end_pause(now)
-        if ended:
-            d = store.current_deploy()
-            store.start_action(
-                kind="resume", name="pause", who=actor.who, reason=reason, now=now,
-                deploy_id=None if d is None else d.id, outcome=Outcome.OK,
-            )  # fmt: skip
+    ended = []
+    for host, db in zip(hosts or (config.fleet_host,), _stores(config, hosts), strict=True):
+        if not db.exists():
+            continue
+        with Store(db) as store:
+            if store.end_pause(now):
+                d = store.current_deploy()
+                store.start_action(
+                    kind="resume", name="pause", who=actor.who, reason=reason, now=now,
+                    deploy_id=None if d is None else d.id, outcome=Outcome.OK,
+                )  # fmt: skip
+                ended.append(host)
     if ended:
         announce(
             config,
             Event.PAUSE_ENDED,
-            "Resumed",
+            "Resumed" + on_hosts(ended if hosts else ()),
             f"by {actor.name}: repairs and rollbacks are armed again",
             Severity.INFO,
         )
     return ended
+
+
+def _stores(config: Config, hosts: Sequence[str]) -> list[StateDb]:
+    """The stores of `hosts` in the fleet; without hosts, this healer's own."""
+    return [config.host_db(h) for h in hosts] or [config.state_db]
+
+
+def on_hosts(hosts: Sequence[str]) -> str:
+    """ " on web-1, web-2": the hosts an operation named, in its announcement."""
+    return f" on {', '.join(hosts)}" if hosts else ""
 
 
 def acked(config: Config, store: Store, incident_id: int, now: datetime) -> Ack | None:
@@ -129,27 +144,31 @@ class AckResult:
 
     done: bool
     reply: str
+    open: bool = field(default=True, compare=False)  # False: no incident was open to acknowledge
 
 
-def ack(config: Config, actor: Actor, note: str, incident_id: int | None = None) -> AckResult:
-    """Acknowledge the open incident (or `incident_id`): its reminders stop until it resolves,
-    worsens or the ack expires. Recorded and announced."""
+def ack(config: Config, actor: Actor, note: str, incident_id: int | None = None, host: str | None = None) -> AckResult:
+    """Acknowledge the open incident (or `incident_id`) of this host, or of the fleet's `host`:
+    its reminders stop until it resolves, worsens or the ack expires. Recorded and announced."""
     from healer.store import Store
 
     now = SystemClock().now()
-    if not config.state_db.exists():
-        return AckResult(False, "no incident is open")
-    with Store(config.state_db) as store:
+    db = config.state_db if host is None else config.host_db(host)
+    on = on_hosts(() if host is None else (host,))
+    if not db.exists():
+        return AckResult(False, "no incident is open", open=False)
+    with Store(db) as store:
         d = store.current_deploy()
         target = incident_id if incident_id is not None else (None if d is None else d.open_incident)
         inc = None if target is None else store.incident(target)
         if inc is None or inc.resolved_at is not None:
-            return AckResult(
-                False, "no incident is open" if incident_id is None else f"incident #{incident_id} is resolved"
-            )
+            none = f"no incident is open{on}" if incident_id is None else f"incident #{incident_id}{on} is resolved"
+            return AckResult(False, none, open=False)
         before = acked(config, store, inc.id, now)
         if before is not None:
-            return AckResult(False, f"incident #{inc.id} is already acknowledged by {before.who} ({when(before.at)})")
+            return AckResult(
+                False, f"incident #{inc.id}{on} is already acknowledged by {before.who} ({when(before.at)})"
+            )
         store.set_ack(Ack(inc.id, now, actor.name, note))
         store.start_action(
             kind="ack", name=f"incident #{inc.id}", who=actor.who, reason=note or "acknowledged", now=now,
@@ -159,12 +178,12 @@ def ack(config: Config, actor: Actor, note: str, incident_id: int | None = None)
     announce(
         config,
         Event.INCIDENT_ACKED,
-        f"Acknowledged: incident #{inc.id}",
+        f"Acknowledged: incident #{inc.id}{on}",
         f"by {actor.name}" + (f": {note}" if note else "") + f"; reminders stop until it worsens or {when(until)}",
         Severity.INFO,
     )
     return AckResult(
-        True, f"incident #{inc.id} acknowledged: reminders stop until it resolves, worsens or {when(until)}"
+        True, f"incident #{inc.id}{on} acknowledged: reminders stop until it resolves, worsens or {when(until)}"
     )
 
 

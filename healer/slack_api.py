@@ -108,14 +108,22 @@ class SocketMode:
     client, whose threads read the WebSocket and reconnect by themselves.
 
     Every envelope is acknowledged at once, in the client's thread, before `on_request(type,
-    payload)` sees it: Slack wants the ack within 3 seconds, whatever the work takes.
+    payload)` sees it: Slack wants the ack within 3 seconds, whatever the work takes. Only while
+    `gate()` says yes: otherwise the envelope is left unacknowledged (Slack delivers it again,
+    to another connection) and `on_refused()` is told.
     """
 
-    def __init__(self, app_token: Secret, web: SlackWeb, on_request: OnRequest, logger: logging.Logger) -> None:
+    def __init__(
+        self, app_token: Secret, web: SlackWeb, on_request: OnRequest, logger: logging.Logger,
+        gate: Callable[[], bool], on_refused: Callable[[], None],
+    ) -> None:  # fmt: skip
         add_secrets(app_token)
         self._client = SocketModeClient(app_token=app_token.reveal(), web_client=web.client, logger=logger)
 
         def listener(c: BaseSocketModeClient, req: SocketModeRequest) -> None:
+            if not gate():
+                on_refused()
+                return
             c.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
             on_request(req.type, req.payload)
 

@@ -128,7 +128,7 @@ def test_a_chat_pause_records_who(tmp_path: Path) -> None:
         rows = store.actions(kind="pause")
     assert pause is not None and pause.who == "telegram:2" and pause.until == until
     assert [(r.who, r.reason, r.outcome) for r in rows] == [("telegram:2", "testing", Outcome.OK)]
-    assert operations.resume(config, BOB) is True and operations.resume(config, BOB) is False
+    assert operations.resume(config, BOB) == [config.fleet_host] and operations.resume(config, BOB) == []
     said = [(r.title, r.message.detail) for r in _said(config)]
     assert (
         "Paused for 10m",

@@ -93,6 +93,7 @@ class AlertMessage:
     cause: str | None = None  # the likely cause of the failing cycle: "dependency redis", "deploy", ...
     observe: bool = False  # healer runs in observe mode: it acts on nothing
     note: str | None = None  # a line shown under the heading: NOT_RECORDED
+    host: str | None = None  # [fleet]: the host whose healer said it (its buttons act on that host)
 
     def __post_init__(self) -> None:
         if not self.items:
@@ -146,6 +147,7 @@ class AlertMessage:
             "cause": self.cause,
             "observe": self.observe,
             "note": self.note,
+            "host": self.host,
         }
 
     @classmethod
@@ -162,6 +164,7 @@ class AlertMessage:
             cause=d.get("cause"),
             observe=bool(d.get("observe", False)),
             note=d.get("note"),
+            host=d.get("host"),
         )
 
 
@@ -236,8 +239,9 @@ def context_lines(msg: AlertMessage) -> list[str]:
 
 
 def footer(msg: AlertMessage) -> str:
-    """ "shop-api · commit 4f2a9c1 · phase 0-6h, every 15m · incident #7 · warning" """
-    parts = [msg.app]
+    """ "shop-api · commit 4f2a9c1 · phase 0-6h, every 15m · incident #7 · warning" (in a fleet,
+    "shop-api on web-2 · ...")"""
+    parts = [msg.app if msg.host is None else f"{msg.app} on {msg.host}"]
     if msg.commit:
         parts.append(f"commit {msg.commit[:SHORT_COMMIT]}")
     if msg.phase:

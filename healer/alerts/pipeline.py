@@ -65,6 +65,7 @@ class CycleContext:
     cause: str | None = None  # the likely cause of the failing cycle: "dependency redis", "deploy", ...
     observe: bool = False
     acked: bool = False  # a person acknowledged the open incident (chatops.ack_in_force): no reminders
+    host: str | None = None  # [fleet]: this healer's host (alerts/shell.py stamps it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +318,7 @@ def _route(
             next_step=ctx.next_step,
             cause=ctx.cause,
             observe=ctx.observe,
+            host=ctx.host,
         )
         out.append(Planned(msg, tuple(channels)))
     return tuple(out)

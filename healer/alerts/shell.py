@@ -138,6 +138,8 @@ class Alerts:
     def _plan(self, intents: Sequence[Alert], context: CycleContext, now: datetime) -> AlertPlan:
         """Plan one cycle's alerts against what was said before, stored or only sent."""
         clean = [_scrubbed(i) for i in intents]
+        if self.config.fleet is not None:  # its buttons act on this host, whichever healer sends it
+            context = replace(context, host=self.config.fleet_host)
         memory = self.outbox.memory(now, self.repeat_every)
         if self._unrecorded:
             sent = [(u.at, r) for u in self._unrecorded for r in u.plan.remember]

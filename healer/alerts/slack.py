@@ -31,7 +31,7 @@ from healer.alerts.message import (
     item_line,
     render_text,
 )
-from healer.chatops import Button, Verb, alert_buttons, button_data, button_key
+from healer.chatops import Button, Verb, alert_buttons, button_data, button_key, host_tag
 from healer.config import ChannelSection, Secret, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
@@ -140,7 +140,10 @@ class SlackChannel:
         wanted = alert_buttons(message.event, message.incident_id) if self.buttons else ()
         if wanted and self.token is not None and self.webhook_url is None:
             key = button_key(self.token.reveal())
-            body["blocks"] = [*body["blocks"], actions_block(wanted, message.incident_id, datetime.now(UTC), key)]
+            body["blocks"] = [
+                *body["blocks"],
+                actions_block(wanted, message.incident_id, datetime.now(UTC), key, host_tag(message.host)),
+            ]
         return body
 
     async def notify(self, payload: dict[str, Any]) -> None:
@@ -178,15 +181,18 @@ class SlackChannel:
             raise self._fail(str(e), permanent=e.permanent, retry_after=e.retry_after) from None
 
 
-def actions_block(buttons: tuple[Button, ...], incident: int | None, issued: datetime, key: bytes) -> dict[str, Any]:
-    """Buttons as a Block Kit actions block; each value is its signed data (chatops.button_data)."""
+def actions_block(
+    buttons: tuple[Button, ...], incident: int | None, issued: datetime, key: bytes, host: str = ""
+) -> dict[str, Any]:
+    """Buttons as a Block Kit actions block; each value is its signed data (chatops.button_data)
+    naming the fleet host whose alert it is (chatops.host_tag)."""
     elements = []
     for b in buttons:
         e: dict[str, Any] = {
             "type": "button",
             "text": {"type": "plain_text", "text": b.label},
             "action_id": f"healer-{b.verb}{b.stage}",
-            "value": button_data(b, incident, issued, key),
+            "value": button_data(b, incident, issued, key, host),
         }
         if b.verb is Verb.ROLLBACK and b.label != "Cancel":
             e["style"] = "danger"

@@ -23,7 +23,7 @@ from healer.alerts.message import (
     item_tail,
     label,
 )
-from healer.chatops import Keyboard, alert_buttons, button_key, keyboard
+from healer.chatops import Keyboard, alert_buttons, button_key, host_tag, keyboard
 from healer.config import ChannelSection, Secret, read_secret
 from healer.errors import DeliveryError
 from healer.model import Severity
@@ -141,7 +141,8 @@ class TelegramChannel:
         wanted = alert_buttons(message.event, message.incident_id) if self.buttons else ()
         if not wanted or self.token is None:
             return ()
-        return keyboard(wanted, message.incident_id, datetime.now(UTC), button_key(self.token.reveal()))
+        key = button_key(self.token.reveal())
+        return keyboard(wanted, message.incident_id, datetime.now(UTC), key, host_tag(message.host))
 
     async def notify(self, text: str, buttons: Keyboard = ()) -> None:
         """Send built text; raises DeliveryError naming the channel, the token scrubbed out."""

@@ -7,7 +7,9 @@ app-level token, and reconnects by itself. Every envelope is acknowledged at onc
 client's thread, well within Slack's 3 seconds, before any work; the work runs on healer's event
 loop. Replies and edits go through the bot token's Web API client (chat.postMessage,
 chat.postEphemeral, chat.update) in a worker thread. A Web API that is down or slow only delays
-the reply.
+the reply. In a fleet, the ack waits on the dispatcher's `leading()`: a healer that no longer
+leads leaves the envelope unacknowledged (Slack delivers it again, to the leader's connection)
+and closes its own.
 """
 
 from __future__ import annotations
@@ -54,18 +56,23 @@ class SlackListener:
     def _web(self) -> SlackWeb:
         return SlackWeb(self.bot_token, self.api_url, REQUEST_TIMEOUT)
 
-    async def run(self) -> None:
-        """Connect (retrying with back-off) and serve until cancelled."""
+    async def run(self) -> bool:
+        """Connect (retrying with back-off) and serve until cancelled, or until this healer no
+        longer leads its fleet (True)."""
         loop = asyncio.get_running_loop()
+        not_leading = asyncio.Event()
 
         def on_request(kind: str, payload: dict[str, Any]) -> None:
             # in the client's thread, the envelope acknowledged: hand the work to the event loop
             asyncio.run_coroutine_threadsafe(self._handle(kind, payload), loop)
 
-        client = SocketMode(self.app_token, self._web(), on_request, log)
+        def on_refused() -> None:
+            loop.call_soon_threadsafe(not_leading.set)
+
+        client = SocketMode(self.app_token, self._web(), on_request, log, self.dispatcher.leading, on_refused)
         backoff = MIN_BACKOFF
         try:
-            while True:
+            while self.dispatcher.leading():
                 try:
                     await asyncio.to_thread(client.connect)
                     break
@@ -74,8 +81,12 @@ class SlackListener:
                               error=str(e), retry_in=f"{backoff.total_seconds():g}s")  # fmt: skip
                     await asyncio.sleep(backoff.total_seconds())
                     backoff = min(backoff * 2, MAX_BACKOFF)
+            else:
+                return True
             log_event(log, "chatops.listening", platform="slack")
-            await asyncio.Event().wait()  # the client's threads do the rest until we are cancelled
+            await not_leading.wait()  # the client's threads do the rest until we are cancelled
+            log_event(log, "chatops.not_leading", platform="slack", then="the fleet's leader gets the envelope")
+            return True
         finally:
             # close() joins the client's threads: never on the event loop, and never waited for
             threading.Thread(target=client.close, daemon=True).start()
@@ -119,7 +130,7 @@ class SlackListener:
         if step.buttons is not None:
             now_blocks = list(blocks)
             if step.buttons and step.issued is not None:
-                now_blocks.append(actions_block(step.buttons, step.incident, step.issued, self.key))
+                now_blocks.append(actions_block(step.buttons, step.incident, step.issued, self.key, step.host))
             await asyncio.to_thread(web.update, channel_id, ts, text, now_blocks)
         if step.run is None:
             return

@@ -4,9 +4,13 @@ No webhook and no public endpoint: `getUpdates` with a long-poll timeout, in a t
 watchdog, so a Bot API that is down, slow or answering garbage never delays a cycle; failures
 back off (doubling, up to MAX_BACKOFF). Only one poller per token may exist: when Telegram
 answers 409 (another healer on this token), or refuses the token, healer says so once (log and
-chat) and stops polling. The next update id is kept in the store before an update is handled,
-so a restart (even kill -9) never runs a command twice; a press that was lost can be pressed
-again. The token is in every request URL: errors are redacted before they are logged.
+chat) and stops polling. The next update id is kept (chat/memory.py: in a fleet, where every
+host reads it) before an update is handled, so a restart (even kill -9) or the next leader never
+runs a command twice; a press that was lost can be pressed again. In a fleet, polling and each
+update wait on the dispatcher's `leading()`: a healer that no longer leads (it was stopped past
+its lease, say) stops without asking Telegram again, so the update it did not act on stays
+unconfirmed and the new leader's poll gets it; nor does it send a poll that would cut off the
+new leader's (409). The token is in every request URL: errors are redacted before they are logged.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from healer import operations
+from healer.chat import memory
 from healer.chat.dispatch import Dispatcher, Reply, Step, listened_chats
 from healer.chatops import button_key, keyboard
 from healer.config import Config, Secret
@@ -33,7 +38,6 @@ POLL_TIMEOUT = timedelta(seconds=25)  # how long Telegram holds a getUpdates ope
 REQUEST_TIMEOUT = timedelta(seconds=10)  # a reply or an edit; a poll: POLL_TIMEOUT plus this
 MIN_BACKOFF = timedelta(seconds=1)
 MAX_BACKOFF = timedelta(minutes=2)
-OFFSET_KEY = "telegram_offset"  # meta: the next update id to ask for
 
 
 @dataclass
@@ -53,21 +57,25 @@ class TelegramListener:
     def key(self) -> bytes:
         return button_key(self.token.reveal())
 
-    async def run(self) -> None:
-        """Poll until cancelled (or until Telegram says polling cannot work: another poller on
-        the token, or the token refused)."""
-        offset = await asyncio.to_thread(self._offset)
+    async def run(self) -> bool:
+        """Poll until cancelled, or until this healer no longer leads its fleet (True), or until
+        Telegram says polling cannot work: another poller on the token, or the token refused."""
+        offset = await asyncio.to_thread(memory.offset, self.config)
         backoff = self.min_backoff
         failing = False
         async with TelegramBot(self.token, self.api_url, REQUEST_TIMEOUT) as bot:
             try:
                 while True:
+                    if not self._leading():
+                        return True
                     try:
                         updates = await bot.updates(offset, self.poll_timeout)
                     except DeliveryError as e:
+                        if not self._leading():  # the new leader's poll cut ours off (409): its turn
+                            return True
                         if e.permanent:
                             await self._give_up(str(e))
-                            return
+                            return False
                         if not failing:  # said once per outage, not every retry
                             log_event(log, "chatops.poll_failed", level=logging.WARNING, error=str(e),
                                       retry_in=f"{backoff.total_seconds():g}s")  # fmt: skip
@@ -79,26 +87,22 @@ class TelegramListener:
                         log_event(log, "chatops.poll_recovered")
                     failing, backoff = False, self.min_backoff
                     for u in updates:
+                        if not self._leading():  # left unconfirmed: the next leader's poll gets it
+                            return True
                         offset = u.update_id + 1
-                        await asyncio.to_thread(self._keep_offset, offset)  # before acting: at most once
+                        await asyncio.to_thread(memory.keep_offset, self.config, offset)  # before acting: once
                         if not isinstance(u, Other):
                             self._spawn(bot, u)
             finally:
                 for task in list(self._tasks):
                     task.cancel()
 
-    def _offset(self) -> int | None:
-        from healer.store import Store
-
-        with Store(self.config.state_db) as store:
-            value = store.meta().get(OFFSET_KEY)
-        return int(value) if value else None
-
-    def _keep_offset(self, offset: int) -> None:
-        from healer.store import Store
-
-        with Store(self.config.state_db) as store:
-            store.set_meta(**{OFFSET_KEY: str(offset)})
+    def _leading(self) -> bool:
+        """The fleet's gate (Dispatcher.leading), said in the log when it closes."""
+        if self.dispatcher.leading():
+            return True
+        log_event(log, "chatops.not_leading", platform="telegram", then="the fleet's leader polls")
+        return False
 
     async def _give_up(self, why: str) -> None:
         log_event(log, "chatops.stopped", level=logging.ERROR, platform="telegram", why=why)
@@ -142,7 +146,8 @@ class TelegramListener:
         step: Step = await self.dispatcher.press(user, pressed.data, self.key)
         await bot.answer(pressed.query_id, redact(step.answer))
         if step.buttons is not None:
-            buttons = keyboard(step.buttons, step.incident, step.issued, self.key) if step.issued is not None else ()
+            issued = step.issued
+            buttons = keyboard(step.buttons, step.incident, issued, self.key, step.host) if issued is not None else ()
             await bot.edit(chat, message_id, keyboard=buttons)
         if step.run is None:
             return
