@@ -6,8 +6,9 @@ One ThreadingHTTPServer on 127.0.0.1 serves:
     POST /api/chat.postMessage       the Slack Web API: {"ok": true, "channel": ..., "ts": ...}
     POST /api/chat.update, chat.postEphemeral
     POST /api/apps.connections.open  (app token) the URL of a loopback Socket Mode WebSocket
-                                     server, which sends envelopes (`slash`, `click`) and
-                                     records the acks it reads (`socket_acks`)
+                                     server, which sends envelopes (`slash`, `click`), records
+                                     the acks it reads (`socket_acks`) and sends the envelopes
+                                     nobody acked again on `redeliver()`
     POST /bot<TOKEN>/getMe           the Telegram Bot API: {"ok": true, "result": {...}}
     POST /bot<TOKEN>/sendMessage     (with reply_markup: the message keeps its buttons)
     POST /bot<TOKEN>/getUpdates      long polling: the updates a test injected (`say`, `press`)
@@ -94,6 +95,7 @@ class ChatFake:
     _sockets: list[socket.socket] = field(default_factory=list)
     _ws_server: socket.socket | None = None
     _envelope: int = 0
+    _frames: dict[str, bytes] = field(default_factory=dict)  # every envelope sent, by id
     requests: list[Recorded] = field(default_factory=list)
     modes: dict[str, Mode] = field(default_factory=dict)
     port: int = 0
@@ -307,11 +309,28 @@ class ChatFake:
             sockets = list(self._sockets)
         frame = _ws_frame(0x1, _json({"envelope_id": eid, "type": kind, "payload": payload,
                                       "accepts_response_payload": kind == "slash_commands"}))  # fmt: skip
+        with self._lock:
+            self._frames[eid] = frame
+        self._send_frame(frame, sockets)
+        return eid
+
+    def redeliver(self) -> list[str]:
+        """Send every envelope no client acknowledged again, as Slack does (to whichever
+        connection is open now); their ids."""
+        with self._lock:
+            acked = {a.get("envelope_id") for a in self.socket_acks}
+            due = {eid: f for eid, f in self._frames.items() if eid not in acked}
+            sockets = list(self._sockets)
+        for frame in due.values():
+            self._send_frame(frame, sockets)
+        return list(due)
+
+    @staticmethod
+    def _send_frame(frame: bytes, sockets: list[socket.socket]) -> None:
         assert sockets, "no Socket Mode client is connected"
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.sendall(frame)
-        return eid
 
     def _ws_url(self) -> str:
         if self._ws_server is None:

@@ -58,44 +58,52 @@ class TelegramListener:
         return button_key(self.token.reveal())
 
     async def run(self) -> bool:
-        """Poll until cancelled, or until this healer no longer leads its fleet (True), or until
-        Telegram says polling cannot work: another poller on the token, or the token refused."""
-        offset = await asyncio.to_thread(memory.offset, self.config)
-        backoff = self.min_backoff
-        failing = False
+        """Poll until cancelled, or until this healer no longer leads its fleet (True: the updates
+        it took while leading are let finish), or until Telegram says polling cannot work:
+        another poller on the token, or the token refused."""
         async with TelegramBot(self.token, self.api_url, REQUEST_TIMEOUT) as bot:
             try:
-                while True:
-                    if not self._leading():
-                        return True
-                    try:
-                        updates = await bot.updates(offset, self.poll_timeout)
-                    except DeliveryError as e:
-                        if not self._leading():  # the new leader's poll cut ours off (409): its turn
-                            return True
-                        if e.permanent:
-                            await self._give_up(str(e))
-                            return False
-                        if not failing:  # said once per outage, not every retry
-                            log_event(log, "chatops.poll_failed", level=logging.WARNING, error=str(e),
-                                      retry_in=f"{backoff.total_seconds():g}s")  # fmt: skip
-                        failing = True
-                        await asyncio.sleep(backoff.total_seconds())
-                        backoff = min(backoff * 2, MAX_BACKOFF)
-                        continue
-                    if failing:
-                        log_event(log, "chatops.poll_recovered")
-                    failing, backoff = False, self.min_backoff
-                    for u in updates:
-                        if not self._leading():  # left unconfirmed: the next leader's poll gets it
-                            return True
-                        offset = u.update_id + 1
-                        await asyncio.to_thread(memory.keep_offset, self.config, offset)  # before acting: once
-                        if not isinstance(u, Other):
-                            self._spawn(bot, u)
+                stopped = await self._poll(bot)
+                if stopped:  # fleet.while_leading cancels this wait once it sees this healer follow
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+                return stopped
             finally:
                 for task in list(self._tasks):
                     task.cancel()
+
+    async def _poll(self, bot: TelegramBot) -> bool:
+        """Take the updates and start handling them while leading (True when it stops leading)."""
+        offset = await asyncio.to_thread(memory.offset, self.config)
+        backoff = self.min_backoff
+        failing = False
+        while True:
+            if not self._leading():
+                return True
+            try:
+                updates = await bot.updates(offset, self.poll_timeout)
+            except DeliveryError as e:
+                if not self._leading():  # the new leader's poll cut ours off (409): its turn
+                    return True
+                if e.permanent:
+                    await self._give_up(str(e))
+                    return False
+                if not failing:  # said once per outage, not every retry
+                    log_event(log, "chatops.poll_failed", level=logging.WARNING, error=str(e),
+                              retry_in=f"{backoff.total_seconds():g}s")  # fmt: skip
+                failing = True
+                await asyncio.sleep(backoff.total_seconds())
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            if failing:
+                log_event(log, "chatops.poll_recovered")
+            failing, backoff = False, self.min_backoff
+            for u in updates:
+                if not self._leading():  # left unconfirmed: the next leader's poll gets it
+                    return True
+                offset = u.update_id + 1
+                await asyncio.to_thread(memory.keep_offset, self.config, offset)  # before acting: once
+                if not isinstance(u, Other):
+                    self._spawn(bot, u)
 
     def _leading(self) -> bool:
         """The fleet's gate (Dispatcher.leading), said in the log when it closes."""
