@@ -16,12 +16,13 @@ from typing import Any
 import psycopg
 import pytest
 from chatfakes import ChatFake
+from chatops_run import cli_json
 from helpers import HEALER, git, make_repo, write_config
 from services import PostgresServer, wait_until
 
 pytestmark = pytest.mark.e2e
 
-BOB = 111  # in [chatops] read
+BOB = 111  # in [chatops] operate
 CHAT = 4242
 LEASE = "4s"  # short for a quick takeover; long enough that a busy 2-core machine renews
 WAIT = 90.0  # generous: never a wall-clock assertion, only "eventually"
@@ -30,7 +31,7 @@ WAIT = 90.0  # generous: never a wall-clock assertion, only "eventually"
 class Host:
     """One host of the fleet: its clone of the repository, its healer.toml and its `healer run`."""
 
-    def __init__(self, root: Path, name: str, origin: Path, fake: ChatFake) -> None:
+    def __init__(self, root: Path, name: str, origin: Path, fake: ChatFake, check: str = "true") -> None:
         self.name = name
         self.dir = root / name
         self.dir.mkdir()
@@ -51,13 +52,13 @@ class Host:
             [[checks]]
             name = "release"
             type = "command"
-            argv = ["true"]
+            argv = ["{check}"]
             [alerts]
             timeout = "2s"
             [alerts.telegram]
             api_url = "{fake.url}"
             [chatops]
-            read = ["telegram:{BOB}"]
+            operate = ["telegram:{BOB}"]
             """
         self.config = write_config(self.dir, textwrap.dedent(body))
         self.log = self.dir / "run.log"
@@ -185,3 +186,45 @@ def test_a_leader_killed_or_stopped_past_its_lease_is_replaced_and_answers_nothi
         time.sleep(3)  # room for a second answer, were the woken healer still polling
         assert len(_replies(fake)) == 2, _replies(fake)
         assert fleet.leader() != first
+
+
+def test_chat_speaks_for_the_fleet_an_alerts_ack_acks_its_host_and_a_pause_pauses_every_host(
+    tmp_path: Path, fleet: Fleet, fake: ChatFake
+) -> None:
+    """The leader (web-1, healthy) answers for the fleet: the Ack button of the follower's
+    (web-2's, failing) incident alert acks web-2's incident, not the leader's own; /pause pauses
+    both hosts (each one's `healer status` says so); /status lists both hosts."""
+    origin = make_repo(tmp_path / "origin")
+    fleet.hosts["web-1"] = Host(tmp_path, "web-1", origin, fake)
+    _eventually(lambda: fleet.leader() == "web-1", fleet, "web-1 leading")
+    fleet.hosts["web-2"] = Host(tmp_path, "web-2", origin, fake, check="false")
+    web1, web2 = (fleet.hosts[h].config for h in ("web-1", "web-2"))
+
+    def alert() -> int | None:
+        """The message id of web-2's incident alert, with its buttons."""
+        for mid, m in sorted(fake.messages.items()):
+            text = str(m.get("text") or "")
+            if "Incident opened" in text and "shop on web-2" in text and m.get("reply_markup"):
+                return mid
+        return None
+
+    _eventually(alert, fleet, "web-2's incident alert")
+    mid = alert()
+    assert mid is not None
+    incident = cli_json(web2, "status")["open_incident"]["id"]
+    fake.press(BOB, mid, "Ack")
+    _eventually(lambda: "Acknowledged on web-2 by" in str(fake.messages[mid]["text"]), fleet, "the ack")
+    assert cli_json(web2, "status")["ack"]["who"] == f"telegram:{BOB}"
+    assert cli_json(web1, "status")["ack"] is None
+    assert f"incident #{incident}" in str(fake.messages[mid]["text"])
+
+    fake.say(BOB, CHAT, "/pause 10m db migration")
+    _eventually(lambda: _replies(fake), fleet, "the answer to /pause")
+    assert _replies(fake)[0].startswith("paused on web-1, web-2 until"), _replies(fake)
+    for config in (web1, web2):
+        assert cli_json(config, "status")["pause"]["reason"] == "db migration"
+
+    fake.say(BOB, CHAT, "/status")
+    _eventually(lambda: len(_replies(fake)) >= 2, fleet, "the answer to /status")
+    status = _replies(fake)[1]
+    assert "fleet of 2, led by web-1" in status and "web-2:" in status and "paused until" in status, status
