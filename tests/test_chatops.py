@@ -3,6 +3,8 @@ and when an ack holds (pure)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,6 +22,7 @@ from healer.chatops import (
     alert_buttons,
     button_data,
     confirm_buttons,
+    host_tag,
     is_allowed,
     parse_command,
     read_press,
@@ -87,6 +90,22 @@ def test_button_data_fits_telegram_and_reads_back() -> None:
         press = read_press(data, KEY, NOW + timedelta(seconds=30))
         assert isinstance(press, Press)
         assert (press.verb, press.incident_id, press.stage) == (b.verb, 123456, b.stage)
+
+
+def test_a_button_names_its_fleet_host_and_an_older_one_names_none() -> None:
+    """In a fleet a button carries the host that sent its alert (a short digest: the data still
+    fits 64 bytes for a 64-character host name); a button from before (no host field) still reads,
+    naming none; the host cannot be changed without breaking the MAC."""
+    host = "h" * 64
+    data = button_data(Button("Yes", Verb.ROLLBACK, Stage.CONFIRM), 10**9, NOW, KEY, host_tag(host))
+    assert len(data.encode()) <= 64
+    press = read_press(data, KEY, NOW)
+    assert isinstance(press, Press) and press.host == host_tag(host) != host_tag("web-2")
+    body = f"ack:7:{data.split(':')[2]}"
+    old = read_press(f"{body}:{hmac.new(KEY, body.encode(), hashlib.sha256).hexdigest()[:16]}", KEY, NOW)
+    assert isinstance(old, Press) and (old.verb, old.incident_id, old.host) == (Verb.ACK, 7, None)
+    forged = data.replace(host_tag(host), host_tag("web-2"))
+    assert isinstance(read_press(forged, KEY, NOW), Refused)
 
 
 @pytest.mark.parametrize(

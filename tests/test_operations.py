@@ -176,3 +176,21 @@ async def test_a_destructive_command_waits_for_the_confirming_press(tmp_path: Pa
     assert step.answer == "nothing to confirm: send /rollback REASON [REF] again" and step.run is None
     with Store(config.db_path) as store:
         assert store.actions(kind="rollback") == []
+
+
+async def test_repair_names_the_host_it_runs_on_and_refuses_another(tmp_path: Path) -> None:
+    """/repair KIND HOST asks for a confirmation only for this healer's own host; another host's
+    repair is refused with where to run it (a playbook restarts local processes)."""
+    config, _ = _failing(tmp_path)
+    config = config.model_copy(update={"chatops": ChatopsConfig(act=("telegram:2",))})
+    other = await Dispatcher(config).command("telegram:2", "/repair process-restart web-9")
+    assert (
+        other.text
+        == (
+            f"repair runs on the host whose processes it restarts, and chat reaches {config.fleet_host} only: "
+            "on web-9, run `healer repair process-restart`"
+        )
+        and other.buttons == ()
+    )
+    here = await Dispatcher(config).command("telegram:2", f"/repair process-restart {config.fleet_host}")
+    assert here.text.startswith("run process-restart? Press to confirm")
