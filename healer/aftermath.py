@@ -197,9 +197,23 @@ def follow_up(
             return Followup((Alert(event, Severity.CRITICAL, f"{what} crashed", error, incident),))
 
 
-def rollback_started(p: Plan, *, incident: int | None = None, by: str | None = None) -> Alert:
-    """The announcement of a rollback that goes ahead (its plan accepted, under the lock)."""
+# What a host taking part in the fleet's rollback leaves to the leader's one outcome (and to the
+# one "the fleet to stable-1" of the host that ordered it)
+FLEET_SAYS = frozenset({Event.ROLLBACK_STARTED, Event.ROLLBACK_SUCCEEDED, Event.ROLLBACK_FAILED})
+
+
+def rollback_started(p: Plan, *, incident: int | None = None, by: str | None = None, fleet: bool = False) -> Alert:
+    """The announcement of a rollback that goes ahead (its plan accepted, under the lock);
+    `fleet`: of the fleet's rollback this host ordered, which every host on the release follows
+    (said once, for the fleet: the hosts that follow it say nothing, the leader says the outcome)."""
     to = f"{p.to_ref} ({p.to_commit[:12]})"
+    if fleet:
+        who = "" if by is None else f" (by {by})"
+        detail = (
+            f"{p.reason}. Every host on {p.from_commit[:12]} follows to the same commit; the outcome is "
+            "announced once each has reported."
+        )
+        return Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, f"the fleet to {to}{who}", detail, bypass_dedup=True)
     if by is not None:
         return Alert(
             Event.ROLLBACK_STARTED, Severity.CRITICAL, f"Rolling back to {to} (by {by})", p.reason, bypass_dedup=True

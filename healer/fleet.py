@@ -75,6 +75,10 @@ class Leadership:
         self._use = asyncio.Lock()  # one statement sequence at a time on the one session
         self._exit: contextlib.AsyncExitStack | None = None
         self.db: Database | None = None  # the shared tables, for the fleet's rollbacks (opened by start)
+        self.release: str | None = None  # the commit this host's app runs, as its last cycle saw it
+        # set when a fleet rollback away from `release` waits for this host: the loop runs its
+        # cycle at once (and follows it) rather than at its cadence, up to hours away
+        self.ordered = asyncio.Event()
 
     @classmethod
     def from_config(cls, config: Config, *, clock: Clock | None = None) -> Leadership:
@@ -82,9 +86,7 @@ class Leadership:
         fleet, env = config.fleet, config.state.dsn_env
         if fleet is None or env is None:
             raise FleetError(f"{config.path}: fleet: expected [fleet] and [state] dsn_env")
-        return cls(
-            pg.server(env), app=fleet.app or config.app.name, host=config.fleet_host, lease=fleet.lease, clock=clock
-        )
+        return cls(pg.server(env), app=config.fleet_app, host=config.fleet_host, lease=fleet.lease, clock=clock)
 
     @property
     def is_leader(self) -> bool:
@@ -199,6 +201,7 @@ class Leadership:
         try:
             while not stop.is_set():
                 await self.tick()
+                await self._look_for_orders()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), renew_every(self.lease).total_seconds())
         except FleetError as e:
@@ -206,6 +209,19 @@ class Leadership:
             log_event(log, "fleet.refused", level=logging.ERROR, app=self.app, error=str(e))
         finally:
             await self.close()
+
+    async def _look_for_orders(self) -> None:
+        """Set `ordered` when a fleet rollback away from this host's release waits for it (an
+        unreadable table: the next look)."""
+        if self.release is None or self.db is None or self.ordered.is_set():
+            return
+        try:
+            order = await self.order_for(self.release)
+        except StoreError:
+            return
+        if order is not None:
+            log_event(log, "fleet.rollback_ordered_here", order=order.id, release=self.release[:12], to=order.to_ref)
+            self.ordered.set()
 
     # -- what the leader does ----------------------------------------------------------------
 
@@ -274,6 +290,7 @@ class Leadership:
         """After each of the loop's cycles: this host's line in the registry. A database that
         cannot be reached, or answers slower than a renewal's interval, costs the line, never
         the cycle (said in the log)."""
+        self.release = release
         try:
             async with asyncio.timeout(renew_every(self.lease).total_seconds()):
                 await self.beat(fleet_store.HostBeat(self.app, self.host, release, at, healthy))
@@ -328,7 +345,7 @@ async def fleet_status(config: Config) -> dict[str, Any]:
     if fleet is None or env is None:
         raise FleetError(f"{config.path}: status --fleet: expected a [fleet] section (and [state] dsn_env)")
     server = pg.server(env)
-    app = fleet.app or config.app.name
+    app = config.fleet_app
     try:
         await asyncio.to_thread(fleet_store.migrate, config.shared_db)
         async with pg.connect(server, CONNECT_TIMEOUT.total_seconds()) as conn:

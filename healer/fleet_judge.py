@@ -87,6 +87,16 @@ class RollbackOrder:
     deadline: datetime  # hosts that have not reported by then did not follow
 
 
+def new_order(
+    from_release: str, target: str, to_ref: str, reason: str, *, now: datetime, every: timedelta, budget: timedelta
+) -> RollbackOrder:
+    """The order of a rollback for the fleet, decided `now` (by the leader, or by a person on one
+    host) and not yet recorded (id 0): hosts cycling `every` and bounded by `budget` per rollback
+    have until three of their cycles and two rollbacks later to report (they follow at once when
+    their healer sees the order: Leadership.ordered)."""
+    return RollbackOrder(0, from_release, target, to_ref, reason, now, now + 3 * every + 2 * budget)
+
+
 @dataclass(frozen=True, slots=True)
 class RollbackOutcome:
     ok: bool  # every host followed
@@ -100,7 +110,11 @@ def rollback_outcome(
     reported, or the deadline passed (None: still waiting). A host busy rolling back writes no
     verdict meanwhile, so liveness is judged at the order, not now. A host that reported a
     failure, or never reported, did not follow."""
-    expected = [h.host for h in hosts if h.seen_at >= order.started_at - fresh]
+    expected = [
+        h.host
+        for h in hosts
+        if h.seen_at >= order.started_at - fresh and (h.host in reports or h.release == order.from_release)
+    ]
     missing = sorted(h for h in expected if h not in reports)
     if missing and now < order.deadline:
         return None

@@ -122,13 +122,15 @@ def _order(row: Row) -> RollbackOrder:
     return RollbackOrder(int(row[0]), row[1], row[2], row[3], row[4], at, deadline)
 
 
-def order_rollback(db: Database, fence: LeaseFence, order: RollbackOrder) -> int:
-    """Record the leader's rollback for the fleet, fenced by its lease; the order's id."""
+def order_rollback(db: Database, fence: LeaseFence | None, order: RollbackOrder, app: str = "") -> int:
+    """Record a rollback for the fleet of `app`; the order's id. The leader's is fenced by its
+    lease; a person's (fence None: epoch 0) needs no lease, as their command needs no leader."""
+    app, epoch = (app, 0) if fence is None else (fence.app, fence.epoch)
     with db.write("cannot record the fleet's rollback", fence=fence) as tx:
         return tx.insert(
             "INSERT INTO fleet_rollbacks (app, epoch, from_release, target, to_ref, reason, started_at, deadline)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (fence.app, fence.epoch, order.from_release, order.target, order.to_ref, order.reason,
+            (app, epoch, order.from_release, order.target, order.to_ref, order.reason,
              order.started_at.isoformat(), order.deadline.isoformat()),
         )  # fmt: skip
 
