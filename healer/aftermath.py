@@ -208,17 +208,25 @@ def rollback_started(p: Plan, *, incident: int | None = None, by: str | None = N
     (said once, for the fleet: the hosts that follow it say nothing, the leader says the outcome)."""
     to = f"{p.to_ref} ({p.to_commit[:12]})"
     if fleet:
-        who = "" if by is None else f" (by {by})"
-        detail = (
-            f"{p.reason}. Every host on {p.from_commit[:12]} follows to the same commit; the outcome is "
-            "announced once each has reported."
-        )
-        return Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, f"the fleet to {to}{who}", detail, bypass_dedup=True)
+        return fleet_rollback_started(p.from_commit, p.to_commit, p.to_ref, p.reason, by=by)
     if by is not None:
         return Alert(
             Event.ROLLBACK_STARTED, Severity.CRITICAL, f"Rolling back to {to} (by {by})", p.reason, bypass_dedup=True
         )
     return Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, f"to {to}", p.reason, incident)
+
+
+def fleet_rollback_started(
+    from_commit: str, to_commit: str, to_ref: str, reason: str, *, by: str | None = None
+) -> Alert:
+    """The one announcement of the fleet's rollback as it is ordered."""
+    who = "" if by is None else f" (by {by})"
+    detail = (
+        f"{reason}. Every host on {from_commit[:12]} follows to the same commit; the outcome is announced once "
+        "each has reported."
+    )
+    title = f"the fleet to {to_ref} ({to_commit[:12]}){who}"
+    return Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, title, detail, bypass_dedup=True)
 
 
 def _after_repair(r: RepairResult, *, deploy: Deploy | None, incident: int | None, by: str | None) -> Followup:

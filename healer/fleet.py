@@ -37,8 +37,10 @@ from healer.errors import FencedError, FleetError, StoreError
 from healer.fleet_judge import (
     HostVerdict,
     ReleaseJudgement,
+    RollbackAsk,
     RollbackOrder,
     RollbackOutcome,
+    asks_to_order,
     judge_release,
     rollback_outcome,
 )
@@ -267,6 +269,21 @@ class Leadership:
     async def order_for(self, release: str) -> RollbackOrder | None:
         """A fleet rollback away from `release` this host has yet to follow."""
         return await asyncio.to_thread(fleet_store.order_for, self._shared(), self.app, release, self.host)
+
+    async def ask_rollback(self, ask: RollbackAsk) -> None:
+        """A follower's ladder reached a rollback of its release: ask the leader (StoreError)."""
+        await asyncio.to_thread(fleet_store.ask_rollback, self._shared(), self.app, ask)
+
+    async def asked(self, release: str, healthy: bool, fresh: timedelta) -> list[tuple[RollbackAsk, ReleaseJudgement]]:
+        """The leader's answer to the followers' asks (fleet_judge.asks_to_order), this host on
+        `release` counting with `healthy`, by the database's clock. pg.Error, OSError,
+        TimeoutError, StoreError when the tables cannot be read."""
+        async with asyncio.timeout(renew_every(self.lease).total_seconds()), self._use:
+            view = await fleet_store.read_fleet(await self._open(), self.app)
+        hosts = [HostVerdict(h.host, h.release, h.healthy, h.seen_at) for h in view.hosts]
+        asks, ordered = await asyncio.to_thread(fleet_store.rollback_asks, self._shared(), self.app)
+        return asks_to_order(asks, hosts, leader=self.host, leader_release=release, leader_healthy=healthy,
+                             ordered=ordered, now=view.db_now, fresh=fresh)  # fmt: skip
 
     async def report_rollback(self, order_id: int, ok: bool, detail: str, at: datetime) -> None:
         await asyncio.to_thread(fleet_store.report_rollback, self._shared(), order_id, self.host, ok, detail, at)

@@ -34,6 +34,7 @@ from healer.aftermath import (
     Observed,
     RepairResult,
     ResumedRollback,
+    fleet_rollback_started,
     follow_up,
     rollback_started,
 )
@@ -48,7 +49,7 @@ from healer.config import Config, format_duration, format_elapsed
 from healer.decide import Decision, Situation, decide
 from healer.drift import drift_alerts
 from healer.errors import FencedError, HealerError, LockedError, StoreError
-from healer.fleet_judge import freshness, new_order
+from healer.fleet_judge import RollbackAsk, freshness, new_order
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
 from healer.ladder import Cause, settled
@@ -416,7 +417,7 @@ class Watchdog:
                     now=now, deploy_id=deploy.id, incident_id=incident, outcome=Outcome.OK,
                 )  # fmt: skip
                 event("healer.held", reason=intent.reason)
-        fleet_said = await self._settle_fleet_rollbacks(deploy, now)
+        fleet_said = await self._settle_fleet_rollbacks(deploy, now) + await self._answer_asks(deploy, verdict, now)
         report.alerts = alerts + fleet_said
         next_step = decision.next_step
         if any(a.event == Event.REPAIR_SUCCEEDED for a in alerts):
@@ -476,7 +477,7 @@ class Watchdog:
         if not rollbacks:
             return decision
         if not leadership.is_leader:
-            why = "the fleet's leader decides rollbacks"
+            why = await self._ask_leader(rollbacks[0], deploy, verdict)
         else:
             from healer import pg
 
@@ -499,6 +500,57 @@ class Watchdog:
             )  # fmt: skip
         intents = tuple(i for i in decision.intents if i not in rollbacks)
         return replace(decision, intents=intents, next_step=why)
+
+    async def _ask_leader(self, intent: Rollback, deploy: Deploy, verdict: Verdict) -> str:
+        """[fleet], a follower whose ladder reached a rollback: ask the leader to judge this
+        release over the fleet (it may run another: this host a canary), with the target this
+        host's rollback would go to (its plan, made and not carried out). What this host does
+        instead, for people."""
+        assert self.leadership is not None
+        try:
+            planned = await rollback.run_rollback(
+                config=self.config, ctx=self.ctx, store=self.store, clock=self.clock, who=Who.LOOP,
+                reason=intent.reason, mark_bad=intent.mark_bad, dry_run=True,
+            )  # fmt: skip
+        except HealerError as e:
+            return f"the fleet's leader decides rollbacks; this host's rollback cannot be planned: {e}"
+        p = planned.plan
+        if p is None or not p.ok:
+            return f"the fleet's leader decides rollbacks; this host's rollback would be refused: {planned.refused}"
+        ask = RollbackAsk(self.config.fleet_host, deploy.commit, p.to_commit, p.to_ref, intent.reason, verdict.at)
+        try:
+            await self.leadership.ask_rollback(ask)
+        except StoreError as e:
+            return f"the fleet's leader decides rollbacks; it cannot be asked: {e}"
+        return f"asked the fleet's leader to roll back to {p.to_ref} (it judges {deploy.commit[:12]} over every host)"
+
+    async def _answer_asks(self, deploy: Deploy, verdict: Verdict, now: datetime) -> list[Alert]:
+        """[fleet], the leader: order the rollbacks the followers asked for, of releases most of
+        whose fresh hosts fail (fleet_judge.asks_to_order); each said once, for the fleet."""
+        leadership = self.leadership
+        if leadership is None or not leadership.is_leader:
+            return []
+        from healer import pg
+
+        every = phase_at(deploy.first_seen, now, self.config.schedule).every
+        try:
+            todo = await leadership.asked(deploy.commit, verdict.ok, freshness(leadership.lease, every))
+        except (pg.Error, OSError, TimeoutError, StoreError) as e:  # the next cycle looks again
+            event("fleet.unreachable", error=str(e))
+            return []
+        said = []
+        for ask, judged in todo:
+            reason = f"{judged.describe()}: {ask.reason}"
+            wanted = new_order(ask.release, ask.target, ask.to_ref, reason, now=now, every=every,
+                               budget=action_budget(self.config))  # fmt: skip
+            try:
+                order = await leadership.order_rollback(wanted)
+            except StoreError as e:  # FencedError too: it no longer leads
+                event("fleet.rollback_not_made", release=ask.release[:12], reason=str(e))
+                continue
+            event("fleet.rollback_ordered", order=order, release=ask.release[:12], to=ask.to_ref, asked_by=ask.host)
+            said.append(fleet_rollback_started(ask.release, ask.target, ask.to_ref, reason))
+        return said
 
     async def _situation(self, deploy: Deploy, verdict: Verdict, now: datetime) -> Situation:
         """What decide() needs besides the verdict, read from the store and the repository."""

@@ -231,6 +231,27 @@ def test_one_sick_host_has_only_its_own_app_restarted(fleet: Fleet) -> None:
     assert [h.done("rollback") for h in fleet.hosts.values()] == [[], []]
 
 
+def test_a_bad_release_on_a_follower_alone_is_rolled_back_by_the_leaders_order(fleet: Fleet) -> None:
+    """A canary: 2.0 goes to the follower only and answers 500. Its healer restarts its app (no
+    help), asks the leader, which runs 1.0 and judges 2.0 over the hosts on it (1 of 1 fails),
+    orders the fleet's rollback of 2.0; the follower follows. The leader's own app is never touched."""
+    fleet.start(2)
+    leader = fleet.leader()
+    canary = next(h for n, h in fleet.hosts.items() if n != leader)
+    other = fleet.hosts[str(leader)]
+    untouched = other.app_pids()
+    bad = fleet.release("2.0", broken=True)
+    canary.deploy()
+    fleet.eventually(lambda: fleet.query("SELECT outcome FROM fleet_rollbacks WHERE outcome IS NOT NULL"),
+                     "the fleet rollback's outcome")  # fmt: skip
+    assert canary.serving() == "1.0" and other.serving() == "1.0"
+    [(from_release, to_ref, outcome)] = fleet.query("SELECT from_release, to_ref, outcome FROM fleet_rollbacks")
+    assert (from_release, to_ref) == (bad, "stable-1")
+    assert outcome == f"{canary.name} rolled back from {bad[:12]} to stable-1", outcome
+    assert canary.done("repair", "ok") == [] and canary.done("repair")  # the restart came first, and failed
+    assert other.app_pids() == untouched and other.done("repair") == [] and other.done("rollback") == []
+
+
 @pytest.mark.parametrize("n", [2, 3], ids=["two", "three"])
 def test_a_bad_deploy_on_every_host_is_one_rollback_decided_by_the_leader_and_followed(fleet: Fleet, n: int) -> None:
     """Release 2.0 answers 500 on every host: the ladder's restart does not help; the leader, seeing
