@@ -34,6 +34,7 @@ from healer.aftermath import (
     Observed,
     RepairResult,
     ResumedRollback,
+    RollbackResult,
     fleet_rollback_started,
     follow_up,
     rollback_started,
@@ -768,6 +769,20 @@ class Watchdog:
         except StoreError as e:
             event("fleet.report_lost", order=order, error=str(e))
 
+    async def _report_resumed(self, r: RollbackResult) -> bool:
+        """[fleet]: a rollback a kill cut short and this start finished may have been this host's
+        part of the fleet's: its report, which the killed process never made. Whether it was."""
+        if self.leadership is None or not r.from_commit or not r.to_commit:
+            return False
+        try:
+            order = await self.leadership.order_for(r.from_commit)
+        except StoreError:  # unreadable: the leader counts no report, and says so
+            return False
+        if order is None or order.target != r.to_commit:
+            return False
+        await self._report_to_fleet(order.id, r.ok, r.detail)
+        return True
+
     async def _settle_fleet_rollbacks(self, deploy: Deploy, now: datetime) -> list[Alert]:
         """[fleet], the leader: the one outcome of each fleet rollback now complete, naming the
         hosts that did not follow."""
@@ -893,8 +908,10 @@ class Watchdog:
             self.acting = None
         for r in resumed:
             event("rollback.resumed", ok=r.ok, detail=r.detail)
+            fleets = await self._report_resumed(r)
             after = await self._carry_out(ResumedRollback(r), None, None)
-            await self._alert(list(after.alerts), None, None, after.next_step or "watching")
+            said = [a for a in after.alerts if not (fleets and a.event in FLEET_SAYS)]  # the leader's to say
+            await self._alert(said, None, None, after.next_step or "watching")
         if not stop.is_set():
             await self._resume_repairs()
         # Waits, "every 10 s" and "every hour" are counted on the monotonic clock: a wall clock
