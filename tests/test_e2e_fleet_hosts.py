@@ -35,7 +35,7 @@ WAIT = 120.0  # generous: never a wall-clock assertion, only "eventually"
 class Host:
     """One server: its clone of the app's repository, the sample app on its own port, and its healer."""
 
-    def __init__(self, root: Path, name: str, origin: Path, telegram: str, every: str) -> None:
+    def __init__(self, root: Path, name: str, origin: Path, telegram: str, every: str, extra: str = "") -> None:
         self.name = name
         self.dir = root / name
         self.dir.mkdir()
@@ -79,7 +79,7 @@ cwd = {json.dumps(str(self.repo))}
 timeout = "2s"
 [alerts.telegram]
 api_url = "{telegram}"
-""")
+{extra}""")
 
     def start_app(self) -> None:
         with open(self.dir / "app.log", "ab") as log:
@@ -156,10 +156,11 @@ class Fleet:
         self.root = root
         self.hosts: dict[str, Host] = {}
 
-    def start(self, n: int = 2, every: str = "1s") -> None:
-        """n hosts, web-1 ... web-n, each its app and its healer cycling `every`; once each reported healthy."""
+    def start(self, n: int = 2, every: str = "1s", extra: str = "") -> None:
+        """n hosts, web-1 ... web-n, each its app and its healer cycling `every` (`extra`: more of
+        healer.toml); once each reported healthy."""
         self.hosts = {
-            f"web-{i}": Host(self.root, f"web-{i}", self.origin, self.fake.url, every) for i in range(1, n + 1)
+            f"web-{i}": Host(self.root, f"web-{i}", self.origin, self.fake.url, every, extra) for i in range(1, n + 1)
         }
         for h in self.hosts.values():
             h.start_app()
@@ -288,6 +289,30 @@ def test_a_bad_deploy_on_every_host_is_one_rollback_decided_by_the_leader_and_fo
     assert done.startswith("✅ shop (fleet): Rolled back") and outcome in done, fleet.output()
     for name in fleet.hosts:
         assert fleet.said(f"shop on {name}: Incident opened"), fleet.output()
+
+
+def test_a_follower_killed_in_the_middle_of_the_fleets_rollback_finishes_it_and_reports(fleet: Fleet) -> None:
+    """kill -9 of a follower's healer while it verifies its part of the fleet's rollback: started
+    again, it finishes the rollback it journaled and reports it, so the leader's one outcome names
+    every host as having followed (none "no report"), and nothing is said twice."""
+    fleet.start(2, extra='[rollback]\nverify_grace = "10s"\n')
+    follower = next(h for n, h in fleet.hosts.items() if n != fleet.leader())
+    bad = fleet.release("2.0", broken=True)
+    for h in fleet.hosts.values():
+        h.deploy()
+    fleet.eventually(lambda: [r for r in follower.rows("rollback") if r["outcome"] == "started"],
+                     f"{follower.name}'s part of the fleet's rollback under way")  # fmt: skip
+    assert follower.healer is not None
+    follower.healer.kill()
+    follower.healer.wait(10)
+    follower.run_healer()
+    fleet.eventually(lambda: fleet.query("SELECT outcome FROM fleet_rollbacks WHERE outcome IS NOT NULL"),
+                     "the fleet rollback's outcome")  # fmt: skip
+    [(outcome,)] = fleet.query("SELECT outcome FROM fleet_rollbacks")
+    assert outcome == f"web-1, web-2 rolled back from {bad[:12]} to stable-1", outcome
+    assert all(h.serving() == "1.0" for h in fleet.hosts.values())
+    fleet.eventually(lambda: fleet.said("Rolled back"), "the outcome in chat")
+    assert len(fleet.said("Rolled back")) == 1 and len(fleet.said("Rolling back")) == 1, fleet.output()
 
 
 def test_a_persons_rollback_on_one_host_is_the_fleets(fleet: Fleet) -> None:
