@@ -93,7 +93,7 @@ class AlertMessage:
     cause: str | None = None  # the likely cause of the failing cycle: "dependency redis", "deploy", ...
     observe: bool = False  # healer runs in observe mode: it acts on nothing
     note: str | None = None  # a line shown under the heading: NOT_RECORDED
-    host: str | None = None  # [fleet]: the host whose healer said it (its buttons act on that host)
+    host: str | None = None  # [fleet]: the host whose alert it is (CycleContext.source): its buttons act on it
 
     def __post_init__(self) -> None:
         if not self.items:
@@ -239,9 +239,8 @@ def context_lines(msg: AlertMessage) -> list[str]:
 
 
 def footer(msg: AlertMessage) -> str:
-    """ "shop-api · commit 4f2a9c1 · phase 0-6h, every 15m · incident #7 · warning" (in a fleet,
-    "shop-api on web-2 · ...")"""
-    parts = [msg.app if msg.host is None else f"{msg.app} on {msg.host}"]
+    """ "shop-api · commit 4f2a9c1 · phase 0-6h, every 15m · incident #7 · warning" """
+    parts = [msg.app]
     if msg.commit:
         parts.append(f"commit {msg.commit[:SHORT_COMMIT]}")
     if msg.phase:

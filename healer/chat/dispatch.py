@@ -199,7 +199,9 @@ class Dispatcher:
         if self.config.fleet is None:
             return None
         if press.host is None:
-            raise HealerError("this button does not say which host sent its alert (it predates fleet mode): use /ack")
+            raise HealerError(
+                "this button does not say which host's alert it is (an older or a fleet-wide alert): use /ack"
+            )
         hosts = await self._hosts()
         host = next((h for h in hosts if host_tag(h) == press.host), None)
         if host is None:
