@@ -1085,7 +1085,7 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     try:
         store.set_meta(pid=str(os.getpid()), started_at=clock.now().isoformat())
         liveness = Liveness(stall_limit(config))
-        server = start_server(config, liveness, clock=clock)
+        server = start_server(config, liveness, clock=clock, leadership=leadership)
         from healer.alerts.shell import Alerts
 
         alerts = Alerts(config, clock=clock)
