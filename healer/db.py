@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from healer.config import StateDb
-from healer.errors import ConfigError, StoreError
+from healer.errors import ConfigError, StoreError, StoreUnreachable
 from healer.files import FILE_MODE, make_private, private_dir
 
 # The (classid, objid) of the advisory lock every PostgreSQL write transaction takes first: the
@@ -109,6 +109,9 @@ class Connection(Protocol):
         """The driver error as one line, without secrets."""
 
     def is_error(self, e: BaseException) -> bool: ...
+
+    def is_passing(self, e: BaseException) -> bool:
+        """Is `e` a failure to reach the database that passes by itself (StoreUnreachable)?"""
 
     def close(self) -> None: ...
 
@@ -226,7 +229,8 @@ class Database:
                 connect_timeout=CONNECT_TIMEOUT_S, schema=self.location.schema,
             )  # fmt: skip
         except pg.Error as e:
-            raise StoreError(f"postgresql {server.where}: cannot open the state database: {server.reason(e)}") from None
+            msg = f"postgresql {server.where}: cannot open the state database: {server.reason(e)}"
+            raise (StoreUnreachable if pg.is_passing(e) else StoreError)(msg) from None
 
     def close(self) -> None:
         with self.lock:
@@ -251,7 +255,12 @@ class Database:
             except Exception as e:
                 if not self._conn.is_error(e):
                     raise
-                raise StoreError(f"{self.name}: {what}: {self._conn.reason(e)}") from None
+                raise self._failed(what, e) from None
+
+    def _failed(self, what: str, e: BaseException) -> StoreError:
+        """A driver error as one StoreError line; StoreUnreachable when it passes by itself."""
+        cls = StoreUnreachable if self._conn.is_passing(e) else StoreError
+        return cls(f"{self.name}: {what}: {self._conn.reason(e)}")
 
     def query(self, sql: str, args: Sequence[Any] = (), what: str = "cannot read") -> list[Row]:
         """Rows of one read, outside any write transaction."""
@@ -261,7 +270,7 @@ class Database:
             except Exception as e:
                 if not self._conn.is_error(e):
                     raise
-                raise StoreError(f"{self.name}: {what}: {self._conn.reason(e)}") from None
+                raise self._failed(what, e) from None
 
     def version(self, component: str) -> int:
         """The last migration applied to `component` (0: none yet); once any component migrated."""
@@ -376,6 +385,9 @@ class _SqliteConnection:
 
     def is_error(self, e: BaseException) -> bool:
         return isinstance(e, sqlite3.Error)
+
+    def is_passing(self, e: BaseException) -> bool:
+        return False  # a file: a full disk or a lock is not a server coming back
 
     def close(self) -> None:
         self._db.close()

@@ -13,13 +13,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from services import PostgresServer, wait_until
+from services import PostgresServer, free_port, wait_until
 
+from healer import pg
 from healer.alerts.outbox import MIGRATIONS as OUTBOX_MIGRATIONS
 from healer.alerts.outbox import Outbox
 from healer.config import StateDb, load_config
 from healer.db import Database, Tx
-from healer.errors import ConfigError, FencedError, StoreError
+from healer.errors import ConfigError, FencedError, StoreError, StoreUnreachable
 from healer.model import CheckResult, Deploy, DeployState, Verdict, Who
 from healer.store import MIGRATIONS, CycleUpdate, Store
 
@@ -240,6 +241,58 @@ def test_a_server_that_refuses_is_one_line_without_the_dsn(postgres_server: Post
     assert "\n" not in text and "hunter2secret" not in text and dsn not in text
     assert text.startswith(f"postgresql 127.0.0.1:{postgres_server.port}/no_such_db: cannot open the state database")
     assert not (tmp_path / "healer.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "passing"),
+    [
+        pytest.param("127.0.0.1:{free}/postgres", True, id="nothing-listens"),
+        pytest.param("no-such-host.invalid:5432/postgres", True, id="no-dns-answer"),
+        pytest.param("127.0.0.1:{port}/no_such_db", False, id="no-such-database"),
+        pytest.param("nobody@127.0.0.1:{port}/postgres", False, id="no-such-role"),
+    ],
+)
+def test_a_server_that_cannot_be_reached_is_told_from_one_that_refuses(
+    postgres_server: PostgresServer, tmp_path: Path, where: str, passing: bool
+) -> None:
+    """StoreUnreachable (`healer run` waits) only for what passes by itself; a missing database or
+    role stays a plain StoreError (exit 2): a person must fix it."""
+    user = "" if "@" in where else "postgres@"
+    dsn = "postgresql://" + user + where.format(free=free_port(), port=postgres_server.port)
+    os.environ["HEALER_STATE_DSN"] = dsn
+    with pytest.raises(StoreError) as e:
+        Store(StateDb(tmp_path / "healer.db", "HEALER_STATE_DSN"))
+    assert isinstance(e.value, StoreUnreachable) is passing, str(e.value)
+    assert "cannot open the state database" in str(e.value)
+
+
+REFUSED = 'connection to server at "127.0.0.1", port 5432 failed: '
+
+
+@pytest.mark.parametrize(
+    ("text", "passing"),
+    [
+        pytest.param(REFUSED + "FATAL:  the database system is starting up", True, id="starting-up"),
+        pytest.param(REFUSED + "FATAL:  the database system is shutting down", True, id="shutting-down"),
+        pytest.param(REFUSED + "FATAL:  sorry, too many clients already", True, id="full"),
+        pytest.param(REFUSED + "timeout expired", True, id="timeout"),
+        pytest.param(REFUSED + 'FATAL:  password authentication failed for user "healer"', False, id="password"),
+        pytest.param(REFUSED + 'FATAL:  no pg_hba.conf entry for host "10.0.0.5"', False, id="pg-hba"),
+        pytest.param(
+            'connection to server at "localhost" (::1), port 5432 failed: Connection refused\n'
+            'connection to server at "localhost" (127.0.0.1), port 5432 failed: '
+            'FATAL:  password authentication failed for user "healer"',
+            False,
+            id="one-address-refused-the-next-denied",
+        ),
+        pytest.param("fe_sendauth: no password supplied", False, id="no-password"),
+        pytest.param("something we have never seen", False, id="unknown-words"),
+    ],
+)
+def test_which_connection_failures_pass_by_themselves(text: str, passing: bool) -> None:
+    """libpq's words (a failed connection has no SQLSTATE): waiting cures the server starting,
+    stopping, full or silent; it never cures authentication, pg_hba.conf or words we do not know."""
+    assert pg.is_passing(pg.OperationalError(text)) is passing
 
 
 def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
