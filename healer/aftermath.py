@@ -197,14 +197,36 @@ def follow_up(
             return Followup((Alert(event, Severity.CRITICAL, f"{what} crashed", error, incident),))
 
 
-def rollback_started(p: Plan, *, incident: int | None = None, by: str | None = None) -> Alert:
-    """The announcement of a rollback that goes ahead (its plan accepted, under the lock)."""
+# What a host taking part in the fleet's rollback leaves to the leader's one outcome (and to the
+# one "the fleet to stable-1" of the host that ordered it)
+FLEET_SAYS = frozenset({Event.ROLLBACK_STARTED, Event.ROLLBACK_SUCCEEDED, Event.ROLLBACK_FAILED})
+
+
+def rollback_started(p: Plan, *, incident: int | None = None, by: str | None = None, fleet: bool = False) -> Alert:
+    """The announcement of a rollback that goes ahead (its plan accepted, under the lock);
+    `fleet`: of the fleet's rollback this host ordered, which every host on the release follows
+    (said once, for the fleet: the hosts that follow it say nothing, the leader says the outcome)."""
     to = f"{p.to_ref} ({p.to_commit[:12]})"
+    if fleet:
+        return fleet_rollback_started(p.from_commit, p.to_commit, p.to_ref, p.reason, by=by)
     if by is not None:
         return Alert(
             Event.ROLLBACK_STARTED, Severity.CRITICAL, f"Rolling back to {to} (by {by})", p.reason, bypass_dedup=True
         )
     return Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, f"to {to}", p.reason, incident)
+
+
+def fleet_rollback_started(
+    from_commit: str, to_commit: str, to_ref: str, reason: str, *, by: str | None = None
+) -> Alert:
+    """The one announcement of the fleet's rollback as it is ordered."""
+    who = "" if by is None else f" (by {by})"
+    detail = (
+        f"{reason}. Every host on {from_commit[:12]} follows to the same commit; the outcome is announced once "
+        "each has reported."
+    )
+    title = f"the fleet to {to_ref} ({to_commit[:12]}){who}"
+    return Alert(Event.ROLLBACK_STARTED, Severity.CRITICAL, title, detail, bypass_dedup=True)
 
 
 def _after_repair(r: RepairResult, *, deploy: Deploy | None, incident: int | None, by: str | None) -> Followup:

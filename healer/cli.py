@@ -611,9 +611,15 @@ async def _rollback(
             # plans (and refuses) under its own lock, so a second plan here is only lost time
             plan = await rb.run_rollback(**kw, dry_run=True)
             click.echo(plan.detail)
+            fleet = config.fleet is not None and not plan.refused
+            if fleet:
+                click.echo(
+                    f"fleet: every host on {plan.from_commit[:12]} follows to the same commit (the fleet's rollback)"
+                )
             if dry_run or plan.refused:
                 return 0 if plan.ok else 1
-            await asyncio.to_thread(_confirm, f"roll back {plan.from_commit[:12]} -> {plan.to_ref}", yes)
+            what = f"the fleet from {plan.from_commit[:12]}" if fleet else plan.from_commit[:12]
+            await asyncio.to_thread(_confirm, f"roll back {what} -> {plan.to_ref}", yes)
 
         result = await operations.rollback(config, store, pctx, _actor(), reason, to, force=force, mark_bad=mark_bad)
     click.echo(result.detail)

@@ -489,6 +489,22 @@ class Config(Model):
         return (self.fleet.host if self.fleet is not None else None) or socket.gethostname()
 
     @property
+    def fleet_app(self) -> str:
+        """The app's name in the fleet's tables: [fleet] app, else [app] name."""
+        return (self.fleet.app if self.fleet is not None else None) or self.app.name
+
+    @property
+    def alert_source(self) -> str:
+        """Whose alerts this healer's are, in the outbox (alerts.pipeline.CycleContext.source):
+        in a fleet, this host's; otherwise the one healer's ("")."""
+        return self.fleet_host if self.fleet is not None else ""
+
+    @property
+    def alert_app(self) -> str:
+        """What this healer's alerts call the app: in a fleet, the app on this host."""
+        return f"{self.app.name} on {self.fleet_host}" if self.fleet is not None else self.app.name
+
+    @property
     def state_db(self) -> StateDb:
         """Where the store keeps its tables ([state] dsn_env, else db_path). In a fleet each host
         has its own (PostgreSQL schema healer_<host>): its deploys, cycles, incidents and actions

@@ -37,8 +37,10 @@ from healer.errors import FencedError, FleetError, StoreError
 from healer.fleet_judge import (
     HostVerdict,
     ReleaseJudgement,
+    RollbackAsk,
     RollbackOrder,
     RollbackOutcome,
+    asks_to_order,
     judge_release,
     rollback_outcome,
 )
@@ -75,6 +77,10 @@ class Leadership:
         self._use = asyncio.Lock()  # one statement sequence at a time on the one session
         self._exit: contextlib.AsyncExitStack | None = None
         self.db: Database | None = None  # the shared tables, for the fleet's rollbacks (opened by start)
+        self.release: str | None = None  # the commit this host's app runs, as its last cycle saw it
+        # set when a fleet rollback away from `release` waits for this host: the loop runs its
+        # cycle at once (and follows it) rather than at its cadence, up to hours away
+        self.ordered = asyncio.Event()
 
     @classmethod
     def from_config(cls, config: Config, *, clock: Clock | None = None) -> Leadership:
@@ -82,9 +88,7 @@ class Leadership:
         fleet, env = config.fleet, config.state.dsn_env
         if fleet is None or env is None:
             raise FleetError(f"{config.path}: fleet: expected [fleet] and [state] dsn_env")
-        return cls(
-            pg.server(env), app=fleet.app or config.app.name, host=config.fleet_host, lease=fleet.lease, clock=clock
-        )
+        return cls(pg.server(env), app=config.fleet_app, host=config.fleet_host, lease=fleet.lease, clock=clock)
 
     @property
     def is_leader(self) -> bool:
@@ -199,6 +203,7 @@ class Leadership:
         try:
             while not stop.is_set():
                 await self.tick()
+                await self._look_for_orders()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), renew_every(self.lease).total_seconds())
         except FleetError as e:
@@ -206,6 +211,19 @@ class Leadership:
             log_event(log, "fleet.refused", level=logging.ERROR, app=self.app, error=str(e))
         finally:
             await self.close()
+
+    async def _look_for_orders(self) -> None:
+        """Set `ordered` when a fleet rollback away from this host's release waits for it (an
+        unreadable table: the next look)."""
+        if self.release is None or self.db is None or self.ordered.is_set():
+            return
+        try:
+            order = await self.order_for(self.release)
+        except StoreError:
+            return
+        if order is not None:
+            log_event(log, "fleet.rollback_ordered_here", order=order.id, release=self.release[:12], to=order.to_ref)
+            self.ordered.set()
 
     # -- what the leader does ----------------------------------------------------------------
 
@@ -252,6 +270,21 @@ class Leadership:
         """A fleet rollback away from `release` this host has yet to follow."""
         return await asyncio.to_thread(fleet_store.order_for, self._shared(), self.app, release, self.host)
 
+    async def ask_rollback(self, ask: RollbackAsk) -> None:
+        """A follower's ladder reached a rollback of its release: ask the leader (StoreError)."""
+        await asyncio.to_thread(fleet_store.ask_rollback, self._shared(), self.app, ask)
+
+    async def asked(self, release: str, healthy: bool, fresh: timedelta) -> list[tuple[RollbackAsk, ReleaseJudgement]]:
+        """The leader's answer to the followers' asks (fleet_judge.asks_to_order), this host on
+        `release` counting with `healthy`, by the database's clock. pg.Error, OSError,
+        TimeoutError, StoreError when the tables cannot be read."""
+        async with asyncio.timeout(renew_every(self.lease).total_seconds()), self._use:
+            view = await fleet_store.read_fleet(await self._open(), self.app)
+        hosts = [HostVerdict(h.host, h.release, h.healthy, h.seen_at) for h in view.hosts]
+        asks, ordered = await asyncio.to_thread(fleet_store.rollback_asks, self._shared(), self.app)
+        return asks_to_order(asks, hosts, leader=self.host, leader_release=release, leader_healthy=healthy,
+                             ordered=ordered, now=view.db_now, fresh=fresh)  # fmt: skip
+
     async def report_rollback(self, order_id: int, ok: bool, detail: str, at: datetime) -> None:
         await asyncio.to_thread(fleet_store.report_rollback, self._shared(), order_id, self.host, ok, detail, at)
 
@@ -274,6 +307,7 @@ class Leadership:
         """After each of the loop's cycles: this host's line in the registry. A database that
         cannot be reached, or answers slower than a renewal's interval, costs the line, never
         the cycle (said in the log)."""
+        self.release = release
         try:
             async with asyncio.timeout(renew_every(self.lease).total_seconds()):
                 await self.beat(fleet_store.HostBeat(self.app, self.host, release, at, healthy))
@@ -328,7 +362,7 @@ async def fleet_status(config: Config) -> dict[str, Any]:
     if fleet is None or env is None:
         raise FleetError(f"{config.path}: status --fleet: expected a [fleet] section (and [state] dsn_env)")
     server = pg.server(env)
-    app = fleet.app or config.app.name
+    app = config.fleet_app
     try:
         await asyncio.to_thread(fleet_store.migrate, config.shared_db)
         async with pg.connect(server, CONNECT_TIMEOUT.total_seconds()) as conn:

@@ -21,7 +21,7 @@ from typing import TypeVar
 from healer.config import StateDb
 from healer.db import Database, Migration, Row, Tx
 from healer.errors import FencedError
-from healer.fleet_judge import RollbackOrder
+from healer.fleet_judge import RollbackAsk, RollbackOrder
 from healer.lease import LeaseRow, lock_ids
 from healer.pg import AsyncConnection
 
@@ -80,6 +80,20 @@ CREATE TABLE IF NOT EXISTS fleet_rollback_reports (
     PRIMARY KEY (rollback_id, host)
 )""",
     ),
+    Migration(
+        3,
+        "hosts asking the leader for the fleet's rollback",
+        """CREATE TABLE IF NOT EXISTS fleet_rollback_asks (
+    app TEXT NOT NULL,
+    host TEXT NOT NULL,
+    release TEXT NOT NULL,             -- the commit the host runs, which its ladder would roll back
+    target TEXT NOT NULL,              -- the commit its rollback would go to
+    to_ref TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL,                  -- ISO 8601 UTC, by the host's clock
+    PRIMARY KEY (app, host)
+)""",
+    ),
 )
 FLEET = "fleet"  # the component's name in schema_version
 
@@ -122,13 +136,15 @@ def _order(row: Row) -> RollbackOrder:
     return RollbackOrder(int(row[0]), row[1], row[2], row[3], row[4], at, deadline)
 
 
-def order_rollback(db: Database, fence: LeaseFence, order: RollbackOrder) -> int:
-    """Record the leader's rollback for the fleet, fenced by its lease; the order's id."""
+def order_rollback(db: Database, fence: LeaseFence | None, order: RollbackOrder, app: str = "") -> int:
+    """Record a rollback for the fleet of `app`; the order's id. The leader's is fenced by its
+    lease; a person's (fence None: epoch 0) needs no lease, as their command needs no leader."""
+    app, epoch = (app, 0) if fence is None else (fence.app, fence.epoch)
     with db.write("cannot record the fleet's rollback", fence=fence) as tx:
         return tx.insert(
             "INSERT INTO fleet_rollbacks (app, epoch, from_release, target, to_ref, reason, started_at, deadline)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (fence.app, fence.epoch, order.from_release, order.target, order.to_ref, order.reason,
+            (app, epoch, order.from_release, order.target, order.to_ref, order.reason,
              order.started_at.isoformat(), order.deadline.isoformat()),
         )  # fmt: skip
 
@@ -141,6 +157,29 @@ def order_for(db: Database, app: str, release: str, host: str) -> RollbackOrder 
         (app, release, host),
     )
     return _order(rows[0]) if rows else None
+
+
+def ask_rollback(db: Database, app: str, ask: RollbackAsk) -> None:
+    """Record a follower's ask (its newest replaces its last)."""
+    with db.write("cannot ask the fleet's leader for a rollback") as tx:
+        tx.execute(
+            "INSERT INTO fleet_rollback_asks (app, host, release, target, to_ref, reason, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app, host) DO UPDATE SET release = excluded.release,"
+            " target = excluded.target, to_ref = excluded.to_ref, reason = excluded.reason, at = excluded.at",
+            (app, ask.host, ask.release, ask.target, ask.to_ref, ask.reason, ask.at.isoformat()),
+        )
+
+
+def rollback_asks(db: Database, app: str) -> tuple[list[RollbackAsk], set[str]]:
+    """The app's asks, and the releases a fleet rollback was ever ordered away from."""
+    asks = [
+        RollbackAsk(r[0], r[1], r[2], r[3], r[4], datetime.fromisoformat(r[5]))
+        for r in db.query(
+            "SELECT host, release, target, to_ref, reason, at FROM fleet_rollback_asks WHERE app = ?", (app,)
+        )
+    ]
+    ordered = {str(r[0]) for r in db.query("SELECT DISTINCT from_release FROM fleet_rollbacks WHERE app = ?", (app,))}
+    return asks, ordered
 
 
 def report_rollback(db: Database, order_id: int, host: str, ok: bool, detail: str, at: datetime) -> None:

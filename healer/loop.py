@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from healer import gitrepo, repair, rollback
 from healer import report as reports
 from healer.aftermath import (
+    FLEET_SAYS,
     ActionOutcome,
     Crashed,
     Followup,
@@ -33,6 +34,8 @@ from healer.aftermath import (
     Observed,
     RepairResult,
     ResumedRollback,
+    RollbackResult,
+    fleet_rollback_started,
     follow_up,
     rollback_started,
 )
@@ -47,7 +50,7 @@ from healer.config import Config, format_duration, format_elapsed
 from healer.decide import Decision, Situation, decide
 from healer.drift import drift_alerts
 from healer.errors import FencedError, HealerError, LockedError, StoreError, StoreUnreachable
-from healer.fleet_judge import RollbackOrder, freshness
+from healer.fleet_judge import RollbackAsk, freshness, new_order
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
 from healer.ladder import Cause, settled
@@ -136,15 +139,17 @@ class AlertSink:
 
     async def __call__(
         self, items: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
-        incident: tuple[int, datetime] | None, now: datetime, cause: str | None = None,
+        incident: tuple[int, datetime] | None, now: datetime, cause: str | None = None, fleet: bool = False,
     ) -> None:  # fmt: skip
+        """`fleet`: said for the whole fleet by its leader (a coordinated rollback), not for this host."""
         from healer.alerts.shell import CycleContext
 
         # the message footer says "phase ...": pass the label without its own "phase " word
         phase = None if deploy is None else phase_at(deploy.first_seen, now, self.config.schedule).label
         phase = None if phase is None else phase.removeprefix("phase ")
-        context = CycleContext(
-            app=self.config.app.name,
+        context = CycleContext.of(
+            self.config,
+            fleet=fleet,
             commit=None if deploy is None else deploy.commit[:12],
             phase=phase,
             incident_id=None if incident is None else incident[0],
@@ -413,8 +418,8 @@ class Watchdog:
                     now=now, deploy_id=deploy.id, incident_id=incident, outcome=Outcome.OK,
                 )  # fmt: skip
                 event("healer.held", reason=intent.reason)
-        alerts += await self._settle_fleet_rollbacks(deploy, now)
-        report.alerts = alerts
+        fleet_said = await self._settle_fleet_rollbacks(deploy, now) + await self._answer_asks(deploy, verdict, now)
+        report.alerts = alerts + fleet_said
         next_step = decision.next_step
         if any(a.event == Event.REPAIR_SUCCEEDED for a in alerts):
             next_step = watching_after_repair(self.config.escalation.recover_after)
@@ -432,6 +437,8 @@ class Watchdog:
             row = await self._db(self.store.incident, incident)
             self._incident = None if row is None else (row.id, row.opened_at)
         await self._alert(alerts, deploy, verdict, next_step, always=True)
+        if fleet_said:
+            await self._alert(fleet_said, deploy, None, "watching", fleet=True)
         if verdict.ok:
             with contextlib.suppress(HealerError):
                 tag = await rollback.maybe_tag_stable(config=self.config, store=self.store, clock=self.clock)
@@ -471,7 +478,7 @@ class Watchdog:
         if not rollbacks:
             return decision
         if not leadership.is_leader:
-            why = "the fleet's leader decides rollbacks"
+            why = await self._ask_leader(rollbacks[0], deploy, verdict)
         else:
             from healer import pg
 
@@ -494,6 +501,57 @@ class Watchdog:
             )  # fmt: skip
         intents = tuple(i for i in decision.intents if i not in rollbacks)
         return replace(decision, intents=intents, next_step=why)
+
+    async def _ask_leader(self, intent: Rollback, deploy: Deploy, verdict: Verdict) -> str:
+        """[fleet], a follower whose ladder reached a rollback: ask the leader to judge this
+        release over the fleet (it may run another: this host a canary), with the target this
+        host's rollback would go to (its plan, made and not carried out). What this host does
+        instead, for people."""
+        assert self.leadership is not None
+        try:
+            planned = await rollback.run_rollback(
+                config=self.config, ctx=self.ctx, store=self.store, clock=self.clock, who=Who.LOOP,
+                reason=intent.reason, mark_bad=intent.mark_bad, dry_run=True,
+            )  # fmt: skip
+        except HealerError as e:
+            return f"the fleet's leader decides rollbacks; this host's rollback cannot be planned: {e}"
+        p = planned.plan
+        if p is None or not p.ok:
+            return f"the fleet's leader decides rollbacks; this host's rollback would be refused: {planned.refused}"
+        ask = RollbackAsk(self.config.fleet_host, deploy.commit, p.to_commit, p.to_ref, intent.reason, verdict.at)
+        try:
+            await self.leadership.ask_rollback(ask)
+        except StoreError as e:
+            return f"the fleet's leader decides rollbacks; it cannot be asked: {e}"
+        return f"asked the fleet's leader to roll back to {p.to_ref} (it judges {deploy.commit[:12]} over every host)"
+
+    async def _answer_asks(self, deploy: Deploy, verdict: Verdict, now: datetime) -> list[Alert]:
+        """[fleet], the leader: order the rollbacks the followers asked for, of releases most of
+        whose fresh hosts fail (fleet_judge.asks_to_order); each said once, for the fleet."""
+        leadership = self.leadership
+        if leadership is None or not leadership.is_leader:
+            return []
+        from healer import pg
+
+        every = phase_at(deploy.first_seen, now, self.config.schedule).every
+        try:
+            todo = await leadership.asked(deploy.commit, verdict.ok, freshness(leadership.lease, every))
+        except (pg.Error, OSError, TimeoutError, StoreError) as e:  # the next cycle looks again
+            event("fleet.unreachable", error=str(e))
+            return []
+        said = []
+        for ask, judged in todo:
+            reason = f"{judged.describe()}: {ask.reason}"
+            wanted = new_order(ask.release, ask.target, ask.to_ref, reason, now=now, every=every,
+                               budget=action_budget(self.config))  # fmt: skip
+            try:
+                order = await leadership.order_rollback(wanted)
+            except StoreError as e:  # FencedError too: it no longer leads
+                event("fleet.rollback_not_made", release=ask.release[:12], reason=str(e))
+                continue
+            event("fleet.rollback_ordered", order=order, release=ask.release[:12], to=ask.to_ref, asked_by=ask.host)
+            said.append(fleet_rollback_started(ask.release, ask.target, ask.to_ref, reason))
+        return said
 
     async def _situation(self, deploy: Deploy, verdict: Verdict, now: datetime) -> Situation:
         """What decide() needs besides the verdict, read from the store and the repository."""
@@ -655,13 +713,17 @@ class Watchdog:
                 # the leader's decision, for every host on the release: recorded under its
                 # lease before anything is touched (FencedError: it no longer leads)
                 every = phase_at(deploy.first_seen, now, self.config.schedule).every
-                deadline = now + 3 * every + 2 * action_budget(self.config)
-                wanted = RollbackOrder(0, p.from_commit, p.to_commit, p.to_ref, intent.reason, now, deadline)
+                wanted = new_order(p.from_commit, p.to_commit, p.to_ref, intent.reason, now=now, every=every,
+                                   budget=action_budget(self.config))  # fmt: skip
                 order = await self.leadership.order_rollback(wanted)
                 event("fleet.rollback_ordered", order=order, to=p.to_ref)
-            # said under the rollback lock, once the plan is accepted: never for a lost race
+            # said under the rollback lock, once the plan is accepted: never for a lost race; in a
+            # fleet once, by the host that ordered it, for the fleet (a follower's is the leader's)
             event("rollback.started", reason=intent.reason, to=p.to_ref)
-            await self._alert([rollback_started(p, incident=incident)], deploy, None, "rolling back")
+            if self.leadership is None:
+                await self._alert([rollback_started(p, incident=incident)], deploy, None, "rolling back")
+            elif intent.order is None:
+                await self._alert([rollback_started(p, fleet=True)], deploy, None, "rolling back", fleet=True)
 
         try:
             with self.liveness.busy(action_budget(self.config)):
@@ -691,7 +753,11 @@ class Watchdog:
         else:
             report.actions.append(f"rollback to {result.to_ref}: {'ok' if result.ok else 'failed'}")
             event("rollback.finished", ok=result.ok, to=result.to_ref, detail=result.detail)
-        return await self._follow_up(result, deploy, incident)
+        alerts = await self._follow_up(result, deploy, incident)
+        if order is None:
+            return alerts
+        # part of the fleet's rollback: its one outcome, naming every host, is the leader's to say
+        return [a for a in alerts if a.event not in FLEET_SAYS]
 
     async def _report_to_fleet(self, order: int | None, ok: bool, detail: str) -> None:
         """[fleet]: this host's word on the fleet rollback it took part in (lost with a store
@@ -702,6 +768,20 @@ class Watchdog:
             await self.leadership.report_rollback(order, ok, detail, self.clock.now())
         except StoreError as e:
             event("fleet.report_lost", order=order, error=str(e))
+
+    async def _report_resumed(self, r: RollbackResult) -> bool:
+        """[fleet]: a rollback a kill cut short and this start finished may have been this host's
+        part of the fleet's: its report, which the killed process never made. Whether it was."""
+        if self.leadership is None or not r.from_commit or not r.to_commit:
+            return False
+        try:
+            order = await self.leadership.order_for(r.from_commit)
+        except StoreError:  # unreadable: the leader counts no report, and says so
+            return False
+        if order is None or order.target != r.to_commit:
+            return False
+        await self._report_to_fleet(order.id, r.ok, r.detail)
+        return True
 
     async def _settle_fleet_rollbacks(self, deploy: Deploy, now: datetime) -> list[Alert]:
         """[fleet], the leader: the one outcome of each fleet rollback now complete, naming the
@@ -740,9 +820,10 @@ class Watchdog:
 
     async def _alert(
         self, alerts: list[Alert], deploy: Deploy | None, verdict: Verdict | None, next_step: str,
-        *, always: bool = False,
+        *, always: bool = False, fleet: bool = False,
     ) -> None:  # fmt: skip
-        """Hand alerts to the pipeline; `always` also lets it send due reminders."""
+        """Hand alerts to the pipeline; `always` also lets it send due reminders; `fleet`: they
+        are the fleet's (AlertSink)."""
         if self._alert_sink is None:
             for a in alerts:
                 event("alert", alert=a.event, severity=a.severity.name.lower(), title=a.title, detail=a.detail)
@@ -751,7 +832,8 @@ class Watchdog:
             return
         try:
             cause = None if verdict is None or verdict.ok else self._cause
-            await self._alert_sink(alerts, deploy, verdict, next_step, self._incident, self.clock.now(), cause)
+            incident = None if fleet else self._incident
+            await self._alert_sink(alerts, deploy, verdict, next_step, incident, self.clock.now(), cause, fleet)
         except Exception as e:
             event("alert.error", error=f"{type(e).__name__}: {e}")
 
@@ -826,8 +908,10 @@ class Watchdog:
             self.acting = None
         for r in resumed:
             event("rollback.resumed", ok=r.ok, detail=r.detail)
+            fleets = await self._report_resumed(r)
             after = await self._carry_out(ResumedRollback(r), None, None)
-            await self._alert(list(after.alerts), None, None, after.next_step or "watching")
+            said = [a for a in after.alerts if not (fleets and a.event in FLEET_SAYS)]  # the leader's to say
+            await self._alert(said, None, None, after.next_step or "watching")
         if not stop.is_set():
             await self._resume_repairs()
         # Waits, "every 10 s" and "every hour" are counted on the monotonic clock: a wall clock
@@ -857,11 +941,14 @@ class Watchdog:
                 self.liveness.beat()
                 await self._announce_expired_pauses(deploy, now)
                 early = early_cycle_at(self.watcher.pending, self._early_runs, now, settle=settle_for(self.config))
-                if left > timedelta(0) and (early is None or early > now):
+                ordered = self.leadership is not None and self.leadership.ordered.is_set()
+                if left > timedelta(0) and not ordered and (early is None or early > now):
                     # only a new wake can bring an early cycle nearer: pending ones set `early`
-                    wake = None if self.watcher.pending else self.watcher.changed
+                    wakes = [] if self.watcher.pending else [self.watcher.changed]
+                    if self.leadership is not None:  # the fleet's rollback waits for this host
+                        wakes.append(self.leadership.ordered)
                     delay = min(left, HEAD_POLL) if early is None else min(left, HEAD_POLL, early - now)
-                    await self._wait(stop, delay, wake)
+                    await self._wait(stop, delay, *wakes)
                     continue
                 late = -left
                 if started and late > overdue_after(due - (deploy.last_cycle_at or due)):
@@ -874,6 +961,9 @@ class Watchdog:
                     )  # fmt: skip
                 started = True
                 woken = self._woken(now, early=left > timedelta(0))
+                if ordered and self.leadership is not None:
+                    self.leadership.ordered.clear()
+                    woken = woken or "the fleet's rollback waits for this host"
                 cycle = await self.step(woken)
                 if cycle.actions:
                     self.watcher.refresh()  # a restart or rollback left new PIDs to watch
@@ -955,10 +1045,10 @@ class Watchdog:
         event("cycle.woken", why=why)
         return why
 
-    async def _wait(self, stop: asyncio.Event, delay: timedelta, wake: asyncio.Event | None = None) -> None:
+    async def _wait(self, stop: asyncio.Event, delay: timedelta, *wakes: asyncio.Event) -> None:
         """Sleep `delay` on the clock (the event loop's monotonic clock, for the real one), or
-        until `stop` (or `wake`) is set."""
-        await first_done(self.clock.sleep(delay), stop.wait(), *(() if wake is None else (wake.wait(),)))
+        until `stop` (or one of `wakes`) is set."""
+        await first_done(self.clock.sleep(delay), stop.wait(), *(w.wait() for w in wakes))
 
     async def _watch_store(self) -> None:
         """Say once when the store stops taking writes, and once when it has taken the backlog.

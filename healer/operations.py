@@ -9,6 +9,7 @@ from chat.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from healer.chatops import Ack, ack_in_force
 from healer.clock import SystemClock
 from healer.config import Config, format_duration
+from healer.logging import log_event
 from healer.model import Alert, Event, Outcome, Severity, Who
 
 if TYPE_CHECKING:
@@ -47,13 +49,14 @@ def announce(config: Config, event: Event, title: str, detail: str, severity: Se
     send(config, (Alert(event, severity, title, detail, bypass_dedup=True),))
 
 
-def send(config: Config, alerts: Sequence[Alert]) -> None:
-    """Queue alerts in the outbox; the running loop's sender delivers them."""
+def send(config: Config, alerts: Sequence[Alert], *, fleet: bool = False) -> None:
+    """Queue alerts in the outbox; the running loop's sender delivers them. `fleet`: they are
+    said for the whole fleet (a person's coordinated rollback), not for this host."""
     from healer.alerts.shell import Alerts, CycleContext
 
     outbox = Alerts(config)
     try:
-        outbox.submit_sync(alerts, CycleContext(app=config.app.name), SystemClock().now())
+        outbox.submit_sync(alerts, CycleContext.of(config, fleet=fleet), SystemClock().now())
     finally:
         outbox.close()
 
@@ -199,19 +202,74 @@ async def rollback(
     *, force: bool = False, mark_bad: bool = False,
 ) -> RollbackResult:  # fmt: skip
     """Roll back now (the plan was shown and confirmed by the caller): announced once it holds
-    the rollback lock with an accepted plan, then its outcome."""
+    the rollback lock with an accepted plan, then its outcome.
+
+    In a fleet ([fleet]) a person's rollback is the fleet's: before anything is touched it is
+    recorded as the fleet's order (no lease needed: a person outranks the leader), every host on
+    the release follows it at once, and the leader announces the one outcome. When the order
+    cannot be recorded, nothing is rolled back (a lone host rolled back is a mixed fleet)."""
     import asyncio
 
     from healer import rollback as rb
-    from healer.aftermath import follow_up, rollback_started
+    from healer.aftermath import FLEET_SAYS, follow_up, rollback_started
+
+    fleet = config.fleet is not None
+    order: int | None = None
 
     async def started(p: Plan) -> None:
         # under the rollback lock, the plan accepted: a lost race or a refusal announces nothing
-        await asyncio.to_thread(send, config, (rollback_started(p, by=actor.name),))
+        nonlocal order
+        if fleet:
+            order = await asyncio.to_thread(_order_fleet_rollback, config, store, p, f"{reason} (by {actor.name})")
+        await asyncio.to_thread(send, config, (rollback_started(p, by=actor.name, fleet=fleet),), fleet=fleet)
 
     result = await rb.run_rollback(
         config=config, ctx=ctx, store=store, clock=SystemClock(), who=actor.who, reason=reason, to=to,
         force=force, mark_bad=mark_bad, on_start=started,
     )  # fmt: skip
-    send(config, follow_up(result, config=config, by=actor.name).alerts)
+    alerts = follow_up(result, config=config, by=actor.name).alerts
+    if order is not None:
+        # this host's part of the fleet's rollback: the leader's one outcome names every host
+        await asyncio.to_thread(_report_fleet_rollback, config, order, result)
+        alerts = tuple(a for a in alerts if a.event not in FLEET_SAYS)
+    send(config, alerts)
     return result
+
+
+def _order_fleet_rollback(config: Config, store: Store, p: Plan, reason: str) -> int:
+    """Record a person's rollback as the fleet's order; its id (StoreError: nothing recorded)."""
+    from healer import fleet_store
+    from healer.db import Database
+    from healer.fleet_judge import new_order
+    from healer.notify import action_budget
+    from healer.schedule import phase_at
+
+    now = SystemClock().now()
+    d = store.current_deploy()
+    every = phase_at(now if d is None else d.first_seen, now, config.schedule).every
+    wanted = new_order(p.from_commit, p.to_commit, p.to_ref, reason, now=now, every=every, budget=action_budget(config))
+    fleet_store.migrate(config.shared_db)
+    db = Database(config.shared_db)
+    try:
+        return fleet_store.order_rollback(db, None, wanted, app=config.fleet_app)
+    finally:
+        db.close()
+
+
+def _report_fleet_rollback(config: Config, order: int, result: RollbackResult) -> None:
+    """This host's word on the fleet's rollback it ordered (lost with a store that cannot be
+    written: the leader then counts the host as not having followed, and says so)."""
+    from healer import fleet_store
+    from healer.db import Database
+    from healer.errors import StoreError
+
+    ok = result.ok and not result.refused
+    try:
+        db = Database(config.shared_db)
+        try:
+            fleet_store.report_rollback(db, order, config.fleet_host, ok, result.refused or result.detail,
+                                        SystemClock().now())  # fmt: skip
+        finally:
+            db.close()
+    except StoreError as e:
+        log_event(logging.getLogger("healer"), "fleet.report_lost", level=logging.WARNING, order=order, error=str(e))

@@ -145,10 +145,13 @@ def history_rows(config: Config, since: timedelta) -> list[dict[str, Any]]:
             rows.append({"at": a.at.isoformat(), "type": a.kind, "who": a.who, "what": a.name, "why": a.reason,
                          "outcome": a.outcome, "detail": a.detail})  # fmt: skip
     from healer.alerts.outbox import Outbox
+    from healer.alerts.pipeline import FLEET
 
     outbox = Outbox(config.shared_db)
+    # in a fleet's shared outbox: this host's alerts and the fleet's (its coordinated rollbacks)
+    sources = None if config.fleet is None else (config.alert_source, FLEET)
     try:
-        for rec in outbox.history(start):
+        for rec in outbox.history(start, sources):
             sent = ", ".join(f"{d.channel}: {d.state.value}" for d in rec.deliveries)
             rows.append({"at": rec.created_at.isoformat(), "type": "alert", "who": "", "what": rec.title,
                          "outcome": sent, "detail": ", ".join(i.event for i in rec.message.items),

@@ -16,6 +16,7 @@ from services import wait_until
 
 from healer.alerts.message import AlertMessage
 from healer.alerts.outbox import DeliveryState, Outbox, retry_delay
+from healer.alerts.pipeline import FLEET
 from healer.alerts.shell import Alerts, CycleContext, LogChannel
 from healer.clock import FakeClock
 from healer.config import StateDb
@@ -186,6 +187,29 @@ def test_dedup_memory_survives_a_restart(tmp_path: Path, db: StateDb) -> None:
         "incident.resolved",
     ]
     b.close()
+
+
+def test_hosts_sharing_one_outbox_each_remember_their_own_incidents(tmp_path: Path, db: StateDb) -> None:
+    """A fleet's hosts share the outbox: web-2's incident #1 is announced although web-1's
+    incident #1 was, each host's repeat is still dropped, and each host's history holds its own
+    alerts and the fleet's."""
+    cfg = healer_config(tmp_path)
+    a = Alerts(cfg, outbox=Outbox(db), channels=[LogChannel()])
+    opened = Alert(Event.INCIDENT_OPENED, Severity.WARNING, "api is failing", incident_id=1)
+    for host in ("web-1", "web-2"):
+        ctx = CycleContext(app=f"shop on {host}", incident_id=1, incident_since=T0, source=host)
+        [entry] = a.submit_sync([opened], ctx, T0).entries
+        assert entry.message.app == f"shop on {host}"
+        assert a.submit_sync([opened], ctx, T0).entries == ()  # its own memory
+    fleet = CycleContext(app="shop (fleet)", source=FLEET)
+    a.submit_sync(
+        [Alert(Event.ROLLBACK_SUCCEEDED, Severity.INFO, "the fleet's rollback", bypass_dedup=True)], fleet, T0
+    )
+    a.close()
+    ob = Outbox(db)
+    assert [r.message.app for r in ob.history(None, ("web-2", FLEET))] == ["shop on web-2", "shop (fleet)"]
+    assert len(ob.history()) == 3
+    ob.close()
 
 
 def test_flapping_groups_survive_a_restart(tmp_path: Path, db: StateDb) -> None:

@@ -1,13 +1,15 @@
 """End-to-end fleet judgement: two or three real `healer run` processes, each watching its own copy of the
 sample app (its own clone of the repository, its own port, `[process]` manager "command"),
 sharing one real PostgreSQL (I/O). A bad deploy on every host is rolled back once, by the leader, and followed;
-one sick host has its own app restarted by its own healer, and the fleet is not rolled back."""
+one sick host has its own app restarted by its own healer, and the fleet is not rolled back; a person's
+rollback on one host is the fleet's. Alerts go to one loopback Telegram: each event once."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ import httpx
 import psutil
 import psycopg
 import pytest
+from chatfakes import ChatFake
 from helpers import HEALER, commit, git, healer, make_repo
 from prometheus_client.parser import text_string_to_metric_families
 from services import PostgresServer, free_port, wait_for_port, wait_until
@@ -33,7 +36,9 @@ WAIT = 120.0  # generous: never a wall-clock assertion, only "eventually"
 class Host:
     """One server: its clone of the app's repository, the sample app on its own port, and its healer."""
 
-    def __init__(self, root: Path, name: str, origin: Path, *, server: bool = False) -> None:
+    def __init__(
+        self, root: Path, name: str, origin: Path, telegram: str, every: str, extra: str = "", *, server: bool = False
+    ) -> None:
         self.name = name
         self.dir = root / name
         self.dir.mkdir()
@@ -59,7 +64,7 @@ name = "shop"
 repo = "{self.repo}"
 stable_tags = "stable-*"
 [schedule]
-phases = [{{ until = "72h", every = "1s" }}]
+phases = [{{ until = "72h", every = "{every}" }}]
 incident_every = "1s"
 [escalation]
 repair_grace = "2s"
@@ -73,13 +78,17 @@ manager = "command"
 start = {json.dumps(self.argv)}
 match = {json.dumps(self.match)}
 cwd = {json.dumps(str(self.repo))}
-""")
+[alerts]
+timeout = "2s"
+[alerts.telegram]
+api_url = "{telegram}"
+{extra}""")
         self.metrics_url: str | None = None
         if server:  # [server]: /metrics on a loopback port of its own
             port = free_port()
             self.metrics_url = f"http://127.0.0.1:{port}/metrics"
             with self.config.open("a") as f:
-                f.write(f'[server]\nlisten = "127.0.0.1:{port}"\n')
+                f.write(f'\n[server]\nlisten = "127.0.0.1:{port}"\n')
 
     def start_app(self) -> None:
         with open(self.dir / "app.log", "ab") as log:
@@ -145,8 +154,9 @@ cwd = {json.dumps(str(self.repo))}
 
 
 class Fleet:
-    def __init__(self, root: Path, dsn: str) -> None:
+    def __init__(self, root: Path, dsn: str, fake: ChatFake) -> None:
         self.dsn = dsn
+        self.fake = fake
         self.origin = make_repo(root / "origin")
         (self.origin / "app.json").write_text(json.dumps({"version": "1.0"}))
         git(self.origin, "add", "app.json")
@@ -155,10 +165,13 @@ class Fleet:
         self.root = root
         self.hosts: dict[str, Host] = {}
 
-    def start(self, n: int = 2, *, server: bool = False) -> None:
-        """n hosts, web-1 ... web-n, each its app and its healer (with `server`, its /metrics);
-        once each reported healthy."""
-        self.hosts = {f"web-{i}": Host(self.root, f"web-{i}", self.origin, server=server) for i in range(1, n + 1)}
+    def start(self, n: int = 2, every: str = "1s", extra: str = "", *, server: bool = False) -> None:
+        """n hosts, web-1 ... web-n, each its app and its healer cycling `every` (`extra`: more of
+        healer.toml; with `server`, its /metrics); once each reported healthy."""
+        self.hosts = {
+            f"web-{i}": Host(self.root, f"web-{i}", self.origin, self.fake.url, every, extra, server=server)
+            for i in range(1, n + 1)
+        }
         for h in self.hosts.values():
             h.start_app()
             h.run_healer()
@@ -187,8 +200,14 @@ class Fleet:
         rows = self.query(f"SELECT healthy FROM fleet_hosts WHERE app = 'shop' AND host = '{host}'")
         return bool(rows and rows[0][0])
 
+    def said(self, words: str) -> list[str]:
+        """The Telegram messages healer sent that contain `words`."""
+        texts = [re.sub(r"<[^>]+>", "", str(m.get("text"))) for m in self.fake.telegram_messages()]
+        return [t for t in texts if words in t]
+
     def output(self) -> str:
-        return "\n".join(f"--- {h.name}:\n{h.log()}" for h in self.hosts.values())
+        chat = "\n".join(str(m.get("text")).split("\n")[0] for m in self.fake.telegram_messages())
+        return "\n".join(f"--- {h.name}:\n{h.log()}" for h in self.hosts.values()) + f"\n--- telegram:\n{chat}"
 
     def eventually(self, pred: Callable[[], Any], what: str) -> None:
         assert wait_until(lambda: bool(pred()), WAIT), f"timed out waiting for {what}\n{self.output()}"
@@ -197,13 +216,15 @@ class Fleet:
 @pytest.fixture
 def fleet(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[Fleet]:
     dsn = postgres_server.create_database()
-    os.environ["HEALER_STATE_DSN"] = dsn
-    f = Fleet(tmp_path, dsn)
+    fake = ChatFake().start()
+    os.environ.update({"HEALER_STATE_DSN": dsn, "TELEGRAM_BOT_TOKEN": fake.token, "TELEGRAM_CHAT_ID": "4242"})
+    f = Fleet(tmp_path, dsn, fake)
     try:
         yield f
     finally:
         for h in f.hosts.values():
             h.stop()
+        fake.stop()
         postgres_server.drop_database(dsn)
 
 
@@ -219,6 +240,27 @@ def test_one_sick_host_has_only_its_own_app_restarted(fleet: Fleet) -> None:
     fleet.eventually(lambda: fleet.healthy("web-2"), "web-2 healthy again in the registry")
     assert well.app_pids() == untouched and well.done("repair") == []
     assert [h.done("rollback") for h in fleet.hosts.values()] == [[], []]
+
+
+def test_a_bad_release_on_a_follower_alone_is_rolled_back_by_the_leaders_order(fleet: Fleet) -> None:
+    """A canary: 2.0 goes to the follower only and answers 500. Its healer restarts its app (no
+    help), asks the leader, which runs 1.0 and judges 2.0 over the hosts on it (1 of 1 fails),
+    orders the fleet's rollback of 2.0; the follower follows. The leader's own app is never touched."""
+    fleet.start(2)
+    leader = fleet.leader()
+    canary = next(h for n, h in fleet.hosts.items() if n != leader)
+    other = fleet.hosts[str(leader)]
+    untouched = other.app_pids()
+    bad = fleet.release("2.0", broken=True)
+    canary.deploy()
+    fleet.eventually(lambda: fleet.query("SELECT outcome FROM fleet_rollbacks WHERE outcome IS NOT NULL"),
+                     "the fleet rollback's outcome")  # fmt: skip
+    assert canary.serving() == "1.0" and other.serving() == "1.0"
+    [(from_release, to_ref, outcome)] = fleet.query("SELECT from_release, to_ref, outcome FROM fleet_rollbacks")
+    assert (from_release, to_ref) == (bad, "stable-1")
+    assert outcome == f"{canary.name} rolled back from {bad[:12]} to stable-1", outcome
+    assert canary.done("repair", "ok") == [] and canary.done("repair")  # the restart came first, and failed
+    assert other.app_pids() == untouched and other.done("repair") == [] and other.done("rollback") == []
 
 
 @pytest.mark.parametrize("n", [2, 3], ids=["two", "three"])
@@ -249,6 +291,64 @@ def test_a_bad_deploy_on_every_host_is_one_rollback_decided_by_the_leader_and_fo
 
     fleet.eventually(announced, "the outcome announced")
     assert len(announced()) == 1, announced()  # one outcome, in the shared outbox
+    # in chat: the fleet's rollback said once as it starts and once as it ends, for the fleet;
+    # each host's own incident names its host
+    fleet.eventually(lambda: fleet.said("Rolled back"), "the outcome in chat")
+    assert [t.split("\n")[0] for t in fleet.said("Rolling back")] == ["🔴 shop (fleet): Rolling back"], fleet.output()
+    [done] = fleet.said("Rolled back")
+    assert done.startswith("✅ shop (fleet): Rolled back") and outcome in done, fleet.output()
+    for name in fleet.hosts:
+        assert fleet.said(f"shop on {name}: Incident opened"), fleet.output()
+
+
+def test_a_follower_killed_in_the_middle_of_the_fleets_rollback_finishes_it_and_reports(fleet: Fleet) -> None:
+    """kill -9 of a follower's healer while it verifies its part of the fleet's rollback: started
+    again, it finishes the rollback it journaled and reports it, so the leader's one outcome names
+    every host as having followed (none "no report"), and nothing is said twice."""
+    fleet.start(2, extra='[rollback]\nverify_grace = "10s"\n')
+    follower = next(h for n, h in fleet.hosts.items() if n != fleet.leader())
+    bad = fleet.release("2.0", broken=True)
+    for h in fleet.hosts.values():
+        h.deploy()
+    fleet.eventually(lambda: [r for r in follower.rows("rollback") if r["outcome"] == "started"],
+                     f"{follower.name}'s part of the fleet's rollback under way")  # fmt: skip
+    assert follower.healer is not None
+    follower.healer.kill()
+    follower.healer.wait(10)
+    follower.run_healer()
+    fleet.eventually(lambda: fleet.query("SELECT outcome FROM fleet_rollbacks WHERE outcome IS NOT NULL"),
+                     "the fleet rollback's outcome")  # fmt: skip
+    [(outcome,)] = fleet.query("SELECT outcome FROM fleet_rollbacks")
+    assert outcome == f"web-1, web-2 rolled back from {bad[:12]} to stable-1", outcome
+    assert all(h.serving() == "1.0" for h in fleet.hosts.values())
+    fleet.eventually(lambda: fleet.said("Rolled back"), "the outcome in chat")
+    assert len(fleet.said("Rolled back")) == 1 and len(fleet.said("Rolling back")) == 1, fleet.output()
+
+
+def test_a_persons_rollback_on_one_host_is_the_fleets(fleet: Fleet) -> None:
+    """Release 2.0 is healthy but a person wants it gone: `healer rollback` on a follower rolls its
+    own host back and orders the fleet's rollback, which the other host follows at once (its next
+    cycle is an hour away: the order wakes it), and the leader announces one outcome."""
+    fleet.start(2, every="1h")
+    new = fleet.release("2.0")
+    for h in fleet.hosts.values():
+        h.deploy()
+    fleet.eventually(lambda: all(h.serving() == "2.0" for h in fleet.hosts.values()), "every host on 2.0")
+    both = f"SELECT count(*) FROM fleet_hosts WHERE release = '{new}' AND healthy HAVING count(*) = 2"
+    fleet.eventually(lambda: fleet.query(both), "both hosts healthy on 2.0 in the registry")
+    leader = fleet.leader()
+    person = next(h for n, h in fleet.hosts.items() if n != leader)
+    out = healer("--config", str(person.config), "rollback", "--reason", "pricing is wrong", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    fleet.eventually(lambda: all(h.serving() == "1.0" for h in fleet.hosts.values()), "every host on 1.0")
+    orders = fleet.query("SELECT epoch, from_release, to_ref, reason FROM fleet_rollbacks")
+    assert len(orders) == 1 and orders[0][:3] == (0, new, "stable-1"), orders  # a person's: no lease
+    assert "pricing is wrong" in orders[0][3]
+    fleet.eventually(lambda: fleet.said("Rolled back"), "the outcome in chat")
+    [done] = fleet.said("Rolled back")
+    assert done.startswith("✅ shop (fleet): Rolled back") and "web-1, web-2 rolled back from" in done, done
+    [started] = fleet.said("Rolling back")
+    assert started.startswith("🔴 shop (fleet): Rolling back") and "(by " in started, started
 
 
 def _scrape(url: str) -> dict[str, list[dict[str, str]]] | None:

@@ -10,8 +10,10 @@ import pytest
 from healer.clock import FakeClock
 from healer.fleet_judge import (
     HostVerdict,
+    RollbackAsk,
     RollbackOrder,
     RollbackOutcome,
+    asks_to_order,
     freshness,
     judge_release,
     rollback_outcome,
@@ -127,3 +129,29 @@ def test_a_fleet_rollback_has_one_outcome_once_every_host_reported_or_the_deadli
     assert outcome({"web-1": True, "web-2": False}) == RollbackOutcome(
         False, "web-1 rolled back from bbbbbbbbbbbb to stable-1; did not follow: web-2 (failed), web-3 (no report)"
     )
+
+
+def test_the_leader_orders_the_rollback_a_canary_asked_for_once_and_never_for_one_sick_host() -> None:
+    """A follower's ladder asks for a rollback of the release it runs: the leader, on another
+    release, orders it when most fresh hosts on that release fail (a canary alone on it), not
+    when one host of several on it fails, not twice, and not for a host that moved on."""
+    hosts = [_host("web-1", True, release=GOOD), _host("web-2", False), _host("web-3", True, release=GOOD)]
+    ask = RollbackAsk("web-2", BAD, GOOD, "stable-1", "api failing", T0)
+
+    def asked(hosts: list[HostVerdict], ordered: frozenset[str] = frozenset()) -> list[str]:
+        todo = asks_to_order([ask], hosts, leader="web-1", leader_release=GOOD, leader_healthy=True, ordered=ordered,
+                             now=T0, fresh=FRESH)  # fmt: skip
+        return [f"{a.host} -> {a.to_ref}: {j.describe()}" for a, j in todo]
+
+    assert asked(hosts) == ["web-2 -> stable-1: 1 of 1 host on bbbbbbbbbbbb fail (web-2)"]
+    assert asked(hosts, ordered=frozenset({BAD})) == []  # once
+    two = [*hosts[:2], _host("web-3", True)]  # web-3 on the same release, healthy: one sick host of two
+    assert asked(two) == []
+    moved = [hosts[0], _host("web-2", True, release=GOOD), hosts[2]]  # web-2 rolled back meanwhile
+    assert asked(moved) == []
+    stale = [hosts[0], _host("web-2", False, seen=T0 - FRESH - timedelta(seconds=1)), hosts[2]]
+    assert asked(stale) == []
+    # the leader on the release counts with its own verdict: 2 of 3 fail, it passes
+    mine = asks_to_order([ask], [_host("web-2", False), _host("web-3", False)], leader="web-1", leader_release=BAD,
+                         leader_healthy=True, ordered=set(), now=T0, fresh=FRESH)  # fmt: skip
+    assert [j.describe() for _, j in mine] == ["2 of 3 hosts on bbbbbbbbbbbb fail (web-2, web-3)"]

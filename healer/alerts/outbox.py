@@ -18,6 +18,10 @@ Tables (all ours, created on open by MIGRATIONS):
     alert_deliveries  one row per (message, channel): state, attempts, next_try_at, last_error,
                       claimed_by and claimed_until while a sender is at it
     alert_items       one row per event planned or muted: the pipeline's memory for dedup
+
+Each row names its `source` (pipeline.CycleContext.source): in a fleet every host plans its own
+alerts against its own memory (its incident #1 is not another host's), and `healer history`
+shows a host's own alerts and the fleet's.
 """
 
 from __future__ import annotations
@@ -110,6 +114,14 @@ CREATE INDEX IF NOT EXISTS alert_items_incident ON alert_items (incident_id);
         """
 ALTER TABLE alert_deliveries ADD COLUMN claimed_by TEXT;    -- the sender sending it now
 ALTER TABLE alert_deliveries ADD COLUMN claimed_until TEXT  -- ... until then at most
+""",
+    ),
+    Migration(
+        3,
+        "sources: whose alerts, in an outbox several healers share",
+        """
+ALTER TABLE alert_outbox ADD COLUMN source TEXT NOT NULL DEFAULT '';  -- pipeline.CycleContext.source
+ALTER TABLE alert_items ADD COLUMN source TEXT NOT NULL DEFAULT ''
 """,
     ),
 )
@@ -260,10 +272,10 @@ class Outbox:
 
     # -- writing --
 
-    def enqueue(self, message: AlertMessage, channels: Sequence[str]) -> int:
+    def enqueue(self, message: AlertMessage, channels: Sequence[str], source: str = "") -> int:
         """Store a message for `channels`, due at once; returns its id. Not remembered for dedup."""
         with self._write() as db:
-            return self._insert(db, message, channels)
+            return self._insert(db, message, channels, source=source)
 
     def commit_plan(self, plan: AlertPlan, now: datetime, *, delivered: Sequence[Collection[str]] = ()) -> list[int]:
         """Store a cycle's plan in one transaction: its messages, and its items for dedup.
@@ -278,15 +290,17 @@ class Outbox:
             for n, p in enumerate(plan.entries):
                 if not p.channels:
                     continue
-                aid = self._insert(db, p.message, p.channels, delivered=delivered[n] if n < len(delivered) else ())
+                aid = self._insert(
+                    db, p.message, p.channels, delivered=delivered[n] if n < len(delivered) else (), source=plan.source
+                )
                 ids.append(aid)
                 for it in p.message.items:
                     by_item.setdefault(it, aid)
             for r in plan.remember:
                 db.execute(
                     "INSERT INTO alert_items"
-                    " (alert_id, at, event, severity, incident_id, title, muted, flap_group)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " (alert_id, at, event, severity, incident_id, title, muted, flap_group, source)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         None if r.muted else by_item.get(r.item),
                         _ts(now),
@@ -296,16 +310,19 @@ class Outbox:
                         redact(r.item.title),
                         int(r.muted),
                         r.group,  # built from the redacted title (Alerts._plan scrubs it first)
+                        plan.source,
                     ),
                 )
         return ids
 
     @staticmethod
-    def _insert(db: Tx, message: AlertMessage, channels: Sequence[str], *, delivered: Collection[str] = ()) -> int:
+    def _insert(
+        db: Tx, message: AlertMessage, channels: Sequence[str], *, delivered: Collection[str] = (), source: str = ""
+    ) -> int:
         aid = db.insert(
             "INSERT INTO alert_outbox"
-            " (created_at, event, severity, incident_id, title, payload_json)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " (created_at, event, severity, incident_id, title, payload_json, source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 _ts(message.created_at),
                 message.event,
@@ -313,6 +330,7 @@ class Outbox:
                 message.incident_id,
                 redact(message.title),
                 json.dumps(_redacted(message), ensure_ascii=False),
+                source,
             ),
         )
         for ch in dict.fromkeys(channels):
@@ -443,21 +461,25 @@ class Outbox:
             )
         return int(rows[0][0])
 
-    def history(self, since: datetime | None = None) -> list[AlertRecord]:
-        """Stored alerts created at or after `since`, oldest first, with each channel's delivery."""
+    def history(self, since: datetime | None = None, sources: Collection[str] | None = None) -> list[AlertRecord]:
+        """Stored alerts created at or after `since` (of `sources` only, when given), oldest
+        first, with each channel's delivery."""
         cut = _ts(since) if since else ""
+        only, args = "", [cut]
+        if sources is not None:
+            only = f" AND a.source IN ({', '.join('?' * len(sources))})" if sources else " AND 1 = 0"
+            args += list(sources)
         rows = self._read(
-            "SELECT id, created_at, event, severity, title, incident_id, payload_json"
-            " FROM alert_outbox"
-            " WHERE created_at >= ? ORDER BY id",
-            (cut,),
+            "SELECT a.id, a.created_at, a.event, a.severity, a.title, a.incident_id, a.payload_json"
+            f" FROM alert_outbox a WHERE a.created_at >= ?{only} ORDER BY a.id",
+            args,
         )
         dels = self._read(
             "SELECT d.alert_id, d.channel, d.state, d.attempts, d.next_try_at, d.delivered_at,"
             " d.last_error FROM alert_deliveries d JOIN alert_outbox a ON a.id = d.alert_id"
-            " WHERE a.created_at >= ?"
+            f" WHERE a.created_at >= ?{only}"
             " ORDER BY d.alert_id, d.channel",
-            (cut,),
+            args,
         )
         per: dict[int, list[DeliveryRecord]] = {}
         for aid, ch, state, attempts, nxt, delivered, err in dels:
@@ -485,11 +507,14 @@ class Outbox:
             for r in rows
         ]
 
-    def memory(self, now: datetime, repeat_every: timedelta) -> AlertMemory:
-        """What the pipeline needs from the past: every incident's story, and recent messages."""
+    def memory(self, now: datetime, repeat_every: timedelta, source: str = "") -> AlertMemory:
+        """What the pipeline needs from the past of `source`'s alerts: every incident's story,
+        and recent messages."""
         incidents: dict[int, IncidentMemory] = {}
         for inc, event, sev, muted, at in self._read(
-            "SELECT incident_id, event, severity, muted, at FROM alert_items WHERE incident_id IS NOT NULL ORDER BY id"
+            "SELECT incident_id, event, severity, muted, at FROM alert_items"
+            " WHERE incident_id IS NOT NULL AND source = ? ORDER BY id",
+            (source,),
         ):
             m = incidents.get(inc, IncidentMemory())
             severity = Severity[sev.upper()]
@@ -503,23 +528,23 @@ class Outbox:
             (ev, inc, title): _dt(at)
             for ev, inc, title, at in self._read(
                 "SELECT event, incident_id, title, MAX(at) FROM alert_items"
-                " WHERE at > ? AND muted = 0"
+                " WHERE at > ? AND muted = 0 AND source = ?"
                 " GROUP BY event, incident_id, title",
-                (cut,),
+                (cut, source),
             )
         }
         openings = tuple(
             (_dt(at), group or "")
             for at, group in self._read(
-                "SELECT at, flap_group FROM alert_items WHERE at > ? AND event = ? ORDER BY id",
-                (cut, Event.INCIDENT_OPENED),
+                "SELECT at, flap_group FROM alert_items WHERE at > ? AND event = ? AND source = ? ORDER BY id",
+                (cut, Event.INCIDENT_OPENED, source),
             )
         )
         flapping = {
             group or "": _dt(at)
             for group, at in self._read(
-                "SELECT flap_group, MAX(at) FROM alert_items WHERE event = ? GROUP BY flap_group",
-                (Event.INCIDENT_FLAPPING,),
+                "SELECT flap_group, MAX(at) FROM alert_items WHERE event = ? AND source = ? GROUP BY flap_group",
+                (Event.INCIDENT_FLAPPING, source),
             )
         }
         return AlertMemory(incidents=incidents, recent=recent, openings=openings, flapping=flapping)
@@ -586,6 +611,7 @@ class Sender:
         channels: Sequence[Channel],
         *,
         app: str = "app",
+        source: str = "",
         timeout: timedelta = DEFAULT_TIMEOUT,
         clock: Clock | None = None,
         tries: int = DEFAULT_TRIES,
@@ -599,6 +625,7 @@ class Sender:
         self.channels = {c.name: c for c in channels}
         self.routes = tuple(Route(c.name, c.min_severity) for c in channels)
         self.app = app
+        self.source = source  # whose alerts its own are (pipeline.CycleContext.source)
         self.timeout = timeout
         self.clock: Clock = clock or SystemClock()
         self.tries = tries
@@ -850,7 +877,7 @@ class Sender:
         if not targets:
             return
         message = AlertMessage(items=(item,), app=self.app, created_at=self.clock.now())
-        await asyncio.to_thread(self.outbox.enqueue, message, targets)
+        await asyncio.to_thread(self.outbox.enqueue, message, targets, self.source)
         log_event(
             log,
             "alerts.channel_failing",

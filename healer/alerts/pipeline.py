@@ -31,14 +31,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from healer.alerts.message import AlertMessage
-from healer.config import format_elapsed
+from healer.config import Config, format_elapsed
 from healer.model import Alert, Event, Severity
 
 FLAP_LIMIT = 3  # incident openings announced per repeat_every; more is flapping
 DEFAULT_REPEAT_EVERY = timedelta(minutes=30)
 
+FLEET = "fleet"  # CycleContext.source of what the fleet's leader says for every host
 DedupKey = tuple[str, int | None, str]  # (event, incident_id, title)
 Group = str  # what flaps together: "<commit> <what fails — likely cause>" (flap_group)
 
@@ -65,6 +67,18 @@ class CycleContext:
     cause: str | None = None  # the likely cause of the failing cycle: "dependency redis", "deploy", ...
     observe: bool = False
     acked: bool = False  # a person acknowledged the open incident (chatops.ack_in_force): no reminders
+    # whose alerts these are, in an outbox several healers share ([fleet]): this host's name, or
+    # FLEET for the fleet's own (a coordinated rollback); "" for the one healer of its outbox.
+    # Dedup remembers per source: incident #1 of one host is not incident #1 of another.
+    source: str = ""
+
+    @classmethod
+    def of(cls, config: Config, *, fleet: bool = False, **fields: Any) -> CycleContext:
+        """The context of `config`'s healer: its app (on its host, in a fleet) and source; with
+        `fleet`, of what it says for the whole fleet (a coordinated rollback)."""
+        if fleet:
+            return cls(app=f"{config.app.name} (fleet)", source=FLEET, **fields)
+        return cls(app=config.alert_app, source=config.alert_source, **fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +126,7 @@ class AlertPlan:
     entries: tuple[Planned, ...]
     remember: tuple[Remembered, ...]
     dropped: tuple[tuple[Alert, str], ...] = ()  # (item, why), for the log
+    source: str = ""  # CycleContext.source: whose alerts, in a shared outbox
 
 
 @dataclass(slots=True)
@@ -209,7 +224,7 @@ def plan_alerts(
         keep(reminder)
 
     entries = _route(kept, context, routes, now, st.incidents)
-    return AlertPlan(entries=entries, remember=tuple(remember), dropped=tuple(dropped))
+    return AlertPlan(entries=entries, remember=tuple(remember), dropped=tuple(dropped), source=context.source)
 
 
 def with_remembered(

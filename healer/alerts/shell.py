@@ -89,7 +89,7 @@ async def send_test(config: Config, channel: str | None = None) -> dict[str, tup
             msg = f"alert test: unknown channel {channel!r}; configured: {names}"
             raise UsageError(msg)
         channels = chosen
-    message = alert_test_message(config.app.name, datetime.now(UTC))
+    message = alert_test_message(config.alert_app, datetime.now(UTC))
     limit = config.alerts.timeout.total_seconds() + 2.0
 
     async def one(c: Channel) -> tuple[bool, str]:
@@ -128,7 +128,8 @@ class Alerts:
         self.sender = Sender(
             self.outbox,
             self.channels,
-            app=config.app.name,
+            app=config.alert_app,
+            source=config.alert_source,
             timeout=config.alerts.timeout,
             clock=self.clock,
         )
@@ -138,9 +139,9 @@ class Alerts:
     def _plan(self, intents: Sequence[Alert], context: CycleContext, now: datetime) -> AlertPlan:
         """Plan one cycle's alerts against what was said before, stored or only sent."""
         clean = [_scrubbed(i) for i in intents]
-        memory = self.outbox.memory(now, self.repeat_every)
+        memory = self.outbox.memory(now, self.repeat_every, context.source)
         if self._unrecorded:
-            sent = [(u.at, r) for u in self._unrecorded for r in u.plan.remember]
+            sent = [(u.at, r) for u in self._unrecorded if u.plan.source == context.source for r in u.plan.remember]
             memory = with_remembered(memory, sent, now=now, repeat_every=self.repeat_every)
         return plan_alerts(
             clean,
