@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import logging
 import re
 import sqlite3
 import threading
@@ -43,8 +44,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from healer.config import StateDb
-from healer.errors import ConfigError, StoreError
+from healer.errors import ConfigError, StoreError, StoreUnreachable
 from healer.files import FILE_MODE, make_private, private_dir
+from healer.logging import log_event
+
+log = logging.getLogger("healer.db")
 
 # The (classid, objid) of the advisory lock every PostgreSQL write transaction takes first: the
 # two-key space, so it never meets a one-key lock (pg_try_advisory_lock(bigint), leadership's).
@@ -109,6 +113,9 @@ class Connection(Protocol):
         """The driver error as one line, without secrets."""
 
     def is_error(self, e: BaseException) -> bool: ...
+
+    def is_passing(self, e: BaseException) -> bool:
+        """Is `e` a failure to reach the database that passes by itself (StoreUnreachable)?"""
 
     def close(self) -> None: ...
 
@@ -226,7 +233,8 @@ class Database:
                 connect_timeout=CONNECT_TIMEOUT_S, schema=self.location.schema,
             )  # fmt: skip
         except pg.Error as e:
-            raise StoreError(f"postgresql {server.where}: cannot open the state database: {server.reason(e)}") from None
+            msg = f"postgresql {server.where}: cannot open the state database: {server.reason(e)}"
+            raise (StoreUnreachable if pg.is_passing(e) else StoreError)(msg) from None
 
     def close(self) -> None:
         with self.lock:
@@ -251,7 +259,12 @@ class Database:
             except Exception as e:
                 if not self._conn.is_error(e):
                     raise
-                raise StoreError(f"{self.name}: {what}: {self._conn.reason(e)}") from None
+                raise self._failed(what, e) from None
+
+    def _failed(self, what: str, e: BaseException) -> StoreError:
+        """A driver error as one StoreError line; StoreUnreachable when it passes by itself."""
+        cls = StoreUnreachable if self._conn.is_passing(e) else StoreError
+        return cls(f"{self.name}: {what}: {self._conn.reason(e)}")
 
     def query(self, sql: str, args: Sequence[Any] = (), what: str = "cannot read") -> list[Row]:
         """Rows of one read, outside any write transaction."""
@@ -261,7 +274,7 @@ class Database:
             except Exception as e:
                 if not self._conn.is_error(e):
                     raise
-                raise StoreError(f"{self.name}: {what}: {self._conn.reason(e)}") from None
+                raise self._failed(what, e) from None
 
     def version(self, component: str) -> int:
         """The last migration applied to `component` (0: none yet); once any component migrated."""
@@ -275,7 +288,9 @@ class Database:
 
         1. Create schema_version if it is missing.
         2. A component with no version row yet: `adopt` (SQLite only) says which version a
-           database from before schema_version is at (0: none of its tables exist).
+           database from before schema_version is at (0: none of its tables exist); on
+           PostgreSQL, a fleet host's schema takes the component's tables from public, where
+           they were before [fleet] (_take_from_public).
         3. Apply each later migration and record the version reached; a second process waits
            for the first one's transaction and then finds nothing left to do. A version beyond
            the last migration (a newer healer's) is refused, never written back.
@@ -288,8 +303,10 @@ class Database:
             rows = tx.query("SELECT version FROM schema_version WHERE component = ?", (component,))
             if rows:
                 current = int(rows[0][0])
+            elif self.backend is Backend.SQLITE:
+                current = adopt(tx) if adopt is not None else 0
             else:
-                current = adopt(tx) if adopt is not None and self.backend is Backend.SQLITE else 0
+                current = self._take_from_public(tx, component, migrations)
             if current > len(migrations):  # a newer healer migrated it (another host, upgraded first)
                 msg = (
                     f"{self.name}: the {component} tables are at schema version {current}, this healer knows "
@@ -306,6 +323,39 @@ class Database:
                 "ON CONFLICT(component) DO UPDATE SET version = excluded.version, migrated_at = excluded.migrated_at",
                 (component, len(migrations), now),
             )
+
+    def _take_from_public(self, tx: Tx, component: str, migrations: Sequence[Migration]) -> int:
+        """The version `component` is at in this fleet host's own schema, which has none yet: the
+        component's tables in `public` (a healer run with [state] dsn_env before [fleet] was added
+        keeps them there) move into the schema, with their version row, in the migration's
+        transaction; 0 when public has none (or there is no host schema).
+
+        Writes are serialised across hosts (WRITE_LOCK), so of hosts starting at once the first
+        takes public's tables and the others, once it committed, find none and start empty.
+        ALTER TABLE ... SET SCHEMA keeps the rows, their ids, indexes and identity sequences."""
+        schema = self.location.schema
+        if schema is None or not _exists(tx, "public.schema_version"):
+            return 0
+        rows = tx.query("SELECT version FROM public.schema_version WHERE component = ?", (component,))
+        if not rows:
+            return 0
+        quoted = '"' + schema.replace('"', '""') + '"'
+        moved = [t for t in _created_tables(migrations) if _exists(tx, f"public.{t}")]
+        for table in moved:
+            tx.execute(f"ALTER TABLE public.{table} SET SCHEMA {quoted}")
+        tx.execute("DELETE FROM public.schema_version WHERE component = ?", (component,))
+        log_event(log, "state.moved", component=component, to_schema=schema, tables=len(moved), version=rows[0][0])
+        return int(rows[0][0])
+
+
+def _exists(tx: Tx, table: str) -> bool:
+    """Is there a PostgreSQL table by this (schema-qualified) name?"""
+    return bool(tx.query("SELECT to_regclass(?) IS NOT NULL", (table,))[0][0])
+
+
+def _created_tables(migrations: Sequence[Migration]) -> list[str]:
+    """The tables a component's migrations create, in order."""
+    return [t for m in migrations for t in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", m.postgres or m.sql)]
 
 
 def _same(sql: str) -> str:
@@ -376,6 +426,9 @@ class _SqliteConnection:
 
     def is_error(self, e: BaseException) -> bool:
         return isinstance(e, sqlite3.Error)
+
+    def is_passing(self, e: BaseException) -> bool:
+        return False  # a file: a full disk or a lock is not a server coming back
 
     def close(self) -> None:
         self._db.close()

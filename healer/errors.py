@@ -5,6 +5,7 @@
     ├── UsageError              a bad flag or argument the CLI could not catch itself
     ├── LockedError             another process holds the lock (run, rollback, repair)
     ├── StoreError              the state database cannot be opened or written
+    │   ├── StoreUnreachable    PostgreSQL cannot be reached for now (down, restarting, starting up)
     │   └── FencedError         a fenced write was refused: its fence (a leader's lease epoch) moved on
     ├── GitError                the app repository cannot be read or changed
     ├── ActionError             a repair action could not run (bad setup, refused)
@@ -56,6 +57,12 @@ class LockedError(HealerError):
 
 class StoreError(HealerError):
     """The state database cannot be opened or written."""
+
+
+class StoreUnreachable(StoreError):
+    """The state database (PostgreSQL) cannot be reached for now, for a reason that passes by
+    itself: down, restarting, not reachable or not in the DNS yet, starting up, full (pg.is_passing).
+    `healer run` waits for it at start; anything else about the database is a person's to fix."""
 
 
 class FencedError(StoreError):

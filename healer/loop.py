@@ -49,7 +49,7 @@ from healer.clock import Clock, SystemClock, stepped
 from healer.config import Config, format_duration, format_elapsed
 from healer.decide import Decision, Situation, decide
 from healer.drift import drift_alerts
-from healer.errors import FencedError, HealerError, LockedError, StoreError
+from healer.errors import FencedError, HealerError, LockedError, StoreError, StoreUnreachable
 from healer.fleet_judge import RollbackAsk, freshness, new_order
 from healer.heartbeat import Heartbeat
 from healer.judge import REFERENCE_CYCLES, baseline_of, judge, reference_of
@@ -1115,8 +1115,9 @@ class Watchdog:
 
 
 async def _join_fleet(config: Config, clock: Clock | None) -> Leadership | None:
-    """With [fleet], this healer's leadership, its session open (FleetError behind a transaction
-    pooler, StoreError when PostgreSQL cannot be reached: exit 2, nothing started)."""
+    """With [fleet], this healer's leadership, its session open. FleetError behind a transaction
+    pooler and StoreError when PostgreSQL refuses us (exit 2, nothing started); StoreUnreachable
+    when it cannot be reached for now (serve waits for it)."""
     if config.fleet is None:
         return None
     from healer import pg
@@ -1125,10 +1126,94 @@ async def _join_fleet(config: Config, clock: Clock | None) -> Leadership | None:
     leadership = Leadership.from_config(config, clock=clock)
     try:
         await leadership.start()
-    except (pg.Error, OSError, TimeoutError) as e:
+    except BaseException as e:
+        await leadership.close()  # what start() opened before it failed
+        if not isinstance(e, pg.Error | OSError | TimeoutError):
+            raise
         msg = f"postgresql {leadership.server.where}: cannot join the fleet: {leadership.server.reason(e)}"
-        raise StoreError(msg) from None
+        raise (StoreUnreachable if pg.is_passing(e) else StoreError)(msg) from None
     return leadership
+
+
+# `healer run` waits this long between tries to reach its PostgreSQL at start, doubling from the
+# first to the last, until it answers or healer is stopped.
+START_RETRY_FIRST = timedelta(seconds=1)
+START_RETRY_LAST = timedelta(seconds=30)
+
+
+class _StartWait:
+    """What a `healer run` waiting for its PostgreSQL says: one warning line a try, and to systemd
+    READY=1 at the first (healer is up, and answers SIGTERM; TimeoutStartSec would otherwise kill
+    it), a STATUS line, and watchdog pings while the tries go on (each try is a beat)."""
+
+    def __init__(self, config: Config, stop: asyncio.Event, liveness: Liveness) -> None:
+        self.config = config
+        self.stop = stop
+        self.liveness = liveness
+        self.pinger: asyncio.Task[None] | None = None  # started at the first wait
+
+    def failed(self, error: StoreUnreachable, retry_in: timedelta) -> None:
+        self.liveness.beat()
+        log_event(log, "healer.waiting", level=logging.WARNING, waiting_for=str(self.config.state_db),
+                  error=str(error), retry_in_s=int(retry_in.total_seconds()))  # fmt: skip
+        if self.pinger is None:
+            notify("READY=1")
+            self.pinger = asyncio.create_task(watchdog_pinger(self.stop, self.liveness.is_alive))
+        notify(f"STATUS=waiting for PostgreSQL: {error}")
+
+
+async def _open_state(config: Config, clock: Clock, wait: _StartWait) -> tuple[Leadership | None, BufferedStore] | None:
+    """Join the fleet ([fleet]) and open the store; None when `wait.stop` is set first.
+
+    PostgreSQL that cannot be reached for now (StoreUnreachable: down, restarting, starting up,
+    no DNS answer yet) is waited for, START_RETRY_FIRST doubling to START_RETRY_LAST between
+    tries: a database rebooting with the host must not leave healer dead, and exit 2 is never
+    restarted. What a person must fix (authentication, a missing database, a pooler) raises.
+    A stop signal ends the wait at once, a try in flight included.
+    """
+    delay, tries = START_RETRY_FIRST, 1
+    while True:
+        wait.liveness.beat()
+        try:
+            opened = await _unless_stopped(wait.stop, _open_once(config, clock))
+        except StoreUnreachable as e:
+            wait.failed(e, delay)
+        else:
+            if opened is not None and tries > 1:
+                event("healer.waited", waited_for=str(config.state_db), tries=tries)
+            return opened
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wait.stop.wait(), delay.total_seconds())
+        if wait.stop.is_set():
+            return None
+        delay, tries = min(2 * delay, START_RETRY_LAST), tries + 1
+
+
+async def _open_once(config: Config, clock: Clock) -> tuple[Leadership | None, BufferedStore]:
+    """One try of _open_state: both or neither (a leadership joined is closed when the store fails)."""
+    leadership = await _join_fleet(config, clock)
+    try:
+        store = await asyncio.to_thread(BufferedStore, config.state_db)
+    except BaseException:
+        if leadership is not None:
+            await leadership.close()
+        raise
+    return leadership, store
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None once `stop` is set first: `work` is cancelled then (a connect
+    in a worker thread runs on to its timeout, and is dropped when healer exits)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
 
 
 def _with_incident(a: Alert, incident: int | None) -> Alert:
@@ -1144,7 +1229,9 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     """`healer run`: lock the state dir, open the store, loop until SIGTERM/SIGINT.
 
     1. Take the run lock (a second `healer run` on this state dir exits 2 naming our PID).
-    2. Open the store and the shared HTTP client; announce the start.
+    2. Join the fleet ([fleet]) and open the store, waiting for a PostgreSQL that cannot be
+       reached yet (_open_state; a stop signal meanwhile ends healer cleanly). Open the shared
+       HTTP client; announce the start.
     3. Loop until SIGTERM, SIGINT or SIGHUP. Then start no new action; let one in flight finish
        within STOP_ACTION_WAIT (a cycle without one, STOP_CYCLE_WAIT), then cancel it.
     4. Announce the stop, release everything.
@@ -1154,12 +1241,6 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     # `healer status` peeks at the lock (locks.holder) for an instant: wait that out
     lock = FileLock(config.lock_path, "healer run", patience=PEEKED)
     lock.acquire()
-    try:
-        leadership = await _join_fleet(config, clock)
-    except BaseException:
-        lock.release()
-        raise
-    store = BufferedStore(config.state_db)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []  # the signal that stopped healer, for the log and the alert
@@ -1171,11 +1252,18 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
     clock = clock or SystemClock()
+    liveness = Liveness(stall_limit(config))
+    waiting = _StartWait(config, stop, liveness)
+    store: BufferedStore | None = None
     server = None
     try:
+        opened = await _open_state(config, clock, waiting)
+        if opened is None:  # stopped while waiting for PostgreSQL
+            event("healer.stopped", app=config.app.name, pid=os.getpid(), signal=received[0] if received else None)
+            return
+        leadership, store = opened
         store.set_meta(pid=str(os.getpid()), started_at=clock.now().isoformat())
-        liveness = Liveness(stall_limit(config))
-        server = start_server(config, liveness, clock=clock)
+        server = start_server(config, liveness, clock=clock, leadership=leadership)
         from healer.alerts.shell import Alerts
 
         alerts = Alerts(config, clock=clock)
@@ -1201,8 +1289,9 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
                        f"started (PID {os.getpid()}, {mode} mode)")],
                 store.current_deploy(), None, "watching",
             )  # fmt: skip
-            notify("READY=1")
-            pinger = asyncio.create_task(watchdog_pinger(stop, liveness.is_alive))
+            if waiting.pinger is None:  # else said when the wait began
+                notify("READY=1")
+            pinger = waiting.pinger or asyncio.create_task(watchdog_pinger(stop, liveness.is_alive))
             sender = asyncio.create_task(alerts.run(stop))
             # chat-ops: beside the loop, never in its way; in a fleet, on the leader only
             if leadership is None:
@@ -1279,11 +1368,14 @@ async def serve(config: Config, *, observe: bool = False, clock: Clock | None = 
             if crashed is not None:
                 raise crashed
     finally:
+        if waiting.pinger is not None:
+            waiting.pinger.cancel()
         if server is not None:
             await server.aclose()
-        with contextlib.suppress(StoreError):
-            store.set_meta(pid=None)
-        store.close()
+        if store is not None:
+            with contextlib.suppress(StoreError):
+                store.set_meta(pid=None)
+            store.close()
         lock.release()
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)

@@ -1,12 +1,14 @@
 """Prometheus metrics for /metrics, read from the state store at scrape time (I/O).
 
 The only module that imports prometheus_client. Nothing is counted in memory: every figure
-comes from the store (and the loop's Liveness) when Prometheus scrapes, so a restarted healer
-keeps its totals. The store is opened per scrape and closed at once (WAL: a scrape never holds
-up the loop's writes). Totals count what retention keeps: rows older than `retention` (90 days)
+comes from the store (and the loop's Liveness, and in a fleet its Leadership) when Prometheus
+scrapes, so a restarted healer keeps its totals. In a fleet ([fleet]) every sample carries
+host="<[fleet] host>": one Prometheus scrapes every host's healer, and their series stay apart.
+The store is opened per scrape and closed at once (WAL: a scrape never holds up the loop's
+writes). Totals count what retention keeps: rows older than `retention` (90 days)
 are pruned, which Prometheus sees as a counter reset.
 
-    registry = build_registry(config, liveness)
+    registry = build_registry(config, liveness, leadership=leadership)   # leadership: [fleet] only
     body = render(registry)            # text format 0.0.4, CONTENT_TYPE
 """
 
@@ -28,6 +30,7 @@ from healer.schedule import phase_at
 
 if TYPE_CHECKING:
     from healer.config import Config
+    from healer.fleet import Leadership
     from healer.notify import Liveness
     from healer.store import Store
 
@@ -41,14 +44,32 @@ DELIVERY_OUTCOMES = ("delivered", "failed")  # final states; "pending" is the ou
 class StoreCollector:
     """A prometheus_client collector: one read of the store per scrape."""
 
-    def __init__(self, config: Config, liveness: Liveness | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        liveness: Liveness | None = None,
+        *,
+        clock: Clock | None = None,
+        leadership: Leadership | None = None,
+    ) -> None:
         self.config = config
         self.liveness = liveness
+        self.leadership = leadership  # [fleet]: this healer's standing, read in-process
         self.clock: Clock = clock or SystemClock()
         self._failing = False
         self._lock = threading.Lock()  # scrapes may overlap (one thread per request)
 
     def collect(self) -> Iterable[Metric]:
+        """Every family; in a fleet, each sample labelled with this host (here, once for all)."""
+        if self.config.fleet is None:
+            yield from self._families()
+            return
+        host = self.config.fleet_host
+        for family in self._families():
+            family.samples = [s._replace(labels={"host": host, **s.labels}) for s in family.samples]
+            yield family
+
+    def _families(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("healer_up", "1 while the healer process answers scrapes.")
         up.add_metric([], 1)
         yield up
@@ -62,6 +83,11 @@ class StoreCollector:
             seen = GaugeMetricFamily("healer_loop_last_seen_timestamp_seconds", "When the loop last made progress.")
             seen.add_metric([], self.liveness.last_seen().timestamp())
             yield seen
+        if self.leadership is not None:
+            yield _gauge("healer_fleet_leader", "1 while this healer leads its app's fleet.",
+                         int(self.leadership.is_leader))  # fmt: skip
+            if self.leadership.epoch is not None:
+                yield _gauge("healer_fleet_epoch", "The lease epoch this healer last led at.", self.leadership.epoch)
         store_ok = GaugeMetricFamily(
             "healer_store_ok", "1 when healer's loop can write its state store and this scrape could read it."
         )
@@ -216,11 +242,15 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 def build_registry(
-    config: Config, liveness: Liveness | None = None, *, clock: Clock | None = None
+    config: Config,
+    liveness: Liveness | None = None,
+    *,
+    clock: Clock | None = None,
+    leadership: Leadership | None = None,
 ) -> CollectorRegistry:
     """A registry of its own (never the global one) holding healer's collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(config, liveness, clock=clock))
+    registry.register(StoreCollector(config, liveness, clock=clock, leadership=leadership))
     return registry
 
 

@@ -49,6 +49,63 @@ class DsnError(HealerError):
     """The environment variable that should hold the DSN is unset, or holds no DSN."""
 
 
+# A failed connection carries no SQLSTATE: libpq and the server say why in words (English ones
+# unless lc_messages says otherwise). What waiting cures, as the server says it...
+_SERVER_PASSING = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections",
+    "the database system is in recovery mode",
+    "sorry, too many clients already",
+    "remaining connection slots are reserved",
+)
+# ...and as libpq (or psycopg's own DNS lookup) says it: nothing listens, no route, no DNS answer yet
+_CLIENT_PASSING = (
+    "Connection refused",
+    "timeout expired",
+    "Connection timed out",
+    "could not translate host name",
+    "failed to resolve host",
+    "No route to host",
+    "Network is unreachable",
+    "server closed the connection unexpectedly",
+    "Connection reset by peer",
+    "No such file or directory",  # a Unix socket not there: the server is not running
+)
+# The same on a connection that was open: class 08 (connection exception), the server shutting
+# down or starting (57P01-57P03), too many connections (53300).
+# https://www.postgresql.org/docs/current/errcodes-appendix.html
+_PASSING_STATES = ("57P01", "57P02", "57P03", "53300")
+
+
+def is_passing(e: BaseException) -> bool:
+    """Is this a failure to reach PostgreSQL that passes by itself (down, restarting, unreachable,
+    not in the DNS yet, starting up, full)?
+
+    1. A socket error or a timeout is.
+    2. A driver error with a SQLSTATE is when that state says so (_PASSING_STATES, class 08).
+    3. A failed connection is when every refusal from the server in it is one of _SERVER_PASSING
+       (libpq tries each address of a host: one refused, the next's "password authentication
+       failed" is a person's), and, with none, when libpq's words are one of _CLIENT_PASSING.
+    Anything else (authentication, a role or database that does not exist, pg_hba.conf, a bad
+    sslmode, words we do not know) is not: a person must fix it, and waiting would hide it.
+    """
+    if isinstance(e, OSError | TimeoutError):
+        return True
+    if not isinstance(e, psycopg.Error):
+        return False
+    if e.sqlstate is not None:
+        return e.sqlstate.startswith("08") or e.sqlstate in _PASSING_STATES
+    if not isinstance(e, psycopg.OperationalError):
+        return False
+    text = str(e)
+    refusals = [line for line in text.splitlines() if "FATAL:" in line]
+    if refusals:
+        return all(any(p in line for p in _SERVER_PASSING) for line in refusals)
+    return any(p in text for p in _CLIENT_PASSING)
+
+
 @dataclass(frozen=True, slots=True)
 class Server:
     """A PostgreSQL server named by a DSN from the environment, and what messages may say of it."""
@@ -222,6 +279,9 @@ class StateConnection:
 
     def is_error(self, e: BaseException) -> bool:
         return isinstance(e, psycopg.Error)
+
+    def is_passing(self, e: BaseException) -> bool:
+        return is_passing(e)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -5,7 +5,7 @@ never on the loop's event loop: a slow scrape cannot delay a cycle, and a hung e
 still reported, as a 503 on /healthz. /, /status and /metrics open the state store per request
 and close it at once (WAL: readers never block the loop's writes). Everything is read-only.
 
-    server = start_server(config, liveness)    # None when off, or when the port is taken
+    server = start_server(config, liveness, leadership=leadership)   # None when off, or the port is taken
     ...
     await server.aclose()                      # at shutdown
 """
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from healer.clock import Clock
     from healer.config import Config
+    from healer.fleet import Leadership
     from healer.notify import Liveness
 
 log = logging.getLogger("healer.server")
@@ -134,12 +135,13 @@ class OpsServer:
         clock: Clock | None = None,
         status: StatusFn | None = None,
         registry: CollectorRegistry | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.config = config
         self.liveness = liveness
         self._status = status
         self._clock: Clock = clock or SystemClock()
-        self.registry = registry or build_registry(config, liveness, clock=clock)
+        self.registry = registry or build_registry(config, liveness, clock=clock, leadership=leadership)
         cls = _V6Server if ":" in host else _Server
         self._httpd = cls((host, port), _Handler)  # binds now: OSError when the port is taken
         self._httpd.ops = self
@@ -206,8 +208,11 @@ class OpsServer:
         return 200, CONTENT_TYPE, render(self.registry)
 
 
-def start_server(config: Config, liveness: Liveness, *, clock: Clock | None = None) -> OpsServer | None:
-    """Start the endpoint `[server] listen` asks for; None when it is off.
+def start_server(
+    config: Config, liveness: Liveness, *, clock: Clock | None = None, leadership: Leadership | None = None
+) -> OpsServer | None:
+    """Start the endpoint `[server] listen` asks for; None when it is off. `leadership` ([fleet]):
+    this healer's standing, for /metrics' healer_fleet_leader and healer_fleet_epoch.
 
     A port that cannot be bound is logged (server.failed) and healer goes on without the
     endpoint: watching the app matters more than being scraped.
@@ -217,7 +222,7 @@ def start_server(config: Config, liveness: Liveness, *, clock: Clock | None = No
         return None
     try:
         host, port = parse_listen(listen)
-        server = OpsServer(config, liveness, host=host, port=port, clock=clock)
+        server = OpsServer(config, liveness, host=host, port=port, clock=clock, leadership=leadership)
     except (OSError, ValueError) as e:
         log_event(log, "server.failed", level=logging.ERROR, listen=listen, error=str(e))
         return None

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from chatfakes import ChatFake
 from helpers import HEALER, commit, git, healer, make_repo
+from prometheus_client.parser import text_string_to_metric_families
 from services import PostgresServer, free_port, wait_for_port, wait_until
 
 from healer.demo import sampleapp
@@ -35,7 +36,9 @@ WAIT = 120.0  # generous: never a wall-clock assertion, only "eventually"
 class Host:
     """One server: its clone of the app's repository, the sample app on its own port, and its healer."""
 
-    def __init__(self, root: Path, name: str, origin: Path, telegram: str, every: str, extra: str = "") -> None:
+    def __init__(
+        self, root: Path, name: str, origin: Path, telegram: str, every: str, extra: str = "", *, server: bool = False
+    ) -> None:
         self.name = name
         self.dir = root / name
         self.dir.mkdir()
@@ -80,6 +83,12 @@ timeout = "2s"
 [alerts.telegram]
 api_url = "{telegram}"
 {extra}""")
+        self.metrics_url: str | None = None
+        if server:  # [server]: /metrics on a loopback port of its own
+            port = free_port()
+            self.metrics_url = f"http://127.0.0.1:{port}/metrics"
+            with self.config.open("a") as f:
+                f.write(f'\n[server]\nlisten = "127.0.0.1:{port}"\n')
 
     def start_app(self) -> None:
         with open(self.dir / "app.log", "ab") as log:
@@ -156,11 +165,12 @@ class Fleet:
         self.root = root
         self.hosts: dict[str, Host] = {}
 
-    def start(self, n: int = 2, every: str = "1s", extra: str = "") -> None:
+    def start(self, n: int = 2, every: str = "1s", extra: str = "", *, server: bool = False) -> None:
         """n hosts, web-1 ... web-n, each its app and its healer cycling `every` (`extra`: more of
-        healer.toml); once each reported healthy."""
+        healer.toml; with `server`, its /metrics); once each reported healthy."""
         self.hosts = {
-            f"web-{i}": Host(self.root, f"web-{i}", self.origin, self.fake.url, every, extra) for i in range(1, n + 1)
+            f"web-{i}": Host(self.root, f"web-{i}", self.origin, self.fake.url, every, extra, server=server)
+            for i in range(1, n + 1)
         }
         for h in self.hosts.values():
             h.start_app()
@@ -339,3 +349,43 @@ def test_a_persons_rollback_on_one_host_is_the_fleets(fleet: Fleet) -> None:
     assert done.startswith("✅ shop (fleet): Rolled back") and "web-1, web-2 rolled back from" in done, done
     [started] = fleet.said("Rolling back")
     assert started.startswith("🔴 shop (fleet): Rolling back") and "(by " in started, started
+
+
+def _scrape(url: str) -> dict[str, list[dict[str, str]]] | None:
+    """/metrics as family name -> the label sets of its samples; None while it does not answer."""
+    try:
+        r = httpx.get(url, timeout=5)
+    except httpx.HTTPError:
+        return None
+    out: dict[str, list[dict[str, str]]] = {}
+    for fam in text_string_to_metric_families(r.text):
+        out[fam.name] = [{**s.labels, "value": str(s.value)} for s in fam.samples]
+    return out
+
+
+def test_metrics_of_each_host_carry_its_name_and_say_who_leads(fleet: Fleet) -> None:
+    """Each healer's /metrics labels every sample host="<its [fleet] host>" (store figures too),
+    healer_fleet_leader is 1 on the leader only, and the leader exports the epoch it leads at."""
+    fleet.start(2, server=True)
+    scraped: dict[str, dict[str, list[dict[str, str]]]] = {}
+
+    def one_leader_with_cycles() -> bool:
+        for name, h in fleet.hosts.items():
+            assert h.metrics_url is not None
+            got = _scrape(h.metrics_url)
+            if got is None or "healer_cycles" not in got:
+                return False
+            scraped[name] = got
+        leaders = [n for n, got in scraped.items() if got["healer_fleet_leader"][0]["value"] == "1.0"]
+        return len(leaders) == 1 and leaders[0] == fleet.leader()
+
+    fleet.eventually(one_leader_with_cycles, "one leader in /metrics, and recorded cycles")
+    for name, got in scraped.items():
+        samples = [s for fam in got.values() for s in fam]
+        assert samples and all(s["host"] == name for s in samples), (name, got)
+        assert got["healer_store_ok"] == [{"host": name, "value": "1.0"}]
+    leader = fleet.leader()
+    follower = next(n for n in fleet.hosts if n != leader)
+    assert [s["value"] for s in scraped[follower]["healer_fleet_leader"]] == ["0.0"]
+    [(epoch,)] = fleet.query("SELECT epoch FROM fleet_lease WHERE app = 'shop'")
+    assert scraped[str(leader)]["healer_fleet_epoch"] == [{"host": str(leader), "value": f"{float(epoch)}"}]

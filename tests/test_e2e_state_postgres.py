@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from helpers import HEALER, healer, make_repo, write_config
-from services import HttpApp, PostgresServer, start_postgres, wait_until
+from services import HttpApp, PostgresServer, free_port, start_postgres, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -130,3 +131,119 @@ def test_healer_run_rides_out_its_postgresql_restarting(tmp_path: Path, http_app
         assert '"event": "store.unwritable"' in err and '"event": "store.recovered"' in err
     finally:
         server.stop()
+
+
+FLEET = """
+[fleet]
+host = "web-1"
+lease = "4s"
+"""
+
+
+def _start(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """`healer run`, its log lines (stderr) in `log`."""
+    with log.open("ab") as f:
+        return subprocess.Popen([*HEALER, "--config", str(config), "run"], stdout=f, stderr=f,
+                                stdin=subprocess.DEVNULL, env={**os.environ, **env})  # fmt: skip
+
+
+def _events(log: Path, name: str) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [e for e in lines if e.get("event") == name]
+
+
+@pytest.mark.parametrize("fleet", [False, True], ids=["store", "fleet"])
+def test_healer_run_waits_for_a_postgresql_that_is_down_at_start(
+    tmp_path: Path, http_app: Callable[..., HttpApp], fleet: bool
+) -> None:
+    """PostgreSQL is down when healer starts (a host and its database rebooting together): healer
+    says what it waits for and does not exit; once the server is up it records its cycles there
+    (in a fleet, it also joins and leads). The DSN's password is in no line."""
+    server = start_postgres()
+    try:
+        server.halt()
+        os.environ["HEALER_STATE_DSN"] = server.dsn.replace("postgres@", f"postgres:{PASSWORD}@")
+        config = _config(tmp_path, http_app("healthy").url)
+        if fleet:
+            config.write_text(config.read_text() + FLEET)
+        log = tmp_path / "healer.log"
+        run = _start(config, log)
+        try:
+            assert wait_until(lambda: len(_events(log, "healer.waiting")) >= 2, timeout=120), log.read_text()
+            assert run.poll() is None
+            server.start()
+            assert wait_until(lambda: (_status(config).get("last_cycle") or {}).get("ok") is True, timeout=120)
+            if fleet:
+                with psycopg.connect(server.dsn) as conn:
+                    assert wait_until(lambda: conn.execute("SELECT host FROM fleet_lease").fetchall() == [("web-1",)],
+                                      timeout=60)  # fmt: skip
+        finally:
+            run.send_signal(signal.SIGTERM)
+            run.wait(timeout=60)
+        assert run.returncode == 0, log.read_text()[-2000:]
+        waited = _events(log, "healer.waiting")
+        assert {e["level"] for e in waited} == {"warning"}
+        assert all(e["waiting_for"] == "the PostgreSQL database of $HEALER_STATE_DSN" for e in waited)
+        assert all("Connection refused" in str(e["error"]) for e in waited), waited
+        assert [e["retry_in_s"] for e in waited[:3]] == [1, 2, 4][: len(waited[:3])]
+        assert len(_events(log, "healer.waited")) == 1 and len(_events(log, "healer.started")) == 1
+        assert PASSWORD not in log.read_text()
+    finally:
+        server.stop()
+
+
+def test_a_stop_signal_while_waiting_for_postgresql_ends_healer_cleanly(tmp_path: Path) -> None:
+    """SIGTERM while healer waits for its PostgreSQL: exit 0, a normal stop (systemd does not restart
+    it), having told systemd it is up (READY=1) and, in its status, what it waits for."""
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(60)
+    os.environ["HEALER_STATE_DSN"] = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/healer"
+    config = _config(tmp_path, "http://127.0.0.1:9")
+    log = tmp_path / "healer.log"
+    run = _start(config, log, NOTIFY_SOCKET=str(sock_path))
+    try:
+        got = [sock.recv(4096).decode(), sock.recv(4096).decode()]
+        assert got[0] == "READY=1"
+        assert got[1].startswith("STATUS=waiting for PostgreSQL: postgresql 127.0.0.1:"), got
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 0, log.read_text()[-2000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        sock.close()
+    assert [e["signal"] for e in _events(log, "healer.stopped")] == ["SIGTERM"]
+    assert _events(log, "healer.started") == []
+    assert PASSWORD not in log.read_text() + "".join(got)
+
+
+@pytest.mark.parametrize("fleet", [False, True], ids=["store", "fleet"])
+def test_a_database_that_does_not_exist_is_a_config_error_not_a_wait(
+    tmp_path: Path, postgres_server: PostgresServer, fleet: bool
+) -> None:
+    """A DSN naming a database the server does not have: exit 2 and one line at once, as before
+    (waiting would hide a mistake a person must fix)."""
+    os.environ["HEALER_STATE_DSN"] = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{postgres_server.port}/no_such_db"
+    config = _config(tmp_path, "http://127.0.0.1:9")
+    if fleet:
+        config.write_text(config.read_text() + FLEET)
+    proc = healer("--config", str(config), "run")
+    assert proc.returncode == 2
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"healer: postgresql 127.0.0.1:{postgres_server.port}/no_such_db: cannot ")
+    assert line.endswith('database "no_such_db" does not exist'), line
+    assert PASSWORD not in proc.stderr
+
+
+def test_status_and_history_with_postgresql_down_say_so_in_one_line(tmp_path: Path) -> None:
+    """`healer status` and `healer history` against a PostgreSQL that does not answer: one line,
+    a non-zero exit, at once (they never wait)."""
+    os.environ["HEALER_STATE_DSN"] = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/healer"
+    config = _config(tmp_path, "http://127.0.0.1:9")
+    for command in (["status"], ["history", "--since", "1h"]):
+        proc = healer("--config", str(config), *command)
+        assert proc.returncode != 0
+        [line] = proc.stderr.splitlines()
+        assert "Connection refused" in line and PASSWORD not in line, line

@@ -321,3 +321,14 @@ def test_ipv6_loopback_serves(tmp_path: Path, http: httpx.Client) -> None:
         assert http.get(server.url + "/healthz").text == "ok\n"
     finally:
         server.close()
+
+
+def test_without_a_fleet_no_sample_has_a_host_label(
+    running: tuple[OpsServer, Config, FakeMonotonic], http: httpx.Client
+) -> None:
+    """Without [fleet], /metrics is one host's: no sample has a host label, and no fleet gauge shows."""
+    server, _, _ = running
+    families = list(text_string_to_metric_families(http.get(server.url + "/metrics").text))
+    assert {"healer_up", "healer_cycles", "healer_check_ok"} <= {f.name for f in families}
+    assert [s for f in families for s in f.samples if "host" in s.labels] == []
+    assert not [f.name for f in families if f.name.startswith("healer_fleet_")]

@@ -9,18 +9,22 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
-from services import PostgresServer, wait_until
+from services import PostgresServer, free_port, wait_until
 
+from healer import pg
+from healer.alerts.message import AlertMessage
 from healer.alerts.outbox import MIGRATIONS as OUTBOX_MIGRATIONS
 from healer.alerts.outbox import Outbox
 from healer.config import StateDb, load_config
 from healer.db import Database, Tx
-from healer.errors import ConfigError, FencedError, StoreError
-from healer.model import CheckResult, Deploy, DeployState, Verdict, Who
+from healer.errors import ConfigError, FencedError, StoreError, StoreUnreachable
+from healer.model import Alert, CheckResult, Deploy, DeployState, Event, Severity, Verdict, Who
 from healer.store import MIGRATIONS, CycleUpdate, Store
 
 LEGACY = Path(__file__).parent / "data" / "healer-db-before-schema-version.sql"
@@ -242,6 +246,58 @@ def test_a_server_that_refuses_is_one_line_without_the_dsn(postgres_server: Post
     assert not (tmp_path / "healer.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("where", "passing"),
+    [
+        pytest.param("127.0.0.1:{free}/postgres", True, id="nothing-listens"),
+        pytest.param("no-such-host.invalid:5432/postgres", True, id="no-dns-answer"),
+        pytest.param("127.0.0.1:{port}/no_such_db", False, id="no-such-database"),
+        pytest.param("nobody@127.0.0.1:{port}/postgres", False, id="no-such-role"),
+    ],
+)
+def test_a_server_that_cannot_be_reached_is_told_from_one_that_refuses(
+    postgres_server: PostgresServer, tmp_path: Path, where: str, passing: bool
+) -> None:
+    """StoreUnreachable (`healer run` waits) only for what passes by itself; a missing database or
+    role stays a plain StoreError (exit 2): a person must fix it."""
+    user = "" if "@" in where else "postgres@"
+    dsn = "postgresql://" + user + where.format(free=free_port(), port=postgres_server.port)
+    os.environ["HEALER_STATE_DSN"] = dsn
+    with pytest.raises(StoreError) as e:
+        Store(StateDb(tmp_path / "healer.db", "HEALER_STATE_DSN"))
+    assert isinstance(e.value, StoreUnreachable) is passing, str(e.value)
+    assert "cannot open the state database" in str(e.value)
+
+
+REFUSED = 'connection to server at "127.0.0.1", port 5432 failed: '
+
+
+@pytest.mark.parametrize(
+    ("text", "passing"),
+    [
+        pytest.param(REFUSED + "FATAL:  the database system is starting up", True, id="starting-up"),
+        pytest.param(REFUSED + "FATAL:  the database system is shutting down", True, id="shutting-down"),
+        pytest.param(REFUSED + "FATAL:  sorry, too many clients already", True, id="full"),
+        pytest.param(REFUSED + "timeout expired", True, id="timeout"),
+        pytest.param(REFUSED + 'FATAL:  password authentication failed for user "healer"', False, id="password"),
+        pytest.param(REFUSED + 'FATAL:  no pg_hba.conf entry for host "10.0.0.5"', False, id="pg-hba"),
+        pytest.param(
+            'connection to server at "localhost" (::1), port 5432 failed: Connection refused\n'
+            'connection to server at "localhost" (127.0.0.1), port 5432 failed: '
+            'FATAL:  password authentication failed for user "healer"',
+            False,
+            id="one-address-refused-the-next-denied",
+        ),
+        pytest.param("fe_sendauth: no password supplied", False, id="no-password"),
+        pytest.param("something we have never seen", False, id="unknown-words"),
+    ],
+)
+def test_which_connection_failures_pass_by_themselves(text: str, passing: bool) -> None:
+    """libpq's words (a failed connection has no SQLSTATE): waiting cures the server starting,
+    stopping, full or silent; it never cures authentication, pg_hba.conf or words we do not know."""
+    assert pg.is_passing(pg.OperationalError(text)) is passing
+
+
 def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
     """The loop writes while a person's `healer status` reads: the reader sees every committed
     cycle, and opening a second store in the same process does not break the first one's locks."""
@@ -317,3 +373,82 @@ def test_tables_a_newer_healer_migrated_are_refused_not_downgraded(state_db: Sta
         assert probe.version("store") == 99
     finally:
         probe.close()
+
+
+@pytest.fixture
+def pg_state(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A database of its own on the session's PostgreSQL, its DSN in $HEALER_STATE_DSN: (DSN, healer.db path)."""
+    dsn = postgres_server.create_database()
+    os.environ["HEALER_STATE_DSN"] = dsn
+    try:
+        yield dsn, tmp_path / "healer.db"
+    finally:
+        postgres_server.drop_database(dsn)
+
+
+def _fill_public(path: Path) -> None:
+    """What a healer run with [state] dsn_env alone leaves in public: a deploy, three cycles, an alert."""
+    with Store(StateDb(path, "HEALER_STATE_DSN")) as store:
+        d, _ = store.ensure_deploy("a" * 40, T0)
+        for n in range(3):
+            store.record_cycle(d.id, verdict(n != 1, T0 + timedelta(minutes=n)), Who.LOOP, update())
+    outbox = Outbox(StateDb(path, "HEALER_STATE_DSN"))
+    try:
+        outbox.enqueue(AlertMessage((Alert(Event.INCIDENT_OPENED, Severity.WARNING, "api failing"),), "shop", T0),
+                       ["log"])  # fmt: skip
+    finally:
+        outbox.close()
+
+
+def _host(path: Path, host: str) -> StateDb:
+    return StateDb(path, "HEALER_STATE_DSN", schema=f"healer_{host}")
+
+
+def test_a_store_in_public_moves_into_the_first_fleet_host_s_schema(pg_state: tuple[str, Path]) -> None:
+    """[fleet] added to a healer that kept its store in public: the first host to open its store
+    takes public's store tables (history, ids) with their version; the outbox stays shared in
+    public; a second host starts empty; public has no store left to take."""
+    dsn, path = pg_state
+    _fill_public(path)
+    with Store(_host(path, "web-1")) as web1:
+        deploy = web1.current_deploy()
+        assert deploy is not None and deploy.commit == "a" * 40
+        assert [c.ok for c in web1.cycles()] == [True, False, True]
+        d2, _ = web1.ensure_deploy("b" * 40, T0 + timedelta(hours=1))  # its ids go on from public's
+        assert d2.id == deploy.id + 1
+    with Store(_host(path, "web-2")) as web2:
+        assert web2.current_deploy() is None and web2.cycles() == []
+    with psycopg.connect(dsn) as conn:
+        where = dict(conn.execute(
+            "SELECT table_name, string_agg(table_schema, ',' ORDER BY table_schema) FROM information_schema.tables "
+            "WHERE table_name IN ('deploys', 'alert_outbox', 'schema_version') GROUP BY table_name"
+        ).fetchall())  # fmt: skip
+        public = dict(conn.execute("SELECT component, version FROM public.schema_version").fetchall())
+        web1_versions = dict(conn.execute('SELECT component, version FROM "healer_web-1".schema_version').fetchall())
+    assert where == {
+        "deploys": "healer_web-1,healer_web-2",
+        "alert_outbox": "public",
+        "schema_version": "healer_web-1,healer_web-2,public",
+    }
+    assert public == {"outbox": len(OUTBOX_MIGRATIONS)} and web1_versions == {"store": len(MIGRATIONS)}
+
+
+def test_of_two_hosts_joining_at_once_one_takes_public_s_store(pg_state: tuple[str, Path]) -> None:
+    """Two fleet hosts open their stores at the same moment: exactly one has public's history,
+    the other an empty store, and nothing fails."""
+    _, path = pg_state
+    _fill_public(path)
+    start = threading.Barrier(2)
+    found: dict[str, int] = {}
+
+    def open_store(host: str) -> None:
+        start.wait()
+        with Store(_host(path, host)) as store:
+            found[host] = len(store.cycles())
+
+    threads = [threading.Thread(target=open_store, args=(h,)) for h in ("web-1", "web-2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(found.values()) == [0, 3], found
