@@ -157,7 +157,7 @@ class StoreCollector:
         yield repairs
         yield rollbacks
 
-        deliveries = store.alert_delivery_counts()
+        deliveries = store.alert_delivery_counts() if self.config.fleet is None else self._fleet_deliveries()
         alerts = CounterMetricFamily(
             "healer_alerts",
             "Alert deliveries by channel and outcome (delivered, or failed for good).",
@@ -175,6 +175,16 @@ class StoreCollector:
             depth.add_metric([ch], deliveries.get((ch, "pending"), 0))
         yield alerts
         yield depth
+
+    def _fleet_deliveries(self) -> dict[tuple[str, str], int]:
+        """In a fleet the outbox is shared (in public): this host's alerts only."""
+        from healer.alerts.outbox import Outbox
+
+        outbox = Outbox(self.config.shared_db)
+        try:
+            return outbox.delivery_counts(self.config.alert_source)
+        finally:
+            outbox.close()
 
     def _deploy_families(self, store: Store, now: datetime) -> Iterator[Metric]:
         d = store.current_deploy()

@@ -389,3 +389,10 @@ def test_metrics_of_each_host_carry_its_name_and_say_who_leads(fleet: Fleet) -> 
     assert [s["value"] for s in scraped[follower]["healer_fleet_leader"]] == ["0.0"]
     [(epoch,)] = fleet.query("SELECT epoch FROM fleet_lease WHERE app = 'shop'")
     assert scraped[str(leader)]["healer_fleet_epoch"] == [{"host": str(leader), "value": f"{float(epoch)}"}]
+
+    def own_alerts(h: Host) -> list[str]:  # its one "Watching", not the fleet's two
+        got = _scrape(str(h.metrics_url)) or {}
+        return [s["value"] for s in got.get("healer_alerts", []) if s["channel"] == "telegram"]
+
+    for h in fleet.hosts.values():
+        fleet.eventually(lambda h=h: own_alerts(h) == ["1.0", "0.0"], f"{h.name}'s own alert counted")  # type: ignore[misc]

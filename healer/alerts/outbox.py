@@ -461,6 +461,16 @@ class Outbox:
             )
         return int(rows[0][0])
 
+    def delivery_counts(self, source: str) -> dict[tuple[str, str], int]:
+        """(channel, state) -> how many deliveries of `source`'s alerts (for /metrics in a fleet:
+        each host counts its own)."""
+        rows = self._read(
+            "SELECT d.channel, d.state, COUNT(*) FROM alert_deliveries d JOIN alert_outbox a ON a.id = d.alert_id"
+            " WHERE a.source = ? GROUP BY d.channel, d.state",
+            (source,),
+        )
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+
     def history(self, since: datetime | None = None, sources: Collection[str] | None = None) -> list[AlertRecord]:
         """Stored alerts created at or after `since` (of `sources` only, when given), oldest
         first, with each channel's delivery."""
