@@ -43,6 +43,27 @@ from healer.redact import REDACTOR
 
 __all__ = ["free_port"]
 
+# Modules whose module-scoped fixture is costly (the demo's whole story, a Prometheus with rates,
+# the judgement replay): under pytest-xdist each runs whole on one worker, so that fixture runs
+# once, not once per worker. Every other test is scheduled on its own.
+ONE_WORKER_MODULES = ("tests/test_demo.py", "tests/test_checks_prometheus.py", "tests/test_bench_judgement.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Load scheduling, one test at a time, except ONE_WORKER_MODULES, each sent as one unit.
+
+    Not xdist's `--dist loadgroup` with `xdist_group` marks: on pytest 9.2 it silently groups
+    nothing (pytest-xdist issue 1386, open), and those modules' fixtures ran on every worker."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerModules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return OneWorkerModules(config, log)
+
 
 @pytest.fixture(autouse=True)
 def clean_environ() -> Iterator[None]:

@@ -579,6 +579,8 @@ def test_a_persons_rollback_marks_the_commit_bad_only_with_mark_bad(repo: Repo, 
         name = "ok"
         type = "command"
         argv = ["true"]
+        [rollback]
+        verify_grace = "0s"
         """,
     )
     bad = repo.bad[:7]
