@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -309,8 +309,9 @@ class _Demo:
         self.start_healer()
         self.wait("the baseline", 15, lambda f: f.baseline_taken(1) and f.ok_cycles(1) >= 2)
         self.act(2)
-        self.crash_app()
-        self.wait("process-restart to bring the app back", 20, lambda f: f.repaired("process-restart") and f.settled())
+        crashed = self.crash_app()
+        self.wait("process-restart to bring the app back", 20,
+                  lambda f: f.repaired("process-restart", since=crashed) and f.settled())  # fmt: skip
         self.act(3)
         if self.redis_port is None:
             self.say("skipped", f"this act needs redis-server, and {self.redis_skipped}", "yellow")
@@ -518,7 +519,9 @@ class _Demo:
 
     # -- 2. the crash --
 
-    def crash_app(self) -> None:
+    def crash_app(self) -> datetime:
+        """Kill the app; when (a restart before it, on a slow machine, is not this one's)."""
+        at = datetime.now(UTC)
         pids = sampleapp.running(sampleapp.match_text(self.p.repo))
         if not pids:
             raise DemoFailed("the app is not running: nothing to crash")
@@ -527,6 +530,7 @@ class _Demo:
                 os.kill(pid, signal.SIGKILL)
         self.catch_up()
         self.say("demo", f"kill -9 {' '.join(map(str, pids))}: the app is gone", "bold red")
+        return at
 
     # -- 3. the Redis outage --
 
@@ -1008,12 +1012,14 @@ class _Feed:
     def ok_cycles(self, deploy_id: int) -> int:
         return sum(1 for c in self.cycles if c.deploy_id == deploy_id and c.ok)
 
-    def repaired(self, name: str) -> bool:
-        """The playbook ran for the current deploy and fixed it."""
+    def repaired(self, name: str, since: datetime | None = None) -> bool:
+        """The playbook ran for the current deploy (after `since`) and fixed it."""
         d = self.current
         return d is not None and any(
-            a.kind == "repair" and a.name == name and a.deploy_id == d.id and a.outcome == "ok" for a in self.actions
-        )
+            a.kind == "repair" and a.name == name and a.deploy_id == d.id and a.outcome == "ok"
+            and (since is None or a.at >= since)
+            for a in self.actions
+        )  # fmt: skip
 
     @property
     def current(self) -> Deploy | None:
