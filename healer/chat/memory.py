@@ -20,7 +20,8 @@ _PRESS = "press:"  # + a button's data: what its press did
 
 
 def _fleet_app(config: Config) -> str | None:
-    return None if config.fleet is None else config.fleet.app or config.app.name
+    """The app's name in the fleet's tables; None without [fleet] (this healer's own store)."""
+    return None if config.fleet is None else config.fleet_app
 
 
 def _recall(config: Config, app: str, key: str) -> str | None:
