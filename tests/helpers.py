@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -90,3 +91,23 @@ def healer(*args: str, cwd: Path | None = None, timeout: float = 60) -> subproce
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def clone(origin: Path, into: Path) -> Path:
+    """A host's own clone of the app's repository, with an identity to commit as."""
+    git(into.parent, "clone", "-q", str(origin), str(into))
+    git(into, "config", "user.email", "t@example.com")
+    git(into, "config", "user.name", "t")
+    return into
+
+
+def stop_healer(proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+    """Stop a `healer run` as its service manager would: SIGTERM, then SIGKILL past `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

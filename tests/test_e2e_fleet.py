@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from chatfakes import ChatFake
 from chatops_run import cli_json
-from helpers import HEALER, git, make_repo, write_config
+from helpers import HEALER, clone, make_repo, stop_healer, write_config
 from services import PostgresServer, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -35,8 +35,7 @@ class Host:
         self.name = name
         self.dir = root / name
         self.dir.mkdir()
-        self.repo = self.dir / "app"
-        git(self.dir, "clone", "-q", str(origin), str(self.repo))
+        self.repo = clone(origin, self.dir / "app")
         body = f"""
             state_dir = "state"
             [state]
@@ -69,13 +68,7 @@ class Host:
             )  # fmt: skip
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_healer(self.proc)
 
 
 class Fleet:

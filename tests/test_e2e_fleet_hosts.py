@@ -21,7 +21,7 @@ import psutil
 import psycopg
 import pytest
 from chatfakes import ChatFake
-from helpers import HEALER, commit, git, healer, make_repo
+from helpers import HEALER, clone, commit, git, healer, make_repo, stop_healer
 from prometheus_client.parser import text_string_to_metric_families
 from services import PostgresServer, free_port, wait_for_port, wait_until
 
@@ -42,10 +42,7 @@ class Host:
         self.name = name
         self.dir = root / name
         self.dir.mkdir()
-        self.repo = self.dir / "app"
-        git(self.dir, "clone", "-q", str(origin), str(self.repo))
-        git(self.repo, "config", "user.email", "t@example.com")
-        git(self.repo, "config", "user.name", "t")
+        self.repo = clone(origin, self.dir / "app")
         self.port = free_port()
         self.argv = sampleapp.serve_argv(self.repo, self.port)
         self.match = sampleapp.match_text(self.repo)
@@ -136,13 +133,7 @@ api_url = "{telegram}"
         return (self.dir / "healer.log").read_text()[-4000:]
 
     def stop(self) -> None:
-        if self.healer is not None and self.healer.poll() is None:
-            self.healer.send_signal(signal.SIGTERM)
-            try:
-                self.healer.wait(30)
-            except subprocess.TimeoutExpired:
-                self.healer.kill()
-                self.healer.wait(10)
+        stop_healer(self.healer)
         for pid in self.app_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)

@@ -25,7 +25,7 @@ import httpx
 import psutil
 import pytest
 from chatfakes import ChatFake
-from helpers import HEALER, commit, git, healer, make_repo
+from helpers import HEALER, commit, git, healer, make_repo, stop_healer
 from services import Pm2, Supervisord, free_port, start_redis, wait_for_port
 
 from healer.alerts.outbox import Outbox
@@ -211,13 +211,7 @@ timeout = "2s"
         return [r for r in done if outcome is None or r["outcome"] == outcome]
 
     def stop(self) -> None:
-        if self.healer_proc is not None and self.healer_proc.poll() is None:
-            self.healer_proc.send_signal(signal.SIGTERM)
-            try:
-                self.healer_proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.healer_proc.kill()
-                self.healer_proc.wait(5)
+        stop_healer(self.healer_proc, 15)
         self.stop_app()
         for pid in self.app_pids():
             with contextlib.suppress(ProcessLookupError):
